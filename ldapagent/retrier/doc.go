@@ -1,0 +1,21 @@
+// Package retrier is the LDAP call retrier (patent claims 1, 9–16).
+//
+// Open returns a Session for a primary and a secondary server. Each call
+// (Bind, Search, Add, Modify, Delete, ModifyDN, Compare, Extended) goes to the
+// server that answered last. If it fails with a connection error, a timeout or
+// an availability result (see Retryable), it is retried on the other server,
+// then on both with backoff, until the call's deadline. Only then does the
+// caller see an error, an *AllServersError that matches ErrAllServersFailed
+// and names both servers and their last errors. Other results are returned
+// unchanged and never retried.
+//
+// A retried write may already have been applied by the server that failed, so
+// retried writes are idempotent: an add whose entry exists overwrites it, a
+// delete of a missing entry and a rename of a missing source succeed.
+// Config.IdempotentWrites applies the same rules to every write.
+//
+// With Config.HoldSignals the session catches those signals while calls are
+// in flight and handles them only after the calls complete (claim 16).
+//
+// Built on github.com/go-ldap/ldap/v3; requests and results are its types.
+package retrier
