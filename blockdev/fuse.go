@@ -1,0 +1,253 @@
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// ExportFileName is the name of the single file a FUSE export shows.
+const ExportFileName = "volume"
+
+const (
+	rootNode = fuse.FUSE_ROOT_ID
+	fileNode = 2
+)
+
+// Export serves a Device as the single regular file ExportFileName in a
+// FUSE mount. It uses go-fuse's raw API: the node API takes a global lock per
+// request, which would serialize the I/O the loop device issues in parallel.
+type Export struct {
+	fuse.RawFileSystem
+	dev    Device
+	log    *slog.Logger
+	server *fuse.Server
+	dir    string
+}
+
+// Mount exports dev under the directory dir, which is created if missing.
+func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	e := &Export{RawFileSystem: fuse.NewDefaultRawFileSystem(), dev: dev, log: log, dir: dir}
+	srv, err := fuse.NewServer(e, dir, &fuse.MountOptions{
+		FsName:        "ldmirror",
+		Name:          "ldmirror",
+		MaxWrite:      fuse.MAX_KERNEL_WRITE,
+		MaxBackground: 64,
+		DirectMount:   true,
+		AllowOther:    true,
+		DisableXAttrs: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fuse mount on %s: %w", dir, err)
+	}
+	e.server = srv
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		_ = srv.Unmount()
+		return nil, fmt.Errorf("fuse mount on %s: %w", dir, err)
+	}
+	return e, nil
+}
+
+// Path is the path of the exported file.
+func (e *Export) Path() string { return filepath.Join(e.dir, ExportFileName) }
+
+// Unmount removes the mount; it fails with EBUSY while a loop device or a
+// process holds the file open.
+func (e *Export) Unmount() error {
+	err := e.server.Unmount()
+	if err == nil {
+		e.server.Wait()
+	}
+	return err
+}
+
+// UnmountLazy detaches the mount even if it is busy (umount -l).
+func (e *Export) UnmountLazy() error {
+	if err := e.Unmount(); err == nil {
+		return nil
+	}
+	return unix.Unmount(e.dir, unix.MNT_DETACH)
+}
+
+// String names the filesystem in go-fuse's logs.
+func (e *Export) String() string { return "ldmirror" }
+
+func (e *Export) fileAttr(out *fuse.Attr) {
+	size := uint64(e.dev.Size())
+	*out = fuse.Attr{
+		Ino:     fileNode,
+		Size:    size,
+		Blocks:  (size + 511) / 512,
+		Mode:    syscall.S_IFREG | 0o600,
+		Nlink:   1,
+		Blksize: 4096,
+	}
+}
+
+func rootAttr(out *fuse.Attr) {
+	*out = fuse.Attr{Ino: rootNode, Mode: syscall.S_IFDIR | 0o700, Nlink: 2}
+}
+
+// Lookup finds the volume file in the root directory.
+func (e *Export) Lookup(_ <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	if h.NodeId != rootNode || name != ExportFileName {
+		return fuse.ENOENT
+	}
+	out.NodeId = fileNode
+	e.fileAttr(&out.Attr)
+	out.SetEntryTimeout(3600e9)
+	out.SetAttrTimeout(3600e9)
+	return fuse.OK
+}
+
+// GetAttr reports the root directory or the volume file.
+func (e *Export) GetAttr(_ <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	switch in.NodeId {
+	case rootNode:
+		rootAttr(&out.Attr)
+	case fileNode:
+		e.fileAttr(&out.Attr)
+	default:
+		return fuse.ENOENT
+	}
+	out.SetTimeout(3600e9)
+	return fuse.OK
+}
+
+// SetAttr refuses to change the volume's size; mode and time changes are
+// ignored.
+func (e *Export) SetAttr(_ <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
+	if in.NodeId != fileNode {
+		return fuse.EPERM
+	}
+	if sz, ok := in.GetSize(); ok && int64(sz) != e.dev.Size() {
+		e.log.Warn("refused to resize the volume", "size", sz)
+		return fuse.EPERM
+	}
+	e.fileAttr(&out.Attr)
+	return fuse.OK
+}
+
+// Open opens the volume file with direct I/O, so no page cache sits between
+// the loop device and the mirror, and with parallel direct writes.
+func (e *Export) Open(_ <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if in.NodeId != fileNode {
+		return fuse.EISDIR
+	}
+	if in.Flags&syscall.O_TRUNC != 0 {
+		return fuse.EPERM
+	}
+	out.OpenFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
+	return fuse.OK
+}
+
+// OpenDir opens the root directory.
+func (e *Export) OpenDir(_ <-chan struct{}, in *fuse.OpenIn, _ *fuse.OpenOut) fuse.Status {
+	if in.NodeId != rootNode {
+		return fuse.ENOTDIR
+	}
+	return fuse.OK
+}
+
+// ReadDir lists the volume file.
+func (e *Export) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	if in.Offset == 0 {
+		out.AddDirEntry(fuse.DirEntry{Name: ExportFileName, Ino: fileNode, Mode: syscall.S_IFREG})
+	}
+	return fuse.OK
+}
+
+// Read reads the volume.
+func (e *Export) Read(_ <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	size := e.dev.Size()
+	off := int64(in.Offset)
+	if off >= size {
+		return fuse.ReadResultData(nil), fuse.OK
+	}
+	n := min(int64(in.Size), size-off, int64(len(buf)))
+	got, err := e.dev.ReadAt(buf[:n], off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		e.log.Error("read failed", "offset", off, "bytes", n, "err", err)
+		return nil, fuse.EIO
+	}
+	return fuse.ReadResultData(buf[:got]), fuse.OK
+}
+
+// Write writes through the device (the Mirror on a primary).
+func (e *Export) Write(_ <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	n, err := e.dev.WriteAt(data, int64(in.Offset))
+	if err != nil {
+		return uint32(n), e.errno("write", int64(in.Offset), int64(len(data)), err)
+	}
+	return uint32(n), fuse.OK
+}
+
+// Fsync flushes both hosts. It must never answer ENOSYS: the kernel would
+// then skip every later fsync on the mount (NOTES.md).
+func (e *Export) Fsync(_ <-chan struct{}, _ *fuse.FsyncIn) fuse.Status {
+	if err := e.dev.Flush(); err != nil {
+		return e.errno("flush", 0, 0, err)
+	}
+	return fuse.OK
+}
+
+// Flush is called on close(2); durability is Fsync's job.
+func (e *Export) Flush(_ <-chan struct{}, _ *fuse.FlushIn) fuse.Status { return fuse.OK }
+
+// Fallocate turns a hole punch (a discard from the loop device) into a Trim.
+// Plain allocation inside the volume is a no-op: the file already has its size.
+func (e *Export) Fallocate(_ <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
+	off, n := int64(in.Offset), int64(in.Length)
+	if err := checkRange(off, n, e.dev.Size()); err != nil {
+		return fuse.Status(syscall.EFBIG)
+	}
+	switch in.Mode {
+	case 0, unix.FALLOC_FL_KEEP_SIZE:
+		return fuse.OK
+	case unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE:
+		if err := e.dev.Trim(off, n); err != nil {
+			return e.errno("trim", off, n, err)
+		}
+		return fuse.OK
+	}
+	return fuse.Status(syscall.EOPNOTSUPP)
+}
+
+// StatFs reports a filesystem holding just the volume.
+func (e *Export) StatFs(_ <-chan struct{}, _ *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	out.Bsize = 4096
+	out.Blocks = uint64(e.dev.Size()) / 4096
+	out.Files = 1
+	out.NameLen = 255
+	return fuse.OK
+}
+
+// Access allows everything the mode bits allow; the mount is root's.
+func (e *Export) Access(_ <-chan struct{}, _ *fuse.AccessIn) fuse.Status { return fuse.OK }
+
+func (e *Export) errno(op string, off, n int64, err error) fuse.Status {
+	e.log.Error(op+" failed", "offset", off, "bytes", n, "err", err)
+	switch {
+	case errors.Is(err, ErrOutOfRange):
+		return fuse.Status(syscall.EFBIG)
+	case errors.Is(err, ErrClosed):
+		return fuse.Status(syscall.ESHUTDOWN)
+	case errors.Is(err, syscall.ENOSPC):
+		return fuse.Status(syscall.ENOSPC)
+	}
+	return fuse.EIO
+}

@@ -1,0 +1,38 @@
+package blockdev
+
+import (
+	"context"
+	"time"
+
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+var testSecret = []byte("blockdev-test-secret-0123456789")
+
+// testConfigs returns matching secondary and primary transport configs for
+// a 1 MiB volume.
+func testConfigs() (sec, pri transport.Config) {
+	base := transport.Config{
+		Secret:     testSecret,
+		VolumeUUID: [16]byte{7},
+		Size:       1 << 20,
+		BlockSize:  4096,
+		Timeout:    2 * time.Second,
+	}
+	sec, pri = base, base
+	sec.NodeID, pri.NodeID = "b", "a"
+	return sec, pri
+}
+
+// contextUntil returns a context cancelled when stop is closed.
+func contextUntil(stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}

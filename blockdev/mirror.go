@@ -1,0 +1,349 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+// ErrClosed reports I/O on a Mirror that was closed.
+var ErrClosed = errors.New("volume is closed")
+
+// Replication states shown by status.
+const (
+	StateReplicating = "replicating"
+	StateLogging     = "logging"
+	StateResyncing   = "resyncing"
+)
+
+// Mirror is the primary's view of the volume: a Device whose writes are
+// mirrored to the peer through a transport.Session (sync mode). Without a
+// peer it keeps serving and leaves the blocks it writes dirty.
+type Mirror struct {
+	local Device
+	dirty *bitmap.Set
+	locks *rangeLock
+	log   *slog.Logger
+
+	mu        sync.Mutex
+	peer      *transport.Session
+	resyncing bool
+	closed    bool
+	lastErr   string
+	inflight  sync.WaitGroup
+
+	// totals of sessions that ended; the live session adds its own
+	past transport.SessionStats
+
+	resyncDone  atomic.Uint64
+	resyncTotal atomic.Uint64
+}
+
+// NewMirror returns a Mirror over local that tracks dirty blocks in dirty.
+func NewMirror(local Device, dirty *bitmap.Set, log *slog.Logger) *Mirror {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Mirror{local: local, dirty: dirty, locks: newRangeLock(), log: log}
+}
+
+// SetPeer starts shipping writes to s. Blocks that went out of sync while
+// there was no peer stay dirty until Resync copies them.
+func (m *Mirror) SetPeer(s *transport.Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.retire(m.peer)
+	m.peer = s
+	m.lastErr = ""
+}
+
+// retire folds an ending session's counters into the totals. m.mu is held.
+func (m *Mirror) retire(s *transport.Session) {
+	if s == nil {
+		return
+	}
+	st := s.Stats()
+	m.past.Writes += st.Writes
+	m.past.Bytes += st.Bytes
+	m.past.Flushes += st.Flushes
+}
+
+func (m *Mirror) session() *transport.Session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.peer
+}
+
+// peerLost stops shipping to s after it failed with err.
+func (m *Mirror) peerLost(s *transport.Session, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peer != s {
+		return
+	}
+	m.retire(s)
+	m.peer = nil
+	m.lastErr = err.Error()
+	m.log.Warn("peer lost: writes continue locally and their blocks stay dirty", "err", err)
+}
+
+// begin registers an I/O so that Close waits for it.
+func (m *Mirror) begin() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	m.inflight.Add(1)
+	return true
+}
+
+// ReadAt reads the local copy.
+func (m *Mirror) ReadAt(p []byte, off int64) (int, error) { return m.local.ReadAt(p, off) }
+
+// Size is the volume size in bytes.
+func (m *Mirror) Size() int64 { return m.local.Size() }
+
+// WriteAt writes p at off on both hosts and returns when the local write
+// completed and the peer acknowledged it (or the peer is gone, in which case
+// the blocks stay dirty).
+func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
+	if err := checkRange(off, int64(len(p)), m.local.Size()); err != nil {
+		return 0, err
+	}
+	for done := 0; done < len(p); {
+		chunk := p[done:min(len(p), done+transport.MaxWrite)]
+		at := off + int64(done)
+		err := m.replicate(at, int64(len(chunk)),
+			func() error { _, err := m.local.WriteAt(chunk, at); return err },
+			func(s *transport.Session) (*transport.Call, error) { return s.SubmitWrite(at, chunk) })
+		if err != nil {
+			return done, err
+		}
+		done += len(chunk)
+	}
+	return len(p), nil
+}
+
+// Trim discards n bytes at off on both hosts.
+func (m *Mirror) Trim(off, n int64) error {
+	if err := checkRange(off, n, m.local.Size()); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	return m.replicate(off, n,
+		func() error { return m.local.Trim(off, n) },
+		func(s *transport.Session) (*transport.Call, error) { return s.SubmitTrim(off, n) })
+}
+
+// replicate runs claim 17 for one I/O of n bytes at off: mark, ship and
+// apply locally at once, wait for the ack, then clear (or keep) the bits.
+func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transport.Session) (*transport.Call, error)) error {
+	if !m.begin() {
+		return ErrClosed
+	}
+	defer m.inflight.Done()
+	e := m.dirty.ExtentOf(off, n)
+	m.locks.lock(e)
+	defer m.locks.unlock(e)
+
+	m.dirty.Mark(e)
+	var call *transport.Call
+	s := m.session()
+	if s != nil {
+		c, err := ship(s)
+		if err != nil {
+			m.peerLost(s, err)
+		} else {
+			call = c
+		}
+	}
+	lerr := local()
+	shipped := false
+	if call != nil {
+		if err := call.Wait(); err != nil {
+			m.peerLost(s, err)
+		} else {
+			shipped = true
+		}
+	}
+	if shipped && lerr == nil {
+		m.dirty.Ack(e)
+	} else {
+		m.dirty.Fail(e)
+	}
+	return lerr
+}
+
+// Flush makes every earlier acknowledged write durable on both hosts: the
+// peer gets a barrier that it acknowledges after its own flush, while the
+// local device flushes.
+func (m *Mirror) Flush() error {
+	if !m.begin() {
+		return ErrClosed
+	}
+	defer m.inflight.Done()
+	var call *transport.Call
+	s := m.session()
+	if s != nil {
+		c, err := s.SubmitFlush()
+		if err != nil {
+			m.peerLost(s, err)
+		} else {
+			call = c
+		}
+	}
+	lerr := m.local.Flush()
+	if call != nil {
+		if err := call.Wait(); err != nil {
+			// Writes the peer did not make durable are not known here: the
+			// link is gone, so every later write is logged as dirty and the
+			// resync after reconnect rewrites the out-of-sync blocks.
+			m.peerLost(s, err)
+		}
+	}
+	return lerr
+}
+
+// Resync copies every out-of-sync block to the current peer. Application
+// writes go on meanwhile; a block being copied is locked against them, so a
+// stale copy never overwrites a newer write.
+func (m *Mirror) Resync(ctx context.Context) error {
+	s := m.session()
+	if s == nil {
+		return fmt.Errorf("resync: %w", transport.ErrDisconnected)
+	}
+	oos := m.dirty.OutOfSync()
+	m.mu.Lock()
+	m.resyncing = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.resyncing = false
+		m.mu.Unlock()
+	}()
+	m.resyncTotal.Store(oos.GetCardinality())
+	m.resyncDone.Store(0)
+	bs := int64(m.dirty.BlockSize())
+	maxRun := uint32(transport.MaxWrite / bs)
+	buf := make([]byte, transport.MaxWrite)
+	start := time.Now()
+	it := oos.Iterator()
+	for it.HasNext() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		first := it.Next()
+		last := first
+		for it.HasNext() && it.PeekNext() == last+1 && last-first+1 < maxRun {
+			last = it.Next()
+		}
+		if err := m.resyncExtent(s, bitmap.Extent{First: first, Last: last}, buf); err != nil {
+			return fmt.Errorf("resync: %w", err)
+		}
+		m.resyncDone.Add(uint64(last - first + 1))
+	}
+	m.log.Info("resync finished", "blocks", oos.GetCardinality(), "elapsed", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte) error {
+	if !m.begin() {
+		return ErrClosed
+	}
+	defer m.inflight.Done()
+	m.locks.lock(e)
+	defer m.locks.unlock(e)
+	bs := int64(m.dirty.BlockSize())
+	off := int64(e.First) * bs
+	n := min(int64(e.Blocks())*bs, m.local.Size()-off)
+	if _, err := m.local.ReadAt(buf[:n], off); err != nil {
+		return fmt.Errorf("read block %d: %w", e.First, err)
+	}
+	call, err := s.SubmitWrite(off, buf[:n])
+	if err != nil {
+		m.peerLost(s, err)
+		return err
+	}
+	if err := call.Wait(); err != nil {
+		m.peerLost(s, err)
+		return err
+	}
+	// Cleared under the range lock: a later write to these blocks that fails
+	// marks them again, after this.
+	done := bitmapOf(e)
+	m.dirty.ClearOutOfSync(done)
+	return nil
+}
+
+// Close waits for I/O in flight to complete (acknowledged by the peer or
+// failed), flushes, and closes the local device. The peer session is not
+// closed: its owner does that.
+func (m *Mirror) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	m.inflight.Wait()
+	err := m.local.Flush()
+	return errors.Join(err, m.local.Close())
+}
+
+// MirrorStatus is a snapshot of the primary's replication state.
+type MirrorStatus struct {
+	Connected    bool
+	Replication  string
+	LastError    string
+	DirtyBlocks  uint64
+	InFlight     int
+	Window       int
+	Writes       uint64 // writes and trims acknowledged by the peer
+	Bytes        uint64 // bytes acknowledged by the peer
+	Flushes      uint64
+	ResyncDone   uint64 // blocks
+	ResyncTotal  uint64 // blocks
+	BlockSize    int
+	BitmapMemory uint64 // bytes
+}
+
+// Status returns a snapshot of the replication state.
+func (m *Mirror) Status() MirrorStatus {
+	m.mu.Lock()
+	st := MirrorStatus{
+		Connected:   m.peer != nil,
+		LastError:   m.lastErr,
+		Writes:      m.past.Writes,
+		Bytes:       m.past.Bytes,
+		Flushes:     m.past.Flushes,
+		Replication: StateLogging,
+	}
+	if m.peer != nil {
+		ps := m.peer.Stats()
+		st.Writes += ps.Writes
+		st.Bytes += ps.Bytes
+		st.Flushes += ps.Flushes
+		st.InFlight, st.Window = ps.InFlight, ps.Window
+		st.Replication = StateReplicating
+		if m.resyncing {
+			st.Replication = StateResyncing
+		}
+	}
+	m.mu.Unlock()
+	st.DirtyBlocks = m.dirty.Dirty()
+	st.BlockSize = m.dirty.BlockSize()
+	st.BitmapMemory = m.dirty.SizeInBytes()
+	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
+	return st
+}

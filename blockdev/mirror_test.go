@@ -1,0 +1,357 @@
+package blockdev
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+const volSize = 1 << 20
+
+// TestMain lets the test binary run as a real secondary process, which a
+// test can then kill with SIGKILL.
+func TestMain(m *testing.M) {
+	if path := os.Getenv("LDMIRROR_TEST_SECONDARY"); path != "" {
+		runSecondaryProcess(path)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func runSecondaryProcess(path string) {
+	dev, err := OpenFile(path, volSize)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	sec, _ := testConfigs()
+	ln, err := transport.Listen("127.0.0.1:0", sec)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().String())
+	_ = ln.Serve(context.Background(), NewReplica(dev, nil))
+}
+
+func newFile(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := CreateFile(p, volSize); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func openFile(t *testing.T, p string) *FileDevice {
+	t.Helper()
+	d, err := OpenFile(p, volSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// countingDevice counts flushes that reached the device.
+type countingDevice struct {
+	Device
+	flushes atomic.Int64
+}
+
+func (d *countingDevice) Flush() error {
+	d.flushes.Add(1)
+	return d.Device.Flush()
+}
+
+type pair struct {
+	mirror    *Mirror
+	dirty     *bitmap.Set
+	primary   *countingDevice
+	secondary *countingDevice
+	replica   *Replica
+	sess      *transport.Session
+	secPath   string
+	priPath   string
+}
+
+// newPair runs a primary Mirror and an in-process secondary on 127.0.0.1.
+func newPair(t *testing.T) *pair {
+	t.Helper()
+	p := &pair{priPath: newFile(t, "a.img"), secPath: newFile(t, "b.img")}
+	p.primary = &countingDevice{Device: openFile(t, p.priPath)}
+	p.secondary = &countingDevice{Device: openFile(t, p.secPath)}
+	p.replica = NewReplica(p.secondary, nil)
+	sec, pri := testConfigs()
+	ln, err := transport.Listen("127.0.0.1:0", sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = ln.Serve(ctx, p.replica) }()
+	p.sess, err = transport.Dial(ctx, ln.Addr().String(), pri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dirty, _ = bitmap.New(volSize, 4096)
+	p.mirror = NewMirror(p.primary, p.dirty, nil)
+	p.mirror.SetPeer(p.sess)
+	t.Cleanup(func() {
+		p.mirror.Close()
+		p.sess.Close()
+		cancel()
+		<-served
+		p.secondary.Close()
+	})
+	return p
+}
+
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func TestMirrorWritesReachBothHosts(t *testing.T) {
+	p := newPair(t)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 32 {
+				off := int64((w*32+i)%256) * 4096
+				if _, err := p.mirror.WriteAt(bytes.Repeat([]byte{byte(w*32 + i)}, 4096+512), off); err != nil && off+4608 <= volSize {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := p.mirror.Trim(8192, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.mirror.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
+		t.Fatal("backing files differ after a flush")
+	}
+	st := p.mirror.Status()
+	if st.DirtyBlocks != 0 || !st.Connected || st.Replication != StateReplicating {
+		t.Fatalf("status = %+v, want connected, replicating, 0 dirty", st)
+	}
+}
+
+// TestFlushReachesBothHosts checks invariant 1: a flush returns only after
+// both devices flushed.
+func TestFlushReachesBothHosts(t *testing.T) {
+	p := newPair(t)
+	if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.mirror.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := p.primary.flushes.Load(), p.secondary.flushes.Load(); a != 1 || b != 1 {
+		t.Fatalf("flushes primary=%d secondary=%d, want 1 and 1", a, b)
+	}
+}
+
+func TestMirrorWithoutPeerKeepsBitsAndResyncs(t *testing.T) {
+	p := newPair(t)
+	sess := p.sess
+	p.mirror.SetPeer(nil)
+	for i := range 10 {
+		if _, err := p.mirror.WriteAt(bytes.Repeat([]byte{0x5A}, 4096), int64(i)*8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.mirror.Status().DirtyBlocks; got != 10 {
+		t.Fatalf("dirty = %d after 10 unshipped writes, want 10", got)
+	}
+	if fileSum(t, p.priPath) == fileSum(t, p.secPath) {
+		t.Fatal("files equal although nothing was shipped")
+	}
+	p.mirror.SetPeer(sess)
+	if err := p.mirror.Resync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.mirror.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.mirror.Status().DirtyBlocks; got != 0 {
+		t.Fatalf("dirty = %d after resync", got)
+	}
+	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
+		t.Fatal("files differ after resync")
+	}
+}
+
+func TestCloseWaitsForWritesInFlight(t *testing.T) {
+	p := newPair(t)
+	var started, finished atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				started.Add(1)
+				_, err := p.mirror.WriteAt(make([]byte, 65536), int64((w*4+i%4)*65536))
+				if err == ErrClosed {
+					started.Add(-1)
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				finished.Add(1)
+			}
+		}()
+	}
+	for started.Load() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.mirror.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := p.dirty.Dirty(); d != 0 {
+		t.Fatalf("%d blocks dirty after Close: a write in flight was not acked", d)
+	}
+	wg.Wait()
+	if started.Load() != finished.Load() {
+		t.Fatalf("%d writes started, %d finished", started.Load(), finished.Load())
+	}
+}
+
+// TestSecondaryKilled kills a real secondary process with SIGKILL in the
+// middle of a write stream.
+func TestSecondaryKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a child process; skipped with -short")
+	}
+	secPath := newFile(t, "b.img")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "LDMIRROR_TEST_SECONDARY="+secPath)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	addr, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pri := testConfigs()
+	pri.Timeout = time.Second
+	sess, err := transport.Dial(context.Background(), addr[:len(addr)-1], pri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	priDev := openFile(t, newFile(t, "a.img"))
+	dirty, _ := bitmap.New(volSize, 4096)
+	m := NewMirror(priDev, dirty, nil)
+	defer m.Close()
+	m.SetPeer(sess)
+
+	// Four writers, each write to its own block with a recognizable
+	// pattern; a write's return time says whether it returned before the
+	// kill.
+	const writers, perWriter = 4, 64
+	var killedAt atomic.Int64 // unix nanoseconds
+	returned := make([][]int64, writers)
+	var issued atomic.Int64
+	var afterLoss atomic.Int64
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				blk := int64(w*perWriter + i)
+				if i == perWriter/2 && w == 0 {
+					killedAt.Store(time.Now().UnixNano())
+					if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+						t.Error(err)
+					}
+				}
+				if !m.Status().Connected {
+					afterLoss.Add(1)
+				}
+				issued.Add(1)
+				if _, err := m.WriteAt(pattern(blk), blk*4096); err != nil {
+					t.Error(err)
+					return
+				}
+				returned[w] = append(returned[w], time.Now().UnixNano())
+			}
+		}()
+	}
+	wg.Wait()
+	_ = cmd.Wait()
+
+	st := m.Status()
+	if st.Connected || st.Replication != StateLogging {
+		t.Fatalf("status after the kill = %+v, want disconnected and logging", st)
+	}
+	// Every write that returned before the kill is on the secondary's file.
+	sec, err := os.ReadFile(secPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onSecondary := 0
+	for w := range writers {
+		for i := range perWriter {
+			blk := int64(w*perWriter + i)
+			present := bytes.Equal(sec[blk*4096:(blk+1)*4096], pattern(blk))
+			if present {
+				onSecondary++
+			}
+			if i < len(returned[w]) && returned[w][i] < killedAt.Load() && !present {
+				t.Errorf("block %d returned %v before the kill but is not on the secondary (dirty=%v)", blk, time.Duration(killedAt.Load()-returned[w][i]), dirty.IsDirty(uint32(blk)))
+			}
+		}
+	}
+	// Dirty blocks are exactly the writes that did not reach the secondary,
+	// give or take those in flight at the kill (applied there, ack lost).
+	notShipped := writers*perWriter - onSecondary
+	if d := int(st.DirtyBlocks); d < notShipped || d > notShipped+pri.Window {
+		t.Fatalf("dirty = %d, want %d (+ at most %d in flight)", d, notShipped, pri.Window)
+	}
+	if st.DirtyBlocks < uint64(afterLoss.Load()) || st.DirtyBlocks == 0 {
+		t.Fatalf("dirty = %d, but %d writes were issued after the loss was seen", st.DirtyBlocks, afterLoss.Load())
+	}
+	t.Logf("%d writes, %d on the secondary, %d dirty, %d issued after the loss was seen", writers*perWriter, onSecondary, st.DirtyBlocks, afterLoss.Load())
+}
+
+// pattern is block blk's content: its number repeated.
+func pattern(blk int64) []byte {
+	b := make([]byte, 4096)
+	for i := 0; i < len(b); i += 8 {
+		binary.BigEndian.PutUint64(b[i:], uint64(blk)+1)
+	}
+	return b
+}

@@ -1,0 +1,181 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
+)
+
+// Status is what `ldmirror status` shows. Sizes are bytes, times seconds.
+type Status struct {
+	Node        string  `json:"node"`
+	Role        string  `json:"role"`
+	VolumeUUID  string  `json:"volume_uuid"`
+	SizeBytes   int64   `json:"size_bytes"`
+	BlockSize   int     `json:"block_size_bytes"`
+	Mode        string  `json:"mode"`
+	Link        string  `json:"link"`
+	Peer        string  `json:"peer,omitempty"`
+	PeerNode    string  `json:"peer_node,omitempty"`
+	Replication string  `json:"replication"`
+	Disk        string  `json:"disk"`
+	PeerDisk    string  `json:"peer_disk,omitempty"`
+	UptimeSec   float64 `json:"uptime_seconds"`
+
+	// Primary.
+	DirtyBlocks    uint64   `json:"dirty_blocks"`
+	DirtyBytes     uint64   `json:"dirty_bytes"`
+	WritesShipped  uint64   `json:"writes_shipped"`
+	BytesShipped   uint64   `json:"bytes_shipped"`
+	FlushesShipped uint64   `json:"flushes_shipped"`
+	WindowInUse    int      `json:"window_in_use"`
+	WindowSize     int      `json:"window_size"`
+	ResyncDone     uint64   `json:"resync_done_blocks,omitempty"`
+	ResyncTotal    uint64   `json:"resync_total_blocks,omitempty"`
+	BitmapBytes    uint64   `json:"bitmap_memory_bytes"`
+	Export         string   `json:"export,omitempty"`
+	LoopDevices    []string `json:"loop_devices,omitempty"`
+	LastError      string   `json:"last_error,omitempty"`
+
+	// Secondary.
+	AppliedSeq    uint64 `json:"applied_seq,omitempty"`
+	WritesApplied uint64 `json:"writes_applied,omitempty"`
+	BytesApplied  uint64 `json:"bytes_applied,omitempty"`
+	ApplyFailures uint64 `json:"apply_failures,omitempty"`
+	ApplyPending  int    `json:"apply_pending,omitempty"`
+	RejectedConns uint64 `json:"rejected_connections,omitempty"`
+}
+
+// Status returns the host's current state.
+func (n *Node) Status() Status {
+	st := Status{
+		Node:       n.cfg.NodeID,
+		Role:       n.cfg.Role,
+		VolumeUUID: n.meta.VolumeUUID.String(),
+		SizeBytes:  n.meta.Size,
+		BlockSize:  n.meta.BlockSize,
+		Mode:       "sync",
+		Peer:       n.cfg.Peer,
+		Disk:       "uptodate",
+		UptimeSec:  time.Since(n.started).Seconds(),
+	}
+	n.mu.Lock()
+	st.Link, st.PeerNode = n.link, n.peerNode
+	n.mu.Unlock()
+	if n.cfg.Role == RoleSecondary {
+		n.secondaryStatus(&st)
+		return st
+	}
+	if n.export != nil {
+		st.Export = n.export.Path()
+		st.LoopDevices = blockdev.LoopDevicesOf(st.Export)
+	}
+	if n.cfg.Passthrough {
+		st.Mode, st.Replication = "passthrough", "none"
+		return st
+	}
+	ms := n.mirror.Status()
+	st.Replication = ms.Replication
+	st.DirtyBlocks = ms.DirtyBlocks
+	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
+	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
+	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
+	st.ResyncDone, st.ResyncTotal = ms.ResyncDone, ms.ResyncTotal
+	st.BitmapBytes = ms.BitmapMemory
+	st.LastError = ms.LastError
+	if n.cfg.Peer != "" {
+		st.PeerDisk = "uptodate"
+		if ms.DirtyBlocks > 0 || !ms.Connected {
+			st.PeerDisk = "outdated"
+		}
+	}
+	if st.Link == LinkConnected && !ms.Connected {
+		st.Link = LinkDisconnected
+	}
+	return st
+}
+
+func (n *Node) secondaryStatus(st *Status) {
+	st.Replication = "replicating"
+	st.Link = LinkConnecting
+	if s := n.ln.Active(); s != nil {
+		st.Link = LinkConnected
+		st.PeerNode = s.Peer().NodeID
+	} else {
+		st.Replication = "waiting for primary"
+	}
+	rs := n.replica.Status()
+	st.AppliedSeq, st.WritesApplied, st.BytesApplied = rs.AppliedSeq, rs.Writes, rs.Bytes
+	st.ApplyFailures, st.ApplyPending = rs.Failures, rs.Pending
+	st.RejectedConns = n.ln.Rejected()
+	if rs.Failures > 0 {
+		st.Disk = "inconsistent"
+	}
+}
+
+// WriteText prints st for an operator.
+func (st *Status) WriteText(w io.Writer) {
+	row := func(k, format string, a ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, a...)) }
+	row("node", "%s (%s)", st.Node, st.Role)
+	row("volume", "%s, %s, %d B blocks", st.VolumeUUID, Bytes(uint64(st.SizeBytes)), st.BlockSize)
+	link := st.Link
+	if st.Peer != "" {
+		link += " to " + st.Peer
+	}
+	if st.PeerNode != "" {
+		link += " (node " + st.PeerNode + ")"
+	}
+	row("link", "%s", link)
+	repl := st.Replication
+	if st.Replication == "replicating" {
+		repl += " (" + st.Mode + ")"
+	}
+	if st.ResyncTotal > 0 && st.Replication == blockdev.StateResyncing {
+		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
+	}
+	row("replication", "%s", repl)
+	disk := st.Disk
+	if st.PeerDisk != "" {
+		disk += ", peer " + st.PeerDisk
+	}
+	row("disk", "%s", disk)
+	if st.Role == RolePrimary {
+		row("dirty", "%d blocks (%s)", st.DirtyBlocks, Bytes(st.DirtyBytes))
+		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, Bytes(st.BytesShipped), st.FlushesShipped)
+		row("window", "%d of %d writes in flight", st.WindowInUse, st.WindowSize)
+		if st.Export != "" {
+			row("export", "%s", st.Export)
+		}
+		if len(st.LoopDevices) > 0 {
+			row("loop", "%s", strings.Join(st.LoopDevices, ", "))
+		}
+	} else {
+		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, Bytes(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
+		if st.ApplyFailures > 0 {
+			row("failures", "%d writes failed to apply", st.ApplyFailures)
+		}
+		if st.RejectedConns > 0 {
+			row("rejected", "%d connections (see the log)", st.RejectedConns)
+		}
+	}
+	if st.LastError != "" {
+		row("last error", "%s", st.LastError)
+	}
+}
+
+// Bytes formats n with a binary unit.
+func Bytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,25 @@
+// Package transport is the peer wire protocol between the two hosts of a
+// mirrored volume.
+//
+// Every frame is a 32-byte header followed by a payload:
+//
+//	0  magic   "LDM1"
+//	4  type    Hello, Auth, Write, Trim, Flush, Ack, Ping, Pong, Error
+//	5  flags   must be 0
+//	6  reserved, must be 0
+//	8  length  payload bytes, at most MaxPayload
+//	12 crc32c  Castagnoli, over the payload and then the header (this field zero)
+//	16 seq     sequence number of the request (or of the request an Ack answers)
+//	24 epoch   the sender's epoch: frames from an older epoch are refused
+//
+// A connection starts with a handshake: both sides send Hello (protocol
+// version, node identity, volume identity and geometry, a random nonce), then
+// Auth, an HMAC-SHA256 over both Hellos keyed with the shared secret. No data
+// frame is accepted before both Auths verified and the volumes matched.
+//
+// After the handshake the primary's Session pipelines Write, Trim and Flush
+// requests with a bounded window of outstanding frames; the secondary's
+// ServerSession hands them to a Handler, which may apply them in parallel and
+// acknowledges each one by sequence number. A Flush is a barrier: it is
+// acknowledged only after every earlier request was applied and made durable.
+package transport

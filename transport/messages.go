@@ -1,0 +1,91 @@
+package transport
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// ProtocolVersion is the version of the wire protocol this package speaks.
+const ProtocolVersion = 1
+
+// maxNodeID bounds the node identity carried in Hello.
+const maxNodeID = 64
+
+// Hello opens a connection. Both sides send one.
+type Hello struct {
+	Version    uint16
+	NodeID     string
+	VolumeUUID [16]byte
+	Size       uint64 // volume size in bytes
+	BlockSize  uint32 // tracking granularity in bytes
+	Epoch      uint64
+	Nonce      [32]byte
+}
+
+// MarshalBinary encodes the Hello payload.
+func (m *Hello) MarshalBinary() ([]byte, error) {
+	if len(m.NodeID) > maxNodeID {
+		return nil, fmt.Errorf("node id %q longer than %d bytes", m.NodeID, maxNodeID)
+	}
+	b := make([]byte, 0, 2+1+len(m.NodeID)+16+8+4+8+32)
+	b = binary.BigEndian.AppendUint16(b, m.Version)
+	b = append(b, byte(len(m.NodeID)))
+	b = append(b, m.NodeID...)
+	b = append(b, m.VolumeUUID[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.Size)
+	b = binary.BigEndian.AppendUint32(b, m.BlockSize)
+	b = binary.BigEndian.AppendUint64(b, m.Epoch)
+	b = append(b, m.Nonce[:]...)
+	return b, nil
+}
+
+// UnmarshalBinary decodes a Hello payload.
+func (m *Hello) UnmarshalBinary(b []byte) error {
+	if len(b) < 3 {
+		return fmt.Errorf("%w: hello of %d bytes", ErrMalformed, len(b))
+	}
+	m.Version = binary.BigEndian.Uint16(b)
+	n := int(b[2])
+	if n > maxNodeID || len(b) != 3+n+16+8+4+8+32 {
+		return fmt.Errorf("%w: hello of %d bytes with a %d-byte node id", ErrMalformed, len(b), n)
+	}
+	b = b[3:]
+	m.NodeID = string(b[:n])
+	b = b[n:]
+	copy(m.VolumeUUID[:], b)
+	m.Size = binary.BigEndian.Uint64(b[16:])
+	m.BlockSize = binary.BigEndian.Uint32(b[24:])
+	m.Epoch = binary.BigEndian.Uint64(b[28:])
+	copy(m.Nonce[:], b[36:])
+	return nil
+}
+
+// Ack status codes.
+const (
+	AckOK uint32 = iota
+	AckIOError
+	AckOutOfRange
+)
+
+// ackPayload encodes an Ack: a status code and, for a failure, a message.
+func ackPayload(b []byte, status uint32, msg string) []byte {
+	b = binary.BigEndian.AppendUint32(b, status)
+	return append(b, msg...)
+}
+
+func parseAck(b []byte) (uint32, string, error) {
+	if len(b) < 4 {
+		return 0, "", fmt.Errorf("%w: ack of %d bytes", ErrMalformed, len(b))
+	}
+	return binary.BigEndian.Uint32(b), string(b[4:]), nil
+}
+
+// maxErrorText bounds the reason carried by an Error frame.
+const maxErrorText = 1024
+
+func errorPayload(msg string) []byte {
+	if len(msg) > maxErrorText {
+		msg = msg[:maxErrorText]
+	}
+	return []byte(msg)
+}

@@ -1,0 +1,437 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Kind is the kind of a replicated request.
+type Kind uint8
+
+// Request kinds.
+const (
+	KindWrite Kind = iota + 1
+	KindTrim
+	KindFlush
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindWrite:
+		return "write"
+	case KindTrim:
+		return "trim"
+	case KindFlush:
+		return "flush"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Request is one replicated operation received from the primary.
+type Request struct {
+	Kind   Kind
+	Seq    uint64
+	Offset int64
+	Length int64  // bytes written or trimmed; 0 for a flush
+	Data   []byte // the data of a write; valid until Done
+
+	sess *ServerSession
+	buf  *[]byte
+}
+
+// Done acknowledges the request to the primary (err == nil) or reports that
+// it failed. It must be called exactly once; Data is invalid afterwards.
+func (r *Request) Done(err error) {
+	r.sess.ack(r.Seq, err)
+	r.Data = nil
+	putBuf(r.buf)
+	r.buf = nil
+	r.sess = nil
+}
+
+// Handler applies requests on the secondary. Handle must not block for
+// long: it may apply the request on another goroutine and call Done there.
+type Handler interface {
+	Handle(req *Request)
+}
+
+// Buffers for incoming write payloads, in two sizes so that small writes do
+// not pin megabyte buffers.
+const smallBuf = 64 << 10
+
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, MaxPayload); return &b }}
+)
+
+func getBuf(n uint32) *[]byte {
+	if n <= smallBuf {
+		return smallPool.Get().(*[]byte)
+	}
+	return largePool.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	if b == nil {
+		return
+	}
+	if cap(*b) == smallBuf {
+		smallPool.Put(b)
+	} else {
+		largePool.Put(b)
+	}
+}
+
+// Listener accepts authenticated connections from the primary. Only one
+// session is active at a time: a newly authenticated one replaces the old,
+// so a primary that restarted does not wait for its half-open predecessor.
+type Listener struct {
+	ln  net.Listener
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	active *ServerSession
+	wg     sync.WaitGroup
+
+	rejected atomic.Uint64
+}
+
+// Listen opens a listener on addr.
+func Listen(addr string, cfg Config) (*Listener, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &Listener{ln: ln, cfg: c, log: c.Logger}, nil
+}
+
+// Addr is the address the listener accepts on.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Rejected counts connections closed because of a handshake or protocol error.
+func (l *Listener) Rejected() uint64 { return l.rejected.Load() }
+
+// Active returns the current session, or nil.
+func (l *Listener) Active() *ServerSession {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.active
+}
+
+// Serve accepts connections and hands their requests to h until ctx ends or
+// the listener is closed. A bad connection is logged and closed; Serve keeps
+// running. Serve waits for its sessions to end before it returns.
+func (l *Listener) Serve(ctx context.Context, h Handler) error {
+	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
+	defer stop()
+	defer l.wg.Wait()
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			l.mu.Lock()
+			if l.active != nil {
+				l.active.fail(ErrClosed)
+			}
+			l.mu.Unlock()
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.serveConn(conn, h)
+		}()
+	}
+}
+
+// Close stops accepting and ends the active session.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+func (l *Listener) serveConn(conn net.Conn, h Handler) {
+	remote := conn.RemoteAddr().String()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	fr := NewFrameReader(conn)
+	peer, err := handshake(conn, fr, &l.cfg, false)
+	if err != nil {
+		l.rejected.Add(1)
+		l.log.Warn("peer connection rejected", "remote", remote, "err", err)
+		conn.Close()
+		return
+	}
+	s := &ServerSession{
+		cfg:  l.cfg,
+		conn: conn,
+		fr:   fr,
+		peer: peer,
+		acks: make(chan ackItem, l.cfg.Window+8),
+		slot: make(chan struct{}, l.cfg.Window),
+		done: make(chan struct{}),
+	}
+	l.mu.Lock()
+	old := l.active
+	l.active = s
+	l.mu.Unlock()
+	if old != nil {
+		old.fail(errors.New("replaced by a new connection from the primary"))
+	}
+	l.log.Info("peer connected", "remote", remote, "node", peer.NodeID)
+	err = s.run(h)
+	l.mu.Lock()
+	if l.active == s {
+		l.active = nil
+	}
+	l.mu.Unlock()
+	if errors.Is(err, ErrClosed) {
+		return
+	}
+	if isProtocolError(err) {
+		l.rejected.Add(1)
+	}
+	l.log.Warn("peer connection closed", "remote", remote, "node", peer.NodeID, "err", err)
+}
+
+func isProtocolError(err error) bool {
+	for _, e := range []error{ErrBadMagic, ErrChecksum, ErrFrameTooLarge, ErrTruncated, ErrUnknownType, ErrMalformed, ErrUnexpected, ErrStaleEpoch} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+type ackItem struct {
+	seq    uint64
+	status uint32
+	msg    string
+	pong   bool
+}
+
+// ServerSession is the secondary's end of a peer connection.
+type ServerSession struct {
+	cfg  Config
+	conn net.Conn
+	fr   *FrameReader
+	peer Hello
+
+	acks chan ackItem
+	slot chan struct{} // bounds requests handed to the Handler and not yet Done
+
+	mu      sync.Mutex
+	err     error
+	done    chan struct{}
+	lastSeq uint64
+
+	applied  atomic.Uint64
+	lastRecv atomic.Int64
+}
+
+// Peer is the Hello the primary sent.
+func (s *ServerSession) Peer() Hello { return s.peer }
+
+// Received is the number of requests received and acknowledged.
+func (s *ServerSession) Received() uint64 { return s.applied.Load() }
+
+func (s *ServerSession) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	close(s.done)
+	s.conn.Close()
+}
+
+func (s *ServerSession) ack(seq uint64, err error) {
+	item := ackItem{seq: seq}
+	if err != nil {
+		item.status, item.msg = AckIOError, err.Error()
+	}
+	select {
+	case s.acks <- item:
+	case <-s.done:
+	}
+	<-s.slot
+}
+
+func (s *ServerSession) run(h Handler) error {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.writeLoop() }()
+	go func() { defer wg.Done(); s.watchdog() }()
+	s.readLoop(h)
+	wg.Wait()
+	return s.err
+}
+
+func (s *ServerSession) readLoop(h Handler) {
+	s.lastRecv.Store(time.Now().UnixNano())
+	for {
+		hd, err := s.fr.ReadHeader()
+		if err != nil {
+			s.fail(fmt.Errorf("read from primary: %w", err))
+			return
+		}
+		s.lastRecv.Store(time.Now().UnixNano())
+		if hd.Epoch != s.peer.Epoch {
+			s.fail(refuse(s.conn, s.cfg.Epoch, fmt.Errorf("%w: frame epoch %d, session epoch %d", ErrStaleEpoch, hd.Epoch, s.peer.Epoch)))
+			return
+		}
+		if err := s.readRequest(hd, h); err != nil {
+			s.fail(err)
+			return
+		}
+	}
+}
+
+// readRequest reads the payload of one frame and dispatches it.
+func (s *ServerSession) readRequest(hd Header, h Handler) error {
+	if hd.Type == TypePing {
+		if err := s.fr.ReadPayload(hd, nil); err != nil {
+			return err
+		}
+		select {
+		case s.acks <- ackItem{pong: true}:
+		default: // acks are queued anyway: they prove we are alive
+		}
+		return nil
+	}
+	var kind Kind
+	switch hd.Type {
+	case TypeWrite:
+		kind = KindWrite
+	case TypeTrim:
+		kind = KindTrim
+	case TypeFlush:
+		kind = KindFlush
+	case TypeError:
+		p := make([]byte, hd.Length)
+		if err := s.fr.ReadPayload(hd, p); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %s", ErrPeerRefused, p)
+	default:
+		return fmt.Errorf("%w: %s from primary", ErrUnexpected, hd.Type)
+	}
+	if s.lastSeq != 0 && hd.Seq != s.lastSeq+1 {
+		return fmt.Errorf("%w: seq %d after %d", ErrUnexpected, hd.Seq, s.lastSeq)
+	}
+	buf := getBuf(hd.Length)
+	if err := s.fr.ReadPayload(hd, *buf); err != nil {
+		putBuf(buf)
+		return err
+	}
+	req, err := parseRequest(kind, hd, (*buf)[:hd.Length], s.peer.Size)
+	if err != nil {
+		putBuf(buf)
+		return err
+	}
+	s.lastSeq = hd.Seq
+	req.sess, req.buf = s, buf
+	select {
+	case s.slot <- struct{}{}:
+	case <-s.done:
+		putBuf(buf)
+		return s.err
+	}
+	s.applied.Add(1)
+	h.Handle(req)
+	return nil
+}
+
+func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error) {
+	req := &Request{Kind: kind, Seq: hd.Seq}
+	switch kind {
+	case KindWrite:
+		if len(p) < 9 {
+			return nil, fmt.Errorf("%w: write frame of %d bytes", ErrMalformed, len(p))
+		}
+		req.Offset = int64(binary.BigEndian.Uint64(p))
+		req.Data = p[8:]
+		req.Length = int64(len(req.Data))
+	case KindTrim:
+		if len(p) != 16 {
+			return nil, fmt.Errorf("%w: trim frame of %d bytes", ErrMalformed, len(p))
+		}
+		req.Offset = int64(binary.BigEndian.Uint64(p))
+		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
+	case KindFlush:
+		if len(p) != 0 {
+			return nil, fmt.Errorf("%w: flush frame with %d payload bytes", ErrMalformed, len(p))
+		}
+		return req, nil
+	}
+	end := uint64(req.Offset) + uint64(req.Length)
+	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {
+		return nil, fmt.Errorf("%w: %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, kind, req.Length, req.Offset, size)
+	}
+	return req, nil
+}
+
+func (s *ServerSession) writeLoop() {
+	var buf []byte
+	for {
+		var item ackItem
+		select {
+		case item = <-s.acks:
+		case <-s.done:
+			return
+		}
+		buf = s.appendAck(buf[:0], item)
+	drain:
+		for len(buf) < 64<<10 {
+			select {
+			case item = <-s.acks:
+				buf = s.appendAck(buf, item)
+			default:
+				break drain
+			}
+		}
+		if _, err := s.conn.Write(buf); err != nil {
+			s.fail(fmt.Errorf("send to primary: %w", err))
+			return
+		}
+	}
+}
+
+func (s *ServerSession) appendAck(buf []byte, item ackItem) []byte {
+	if item.pong {
+		return AppendFrame(buf, Header{Type: TypePong, Epoch: s.cfg.Epoch}, nil)
+	}
+	var p [4 + maxErrorText]byte
+	payload := ackPayload(p[:0], item.status, item.msg)
+	return AppendFrame(buf, Header{Type: TypeAck, Seq: item.seq, Epoch: s.cfg.Epoch}, payload[:min(len(payload), 4+maxErrorText)])
+}
+
+// watchdog closes a session whose primary went silent (it pings when idle).
+func (s *ServerSession) watchdog() {
+	t := time.NewTicker(s.cfg.Timeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, s.lastRecv.Load())) > s.cfg.Timeout {
+				s.fail(fmt.Errorf("%w (%v)", ErrPeerSilent, s.cfg.Timeout))
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,370 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Session errors.
+var (
+	ErrDisconnected = errors.New("peer link lost")
+	ErrAckTimeout   = errors.New("no ack from peer within the timeout")
+	ErrPeerSilent   = errors.New("peer sent nothing within the timeout")
+	ErrRemoteIO     = errors.New("peer failed to apply the request")
+	ErrClosed       = errors.New("session closed")
+)
+
+// Call is one request in flight on a Session. Wait must be called exactly
+// once for every Call returned by a Session.
+type Call struct {
+	frame  [HeaderSize + 16]byte // header plus the offset (and trim length)
+	nframe int
+	data   []byte
+	seq    uint64
+	sentAt time.Time
+	result chan error
+}
+
+var callPool = sync.Pool{New: func() any { return &Call{result: make(chan error, 1)} }}
+
+// Wait blocks until the peer acknowledged the request or the session broke.
+// The Call must not be used afterwards.
+func (c *Call) Wait() error {
+	err := <-c.result
+	c.data = nil
+	callPool.Put(c)
+	return err
+}
+
+// SessionStats are counters of one session.
+type SessionStats struct {
+	Writes   uint64 // write and trim requests acknowledged
+	Bytes    uint64 // data bytes acknowledged
+	Flushes  uint64 // flush barriers acknowledged
+	InFlight int    // requests sent and not yet acknowledged
+	Window   int    // the maximum of InFlight
+}
+
+// Session is the primary's end of an authenticated peer connection. It is
+// safe for concurrent use: callers Submit requests and Wait for their acks,
+// which may arrive out of order.
+type Session struct {
+	cfg  Config
+	conn net.Conn
+	fr   *FrameReader
+	peer Hello
+
+	window chan struct{}
+	sendq  chan *Call
+
+	mu      sync.Mutex
+	nextSeq uint64
+	pending map[uint64]*Call
+	err     error
+
+	done     chan struct{}
+	lastRecv atomic.Int64 // unix nanoseconds of the last frame from the peer
+	writes   atomic.Uint64
+	bytes    atomic.Uint64
+	flushes  atomic.Uint64
+
+	workers  sync.WaitGroup // reader, writer, watchdog
+	finished chan struct{}  // closed once every pending call has its result
+}
+
+// Dial connects to the peer at addr and runs the handshake.
+func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{Timeout: c.Timeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	fr := NewFrameReader(conn)
+	peer, err := handshake(conn, fr, &c, true)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	s := &Session{
+		cfg:      c,
+		conn:     conn,
+		fr:       fr,
+		peer:     peer,
+		window:   make(chan struct{}, c.Window),
+		sendq:    make(chan *Call, c.Window),
+		nextSeq:  1,
+		pending:  make(map[uint64]*Call, c.Window),
+		done:     make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+	s.lastRecv.Store(time.Now().UnixNano())
+	s.workers.Add(3)
+	go s.readLoop()
+	go s.writeLoop()
+	go s.watchdog()
+	go func() {
+		s.workers.Wait()
+		s.failPending()
+	}()
+	return s, nil
+}
+
+// Peer is the Hello the peer sent.
+func (s *Session) Peer() Hello { return s.peer }
+
+// Done is closed when the session broke or was closed.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err says why the session ended, or nil while it runs.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Stats returns the session's counters.
+func (s *Session) Stats() SessionStats {
+	s.mu.Lock()
+	inflight := len(s.pending)
+	s.mu.Unlock()
+	return SessionStats{
+		Writes:   s.writes.Load(),
+		Bytes:    s.bytes.Load(),
+		Flushes:  s.flushes.Load(),
+		InFlight: inflight,
+		Window:   s.cfg.Window,
+	}
+}
+
+// SubmitWrite ships data to be written at off on the peer. data must stay
+// unchanged until Wait returns.
+func (s *Session) SubmitWrite(off int64, data []byte) (*Call, error) {
+	if len(data) == 0 || len(data) > MaxWrite {
+		return nil, fmt.Errorf("write of %d bytes: must be 1 to %d bytes", len(data), MaxWrite)
+	}
+	return s.submit(TypeWrite, off, 0, data)
+}
+
+// SubmitTrim asks the peer to discard n bytes at off.
+func (s *Session) SubmitTrim(off, n int64) (*Call, error) {
+	return s.submit(TypeTrim, off, n, nil)
+}
+
+// SubmitFlush sends a barrier: its ack means every request submitted before
+// it was applied and made durable on the peer.
+func (s *Session) SubmitFlush() (*Call, error) {
+	return s.submit(TypeFlush, 0, 0, nil)
+}
+
+func (s *Session) submit(t Type, off, n int64, data []byte) (*Call, error) {
+	select {
+	case s.window <- struct{}{}:
+	case <-s.done:
+		return nil, s.Err()
+	}
+	c := callPool.Get().(*Call)
+	c.data = data
+	var plen int
+	switch t {
+	case TypeWrite:
+		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
+		plen = 8
+	case TypeTrim:
+		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
+		binary.BigEndian.PutUint64(c.frame[HeaderSize+8:], uint64(n))
+		plen = 16
+	}
+	c.nframe = HeaderSize + plen
+
+	psum := payloadSum(c.frame[HeaderSize:c.nframe], data)
+
+	// Sequence numbers are assigned and frames queued under one lock, so
+	// they leave in sequence order.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		<-s.window
+		callPool.Put(c)
+		return nil, s.err
+	}
+	c.seq = s.nextSeq
+	s.nextSeq++
+	c.sentAt = time.Now()
+	s.pending[c.seq] = c
+	putHeader(c.frame[:], Header{Type: t, Length: uint32(plen + len(data)), Seq: c.seq, Epoch: s.cfg.Epoch})
+	sealHeader(c.frame[:HeaderSize], psum)
+	s.sendq <- c // never blocks: the window bounds the queue
+	return c, nil
+}
+
+// Close ends the session; calls still pending fail with ErrClosed.
+func (s *Session) Close() error {
+	s.fail(ErrClosed)
+	<-s.finished
+	return nil
+}
+
+// fail breaks the session once with err.
+func (s *Session) fail(err error) {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.err = err
+	close(s.done)
+	s.mu.Unlock()
+	s.conn.Close()
+}
+
+// failPending runs after every worker exited, so no goroutine still reads a
+// call's data when its caller is told it failed.
+func (s *Session) failPending() {
+	s.mu.Lock()
+	err := s.err
+	calls := s.pending
+	s.pending = map[uint64]*Call{}
+	s.mu.Unlock()
+	for _, c := range calls {
+		c.result <- fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
+	close(s.finished)
+}
+
+func (s *Session) writeLoop() {
+	defer s.workers.Done()
+	bufs := make(net.Buffers, 0, 2*s.cfg.Window)
+	ping := AppendFrame(nil, Header{Type: TypePing, Epoch: s.cfg.Epoch}, nil)
+	idle := time.NewTicker(s.cfg.Timeout / 3)
+	defer idle.Stop()
+	for {
+		bufs = bufs[:0]
+		select {
+		case c := <-s.sendq:
+			bufs = appendCall(bufs, c)
+		drain:
+			for len(bufs) < cap(bufs) {
+				select {
+				case c := <-s.sendq:
+					bufs = appendCall(bufs, c)
+				default:
+					break drain
+				}
+			}
+		case <-idle.C:
+			bufs = append(bufs, ping)
+		case <-s.done:
+			return
+		}
+		if _, err := bufs.WriteTo(s.conn); err != nil {
+			s.fail(fmt.Errorf("send to peer: %w", err))
+			return
+		}
+	}
+}
+
+func appendCall(bufs net.Buffers, c *Call) net.Buffers {
+	bufs = append(bufs, c.frame[:c.nframe])
+	if len(c.data) > 0 {
+		bufs = append(bufs, c.data)
+	}
+	return bufs
+}
+
+func (s *Session) readLoop() {
+	defer s.workers.Done()
+	buf := make([]byte, 4096)
+	for {
+		h, p, err := s.fr.ReadFrame(buf)
+		if err != nil {
+			s.fail(fmt.Errorf("read from peer: %w", err))
+			return
+		}
+		s.lastRecv.Store(time.Now().UnixNano())
+		switch h.Type {
+		case TypeAck:
+			if err := s.complete(h.Seq, p); err != nil {
+				s.fail(err)
+				return
+			}
+		case TypePong:
+		case TypeError:
+			s.fail(fmt.Errorf("%w: %s", ErrPeerRefused, p))
+			return
+		default:
+			s.fail(fmt.Errorf("%w: %s from secondary", ErrUnexpected, h.Type))
+			return
+		}
+	}
+}
+
+func (s *Session) complete(seq uint64, payload []byte) error {
+	status, msg, err := parseAck(payload)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	c, ok := s.pending[seq]
+	delete(s.pending, seq)
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: ack for seq %d that is not in flight", ErrUnexpected, seq)
+	}
+	<-s.window
+	if status != AckOK {
+		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, msg)
+		return nil
+	}
+	if c.nframe == HeaderSize {
+		s.flushes.Add(1)
+	} else {
+		s.writes.Add(1)
+		s.bytes.Add(uint64(len(c.data)))
+	}
+	c.result <- nil
+	return nil
+}
+
+// watchdog breaks the session when an ack is overdue or the peer is silent,
+// so a dead peer never hangs a writer for longer than the timeout.
+func (s *Session) watchdog() {
+	defer s.workers.Done()
+	t := time.NewTicker(s.cfg.Timeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, s.lastRecv.Load())) > s.cfg.Timeout {
+				s.fail(fmt.Errorf("%w (%v)", ErrPeerSilent, s.cfg.Timeout))
+				return
+			}
+			s.mu.Lock()
+			var oldest time.Time
+			for _, c := range s.pending {
+				if oldest.IsZero() || c.sentAt.Before(oldest) {
+					oldest = c.sentAt
+				}
+			}
+			s.mu.Unlock()
+			if !oldest.IsZero() && now.Sub(oldest) > s.cfg.Timeout {
+				s.fail(fmt.Errorf("%w (%v)", ErrAckTimeout, s.cfg.Timeout))
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,384 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const testSize = 1 << 20
+
+func testConfig(node string) Config {
+	return Config{
+		NodeID:     node,
+		Secret:     []byte("0123456789abcdef-test-secret"),
+		VolumeUUID: [16]byte{1, 2, 3, 4},
+		Size:       testSize,
+		BlockSize:  4096,
+		Timeout:    2 * time.Second,
+	}
+}
+
+// fileHandler applies writes to a file: the secondary's disk in these tests.
+type fileHandler struct{ f *os.File }
+
+func (h fileHandler) Handle(r *Request) {
+	var err error
+	switch r.Kind {
+	case KindWrite:
+		_, err = h.f.WriteAt(r.Data, r.Offset)
+	case KindFlush:
+		err = h.f.Sync()
+	}
+	r.Done(err)
+}
+
+// syncBuffer is a log sink safe for the listener's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type secondary struct {
+	ln   *Listener
+	file *os.File
+	log  *syncBuffer
+}
+
+func startSecondary(t *testing.T) *secondary {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(testSize); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg := testConfig("b")
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	ln, err := Listen("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := ln.Serve(ctx, fileHandler{f}); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		f.Close()
+	})
+	return &secondary{ln: ln, file: f, log: logs}
+}
+
+func (s *secondary) sum(t *testing.T) [32]byte {
+	t.Helper()
+	b, err := io.ReadAll(io.NewSectionReader(s.file, 0, testSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// writeThrough checks the listener still serves a good primary.
+func writeThrough(t *testing.T, s *secondary) {
+	t.Helper()
+	sess, err := Dial(context.Background(), s.ln.Addr().String(), testConfig("a"))
+	if err != nil {
+		t.Fatalf("good primary cannot connect after bad input: %v", err)
+	}
+	defer sess.Close()
+	data := bytes.Repeat([]byte{0xAB}, 4096)
+	c, err := sess.SubmitWrite(8192, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if _, err := s.file.ReadAt(got, 8192); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("write through a good session did not land: %v", err)
+	}
+}
+
+func TestPipelinedWritesAndFlush(t *testing.T) {
+	s := startSecondary(t)
+	sess, err := Dial(context.Background(), s.ln.Addr().String(), testConfig("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	var calls []*Call
+	for i := range 100 {
+		c, err := sess.SubmitWrite(int64(i)*4096, bytes.Repeat([]byte{byte(i)}, 4096))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, c)
+	}
+	fl, err := sess.SubmitFlush()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range calls {
+		if err := c.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fl.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	st := sess.Stats()
+	if st.Writes != 100 || st.Bytes != 100*4096 || st.Flushes != 1 || st.InFlight != 0 {
+		t.Fatalf("stats = %+v", st)
+	}
+	buf := make([]byte, 4096)
+	for i := range 100 {
+		if _, err := s.file.ReadAt(buf, int64(i)*4096); err != nil || buf[0] != byte(i) || buf[4095] != byte(i) {
+			t.Fatalf("block %d on the secondary = %x..., want %x", i, buf[0], byte(i))
+		}
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		mutate  func(*Config)
+		want    error
+		logWant string
+	}{
+		{"wrong secret", func(c *Config) { c.Secret = []byte("another-secret-of-16+bytes") }, ErrAuth, "peer authentication failed"},
+		{"other volume uuid", func(c *Config) { c.VolumeUUID[0] = 9 }, ErrVolumeMismatch, "volume uuid local"},
+		{"other size", func(c *Config) { c.Size = 2 * testSize }, ErrVolumeMismatch, "size local 1048576 bytes, peer 2097152 bytes"},
+		{"other block size", func(c *Config) { c.BlockSize = 8192 }, ErrVolumeMismatch, "block size local 4096 bytes, peer 8192 bytes"},
+		{"same node id", func(c *Config) { c.NodeID = "b" }, ErrVolumeMismatch, "both sides call themselves"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startSecondary(t)
+			before := s.sum(t)
+			cfg := testConfig("a")
+			tc.mutate(&cfg)
+			_, err := Dial(context.Background(), s.ln.Addr().String(), cfg)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Dial error = %v, want %v", err, tc.want)
+			}
+			waitFor(t, "the rejection to be logged", func() bool { return strings.Contains(s.log.String(), tc.logWant) })
+			if !strings.Contains(s.log.String(), "peer connection rejected") {
+				t.Fatalf("log lacks the rejection line:\n%s", s.log)
+			}
+			if s.sum(t) != before {
+				t.Fatal("the secondary's disk changed")
+			}
+			writeThrough(t, s)
+		})
+	}
+}
+
+func defaulted(c Config) Config {
+	out, err := c.withDefaults()
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// authenticatedConn runs a real handshake as the primary and returns the raw
+// connection, so a test can send crafted frames after authentication.
+func authenticatedConn(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaulted(testConfig("a"))
+	if _, err := handshake(conn, NewFrameReader(conn), &cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func writeFrameBytes(off uint64, data []byte) []byte {
+	p := binary.BigEndian.AppendUint64(nil, off)
+	return AppendFrame(nil, Header{Type: TypeWrite, Seq: 1}, append(p, data...))
+}
+
+func TestHostileFrames(t *testing.T) {
+	good := writeFrameBytes(0, bytes.Repeat([]byte{0xEE}, 4096))
+	for _, tc := range []struct {
+		name      string
+		authFirst bool
+		frame     func() []byte
+		logWant   string
+	}{
+		{"garbage bytes on the port", false, func() []byte { return []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n<garbage garbage>") }, "not an ldmirror frame (bad magic)"},
+		{"bad crc", true, func() []byte { b := bytes.Clone(good); b[HeaderSize+100] ^= 1; return b }, "frame checksum mismatch: write frame seq 1"},
+		{"frame longer than the maximum", true, func() []byte {
+			b := bytes.Clone(good[:HeaderSize])
+			binary.BigEndian.PutUint32(b[8:12], MaxPayload+1)
+			return b
+		}, "frame larger than the maximum: 1048585 bytes, maximum 1048584"},
+		{"truncated frame", true, func() []byte { return good[:HeaderSize+1000] }, "truncated frame: write payload cut short"},
+		{"unknown type", true, func() []byte { b := bytes.Clone(good); b[4] = 200; return b }, "unknown frame type: 200"},
+		{"write outside the volume", true, func() []byte { return writeFrameBytes(testSize-100, make([]byte, 4096)) }, "outside the 1048576-byte volume"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startSecondary(t)
+			before := s.sum(t)
+			var conn net.Conn
+			if tc.authFirst {
+				conn = authenticatedConn(t, s.ln.Addr().String())
+			} else {
+				var err error
+				if conn, err = net.Dial("tcp", s.ln.Addr().String()); err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+			}
+			if _, err := conn.Write(tc.frame()); err != nil {
+				t.Fatal(err)
+			}
+			if tc.name == "truncated frame" {
+				conn.(*net.TCPConn).CloseWrite()
+			}
+			waitFor(t, "the bad frame to be logged", func() bool { return strings.Contains(s.log.String(), tc.logWant) })
+			// The secondary closes the connection: reads end.
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, conn); err != nil {
+				t.Fatalf("connection not closed by the secondary: %v", err)
+			}
+			if s.sum(t) != before {
+				t.Fatal("the secondary's disk changed")
+			}
+			if s.ln.Rejected() == 0 {
+				t.Fatal("rejected counter not raised")
+			}
+			writeThrough(t, s)
+		})
+	}
+}
+
+func TestPeerDeathFailsPendingCalls(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// A secondary that authenticates, then never acks and dies.
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		cfg := defaulted(testConfig("b"))
+		fr := NewFrameReader(conn)
+		if _, err := handshake(conn, fr, &cfg, false); err != nil {
+			conn.Close()
+			return
+		}
+		if _, err := fr.ReadHeader(); err == nil {
+			conn.Close()
+		}
+	}()
+	sess, err := Dial(context.Background(), ln.Addr().String(), testConfig("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sess.SubmitWrite(0, make([]byte, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("Wait = %v, want ErrDisconnected", err)
+	}
+	if _, err := sess.SubmitWrite(0, make([]byte, 4096)); err == nil {
+		t.Fatal("submit on a broken session succeeded")
+	}
+}
+
+func TestAckTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hold := make(chan struct{})
+	defer close(hold)
+	// A secondary that authenticates and answers pings but never acks.
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		cfg := defaulted(testConfig("b"))
+		fr := NewFrameReader(conn)
+		if _, err := handshake(conn, fr, &cfg, false); err != nil {
+			return
+		}
+		for {
+			h, _, err := fr.ReadFrame(nil)
+			if err != nil {
+				return
+			}
+			if h.Type == TypePing {
+				_ = writeFrame(conn, TypePong, 0, 0, nil)
+			}
+		}
+	}()
+	cfg := testConfig("a")
+	cfg.Timeout = 300 * time.Millisecond
+	sess, err := Dial(context.Background(), ln.Addr().String(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sess.SubmitWrite(0, make([]byte, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); !errors.Is(err, ErrAckTimeout) {
+		t.Fatalf("Wait = %v, want ErrAckTimeout", err)
+	}
+}
