@@ -15,7 +15,7 @@ func testConfigs() (sec, pri transport.Config) {
 	base := transport.Config{
 		Secret:     testSecret,
 		VolumeUUID: [16]byte{7},
-		Size:       1 << 20,
+		Size:       volSize,
 		BlockSize:  4096,
 		Timeout:    2 * time.Second,
 	}

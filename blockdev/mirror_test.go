@@ -20,7 +20,7 @@ import (
 	"github.com/ldmirror/ldmirror/transport"
 )
 
-const volSize = 1 << 20
+const volSize = 64 << 20
 
 // TestMain lets the test binary run as a real secondary process, which a
 // test can then kill with SIGKILL.

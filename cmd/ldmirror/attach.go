@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/node"
+	"github.com/urfave/cli/v2"
+)
+
+var controlFlag = &cli.StringFlag{
+	Name:  "control",
+	Usage: "control socket `PATH` (default: <dir>/control.sock)",
+}
+
+var volumeDirFlag = &cli.StringFlag{
+	Name:    "dir",
+	Usage:   "volume `DIR`",
+	EnvVars: []string{"LDMIRROR_DIR"},
+}
+
+func controlPath(c *cli.Context) (string, error) {
+	if p := c.String("control"); p != "" {
+		return p, nil
+	}
+	if d := c.String("dir"); d != "" {
+		return filepath.Join(d, node.ControlFile), nil
+	}
+	return "", errors.New("say which volume: --dir DIR or --control PATH")
+}
+
+func fetchStatus(c *cli.Context) (node.Status, error) {
+	path, err := controlPath(c)
+	if err != nil {
+		return node.Status{}, err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+	defer cancel()
+	return node.FetchStatus(ctx, path)
+}
+
+func attachCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "attach",
+		Usage: "bind the primary's FUSE export to a loop device and print the device",
+		Flags: []cli.Flag{volumeDirFlag, controlFlag},
+		Action: func(c *cli.Context) error {
+			st, err := fetchStatus(c)
+			if err != nil {
+				return err
+			}
+			if st.Role != node.RolePrimary || st.Export == "" {
+				return fmt.Errorf("node %s is %s: only the primary exports the volume", st.Node, st.Role)
+			}
+			if len(st.LoopDevices) > 0 {
+				return fmt.Errorf("already attached as %s", st.LoopDevices[0])
+			}
+			dev, err := blockdev.AttachLoop(st.Export)
+			if err != nil {
+				return err
+			}
+			fmt.Println(dev)
+			return nil
+		},
+	}
+}
+
+func detachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "detach",
+		Usage:     "unbind the loop device of the primary's export",
+		ArgsUsage: "[/dev/loopN]",
+		Flags:     []cli.Flag{volumeDirFlag, controlFlag},
+		Action: func(c *cli.Context) error {
+			devs := c.Args().Slice()
+			if len(devs) == 0 {
+				st, err := fetchStatus(c)
+				if err != nil {
+					return err
+				}
+				if len(st.LoopDevices) == 0 {
+					return fmt.Errorf("no loop device is attached to %s", st.Export)
+				}
+				devs = st.LoopDevices
+			}
+			for _, d := range devs {
+				if err := blockdev.DetachLoop(d); err != nil {
+					return err
+				}
+				fmt.Println("detached", d)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/ldmirror/ldmirror/node"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+)
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "run one host of a mirrored volume",
+		Description: "A primary exports the volume through FUSE as <mount>/volume (attach it with 'ldmirror attach')\n" +
+			"and mirrors every write to the secondary at --peer. A secondary accepts the primary on --listen\n" +
+			"and applies its writes. SIGTERM or SIGINT: writes in flight complete and are acknowledged, then it exits.",
+		Flags: []cli.Flag{
+			dirFlag,
+			&cli.StringFlag{Name: "role", Usage: "primary or secondary", Required: true},
+			&cli.StringFlag{Name: "node-id", Usage: "this host's name (default: the hostname)"},
+			&cli.StringFlag{Name: "listen", Usage: "`ADDR` the secondary accepts the primary on, e.g. 0.0.0.0:7789"},
+			&cli.StringFlag{Name: "peer", Usage: "`ADDR` of the secondary, for a primary (none: standalone, writes stay dirty)"},
+			&cli.StringFlag{Name: "secret-file", Usage: "`FILE` holding the shared secret (>= 16 bytes) both hosts authenticate with"},
+			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
+			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
+			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
+		},
+		Action: runDaemon,
+	}
+}
+
+func runDaemon(c *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	id := c.String("node-id")
+	if id == "" {
+		var err error
+		if id, err = os.Hostname(); err != nil {
+			return fmt.Errorf("--node-id not set and no hostname: %w", err)
+		}
+	}
+	var secret []byte
+	if f := c.String("secret-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("--secret-file: %w", err)
+		}
+		secret = []byte(strings.TrimSpace(string(b)))
+	} else if c.String("peer") != "" || c.String("role") == node.RoleSecondary {
+		return fmt.Errorf("--secret-file is required to talk to a peer")
+	}
+	// A FUSE server that memory reclaim waits on must not itself wait for
+	// reclaim (libfuse#700).
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
+		log.Warn("could not mark the daemon as an I/O flusher", "err", err)
+	}
+	n, err := node.Open(node.Config{
+		Dir:         c.String("dir"),
+		Role:        c.String("role"),
+		NodeID:      id,
+		Listen:      c.String("listen"),
+		Peer:        c.String("peer"),
+		Secret:      secret,
+		MountDir:    c.String("mount"),
+		Timeout:     c.Duration("timeout"),
+		Window:      c.Int("window"),
+		Passthrough: c.Bool("passthrough"),
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := n.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/node"
+	"github.com/urfave/cli/v2"
+)
+
+var dirFlag = &cli.StringFlag{
+	Name:     "dir",
+	Usage:    "volume `DIR` (holds meta.json, volume.img, control.sock)",
+	Required: true,
+	EnvVars:  []string{"LDMIRROR_DIR"},
+}
+
+func initCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "init",
+		Usage: "create a volume: a sparse backing file and its metadata",
+		Description: "Run it on the first host without --volume-uuid; it prints the new volume's UUID.\n" +
+			"Run it on the second host with --volume-uuid set to that UUID and the same --size.",
+		Flags: []cli.Flag{
+			dirFlag,
+			&cli.StringFlag{Name: "size", Usage: "volume size, e.g. 256MiB, 10GiB (a multiple of the block size)", Required: true},
+			&cli.IntFlag{Name: "block-size", Usage: "dirty-tracking granularity in bytes", Value: bitmap.DefaultBlockSize},
+			&cli.StringFlag{Name: "volume-uuid", Usage: "`UUID` of the volume created on the peer (default: a new volume)"},
+		},
+		Action: func(c *cli.Context) error {
+			size, err := parseSize(c.String("size"))
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			var id uuid.UUID
+			if s := c.String("volume-uuid"); s != "" {
+				if id, err = uuid.Parse(s); err != nil {
+					return fmt.Errorf("--volume-uuid %q: %w", s, err)
+				}
+			}
+			m, err := node.CreateVolume(c.String("dir"), size, c.Int("block-size"), id)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, node.Bytes(uint64(m.Size)), m.BlockSize, c.String("dir"))
+			return nil
+		},
+	}
+}
+
+// parseSize reads a byte count with an optional binary unit (KiB, MiB, GiB,
+// TiB; K, M, G, T mean the same).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size (examples: 268435456, 256MiB, 10GiB)", s)
+	}
+	if n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n * mult, nil
+}

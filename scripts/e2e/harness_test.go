@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ldmirror/ldmirror/node"
+)
+
+// binary is the ldmirror built once for the package's tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "ldmirror-e2e-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		binary = filepath.Join(dir, "ldmirror")
+		out, err := exec.Command("go", "build", "-o", binary, "github.com/ldmirror/ldmirror/cmd/ldmirror").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build ldmirror: %v\n%s", err, out)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// requireE2E skips unless the test can run for real here.
+func requireE2E(t *testing.T, tools ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for FUSE mounts, loop devices and mount(8)")
+	}
+	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("needs %s: %v", p, err)
+		}
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (the README test command installs it)", tool)
+		}
+	}
+}
+
+// ldmirror runs a CLI command and returns its stdout.
+func ldmirror(t *testing.T, args ...string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("ldmirror %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// daemon is one running `ldmirror daemon` process.
+type daemon struct {
+	dir  string
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan error
+}
+
+func startDaemon(t *testing.T, dir string, args ...string) *daemon {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(dir, "daemon.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, append([]string{"daemon", "--dir", dir}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{dir: dir, cmd: cmd, log: logf, done: make(chan error, 1)}
+	go func() { d.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		d.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("log of the daemon in %s:\n%s", dir, b)
+		}
+		logf.Close()
+	})
+	waitFor(t, 10*time.Second, "the daemon in "+dir+" to answer on its control socket", func() bool {
+		_, err := status(dir)
+		return err == nil
+	})
+	return d
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			t.Fatalf("daemon in %s exited with %v", d.dir, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("daemon in %s did not exit within 30 s of SIGTERM", d.dir)
+	}
+}
+
+func (d *daemon) kill() {
+	_ = d.cmd.Process.Kill()
+}
+
+func status(dir string) (node.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return node.FetchStatus(ctx, filepath.Join(dir, node.ControlFile))
+}
+
+// statusJSON runs `ldmirror status --json`, as an operator would.
+func statusJSON(t *testing.T, dir string) node.Status {
+	t.Helper()
+	var st node.Status
+	if err := json.Unmarshal([]byte(ldmirror(t, "status", "--json", "--dir", dir)), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
+
+// pairDirs creates two volume directories of one volume and a secret file.
+func pairDirs(t *testing.T, size string) (a, b, secret string) {
+	t.Helper()
+	root := t.TempDir()
+	a, b = filepath.Join(root, "a"), filepath.Join(root, "b")
+	id := uuidRE.FindString(ldmirror(t, "init", "--dir", a, "--size", size))
+	if id == "" {
+		t.Fatal("init printed no volume uuid")
+	}
+	ldmirror(t, "init", "--dir", b, "--size", size, "--volume-uuid", id)
+	secret = filepath.Join(root, "secret")
+	if err := os.WriteFile(secret, []byte("e2e-shared-secret-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, secret
+}
+
+// mirroredPair starts a secondary in b and a primary in a, connected.
+func mirroredPair(t *testing.T, a, b, secret string, extra ...string) (pri, sec *daemon) {
+	t.Helper()
+	addr := freePort(t)
+	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
+	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
+	waitFor(t, 10*time.Second, "the primary to connect", func() bool {
+		st, err := status(a)
+		return err == nil && st.Link == node.LinkConnected
+	})
+	return pri, sec
+}
+
+// mountVolume attaches the primary's export, makes ext4 on it and mounts it.
+func mountVolume(t *testing.T, a string) (dev, mnt string) {
+	t.Helper()
+	dev = strings.TrimSpace(ldmirror(t, "attach", "--dir", a))
+	t.Cleanup(func() { exec.Command(binary, "detach", dev).Run() })
+	run(t, "mkfs.ext4", "-q", "-F", dev)
+	mnt = t.TempDir()
+	run(t, "mount", dev, mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	return dev, mnt
+}
