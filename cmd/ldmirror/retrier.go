@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ldmirror/ldmirror/ldapagent/proxy"
+	"github.com/ldmirror/ldmirror/ldapagent/retrier"
+)
+
+// retrierCommand is `ldmirror retrier`: the LDAP call retrier as a proxy.
+func retrierCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "retrier",
+		Usage: "LDAP proxy that retries failed calls on the secondary server (see docs/retrier.md)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "ldap://127.0.0.1:3890", Usage: "`URL` to accept clients on (ldap:// or ldaps://)"},
+			&cli.StringFlag{Name: "primary", Required: true, Usage: "primary server `URL` (ldap://, ldaps://, ldapi://)"},
+			&cli.StringFlag{Name: "secondary", Usage: "secondary server `URL`"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate `file` for ldaps:// and StartTLS on the listening side"},
+			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key `file` for --tls-cert"},
+			&cli.StringFlag{Name: "backend-ca", Usage: "PEM CA `file` to verify the servers' certificates (default: system roots)"},
+			&cli.BoolFlag{Name: "backend-starttls", Usage: "use StartTLS on ldap:// connections to the servers"},
+			&cli.DurationFlag{Name: "dial-timeout", Value: retrier.DefaultDialTimeout, Usage: "bound on one connection attempt to a server"},
+			&cli.DurationFlag{Name: "attempt-timeout", Value: retrier.DefaultAttemptTimeout, Usage: "bound on one request to one server"},
+			&cli.DurationFlag{Name: "call-timeout", Value: retrier.DefaultCallTimeout, Usage: "bound on a whole call, retries included; then the client gets unavailable (52)"},
+			&cli.DurationFlag{Name: "min-backoff", Value: retrier.DefaultMinBackoff, Usage: "first wait between two rounds of attempts"},
+			&cli.DurationFlag{Name: "max-backoff", Value: retrier.DefaultMaxBackoff, Usage: "longest wait between two rounds of attempts"},
+			&cli.DurationFlag{Name: "failback-interval", Value: retrier.DefaultFailbackInterval, Usage: "after a failover, how often to check the primary; negative disables failback"},
+			&cli.BoolFlag{Name: "idempotent-writes", Usage: "apply the idempotent write rules to every write, not only to retried ones"},
+			&cli.IntFlag{Name: "max-message-size", Value: proxy.DefaultMaxMessageSize, Usage: "largest client request in bytes; larger ones close the connection"},
+			&cli.DurationFlag{Name: "idle-timeout", Value: proxy.DefaultIdleTimeout, Usage: "close a client connection idle this long; negative: never"},
+			&cli.DurationFlag{Name: "drain-timeout", Value: retrier.DefaultDrainTimeout, Usage: "on SIGTERM/SIGINT/SIGHUP, how long to wait for operations in flight"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: runRetrier,
+	}
+}
+
+func runRetrier(cc *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cc.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	backend := retrier.Config{
+		Primary:          cc.String("primary"),
+		Secondary:        cc.String("secondary"),
+		StartTLS:         cc.Bool("backend-starttls"),
+		DialTimeout:      cc.Duration("dial-timeout"),
+		AttemptTimeout:   cc.Duration("attempt-timeout"),
+		CallTimeout:      cc.Duration("call-timeout"),
+		MinBackoff:       cc.Duration("min-backoff"),
+		MaxBackoff:       cc.Duration("max-backoff"),
+		FailbackInterval: cc.Duration("failback-interval"),
+		IdempotentWrites: cc.Bool("idempotent-writes"),
+		Logger:           log,
+	}
+	if ca := cc.String("backend-ca"); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return fmt.Errorf("--backend-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--backend-ca: no certificate in %s", ca)
+		}
+		backend.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	var serverTLS *tls.Config
+	if cert, key := cc.String("tls-cert"), cc.String("tls-key"); cert != "" || key != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		serverTLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	srv, err := proxy.New(proxy.Config{
+		Backend:        backend,
+		TLS:            serverTLS,
+		MaxMessageSize: cc.Int("max-message-size"),
+		IdleTimeout:    cc.Duration("idle-timeout"),
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := listen(cc.String("listen"), serverTLS)
+	if err != nil {
+		return err
+	}
+
+	// Hold the signals from here on: they are handled by draining.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	log.Info("retrier listening", "addr", l.Addr().String(), "primary", backend.Primary, "secondary", backend.Secondary)
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case sig := <-sigs:
+		drain := cc.Duration("drain-timeout")
+		log.Info("signal received; refusing new connections and draining", "signal", sig.String(), "drain", drain)
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			return fmt.Errorf("drain: operations still in flight after %v: %w", drain, err)
+		}
+		if err := <-served; err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+			return err
+		}
+		log.Info("retrier stopped")
+		return nil
+	}
+}
+
+// listen opens the listening socket for an ldap:// or ldaps:// URL.
+func listen(raw string, serverTLS *tls.Config) (net.Listener, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "389"
+		if u.Scheme == "ldaps" {
+			port = "636"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	switch u.Scheme {
+	case "ldap":
+		return net.Listen("tcp", host)
+	case "ldaps":
+		if serverTLS == nil {
+			return nil, errors.New("--listen ldaps:// needs --tls-cert and --tls-key")
+		}
+		l, err := net.Listen("tcp", host)
+		if err != nil {
+			return nil, err
+		}
+		return tls.NewListener(l, serverTLS), nil
+	}
+	return nil, fmt.Errorf("--listen %s: scheme must be ldap or ldaps", raw)
+}

@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+	"github.com/ldmirror/ldmirror/internal/slapdtest"
+	"github.com/ldmirror/ldmirror/ldapagent/retrier"
+)
+
+// logRecorder is a slog.Handler that keeps messages, so tests can wait for
+// an event and check logged reasons.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []string
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	l.mu.Lock()
+	l.recs = append(l.recs, b.String())
+	l.mu.Unlock()
+	return nil
+}
+func (l *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return &withAttrs{l, as}
+}
+func (l *logRecorder) WithGroup(string) slog.Handler { return l }
+
+type withAttrs struct {
+	*logRecorder
+	as []slog.Attr
+}
+
+func (w *withAttrs) Handle(ctx context.Context, r slog.Record) error {
+	r.AddAttrs(w.as...)
+	return w.logRecorder.Handle(ctx, r)
+}
+
+// count returns how many records contain all of subs.
+func (l *logRecorder) count(subs ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+next:
+	for _, r := range l.recs {
+		for _, s := range subs {
+			if !strings.Contains(r, s) {
+				continue next
+			}
+		}
+		n++
+	}
+	return n
+}
+
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval of a condition wait
+	}
+}
+
+// startProxy runs a proxy in-process on a free port and returns its URL.
+func startProxy(t testing.TB, cfg Config) (string, *Server) {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	return "ldap://" + l.Addr().String(), srv
+}
+
+func backend(a, b *slapdtest.Server) retrier.Config {
+	cfg := retrier.Config{Primary: a.URL, CallTimeout: 10 * time.Second, Logger: slog.New(slog.DiscardHandler)}
+	if b != nil {
+		cfg.Secondary = b.URL
+	}
+	return cfg
+}
+
+// skipWithoutTools skips when ldap-utils are missing.
+func skipWithoutTools(t testing.TB) {
+	t.Helper()
+	slapdtest.SkipIfMissing(t)
+	if _, err := exec.LookPath("ldapadd"); err != nil {
+		t.Skip("ldap-utils not installed: apt-get install ldap-utils")
+	}
+}
+
+// tool runs an ldap-utils program and returns its output and LDAP exit
+// code (0 success, else the result code).
+func tool(t testing.TB, stdin string, name string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "LDAPNOINIT=1")
+	cmd.Stdin = strings.NewReader(stdin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out.String(), 0
+	case errors.As(err, &ee):
+		return out.String(), ee.ExitCode()
+	}
+	t.Fatalf("%s: %v", name, err)
+	return "", -1
+}
+
+// admin returns the ldap-utils arguments to bind as srv's root DN at url.
+func admin(url string, srv *slapdtest.Server) []string {
+	return []string{"-x", "-H", url, "-D", srv.RootDN, "-w", srv.RootPW}
+}
+
+func readEntry(t testing.TB, srv *slapdtest.Server, dn string) (*ldap.Entry, error) {
+	t.Helper()
+	c, err := srv.Dial()
+	if err != nil {
+		t.Fatalf("dial %s: %v", srv.URL, err)
+	}
+	defer c.Close()
+	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"*"}, nil))
+	if err != nil {
+		return nil, err
+	}
+	return res.Entries[0], nil
+}
+
+func personLDIF(dn, cn, sn string, extra ...string) string {
+	s := fmt.Sprintf("dn: %s\nobjectClass: inetOrgPerson\ncn: %s\nsn: %s\n", dn, cn, sn)
+	for i := 0; i+1 < len(extra); i += 2 {
+		s += extra[i] + ": " + extra[i+1] + "\n"
+	}
+	return s + "\n"
+}
