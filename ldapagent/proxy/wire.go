@@ -275,7 +275,7 @@ func decodeSearch(op *ber.Packet, controls []ldap.Control) (*ldap.SearchRequest,
 	if scope < 0 || scope > 3 || deref < 0 || deref > 3 || size < 0 || limit < 0 || size > 1<<31-1 || limit > 1<<31-1 {
 		return nil, errors.New("scope, deref or limits out of range")
 	}
-	filter, err := ldap.DecompileFilter(c[6])
+	filter, err := decompileFilter(c[6])
 	if err != nil {
 		return nil, fmt.Errorf("filter: %v", err)
 	}
@@ -294,6 +294,17 @@ func decodeSearch(op *ber.Packet, controls []ldap.Control) (*ldap.SearchRequest,
 		attrs = append(attrs, s)
 	}
 	return ldap.NewSearchRequest(base, int(scope), int(deref), int(size), int(limit), typesOnly != 0, filter, attrs, controls), nil
+}
+
+// decompileFilter is ldap.DecompileFilter, which may index missing children
+// of a malformed filter.
+func decompileFilter(p *ber.Packet) (f string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, err = "", fmt.Errorf("%v", r)
+		}
+	}()
+	return ldap.DecompileFilter(p)
 }
 
 // attribute decodes a PartialAttribute: SEQUENCE { type, SET OF value }.
