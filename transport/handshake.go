@@ -179,3 +179,17 @@ func checkVolume(own, peer *Hello) error {
 	}
 	return nil
 }
+
+// socketBuffer holds a window of large frames, so a 1 MiB write does not
+// wait for TCP buffer autotuning.
+const socketBuffer = 4 << 20
+
+// tuneConn disables Nagle (acks and small writes must leave at once) and
+// sizes the socket buffers.
+func tuneConn(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+		_ = tc.SetReadBuffer(socketBuffer)
+		_ = tc.SetWriteBuffer(socketBuffer)
+	}
+}

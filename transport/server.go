@@ -163,9 +163,7 @@ func (l *Listener) Close() error { return l.ln.Close() }
 
 func (l *Listener) serveConn(conn net.Conn, h Handler) {
 	remote := conn.RemoteAddr().String()
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
+	tuneConn(conn)
 	fr := NewFrameReader(conn)
 	peer, err := handshake(conn, fr, &l.cfg, false)
 	if err != nil {

@@ -89,9 +89,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
+	tuneConn(conn)
 	fr := NewFrameReader(conn)
 	peer, err := handshake(conn, fr, &c, true)
 	if err != nil {

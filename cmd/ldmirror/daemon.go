@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -33,6 +34,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
+			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
 		},
 		Action: runDaemon,
 	}
@@ -81,6 +83,17 @@ func runDaemon(c *cli.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	if p := c.String("cpu-profile"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
