@@ -54,7 +54,7 @@ func searchWithFilter(f *ber.Packet) []byte {
 // on another connection keeps working.
 func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 	a := slapdtest.Start(t, slapdtest.Options{})
-	logs := &logRecorder{}
+	logs := &slapdtest.Log{}
 	url, _ := startProxy(t, Config{Backend: backend(a, nil), MaxMessageSize: 1024, Logger: slog.New(logs)})
 	good, err := ldap.DialURL(url)
 	if err != nil {
@@ -86,8 +86,8 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 			if _, err := nc.Read(make([]byte, 1)); err != io.EOF {
 				t.Fatalf("connection not closed after bad input: %v", err)
 			}
-			waitFor(t, 5*time.Second, "the logged reason", func() bool {
-				return logs.count("client connection closed", c.reason) > 0
+			slapdtest.WaitFor(t, 5*time.Second, "the logged reason", func() bool {
+				return logs.Count("client connection closed", c.reason) > 0
 			})
 			if ok, err := good.Compare(a.Suffix, "o", "example"); err != nil || !ok {
 				t.Fatalf("other client after bad input: %v %v", ok, err)

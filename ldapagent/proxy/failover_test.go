@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,7 +37,7 @@ func TestPrimaryKilledDuringLdapadd(t *testing.T) {
 	skipWithoutTools(t)
 	a := slapdtest.Start(t, slapdtest.Options{})
 	b := slapdtest.New(t, slapdtest.Options{DataDir: a.DataDir})
-	logs := &logRecorder{}
+	logs := &slapdtest.Log{}
 	cfg := backend(a, b)
 	cfg.FailbackInterval = -1
 	cfg.Logger = slog.New(logs)
@@ -65,7 +64,7 @@ func TestPrimaryKilledDuringLdapadd(t *testing.T) {
 		}
 	}
 	send(0, n/2)
-	waitFor(t, 20*time.Second, "the first half on the primary", func() bool {
+	slapdtest.WaitFor(t, 20*time.Second, "the first half on the primary", func() bool {
 		_, err := readEntry(t, a, dn(n/2-1))
 		return err == nil
 	})
@@ -73,8 +72,8 @@ func TestPrimaryKilledDuringLdapadd(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(n/2, n/2+1)
-	waitFor(t, 10*time.Second, "an add failing on both servers", func() bool {
-		return logs.count("ldap call failed, will retry", b.URL) > 0
+	slapdtest.WaitFor(t, 10*time.Second, "an add failing on both servers", func() bool {
+		return logs.Count("ldap call failed, will retry", b.URL) > 0
 	})
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
@@ -84,7 +83,7 @@ func TestPrimaryKilledDuringLdapadd(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("ldapadd: %v\n%s", err, out.String())
 	}
-	if logs.count("ldap call retried") == 0 {
+	if logs.Count("ldap call retried") == 0 {
 		t.Fatal("no call was retried; the kill missed the stream")
 	}
 	for i := range n {
@@ -128,7 +127,7 @@ func TestSignalDrainsSlowSearch(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- proxy.Wait() }()
 	t.Cleanup(func() { _ = proxy.Process.Kill() })
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
+	slapdtest.WaitFor(t, 10*time.Second, "the proxy to listen", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -163,7 +162,7 @@ func TestSignalDrainsSlowSearch(t *testing.T) {
 	if err := proxy.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "new connections to be refused", func() bool {
+	slapdtest.WaitFor(t, 10*time.Second, "new connections to be refused", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -210,7 +209,10 @@ func TestSignalDrainsSlowSearch(t *testing.T) {
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "ldmirror")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // set by go test
+	}
 	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/ldmirror/ldmirror/cmd/ldmirror").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build ./cmd/ldmirror: %v\n%s", err, out)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,69 +17,6 @@ import (
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 	"github.com/ldmirror/ldmirror/ldapagent/retrier"
 )
-
-// logRecorder is a slog.Handler that keeps messages, so tests can wait for
-// an event and check logged reasons.
-type logRecorder struct {
-	mu   sync.Mutex
-	recs []string
-}
-
-func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
-		return true
-	})
-	l.mu.Lock()
-	l.recs = append(l.recs, b.String())
-	l.mu.Unlock()
-	return nil
-}
-func (l *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
-	return &withAttrs{l, as}
-}
-func (l *logRecorder) WithGroup(string) slog.Handler { return l }
-
-type withAttrs struct {
-	*logRecorder
-	as []slog.Attr
-}
-
-func (w *withAttrs) Handle(ctx context.Context, r slog.Record) error {
-	r.AddAttrs(w.as...)
-	return w.logRecorder.Handle(ctx, r)
-}
-
-// count returns how many records contain all of subs.
-func (l *logRecorder) count(subs ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-next:
-	for _, r := range l.recs {
-		for _, s := range subs {
-			if !strings.Contains(r, s) {
-				continue next
-			}
-		}
-		n++
-	}
-	return n
-}
-
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval of a condition wait
-	}
-}
 
 // startProxy runs a proxy in-process on a free port and returns its URL.
 func startProxy(t testing.TB, cfg Config) (string, *Server) {

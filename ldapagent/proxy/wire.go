@@ -331,20 +331,30 @@ func attribute(p *ber.Packet) (string, []string, error) {
 	return name, vals, nil
 }
 
-func decodeModify(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyRequest, error) {
+// dnAndList decodes the SEQUENCE { entry LDAPDN, <what> SEQUENCE } shape
+// of add, modify and compare requests.
+func dnAndList(op *ber.Packet, what string) (string, []*ber.Packet, error) {
 	c, err := children(op, 2, 2)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	dn, err := str(c[0])
+	if err != nil {
+		return "", nil, err
+	}
+	if c[1].TagType != ber.TypeConstructed {
+		return "", nil, errors.New(what)
+	}
+	return dn, c[1].Children, nil
+}
+
+func decodeModify(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyRequest, error) {
+	dn, changes, err := dnAndList(op, "changes")
 	if err != nil {
 		return nil, err
 	}
 	req := ldap.NewModifyRequest(dn, controls)
-	if c[1].TagType != ber.TypeConstructed {
-		return nil, errors.New("changes")
-	}
-	for _, ch := range c[1].Children {
+	for _, ch := range changes {
 		cc, err := children(ch, 2, 2)
 		if err != nil {
 			return nil, err
@@ -368,19 +378,12 @@ func decodeModify(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyRequest,
 }
 
 func decodeAdd(op *ber.Packet, controls []ldap.Control) (*ldap.AddRequest, error) {
-	c, err := children(op, 2, 2)
-	if err != nil {
-		return nil, err
-	}
-	dn, err := str(c[0])
+	dn, attrs, err := dnAndList(op, "attribute list")
 	if err != nil {
 		return nil, err
 	}
 	req := ldap.NewAddRequest(dn, controls)
-	if c[1].TagType != ber.TypeConstructed {
-		return nil, errors.New("attribute list")
-	}
-	for _, a := range c[1].Children {
+	for _, a := range attrs {
 		name, vals, err := attribute(a)
 		if err != nil {
 			return nil, err
@@ -420,17 +423,12 @@ func decodeModifyDN(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyDNRequ
 }
 
 func decodeCompare(op *ber.Packet) (*compareRequest, error) {
-	c, err := children(op, 2, 2)
+	dn, ava, err := dnAndList(op, "attribute value assertion")
 	if err != nil {
 		return nil, err
 	}
-	dn, err := str(c[0])
-	if err != nil {
-		return nil, err
-	}
-	ava, err := children(c[1], 2, 2)
-	if err != nil {
-		return nil, err
+	if len(ava) != 2 {
+		return nil, errors.New("attribute value assertion")
 	}
 	attr, err := str(ava[0])
 	if err != nil {

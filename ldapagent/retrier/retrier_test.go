@@ -361,7 +361,7 @@ func TestFailoverAndFailback(t *testing.T) {
 	a := slapdtest.Start(t, slapdtest.Options{})
 	b := slapdtest.Start(t, slapdtest.Options{})
 	s := openSession(t, Config{Primary: a.URL, Secondary: b.URL, BindDN: a.RootDN, BindPassword: a.RootPW,
-		FailbackInterval: 50 * time.Millisecond, CallTimeout: 5 * time.Second, Logger: slog.New(newEvents())})
+		FailbackInterval: 50 * time.Millisecond, CallTimeout: 5 * time.Second, Logger: slog.New(&slapdtest.Log{})})
 	ctx := context.Background()
 	if err := s.Add(ctx, person("cn=onA,"+a.Suffix, "onA", "s")); err != nil {
 		t.Fatal(err)
@@ -385,7 +385,7 @@ func TestFailoverAndFailback(t *testing.T) {
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "failback to the primary", func() bool { return s.Status().Preferred == a.URL })
+	slapdtest.WaitFor(t, 5*time.Second, "failback to the primary", func() bool { return s.Status().Preferred == a.URL })
 	if err := s.Add(ctx, person("cn=backOnA,"+a.Suffix, "backOnA", "s")); err != nil {
 		t.Fatal(err)
 	}
@@ -410,7 +410,7 @@ func TestPrimaryKilledDuringAdds(t *testing.T) {
 	}
 	a := slapdtest.Start(t, slapdtest.Options{})
 	b := slapdtest.New(t, slapdtest.Options{DataDir: a.DataDir})
-	ev := newEvents()
+	ev := &slapdtest.Log{}
 	s := openSession(t, Config{Primary: a.URL, Secondary: b.URL, BindDN: a.RootDN, BindPassword: a.RootPW,
 		CallTimeout: 10 * time.Second, FailbackInterval: -1, Logger: slog.New(ev)})
 
@@ -427,14 +427,14 @@ func TestPrimaryKilledDuringAdds(t *testing.T) {
 		}
 		errc <- nil
 	}()
-	waitFor(t, 20*time.Second, "100 adds on the primary", func() bool { return done.Load() >= 100 })
+	slapdtest.WaitFor(t, 20*time.Second, "100 adds on the primary", func() bool { return done.Load() >= 100 })
 	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	killedAt := done.Load()
 	// Promotion: start the secondary only once a call has failed on both.
-	waitFor(t, 5*time.Second, "a call failing on both servers", func() bool {
-		return ev.count("ldap call failed, will retry") >= 2
+	slapdtest.WaitFor(t, 5*time.Second, "a call failing on both servers", func() bool {
+		return ev.Count("ldap call failed, will retry") >= 2
 	})
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
@@ -445,7 +445,7 @@ func TestPrimaryKilledDuringAdds(t *testing.T) {
 	if killedAt >= n {
 		t.Fatalf("all adds finished before the kill; the test proves nothing")
 	}
-	if ev.count("ldap call retried") == 0 {
+	if ev.Count("ldap call retried") == 0 {
 		t.Fatal("no call was retried")
 	}
 	c, err := b.Dial()
@@ -492,7 +492,7 @@ func TestSignalHeldUntilCallCompletes(t *testing.T) {
 			if err := syscall.Kill(syscall.Getpid(), syscall.SIGUSR1); err != nil {
 				return err
 			}
-			waitFor(t, 5*time.Second, "the signal to be caught", func() bool {
+			slapdtest.WaitFor(t, 5*time.Second, "the signal to be caught", func() bool {
 				if s.gate.Enter() {
 					s.gate.Leave()
 					return false
