@@ -516,8 +516,13 @@ func TestSignalHeldUntilCallCompletes(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("signal never handled")
 	}
-	// The session accepts calls again after the handler ran.
-	if _, err := s.Compare(ctx, srv.Suffix, "o", "example"); err != nil {
-		t.Fatalf("call after the signal: %v", err)
+	// The session accepts calls again once the handler has returned.
+	var cerr error
+	slapdtest.WaitFor(t, 5*time.Second, "calls admitted after the handler", func() bool {
+		_, cerr = s.Compare(ctx, srv.Suffix, "o", "example")
+		return !errors.Is(cerr, ErrDraining)
+	})
+	if cerr != nil {
+		t.Fatalf("call after the signal: %v", cerr)
 	}
 }
