@@ -1,0 +1,330 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// commandVersion is the encoding version of the commands this code writes.
+// A member that reads a newer version refuses the command (ErrInvalidCommand)
+// rather than guess, so all members must run a version that knows a command
+// before anyone submits it.
+const commandVersion = 1
+
+// op names a command. The names are part of the log format: never rename one.
+type op string
+
+const (
+	opRegister     op = "register"      // Node joins, as a data host or a Witness
+	opRemove       op = "remove"        // Node leaves
+	opPromote      op = "promote"       // Node becomes primary (Force, Reason)
+	opDemote       op = "demote"        // Node, primary in Epoch, steps down
+	opTransfer     op = "transfer"      // orderly swap: primary By hands over to Node
+	opFailover     op = "failover"      // primary By (or none) replaced by an uptodate data host
+	opMarkOutdated op = "mark-outdated" // primary By, in Epoch, outdates its peer Node
+	opSetDisk      op = "set-disk"      // Node's disk is Disk, reported in Epoch
+	opAckSeq       op = "ack-seq"       // Node acknowledged Seq in Epoch
+)
+
+// command is one entry of the raft log. Fields a given op does not use stay
+// empty; which ones each op reads is in the apply functions below.
+type command struct {
+	Op      op        `json:"op"`
+	Node    string    `json:"node,omitempty"`
+	By      string    `json:"by,omitempty"`
+	Epoch   Epoch     `json:"epoch"`
+	Force   bool      `json:"force,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Witness bool      `json:"witness,omitempty"`
+	Disk    DiskState `json:"disk,omitempty"`
+	Seq     uint64    `json:"seq,omitempty"`
+}
+
+// encode returns the log entry for c: one version byte, then JSON. JSON keeps
+// the log readable with standard tools; the control plane's rate is a few
+// commands per role change, so size does not matter.
+func (c command) encode() ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{commandVersion}, b...), nil
+}
+
+func decodeCommand(b []byte) (command, error) {
+	var c command
+	if len(b) == 0 {
+		return c, fmt.Errorf("%w: empty log entry", ErrInvalidCommand)
+	}
+	if b[0] != commandVersion {
+		return c, fmt.Errorf("%w: command encoding version %d, this member reads %d (upgrade it)", ErrInvalidCommand, b[0], commandVersion)
+	}
+	if err := json.Unmarshal(b[1:], &c); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
+	}
+	return c, nil
+}
+
+// apply runs c against s, as the entry at raft index with the leader's
+// append time at. It either changes s and returns the epoch after c, or
+// leaves s untouched and returns an error: every check runs before the first
+// change. It must depend on nothing but s and its arguments, because every
+// member runs it and they must agree.
+func (s *VolumeState) apply(c command, index uint64, at time.Time) (Epoch, error) {
+	var err error
+	switch c.Op {
+	case opRegister:
+		err = s.register(c)
+	case opRemove:
+		err = s.remove(c)
+	case opPromote:
+		err = s.promote(c, index, at)
+	case opDemote:
+		err = s.demote(c, index)
+	case opTransfer:
+		err = s.transfer(c, index)
+	case opFailover:
+		err = s.failover(c, index)
+	case opMarkOutdated:
+		err = s.markOutdated(c)
+	case opSetDisk:
+		err = s.setDisk(c)
+	case opAckSeq:
+		err = s.ackSeq(c)
+	default:
+		err = fmt.Errorf("%w: unknown op %q", ErrInvalidCommand, c.Op)
+	}
+	if err != nil {
+		return s.Epoch, fmt.Errorf("%s %s: %w", c.Op, c.Node, err)
+	}
+	return s.Epoch, nil
+}
+
+// dataHost returns the index of the data host id.
+func (s *VolumeState) dataHost(id string) (int, error) {
+	i, ok := s.find(id)
+	if !ok {
+		return 0, fmt.Errorf("%w %q", ErrUnknownNode, id)
+	}
+	if s.Hosts[i].Witness {
+		return 0, fmt.Errorf("%w: %q holds no volume", ErrWitness, id)
+	}
+	return i, nil
+}
+
+func (s *VolumeState) checkEpoch(e Epoch) error {
+	if e != s.Epoch {
+		return fmt.Errorf("%w: command for epoch %d, current epoch is %d", ErrStaleEpoch, e, s.Epoch)
+	}
+	return nil
+}
+
+// checkPrimary verifies that by is the primary of epoch e.
+func (s *VolumeState) checkPrimary(by string, e Epoch) error {
+	if err := s.checkEpoch(e); err != nil {
+		return err
+	}
+	if s.Primary == "" || by != s.Primary {
+		return fmt.Errorf("%w: %q is not primary in epoch %d (primary is %q)", ErrNotPrimary, by, s.Epoch, s.Primary)
+	}
+	return nil
+}
+
+// grant makes node primary (none if "") in a new epoch begun by the entry
+// at index.
+func (s *VolumeState) grant(node string, index uint64) {
+	s.Primary = node
+	s.Epoch++
+	s.EpochIndex = index
+}
+
+// setDiskAt changes host i's disk state, noting the epoch of the change.
+func (s *VolumeState) setDiskAt(i int, d DiskState) {
+	if s.Hosts[i].Disk != d {
+		s.Hosts[i].Disk = d
+		s.Hosts[i].DiskEpoch = s.Epoch
+	}
+}
+
+// outdateOthers marks every data host but keep outdated if it was uptodate:
+// they lack the writes the new primary is about to accept, or hold writes it
+// never had. Inconsistent stays inconsistent: it is the worse state.
+func (s *VolumeState) outdateOthers(keep string) {
+	for i, h := range s.Hosts {
+		if h.ID != keep && !h.Witness && h.Disk == DiskUpToDate {
+			s.setDiskAt(i, DiskOutdated)
+		}
+	}
+}
+
+func (s *VolumeState) register(c command) error {
+	if err := validNodeID(c.Node); err != nil {
+		return err
+	}
+	i, ok := s.find(c.Node)
+	if ok {
+		// Joining twice is a retry, not an error; changing kind is.
+		if s.Hosts[i].Witness != c.Witness {
+			return fmt.Errorf("%w: %q is already registered with witness=%t", ErrInvalidCommand, c.Node, s.Hosts[i].Witness)
+		}
+		return nil
+	}
+	h := HostState{ID: c.Node, Witness: c.Witness, Disk: DiskInconsistent, DiskEpoch: s.Epoch}
+	if c.Witness {
+		h.Disk = DiskDiskless
+	} else if len(s.DataHosts()) >= 2 {
+		return ErrClusterFull
+	}
+	s.Hosts = slices.Insert(s.Hosts, i, h)
+	return nil
+}
+
+func (s *VolumeState) remove(c command) error {
+	if c.Node == s.Primary && c.Node != "" {
+		return ErrIsPrimary
+	}
+	if i, ok := s.find(c.Node); ok {
+		s.Hosts = slices.Delete(s.Hosts, i, i+1)
+	}
+	return nil
+}
+
+// promote makes c.Node primary. An existing primary is displaced and marked
+// outdated: it may hold writes it never shipped. That is safe because the
+// new epoch fences it: its frames are refused and its MarkOutdated fails.
+func (s *VolumeState) promote(c command, index uint64, at time.Time) error {
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return err
+	}
+	if s.Primary == c.Node {
+		return nil // a retry of a promotion that already happened
+	}
+	disk := s.Hosts[i].Disk
+	if disk != DiskUpToDate {
+		if !c.Force {
+			return fmt.Errorf("%w: %q is %s (resync it, or force with a reason to accept data loss)", ErrNotUpToDate, c.Node, disk)
+		}
+		if c.Reason == "" {
+			return fmt.Errorf("%w: a forced promotion needs a reason", ErrInvalidCommand)
+		}
+	}
+	s.grant(c.Node, index)
+	if disk != DiskUpToDate {
+		// The forced host's data becomes the truth; every other copy may
+		// diverge from it.
+		s.ForcedPromotions++
+		s.LastForced = ForcedPromotion{Node: c.Node, Reason: c.Reason, Disk: disk, Epoch: s.Epoch, Index: index, At: at.UTC()}
+		s.setDiskAt(i, DiskUpToDate)
+	}
+	s.outdateOthers(c.Node)
+	return nil
+}
+
+func (s *VolumeState) demote(c command, index uint64) error {
+	if err := s.checkPrimary(c.Node, c.Epoch); err != nil {
+		return err
+	}
+	s.grant("", index)
+	return nil
+}
+
+// transfer is the last step of an orderly swap: the primary c.By has drained
+// and flushed, so both copies are equal and neither is outdated.
+func (s *VolumeState) transfer(c command, index uint64) error {
+	if err := s.checkPrimary(c.By, c.Epoch); err != nil {
+		return err
+	}
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return err
+	}
+	if c.Node == c.By {
+		return fmt.Errorf("%w: %q is already primary", ErrInvalidCommand, c.Node)
+	}
+	if d := s.Hosts[i].Disk; d != DiskUpToDate {
+		return fmt.Errorf("%w: %q is %s", ErrNotUpToDate, c.Node, d)
+	}
+	s.grant(c.Node, index)
+	return nil
+}
+
+// failover is the agent's hook: replace the primary c.By of epoch c.Epoch
+// (or no primary, c.By == "") with the uptodate data host. The epoch check
+// makes two agents racing for the same failure promote only once.
+func (s *VolumeState) failover(c command, index uint64) error {
+	if err := s.checkEpoch(c.Epoch); err != nil {
+		return err
+	}
+	if c.By != s.Primary {
+		return fmt.Errorf("%w: %q is not primary in epoch %d (primary is %q)", ErrNotPrimary, c.By, s.Epoch, s.Primary)
+	}
+	for _, h := range s.Hosts {
+		// Hosts is sorted, so the choice is the same on every member.
+		if h.ID != s.Primary && !h.Witness && h.Disk == DiskUpToDate {
+			s.grant(h.ID, index)
+			s.outdateOthers(h.ID)
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: no other data host is uptodate", ErrNotUpToDate)
+}
+
+// markOutdated is how a primary that lost its peer keeps the right to
+// acknowledge writes alone (DESIGN.md invariant 4).
+func (s *VolumeState) markOutdated(c command) error {
+	if err := s.checkPrimary(c.By, c.Epoch); err != nil {
+		return err
+	}
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return err
+	}
+	if c.Node == c.By {
+		return fmt.Errorf("%w: the primary cannot outdate itself", ErrInvalidCommand)
+	}
+	if s.Hosts[i].Disk == DiskUpToDate {
+		s.setDiskAt(i, DiskOutdated)
+	}
+	return nil
+}
+
+// setDisk records a disk state reported in c.Epoch: uptodate after a resync,
+// inconsistent when one starts. The primary's disk must stay uptodate, so
+// that "primary" always means "holds every acknowledged write".
+func (s *VolumeState) setDisk(c command) error {
+	if err := s.checkEpoch(c.Epoch); err != nil {
+		return err
+	}
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return err
+	}
+	if !c.Disk.valid() {
+		return fmt.Errorf("%w: disk state %q (want uptodate, outdated or inconsistent)", ErrInvalidCommand, c.Disk)
+	}
+	if c.Node == s.Primary && c.Disk != DiskUpToDate {
+		return fmt.Errorf("%w: %q is primary; demote it or fail over before marking it %s", ErrInvalidCommand, c.Node, c.Disk)
+	}
+	s.setDiskAt(i, c.Disk)
+	return nil
+}
+
+// ackSeq records a host's acknowledged sequence number. Reports can race, so
+// within an epoch the highest wins; a new epoch starts afresh.
+func (s *VolumeState) ackSeq(c command) error {
+	if err := s.checkEpoch(c.Epoch); err != nil {
+		return err
+	}
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return err
+	}
+	h := &s.Hosts[i]
+	if h.AckedEpoch != c.Epoch || c.Seq > h.AckedSeq {
+		h.AckedSeq, h.AckedEpoch = c.Seq, c.Epoch
+	}
+	return nil
+}

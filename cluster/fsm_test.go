@@ -1,0 +1,445 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// at is the append time every test entry carries, so results are exact.
+var at = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// pair is the usual starting point: data hosts a (primary) and b, both
+// uptodate, witness w, epoch 3 begun at index 10.
+func pair() VolumeState {
+	return VolumeState{
+		Primary: "a", Epoch: 3, EpochIndex: 10,
+		Hosts: []HostState{
+			{ID: "a", Disk: DiskUpToDate, DiskEpoch: 1},
+			{ID: "b", Disk: DiskUpToDate, DiskEpoch: 1},
+			{ID: "w", Witness: true, Disk: DiskDiskless},
+		},
+	}
+}
+
+// TestApply runs one command against a starting state and checks the exact
+// resulting state, or that a refused command changed nothing.
+func TestApply(t *testing.T) {
+	const idx = 100
+	noPrimary := func(s *VolumeState) { s.Primary = "" }
+	bOutdated := func(s *VolumeState) { s.Hosts[1].Disk, s.Hosts[1].DiskEpoch = DiskOutdated, 3 }
+	tests := []struct {
+		name    string
+		start   func(*VolumeState) // changes to pair(); nil for pair() itself
+		cmd     command
+		wantErr error
+		want    func(*VolumeState) // changes to the start state; ignored on error
+	}{
+		// register
+		{name: "register first data host in empty cluster", start: func(s *VolumeState) { *s = VolumeState{} },
+			cmd: command{Op: opRegister, Node: "a"},
+			want: func(s *VolumeState) {
+				s.Hosts = []HostState{{ID: "a", Disk: DiskInconsistent}}
+			}},
+		{name: "register witness is diskless", start: func(s *VolumeState) { s.Hosts = s.Hosts[:2] },
+			cmd: command{Op: opRegister, Node: "w", Witness: true},
+			want: func(s *VolumeState) {
+				s.Hosts = append(s.Hosts, HostState{ID: "w", Witness: true, Disk: DiskDiskless, DiskEpoch: 3})
+			}},
+		{name: "register keeps hosts sorted", start: func(s *VolumeState) { s.Hosts = []HostState{s.Hosts[0], s.Hosts[2]} },
+			cmd: command{Op: opRegister, Node: "b"},
+			want: func(s *VolumeState) {
+				s.Hosts = []HostState{s.Hosts[0], {ID: "b", Disk: DiskInconsistent, DiskEpoch: 3}, s.Hosts[1]}
+			}},
+		{name: "register again is a no-op", cmd: command{Op: opRegister, Node: "b"}, want: func(*VolumeState) {}},
+		{name: "register changing kind refused", cmd: command{Op: opRegister, Node: "b", Witness: true}, wantErr: ErrInvalidCommand},
+		{name: "third data host refused", cmd: command{Op: opRegister, Node: "c"}, wantErr: ErrClusterFull},
+		{name: "second witness accepted", cmd: command{Op: opRegister, Node: "x", Witness: true},
+			want: func(s *VolumeState) {
+				s.Hosts = append(s.Hosts, HostState{ID: "x", Witness: true, Disk: DiskDiskless, DiskEpoch: 3})
+			}},
+		{name: "empty node id refused", cmd: command{Op: opRegister, Node: ""}, wantErr: ErrInvalidCommand},
+		{name: "node id with space refused", cmd: command{Op: opRegister, Node: "a b", Witness: true}, wantErr: ErrInvalidCommand},
+
+		// remove
+		{name: "remove secondary", cmd: command{Op: opRemove, Node: "b"},
+			want: func(s *VolumeState) { s.Hosts = []HostState{s.Hosts[0], s.Hosts[2]} }},
+		{name: "remove primary refused", cmd: command{Op: opRemove, Node: "a"}, wantErr: ErrIsPrimary},
+		{name: "remove unknown is a no-op", cmd: command{Op: opRemove, Node: "zz"}, want: func(*VolumeState) {}},
+
+		// promote
+		{name: "promote uptodate with no primary", start: noPrimary, cmd: command{Op: opPromote, Node: "b"},
+			want: func(s *VolumeState) {
+				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
+				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
+			}},
+		{name: "promote displaces primary and outdates it", cmd: command{Op: opPromote, Node: "b"},
+			want: func(s *VolumeState) {
+				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
+				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
+			}},
+		{name: "promote current primary is a no-op", cmd: command{Op: opPromote, Node: "a"}, want: func(*VolumeState) {}},
+		{name: "promote outdated refused", start: bOutdated, cmd: command{Op: opPromote, Node: "b"}, wantErr: ErrNotUpToDate},
+		{name: "promote inconsistent refused", start: func(s *VolumeState) { s.Hosts[1].Disk = DiskInconsistent },
+			cmd: command{Op: opPromote, Node: "b"}, wantErr: ErrNotUpToDate},
+		{name: "forced promote of outdated needs a reason", start: bOutdated,
+			cmd: command{Op: opPromote, Node: "b", Force: true}, wantErr: ErrInvalidCommand},
+		{name: "forced promote of outdated is recorded", start: bOutdated,
+			cmd: command{Op: opPromote, Node: "b", Force: true, Reason: "A lost"},
+			want: func(s *VolumeState) {
+				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
+				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
+				s.Hosts[1].Disk, s.Hosts[1].DiskEpoch = DiskUpToDate, 4
+				s.ForcedPromotions = 1
+				s.LastForced = ForcedPromotion{Node: "b", Reason: "A lost", Disk: DiskOutdated, Epoch: 4, Index: idx, At: at}
+			}},
+		{name: "forced promote of uptodate is not counted", start: noPrimary,
+			cmd: command{Op: opPromote, Node: "b", Force: true, Reason: "habit"},
+			want: func(s *VolumeState) {
+				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
+				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
+			}},
+		{name: "promote witness refused even forced", cmd: command{Op: opPromote, Node: "w", Force: true, Reason: "x"}, wantErr: ErrWitness},
+		{name: "promote unknown refused", cmd: command{Op: opPromote, Node: "zz"}, wantErr: ErrUnknownNode},
+
+		// demote
+		{name: "demote primary", cmd: command{Op: opDemote, Node: "a", Epoch: 3},
+			want: func(s *VolumeState) { s.Primary, s.Epoch, s.EpochIndex = "", 4, idx }},
+		{name: "demote with stale epoch refused", cmd: command{Op: opDemote, Node: "a", Epoch: 2}, wantErr: ErrStaleEpoch},
+		{name: "demote secondary refused", cmd: command{Op: opDemote, Node: "b", Epoch: 3}, wantErr: ErrNotPrimary},
+		{name: "demote with no primary refused", start: noPrimary, cmd: command{Op: opDemote, Node: "a", Epoch: 3}, wantErr: ErrNotPrimary},
+
+		// transfer (swap)
+		{name: "transfer keeps both uptodate", cmd: command{Op: opTransfer, By: "a", Node: "b", Epoch: 3},
+			want: func(s *VolumeState) { s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx }},
+		{name: "transfer to outdated refused", start: bOutdated, cmd: command{Op: opTransfer, By: "a", Node: "b", Epoch: 3}, wantErr: ErrNotUpToDate},
+		{name: "transfer from non-primary refused", cmd: command{Op: opTransfer, By: "b", Node: "a", Epoch: 3}, wantErr: ErrNotPrimary},
+		{name: "transfer with stale epoch refused", cmd: command{Op: opTransfer, By: "a", Node: "b", Epoch: 1}, wantErr: ErrStaleEpoch},
+		{name: "transfer to witness refused", cmd: command{Op: opTransfer, By: "a", Node: "w", Epoch: 3}, wantErr: ErrWitness},
+		{name: "transfer to self refused", cmd: command{Op: opTransfer, By: "a", Node: "a", Epoch: 3}, wantErr: ErrInvalidCommand},
+
+		// failover (agent hook)
+		{name: "failover moves to the uptodate host", cmd: command{Op: opFailover, By: "a", Epoch: 3},
+			want: func(s *VolumeState) {
+				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
+				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
+			}},
+		{name: "failover with no primary", start: noPrimary, cmd: command{Op: opFailover, Epoch: 3},
+			want: func(s *VolumeState) {
+				s.Primary, s.Epoch, s.EpochIndex = "a", 4, idx
+				s.Hosts[1].Disk, s.Hosts[1].DiskEpoch = DiskOutdated, 4
+			}},
+		{name: "failover to outdated refused", start: bOutdated, cmd: command{Op: opFailover, By: "a", Epoch: 3}, wantErr: ErrNotUpToDate},
+		{name: "second failover of same epoch refused", start: func(s *VolumeState) { s.Primary, s.Epoch = "b", 4 },
+			cmd: command{Op: opFailover, By: "a", Epoch: 3}, wantErr: ErrStaleEpoch},
+		{name: "failover naming wrong primary refused", cmd: command{Op: opFailover, By: "b", Epoch: 3}, wantErr: ErrNotPrimary},
+		{name: "failover never picks the witness", start: func(s *VolumeState) { s.Hosts = []HostState{s.Hosts[0], s.Hosts[2]} },
+			cmd: command{Op: opFailover, By: "a", Epoch: 3}, wantErr: ErrNotUpToDate},
+
+		// mark outdated (fencing)
+		{name: "primary outdates its peer", cmd: command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3},
+			want: bOutdated},
+		{name: "mark outdated again is a no-op", start: bOutdated, cmd: command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3},
+			want: func(*VolumeState) {}},
+		{name: "mark outdated keeps inconsistent", start: func(s *VolumeState) { s.Hosts[1].Disk = DiskInconsistent },
+			cmd: command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3}, want: func(*VolumeState) {}},
+		{name: "mark outdated from deposed primary refused", start: func(s *VolumeState) { s.Primary, s.Epoch = "b", 4 },
+			cmd: command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3}, wantErr: ErrStaleEpoch},
+		{name: "mark outdated from secondary refused", cmd: command{Op: opMarkOutdated, By: "b", Node: "a", Epoch: 3}, wantErr: ErrNotPrimary},
+		{name: "primary cannot outdate itself", cmd: command{Op: opMarkOutdated, By: "a", Node: "a", Epoch: 3}, wantErr: ErrInvalidCommand},
+		{name: "mark outdated of witness refused", cmd: command{Op: opMarkOutdated, By: "a", Node: "w", Epoch: 3}, wantErr: ErrWitness},
+		{name: "mark outdated of unknown refused", cmd: command{Op: opMarkOutdated, By: "a", Node: "zz", Epoch: 3}, wantErr: ErrUnknownNode},
+
+		// set disk
+		{name: "resynced host becomes uptodate", start: bOutdated, cmd: command{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 3},
+			want: func(s *VolumeState) { s.Hosts[1].Disk = DiskUpToDate }},
+		{name: "resync start marks inconsistent", cmd: command{Op: opSetDisk, Node: "b", Disk: DiskInconsistent, Epoch: 3},
+			want: func(s *VolumeState) { s.Hosts[1].Disk, s.Hosts[1].DiskEpoch = DiskInconsistent, 3 }},
+		{name: "set disk in stale epoch refused", start: bOutdated, cmd: command{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 2}, wantErr: ErrStaleEpoch},
+		{name: "primary disk cannot be outdated", cmd: command{Op: opSetDisk, Node: "a", Disk: DiskOutdated, Epoch: 3}, wantErr: ErrInvalidCommand},
+		{name: "diskless is not a data state", cmd: command{Op: opSetDisk, Node: "b", Disk: DiskDiskless, Epoch: 3}, wantErr: ErrInvalidCommand},
+		{name: "witness has no disk", cmd: command{Op: opSetDisk, Node: "w", Disk: DiskUpToDate, Epoch: 3}, wantErr: ErrWitness},
+
+		// ack seq
+		{name: "ack seq recorded", cmd: command{Op: opAckSeq, Node: "b", Seq: 42, Epoch: 3},
+			want: func(s *VolumeState) { s.Hosts[1].AckedSeq, s.Hosts[1].AckedEpoch = 42, 3 }},
+		{name: "older ack in same epoch ignored", start: func(s *VolumeState) { s.Hosts[1].AckedSeq, s.Hosts[1].AckedEpoch = 50, 3 },
+			cmd: command{Op: opAckSeq, Node: "b", Seq: 42, Epoch: 3}, want: func(*VolumeState) {}},
+		{name: "new epoch restarts acks", start: func(s *VolumeState) { s.Hosts[1].AckedSeq, s.Hosts[1].AckedEpoch = 50, 2 },
+			cmd:  command{Op: opAckSeq, Node: "b", Seq: 7, Epoch: 3},
+			want: func(s *VolumeState) { s.Hosts[1].AckedSeq, s.Hosts[1].AckedEpoch = 7, 3 }},
+		{name: "ack in stale epoch refused", cmd: command{Op: opAckSeq, Node: "b", Seq: 1, Epoch: 2}, wantErr: ErrStaleEpoch},
+
+		{name: "unknown op refused", cmd: command{Op: "merge", Node: "a"}, wantErr: ErrInvalidCommand},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := pair()
+			if tc.start != nil {
+				tc.start(&s)
+			}
+			before := s.clone()
+			epoch, err := s.apply(tc.cmd, idx, at)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+				if !reflect.DeepEqual(s, before) {
+					t.Fatalf("refused command changed the state:\n got %+v\nwant %+v", s, before)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			want := before.clone()
+			tc.want(&want)
+			if !reflect.DeepEqual(s, want) {
+				t.Fatalf("state:\n got %+v\nwant %+v", s, want)
+			}
+			if epoch != want.Epoch {
+				t.Fatalf("returned epoch %d, state epoch %d", epoch, want.Epoch)
+			}
+		})
+	}
+}
+
+func mustEncode(t *testing.T, c command) []byte {
+	t.Helper()
+	b, err := c.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// history is a full lifecycle: bootstrap, sync, promote, lose the peer,
+// resync, swap, failover.
+func history(t *testing.T) []*raft.Log {
+	t.Helper()
+	cmds := []command{
+		{Op: opRegister, Node: "a"},
+		{Op: opRegister, Node: "w", Witness: true},
+		{Op: opRegister, Node: "b"},
+		{Op: opSetDisk, Node: "a", Disk: DiskUpToDate},
+		{Op: opPromote, Node: "a"},                               // epoch 1
+		{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 1}, //
+		{Op: opAckSeq, Node: "b", Seq: 9, Epoch: 1},              //
+		{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 1},       //
+		{Op: opPromote, Node: "b"},                               // refused: outdated
+		{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 1}, // resynced
+		{Op: opTransfer, By: "a", Node: "b", Epoch: 1},           // epoch 2
+		{Op: opFailover, By: "b", Epoch: 2},                      // epoch 3, b outdated
+		{Op: opPromote, Node: "b", Force: true, Reason: "drill"}, // epoch 4, forced
+		{Op: opDemote, Node: "b", Epoch: 4},                      // epoch 5
+		{Op: opMarkOutdated, By: "b", Node: "a", Epoch: 4},       // refused: stale
+		{Op: opSetDisk, Node: "a", Disk: DiskInconsistent, Epoch: 5},
+	}
+	logs := make([]*raft.Log, len(cmds))
+	for i, c := range cmds {
+		logs[i] = &raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: mustEncode(t, c), AppendedAt: at.Add(time.Duration(i) * time.Second)}
+	}
+	return logs
+}
+
+// TestFSMHistory applies a lifecycle through raft's FSM interface and checks
+// each verdict and the final state.
+func TestFSMHistory(t *testing.T) {
+	f := newFSM()
+	logs := history(t)
+	wantErr := map[uint64]error{9: ErrNotUpToDate, 15: ErrStaleEpoch}
+	wantEpoch := []Epoch{0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5}
+	for i, l := range logs {
+		r := f.Apply(l).(applyResult)
+		if !errors.Is(r.Err, wantErr[l.Index]) || (wantErr[l.Index] == nil) != (r.Err == nil) {
+			t.Fatalf("entry %d: err = %v, want %v", l.Index, r.Err, wantErr[l.Index])
+		}
+		if r.Epoch != wantEpoch[i] {
+			t.Fatalf("entry %d: epoch %d, want %d", l.Index, r.Epoch, wantEpoch[i])
+		}
+	}
+	want := VolumeState{
+		Primary: "", Epoch: 5, EpochIndex: 14,
+		Hosts: []HostState{
+			{ID: "a", Disk: DiskInconsistent, DiskEpoch: 5},
+			{ID: "b", Disk: DiskUpToDate, DiskEpoch: 4, AckedSeq: 9, AckedEpoch: 1},
+			{ID: "w", Witness: true, Disk: DiskDiskless},
+		},
+		ForcedPromotions: 1,
+		LastForced:       ForcedPromotion{Node: "b", Reason: "drill", Disk: DiskOutdated, Epoch: 4, Index: 13, At: at.Add(12 * time.Second)},
+		Index:            16,
+	}
+	if got := f.current(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("final state:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// TestFSMBadEntries checks that undecodable entries are refused without a
+// panic or a change, but still advance the applied index.
+func TestFSMBadEntries(t *testing.T) {
+	good := mustEncode(t, command{Op: opRegister, Node: "a"})
+	tests := []struct {
+		name string
+		data []byte
+	}{
+		{"empty", nil},
+		{"future version", append([]byte{commandVersion + 1}, good[1:]...)},
+		{"not json", []byte{commandVersion, '{', 'x'}},
+		{"wrong field type", append([]byte{commandVersion}, `{"op":"register","node":7}`...)},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFSM()
+			f.Apply(&raft.Log{Index: 1, Data: good})
+			before := f.current()
+			r := f.Apply(&raft.Log{Index: uint64(i + 2), Data: tc.data}).(applyResult)
+			if !errors.Is(r.Err, ErrInvalidCommand) {
+				t.Fatalf("err = %v, want ErrInvalidCommand", r.Err)
+			}
+			got := f.current()
+			if got.Index != uint64(i+2) {
+				t.Fatalf("index %d, want %d", got.Index, i+2)
+			}
+			got.Index = before.Index
+			if !reflect.DeepEqual(got, before) {
+				t.Fatalf("bad entry changed the state: %+v", got)
+			}
+		})
+	}
+}
+
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+func (s *memSink) Close() error  { s.closed = true; return nil }
+
+func snapshotBytes(t *testing.T, f *fsm) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	if !sink.closed || sink.cancelled {
+		t.Fatalf("sink closed=%t cancelled=%t after a good persist", sink.closed, sink.cancelled)
+	}
+	return sink.Bytes()
+}
+
+// TestSnapshotRestore checks that a snapshot taken at every point of the
+// history restores to the same state, and that replaying the rest of the
+// log on the restored copy ends where the original ended.
+func TestSnapshotRestore(t *testing.T) {
+	logs := history(t)
+	full := newFSM()
+	for _, l := range logs {
+		full.Apply(l)
+	}
+	for cut := 0; cut <= len(logs); cut++ {
+		f := newFSM()
+		for _, l := range logs[:cut] {
+			f.Apply(l)
+		}
+		b := snapshotBytes(t, f)
+		g := newFSM()
+		g.Apply(&raft.Log{Index: 1, Data: mustEncode(t, command{Op: opRegister, Node: "stale"})})
+		if err := g.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
+			t.Fatalf("cut %d: restore: %v", cut, err)
+		}
+		if got, want := g.current(), f.current(); !reflect.DeepEqual(got, want) {
+			t.Fatalf("cut %d: restored\n %+v\nwant %+v", cut, got, want)
+		}
+		for _, l := range logs[cut:] {
+			g.Apply(l)
+		}
+		if got, want := g.current(), full.current(); !reflect.DeepEqual(got, want) {
+			t.Fatalf("cut %d: restore+replay\n %+v\nwant %+v", cut, got, want)
+		}
+		if !bytes.Equal(snapshotBytes(t, g), snapshotBytes(t, full)) {
+			t.Fatalf("cut %d: snapshots of equal states differ", cut)
+		}
+	}
+}
+
+func TestRestoreRefusesBadSnapshots(t *testing.T) {
+	tests := []struct {
+		name string
+		data string
+	}{
+		{"empty", ""},
+		{"not json", "{"},
+		{"future version", `{"version":2,"state":{"epoch":9}}`},
+		{"no version", `{"state":{"epoch":9}}`},
+		{"too large", `{"version":1,"x":"` + string(bytes.Repeat([]byte("a"), maxSnapshot)) + `"}`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFSM()
+			f.Apply(&raft.Log{Index: 1, Data: mustEncode(t, command{Op: opRegister, Node: "a"})})
+			before := f.current()
+			err := f.Restore(io.NopCloser(bytes.NewReader([]byte(tc.data))))
+			if !errors.Is(err, ErrCorruptStore) {
+				t.Fatalf("err = %v, want ErrCorruptStore", err)
+			}
+			if got := f.current(); !reflect.DeepEqual(got, before) {
+				t.Fatalf("failed restore changed the state: %+v", got)
+			}
+		})
+	}
+}
+
+// TestWatch checks that a watcher sees the current state at once, only the
+// newest state when it lags, and a closed channel when its context ends.
+func TestWatch(t *testing.T) {
+	f := newFSM()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := f.watch(ctx)
+	if s := <-ch; len(s.Hosts) != 0 {
+		t.Fatalf("initial state %+v, want empty", s)
+	}
+	for i, c := range []command{{Op: opRegister, Node: "a"}, {Op: opSetDisk, Node: "a", Disk: DiskUpToDate}, {Op: opPromote, Node: "a"}} {
+		f.Apply(&raft.Log{Index: uint64(i + 1), Data: mustEncode(t, c)})
+	}
+	if s := <-ch; s.Epoch != 1 || s.Primary != "a" {
+		t.Fatalf("lagging watcher got %+v, want the newest state (epoch 1, primary a)", s)
+	}
+	select {
+	case s := <-ch:
+		t.Fatalf("watcher got a backlog entry %+v", s)
+	default:
+	}
+	// A refused command is not a change.
+	f.Apply(&raft.Log{Index: 4, Data: mustEncode(t, command{Op: opPromote, Node: "zz"})})
+	select {
+	case s := <-ch:
+		t.Fatalf("refused command notified %+v", s)
+	default:
+	}
+	cancel()
+	if _, ok := <-ch; ok {
+		t.Fatal("channel still open after cancel")
+	}
+	closed := f.watch(context.Background())
+	<-closed
+	f.close()
+	if _, ok := <-closed; ok {
+		t.Fatal("channel still open after fsm close")
+	}
+	if _, ok := <-f.watch(context.Background()); ok {
+		t.Fatal("watch after close returned an open channel")
+	}
+}
