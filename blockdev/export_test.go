@@ -78,8 +78,8 @@ func TestExportThroughLoopAndExt4(t *testing.T) {
 	}
 	run(t, "umount", mnt)
 	mounted = false
-	if err := DetachLoop(dev); err != nil {
-		t.Fatal(err)
+	if deferred, err := DetachLoop(dev); err != nil || deferred {
+		t.Fatalf("DetachLoop after umount = deferred %v, %v; want done", deferred, err)
 	}
 	if err := p.mirror.Flush(); err != nil {
 		t.Fatal(err)

@@ -56,20 +56,25 @@ func AttachLoop(path string) (string, error) {
 	return "", errors.New("no free loop device after 8 tries")
 }
 
-// DetachLoop unbinds the loop device at dev.
-func DetachLoop(dev string) error {
+// DetachLoop unbinds the loop device at dev. If the device is still
+// mounted or open the kernel only marks it to detach when its last user
+// closes it; deferred says so.
+func DetachLoop(dev string) (deferred bool, err error) {
 	f, err := os.OpenFile(dev, os.O_RDONLY, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
-	defer f.Close()
-	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil {
+	err = unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
+	// Our own descriptor counts as a user: close it before looking.
+	f.Close()
+	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("detach %s: %w", dev, ErrLoopBusy)
+			return false, fmt.Errorf("detach %s: %w", dev, ErrLoopBusy)
 		}
-		return fmt.Errorf("detach %s: %w", dev, err)
+		return false, fmt.Errorf("detach %s: %w", dev, err)
 	}
-	return nil
+	_, err = os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return err == nil, nil
 }
 
 // LoopDevicesOf lists the loop devices whose backing file is path.

@@ -88,10 +88,15 @@ func detachCommand() *cli.Command {
 				devs = st.LoopDevices
 			}
 			for _, d := range devs {
-				if err := blockdev.DetachLoop(d); err != nil {
+				deferred, err := blockdev.DetachLoop(d)
+				if err != nil {
 					return err
 				}
-				fmt.Println("detached", d)
+				if deferred {
+					fmt.Println(d, "is still in use (mounted?): it detaches when its last user closes it")
+				} else {
+					fmt.Println("detached", d)
+				}
 			}
 			return nil
 		},

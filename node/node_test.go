@@ -1,0 +1,125 @@
+package node
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/ldmirror/ldmirror/blockdev"
+)
+
+func TestCreateAndLoadVolume(t *testing.T) {
+	dir := t.TempDir()
+	id := uuid.New()
+	m, err := CreateVolume(dir, 1<<20, 4096, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadMeta(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.VolumeUUID != id || got.Size != 1<<20 || got.BlockSize != 4096 || !got.Created.Equal(m.Created) {
+		t.Fatalf("loaded %+v, created %+v", got, m)
+	}
+	st, err := os.Stat(filepath.Join(dir, BackingFile))
+	if err != nil || st.Size() != 1<<20 {
+		t.Fatalf("backing file: %v, %v", st, err)
+	}
+	if _, err := CreateVolume(dir, 1<<20, 4096, id); err == nil || !strings.Contains(err.Error(), "already holds a volume") {
+		t.Fatalf("second create in the same dir: %v", err)
+	}
+}
+
+func TestCreateVolumeRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		size      int64
+		blockSize int
+		want      string
+	}{
+		{"size not a multiple of the block size", 1<<20 + 1, 4096, "not a positive multiple"},
+		{"zero size", 0, 4096, "not a positive multiple"},
+		{"bad block size", 1 << 20, 1000, "power of two"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := CreateVolume(t.TempDir(), tc.size, tc.blockSize, uuid.Nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOpenRejects(t *testing.T) {
+	secret := []byte("node-test-secret-0123456789")
+	vol := func(t *testing.T) string {
+		dir := t.TempDir()
+		if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	for _, tc := range []struct {
+		name   string
+		setup  func(t *testing.T, dir string)
+		cfg    Config
+		want   string
+		wantIs error
+	}{
+		{"no volume", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, MetaFile)) },
+			Config{Role: RolePrimary, NodeID: "a"}, "run ldmirror init", ErrNoVolume},
+		{"backing file of the wrong size", func(t *testing.T, dir string) {
+			if err := os.Truncate(filepath.Join(dir, BackingFile), 1<<19); err != nil {
+				t.Fatal(err)
+			}
+		}, Config{Role: RolePrimary, NodeID: "a"}, "is 524288 bytes, the volume is 1048576 bytes", blockdev.ErrWrongSize},
+		{"corrupt metadata", func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, MetaFile), []byte("{not json"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, Config{Role: RolePrimary, NodeID: "a"}, "meta.json", nil},
+		{"metadata from a newer version", func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, MetaFile), []byte(`{"version":9,"size_bytes":1048576,"block_size_bytes":4096}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, Config{Role: RolePrimary, NodeID: "a"}, "metadata version 9, this ldmirror reads version 1", nil},
+		{"unknown role", nil, Config{Role: "leader", NodeID: "a"}, `role must be "primary" or "secondary", got "leader"`, nil},
+		{"secondary without listen", nil, Config{Role: RoleSecondary, NodeID: "b", Secret: secret}, "needs --listen", nil},
+		{"no node id", nil, Config{Role: RolePrimary}, "node id", nil},
+		{"short secret", nil, Config{Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("short")}, "shared secret is 5 bytes, need at least 16", nil},
+		{"passthrough with a peer", nil, Config{Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Passthrough: true}, "drop --peer", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := vol(t)
+			if tc.setup != nil {
+				tc.setup(t, dir)
+			}
+			cfg := tc.cfg
+			cfg.Dir = dir
+			n, err := Open(cfg)
+			if err == nil {
+				n.closeDevices()
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+			if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
+				t.Fatalf("err = %v, want errors.Is %v", err, tc.wantIs)
+			}
+		})
+	}
+}
+
+func TestBytes(t *testing.T) {
+	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 256 << 20: "256.0 MiB", 3 << 40: "3.0 TiB"} {
+		if got := Bytes(n); got != want {
+			t.Errorf("Bytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
