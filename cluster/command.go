@@ -148,14 +148,13 @@ func (s *VolumeState) setDiskAt(i int, d DiskState) {
 	}
 }
 
-// outdateOthers marks every data host but keep outdated if it was uptodate:
-// they lack the writes the new primary is about to accept, or hold writes it
-// never had. Inconsistent stays inconsistent: it is the worse state.
-func (s *VolumeState) outdateOthers(keep string) {
-	for i, h := range s.Hosts {
-		if h.ID != keep && !h.Witness && h.Disk == DiskUpToDate {
-			s.setDiskAt(i, DiskOutdated)
-		}
+// outdate marks data host id outdated if it was uptodate: a displaced
+// primary may hold writes it never shipped, and a host that is not the
+// forced primary may hold writes the new primary never had. Inconsistent
+// stays inconsistent: it is the worse state.
+func (s *VolumeState) outdate(id string) {
+	if i, ok := s.find(id); ok && !s.Hosts[i].Witness && s.Hosts[i].Disk == DiskUpToDate {
+		s.setDiskAt(i, DiskOutdated)
 	}
 }
 
@@ -194,6 +193,8 @@ func (s *VolumeState) remove(c command) error {
 // promote makes c.Node primary. An existing primary is displaced and marked
 // outdated: it may hold writes it never shipped. That is safe because the
 // new epoch fences it: its frames are refused and its MarkOutdated fails.
+// Without a primary there were no writes since the last one stepped down,
+// so an uptodate peer stays uptodate.
 func (s *VolumeState) promote(c command, index uint64, at time.Time) error {
 	i, err := s.dataHost(c.Node)
 	if err != nil {
@@ -211,15 +212,21 @@ func (s *VolumeState) promote(c command, index uint64, at time.Time) error {
 			return fmt.Errorf("%w: a forced promotion needs a reason", ErrInvalidCommand)
 		}
 	}
+	displaced := s.Primary
 	s.grant(c.Node, index)
+	s.outdate(displaced)
 	if disk != DiskUpToDate {
 		// The forced host's data becomes the truth; every other copy may
 		// diverge from it.
 		s.ForcedPromotions++
 		s.LastForced = ForcedPromotion{Node: c.Node, Reason: c.Reason, Disk: disk, Epoch: s.Epoch, Index: index, At: at.UTC()}
 		s.setDiskAt(i, DiskUpToDate)
+		for _, h := range s.Hosts {
+			if h.ID != c.Node {
+				s.outdate(h.ID)
+			}
+		}
 	}
-	s.outdateOthers(c.Node)
 	return nil
 }
 
@@ -264,8 +271,9 @@ func (s *VolumeState) failover(c command, index uint64) error {
 	for _, h := range s.Hosts {
 		// Hosts is sorted, so the choice is the same on every member.
 		if h.ID != s.Primary && !h.Witness && h.Disk == DiskUpToDate {
+			displaced := s.Primary
 			s.grant(h.ID, index)
-			s.outdateOthers(h.ID)
+			s.outdate(displaced)
 			return nil
 		}
 	}

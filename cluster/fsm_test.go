@@ -74,11 +74,8 @@ func TestApply(t *testing.T) {
 		{name: "remove unknown is a no-op", cmd: command{Op: opRemove, Node: "zz"}, want: func(*VolumeState) {}},
 
 		// promote
-		{name: "promote uptodate with no primary", start: noPrimary, cmd: command{Op: opPromote, Node: "b"},
-			want: func(s *VolumeState) {
-				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
-				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
-			}},
+		{name: "promote with no primary keeps the peer uptodate", start: noPrimary, cmd: command{Op: opPromote, Node: "b"},
+			want: func(s *VolumeState) { s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx }},
 		{name: "promote displaces primary and outdates it", cmd: command{Op: opPromote, Node: "b"},
 			want: func(s *VolumeState) {
 				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
@@ -100,10 +97,16 @@ func TestApply(t *testing.T) {
 				s.LastForced = ForcedPromotion{Node: "b", Reason: "A lost", Disk: DiskOutdated, Epoch: 4, Index: idx, At: at}
 			}},
 		{name: "forced promote of uptodate is not counted", start: noPrimary,
-			cmd: command{Op: opPromote, Node: "b", Force: true, Reason: "habit"},
+			cmd:  command{Op: opPromote, Node: "b", Force: true, Reason: "habit"},
+			want: func(s *VolumeState) { s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx }},
+		{name: "forced promote with no primary outdates the peer", start: func(s *VolumeState) { noPrimary(s); s.Hosts[1].Disk = DiskOutdated },
+			cmd: command{Op: opPromote, Node: "b", Force: true, Reason: "a is gone"},
 			want: func(s *VolumeState) {
 				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
 				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
+				s.Hosts[1].Disk, s.Hosts[1].DiskEpoch = DiskUpToDate, 4
+				s.ForcedPromotions = 1
+				s.LastForced = ForcedPromotion{Node: "b", Reason: "a is gone", Disk: DiskOutdated, Epoch: 4, Index: idx, At: at}
 			}},
 		{name: "promote witness refused even forced", cmd: command{Op: opPromote, Node: "w", Force: true, Reason: "x"}, wantErr: ErrWitness},
 		{name: "promote unknown refused", cmd: command{Op: opPromote, Node: "zz"}, wantErr: ErrUnknownNode},
@@ -130,11 +133,8 @@ func TestApply(t *testing.T) {
 				s.Primary, s.Epoch, s.EpochIndex = "b", 4, idx
 				s.Hosts[0].Disk, s.Hosts[0].DiskEpoch = DiskOutdated, 4
 			}},
-		{name: "failover with no primary", start: noPrimary, cmd: command{Op: opFailover, Epoch: 3},
-			want: func(s *VolumeState) {
-				s.Primary, s.Epoch, s.EpochIndex = "a", 4, idx
-				s.Hosts[1].Disk, s.Hosts[1].DiskEpoch = DiskOutdated, 4
-			}},
+		{name: "failover with no primary picks the lowest uptodate id", start: noPrimary, cmd: command{Op: opFailover, Epoch: 3},
+			want: func(s *VolumeState) { s.Primary, s.Epoch, s.EpochIndex = "a", 4, idx }},
 		{name: "failover to outdated refused", start: bOutdated, cmd: command{Op: opFailover, By: "a", Epoch: 3}, wantErr: ErrNotUpToDate},
 		{name: "second failover of same epoch refused", start: func(s *VolumeState) { s.Primary, s.Epoch = "b", 4 },
 			cmd: command{Op: opFailover, By: "a", Epoch: 3}, wantErr: ErrStaleEpoch},

@@ -119,7 +119,7 @@ type VolumeState struct {
 }
 
 // Host returns the entry for id.
-func (s *VolumeState) Host(id string) (HostState, bool) {
+func (s VolumeState) Host(id string) (HostState, bool) {
 	i, ok := s.find(id)
 	if !ok {
 		return HostState{}, false
@@ -128,7 +128,7 @@ func (s *VolumeState) Host(id string) (HostState, bool) {
 }
 
 // DataHosts returns the IDs of the hosts that hold a volume, sorted.
-func (s *VolumeState) DataHosts() []string {
+func (s VolumeState) DataHosts() []string {
 	var ids []string
 	for _, h := range s.Hosts {
 		if !h.Witness {
@@ -138,7 +138,7 @@ func (s *VolumeState) DataHosts() []string {
 	return ids
 }
 
-func (s *VolumeState) find(id string) (int, bool) {
+func (s VolumeState) find(id string) (int, bool) {
 	return slices.BinarySearchFunc(s.Hosts, id, func(h HostState, id string) int {
 		switch {
 		case h.ID < id:

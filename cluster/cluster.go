@@ -1,0 +1,691 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Files under Config.DataDir.
+const (
+	// StoreFile is the bolt database holding the raft log and stable store.
+	StoreFile = "raft.db"
+	// SnapshotDir holds raft's file snapshots.
+	SnapshotDir = "snapshots"
+)
+
+// retainSnapshots is how many snapshots raft keeps: two, so a torn newest
+// one leaves a good one behind.
+const retainSnapshots = 2
+
+// Config describes one member. Zero timing fields take raft's defaults
+// (1 s heartbeat and election timeouts), which suit hosts on one LAN; tests
+// use lower ones.
+type Config struct {
+	// NodeID names the member in raft and in the volume state: the host
+	// name is a good choice. It must never be reused for another host.
+	NodeID string
+	// BindAddr is the host:port the cluster port listens on.
+	BindAddr string
+	// AdvertiseAddr is the host:port peers dial; default BindAddr (with the
+	// port chosen, if BindAddr's port was 0).
+	AdvertiseAddr string
+	// DataDir holds the raft store and snapshots; it survives restarts.
+	DataDir string
+	// Secret is shared by all members; at least MinSecretLen bytes.
+	Secret []byte
+	// Witness members vote but hold no volume: the FSM never makes them
+	// primary, and a witness that leads hands leadership to a data host.
+	Witness bool
+	Logger  *slog.Logger
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// SnapshotThreshold and SnapshotInterval say when raft snapshots the
+	// FSM and truncates the log; TrailingLogs how many entries it keeps
+	// after a snapshot for slow followers. Defaults 1024, raft's, 1024: the
+	// state is tiny, so snapshots are cheap.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
+	// DialTimeout bounds connecting and authenticating to a peer; default
+	// 5 s.
+	DialTimeout time.Duration
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if err := validNodeID(c.NodeID); err != nil {
+		return c, fmt.Errorf("cluster config: %w", err)
+	}
+	if len(c.Secret) < MinSecretLen {
+		return c, fmt.Errorf("cluster config: shared secret is %d bytes, need at least %d", len(c.Secret), MinSecretLen)
+	}
+	if c.DataDir == "" {
+		return c, errors.New("cluster config: no data directory")
+	}
+	if c.BindAddr == "" {
+		return c, errors.New("cluster config: no bind address")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 1024
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 1024
+	}
+	return c, nil
+}
+
+func (c *Config) raftConfig(logger *hclogger, notify chan<- bool) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.NodeID)
+	rc.Logger = logger
+	rc.NotifyCh = notify
+	rc.SnapshotThreshold = c.SnapshotThreshold
+	rc.TrailingLogs = c.TrailingLogs
+	set := func(dst *time.Duration, v time.Duration) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	set(&rc.HeartbeatTimeout, c.HeartbeatTimeout)
+	set(&rc.ElectionTimeout, c.ElectionTimeout)
+	set(&rc.LeaderLeaseTimeout, c.LeaderLeaseTimeout)
+	set(&rc.CommitTimeout, c.CommitTimeout)
+	set(&rc.SnapshotInterval, c.SnapshotInterval)
+	return rc
+}
+
+// Member is one voter of the raft configuration.
+type Member struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+	// Witness is what the member registered as; a member that joined raft
+	// but is not registered yet (or was removed) reports false.
+	Witness bool `json:"witness,omitempty"`
+	Voter   bool `json:"voter,omitempty"`
+	Leader  bool `json:"leader,omitempty"`
+}
+
+// Cluster is one member of the control plane. Its methods are safe for
+// concurrent use.
+type Cluster struct {
+	cfg       Config
+	advertise string
+	log       *slog.Logger
+	fsm       *fsm
+	store     *store
+	raft      *raft.Raft
+	trans     *raft.NetworkTransport
+	mux       *mux
+
+	// ctx ends at Close; requests served for peers derive from it.
+	ctx       context.Context
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts a member from cfg.DataDir: a new, empty one that then calls
+// Bootstrap or Join, or one that restarts with its log and snapshots. A
+// raft store or snapshot that cannot be read fails with ErrCorruptStore and
+// the file's name.
+func Open(cfg Config) (_ *Cluster, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	hcl := newHCLogger(cfg.Logger).(*hclogger)
+	notify := make(chan bool, 8)
+	rc := cfg.raftConfig(hcl, notify)
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("cluster config: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster data directory: %w", err)
+	}
+	st, err := openStore(cfg.DataDir, hcl)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, fsm: newFSM(), store: st}
+	c.ctx, c.stop = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			c.stop()
+			if c.mux != nil {
+				c.mux.close()
+			}
+			c.fsm.close()
+			st.close()
+		}
+	}()
+
+	ln, err := net.Listen("tcp", cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("cluster listen: %w", err)
+	}
+	c.advertise = cfg.AdvertiseAddr
+	if c.advertise == "" {
+		c.advertise = ln.Addr().String()
+		if ip := ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
+			ln.Close()
+			return nil, fmt.Errorf("cluster config: bind address %s is unspecified; set an advertise address peers can dial", cfg.BindAddr)
+		}
+	}
+	c.mux, err = newMux(ln, c.advertise, cfg.NodeID, cfg.Secret, cfg.DialTimeout, cfg.Logger)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	c.mux.rpc = c.serveRPC
+	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  raftLayer{c.mux},
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hcl.Named("transport"),
+	})
+	c.raft, err = newRaft(rc, c.fsm, st, c.trans)
+	if err != nil {
+		c.trans.Close()
+		return nil, err
+	}
+	c.mux.wg.Add(1)
+	go c.mux.serve()
+	c.wg.Add(1)
+	go c.leadership(notify)
+	return c, nil
+}
+
+// newRaft starts raft; errors here are state that does not load, such as a
+// snapshot that fails its checksum.
+func newRaft(rc *raft.Config, f *fsm, st *store, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: loading raft state from %s: %v", ErrCorruptStore, st.path, p)
+		}
+	}()
+	r, err = raft.NewRaft(rc, f, st.bolt, st.bolt, st.snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("%w: loading raft state from %s and %s: %v", ErrCorruptStore, st.path, st.snapDir, err)
+	}
+	return r, nil
+}
+
+// Close stops the member and waits for everything it started. The data
+// directory keeps the log and snapshots for the next Open.
+func (c *Cluster) Close() error {
+	c.closeOnce.Do(func() {
+		c.stop()
+		err := c.raft.Shutdown().Error()
+		c.trans.Close()
+		c.mux.close()
+		c.wg.Wait()
+		c.fsm.close()
+		c.closeErr = errors.Join(err, c.store.close())
+	})
+	return c.closeErr
+}
+
+// NodeID returns this member's ID.
+func (c *Cluster) NodeID() string { return c.cfg.NodeID }
+
+// Addr returns the address peers dial for this member.
+func (c *Cluster) Addr() string { return c.advertise }
+
+func (c *Cluster) isLeader() bool { return c.raft.State() == raft.Leader }
+
+// remaining is what raft's timeout arguments get: the context's time left.
+func remaining(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return max(time.Until(dl), time.Millisecond)
+	}
+	return maxRPCTimeout
+}
+
+// wait returns f's result, or ErrNoQuorum if ctx ends first. The goroutine
+// ends when raft resolves the future, which it does at the latest when it
+// shuts down, before Close waits for it.
+func (c *Cluster) wait(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		done <- f.Error()
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrNoQuorum, ctx.Err())
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+		// Refused before it entered the log: safe to try again elsewhere.
+		return fmt.Errorf("%w: %v", errNotLeader, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrClosed
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: leadership lost before commit (the command may still commit): %v", ErrNoQuorum, err)
+	}
+	return err
+}
+
+// onLeader runs req on the leader: here, or forwarded. While there is no
+// leader, or it cannot be reached, it tries again until ctx ends, and then
+// returns ErrNoQuorum.
+func (c *Cluster) onLeader(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+	backoff := 10 * time.Millisecond
+	for {
+		if c.ctx.Err() != nil {
+			return rpcResponse{}, ErrClosed
+		}
+		var resp rpcResponse
+		var err error
+		if c.isLeader() {
+			resp, err = c.leaderDo(ctx, req)
+		} else if addr, id := c.raft.LeaderWithID(); addr != "" && string(id) != c.cfg.NodeID {
+			fwd := req
+			fwd.Forwarded = true
+			resp, err = c.call(ctx, string(addr), fwd)
+		} else {
+			err = errNoLeader
+		}
+		if !retryable(err) {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return resp, fmt.Errorf("%w: %w (last: %v)", ErrNoQuorum, ctx.Err(), err)
+		case <-c.ctx.Done():
+			return resp, ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// leaderDo serves req on this member, which believes it leads.
+func (c *Cluster) leaderDo(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+	switch req.Op {
+	case rpcApply:
+		return c.applyLocal(ctx, req.Command)
+	case rpcRead:
+		if err := c.wait(ctx, c.raft.Barrier(remaining(ctx))); err != nil {
+			return rpcResponse{}, err
+		}
+		s := c.fsm.current()
+		return rpcResponse{Epoch: s.Epoch, Primary: s.Primary, State: &s}, nil
+	case rpcJoin:
+		return rpcResponse{}, c.addMember(ctx, req.Member)
+	case rpcRemove:
+		return rpcResponse{}, c.removeMember(ctx, req.Node)
+	case rpcPing:
+		return rpcResponse{}, nil
+	}
+	return rpcResponse{}, fmt.Errorf("%w: unknown rpc %q", ErrInvalidCommand, req.Op)
+}
+
+func (c *Cluster) applyLocal(ctx context.Context, data []byte) (rpcResponse, error) {
+	if _, err := decodeCommand(data); err != nil {
+		return rpcResponse{}, err
+	}
+	f := c.raft.Apply(data, remaining(ctx))
+	if err := c.wait(ctx, f); err != nil {
+		return rpcResponse{}, err
+	}
+	r, ok := f.Response().(applyResult)
+	if !ok {
+		return rpcResponse{}, fmt.Errorf("unexpected FSM response %T", f.Response())
+	}
+	return rpcResponse{Epoch: r.Epoch, Primary: r.Primary}, r.Err
+}
+
+// submit commits cmd through the leader and returns the epoch after it.
+func (c *Cluster) submit(ctx context.Context, cmd command) (rpcResponse, error) {
+	data, err := cmd.encode()
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	return c.onLeader(ctx, rpcRequest{Op: rpcApply, Command: data})
+}
+
+// Bootstrap makes this member the first voter of a new cluster and
+// registers it. The other hosts then Join. On a member that already has
+// raft state it only makes sure the member is registered, so it is safe to
+// repeat.
+func (c *Cluster) Bootstrap(ctx context.Context) error {
+	f := c.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{
+		{Suffrage: raft.Voter, ID: raft.ServerID(c.cfg.NodeID), Address: raft.ServerAddress(c.advertise)},
+	}})
+	if err := c.wait(ctx, f); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	_, err := c.submit(ctx, command{Op: opRegister, Node: c.cfg.NodeID, Witness: c.cfg.Witness})
+	if err != nil {
+		return fmt.Errorf("bootstrap: register %s: %w", c.cfg.NodeID, err)
+	}
+	return nil
+}
+
+// Join asks the member at addr (any member: it forwards to the leader) to
+// register this host and add it as a voter. This host must share the
+// secret; it receives the log once the leader has added it.
+func (c *Cluster) Join(ctx context.Context, addr string) error {
+	req := rpcRequest{Op: rpcJoin, Member: Member{ID: c.cfg.NodeID, Addr: c.advertise, Witness: c.cfg.Witness}}
+	backoff := 20 * time.Millisecond
+	for {
+		_, err := c.call(ctx, addr, req)
+		if !retryable(err) {
+			if err != nil {
+				return fmt.Errorf("join via %s: %w", addr, err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join via %s: %w: %w (last: %v)", addr, ErrNoQuorum, ctx.Err(), err)
+		case <-c.ctx.Done():
+			return ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// addMember registers m in the FSM, then adds it to raft. Registering first
+// lets the FSM refuse (a third data host, a changed kind) before raft is
+// touched; both steps are idempotent, so a failed join is retried whole.
+func (c *Cluster) addMember(ctx context.Context, m Member) error {
+	if err := validNodeID(m.ID); err != nil {
+		return err
+	}
+	if m.Addr == "" {
+		return fmt.Errorf("%w: member %s has no address", ErrInvalidCommand, m.ID)
+	}
+	data, err := command{Op: opRegister, Node: m.ID, Witness: m.Witness}.encode()
+	if err != nil {
+		return err
+	}
+	if _, err := c.applyLocal(ctx, data); err != nil {
+		return err
+	}
+	if err := c.wait(ctx, c.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), 0, remaining(ctx))); err != nil {
+		return fmt.Errorf("add voter %s: %w", m.ID, err)
+	}
+	c.log.Info("cluster: member joined", "node", m.ID, "addr", m.Addr, "witness", m.Witness)
+	return nil
+}
+
+// Remove takes a member out of the cluster: out of the volume state (the
+// primary is refused with ErrIsPrimary) and out of raft. Removing a voter
+// shrinks the quorum, so remove a failed host only to replace it.
+func (c *Cluster) Remove(ctx context.Context, id string) error {
+	_, err := c.onLeader(ctx, rpcRequest{Op: rpcRemove, Node: id})
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	return nil
+}
+
+func (c *Cluster) removeMember(ctx context.Context, id string) error {
+	cf := c.raft.GetConfiguration()
+	if err := c.wait(ctx, cf); err != nil {
+		return err
+	}
+	inRaft := false
+	for _, s := range cf.Configuration().Servers {
+		inRaft = inRaft || string(s.ID) == id
+	}
+	s := c.fsm.current()
+	if _, ok := s.Host(id); !ok && !inRaft {
+		return fmt.Errorf("%w %q", ErrUnknownNode, id)
+	}
+	data, err := command{Op: opRemove, Node: id}.encode()
+	if err != nil {
+		return err
+	}
+	if _, err := c.applyLocal(ctx, data); err != nil {
+		return err
+	}
+	if inRaft {
+		if err := c.wait(ctx, c.raft.RemoveServer(raft.ServerID(id), 0, remaining(ctx))); err != nil {
+			return err
+		}
+	}
+	c.log.Info("cluster: member removed", "node", id)
+	return nil
+}
+
+// State returns this member's copy of the volume state without asking
+// anyone: it may lag the leader (compare Index), and it is what a data host
+// checks on its hot path.
+func (c *Cluster) State() VolumeState { return c.fsm.current() }
+
+// Consistent returns the volume state as of now: the leader commits a
+// barrier, which proves it still leads a quorum, and answers from its
+// state. Without quorum it returns ErrNoQuorum when ctx ends.
+func (c *Cluster) Consistent(ctx context.Context) (VolumeState, error) {
+	resp, err := c.onLeader(ctx, rpcRequest{Op: rpcRead})
+	if err != nil {
+		return VolumeState{}, err
+	}
+	if resp.State == nil {
+		return VolumeState{}, errors.New("leader answered a read without a state")
+	}
+	return *resp.State, nil
+}
+
+// Watch returns a channel holding the newest volume state of this member:
+// the current one at once, then each change as this member applies it. A
+// slow reader skips intermediate states, so compare epochs rather than
+// count messages. The channel closes when ctx ends or the member closes.
+func (c *Cluster) Watch(ctx context.Context) <-chan VolumeState { return c.fsm.watch(ctx) }
+
+// Promote makes node primary in a new epoch and returns it. It is refused
+// with ErrNotUpToDate unless node's disk is uptodate, or force is set: then
+// reason is required and recorded, with a counter, in the state that status
+// shows. A current primary is displaced and marked outdated; promoting the
+// current primary again returns its epoch unchanged.
+func (c *Cluster) Promote(ctx context.Context, node string, force bool, reason string) (Epoch, error) {
+	if force {
+		c.log.Warn("cluster: forced promotion requested", "node", node, "reason", reason)
+	}
+	resp, err := c.submit(ctx, command{Op: opPromote, Node: node, Force: force, Reason: reason})
+	return resp.Epoch, err
+}
+
+// Demote ends node's tenure as primary of epoch; afterwards there is no
+// primary, in a new epoch, which it returns.
+func (c *Cluster) Demote(ctx context.Context, node string, epoch Epoch) (Epoch, error) {
+	resp, err := c.submit(ctx, command{Op: opDemote, Node: node, Epoch: epoch})
+	return resp.Epoch, err
+}
+
+// TransferPrimary is the last step of a swap: from, primary of epoch, has
+// stopped accepting writes, drained them to to and flushed both, and now
+// hands the role over. Both disks stay uptodate. It returns the new epoch.
+func (c *Cluster) TransferPrimary(ctx context.Context, from, to string, epoch Epoch) (Epoch, error) {
+	resp, err := c.submit(ctx, command{Op: opTransfer, By: from, Node: to, Epoch: epoch})
+	return resp.Epoch, err
+}
+
+// Failover is the agent's hook: it moves the primary role away from
+// failed, primary of epoch ("" if there is no primary), to the data host
+// that is uptodate, and marks failed outdated. It succeeds only under
+// quorum; it fails with ErrNotUpToDate if no other host is uptodate and
+// with ErrStaleEpoch if the role moved since the caller looked (another
+// agent won). It returns the new primary and epoch.
+func (c *Cluster) Failover(ctx context.Context, failed string, epoch Epoch) (string, Epoch, error) {
+	resp, err := c.submit(ctx, command{Op: opFailover, By: failed, Epoch: epoch})
+	return resp.Primary, resp.Epoch, err
+}
+
+// MarkPeerOutdated is what this member, primary of epoch, commits when it
+// loses peer and before it acknowledges another write. ErrNoQuorum means
+// the commit did not happen before ctx ended: suspend I/O and call again
+// (it is idempotent). ErrStaleEpoch or ErrNotPrimary mean this member is no
+// longer primary: stop writing.
+func (c *Cluster) MarkPeerOutdated(ctx context.Context, epoch Epoch, peer string) error {
+	_, err := c.submit(ctx, command{Op: opMarkOutdated, By: c.cfg.NodeID, Node: peer, Epoch: epoch})
+	return err
+}
+
+// SetDiskState records node's disk state as observed in epoch: uptodate
+// when a resync completes (the only way out of outdated), inconsistent when
+// one starts. The primary's disk cannot be set below uptodate.
+func (c *Cluster) SetDiskState(ctx context.Context, node string, d DiskState, epoch Epoch) error {
+	_, err := c.submit(ctx, command{Op: opSetDisk, Node: node, Disk: d, Epoch: epoch})
+	return err
+}
+
+// AckSeq records that node acknowledged replication sequence number seq in
+// epoch. It costs a raft commit, so report it at milestones (disconnect,
+// resync done, periodically), not per write.
+func (c *Cluster) AckSeq(ctx context.Context, node string, epoch Epoch, seq uint64) error {
+	_, err := c.submit(ctx, command{Op: opAckSeq, Node: node, Epoch: epoch, Seq: seq})
+	return err
+}
+
+// Leader returns the raft leader as this member knows it ("" if none).
+func (c *Cluster) Leader() (id, addr string) {
+	a, i := c.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// Members returns the raft configuration as this member knows it.
+func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
+	f := c.raft.GetConfiguration()
+	if err := c.wait(ctx, f); err != nil {
+		return nil, err
+	}
+	leader, _ := c.Leader()
+	s := c.fsm.current()
+	var out []Member
+	for _, srv := range f.Configuration().Servers {
+		h, _ := s.Host(string(srv.ID))
+		out = append(out, Member{
+			ID: string(srv.ID), Addr: string(srv.Address), Witness: h.Witness,
+			Voter: srv.Suffrage == raft.Voter, Leader: string(srv.ID) == leader,
+		})
+	}
+	return out, nil
+}
+
+// Status is what `ldmirror cluster status` shows of one member.
+type Status struct {
+	NodeID string `json:"node_id"`
+	// RaftState is Leader, Follower, Candidate or Shutdown.
+	RaftState    string      `json:"raft_state"`
+	Leader       string      `json:"leader"`
+	LeaderAddr   string      `json:"leader_addr"`
+	Term         uint64      `json:"term"`
+	LastIndex    uint64      `json:"last_index"`
+	AppliedIndex uint64      `json:"applied_index"`
+	Volume       VolumeState `json:"volume"`
+}
+
+// Status returns this member's view, without a network round trip.
+func (c *Cluster) Status() Status {
+	leader, addr := c.Leader()
+	return Status{
+		NodeID: c.cfg.NodeID, RaftState: c.raft.State().String(),
+		Leader: leader, LeaderAddr: addr,
+		Term: c.raft.CurrentTerm(), LastIndex: c.raft.LastIndex(), AppliedIndex: c.raft.AppliedIndex(),
+		Volume: c.fsm.current(),
+	}
+}
+
+// Snapshot makes raft snapshot the state and truncate its log now, instead
+// of at SnapshotThreshold: before a backup, or in tests.
+func (c *Cluster) Snapshot(ctx context.Context) error {
+	return c.wait(ctx, c.raft.Snapshot())
+}
+
+// leadership consumes raft's leadership notifications and, on a witness
+// that leads, hands leadership to a data host: the primary's fencing
+// commits then cost one round trip less, and the witness stays the cheap
+// tie-breaker it is meant to be. Nothing depends on it for correctness.
+func (c *Cluster) leadership(notify <-chan bool) {
+	defer c.wg.Done()
+	every := 10 * c.raftTiming()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	leader := false
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case leader = <-notify:
+			c.log.Info("cluster: leadership changed", "node", c.cfg.NodeID, "leader", leader)
+		case <-tick.C:
+		}
+		if leader && c.cfg.Witness {
+			c.handOff()
+		}
+	}
+}
+
+func (c *Cluster) raftTiming() time.Duration {
+	if c.cfg.HeartbeatTimeout > 0 {
+		return c.cfg.HeartbeatTimeout
+	}
+	return raft.DefaultConfig().HeartbeatTimeout
+}
+
+// handOff transfers leadership to the primary, or another data host, that
+// answers a ping: a transfer to a dead host would stall commits until it
+// times out.
+func (c *Cluster) handOff() {
+	ctx, cancel := context.WithTimeout(c.ctx, 5*c.raftTiming())
+	defer cancel()
+	members, err := c.Members(ctx)
+	if err != nil {
+		return
+	}
+	s := c.fsm.current()
+	var targets []Member
+	for _, m := range members {
+		h, ok := s.Host(m.ID)
+		if !ok || h.Witness || !m.Voter || m.ID == c.cfg.NodeID {
+			continue
+		}
+		if m.ID == s.Primary {
+			targets = append([]Member{m}, targets...)
+		} else {
+			targets = append(targets, m)
+		}
+	}
+	for _, m := range targets {
+		pctx, pcancel := context.WithTimeout(ctx, c.raftTiming())
+		_, err := c.call(pctx, m.Addr, rpcRequest{Op: rpcPing})
+		pcancel()
+		if err != nil {
+			continue
+		}
+		f := c.raft.LeadershipTransferToServer(raft.ServerID(m.ID), raft.ServerAddress(m.Addr))
+		if err := c.wait(ctx, f); err != nil {
+			c.log.Info("cluster: leadership hand-off failed", "to", m.ID, "err", err)
+			continue
+		}
+		c.log.Info("cluster: handed leadership to a data host", "to", m.ID)
+		return
+	}
+}

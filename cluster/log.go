@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"log"
+	"log/slog"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// hclogger lets raft, which logs through hclog, write to the daemon's slog
+// logger, so one host has one log with one format.
+type hclogger struct {
+	l     *slog.Logger
+	name  string
+	args  []any
+	level *slog.LevelVar
+}
+
+func newHCLogger(l *slog.Logger) hclog.Logger {
+	lv := new(slog.LevelVar)
+	lv.Set(slog.LevelDebug) // the slog handler decides what is shown
+	return &hclogger{l: l, level: lv}
+}
+
+func toSlog(level hclog.Level) slog.Level {
+	switch level {
+	case hclog.Trace, hclog.Debug:
+		return slog.LevelDebug
+	case hclog.Warn:
+		return slog.LevelWarn
+	case hclog.Error:
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
+	lv := toSlog(level)
+	if lv < h.level.Level() || !h.l.Enabled(context.Background(), lv) {
+		return
+	}
+	if h.name != "" {
+		msg = h.name + ": " + msg
+	}
+	h.l.Log(context.Background(), lv, msg, append(h.args[:len(h.args):len(h.args)], args...)...)
+}
+
+func (h *hclogger) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }
+func (h *hclogger) Debug(msg string, args ...any) { h.Log(hclog.Debug, msg, args...) }
+func (h *hclogger) Info(msg string, args ...any)  { h.Log(hclog.Info, msg, args...) }
+func (h *hclogger) Warn(msg string, args ...any)  { h.Log(hclog.Warn, msg, args...) }
+func (h *hclogger) Error(msg string, args ...any) { h.Log(hclog.Error, msg, args...) }
+
+func (h *hclogger) enabled(level hclog.Level) bool {
+	lv := toSlog(level)
+	return lv >= h.level.Level() && h.l.Enabled(context.Background(), lv)
+}
+
+func (h *hclogger) IsTrace() bool { return h.enabled(hclog.Trace) }
+func (h *hclogger) IsDebug() bool { return h.enabled(hclog.Debug) }
+func (h *hclogger) IsInfo() bool  { return h.enabled(hclog.Info) }
+func (h *hclogger) IsWarn() bool  { return h.enabled(hclog.Warn) }
+func (h *hclogger) IsError() bool { return h.enabled(hclog.Error) }
+
+func (h *hclogger) ImpliedArgs() []any { return h.args }
+
+func (h *hclogger) With(args ...any) hclog.Logger {
+	c := *h
+	c.args = append(h.args[:len(h.args):len(h.args)], args...)
+	return &c
+}
+
+func (h *hclogger) Name() string { return h.name }
+
+func (h *hclogger) Named(name string) hclog.Logger {
+	c := *h
+	if c.name != "" {
+		name = c.name + "." + name
+	}
+	c.name = name
+	return &c
+}
+
+func (h *hclogger) ResetNamed(name string) hclog.Logger {
+	c := *h
+	c.name = name
+	return &c
+}
+
+func (h *hclogger) SetLevel(level hclog.Level) { h.level.Set(toSlog(level)) }
+
+func (h *hclogger) GetLevel() hclog.Level {
+	switch h.level.Level() {
+	case slog.LevelDebug:
+		return hclog.Debug
+	case slog.LevelWarn:
+		return hclog.Warn
+	case slog.LevelError:
+		return hclog.Error
+	}
+	return hclog.Info
+}
+
+func (h *hclogger) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
+	return log.New(h.StandardWriter(opts), "", 0)
+}
+
+func (h *hclogger) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
+	return lineWriter{h}
+}
+
+// lineWriter turns a standard logger's lines into info records.
+type lineWriter struct{ h *hclogger }
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w.h.Info(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

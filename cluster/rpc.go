@@ -1,0 +1,208 @@
+package cluster
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// The forwarding RPC. Raft applies commands only on the leader, so a member
+// that is not the leader sends the command to it over the authenticated
+// cluster port (channel 'C') and relays the answer. One request per
+// connection: control traffic is a handful of commands per role change, and
+// a fresh connection never carries state from a previous leader.
+//
+// Frames are a 4-byte big-endian length and a JSON body.
+
+type rpcOp string
+
+const (
+	rpcApply  rpcOp = "apply"  // apply Command
+	rpcRead   rpcOp = "read"   // barrier, then return the state
+	rpcJoin   rpcOp = "join"   // register Member and add it as a voter
+	rpcRemove rpcOp = "remove" // unregister Node and remove it from raft
+	rpcPing   rpcOp = "ping"   // are you there (leadership hand-off probe)
+)
+
+// maxRPC bounds a request or response body.
+const maxRPC = 1 << 20
+
+// maxRPCTimeout bounds how long a forwarded request may hold the leader.
+const maxRPCTimeout = time.Minute
+
+type rpcRequest struct {
+	Op      rpcOp  `json:"op"`
+	Command []byte `json:"command,omitempty"`
+	Member  Member `json:"member,omitzero"`
+	Node    string `json:"node,omitempty"`
+	// Forwarded requests must be served by the leader itself; a member that
+	// is not the leader answers errNotLeader instead of forwarding again,
+	// so a stale leader hint cannot make requests loop.
+	Forwarded bool `json:"forwarded,omitempty"`
+	// TimeoutMS is what is left of the sender's context.
+	TimeoutMS int64 `json:"timeout_ms"`
+}
+
+type rpcResponse struct {
+	Epoch   Epoch        `json:"epoch"`
+	Primary string       `json:"primary,omitempty"`
+	State   *VolumeState `json:"state,omitempty"`
+	// Code names the sentinel error Err wraps, if any.
+	Code string `json:"code,omitempty"`
+	Err  string `json:"err,omitempty"`
+}
+
+// Internal errors that make the forwarding loop try again: none of them
+// means the command was submitted.
+var (
+	errNotLeader   = errors.New("not the raft leader")
+	errNoLeader    = errors.New("no raft leader known")
+	errUnreachable = errors.New("leader unreachable")
+)
+
+func retryable(err error) bool {
+	return errors.Is(err, errNotLeader) || errors.Is(err, errNoLeader) || errors.Is(err, errUnreachable)
+}
+
+// errorCodes lets sentinel errors cross the wire.
+var errorCodes = map[string]error{
+	"not-uptodate":    ErrNotUpToDate,
+	"stale-epoch":     ErrStaleEpoch,
+	"not-primary":     ErrNotPrimary,
+	"no-quorum":       ErrNoQuorum,
+	"unknown-node":    ErrUnknownNode,
+	"witness":         ErrWitness,
+	"is-primary":      ErrIsPrimary,
+	"cluster-full":    ErrClusterFull,
+	"invalid-command": ErrInvalidCommand,
+	"closed":          ErrClosed,
+	"not-leader":      errNotLeader,
+	"no-leader":       errNoLeader,
+}
+
+func encodeError(err error) (code, msg string) {
+	if err == nil {
+		return "", ""
+	}
+	for c, e := range errorCodes {
+		if errors.Is(err, e) {
+			return c, err.Error()
+		}
+	}
+	return "", err.Error()
+}
+
+// remoteError is an error returned by the leader: its text, and the
+// sentinel it wrapped there so errors.Is works here too.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+func decodeError(code, msg string) error {
+	if code == "" && msg == "" {
+		return nil
+	}
+	return &remoteError{msg: msg, sentinel: errorCodes[code]}
+}
+
+func writeMsg(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(b) > maxRPC {
+		return fmt.Errorf("rpc message of %d bytes exceeds %d", len(b), maxRPC)
+	}
+	buf := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b)))
+	_, err = w.Write(append(buf, b...))
+	return err
+}
+
+func readMsg(r io.Reader, v any) error {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return err
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size > maxRPC {
+		return fmt.Errorf("rpc message of %d bytes exceeds %d", size, maxRPC)
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// call sends req to the member at addr and returns its answer. Failing to
+// connect or send is errUnreachable (nothing was submitted); losing the
+// answer after sending is ErrNoQuorum, since the leader may have committed.
+func (c *Cluster) call(ctx context.Context, addr string, req rpcRequest) (rpcResponse, error) {
+	var resp rpcResponse
+	if dl, ok := ctx.Deadline(); ok {
+		req.TimeoutMS = max(time.Until(dl).Milliseconds(), 1)
+	} else {
+		req.TimeoutMS = maxRPCTimeout.Milliseconds()
+	}
+	conn, err := c.mux.dial(ctx, addr, chanRPC)
+	if err != nil {
+		if errors.Is(err, ErrAuth) || errors.Is(err, ErrClosed) {
+			return resp, err
+		}
+		return resp, fmt.Errorf("%w: %s: %v", errUnreachable, addr, err)
+	}
+	defer conn.Close()
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
+	if err := writeMsg(conn, req); err != nil {
+		return resp, fmt.Errorf("%w: send to %s: %v", errUnreachable, addr, err)
+	}
+	if err := readMsg(conn, &resp); err != nil {
+		return resp, fmt.Errorf("%w: no answer from %s (the command may still commit): %v", ErrNoQuorum, addr, err)
+	}
+	return resp, decodeError(resp.Code, resp.Err)
+}
+
+// serveRPC answers one request on an authenticated connection.
+func (c *Cluster) serveRPC(conn net.Conn) {
+	var req rpcRequest
+	if err := conn.SetReadDeadline(time.Now().Add(c.cfg.DialTimeout)); err != nil {
+		return
+	}
+	if err := readMsg(conn, &req); err != nil {
+		c.log.Warn("cluster: bad rpc request", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	timeout := min(time.Duration(req.TimeoutMS)*time.Millisecond, maxRPCTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
+	defer cancel()
+	resp, err := c.handleRPC(ctx, req)
+	resp.Code, resp.Err = encodeError(err)
+	_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.DialTimeout))
+	if err := writeMsg(conn, resp); err != nil {
+		c.log.Warn("cluster: rpc reply lost", "remote", conn.RemoteAddr().String(), "op", req.Op, "err", err)
+	}
+}
+
+func (c *Cluster) handleRPC(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+	if req.Op == rpcPing {
+		return rpcResponse{}, nil
+	}
+	if req.Forwarded {
+		if !c.isLeader() {
+			return rpcResponse{}, errNotLeader
+		}
+		return c.leaderDo(ctx, req)
+	}
+	// A request from a member that does not know the leader (a joining
+	// host) is forwarded like a local call.
+	return c.onLeader(ctx, req)
+}
