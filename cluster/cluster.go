@@ -134,8 +134,11 @@ type Cluster struct {
 	mux       *mux
 
 	// ctx ends at Close; requests served for peers derive from it.
-	ctx       context.Context
-	stop      context.CancelFunc
+	ctx  context.Context
+	stop context.CancelFunc
+	// mu orders starting goroutines against Close waiting for them.
+	mu        sync.Mutex
+	closing   bool
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -207,8 +210,7 @@ func Open(cfg Config) (_ *Cluster, err error) {
 	}
 	c.mux.wg.Add(1)
 	go c.mux.serve()
-	c.wg.Add(1)
-	go c.leadership(notify)
+	c.spawn(func() { c.leadership(notify) })
 	return c, nil
 }
 
@@ -231,6 +233,9 @@ func newRaft(rc *raft.Config, f *fsm, st *store, trans raft.Transport) (r *raft.
 // directory keeps the log and snapshots for the next Open.
 func (c *Cluster) Close() error {
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
 		c.stop()
 		err := c.raft.Shutdown().Error()
 		c.trans.Close()
@@ -258,16 +263,30 @@ func remaining(ctx context.Context) time.Duration {
 	return maxRPCTimeout
 }
 
+// spawn runs fn in a goroutine that Close waits for; after Close has begun
+// it runs nothing and returns false.
+func (c *Cluster) spawn(fn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
+}
+
 // wait returns f's result, or ErrNoQuorum if ctx ends first. The goroutine
 // ends when raft resolves the future, which it does at the latest when it
 // shuts down, before Close waits for it.
 func (c *Cluster) wait(ctx context.Context, f raft.Future) error {
 	done := make(chan error, 1)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		done <- f.Error()
-	}()
+	if !c.spawn(func() { done <- f.Error() }) {
+		return ErrClosed
+	}
 	var err error
 	select {
 	case err = <-done:
@@ -624,7 +643,6 @@ func (c *Cluster) Snapshot(ctx context.Context) error {
 // commits then cost one round trip less, and the witness stays the cheap
 // tie-breaker it is meant to be. Nothing depends on it for correctness.
 func (c *Cluster) leadership(notify <-chan bool) {
-	defer c.wg.Done()
 	every := 10 * c.raftTiming()
 	tick := time.NewTicker(every)
 	defer tick.Stop()

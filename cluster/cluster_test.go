@@ -667,3 +667,56 @@ func TestWitnessHandsOffLeadership(t *testing.T) {
 		t.Fatalf("read after hand-off: %v", err)
 	}
 }
+
+// TestRemoveAndReplaceWitness: the primary cannot be removed; a witness can,
+// and a fresh witness that joins in its place restores the quorum.
+func TestRemoveAndReplaceWitness(t *testing.T) {
+	ms := startTrio(t, "a", nil)
+	ctx := ctxFor(t, 20*time.Second)
+	a, b := ms["a"].c, ms["b"].c
+	for _, id := range []string{"a", "b"} {
+		if err := a.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Promote(ctx, "a", false, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Remove(ctx, "a"); !errors.Is(err, ErrIsPrimary) {
+		t.Fatalf("remove primary: %v, want ErrIsPrimary", err)
+	}
+	if err := b.Remove(ctx, "nope"); !errors.Is(err, ErrUnknownNode) {
+		t.Fatalf("remove unknown: %v, want ErrUnknownNode", err)
+	}
+	if err := b.Remove(ctx, "w"); err != nil {
+		t.Fatalf("remove witness: %v", err)
+	}
+	members, err := a.Members(ctx)
+	if err != nil || len(members) != 2 {
+		t.Fatalf("members after removal: %+v, %v", members, err)
+	}
+	ms["w"].stop()
+	delete(ms, "w")
+	converged(t, ms, func(s VolumeState) bool { _, ok := s.Host("w"); return !ok })
+
+	w2 := startMember(t, testConfig(t, "w2", true))
+	ms["w2"] = w2
+	if err := w2.c.Join(ctx, b.Addr()); err != nil {
+		t.Fatalf("replacement witness join: %v", err)
+	}
+	if members, _ := a.Members(ctx); len(members) != 3 {
+		t.Fatalf("members after replacement: %+v", members)
+	}
+	// The new witness is a real voter: the primary commits with it alone.
+	ms["b"].stop()
+	if err := a.MarkPeerOutdated(ctx, 1, "b"); err != nil {
+		t.Fatalf("commit with the replacement witness: %v", err)
+	}
+	s, err := w2.c.Consistent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, ok := s.Host("w2"); !ok || !h.Witness {
+		t.Fatalf("w2 not registered as witness: %+v", s)
+	}
+}

@@ -443,3 +443,26 @@ func TestWatch(t *testing.T) {
 		t.Fatal("watch after close returned an open channel")
 	}
 }
+
+func TestHolds(t *testing.T) {
+	s := pair()
+	tests := []struct {
+		node  string
+		epoch Epoch
+		want  bool
+	}{
+		{"a", 3, true},
+		{"a", 2, false}, // deposed epoch
+		{"b", 3, false}, // not primary
+		{"", 3, false},
+	}
+	for _, tc := range tests {
+		if got := s.Holds(tc.node, tc.epoch); got != tc.want {
+			t.Errorf("Holds(%q, %d) = %t, want %t", tc.node, tc.epoch, got, tc.want)
+		}
+	}
+	s.Primary = ""
+	if s.Holds("", 3) {
+		t.Error("no primary: Holds(\"\", 3) = true")
+	}
+}

@@ -127,6 +127,15 @@ func (s VolumeState) Host(id string) (HostState, bool) {
 	return s.Hosts[i], true
 }
 
+// Holds reports whether node is primary in epoch e according to this
+// copy. A data host checks it before accepting writes; because a local copy
+// can lag, it is a necessary check, not a sufficient one: fencing also
+// rests on the peer refusing stale frames and on MarkPeerOutdated
+// committing.
+func (s VolumeState) Holds(node string, e Epoch) bool {
+	return node != "" && s.Primary == node && s.Epoch == e
+}
+
 // DataHosts returns the IDs of the hosts that hold a volume, sorted.
 func (s VolumeState) DataHosts() []string {
 	var ids []string
