@@ -12,7 +12,7 @@ require (
 	github.com/hashicorp/raft v1.7.3
 	github.com/hashicorp/raft-boltdb/v2 v2.3.1
 	github.com/urfave/cli/v2 v2.27.7
-	go.etcd.io/bbolt v1.3.5
+	go.etcd.io/bbolt v1.3.11
 	golang.org/x/sys v0.49.0
 )
 

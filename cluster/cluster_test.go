@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -562,6 +563,36 @@ func TestCorruptStore(t *testing.T) {
 			t.Fatalf("open: %v, want ErrCorruptStore naming %s", err, path)
 		}
 	})
+	t.Run("bolt data pages", func(t *testing.T) {
+		cfg := seed(t)
+		path := filepath.Join(cfg.DataDir, StoreFile)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		damage(t, path, 8192, int(fi.Size())-8192) // all but the meta pages
+		_, err = Open(cfg)
+		if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("open: %v, want ErrCorruptStore naming %s", err, path)
+		}
+	})
+	t.Run("log entry", func(t *testing.T) {
+		cfg := seed(t)
+		path := filepath.Join(cfg.DataDir, StoreFile)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(b, []byte("\x01{\"op\":\"set-disk\""))
+		if i < 0 {
+			t.Fatal("no set-disk command found in the store")
+		}
+		damage(t, path, int64(i+1), 1) // the JSON no longer parses
+		_, err = Open(cfg)
+		if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "log entry") {
+			t.Fatalf("open: %v, want ErrCorruptStore naming %s and the log entry", err, path)
+		}
+	})
 	t.Run("bolt truncated", func(t *testing.T) {
 		cfg := seed(t)
 		path := filepath.Join(cfg.DataDir, StoreFile)
@@ -604,6 +635,19 @@ func TestCorruptStore(t *testing.T) {
 			h, _ := m.c.State().Host("a")
 			return h.Disk == DiskUpToDate
 		})
+	})
+	t.Run("empty store file is a fresh store", func(t *testing.T) {
+		cfg := testConfig(t, "a", false)
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, StoreFile), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m := startMember(t, cfg)
+		if err := m.c.Bootstrap(ctxFor(t, 10*time.Second)); err != nil {
+			t.Fatalf("bootstrap on an empty store file: %v", err)
+		}
 	})
 	t.Run("locked by another member", func(t *testing.T) {
 		cfg := seed(t)

@@ -97,7 +97,11 @@ func (s *VolumeState) apply(c command, index uint64, at time.Time) (Epoch, error
 		err = fmt.Errorf("%w: unknown op %q", ErrInvalidCommand, c.Op)
 	}
 	if err != nil {
-		return s.Epoch, fmt.Errorf("%s %s: %w", c.Op, c.Node, err)
+		subject := c.Node
+		if subject == "" {
+			subject = c.By
+		}
+		return s.Epoch, fmt.Errorf("%s %s: %w", c.Op, subject, err)
 	}
 	return s.Epoch, nil
 }

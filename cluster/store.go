@@ -28,11 +28,11 @@ type store struct {
 }
 
 // openStore opens dir's raft state after checking it. Raft itself would
-// trip over damage later and less clearly: a bolt page that fails its
-// consistency check can panic deep in a read, and raft silently skips a
-// snapshot whose metadata does not parse, which after log truncation would
-// rebuild a wrong state. So every page and every snapshot is verified here,
-// and damage fails Open with ErrCorruptStore naming the file.
+// trip over damage later and less clearly: a damaged bolt page panics in
+// whichever raft goroutine reads it, and raft silently skips a snapshot
+// whose metadata does not parse, which after log truncation would rebuild
+// a wrong state. So every page, log entry and snapshot is read here, and
+// damage fails Open with ErrCorruptStore naming the file.
 func openStore(dir string, logger *hclogger) (*store, error) {
 	s := &store{path: filepath.Join(dir, StoreFile), snapDir: filepath.Join(dir, SnapshotDir)}
 	if err := checkBolt(s.path); err != nil {
@@ -41,6 +41,10 @@ func openStore(dir string, logger *hclogger) (*store, error) {
 	var err error
 	s.bolt, err = openBolt(s.path)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkLog(s.path, s.bolt); err != nil {
+		s.bolt.Close()
 		return nil, err
 	}
 	s.snaps, err = raft.NewFileSnapshotStoreWithLogger(dir, retainSnapshots, logger.Named("snapshot"))
@@ -77,10 +81,15 @@ func boltError(path string, err error) error {
 	return fmt.Errorf("%w: %s: %v", ErrCorruptStore, path, err)
 }
 
-// checkBolt opens an existing bolt file read-only and runs bbolt's
-// consistency check over every page.
+// checkBolt opens an existing bolt file read-only and reads every key and
+// value of every bucket, on this goroutine: bbolt checks each page it
+// visits and panics on a damaged one, which is recovered here into an
+// error. (bbolt's own Tx.Check runs on a goroutine of its own, where a
+// panic cannot be recovered.)
 func checkBolt(path string) (err error) {
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	// No file, or an empty one (bbolt had not written its first pages when
+	// the host died): a fresh store, nothing to check.
+	if fi, err := os.Stat(path); errors.Is(err, os.ErrNotExist) || (err == nil && fi.Size() == 0) {
 		return nil
 	}
 	defer func() {
@@ -93,19 +102,61 @@ func checkBolt(path string) (err error) {
 		return boltError(path, err)
 	}
 	defer db.Close()
-	var problems []string
 	err = db.View(func(tx *bbolt.Tx) error {
-		// Drain the channel: Check's goroutine blocks until it is read.
-		for e := range tx.Check() {
-			problems = append(problems, e.Error())
-		}
-		return nil
+		return tx.ForEach(func(name []byte, b *bbolt.Bucket) error {
+			return walkBucket(b)
+		})
 	})
 	if err != nil {
 		return boltError(path, err)
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("%w: %s fails its consistency check: %s", ErrCorruptStore, path, strings.Join(problems, "; "))
+	return nil
+}
+
+func walkBucket(b *bbolt.Bucket) error {
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v == nil {
+			if nb := b.Bucket(k); nb != nil {
+				if err := walkBucket(nb); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// checkLog decodes every raft log entry, and every command in it, on this
+// goroutine. Bolt has no checksums of its own over values, so this is where
+// damage inside an entry shows, rather than as one member refusing a
+// command the others applied. The log is short (TrailingLogs plus up to
+// SnapshotThreshold entries), so this is cheap.
+func checkLog(path string, b *raftboltdb.BoltStore) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %s: log: %v", ErrCorruptStore, path, p)
+		}
+	}()
+	first, err := b.FirstIndex()
+	if err != nil {
+		return fmt.Errorf("%w: %s: first log index: %v", ErrCorruptStore, path, err)
+	}
+	last, err := b.LastIndex()
+	if err != nil {
+		return fmt.Errorf("%w: %s: last log index: %v", ErrCorruptStore, path, err)
+	}
+	for i := first; first > 0 && i <= last; i++ {
+		var l raft.Log
+		if err := b.GetLog(i, &l); err != nil {
+			return fmt.Errorf("%w: %s: log entry %d: %v", ErrCorruptStore, path, i, err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		if _, err := decodeCommand(l.Data); err != nil {
+			return fmt.Errorf("%w: %s: log entry %d: %v", ErrCorruptStore, path, i, err)
+		}
 	}
 	return nil
 }
