@@ -146,6 +146,19 @@ func converged(t *testing.T, ms map[string]*member, want func(VolumeState) bool)
 	}
 }
 
+// makePrimary marks both data hosts uptodate and promotes node: epoch 1.
+func makePrimary(t *testing.T, ctx context.Context, c *Cluster, node string) {
+	t.Helper()
+	for _, id := range []string{"a", "b"} {
+		if err := c.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e, err := c.Promote(ctx, node, false, ""); err != nil || e != 1 {
+		t.Fatalf("promote %s: epoch %d, %v; want 1", node, e, err)
+	}
+}
+
 func stripIndex(s VolumeState) VolumeState {
 	s.Index = 0
 	return s
@@ -291,14 +304,7 @@ func TestForcedPromotion(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
 	a, b := ms["a"].c, ms["b"].c
-	for _, id := range []string{"a", "b"} {
-		if err := a.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := a.Promote(ctx, "a", false, ""); err != nil {
-		t.Fatal(err)
-	}
+	makePrimary(t, ctx, a, "a")
 	if err := a.MarkPeerOutdated(ctx, 1, "b"); err != nil {
 		t.Fatalf("mark b outdated: %v", err)
 	}
@@ -345,14 +351,7 @@ func TestOneMemberDown(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 30*time.Second)
 	a := ms["a"].c
-	for _, id := range []string{"a", "b"} {
-		if err := a.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := a.Promote(ctx, "a", false, ""); err != nil {
-		t.Fatal(err)
-	}
+	makePrimary(t, ctx, a, "a")
 
 	// Witness down: the pair still commits.
 	ms["w"].stop()
@@ -398,14 +397,7 @@ func TestNoQuorum(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 30*time.Second)
 	a := ms["a"].c
-	for _, id := range []string{"a", "b"} {
-		if err := a.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := a.Promote(ctx, "a", false, ""); err != nil {
-		t.Fatal(err)
-	}
+	makePrimary(t, ctx, a, "a")
 	ms["b"].stop()
 	ms["w"].stop()
 
@@ -454,14 +446,7 @@ func TestRestartAll(t *testing.T) {
 	ms := startTrio(t, "a", func(c *Config) { c.SnapshotThreshold, c.TrailingLogs = 8, 4 })
 	ctx := ctxFor(t, 30*time.Second)
 	a := ms["a"].c
-	for _, id := range []string{"a", "b"} {
-		if err := a.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := ms["b"].c.Promote(ctx, "a", false, ""); err != nil {
-		t.Fatal(err)
-	}
+	makePrimary(t, ctx, ms["b"].c, "a") // submitted on a follower
 	for seq := uint64(1); seq <= 30; seq++ {
 		if err := ms["w"].c.AckSeq(ctx, "b", 1, seq); err != nil {
 			t.Fatal(err)
@@ -718,14 +703,7 @@ func TestRemoveAndReplaceWitness(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
 	a, b := ms["a"].c, ms["b"].c
-	for _, id := range []string{"a", "b"} {
-		if err := a.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := a.Promote(ctx, "a", false, ""); err != nil {
-		t.Fatal(err)
-	}
+	makePrimary(t, ctx, a, "a")
 	if err := b.Remove(ctx, "a"); !errors.Is(err, ErrIsPrimary) {
 		t.Fatalf("remove primary: %v, want ErrIsPrimary", err)
 	}

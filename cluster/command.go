@@ -118,6 +118,15 @@ func (s *VolumeState) dataHost(id string) (int, error) {
 	return i, nil
 }
 
+// dataHostIn returns the index of data host id for a report made in epoch
+// e, which must be current.
+func (s *VolumeState) dataHostIn(id string, e Epoch) (int, error) {
+	if err := s.checkEpoch(e); err != nil {
+		return 0, err
+	}
+	return s.dataHost(id)
+}
+
 func (s *VolumeState) checkEpoch(e Epoch) error {
 	if e != s.Epoch {
 		return fmt.Errorf("%w: command for epoch %d, current epoch is %d", ErrStaleEpoch, e, s.Epoch)
@@ -307,10 +316,7 @@ func (s *VolumeState) markOutdated(c command) error {
 // inconsistent when one starts. The primary's disk must stay uptodate, so
 // that "primary" always means "holds every acknowledged write".
 func (s *VolumeState) setDisk(c command) error {
-	if err := s.checkEpoch(c.Epoch); err != nil {
-		return err
-	}
-	i, err := s.dataHost(c.Node)
+	i, err := s.dataHostIn(c.Node, c.Epoch)
 	if err != nil {
 		return err
 	}
@@ -327,10 +333,7 @@ func (s *VolumeState) setDisk(c command) error {
 // ackSeq records a host's acknowledged sequence number. Reports can race, so
 // within an epoch the highest wins; a new epoch starts afresh.
 func (s *VolumeState) ackSeq(c command) error {
-	if err := s.checkEpoch(c.Epoch); err != nil {
-		return err
-	}
-	i, err := s.dataHost(c.Node)
+	i, err := s.dataHostIn(c.Node, c.Epoch)
 	if err != nil {
 		return err
 	}

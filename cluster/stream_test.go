@@ -59,6 +59,21 @@ func accepted(t *testing.T, m *mux) net.Conn {
 	return nil
 }
 
+// tlsListener is a plain TLS server for impostors and relays.
+func tlsListener(t *testing.T) net.Listener {
+	t.Helper()
+	cert, err := selfSigned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
 func ctx5(t *testing.T) context.Context { return ctxFor(t, 5*time.Second) }
 
 // TestStreamAuth: only a dialer with the secret reaches raft; a refused one
@@ -159,15 +174,7 @@ func TestStreamRefusesStrangers(t *testing.T) {
 func TestStreamBindsProofToSession(t *testing.T) {
 	server := newTestMux(t, "a", testSecret)
 	client := newTestMux(t, "b", testSecret)
-	cert, err := selfSigned()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := tlsListener(t)
 	go func() {
 		in, err := ln.Accept()
 		if err != nil {
@@ -182,7 +189,7 @@ func TestStreamBindsProofToSession(t *testing.T) {
 		go io.Copy(out, in)
 		io.Copy(in, out)
 	}()
-	_, err = client.dial(ctx5(t), ln.Addr().String(), chanRaft)
+	_, err := client.dial(ctx5(t), ln.Addr().String(), chanRaft)
 	if !errors.Is(err, ErrAuth) {
 		t.Fatalf("dial through a TLS-terminating relay: %v, want ErrAuth", err)
 	}
@@ -192,15 +199,7 @@ func TestStreamBindsProofToSession(t *testing.T) {
 // says "ok" without proving the secret.
 func TestStreamChecksAcceptorProof(t *testing.T) {
 	client := newTestMux(t, "b", testSecret)
-	cert, err := selfSigned()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := tlsListener(t)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -214,7 +213,7 @@ func TestStreamChecksAcceptorProof(t *testing.T) {
 		c.Write(append([]byte{authOK}, make([]byte, macLen)...))
 		io.Copy(io.Discard, c)
 	}()
-	_, err = client.dial(ctx5(t), ln.Addr().String(), chanRaft)
+	_, err := client.dial(ctx5(t), ln.Addr().String(), chanRaft)
 	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "wrong proof") {
 		t.Fatalf("dial to an impostor: %v, want ErrAuth (wrong proof)", err)
 	}
