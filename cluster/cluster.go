@@ -561,7 +561,8 @@ func (c *Cluster) Failover(ctx context.Context, failed string, epoch Epoch) (str
 // loses peer and before it acknowledges another write. ErrNoQuorum means
 // the commit did not happen before ctx ended: suspend I/O and call again
 // (it is idempotent). ErrStaleEpoch or ErrNotPrimary mean this member is no
-// longer primary: stop writing.
+// longer primary: stop writing. ErrUnknownNode means peer was removed from
+// the cluster; it cannot be promoted, so continuing alone is safe.
 func (c *Cluster) MarkPeerOutdated(ctx context.Context, epoch Epoch, peer string) error {
 	_, err := c.submit(ctx, command{Op: opMarkOutdated, By: c.cfg.NodeID, Node: peer, Epoch: epoch})
 	return err
@@ -569,7 +570,9 @@ func (c *Cluster) MarkPeerOutdated(ctx context.Context, epoch Epoch, peer string
 
 // SetDiskState records node's disk state as observed in epoch: uptodate
 // when a resync completes (the only way out of outdated), inconsistent when
-// one starts. The primary's disk cannot be set below uptodate.
+// one starts. Pass the epoch of the primary the resync copied from: if the
+// role moved while it ran, the report is refused with ErrStaleEpoch. The
+// primary's disk cannot be set below uptodate.
 func (c *Cluster) SetDiskState(ctx context.Context, node string, d DiskState, epoch Epoch) error {
 	_, err := c.submit(ctx, command{Op: opSetDisk, Node: node, Disk: d, Epoch: epoch})
 	return err
