@@ -140,9 +140,29 @@ func (s *VolumeState) checkPrimary(by string, e Epoch) error {
 		return err
 	}
 	if s.Primary == "" || by != s.Primary {
-		return fmt.Errorf("%w: %q is not primary in epoch %d (primary is %q)", ErrNotPrimary, by, s.Epoch, s.Primary)
+		return s.notPrimary(by)
 	}
 	return nil
+}
+
+func (s *VolumeState) notPrimary(by string) error {
+	return fmt.Errorf("%w: %q is not primary in epoch %d (primary is %q)", ErrNotPrimary, by, s.Epoch, s.Primary)
+}
+
+// primaryActsOn checks that c.By is primary in c.Epoch and returns the index
+// of c.Node, the other data host it acts on.
+func (s *VolumeState) primaryActsOn(c command) (int, error) {
+	if err := s.checkPrimary(c.By, c.Epoch); err != nil {
+		return 0, err
+	}
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return 0, err
+	}
+	if c.Node == c.By {
+		return 0, fmt.Errorf("%w: %q is the primary itself", ErrInvalidCommand, c.Node)
+	}
+	return i, nil
 }
 
 // grant makes node primary (none if "") in a new epoch begun by the entry
@@ -254,15 +274,9 @@ func (s *VolumeState) demote(c command, index uint64) error {
 // transfer is the last step of an orderly swap: the primary c.By has drained
 // and flushed, so both copies are equal and neither is outdated.
 func (s *VolumeState) transfer(c command, index uint64) error {
-	if err := s.checkPrimary(c.By, c.Epoch); err != nil {
-		return err
-	}
-	i, err := s.dataHost(c.Node)
+	i, err := s.primaryActsOn(c)
 	if err != nil {
 		return err
-	}
-	if c.Node == c.By {
-		return fmt.Errorf("%w: %q is already primary", ErrInvalidCommand, c.Node)
 	}
 	if d := s.Hosts[i].Disk; d != DiskUpToDate {
 		return fmt.Errorf("%w: %q is %s", ErrNotUpToDate, c.Node, d)
@@ -279,7 +293,7 @@ func (s *VolumeState) failover(c command, index uint64) error {
 		return err
 	}
 	if c.By != s.Primary {
-		return fmt.Errorf("%w: %q is not primary in epoch %d (primary is %q)", ErrNotPrimary, c.By, s.Epoch, s.Primary)
+		return s.notPrimary(c.By)
 	}
 	for _, h := range s.Hosts {
 		// Hosts is sorted, so the choice is the same on every member.
@@ -296,15 +310,9 @@ func (s *VolumeState) failover(c command, index uint64) error {
 // markOutdated is how a primary that lost its peer keeps the right to
 // acknowledge writes alone (DESIGN.md invariant 4).
 func (s *VolumeState) markOutdated(c command) error {
-	if err := s.checkPrimary(c.By, c.Epoch); err != nil {
-		return err
-	}
-	i, err := s.dataHost(c.Node)
+	i, err := s.primaryActsOn(c)
 	if err != nil {
 		return err
-	}
-	if c.Node == c.By {
-		return fmt.Errorf("%w: the primary cannot outdate itself", ErrInvalidCommand)
 	}
 	if s.Hosts[i].Disk == DiskUpToDate {
 		s.setDiskAt(i, DiskOutdated)
