@@ -171,3 +171,9 @@ func (c *crashStore) eachCrashPoint(fn func(k int, durable []byte, unsynced []st
 		fn(k, durable, unsynced)
 	}
 }
+
+func (c *crashStore) setVersion(f func() int) {
+	c.mu.Lock()
+	c.version = f
+	c.mu.Unlock()
+}
