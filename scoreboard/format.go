@@ -44,6 +44,7 @@ var (
 	ErrVersion  = errors.New("scoreboard: unsupported format version")
 	ErrGeometry = errors.New("scoreboard: geometry mismatch")
 	ErrClosed   = errors.New("scoreboard: closed")
+	ErrInUse    = errors.New("scoreboard: metadata file is open in another scoreboard")
 	ErrFailed   = errors.New("scoreboard: metadata write failed earlier")
 	ErrRange    = errors.New("scoreboard: extent outside the volume")
 	ErrSpan     = errors.New("scoreboard: write spans more extents than the activity log holds")

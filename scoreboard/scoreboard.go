@@ -214,6 +214,9 @@ func Create(path string, geom Geometry, opts Options) (*Scoreboard, error) {
 		os.Remove(path)
 		return nil, err
 	}
+	if err := lock(f); err != nil {
+		return fail(err)
+	}
 	if err := f.Truncate(newLayout(geom, uint32(o.ALSlots)).size); err != nil {
 		return fail(fmt.Errorf("scoreboard %s: size: %w", path, err))
 	}
@@ -245,6 +248,10 @@ func Open(path string, geom Geometry, opts Options) (*Scoreboard, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("scoreboard: %w", err)
+	}
+	if err := lock(f); err != nil {
+		f.Close()
+		return nil, err
 	}
 	s, err := open(fileStore{f}, path, geom, opts, f)
 	if err != nil {

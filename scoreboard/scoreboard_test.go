@@ -159,6 +159,9 @@ func TestCreateOpenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if _, err := Open(path, testGeom, quiet); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second Open of an open file: %v, want ErrInUse", err)
+	}
 	if got := s.Recovered(); !got.Equals(roaring.BitmapOf(100, 101)) || !s.WasClean() {
 		t.Fatalf("reopened: recovered %v clean %v, want {100,101} clean", got, s.WasClean())
 	}

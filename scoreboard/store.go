@@ -1,6 +1,8 @@
 package scoreboard
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"os"
 
@@ -29,4 +31,18 @@ func (f fileStore) Sync() error {
 			return err
 		}
 	}
+}
+
+// lock takes an exclusive advisory lock on the metadata file for as long as
+// it is open: two writers of one scoreboard would each trust a state the
+// other overwrites.
+func lock(f *os.File) error {
+	err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return fmt.Errorf("scoreboard %s: %w", f.Name(), ErrInUse)
+	}
+	if err != nil {
+		return fmt.Errorf("scoreboard %s: lock: %w", f.Name(), err)
+	}
+	return nil
 }
