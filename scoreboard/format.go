@@ -40,14 +40,24 @@ const (
 // Sentinel errors. Every error returned by this package that is about the
 // metadata file wraps one of these and names the file.
 var (
-	ErrCorrupt  = errors.New("scoreboard: corrupt metadata")
-	ErrVersion  = errors.New("scoreboard: unsupported format version")
+	// ErrCorrupt: the file is not a scoreboard, or a checksum or record is
+	// bad where no older copy can stand in.
+	ErrCorrupt = errors.New("scoreboard: corrupt metadata")
+	// ErrVersion: the file was written in a format this build does not read.
+	ErrVersion = errors.New("scoreboard: unsupported format version")
+	// ErrGeometry: the geometry is invalid or differs from the recorded one.
 	ErrGeometry = errors.New("scoreboard: geometry mismatch")
-	ErrClosed   = errors.New("scoreboard: closed")
-	ErrInUse    = errors.New("scoreboard: metadata file is open in another scoreboard")
-	ErrFailed   = errors.New("scoreboard: metadata write failed earlier")
-	ErrRange    = errors.New("scoreboard: extent outside the volume")
-	ErrSpan     = errors.New("scoreboard: write spans more extents than the activity log holds")
+	// ErrClosed: the scoreboard was closed.
+	ErrClosed = errors.New("scoreboard: closed")
+	// ErrInUse: another Open or Create holds the file's lock.
+	ErrInUse = errors.New("scoreboard: metadata file is open in another scoreboard")
+	// ErrFailed: a metadata write failed earlier, so the on-disk state is
+	// unknown and no write may begin.
+	ErrFailed = errors.New("scoreboard: metadata write failed earlier")
+	// ErrRange: an extent outside the volume, or with First > Last.
+	ErrRange = errors.New("scoreboard: extent outside the volume")
+	// ErrSpan: a write touches more extents than the activity log holds.
+	ErrSpan = errors.New("scoreboard: write spans more extents than the activity log holds")
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

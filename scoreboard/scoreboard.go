@@ -144,7 +144,7 @@ type Stats struct {
 	Transactions    uint64 // activity-log transactions written since Open
 	MapWrites       uint64 // out-of-sync map slots written since Open
 	Evictions       uint64 // extents that left the activity log
-	Stalls          uint64 // admissions that had to wait for room in the log
+	Stalls          uint64 // times the committer found the log full and had to wait
 	MemoryBytes     uint64 // estimate of the memory held
 }
 
