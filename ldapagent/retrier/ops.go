@@ -42,7 +42,9 @@ func (s *Session) Search(ctx context.Context, req *ldap.SearchRequest) (*ldap.Se
 // SearchEach runs a search and calls each for every entry as it arrives.
 // The returned result carries referrals and response controls, not entries.
 // If a server fails mid-stream the search is rerun on the other one and
-// entries already passed to each (by DN) are skipped. An error from each
+// entries already passed to each (by DN) are skipped; so is a search that a
+// dying connection kept from being sent (see searchAttempt), which never
+// passes for an empty result. An error from each
 // ends the search and is returned; it is never retried. A result error such
 // as sizeLimitExceeded is returned with the result.
 func (s *Session) SearchEach(ctx context.Context, req *ldap.SearchRequest, each func(*ldap.Entry) error) (*ldap.SearchResult, error) {
@@ -50,31 +52,7 @@ func (s *Session) SearchEach(ctx context.Context, req *ldap.SearchRequest, each 
 	var res *ldap.SearchResult
 	err := s.run(ctx, "search", false, false, func(ctx context.Context, c *ldap.Conn, _ bool) error {
 		res = &ldap.SearchResult{}
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		q := drain(c.SearchAsync(ctx, req, 64))
-		defer q.wait()
-		for {
-			items, err, ok := q.take(ctx)
-			for _, it := range items {
-				if it.entry != nil && !seen[it.entry.DN] {
-					seen[it.entry.DN] = true
-					if err := each(it.entry); err != nil {
-						return &finalError{err}
-					}
-				}
-				if it.referral != "" {
-					res.Referrals = append(res.Referrals, it.referral)
-				}
-				res.Controls = append(res.Controls, it.controls...)
-			}
-			if !ok {
-				if err != nil {
-					return err
-				}
-				return ctx.Err()
-			}
-		}
+		return searchAttempt(ctx, c, req, seen, res, each)
 	})
 	var fe *finalError
 	if errors.As(err, &fe) {
@@ -82,6 +60,60 @@ func (s *Session) SearchEach(ctx context.Context, req *ldap.SearchRequest, each 
 	}
 	return res, err
 }
+
+// searchAttempt runs req once on c: entries whose DN is not in seen are
+// added to it and passed to each; referrals and controls go to res.
+//
+// go-ldap's SearchAsync ends a search on a connection that is already
+// closing without sending it and without an error: the stream looks like a
+// successful search with no results. That happens when the server dies
+// between the moment the session hands out its connection and the moment
+// the search starts (the connection's reader sees EOF and closes it in
+// between). A stream that ends cleanly without a single item on a
+// connection that is closing is therefore a connection error, to be
+// retried, never a successful empty result. A stream that delivered items
+// did start, and go-ldap reports every later failure as an error, so its
+// clean end is the server's SearchResultDone even if the connection has
+// closed since.
+func searchAttempt(ctx context.Context, c *ldap.Conn, req *ldap.SearchRequest, seen map[string]bool, res *ldap.SearchResult, each func(*ldap.Entry) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	q := drain(c.SearchAsync(ctx, req, 64))
+	defer q.wait()
+	received := 0
+	for {
+		items, err, ok := q.take(ctx)
+		received += len(items)
+		for _, it := range items {
+			if it.entry != nil && !seen[it.entry.DN] {
+				seen[it.entry.DN] = true
+				if err := each(it.entry); err != nil {
+					return &finalError{err}
+				}
+			}
+			if it.referral != "" {
+				res.Referrals = append(res.Referrals, it.referral)
+			}
+			res.Controls = append(res.Controls, it.controls...)
+		}
+		if ok {
+			continue
+		}
+		switch {
+		case err != nil:
+			return err
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case received == 0 && c.IsClosing():
+			return errSearchNotSent
+		}
+		return nil
+	}
+}
+
+// errSearchNotSent: see searchAttempt. ErrorNetwork makes it retryable and
+// makes the session redial.
+var errSearchNotSent = ldap.NewError(ldap.ErrorNetwork, errors.New("ldap: connection closed before the search was sent"))
 
 // finalError marks an error that must not be retried.
 type finalError struct{ err error }
