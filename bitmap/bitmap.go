@@ -155,6 +155,15 @@ func (s *Set) OutOfSync() *roaring.Bitmap {
 	return s.outOfSync.Clone()
 }
 
+// MarkAllOutOfSync marks every block of the volume out of sync, for a full
+// resync.
+func (s *Set) MarkAllOutOfSync() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outOfSync.AddRange(0, s.blocks)
+	s.dirty.AddRange(0, s.blocks)
+}
+
 // ClearOutOfSync forgets that the blocks in done are out of sync, after a
 // resync copied them. Blocks with writes still in flight stay dirty.
 func (s *Set) ClearOutOfSync(done *roaring.Bitmap) {

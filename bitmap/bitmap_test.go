@@ -160,3 +160,18 @@ func BenchmarkMarkAck128K(b *testing.B) {
 		s.Ack(e)
 	}
 }
+
+func TestMarkAllOutOfSync(t *testing.T) {
+	s, err := New(1<<20+4096, 4096) // 257 blocks
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.MarkAllOutOfSync()
+	if got := s.Dirty(); got != 257 {
+		t.Fatalf("dirty = %d, want 257", got)
+	}
+	s.ClearOutOfSync(s.OutOfSync())
+	if got := s.Dirty(); got != 0 {
+		t.Fatalf("dirty after clear = %d", got)
+	}
+}

@@ -37,6 +37,13 @@ func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// A daemon killed while serving leaves a dead FUSE mount behind.
+	if _, err := os.Stat(dir); errors.Is(err, syscall.ENOTCONN) {
+		log.Warn("removing the dead FUSE mount of a previous run", "dir", dir)
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			return nil, fmt.Errorf("remove dead mount %s: %w", dir, err)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/resync"
 )
 
 // Files in a volume directory.
@@ -19,6 +20,7 @@ const (
 	BackingFile = "volume.img"
 	ControlFile = "control.sock"
 	ExportDir   = "export"
+	LockFile    = "lock"
 )
 
 // metaVersion is the version of meta.json this code writes and reads.
@@ -34,6 +36,12 @@ type Meta struct {
 	Size       int64     `json:"size_bytes"`
 	BlockSize  int       `json:"block_size_bytes"`
 	Created    time.Time `json:"created"`
+	// Generations decide resync direction and detect split brain.
+	Generations resync.Generations `json:"generations"`
+	// PrimaryActive is set while this host serves writes as primary and
+	// cleared when it stops cleanly: found set at start, the primary crashed
+	// and writes in flight then may differ on the peer.
+	PrimaryActive bool `json:"primary_active"`
 }
 
 // CreateVolume makes a new volume in dir: a sparse backing file of size
@@ -49,7 +57,14 @@ func CreateVolume(dir string, size int64, blockSize int, id uuid.UUID) (Meta, er
 	if id == uuid.Nil {
 		id = uuid.New()
 	}
-	m := Meta{Version: metaVersion, VolumeUUID: id, Size: size, BlockSize: blockSize, Created: time.Now().UTC().Truncate(time.Second)}
+	m := Meta{
+		Version:     metaVersion,
+		VolumeUUID:  id,
+		Size:        size,
+		BlockSize:   blockSize,
+		Created:     time.Now().UTC().Truncate(time.Second),
+		Generations: resync.InitialGenerations(id),
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return m, err
 	}

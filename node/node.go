@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/transport"
+	"golang.org/x/sys/unix"
 )
 
 // Roles.
@@ -98,9 +101,13 @@ type Node struct {
 	export  *blockdev.Export
 	control *controlServer
 
-	mu        sync.Mutex
+	dirty *bitmap.Set // primary
+	lock  *os.File    // flock held on the volume directory while running
+
+	mu        sync.Mutex // guards meta's mutable fields and the link state
 	link      string
 	peerNode  string
+	refused   string // why the last peer was refused, for status
 	started   time.Time
 	connected time.Time
 }
@@ -110,11 +117,25 @@ func Open(cfg Config) (*Node, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	meta, err := LoadMeta(cfg.Dir)
+	if _, err := LoadMeta(cfg.Dir); err != nil {
+		return nil, err
+	}
+	lock, err := lockVolume(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, meta: meta, log: cfg.Logger, started: time.Now()}
+	meta, err := LoadMeta(cfg.Dir) // again: another daemon may have changed it
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	n := &Node{cfg: cfg, meta: meta, log: cfg.Logger, started: time.Now(), lock: lock}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	n.tcfg = transport.Config{
 		NodeID:     cfg.NodeID,
 		Secret:     cfg.Secret,
@@ -125,6 +146,7 @@ func Open(cfg Config) (*Node, error) {
 		Timeout:    cfg.Timeout,
 		Logger:     cfg.Logger,
 	}
+	n.tcfg.Generations = func() [4]uint64 { return n.generations().Pack() }
 	if cfg.Role == RoleSecondary || cfg.Peer != "" {
 		if len(cfg.Secret) < transport.MinSecretLen {
 			return nil, fmt.Errorf("shared secret is %d bytes, need at least %d (--secret-file)", len(cfg.Secret), transport.MinSecretLen)
@@ -143,23 +165,104 @@ func Open(cfg Config) (*Node, error) {
 			n.dev.Close()
 			return nil, fmt.Errorf("listen for the primary on %s: %w", cfg.Listen, err)
 		}
+		ok = true
 		return n, nil
 	}
-	dirty, err := bitmap.New(meta.Size, meta.BlockSize)
+	n.dirty, err = bitmap.New(meta.Size, meta.BlockSize)
 	if err != nil {
 		n.dev.Close()
 		return nil, err
 	}
-	n.mirror = blockdev.NewMirror(n.dev, dirty, n.log)
+	n.mirror = blockdev.NewMirror(n.dev, n.dirty, n.log)
 	if cfg.Peer != "" {
 		n.link = LinkConnecting
 	}
+	if !cfg.Passthrough {
+		if err := n.startPrimary(); err != nil {
+			n.dev.Close()
+			return nil, err
+		}
+	}
+	ok = true
 	return n, nil
+}
+
+// lockVolume takes the volume directory for this process, so that a second
+// daemon started on it fails before it touches anything.
+func lockVolume(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("volume %s is in use by another ldmirror daemon", dir)
+		}
+		return nil, fmt.Errorf("lock volume %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// startPrimary records that this host now writes as primary. Which blocks
+// the peer misses is known only in memory (the durable scoreboard is not
+// there yet), so after a crash, or a stop while the peer was behind, every
+// block is marked out of sync and the next connection copies them all.
+func (n *Node) startPrimary() error {
+	m := &n.meta
+	switch {
+	case m.PrimaryActive:
+		m.Generations.StartTracking()
+		n.dirty.MarkAllOutOfSync()
+		n.log.Warn("the primary did not stop cleanly: the whole volume will be resynced to the peer", "generations", m.Generations)
+	case m.Generations.Bitmap != 0:
+		n.dirty.MarkAllOutOfSync()
+		n.log.Warn("the peer was behind when this host stopped: the whole volume will be resynced to it", "generations", m.Generations)
+	}
+	if n.cfg.Peer == "" {
+		m.Generations.StartTracking() // standalone: it writes without its peer
+	}
+	m.PrimaryActive = true
+	return writeMeta(n.cfg.Dir, *m)
+}
+
+// stopPrimary records a clean stop. Blocks still dirty are known only in
+// memory: keep tracking, so the next start resyncs them.
+func (n *Node) stopPrimary() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dirty.Dirty() > 0 {
+		n.meta.Generations.StartTracking()
+	}
+	n.meta.PrimaryActive = false
+	return writeMeta(n.cfg.Dir, n.meta)
+}
+
+// generations returns the host's current generation identifiers.
+func (n *Node) generations() resync.Generations {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.meta.Generations
+}
+
+// setGenerations persists new generation identifiers.
+func (n *Node) setGenerations(g resync.Generations) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	old := n.meta.Generations
+	n.meta.Generations = g
+	if err := writeMeta(n.cfg.Dir, n.meta); err != nil {
+		n.meta.Generations = old
+		return fmt.Errorf("persist generations: %w", err)
+	}
+	n.log.Info("generations changed", "from", old, "to", g)
+	return nil
 }
 
 // Run serves until ctx ends, then shuts down in order: writes in flight
 // complete and are acknowledged by the peer before the link closes.
 func (n *Node) Run(ctx context.Context) error {
+	defer n.lock.Close()
 	var err error
 	n.control, err = listenControl(n.cfg.Control, n)
 	if err != nil {
@@ -180,8 +283,17 @@ func (n *Node) runSecondary(ctx context.Context) error {
 	return errors.Join(err, n.dev.Flush(), n.dev.Close())
 }
 
-// Handle counts the link as connected and hands the request to the replica.
-func (n *Node) Handle(req *transport.Request) { n.replica.Handle(req) }
+// Handle hands data requests to the replica and adopts the primary's
+// generations when it says this host caught up.
+func (n *Node) Handle(req *transport.Request) {
+	if req.Kind != transport.KindGeneration {
+		n.replica.Handle(req)
+		return
+	}
+	g := n.generations()
+	g.SyncedFrom(resync.Unpack(req.Generations))
+	req.Done(n.setGenerations(g))
+}
 
 func (n *Node) runPrimary(ctx context.Context) error {
 	var dev blockdev.Device = n.mirror
@@ -215,6 +327,9 @@ func (n *Node) runPrimary(ctx context.Context) error {
 	}
 	stopLink()
 	wg.Wait()
+	if !n.cfg.Passthrough && closeErr == nil {
+		closeErr = n.stopPrimary()
+	}
 	if devs := blockdev.LoopDevicesOf(n.export.Path()); len(devs) > 0 {
 		n.log.Warn("loop devices still attached to the export; detaching the mount lazily", "devices", devs)
 	}
@@ -226,21 +341,28 @@ func (n *Node) closeDevices() {
 		n.ln.Close()
 	}
 	n.dev.Close()
+	n.lock.Close()
 }
 
-// connectLoop keeps a session to the peer: dial with backoff, resync what
-// went out of sync, replicate until the session breaks, repeat.
+// connectLoop keeps a session to the peer: dial with backoff, decide the
+// resync direction from both hosts' generations, resync what went out of
+// sync, replicate until the session breaks, repeat.
 func (n *Node) connectLoop(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		s, err := transport.Dial(ctx, n.cfg.Peer, n.tcfg)
+		if err == nil {
+			err = n.admit(s)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
-			if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, transport.ErrPeerRefused) {
-				n.log.Error("peer refused: fix the configuration; retrying", "peer", n.cfg.Peer, "err", err)
+			if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) ||
+				errors.Is(err, transport.ErrPeerRefused) || errors.Is(err, ErrPeerRefused) {
+				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
+				n.setRefused(err)
 				backoff = 5 * time.Second
 			}
 			select {
@@ -252,12 +374,11 @@ func (n *Node) connectLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		n.setRefused(nil)
 		n.setLink(LinkConnected, s.Peer().NodeID)
 		n.log.Info("peer connected", "peer", n.cfg.Peer, "node", s.Peer().NodeID)
 		n.mirror.SetPeer(s)
-		if err := n.mirror.Resync(ctx); err != nil && ctx.Err() == nil {
-			n.log.Warn("resync stopped", "err", err)
-		}
+		n.catchUp(ctx, s)
 		select {
 		case <-s.Done():
 			n.log.Warn("peer link lost", "peer", n.cfg.Peer, "err", s.Err())
@@ -266,6 +387,80 @@ func (n *Node) connectLoop(ctx context.Context) {
 		s.Close()
 		n.mirror.SetPeer(nil)
 		n.setLink(LinkDisconnected, "")
+		if ctx.Err() == nil {
+			n.peerLost()
+		}
+	}
+}
+
+// ErrPeerRefused reports a peer this primary will not replicate to: its
+// data is newer, diverged (split brain), or unrelated.
+var ErrPeerRefused = errors.New("peer refused")
+
+// admit decides, from the generations, whether this primary may bring the
+// peer up to date, and closes the session if not.
+func (n *Node) admit(s *transport.Session) error {
+	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
+	switch d := resync.Decide(local, peer); d {
+	case resync.InSync, resync.LocalSource:
+		return nil
+	case resync.LocalSourceFull:
+		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
+		n.dirty.MarkAllOutOfSync()
+		return nil
+	default:
+		s.Close()
+		return fmt.Errorf("%w: %v (generations local %v, peer %v)", ErrPeerRefused, d, local, peer)
+	}
+}
+
+// catchUp copies the out-of-sync blocks to the peer and, once it holds
+// everything durably, tells it to adopt this host's generation.
+func (n *Node) catchUp(ctx context.Context, s *transport.Session) {
+	if err := n.mirror.Resync(ctx); err != nil {
+		if ctx.Err() == nil {
+			n.log.Warn("resync stopped", "err", err)
+		}
+		return
+	}
+	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
+	if n.dirty.Dirty() > 0 || (local.Bitmap == 0 && local == peer) {
+		return
+	}
+	if err := n.mirror.Flush(); err != nil {
+		n.log.Warn("flush after resync failed", "err", err)
+		return
+	}
+	synced := local
+	synced.Synced()
+	call, err := s.SubmitGeneration(synced.Pack())
+	if err == nil {
+		err = call.Wait()
+	}
+	if err == nil {
+		err = n.setGenerations(synced)
+	}
+	if err != nil {
+		n.log.Warn("could not record that the peer caught up", "err", err)
+	}
+}
+
+// peerLost starts a new generation: from now on this host writes alone.
+func (n *Node) peerLost() {
+	g := n.generations()
+	if g.StartTracking() {
+		if err := n.setGenerations(g); err != nil {
+			n.log.Error("could not persist the new generation", "err", err)
+		}
+	}
+}
+
+func (n *Node) setRefused(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.refused = ""
+	if err != nil {
+		n.refused = err.Error()
 	}
 }
 

@@ -115,6 +115,66 @@ func TestOpenRejects(t *testing.T) {
 	}
 }
 
+func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a"}
+	n, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.closeDevices()
+	before, _ := os.ReadFile(filepath.Join(dir, MetaFile))
+	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "in use by another ldmirror daemon") {
+		t.Fatalf("second Open = %v, want the volume reported in use", err)
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, MetaFile))
+	if string(before) != string(after) {
+		t.Fatal("the second daemon changed the metadata")
+	}
+}
+
+func TestGenerationsAcrossPrimaryLife(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+		t.Fatal(err)
+	}
+	initial, _ := LoadMeta(dir)
+	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
+
+	// A primary that is not stopped cleanly leaves primary_active set.
+	n, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := LoadMeta(dir); !m.PrimaryActive || m.Generations != initial.Generations {
+		t.Fatalf("after start: %+v", m)
+	}
+	n.closeDevices() // a crash: no stopPrimary
+
+	n, err = Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := LoadMeta(dir)
+	if m.Generations.Bitmap != initial.Generations.Current || m.Generations.Current == initial.Generations.Current {
+		t.Fatalf("after a crash the primary must start a new generation: %v -> %v", initial.Generations, m.Generations)
+	}
+	if got := n.dirty.Dirty(); got != 256 {
+		t.Fatalf("after a crash %d of 256 blocks are out of sync, want all", got)
+	}
+	// A clean stop with blocks still dirty keeps tracking them.
+	if err := n.stopPrimary(); err != nil {
+		t.Fatal(err)
+	}
+	n.closeDevices()
+	if m2, _ := LoadMeta(dir); m2.PrimaryActive || m2.Generations != m.Generations {
+		t.Fatalf("after a clean stop: %+v", m2)
+	}
+}
+
 func TestBytes(t *testing.T) {
 	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 256 << 20: "256.0 MiB", 3 << 40: "3.0 TiB"} {
 		if got := Bytes(n); got != want {
@@ -122,4 +182,3 @@ func TestBytes(t *testing.T) {
 		}
 	}
 }
-

@@ -24,6 +24,7 @@ type Status struct {
 	Disk        string  `json:"disk"`
 	PeerDisk    string  `json:"peer_disk,omitempty"`
 	UptimeSec   float64 `json:"uptime_seconds"`
+	Generations string  `json:"generations"`
 
 	// Primary.
 	DirtyBlocks    uint64   `json:"dirty_blocks"`
@@ -64,6 +65,8 @@ func (n *Node) Status() Status {
 	}
 	n.mu.Lock()
 	st.Link, st.PeerNode = n.link, n.peerNode
+	st.Generations = n.meta.Generations.String()
+	refused := n.refused
 	n.mu.Unlock()
 	if n.cfg.Role == RoleSecondary {
 		n.secondaryStatus(&st)
@@ -86,6 +89,9 @@ func (n *Node) Status() Status {
 	st.ResyncDone, st.ResyncTotal = ms.ResyncDone, ms.ResyncTotal
 	st.BitmapBytes = ms.BitmapMemory
 	st.LastError = ms.LastError
+	if refused != "" {
+		st.LastError = refused
+	}
 	if n.cfg.Peer != "" {
 		st.PeerDisk = "uptodate"
 		if ms.DirtyBlocks > 0 || !ms.Connected {
@@ -142,6 +148,7 @@ func (st *Status) WriteText(w io.Writer) {
 		disk += ", peer " + st.PeerDisk
 	}
 	row("disk", "%s", disk)
+	row("generation", "%s", st.Generations)
 	if st.Role == RolePrimary {
 		row("dirty", "%d blocks (%s)", st.DirtyBlocks, Bytes(st.DirtyBytes))
 		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, Bytes(st.BytesShipped), st.FlushesShipped)

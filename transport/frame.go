@@ -36,10 +36,11 @@ const (
 	TypePing
 	TypePong
 	TypeError
+	TypeGeneration
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

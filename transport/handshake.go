@@ -35,6 +35,9 @@ type Config struct {
 	Size       uint64
 	BlockSize  uint32
 	Epoch      uint64
+	// Generations returns the identifiers to send in each Hello (see
+	// Hello.Generations); they change while the host runs. Nil sends zeros.
+	Generations func() [4]uint64
 	// Window is the number of requests that may be outstanding on the link
 	// (default 64).
 	Window int
@@ -123,6 +126,9 @@ func handshake(conn net.Conn, fr *FrameReader, cfg *Config, initiator bool) (Hel
 		Size:       cfg.Size,
 		BlockSize:  cfg.BlockSize,
 		Epoch:      cfg.Epoch,
+	}
+	if cfg.Generations != nil {
+		own.Generations = cfg.Generations()
 	}
 	if _, err := rand.Read(own.Nonce[:]); err != nil {
 		return peer, err

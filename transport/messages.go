@@ -19,15 +19,20 @@ type Hello struct {
 	Size       uint64 // volume size in bytes
 	BlockSize  uint32 // tracking granularity in bytes
 	Epoch      uint64
-	Nonce      [32]byte
+	// Generations are the sender's generation identifiers (current, bitmap,
+	// two history entries), which decide the resync direction.
+	Generations [4]uint64
+	Nonce       [32]byte
 }
+
+const helloFixed = 16 + 8 + 4 + 8 + 32 + 32 // after the node id
 
 // MarshalBinary encodes the Hello payload.
 func (m *Hello) MarshalBinary() ([]byte, error) {
 	if len(m.NodeID) > maxNodeID {
 		return nil, fmt.Errorf("node id %q longer than %d bytes", m.NodeID, maxNodeID)
 	}
-	b := make([]byte, 0, 2+1+len(m.NodeID)+16+8+4+8+32)
+	b := make([]byte, 0, 3+len(m.NodeID)+helloFixed)
 	b = binary.BigEndian.AppendUint16(b, m.Version)
 	b = append(b, byte(len(m.NodeID)))
 	b = append(b, m.NodeID...)
@@ -35,6 +40,9 @@ func (m *Hello) MarshalBinary() ([]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, m.Size)
 	b = binary.BigEndian.AppendUint32(b, m.BlockSize)
 	b = binary.BigEndian.AppendUint64(b, m.Epoch)
+	for _, g := range m.Generations {
+		b = binary.BigEndian.AppendUint64(b, g)
+	}
 	b = append(b, m.Nonce[:]...)
 	return b, nil
 }
@@ -46,7 +54,7 @@ func (m *Hello) UnmarshalBinary(b []byte) error {
 	}
 	m.Version = binary.BigEndian.Uint16(b)
 	n := int(b[2])
-	if n > maxNodeID || len(b) != 3+n+16+8+4+8+32 {
+	if n > maxNodeID || len(b) != 3+n+helloFixed {
 		return fmt.Errorf("%w: hello of %d bytes with a %d-byte node id", ErrMalformed, len(b), n)
 	}
 	b = b[3:]
@@ -56,7 +64,10 @@ func (m *Hello) UnmarshalBinary(b []byte) error {
 	m.Size = binary.BigEndian.Uint64(b[16:])
 	m.BlockSize = binary.BigEndian.Uint32(b[24:])
 	m.Epoch = binary.BigEndian.Uint64(b[28:])
-	copy(m.Nonce[:], b[36:])
+	for i := range m.Generations {
+		m.Generations[i] = binary.BigEndian.Uint64(b[36+8*i:])
+	}
+	copy(m.Nonce[:], b[68:])
 	return nil
 }
 

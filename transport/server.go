@@ -20,6 +20,9 @@ const (
 	KindWrite Kind = iota + 1
 	KindTrim
 	KindFlush
+	// KindGeneration carries the generation identifiers the secondary adopts
+	// (in Generations) once it caught up with the primary.
+	KindGeneration
 )
 
 func (k Kind) String() string {
@@ -30,6 +33,8 @@ func (k Kind) String() string {
 		return "trim"
 	case KindFlush:
 		return "flush"
+	case KindGeneration:
+		return "generation"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -41,6 +46,8 @@ type Request struct {
 	Offset int64
 	Length int64  // bytes written or trimmed; 0 for a flush
 	Data   []byte // the data of a write; valid until Done
+	// Generations of a KindGeneration request.
+	Generations [4]uint64
 
 	sess *ServerSession
 	buf  *[]byte
@@ -318,6 +325,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindTrim
 	case TypeFlush:
 		kind = KindFlush
+	case TypeGeneration:
+		kind = KindGeneration
 	case TypeError:
 		p := make([]byte, hd.Length)
 		if err := s.fr.ReadPayload(hd, p); err != nil {
@@ -372,6 +381,14 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error)
 	case KindFlush:
 		if len(p) != 0 {
 			return nil, fmt.Errorf("%w: flush frame with %d payload bytes", ErrMalformed, len(p))
+		}
+		return req, nil
+	case KindGeneration:
+		if len(p) != 32 {
+			return nil, fmt.Errorf("%w: generation frame of %d bytes", ErrMalformed, len(p))
+		}
+		for i := range req.Generations {
+			req.Generations[i] = binary.BigEndian.Uint64(p[8*i:])
 		}
 		return req, nil
 	}

@@ -23,8 +23,9 @@ var (
 // Call is one request in flight on a Session. Wait must be called exactly
 // once for every Call returned by a Session.
 type Call struct {
-	frame  [HeaderSize + 16]byte // header plus the offset (and trim length)
+	frame  [HeaderSize + 32]byte // header plus the offset and trim length, or the generations
 	nframe int
+	kind   Type
 	data   []byte
 	seq    uint64
 	sentAt time.Time
@@ -167,14 +168,21 @@ func (s *Session) SubmitFlush() (*Call, error) {
 	return s.submit(TypeFlush, 0, 0, nil)
 }
 
-func (s *Session) submit(t Type, off, n int64, data []byte) (*Call, error) {
+// SubmitGeneration tells the peer the generation identifiers to adopt after
+// it caught up; its ack means the peer persisted them. Submit a flush first
+// and wait for it, so that the peer holds every earlier write durably.
+func (s *Session) SubmitGeneration(g [4]uint64) (*Call, error) {
+	return s.submit(TypeGeneration, 0, 0, nil, g[:]...)
+}
+
+func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Call, error) {
 	select {
 	case s.window <- struct{}{}:
 	case <-s.done:
 		return nil, s.Err()
 	}
 	c := callPool.Get().(*Call)
-	c.data = data
+	c.data, c.kind = data, t
 	var plen int
 	switch t {
 	case TypeWrite:
@@ -184,6 +192,11 @@ func (s *Session) submit(t Type, off, n int64, data []byte) (*Call, error) {
 		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
 		binary.BigEndian.PutUint64(c.frame[HeaderSize+8:], uint64(n))
 		plen = 16
+	case TypeGeneration:
+		for i, g := range gens {
+			binary.BigEndian.PutUint64(c.frame[HeaderSize+8*i:], g)
+		}
+		plen = 8 * len(gens)
 	}
 	c.nframe = HeaderSize + plen
 
@@ -326,9 +339,10 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, msg)
 		return nil
 	}
-	if c.nframe == HeaderSize {
+	switch c.kind {
+	case TypeFlush:
 		s.flushes.Add(1)
-	} else {
+	case TypeWrite, TypeTrim:
 		s.writes.Add(1)
 		s.bytes.Add(uint64(len(c.data)))
 	}

@@ -100,7 +100,8 @@ type daemon struct {
 	dir  string
 	cmd  *exec.Cmd
 	log  *os.File
-	done chan error
+	done chan struct{} // closed when the process exited; err is then set
+	err  error
 }
 
 func startDaemon(t *testing.T, dir string, args ...string) *daemon {
@@ -114,10 +115,13 @@ func startDaemon(t *testing.T, dir string, args ...string) *daemon {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{dir: dir, cmd: cmd, log: logf, done: make(chan error, 1)}
-	go func() { d.done <- cmd.Wait() }()
+	d := &daemon{dir: dir, cmd: cmd, log: logf, done: make(chan struct{})}
+	go func() { d.err = cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		d.kill()
+		<-d.done
+		// A killed primary leaves a dead FUSE mount behind.
+		_ = syscall.Unmount(filepath.Join(dir, node.ExportDir), syscall.MNT_DETACH)
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("log of the daemon in %s:\n%s", dir, b)
@@ -138,10 +142,9 @@ func (d *daemon) stop(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-d.done:
-		d.done <- err
-		if err != nil {
-			t.Fatalf("daemon in %s exited with %v", d.dir, err)
+	case <-d.done:
+		if d.err != nil {
+			t.Fatalf("daemon in %s exited with %v", d.dir, d.err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("daemon in %s did not exit within 30 s of SIGTERM", d.dir)

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ldmirror/ldmirror/node"
+)
+
+const blockSize = 4096
+
+// writeBlocks writes n random 4 KiB blocks at block indexes first.. through
+// the primary's export file and fsyncs.
+func writeBlocks(t *testing.T, a string, first, n int) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, blockSize)
+	for i := range n {
+		rand.Read(buf)
+		if _, err := f.WriteAt(buf, int64(first+i)*blockSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitInSync waits until the primary is connected with nothing dirty and both
+// hosts hold the same generation, then checks the backing files are equal.
+func waitInSync(t *testing.T, a, b string) node.Status {
+	t.Helper()
+	var st node.Status
+	waitFor(t, 60*time.Second, "the primary to be connected and clean", func() bool {
+		var err error
+		st, err = status(a)
+		sb, errb := status(b)
+		return err == nil && errb == nil && st.Link == node.LinkConnected && st.DirtyBlocks == 0 &&
+			st.Replication == "replicating" && st.Generations == sb.Generations
+	})
+	if fileSHA256(t, filepath.Join(a, "volume.img")) != fileSHA256(t, filepath.Join(b, "volume.img")) {
+		t.Fatal("backing files differ although status says in sync")
+	}
+	return st
+}
+
+// TestPrimaryKilledDuringWrites: the primary dies with writes in flight; on
+// restart it does not know which blocks the secondary missed (no durable
+// scoreboard yet), so it resyncs the whole volume and the files end equal.
+func TestPrimaryKilledDuringWrites(t *testing.T) {
+	requireE2E(t)
+	a, b, secret := pairDirs(t, "64MiB")
+	pri, _ := mirroredPair(t, a, b, secret)
+	args := pri.cmd.Args[4:] // everything after "ldmirror daemon --dir A"
+
+	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var written atomic.Int64
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		buf := make([]byte, 64<<10)
+		for i := 0; ; i++ {
+			rand.Read(buf)
+			if _, err := f.WriteAt(buf, int64(i%1024)*int64(len(buf))); err != nil {
+				return // the daemon died under us
+			}
+			written.Add(1)
+		}
+	}()
+	waitFor(t, 10*time.Second, "writes to flow", func() bool { return written.Load() > 200 })
+	pri.kill()
+	<-stopped
+	f.Close()
+	<-pri.done
+
+	startDaemon(t, a, args...)
+	st := waitInSync(t, a, b)
+	if st.BytesShipped < 64<<20 {
+		t.Fatalf("shipped %d bytes after the crash, want the whole 64 MiB volume", st.BytesShipped)
+	}
+	log, _ := os.ReadFile(filepath.Join(a, "daemon.log"))
+	if !strings.Contains(string(log), "did not stop cleanly") {
+		t.Fatalf("restart did not report the unclean stop:\n%s", log)
+	}
+}
+
+// TestSecondaryKilledResyncsOnlyDirtyBlocks: while the secondary is down the
+// primary keeps writing; after the secondary's restart only those blocks
+// travel.
+func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
+	requireE2E(t)
+	a, b, secret := pairDirs(t, "64MiB")
+	_, sec := mirroredPair(t, a, b, secret)
+	args := sec.cmd.Args[4:]
+	writeBlocks(t, a, 0, 100)
+	before := waitInSync(t, a, b)
+
+	sec.kill()
+	<-sec.done
+	waitFor(t, 10*time.Second, "the primary to notice", func() bool {
+		st, err := status(a)
+		return err == nil && st.Link == node.LinkDisconnected
+	})
+	const dirty = 500
+	writeBlocks(t, a, 1000, dirty)
+	st := statusJSON(t, a)
+	if st.DirtyBlocks != dirty || st.Replication != "logging" {
+		t.Fatalf("while the secondary is down: %d dirty blocks (want %d), replication %s", st.DirtyBlocks, dirty, st.Replication)
+	}
+
+	startDaemon(t, b, args...)
+	after := waitInSync(t, a, b)
+	resent := after.BytesShipped - before.BytesShipped
+	if resent != dirty*blockSize {
+		t.Fatalf("resent %d bytes, want exactly the %d dirty blocks (%d bytes)", resent, dirty, dirty*blockSize)
+	}
+}
+
+// TestPeerWithNewerOrDivergedDataIsRefused: generation identifiers keep a
+// primary from overwriting a peer that wrote on its own.
+func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
+	requireE2E(t)
+	a, b, secret := pairDirs(t, "16MiB")
+	addr := freePort(t)
+
+	// b runs alone as primary and writes: its data is now newer than a's.
+	alone := startDaemon(t, b, "--role", "primary", "--node-id", "b")
+	writeBlocks(t, b, 0, 10)
+	alone.stop(t)
+	bSum := fileSHA256(t, filepath.Join(b, "volume.img"))
+
+	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
+	pri := startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
+	waitFor(t, 15*time.Second, "a to refuse b", func() bool {
+		st, err := status(a)
+		return err == nil && strings.Contains(st.LastError, "peer is the resync source")
+	})
+	// a wrote too: now both diverged.
+	writeBlocks(t, a, 100, 10)
+	pri.stop(t)
+	pri = startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
+	waitFor(t, 15*time.Second, "a to report split brain", func() bool {
+		st, err := status(a)
+		return err == nil && strings.Contains(st.LastError, "split brain") && st.Link != node.LinkConnected
+	})
+	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
+		t.Fatal("the refused peer's data changed")
+	}
+}
