@@ -150,7 +150,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	// a wrote too: now both diverged.
 	writeBlocks(t, a, 100, 10)
 	pri.stop(t)
-	pri = startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
+	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
 	waitFor(t, 15*time.Second, "a to report split brain", func() bool {
 		st, err := status(a)
 		return err == nil && strings.Contains(st.LastError, "split brain") && st.Link != node.LinkConnected
