@@ -158,10 +158,21 @@ func (s *Set) OutOfSync() *roaring.Bitmap {
 // MarkAllOutOfSync marks every block of the volume out of sync, for a full
 // resync.
 func (s *Set) MarkAllOutOfSync() {
+	all := roaring.New()
+	all.AddRange(0, s.blocks)
+	s.MarkOutOfSync(all)
+}
+
+// MarkOutOfSync marks blocks out of sync, e.g. those a scoreboard recovered
+// after a crash. Blocks past the end of the volume are ignored.
+func (s *Set) MarkOutOfSync(blocks *roaring.Bitmap) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.outOfSync.AddRange(0, s.blocks)
-	s.dirty.AddRange(0, s.blocks)
+	s.outOfSync.Or(blocks)
+	if !s.outOfSync.IsEmpty() && uint64(s.outOfSync.Maximum()) >= s.blocks {
+		s.outOfSync.RemoveRange(s.blocks, 1<<32)
+	}
+	s.dirty.Or(s.outOfSync)
 }
 
 // ClearOutOfSync forgets that the blocks in done are out of sync, after a

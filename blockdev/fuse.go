@@ -56,6 +56,11 @@ func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
 		DirectMount:   true,
 		AllowOther:    true,
 		DisableXAttrs: true,
+		// Without async direct I/O the kernel turns the loop device's
+		// asynchronous writes into synchronous ones, which the loop worker
+		// then issues one at a time: a mirrored write's round trip would
+		// serialize the whole device.
+		ExtraCapabilities: fuse.CAP_ASYNC_DIO,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount on %s: %w", dir, err)

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -23,14 +24,28 @@ const (
 	StateResyncing   = "resyncing"
 )
 
+// WriteIntent is the durable record of the blocks that may differ on the
+// peer (the scoreboard with its activity log). The Mirror announces every
+// write before it is issued and reports how it ended.
+type WriteIntent interface {
+	// BeginWrite returns once a crash from now on would count e's blocks as
+	// possibly different; on error the write must not be issued.
+	BeginWrite(ctx context.Context, e bitmap.Extent) error
+	// EndWrite reports that the write of e ended, on both hosts (inSync) or not.
+	EndWrite(e bitmap.Extent, inSync bool)
+	// ClearOutOfSync forgets blocks a resync copied.
+	ClearOutOfSync(blocks *roaring.Bitmap)
+}
+
 // Mirror is the primary's view of the volume: a Device whose writes are
 // mirrored to the peer through a transport.Session (sync mode). Without a
 // peer it keeps serving and leaves the blocks it writes dirty.
 type Mirror struct {
-	local Device
-	dirty *bitmap.Set
-	locks *rangeLock
-	log   *slog.Logger
+	local  Device
+	dirty  *bitmap.Set
+	intent WriteIntent // nil: dirty blocks are known in memory only
+	locks  *rangeLock
+	log    *slog.Logger
 
 	mu        sync.Mutex
 	peer      *transport.Session
@@ -46,12 +61,13 @@ type Mirror struct {
 	resyncTotal atomic.Uint64
 }
 
-// NewMirror returns a Mirror over local that tracks dirty blocks in dirty.
-func NewMirror(local Device, dirty *bitmap.Set, log *slog.Logger) *Mirror {
+// NewMirror returns a Mirror over local that tracks dirty blocks in dirty
+// and, if intent is not nil, durably in intent.
+func NewMirror(local Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Logger) *Mirror {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Mirror{local: local, dirty: dirty, locks: newRangeLock(), log: log}
+	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log}
 }
 
 // SetPeer starts shipping writes to s. Blocks that went out of sync while
@@ -156,6 +172,13 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 	m.locks.lock(e)
 	defer m.locks.unlock(e)
 
+	if m.intent != nil {
+		// Background: the activity log always drains as writes end, and
+		// Close waits for this write rather than cancelling it.
+		if err := m.intent.BeginWrite(context.Background(), e); err != nil {
+			return fmt.Errorf("activity log: %w", err)
+		}
+	}
 	m.dirty.Mark(e)
 	var call *transport.Call
 	s := m.session()
@@ -176,10 +199,14 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 			shipped = true
 		}
 	}
-	if shipped && lerr == nil {
+	inSync := shipped && lerr == nil
+	if inSync {
 		m.dirty.Ack(e)
 	} else {
 		m.dirty.Fail(e)
+	}
+	if m.intent != nil {
+		m.intent.EndWrite(e, inSync)
 	}
 	return lerr
 }
@@ -282,6 +309,9 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte)
 	// marks them again, after this.
 	done := bitmapOf(e)
 	m.dirty.ClearOutOfSync(done)
+	if m.intent != nil {
+		m.intent.ClearOutOfSync(done)
+	}
 	return nil
 }
 

@@ -108,7 +108,7 @@ func newPair(t *testing.T) *pair {
 		t.Fatal(err)
 	}
 	p.dirty, _ = bitmap.New(volSize, 4096)
-	p.mirror = NewMirror(p.primary, p.dirty, nil)
+	p.mirror = NewMirror(p.primary, p.dirty, nil, nil)
 	p.mirror.SetPeer(p.sess)
 	t.Cleanup(func() {
 		p.mirror.Close()
@@ -273,7 +273,7 @@ func TestSecondaryKilled(t *testing.T) {
 	defer sess.Close()
 	priDev := openFile(t, newFile(t, "a.img"))
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := NewMirror(priDev, dirty, nil)
+	m := NewMirror(priDev, dirty, nil, nil)
 	defer m.Close()
 	m.SetPeer(sess)
 

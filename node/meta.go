@@ -21,6 +21,8 @@ const (
 	ControlFile = "control.sock"
 	ExportDir   = "export"
 	LockFile    = "lock"
+	// ScoreboardFile holds the primary's out-of-sync map and activity log.
+	ScoreboardFile = "scoreboard"
 )
 
 // metaVersion is the version of meta.json this code writes and reads.

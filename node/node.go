@@ -13,6 +13,7 @@ import (
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/resync"
+	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
 	"golang.org/x/sys/unix"
 )
@@ -101,8 +102,9 @@ type Node struct {
 	export  *blockdev.Export
 	control *controlServer
 
-	dirty *bitmap.Set // primary
-	lock  *os.File    // flock held on the volume directory while running
+	dirty *bitmap.Set            // primary
+	sb    *scoreboard.Scoreboard // primary: durable out-of-sync map and activity log
+	lock  *os.File               // flock held on the volume directory while running
 
 	mu        sync.Mutex // guards meta's mutable fields and the link state
 	link      string
@@ -173,15 +175,17 @@ func Open(cfg Config) (*Node, error) {
 		n.dev.Close()
 		return nil, err
 	}
-	n.mirror = blockdev.NewMirror(n.dev, n.dirty, n.log)
 	if cfg.Peer != "" {
 		n.link = LinkConnecting
 	}
-	if !cfg.Passthrough {
+	if cfg.Passthrough {
+		n.mirror = blockdev.NewMirror(n.dev, n.dirty, nil, n.log)
+	} else {
 		if err := n.startPrimary(); err != nil {
 			n.dev.Close()
 			return nil, err
 		}
+		n.mirror = blockdev.NewMirror(n.dev, n.dirty, n.sb, n.log)
 	}
 	ok = true
 	return n, nil
@@ -204,31 +208,57 @@ func lockVolume(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// startPrimary records that this host now writes as primary. Which blocks
-// the peer misses is known only in memory (the durable scoreboard is not
-// there yet), so after a crash, or a stop while the peer was behind, every
-// block is marked out of sync and the next connection copies them all.
+// startPrimary opens the scoreboard and records that this host now writes
+// as primary. The blocks the peer may miss are the scoreboard's out-of-sync
+// map and, after a crash, every block of the activity log's hot extents.
 func (n *Node) startPrimary() error {
 	m := &n.meta
-	switch {
-	case m.PrimaryActive:
-		m.Generations.StartTracking()
-		n.dirty.MarkAllOutOfSync()
-		n.log.Warn("the primary did not stop cleanly: the whole volume will be resynced to the peer", "generations", m.Generations)
-	case m.Generations.Bitmap != 0:
-		n.dirty.MarkAllOutOfSync()
-		n.log.Warn("the peer was behind when this host stopped: the whole volume will be resynced to it", "generations", m.Generations)
+	geom := scoreboard.Geometry{VolumeSize: m.Size, BlockSize: m.BlockSize}
+	path := filepath.Join(n.cfg.Dir, ScoreboardFile)
+	sb, err := scoreboard.Open(path, geom, scoreboard.Options{})
+	created := false
+	if errors.Is(err, os.ErrNotExist) {
+		sb, err = scoreboard.Create(path, geom, scoreboard.Options{})
+		created = true
 	}
-	if n.cfg.Peer == "" {
-		m.Generations.StartTracking() // standalone: it writes without its peer
+	if err != nil {
+		return err
+	}
+	behind := m.PrimaryActive || m.Generations.Bitmap != 0
+	switch {
+	case created && behind:
+		// A volume from before the scoreboard existed: what the peer misses
+		// is not known.
+		n.dirty.MarkAllOutOfSync()
+		n.log.Warn("no scoreboard from the previous run: the whole volume will be resynced to the peer")
+	default:
+		rec := sb.Recovered()
+		n.dirty.MarkOutOfSync(rec)
+		if m.PrimaryActive {
+			n.log.Warn("the primary did not stop cleanly: resyncing the activity log's extents and the out-of-sync blocks",
+				"blocks", rec.GetCardinality())
+		}
+	}
+	if m.PrimaryActive || n.cfg.Peer == "" {
+		// After a crash, or standalone, this host writes without its peer.
+		m.Generations.StartTracking()
 	}
 	m.PrimaryActive = true
-	return writeMeta(n.cfg.Dir, *m)
+	if err := writeMeta(n.cfg.Dir, *m); err != nil {
+		sb.Close()
+		return err
+	}
+	n.sb = sb
+	return nil
 }
 
-// stopPrimary records a clean stop. Blocks still dirty are known only in
-// memory: keep tracking, so the next start resyncs them.
+// stopPrimary records a clean stop: the scoreboard persists the blocks the
+// peer still misses, and if there are any this host stays in a generation
+// of its own.
 func (n *Node) stopPrimary() error {
+	if err := n.sb.Close(); err != nil {
+		return fmt.Errorf("close scoreboard: %w", err)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.dirty.Dirty() > 0 {
@@ -339,6 +369,9 @@ func (n *Node) runPrimary(ctx context.Context) error {
 func (n *Node) closeDevices() {
 	if n.ln != nil {
 		n.ln.Close()
+	}
+	if n.sb != nil {
+		n.sb.Close()
 	}
 	n.dev.Close()
 	n.lock.Close()
