@@ -134,3 +134,28 @@ func LoadMeta(dir string) (Meta, error) {
 	}
 	return m, nil
 }
+
+// DiscardLocal resolves a split brain on this host: it gives up the data
+// written here since the hosts last agreed. The daemon must not run. At the
+// next connection the peer, as primary, copies the whole volume here.
+func DiscardLocal(dir string) (Meta, error) {
+	m, err := LoadMeta(dir)
+	if err != nil {
+		return m, err
+	}
+	lock, err := lockVolume(dir)
+	if err != nil {
+		return m, err
+	}
+	defer lock.Close()
+	if m, err = LoadMeta(dir); err != nil {
+		return m, err
+	}
+	m.Generations.Discard()
+	m.PrimaryActive = false
+	// Its out-of-sync map describes data that no longer counts.
+	if err := os.Remove(filepath.Join(dir, ScoreboardFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return m, err
+	}
+	return m, writeMeta(dir, m)
+}

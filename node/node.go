@@ -224,6 +224,10 @@ func (n *Node) startPrimary() error {
 	if err != nil {
 		return err
 	}
+	if m.Generations.Discarded() {
+		sb.Close()
+		return errors.New("this host discarded its data (ldmirror resolve): run it as secondary until the peer resynced it")
+	}
 	behind := m.PrimaryActive || m.Generations.Bitmap != 0
 	switch {
 	case created && behind:

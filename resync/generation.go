@@ -77,12 +77,11 @@ func (g *Generations) StartTracking() bool {
 	return true
 }
 
-// SyncedFrom records on a target that it now holds the source's data.
+// SyncedFrom records on a target that it now holds the source's data: it
+// takes the source's identifiers, history included (its own old data is
+// gone), and tracks nothing.
 func (g *Generations) SyncedFrom(source Generations) {
-	if g.Current != source.Current {
-		g.push(g.Current)
-	}
-	g.Current = source.Current
+	*g = source
 	g.Bitmap = 0
 }
 
@@ -92,6 +91,16 @@ func (g *Generations) Synced() {
 	g.push(g.Bitmap)
 	g.Bitmap = 0
 }
+
+// Discard gives up this host's data after a split brain: its Current
+// becomes 0, which a peer reads as "copy everything to me".
+func (g *Generations) Discard() {
+	g.push(g.Current)
+	g.Current, g.Bitmap = 0, 0
+}
+
+// Discarded reports whether Discard was called and no resync followed.
+func (g Generations) Discarded() bool { return g.Current == 0 }
 
 // Direction is the outcome of comparing two hosts' generations.
 type Direction int
@@ -141,6 +150,12 @@ func (d Direction) String() string {
 // Decide compares the local and the peer's generations.
 func Decide(local, peer Generations) Direction {
 	switch {
+	case local.Discarded() && peer.Discarded():
+		return Unrelated
+	case peer.Discarded():
+		return LocalSourceFull
+	case local.Discarded():
+		return PeerSourceFull
 	case local.Current == peer.Current:
 		return InSync
 	case local.Bitmap != 0 && local.Bitmap == peer.Bitmap:

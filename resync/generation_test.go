@@ -45,6 +45,12 @@ func TestDecide(t *testing.T) {
 			p.b.StartTracking()
 		}, SplitBrain},
 		{"unrelated volumes", func(p *pair) { p.b = NewGenerations() }, Unrelated},
+		{"split brain resolved by b discarding", func(p *pair) {
+			p.a.StartTracking()
+			p.b.StartTracking()
+			p.b.Discard()
+		}, LocalSourceFull},
+		{"both discarded", func(p *pair) { p.a.Discard(); p.b.Discard() }, Unrelated},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := start()

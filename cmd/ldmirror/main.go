@@ -19,6 +19,7 @@ func main() {
 			attachCommand(),
 			detachCommand(),
 			statusCommand(),
+			resolveCommand(),
 			retrierCommand(),
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	mrand "math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -40,14 +41,21 @@ func writeBlocks(t *testing.T, a string, first, n int) {
 // hosts hold the same generation, then checks the backing files are equal.
 func waitInSync(t *testing.T, a, b string) node.Status {
 	t.Helper()
-	var st node.Status
-	waitFor(t, 60*time.Second, "the primary to be connected and clean", func() bool {
-		var err error
+	var st, sb node.Status
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var err, errb error
 		st, err = status(a)
-		sb, errb := status(b)
-		return err == nil && errb == nil && st.Link == node.LinkConnected && st.DirtyBlocks == 0 &&
-			st.Replication == "replicating" && st.Generations == sb.Generations
-	})
+		sb, errb = status(b)
+		if err == nil && errb == nil && st.Link == node.LinkConnected && st.DirtyBlocks == 0 &&
+			st.Replication == "replicating" && st.Generations == sb.Generations {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not in sync after 60 s:\nprimary %+v (%v)\nsecondary %+v (%v)", st, err, sb, errb)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if fileSHA256(t, filepath.Join(a, "volume.img")) != fileSHA256(t, filepath.Join(b, "volume.img")) {
 		t.Fatal("backing files differ although status says in sync")
 	}
@@ -137,7 +145,9 @@ func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 }
 
 // TestPeerWithNewerOrDivergedDataIsRefused: generation identifiers keep a
-// primary from overwriting a peer that wrote on its own.
+// primary from overwriting a peer that wrote on its own; a split brain is
+// refused until `ldmirror resolve --discard-local` on one side, after which
+// that side is resynced in full (issue 4, scenario 5).
 func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	requireE2E(t)
 	a, b, secret := pairDirs(t, "16MiB")
@@ -149,7 +159,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	alone.stop(t)
 	bSum := fileSHA256(t, filepath.Join(b, "volume.img"))
 
-	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
+	sec := startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	pri := startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
 	waitFor(t, 15*time.Second, "a to refuse b", func() bool {
 		st, err := status(a)
@@ -165,5 +175,20 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	})
 	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
 		t.Fatal("the refused peer's data changed")
+	}
+	if out, err := exec.Command(binary, "resolve", "--dir", b).CombinedOutput(); err == nil || !strings.Contains(string(out), "--discard-local") {
+		t.Fatalf("resolve without --discard-local: %v\n%s", err, out)
+	}
+
+	// Resolve: b gives up its changes.
+	sec.stop(t)
+	ldmirror(t, "resolve", "--dir", b, "--discard-local")
+	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
+	st := waitInSync(t, a, b)
+	if st.BytesShipped < 16<<20 {
+		t.Fatalf("shipped %d bytes, want the whole 16 MiB volume", st.BytesShipped)
+	}
+	if fileSHA256(t, filepath.Join(b, "volume.img")) == bSum {
+		t.Fatal("b still holds its discarded data")
 	}
 }
