@@ -21,6 +21,10 @@ func main() {
 			statusCommand(),
 			resolveCommand(),
 			retrierCommand(),
+			witnessCommand(),
+			clusterCommand(),
+			promoteCommand(),
+			demoteCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {
