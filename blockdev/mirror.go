@@ -35,6 +35,8 @@ type WriteIntent interface {
 	EndWrite(e bitmap.Extent, inSync bool)
 	// ClearOutOfSync forgets blocks a resync copied.
 	ClearOutOfSync(blocks *roaring.Bitmap)
+	// MarkOutOfSync records blocks found to differ (by verify).
+	MarkOutOfSync(blocks *roaring.Bitmap)
 }
 
 // Mirror is the primary's view of the volume: a Device whose writes are

@@ -45,7 +45,7 @@ func runSecondaryProcess(path string) {
 		os.Exit(1)
 	}
 	fmt.Println(ln.Addr().String())
-	_ = ln.Serve(context.Background(), NewReplica(dev, nil))
+	_ = ln.Serve(context.Background(), NewReplica(dev, 4096, nil))
 }
 
 func newFile(t *testing.T, name string) string {
@@ -94,7 +94,7 @@ func newPair(t *testing.T) *pair {
 	p := &pair{priPath: newFile(t, "a.img"), secPath: newFile(t, "b.img")}
 	p.primary = &countingDevice{Device: openFile(t, p.priPath)}
 	p.secondary = &countingDevice{Device: openFile(t, p.secPath)}
-	p.replica = NewReplica(p.secondary, nil)
+	p.replica = NewReplica(p.secondary, 4096, nil)
 	sec, pri := testConfigs()
 	ln, err := transport.Listen("127.0.0.1:0", sec)
 	if err != nil {
@@ -354,4 +354,48 @@ func pattern(blk int64) []byte {
 		binary.BigEndian.PutUint64(b[i:], uint64(blk)+1)
 	}
 	return b
+}
+
+// TestVerifyFindsFlippedBlock is issue 4's scenario 7 in process: a bit
+// flipped in one block of the secondary's file is found by Verify, exactly
+// that block, and the next Resync repairs it.
+func TestVerifyFindsFlippedBlock(t *testing.T) {
+	p := newPair(t)
+	for i := range 64 {
+		if _, err := p.mirror.WriteAt(pattern(int64(i)), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := p.mirror.Verify(context.Background(), nil); err != nil || !got.IsEmpty() {
+		t.Fatalf("verify of identical volumes = %v, %v; want nothing", got, err)
+	}
+	f, err := os.OpenFile(p.secPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bad = 4000 // a block far from what was written: zeros on both
+	if _, err := f.WriteAt([]byte{0x10}, bad*4096+123); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var last uint64
+	got, err := p.mirror.Verify(context.Background(), func(done, total uint64) { last = done })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetCardinality() != 1 || !got.Contains(bad) {
+		t.Fatalf("verify found %v, want exactly block %d", got.ToArray(), bad)
+	}
+	if last != p.dirty.Blocks() {
+		t.Fatalf("progress ended at %d of %d blocks", last, p.dirty.Blocks())
+	}
+	if d := p.mirror.Status().DirtyBlocks; d != 1 {
+		t.Fatalf("dirty = %d after verify, want 1", d)
+	}
+	if err := p.mirror.Resync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
+		t.Fatal("files differ after the resync")
+	}
 }

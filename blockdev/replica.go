@@ -15,8 +15,9 @@ import (
 // overlaps and for an earlier flush barrier; a flush waits for every earlier
 // request and then flushes the device. It implements transport.Handler.
 type Replica struct {
-	dev Device
-	log *slog.Logger
+	dev       Device
+	blockSize int
+	log       *slog.Logger
 
 	mu      sync.Mutex
 	pending []*applyOp // in arrival (sequence) order; finished ones are trimmed from the front
@@ -39,12 +40,13 @@ type applyOp struct {
 
 func (op *applyOp) barrier() bool { return op.req.Kind == transport.KindFlush }
 
-// NewReplica returns a Replica applying to dev.
-func NewReplica(dev Device, log *slog.Logger) *Replica {
+// NewReplica returns a Replica applying to dev, whose checksum replies
+// cover blocks of blockSize bytes.
+func NewReplica(dev Device, blockSize int, log *slog.Logger) *Replica {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Replica{dev: dev, log: log}
+	return &Replica{dev: dev, blockSize: blockSize, log: log}
 }
 
 // Handle schedules req after the requests it depends on.
@@ -73,7 +75,10 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 	}
 	req := op.req
 	var err error
+	var reply []byte
 	switch req.Kind {
+	case transport.KindChecksum:
+		reply, err = BlockChecksums(r.dev, req.Offset, req.Length, r.blockSize)
 	case transport.KindWrite:
 		_, err = r.dev.WriteAt(req.Data, req.Offset)
 		if err == nil {
@@ -108,7 +113,7 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 		r.pending = append(r.pending[:0], r.pending[n:]...)
 	}
 	r.mu.Unlock()
-	req.Done(err)
+	req.Reply(reply, err)
 }
 
 // Wait blocks until every request handed to the Replica was applied.

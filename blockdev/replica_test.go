@@ -77,13 +77,14 @@ func (d *gatedDevice) Close() error { return nil }
 
 func TestReplicaOrdersOverlapsAndParallelizesTheRest(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, nil)
+	r := NewReplica(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 
 	release := dev.gate(0)
 	first := bytes.Repeat([]byte{1}, 8192)
 	second := bytes.Repeat([]byte{2}, 4096)
-	h.write(1, 0, first)     // blocks 0-1, held at the gate
+	h.write(1, 0, first) // blocks 0-1, held at the gate
+	h.waitFor(t, func() bool { return dev.running.Load() == 1 })
 	h.write(2, 4096, second) // overlaps block 1: must wait for seq 1
 	for i := range 4 {       // independent writes: must not wait
 		h.write(uint64(3+i), int64(64+i)*4096, bytes.Repeat([]byte{9}, 4096))
@@ -105,6 +106,7 @@ func TestReplicaOrdersOverlapsAndParallelizesTheRest(t *testing.T) {
 	if idx(dev.order, 0) > idx(dev.order, 4096) {
 		t.Fatalf("overlapping writes applied out of order: %v", dev.order)
 	}
+	// They were applied while seq 1 was still inside the device.
 	if dev.maxRunning.Load() < 2 {
 		t.Fatalf("independent writes ran one at a time (max %d at once)", dev.maxRunning.Load())
 	}
@@ -115,7 +117,7 @@ func TestReplicaOrdersOverlapsAndParallelizesTheRest(t *testing.T) {
 
 func TestReplicaFlushIsABarrier(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, nil)
+	r := NewReplica(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 	release := dev.gate(0)
 	h.write(1, 0, make([]byte, 4096))

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -40,6 +42,15 @@ func listenControl(path string, n *Node) (*controlServer, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(n.Status())
 	})
+	mux.HandleFunc("POST /verify", func(w http.ResponseWriter, r *http.Request) {
+		res, err := n.Verify(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(res)
+	})
 	c := &controlServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln, path: path, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
@@ -63,23 +74,36 @@ var ErrNoDaemon = errors.New("no ldmirror daemon answers")
 // FetchStatus asks the daemon behind the control socket at path for its status.
 func FetchStatus(ctx context.Context, path string) (Status, error) {
 	var st Status
+	return st, call(ctx, path, http.MethodGet, "/status", &st)
+}
+
+// RequestVerify asks the daemon behind the control socket at path to verify
+// the volume against its peer; it returns when the verify (and the resync of
+// what differs) ended.
+func RequestVerify(ctx context.Context, path string) (VerifyResult, error) {
+	var res VerifyResult
+	return res, call(ctx, path, http.MethodPost, "/verify", &res)
+}
+
+func call(ctx context.Context, path, method, endpoint string, out any) error {
 	client := http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ldmirror/status", nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://ldmirror"+endpoint, nil)
 	if err != nil {
-		return st, err
+		return err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return st, fmt.Errorf("%w on %s: %w", ErrNoDaemon, path, err)
+		return fmt.Errorf("%w on %s: %w", ErrNoDaemon, path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("control socket %s: %s", path, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("%s: %s", endpoint[1:], strings.TrimSpace(string(msg)))
 	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return json.NewDecoder(resp.Body).Decode(out)
 }

@@ -110,6 +110,10 @@ type Node struct {
 	link      string
 	peerNode  string
 	refused   string // why the last peer was refused, for status
+	verifying bool
+	verified  [2]uint64 // blocks done, total of the running verify
+
+	resyncMu  sync.Mutex // one resync (after connect or after verify) at a time
 	started   time.Time
 	connected time.Time
 }
@@ -160,7 +164,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.link = LinkStandalone
 	if cfg.Role == RoleSecondary {
-		n.replica = blockdev.NewReplica(n.dev, n.log)
+		n.replica = blockdev.NewReplica(n.dev, meta.BlockSize, n.log)
 		n.link = LinkConnecting
 		n.ln, err = transport.Listen(cfg.Listen, n.tcfg)
 		if err != nil {
@@ -454,6 +458,8 @@ func (n *Node) admit(s *transport.Session) error {
 // catchUp copies the out-of-sync blocks to the peer and, once it holds
 // everything durably, tells it to adopt this host's generation.
 func (n *Node) catchUp(ctx context.Context, s *transport.Session) {
+	n.resyncMu.Lock()
+	defer n.resyncMu.Unlock()
 	if err := n.mirror.Resync(ctx); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
@@ -512,3 +518,58 @@ func (n *Node) setLink(state, peer string) {
 
 // DefaultTimeout is the peer timeout when none is configured.
 const DefaultTimeout = 5 * time.Second
+
+// ErrNotPrimary reports a command only the primary can run.
+var ErrNotPrimary = errors.New("only the primary can do this")
+
+// VerifyResult is what `ldmirror verify` reports.
+type VerifyResult struct {
+	Blocks     uint64   `json:"blocks_checked"`
+	OutOfSync  uint64   `json:"out_of_sync_blocks"`
+	FirstFound []uint32 `json:"first_out_of_sync,omitempty"` // at most 100
+	Repaired   bool     `json:"repaired"`
+	Seconds    float64  `json:"seconds"`
+}
+
+// Verify compares every block with the peer's and resyncs those that differ.
+func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
+	var res VerifyResult
+	if n.cfg.Role != RolePrimary || n.cfg.Passthrough {
+		return res, ErrNotPrimary
+	}
+	n.mu.Lock()
+	if n.verifying {
+		n.mu.Unlock()
+		return res, errors.New("a verify is already running")
+	}
+	n.verifying = true
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.verifying = false
+		n.mu.Unlock()
+	}()
+	start := time.Now()
+	differ, err := n.mirror.Verify(ctx, func(done, total uint64) {
+		n.mu.Lock()
+		n.verified = [2]uint64{done, total}
+		n.mu.Unlock()
+	})
+	res.Blocks = n.dirty.Blocks()
+	if differ != nil {
+		res.OutOfSync = differ.GetCardinality()
+		it := differ.Iterator()
+		for it.HasNext() && len(res.FirstFound) < 100 {
+			res.FirstFound = append(res.FirstFound, it.Next())
+		}
+	}
+	if err == nil && res.OutOfSync > 0 {
+		n.resyncMu.Lock()
+		err = n.mirror.Resync(ctx)
+		n.resyncMu.Unlock()
+		res.Repaired = err == nil
+	}
+	res.Seconds = time.Since(start).Seconds()
+	n.log.Info("verify finished", "blocks", res.Blocks, "out_of_sync", res.OutOfSync, "repaired", res.Repaired, "err", err)
+	return res, err
+}

@@ -36,6 +36,8 @@ type Status struct {
 	WindowSize     int      `json:"window_size"`
 	ResyncDone     uint64   `json:"resync_done_blocks,omitempty"`
 	ResyncTotal    uint64   `json:"resync_total_blocks,omitempty"`
+	VerifyDone     uint64   `json:"verify_done_blocks,omitempty"`
+	VerifyTotal    uint64   `json:"verify_total_blocks,omitempty"`
 	BitmapBytes    uint64   `json:"bitmap_memory_bytes"`
 	Export         string   `json:"export,omitempty"`
 	LoopDevices    []string `json:"loop_devices,omitempty"`
@@ -67,6 +69,9 @@ func (n *Node) Status() Status {
 	st.Link, st.PeerNode = n.link, n.peerNode
 	st.Generations = n.meta.Generations.String()
 	refused := n.refused
+	if n.verifying {
+		st.VerifyDone, st.VerifyTotal = n.verified[0], n.verified[1]
+	}
 	n.mu.Unlock()
 	if n.cfg.Role == RoleSecondary {
 		n.secondaryStatus(&st)
@@ -143,6 +148,9 @@ func (st *Status) WriteText(w io.Writer) {
 		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
 	}
 	row("replication", "%s", repl)
+	if st.VerifyTotal > 0 {
+		row("verify", "%.1f%% (%d of %d blocks)", 100*float64(st.VerifyDone)/float64(st.VerifyTotal), st.VerifyDone, st.VerifyTotal)
+	}
 	disk := st.Disk
 	if st.PeerDisk != "" {
 		disk += ", peer " + st.PeerDisk

@@ -37,10 +37,11 @@ const (
 	TypePong
 	TypeError
 	TypeGeneration
+	TypeChecksum
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

@@ -13,7 +13,7 @@ func FuzzReadFrame(f *testing.F) {
 	hello, _ := (&Hello{Version: 1, NodeID: "a", Size: 1 << 20, BlockSize: 4096, Generations: [4]uint64{1, 2, 3, 4}}).MarshalBinary()
 	f.Add(AppendFrame(nil, Header{Type: TypeHello}, hello))
 	f.Add(AppendFrame(nil, Header{Type: TypeWrite, Seq: 7, Epoch: 3}, append(binary.BigEndian.AppendUint64(nil, 4096), bytes.Repeat([]byte{1}, 512)...)))
-	f.Add(AppendFrame(nil, Header{Type: TypeAck, Seq: 7}, ackPayload(nil, AckOK, "")))
+	f.Add(AppendFrame(nil, Header{Type: TypeAck, Seq: 7}, ackPayload(nil, AckOK, nil)))
 	f.Add(AppendFrame(nil, Header{Type: TypeFlush, Seq: 8}, nil))
 	f.Add(AppendFrame(nil, Header{Type: TypeGeneration, Seq: 9}, make([]byte, 32)))
 	f.Add([]byte("LDM1garbage"))
@@ -47,6 +47,8 @@ func FuzzReadFrame(f *testing.F) {
 				_, _ = parseRequest(KindTrim, h, p, 1<<20)
 			case TypeFlush:
 				_, _ = parseRequest(KindFlush, h, p, 1<<20)
+			case TypeChecksum:
+				_, _ = parseRequest(KindChecksum, h, p, 1<<20)
 			case TypeGeneration:
 				_, _ = parseRequest(KindGeneration, h, p, 1<<20)
 			}

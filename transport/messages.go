@@ -78,18 +78,23 @@ const (
 	AckOutOfRange
 )
 
-// ackPayload encodes an Ack: a status code and, for a failure, a message.
-func ackPayload(b []byte, status uint32, msg string) []byte {
+// ackPayload encodes an Ack: a status code, then for a failure its message
+// and for a success the reply (the checksums of a checksum request).
+func ackPayload(b []byte, status uint32, body []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, status)
-	return append(b, msg...)
+	return append(b, body...)
 }
 
-func parseAck(b []byte) (uint32, string, error) {
+func parseAck(b []byte) (uint32, []byte, error) {
 	if len(b) < 4 {
-		return 0, "", fmt.Errorf("%w: ack of %d bytes", ErrMalformed, len(b))
+		return 0, nil, fmt.Errorf("%w: ack of %d bytes", ErrMalformed, len(b))
 	}
-	return binary.BigEndian.Uint32(b), string(b[4:]), nil
+	return binary.BigEndian.Uint32(b), b[4:], nil
 }
+
+// MaxChecksumBlocks bounds the blocks one checksum request covers, so that
+// its reply (4 bytes a block) stays small.
+const MaxChecksumBlocks = 1024
 
 // maxErrorText bounds the reason carried by an Error frame.
 const maxErrorText = 1024

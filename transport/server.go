@@ -23,6 +23,9 @@ const (
 	// KindGeneration carries the generation identifiers the secondary adopts
 	// (in Generations) once it caught up with the primary.
 	KindGeneration
+	// KindChecksum asks for the CRC32C of each block in [Offset,
+	// Offset+Length); the Handler answers with Reply.
+	KindChecksum
 )
 
 func (k Kind) String() string {
@@ -35,6 +38,8 @@ func (k Kind) String() string {
 		return "flush"
 	case KindGeneration:
 		return "generation"
+	case KindChecksum:
+		return "checksum"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -55,8 +60,12 @@ type Request struct {
 
 // Done acknowledges the request to the primary (err == nil) or reports that
 // it failed. It must be called exactly once; Data is invalid afterwards.
-func (r *Request) Done(err error) {
-	r.sess.ack(r.Seq, err)
+func (r *Request) Done(err error) { r.Reply(nil, err) }
+
+// Reply is Done with a body for the primary (the checksums of a checksum
+// request).
+func (r *Request) Reply(body []byte, err error) {
+	r.sess.ack(r.Seq, body, err)
 	r.Data = nil
 	putBuf(r.buf)
 	r.buf = nil
@@ -223,7 +232,7 @@ func isProtocolError(err error) bool {
 type ackItem struct {
 	seq    uint64
 	status uint32
-	msg    string
+	body   []byte // reply, or the error message
 	pong   bool
 }
 
@@ -263,10 +272,10 @@ func (s *ServerSession) fail(err error) {
 	s.conn.Close()
 }
 
-func (s *ServerSession) ack(seq uint64, err error) {
-	item := ackItem{seq: seq}
+func (s *ServerSession) ack(seq uint64, body []byte, err error) {
+	item := ackItem{seq: seq, body: body}
 	if err != nil {
-		item.status, item.msg = AckIOError, err.Error()
+		item.status, item.body = AckIOError, errorPayload(err.Error())
 	}
 	select {
 	case s.acks <- item:
@@ -327,6 +336,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindFlush
 	case TypeGeneration:
 		kind = KindGeneration
+	case TypeChecksum:
+		kind = KindChecksum
 	case TypeError:
 		p := make([]byte, hd.Length)
 		if err := s.fr.ReadPayload(hd, p); err != nil {
@@ -345,6 +356,9 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		return err
 	}
 	req, err := parseRequest(kind, hd, (*buf)[:hd.Length], s.peer.Size)
+	if err == nil && kind == KindChecksum && req.Length > MaxChecksumBlocks*int64(s.cfg.BlockSize) {
+		err = fmt.Errorf("%w: checksum of %d bytes, at most %d blocks", ErrMalformed, req.Length, MaxChecksumBlocks)
+	}
 	if err != nil {
 		putBuf(buf)
 		return err
@@ -372,9 +386,9 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error)
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Data = p[8:]
 		req.Length = int64(len(req.Data))
-	case KindTrim:
+	case KindTrim, KindChecksum:
 		if len(p) != 16 {
-			return nil, fmt.Errorf("%w: trim frame of %d bytes", ErrMalformed, len(p))
+			return nil, fmt.Errorf("%w: %s frame of %d bytes", ErrMalformed, kind, len(p))
 		}
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
@@ -430,8 +444,7 @@ func (s *ServerSession) appendAck(buf []byte, item ackItem) []byte {
 		return AppendFrame(buf, Header{Type: TypePong, Epoch: s.cfg.Epoch}, nil)
 	}
 	var p [4 + maxErrorText]byte
-	payload := ackPayload(p[:0], item.status, item.msg)
-	return AppendFrame(buf, Header{Type: TypeAck, Seq: item.seq, Epoch: s.cfg.Epoch}, payload[:min(len(payload), 4+maxErrorText)])
+	return AppendFrame(buf, Header{Type: TypeAck, Seq: item.seq, Epoch: s.cfg.Epoch}, ackPayload(p[:0], item.status, item.body))
 }
 
 // watchdog closes a session whose primary went silent (it pings when idle).

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -27,6 +28,7 @@ type Call struct {
 	nframe int
 	kind   Type
 	data   []byte
+	reply  []byte // the ack's body, for a checksum request
 	seq    uint64
 	sentAt time.Time
 	result chan error
@@ -37,10 +39,17 @@ var callPool = sync.Pool{New: func() any { return &Call{result: make(chan error,
 // Wait blocks until the peer acknowledged the request or the session broke.
 // The Call must not be used afterwards.
 func (c *Call) Wait() error {
-	err := <-c.result
-	c.data = nil
-	callPool.Put(c)
+	_, err := c.WaitReply()
 	return err
+}
+
+// WaitReply is Wait for a request whose ack carries a reply.
+func (c *Call) WaitReply() ([]byte, error) {
+	err := <-c.result
+	reply := c.reply
+	c.data, c.reply = nil, nil
+	callPool.Put(c)
+	return reply, err
 }
 
 // SessionStats are counters of one session.
@@ -175,6 +184,17 @@ func (s *Session) SubmitGeneration(g [4]uint64) (*Call, error) {
 	return s.submit(TypeGeneration, 0, 0, nil, g[:]...)
 }
 
+// SubmitChecksum asks the peer for the CRC32C of each of the blocks of
+// blockSize bytes in n bytes at off (at most MaxChecksumBlocks blocks), read
+// after every earlier overlapping write was applied. WaitReply returns them,
+// 4 bytes a block, big-endian.
+func (s *Session) SubmitChecksum(off, n int64) (*Call, error) {
+	if n <= 0 || n > MaxChecksumBlocks*int64(s.cfg.BlockSize) {
+		return nil, fmt.Errorf("checksum of %d bytes: must be 1 to %d blocks", n, MaxChecksumBlocks)
+	}
+	return s.submit(TypeChecksum, off, n, nil)
+}
+
 func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Call, error) {
 	select {
 	case s.window <- struct{}{}:
@@ -188,7 +208,7 @@ func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Ca
 	case TypeWrite:
 		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
 		plen = 8
-	case TypeTrim:
+	case TypeTrim, TypeChecksum:
 		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
 		binary.BigEndian.PutUint64(c.frame[HeaderSize+8:], uint64(n))
 		plen = 16
@@ -323,7 +343,7 @@ func (s *Session) readLoop() {
 }
 
 func (s *Session) complete(seq uint64, payload []byte) error {
-	status, msg, err := parseAck(payload)
+	status, body, err := parseAck(payload)
 	if err != nil {
 		return err
 	}
@@ -336,8 +356,11 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 	}
 	<-s.window
 	if status != AckOK {
-		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, msg)
+		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, body)
 		return nil
+	}
+	if c.kind == TypeChecksum {
+		c.reply = bytes.Clone(body) // payload aliases the read buffer
 	}
 	switch c.kind {
 	case TypeFlush:

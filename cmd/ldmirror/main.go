@@ -20,11 +20,8 @@ func main() {
 			detachCommand(),
 			statusCommand(),
 			resolveCommand(),
+			verifyCommand(),
 			retrierCommand(),
-			witnessCommand(),
-			clusterCommand(),
-			promoteCommand(),
-			demoteCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {
