@@ -22,6 +22,10 @@ func main() {
 			resolveCommand(),
 			verifyCommand(),
 			retrierCommand(),
+			witnessCommand(),
+			clusterCommand(),
+			promoteCommand(),
+			demoteCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {
