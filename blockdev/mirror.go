@@ -61,6 +61,7 @@ type Mirror struct {
 
 	resyncDone  atomic.Uint64
 	resyncTotal atomic.Uint64
+	resyncStart atomic.Int64 // unix nanoseconds
 }
 
 // NewMirror returns a Mirror over local that tracks dirty blocks in dirty
@@ -262,6 +263,7 @@ func (m *Mirror) Resync(ctx context.Context) error {
 	}()
 	m.resyncTotal.Store(oos.GetCardinality())
 	m.resyncDone.Store(0)
+	m.resyncStart.Store(time.Now().UnixNano())
 	bs := int64(m.dirty.BlockSize())
 	maxRun := uint32(transport.MaxWrite / bs)
 	buf := make([]byte, transport.MaxWrite)
@@ -346,6 +348,7 @@ type MirrorStatus struct {
 	Flushes      uint64
 	ResyncDone   uint64 // blocks
 	ResyncTotal  uint64 // blocks
+	ResyncStart  time.Time
 	BlockSize    int
 	BitmapMemory uint64 // bytes
 }
@@ -377,5 +380,6 @@ func (m *Mirror) Status() MirrorStatus {
 	st.BlockSize = m.dirty.BlockSize()
 	st.BitmapMemory = m.dirty.SizeInBytes()
 	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
+	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
 	return st
 }

@@ -186,3 +186,31 @@ func TestBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusText(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		st   Status
+		want []string
+	}{
+		{"resyncing", Status{Role: RolePrimary, Link: LinkConnected, Replication: "resyncing", ResyncDone: 256, ResyncTotal: 1024,
+			ResyncRate: 100 << 20, ResyncETASec: 3, BlockSize: 4096},
+			[]string{"resyncing 25.0% (256 of 1024 blocks), 100.0 MiB/s, ETA 3 s"}},
+		{"verifying", Status{Role: RolePrimary, Link: LinkConnected, Replication: "replicating", Mode: "sync", VerifyDone: 10, VerifyTotal: 40},
+			[]string{"replicating (sync)", "verify       25.0% (10 of 40 blocks)"}},
+		{"logging", Status{Role: RolePrimary, Link: LinkDisconnected, Peer: "b:7789", Replication: "logging", DirtyBlocks: 3, DirtyBytes: 12288, LastError: "peer link lost"},
+			[]string{"disconnected to b:7789", "dirty        3 blocks (12.0 KiB)", "last error   peer link lost"}},
+		{"secondary", Status{Role: RoleSecondary, Link: LinkConnected, PeerNode: "a", Replication: "replicating", WritesApplied: 5, AppliedSeq: 9},
+			[]string{"(node a)", "applied      5 writes, 0 B, up to seq 9"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			tc.st.WriteText(&b)
+			for _, w := range tc.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("status text lacks %q:\n%s", w, b.String())
+				}
+			}
+		})
+	}
+}

@@ -36,6 +36,8 @@ type Status struct {
 	WindowSize     int      `json:"window_size"`
 	ResyncDone     uint64   `json:"resync_done_blocks,omitempty"`
 	ResyncTotal    uint64   `json:"resync_total_blocks,omitempty"`
+	ResyncRate     float64  `json:"resync_rate_bytes_per_second,omitempty"`
+	ResyncETASec   float64  `json:"resync_eta_seconds,omitempty"`
 	VerifyDone     uint64   `json:"verify_done_blocks,omitempty"`
 	VerifyTotal    uint64   `json:"verify_total_blocks,omitempty"`
 	BitmapBytes    uint64   `json:"bitmap_memory_bytes"`
@@ -92,6 +94,12 @@ func (n *Node) Status() Status {
 	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
 	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
 	st.ResyncDone, st.ResyncTotal = ms.ResyncDone, ms.ResyncTotal
+	if ms.Replication == blockdev.StateResyncing {
+		if secs := time.Since(ms.ResyncStart).Seconds(); secs > 0 && ms.ResyncDone > 0 {
+			st.ResyncRate = float64(ms.ResyncDone*uint64(ms.BlockSize)) / secs
+			st.ResyncETASec = float64((ms.ResyncTotal-ms.ResyncDone)*uint64(ms.BlockSize)) / st.ResyncRate
+		}
+	}
 	st.BitmapBytes = ms.BitmapMemory
 	st.LastError = ms.LastError
 	if refused != "" {
@@ -146,6 +154,9 @@ func (st *Status) WriteText(w io.Writer) {
 	}
 	if st.ResyncTotal > 0 && st.Replication == blockdev.StateResyncing {
 		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
+		if st.ResyncRate > 0 {
+			repl += fmt.Sprintf(", %s/s, ETA %.0f s", Bytes(uint64(st.ResyncRate)), st.ResyncETASec)
+		}
 	}
 	row("replication", "%s", repl)
 	if st.VerifyTotal > 0 {
