@@ -1,0 +1,373 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/internal/netns"
+)
+
+// The control plane on three network namespaces: data hosts a and b run
+// `ldmirror cluster member` (a raft member that registers as a data host,
+// without the data path), w runs `ldmirror witness`. Faults are the lab's:
+// links down, nftables partitions, kill -9.
+
+const (
+	clusterPort = "7400"
+	// raftTimeout keeps elections short (a dead leader is replaced in about
+	// 2x this) without flapping on a loaded 2-core machine.
+	raftTimeout = "500ms"
+)
+
+// clusterStatusJSON is what `ldmirror cluster status --json` prints.
+type clusterStatusJSON struct {
+	NodeID    string              `json:"node_id"`
+	RaftState string              `json:"raft_state"`
+	Leader    string              `json:"leader"`
+	Volume    cluster.VolumeState `json:"volume"`
+	Members   []cluster.Member    `json:"members"`
+}
+
+// raftMember is one member process in the lab.
+type raftMember struct {
+	host string
+	dir  string
+	args []string
+	log  *os.File
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+type clusterLab struct {
+	t       *testing.T
+	lab     *netns.Lab
+	members map[string]*raftMember
+}
+
+// newClusterLab starts a (bootstrapping), then b and w joining through a,
+// and waits until every member sees three registered voters and a leader.
+func newClusterLab(t *testing.T) *clusterLab {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped with -short")
+	}
+	lab := netns.NewLab(t, "a", "b", "w")
+	root := t.TempDir()
+	secret := filepath.Join(root, "secret")
+	if err := os.WriteFile(secret, []byte("e2e-cluster-secret-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cl := &clusterLab{t: t, lab: lab, members: map[string]*raftMember{}}
+	for _, h := range []string{"a", "b", "w"} {
+		args := []string{"cluster", "member"}
+		if h == "w" {
+			args = []string{"witness"}
+		}
+		args = append(args, "--data-dir", filepath.Join(root, h), "--node-id", h,
+			"--bind", lab.Addr(h)+":"+clusterPort, "--secret-file", secret, "--raft-timeout", raftTimeout)
+		if h == "a" {
+			args = append(args, "--bootstrap")
+		} else {
+			args = append(args, "--join", lab.Addr("a")+":"+clusterPort)
+		}
+		m := &raftMember{host: h, dir: filepath.Join(root, h), args: args}
+		if err := os.MkdirAll(m.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.OpenFile(filepath.Join(root, h+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.log = logf
+		cl.members[h] = m
+		t.Cleanup(func() {
+			cl.kill(h)
+			if t.Failed() {
+				b, _ := os.ReadFile(logf.Name())
+				t.Logf("log of member %s:\n%s", h, b)
+			}
+			logf.Close()
+		})
+		cl.start(h)
+	}
+	cl.waitFormed(30 * time.Second)
+	return cl
+}
+
+// start runs host's member with the arguments it was first started with.
+func (cl *clusterLab) start(host string) {
+	cl.t.Helper()
+	m := cl.members[host]
+	m.cmd = cl.lab.Command(host, binary, m.args...)
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		cl.t.Fatal(err)
+	}
+	m.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(m.cmd, m.done)
+	waitFor(cl.t, 10*time.Second, "member "+host+" to answer on its control socket", func() bool {
+		_, err := cl.status(host)
+		return err == nil
+	})
+}
+
+// kill sends SIGKILL to host's member and waits for it to exit.
+func (cl *clusterLab) kill(host string) {
+	m := cl.members[host]
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Kill()
+	<-m.done
+	m.cmd = nil
+}
+
+// ctl runs an ldmirror command against host's control socket and returns
+// its stdout, or an error with its stderr.
+func (cl *clusterLab) ctl(host string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(os.Environ(), "LDMIRROR_CLUSTER_CONTROL="+filepath.Join(cl.members[host].dir, "control.sock"))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("ldmirror %s on %s: %w: %s", strings.Join(args, " "), host, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// mustCtl is ctl that fails the test on error.
+func (cl *clusterLab) mustCtl(host string, args ...string) string {
+	cl.t.Helper()
+	out, err := cl.ctl(host, args...)
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	return out
+}
+
+func (cl *clusterLab) status(host string) (clusterStatusJSON, error) {
+	var st clusterStatusJSON
+	out, err := cl.ctl(host, "cluster", "status", "--json", "--timeout", "2s")
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal([]byte(out), &st)
+}
+
+// waitFormed waits until every member knows three voters, all registered,
+// and the same leader.
+func (cl *clusterLab) waitFormed(limit time.Duration) {
+	cl.t.Helper()
+	waitFor(cl.t, limit, "three registered voters with one leader on every member", func() bool {
+		leader := ""
+		for _, h := range []string{"a", "b", "w"} {
+			st, err := cl.status(h)
+			if err != nil || st.Leader == "" || (leader != "" && st.Leader != leader) || len(st.Volume.Hosts) != 3 {
+				return false
+			}
+			leader = st.Leader
+			voters := 0
+			for _, m := range st.Members {
+				if m.Voter {
+					voters++
+				}
+			}
+			if voters != 3 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitState waits until host's own copy of the state satisfies ok.
+func (cl *clusterLab) waitState(host string, limit time.Duration, what string, ok func(cluster.VolumeState) bool) cluster.VolumeState {
+	cl.t.Helper()
+	var st clusterStatusJSON
+	waitFor(cl.t, limit, what+" on "+host, func() bool {
+		var err error
+		st, err = cl.status(host)
+		return err == nil && ok(st.Volume)
+	})
+	return st.Volume
+}
+
+// promoteInitial makes a primary in epoch 1: a fresh data host is
+// inconsistent, so the first promotion is forced (the daemon will mark a
+// freshly initialised volume uptodate instead, once it embeds a member).
+func (cl *clusterLab) promoteInitial() {
+	cl.t.Helper()
+	if _, err := cl.ctl("b", "promote", "a"); err == nil || !strings.Contains(err.Error(), cluster.ErrNotUpToDate.Error()) {
+		cl.t.Fatalf("promoting inconsistent a without --force: got %v, want %q", err, cluster.ErrNotUpToDate)
+	}
+	out := cl.mustCtl("b", "promote", "a", "--force", "--reason", "initial sync")
+	if want := "a is primary in epoch 1 (forced)"; strings.TrimSpace(out) != want {
+		cl.t.Fatalf("promote printed %q, want %q", out, want)
+	}
+}
+
+// TestClusterBootstrapJoin: a bootstraps, b and w join; status shows three
+// voters, a leader and the roles; a forced promotion of a opens epoch 1 and
+// is shown in status on every member.
+func TestClusterBootstrapJoin(t *testing.T) {
+	cl := newClusterLab(t)
+	st, err := cl.status("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range st.Volume.Hosts {
+		want := map[string]cluster.DiskState{"a": cluster.DiskInconsistent, "b": cluster.DiskInconsistent, "w": cluster.DiskDiskless}[h.ID]
+		if h.Disk != want || h.Witness != (h.ID == "w") {
+			t.Fatalf("host %s: disk %s witness %t, want %s and witness only for w", h.ID, h.Disk, h.Witness, want)
+		}
+	}
+	cl.promoteInitial()
+	for _, h := range []string{"a", "b", "w"} {
+		v := cl.waitState(h, 10*time.Second, "a primary in epoch 1", func(v cluster.VolumeState) bool {
+			return v.Primary == "a" && v.Epoch == 1
+		})
+		if v.ForcedPromotions != 1 || v.LastForced.Node != "a" || v.LastForced.Reason != "initial sync" {
+			t.Fatalf("status on %s: forced promotions %d, last %+v", h, v.ForcedPromotions, v.LastForced)
+		}
+	}
+	text := cl.mustCtl("w", "cluster", "status")
+	for _, want := range []string{"primary:  a", "epoch:    1", "witness", "forced promotions: 1", `"initial sync"`} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("cluster status lacks %q:\n%s", want, text)
+		}
+	}
+	t.Logf("cluster status on w:\n%s", text)
+}
+
+// TestClusterQuorum: with w's link down, a and b still commit; with b's
+// down too, a command on a fails with no quorum at its deadline; once the
+// links are back, commands commit again.
+func TestClusterQuorum(t *testing.T) {
+	cl := newClusterLab(t)
+	cl.promoteInitial()
+
+	cl.lab.LinkDown("w")
+	if out := cl.mustCtl("a", "demote", "a"); !strings.Contains(out, "no primary in epoch 2") {
+		t.Fatalf("demote without w: %q", out)
+	}
+	if out := cl.mustCtl("b", "promote", "a"); !strings.Contains(out, "a is primary in epoch 3") {
+		t.Fatalf("promote without w: %q", out)
+	}
+
+	cl.lab.LinkDown("b")
+	start := time.Now()
+	_, err := cl.ctl("a", "demote", "a", "--epoch", "3", "--timeout", "3s")
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "no quorum") {
+		t.Fatalf("demote on a alone: got %v, want a no-quorum error", err)
+	}
+	if took > 8*time.Second {
+		t.Fatalf("demote with a 3s timeout took %v", took)
+	}
+	t.Logf("without quorum: %v after %v", err, took.Round(time.Millisecond))
+
+	cl.lab.LinkUp("b")
+	cl.lab.LinkUp("w")
+	// The refused demote may still commit once a reaches the others (raft
+	// keeps an appended entry); promote a is right either way.
+	waitFor(t, 30*time.Second, "a command to commit after the links are back", func() bool {
+		_, err := cl.ctl("a", "promote", "a", "--timeout", "3s")
+		return err == nil
+	})
+	for _, h := range []string{"a", "b", "w"} {
+		cl.waitState(h, 10*time.Second, "a primary", func(v cluster.VolumeState) bool { return v.Primary == "a" && v.Epoch >= 3 })
+	}
+}
+
+// TestClusterPartitionFailover: a, primary, is cut off from b and w. It can
+// commit nothing; b and w promote b (forced: b never synced, so it is not
+// uptodate and Failover refuses it). After the partition heals, a's own
+// copy shows b primary in the new epoch and a outdated.
+func TestClusterPartitionFailover(t *testing.T) {
+	cl := newClusterLab(t)
+	cl.promoteInitial()
+	cl.waitState("a", 10*time.Second, "a primary", func(v cluster.VolumeState) bool { return v.Primary == "a" && v.Epoch == 1 })
+
+	cl.lab.Partition("a", "b")
+	cl.lab.Partition("a", "w")
+	if _, err := cl.ctl("b", "promote", "b"); err == nil || !strings.Contains(err.Error(), cluster.ErrNotUpToDate.Error()) {
+		t.Fatalf("promote inconsistent b: got %v, want %q", err, cluster.ErrNotUpToDate)
+	}
+	out := cl.mustCtl("w", "promote", "b", "--force", "--reason", "a cut off from b and w", "--timeout", "20s")
+	if !strings.Contains(out, "b is primary in epoch 2 (forced)") {
+		t.Fatalf("forced promote of b: %q", out)
+	}
+	if _, err := cl.ctl("a", "demote", "a", "--epoch", "1", "--timeout", "2s"); err == nil || !strings.Contains(err.Error(), "no quorum") {
+		t.Fatalf("a, partitioned, committed or failed otherwise: %v", err)
+	}
+	if v, err := cl.status("a"); err != nil || v.Volume.Primary != "a" || v.Volume.Epoch != 1 {
+		t.Fatalf("a's copy during the partition: %+v, %v (want a primary in epoch 1: it cannot learn more)", v.Volume, err)
+	}
+
+	cl.lab.Heal("a", "b")
+	cl.lab.Heal("a", "w")
+	v := cl.waitState("a", 30*time.Second, "b primary in epoch 2", func(v cluster.VolumeState) bool {
+		return v.Primary == "b" && v.Epoch == 2
+	})
+	if h, _ := v.Host("a"); h.Disk != cluster.DiskOutdated {
+		t.Fatalf("displaced a is %s, want outdated", h.Disk)
+	}
+	if v.LastForced.Node != "b" || v.ForcedPromotions != 2 {
+		t.Fatalf("forced promotions %d, last %+v", v.ForcedPromotions, v.LastForced)
+	}
+	// a's old epoch is fenced: its demote is refused as stale.
+	if _, err := cl.ctl("a", "demote", "a", "--epoch", "1"); err == nil || !strings.Contains(err.Error(), cluster.ErrStaleEpoch.Error()) {
+		t.Fatalf("demote in a's old epoch: got %v, want %q", err, cluster.ErrStaleEpoch)
+	}
+}
+
+// TestClusterRestart: every member is killed with SIGKILL and restarted
+// with its original flags; the state is what it was, and commands commit.
+func TestClusterRestart(t *testing.T) {
+	cl := newClusterLab(t)
+	cl.promoteInitial()
+	cl.mustCtl("a", "demote", "a")
+	cl.mustCtl("a", "promote", "a")
+	before := cl.waitState("w", 10*time.Second, "a primary in epoch 3", func(v cluster.VolumeState) bool {
+		return v.Primary == "a" && v.Epoch == 3
+	})
+
+	for _, h := range []string{"a", "b", "w"} {
+		cl.kill(h)
+	}
+	for _, h := range []string{"w", "b", "a"} {
+		cl.start(h)
+	}
+	cl.waitFormed(30 * time.Second)
+	for _, h := range []string{"a", "b", "w"} {
+		after := cl.waitState(h, 10*time.Second, "the state from before the restart", func(v cluster.VolumeState) bool {
+			return v.Index >= before.Index
+		})
+		if !sameState(before, after) {
+			t.Fatalf("state on %s after restart:\n%+v\nbefore:\n%+v", h, after, before)
+		}
+	}
+	if out := cl.mustCtl("b", "demote", "a"); !strings.Contains(out, "no primary in epoch 4") {
+		t.Fatalf("demote after restart: %q", out)
+	}
+}
+
+// sameState compares what a restart must keep.
+func sameState(a, b cluster.VolumeState) bool {
+	return a.Primary == b.Primary && a.Epoch == b.Epoch && a.EpochIndex == b.EpochIndex &&
+		slices.Equal(a.Hosts, b.Hosts) && a.ForcedPromotions == b.ForcedPromotions &&
+		a.LastForced.Node == b.LastForced.Node && a.LastForced.Reason == b.LastForced.Reason &&
+		a.LastForced.Epoch == b.LastForced.Epoch && a.LastForced.At.Equal(b.LastForced.At)
+}
