@@ -117,8 +117,8 @@ func startMember(c *cli.Context, prefix string, opt memberOptions) (*member, err
 	return m, nil
 }
 
-// start bootstraps or joins unless this member is already a voter (a
-// restart), in which case its log already says so.
+// start bootstraps or joins unless this member is already a registered
+// voter (a restart).
 func (m *member) start(ctx context.Context, boot bool, join string) error {
 	if !boot && join == "" {
 		return nil
@@ -127,8 +127,13 @@ func (m *member) start(ctx context.Context, boot bool, join string) error {
 	if err != nil {
 		return err
 	}
+	// A restarted member is a voter already. A join registers before it
+	// adds the voter, so a voter that joined is registered; one that
+	// bootstrapped may have died between the two steps, so unless its copy
+	// of the state shows it registered, Bootstrap (idempotent) runs again.
+	_, registered := m.c.State().Host(m.c.NodeID())
 	for _, x := range members {
-		if x.ID == m.c.NodeID() && x.Voter {
+		if x.ID == m.c.NodeID() && x.Voter && (!boot || registered) {
 			m.log.Info("cluster: already a voter; --bootstrap/--join not needed", "node", x.ID)
 			return nil
 		}
@@ -181,9 +186,6 @@ func (m *member) Handler() http.Handler {
 	mux.HandleFunc("POST /cluster/promote", m.serveCommand(func(ctx context.Context, r controlRequest) (controlReply, error) {
 		if r.Force && strings.TrimSpace(r.Reason) == "" {
 			return controlReply{}, fmt.Errorf("%w: --force needs --reason", cluster.ErrInvalidCommand)
-		}
-		if r.Force {
-			m.log.Warn("cluster: operator forces a promotion", "node", r.Node, "reason", r.Reason)
 		}
 		e, err := m.c.Promote(ctx, r.Node, r.Force, r.Reason)
 		return controlReply{Epoch: e, Primary: r.Node}, err
