@@ -37,7 +37,13 @@ type WriteIntent interface {
 	ClearOutOfSync(blocks *roaring.Bitmap)
 	// MarkOutOfSync records blocks found to differ (by verify).
 	MarkOutOfSync(blocks *roaring.Bitmap)
+	// Sync makes the out-of-sync changes so far durable: a resync calls it
+	// as it goes, so an interrupted resync resumes where it was.
+	Sync(ctx context.Context) error
 }
+
+// progressInterval is how often a resync persists what it copied.
+const progressInterval = time.Second
 
 // Mirror is the primary's view of the volume: a Device whose writes are
 // mirrored to the peer through a transport.Session (sync mode). Without a
@@ -62,7 +68,12 @@ type Mirror struct {
 	resyncDone  atomic.Uint64
 	resyncTotal atomic.Uint64
 	resyncStart atomic.Int64 // unix nanoseconds
+	resyncRate  atomic.Int64 // bytes per second; 0: unlimited
 }
+
+// SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
+// that application writes keep most of the link.
+func (m *Mirror) SetResyncRate(bytesPerSecond int64) { m.resyncRate.Store(bytesPerSecond) }
 
 // NewMirror returns a Mirror over local that tracks dirty blocks in dirty
 // and, if intent is not nil, durably in intent.
@@ -268,6 +279,8 @@ func (m *Mirror) Resync(ctx context.Context) error {
 	maxRun := uint32(transport.MaxWrite / bs)
 	buf := make([]byte, transport.MaxWrite)
 	start := time.Now()
+	lastSync := start
+	var sent int64
 	it := oos.Iterator()
 	for it.HasNext() {
 		if err := ctx.Err(); err != nil {
@@ -282,9 +295,40 @@ func (m *Mirror) Resync(ctx context.Context) error {
 			return fmt.Errorf("resync: %w", err)
 		}
 		m.resyncDone.Add(uint64(last - first + 1))
+		sent += int64(last-first+1) * bs
+		if m.intent != nil && time.Since(lastSync) >= progressInterval {
+			if err := m.intent.Sync(ctx); err != nil {
+				return fmt.Errorf("resync: persist progress: %w", err)
+			}
+			lastSync = time.Now()
+		}
+		if err := m.pace(ctx, start, sent); err != nil {
+			return err
+		}
 	}
 	m.log.Info("resync finished", "blocks", oos.GetCardinality(), "elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// pace waits until sent bytes since start fit the resync rate.
+func (m *Mirror) pace(ctx context.Context, start time.Time, sent int64) error {
+	rate := m.resyncRate.Load()
+	if rate <= 0 {
+		return nil
+	}
+	due := start.Add(time.Duration(float64(sent) / float64(rate) * float64(time.Second)))
+	wait := time.Until(due)
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte) error {

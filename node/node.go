@@ -48,6 +48,8 @@ type Config struct {
 	Timeout time.Duration
 	// Window is the number of writes in flight to the peer (default 64).
 	Window int
+	// ResyncRate limits resync traffic in bytes per second (0: no limit).
+	ResyncRate int64
 	// Passthrough serves the backing file with no mirroring and no dirty
 	// tracking: the frontend's own limit, for benchmarks only.
 	Passthrough bool
@@ -190,6 +192,7 @@ func Open(cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.mirror = blockdev.NewMirror(n.dev, n.dirty, n.sb, n.log)
+		n.mirror.SetResyncRate(cfg.ResyncRate)
 	}
 	ok = true
 	return n, nil

@@ -32,6 +32,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
+			&cli.StringFlag{Name: "resync-rate", Usage: "limit resync traffic, e.g. 100MiB (per second; default: no limit)"},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
@@ -68,6 +69,13 @@ func runDaemon(c *cli.Context) error {
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
 		log.Warn("could not mark the daemon as an I/O flusher", "err", err)
 	}
+	var rate int64
+	if r := c.String("resync-rate"); r != "" {
+		var err error
+		if rate, err = parseSize(r); err != nil {
+			return fmt.Errorf("--resync-rate: %w", err)
+		}
+	}
 	n, err := node.Open(node.Config{
 		Dir:         c.String("dir"),
 		Role:        c.String("role"),
@@ -79,6 +87,7 @@ func runDaemon(c *cli.Context) error {
 		Timeout:     c.Duration("timeout"),
 		Window:      c.Int("window"),
 		Passthrough: c.Bool("passthrough"),
+		ResyncRate:  rate,
 		Logger:      log,
 	})
 	if err != nil {

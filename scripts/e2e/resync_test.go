@@ -225,3 +225,68 @@ func TestVerifyRepairsFlippedBits(t *testing.T) {
 		t.Fatal("verify on the secondary succeeded; only the primary can verify")
 	}
 }
+
+// writeRange fills n bytes at off of the primary's export with random data.
+func writeRange(t *testing.T, a string, off, n int64) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for done := int64(0); done < n; done += int64(len(buf)) {
+		rand.Read(buf)
+		if _, err := f.WriteAt(buf[:min(int64(len(buf)), n-done)], off+done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestResyncInterruptedAndResumed is issue 4's scenario 6: the resync
+// source is SIGKILLed past half way; after its restart the resync resumes
+// from the progress it persisted (once a second) instead of starting over.
+// The dirty data is written before a clean restart of the primary: after a
+// crash the primary also resyncs its activity log's hot extents, which would
+// hide whether the progress survived.
+func TestResyncInterruptedAndResumed(t *testing.T) {
+	requireE2E(t)
+	const rate = 16 << 20 // bytes per second
+	const dirty = 96 << 20
+	a, b, secret := pairDirs(t, "256MiB")
+	pri, sec := mirroredPair(t, a, b, secret, "--resync-rate", "16MiB")
+	priArgs, secArgs := pri.cmd.Args[4:], sec.cmd.Args[4:]
+	sec.kill()
+	<-sec.done
+	waitFor(t, 10*time.Second, "the primary to notice", func() bool {
+		st, err := status(a)
+		return err == nil && st.Link == node.LinkDisconnected
+	})
+	writeRange(t, a, 32<<20, dirty)
+	pri.stop(t)
+	pri = startDaemon(t, a, priArgs...)
+	if st := statusJSON(t, a); st.DirtyBlocks != dirty/blockSize {
+		t.Fatalf("after a clean restart %d blocks are dirty, want %d", st.DirtyBlocks, dirty/blockSize)
+	}
+
+	startDaemon(t, b, secArgs...)
+	var doneAtKill uint64
+	waitFor(t, 30*time.Second, "the resync to pass 60%", func() bool {
+		st, err := status(a)
+		doneAtKill = st.ResyncDone
+		return err == nil && st.Replication == "resyncing" && st.ResyncDone*10 >= st.ResyncTotal*6
+	})
+	pri.kill()
+	<-pri.done
+	startDaemon(t, a, priArgs...)
+	st := waitInSync(t, a, b)
+	resent := int64(st.BytesShipped)
+	limit := dirty - int64(doneAtKill)*blockSize + 3*rate/2 // what was left, plus at most ~1 s of unpersisted progress
+	if resent > limit || resent >= dirty {
+		t.Fatalf("after the restart the resync sent %d bytes; %d of %d were done at the kill, so at most %d were due", resent, doneAtKill*blockSize, dirty, limit)
+	}
+	t.Logf("killed at %d%% of %d MiB; the restarted source resent %.1f MiB", 100*doneAtKill*blockSize/dirty, dirty>>20, float64(resent)/(1<<20))
+}
