@@ -220,7 +220,8 @@ func (cl *clusterLab) promoteInitial() {
 
 // TestClusterBootstrapJoin: a bootstraps, b and w join; status shows three
 // voters, a leader and the roles; a forced promotion of a opens epoch 1 and
-// is shown in status on every member.
+// is shown in status on every member; a host with the wrong secret is
+// refused and its member exits saying so.
 func TestClusterBootstrapJoin(t *testing.T) {
 	cl := newClusterLab(t)
 	st, err := cl.status("w")
@@ -242,6 +243,34 @@ func TestClusterBootstrapJoin(t *testing.T) {
 			t.Fatalf("status on %s: forced promotions %d, last %+v", h, v.ForcedPromotions, v.LastForced)
 		}
 	}
+	// A host without the secret cannot join; the member says why and exits.
+	bad := filepath.Join(t.TempDir(), "bad-secret")
+	if err := os.WriteFile(bad, []byte("not-the-cluster-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	intruder := cl.lab.Command("w", binary, "witness", "--data-dir", t.TempDir(), "--node-id", "x",
+		"--bind", cl.lab.Addr("w")+":7401", "--secret-file", bad, "--join", cl.lab.Addr("a")+":"+clusterPort)
+	var out bytes.Buffer
+	intruder.Stdout, intruder.Stderr = &out, &out
+	if err := intruder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- intruder.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil || !strings.Contains(out.String(), "authentication failed") {
+			t.Fatalf("member with a wrong secret: exit %v, output:\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		_ = intruder.Process.Kill()
+		<-exited
+		t.Fatalf("member with a wrong secret still running after 20 s:\n%s", out.String())
+	}
+	if st, err := cl.status("a"); err != nil || len(st.Members) != 3 || len(st.Volume.Hosts) != 3 {
+		t.Fatalf("after a refused join: members %+v, hosts %+v, %v", st.Members, st.Volume.Hosts, err)
+	}
+
 	text := cl.mustCtl("w", "cluster", "status")
 	for _, want := range []string{"primary:  a", "epoch:    1", "witness", "forced promotions: 1", `"initial sync"`} {
 		if !strings.Contains(text, want) {
@@ -370,4 +399,41 @@ func sameState(a, b cluster.VolumeState) bool {
 		slices.Equal(a.Hosts, b.Hosts) && a.ForcedPromotions == b.ForcedPromotions &&
 		a.LastForced.Node == b.LastForced.Node && a.LastForced.Reason == b.LastForced.Reason &&
 		a.LastForced.Epoch == b.LastForced.Epoch && a.LastForced.At.Equal(b.LastForced.At)
+}
+
+// TestClusterRemoveJoin replaces the witness the way docs/cluster.md says:
+// `cluster remove w` on a healthy member, w's data directory moved aside,
+// w started empty and joined with `cluster join` through its control socket.
+func TestClusterRemoveJoin(t *testing.T) {
+	cl := newClusterLab(t)
+	cl.promoteInitial()
+	if _, err := cl.ctl("b", "cluster", "remove", "a"); err == nil || !strings.Contains(err.Error(), cluster.ErrIsPrimary.Error()) {
+		t.Fatalf("remove the primary: got %v, want %q", err, cluster.ErrIsPrimary)
+	}
+	if out := cl.mustCtl("a", "cluster", "remove", "w"); strings.TrimSpace(out) != "removed w" {
+		t.Fatalf("remove w printed %q", out)
+	}
+	waitFor(t, 10*time.Second, "a to know two voters and two hosts", func() bool {
+		st, err := cl.status("a")
+		return err == nil && len(st.Members) == 2 && len(st.Volume.Hosts) == 2
+	})
+
+	w := cl.members["w"]
+	cl.kill("w")
+	if err := os.Rename(w.dir, w.dir+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(w.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.Index(w.args, "--join")
+	w.args = slices.Delete(w.args, i, i+2)
+	cl.start("w")
+	if out := cl.mustCtl("w", "cluster", "join", cl.lab.Addr("b")+":"+clusterPort); !strings.Contains(out, "joined via") {
+		t.Fatalf("cluster join printed %q", out)
+	}
+	cl.waitFormed(30 * time.Second)
+	cl.waitState("w", 10*time.Second, "a primary in epoch 1", func(v cluster.VolumeState) bool {
+		return v.Primary == "a" && v.Epoch == 1
+	})
 }
