@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/resync"
@@ -50,6 +51,10 @@ type Config struct {
 	Window int
 	// ResyncRate limits resync traffic in bytes per second (0: no limit).
 	ResyncRate int64
+	// NoActivityLog skips write-intent logging (DRBD's al-updates no): the
+	// out-of-sync map stays durable, but after a primary crash the blocks
+	// written just before it are not resynced. For measurement and tests.
+	NoActivityLog bool
 	// Passthrough serves the backing file with no mirroring and no dirty
 	// tracking: the frontend's own limit, for benchmarks only.
 	Passthrough bool
@@ -191,7 +196,12 @@ func Open(cfg Config) (*Node, error) {
 			n.dev.Close()
 			return nil, err
 		}
-		n.mirror = blockdev.NewMirror(n.dev, n.dirty, n.sb, n.log)
+		var intent blockdev.WriteIntent = n.sb
+		if cfg.NoActivityLog {
+			intent = outOfSyncOnly{n.sb}
+			n.log.Warn("activity log off: after a crash of this primary, blocks written just before it may differ on the peer without being resynced")
+		}
+		n.mirror = blockdev.NewMirror(n.dev, n.dirty, intent, n.log)
 		n.mirror.SetResyncRate(cfg.ResyncRate)
 	}
 	ok = true
@@ -575,4 +585,18 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 	res.Seconds = time.Since(start).Seconds()
 	n.log.Info("verify finished", "blocks", res.Blocks, "out_of_sync", res.OutOfSync, "repaired", res.Repaired, "err", err)
 	return res, err
+}
+
+// outOfSyncOnly is the scoreboard without its activity log: writes are not
+// announced, only those that failed to reach the peer are recorded.
+type outOfSyncOnly struct{ *scoreboard.Scoreboard }
+
+func (outOfSyncOnly) BeginWrite(context.Context, bitmap.Extent) error { return nil }
+
+func (o outOfSyncOnly) EndWrite(e bitmap.Extent, inSync bool) {
+	if !inSync {
+		b := roaring.New()
+		b.AddRange(uint64(e.First), uint64(e.Last)+1)
+		o.MarkOutOfSync(b)
+	}
 }

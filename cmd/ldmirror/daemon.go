@@ -32,6 +32,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
+			&cli.BoolFlag{Name: "activity-log", Value: true, Usage: "log write intent per 4 MiB extent; false is unsafe: after a primary crash, blocks written just before it may differ without being resynced"},
 			&cli.StringFlag{Name: "resync-rate", Usage: "limit resync traffic, e.g. 100MiB (per second; default: no limit)"},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
@@ -77,18 +78,19 @@ func runDaemon(c *cli.Context) error {
 		}
 	}
 	n, err := node.Open(node.Config{
-		Dir:         c.String("dir"),
-		Role:        c.String("role"),
-		NodeID:      id,
-		Listen:      c.String("listen"),
-		Peer:        c.String("peer"),
-		Secret:      secret,
-		MountDir:    c.String("mount"),
-		Timeout:     c.Duration("timeout"),
-		Window:      c.Int("window"),
-		Passthrough: c.Bool("passthrough"),
-		ResyncRate:  rate,
-		Logger:      log,
+		Dir:           c.String("dir"),
+		Role:          c.String("role"),
+		NodeID:        id,
+		Listen:        c.String("listen"),
+		Peer:          c.String("peer"),
+		Secret:        secret,
+		MountDir:      c.String("mount"),
+		Timeout:       c.Duration("timeout"),
+		Window:        c.Int("window"),
+		Passthrough:   c.Bool("passthrough"),
+		ResyncRate:    rate,
+		NoActivityLog: !c.Bool("activity-log"),
+		Logger:        log,
 	})
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,6 +43,16 @@ func writeBlocks(t *testing.T, a string, first, n int) {
 // hosts hold the same generation, then checks the backing files are equal.
 func waitInSync(t *testing.T, a, b string) node.Status {
 	t.Helper()
+	st := waitClean(t, a, b)
+	if fileSHA256(t, filepath.Join(a, "volume.img")) != fileSHA256(t, filepath.Join(b, "volume.img")) {
+		t.Fatal("backing files differ although status says in sync")
+	}
+	return st
+}
+
+// waitClean waits until status says the hosts are in sync.
+func waitClean(t *testing.T, a, b string) node.Status {
+	t.Helper()
 	var st, sb node.Status
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -57,10 +68,46 @@ func waitInSync(t *testing.T, a, b string) node.Status {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if fileSHA256(t, filepath.Join(a, "volume.img")) != fileSHA256(t, filepath.Join(b, "volume.img")) {
-		t.Fatal("backing files differ although status says in sync")
-	}
 	return st
+}
+
+// crashSpan is where the crash tests write: the first two 4 MiB extents.
+const crashSpan = 8 << 20
+
+// crashWhileWriting runs eight writers of random 16 KiB blocks in the first
+// crashSpan bytes, SIGKILLs the primary after a random number of writes and
+// restarts it with the same arguments.
+func crashWhileWriting(t *testing.T, a string, pri *daemon, rng *mrand.Rand) *daemon {
+	t.Helper()
+	args := pri.cmd.Args[4:] // everything after "ldmirror daemon --dir A"
+	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var written atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 16<<10)
+			wr := mrand.New(mrand.NewPCG(rng.Uint64(), uint64(w)))
+			for {
+				rand.Read(buf)
+				if _, err := f.WriteAt(buf, wr.Int64N(crashSpan/int64(len(buf)))*int64(len(buf))); err != nil {
+					return // the daemon died under us
+				}
+				written.Add(1)
+			}
+		}()
+	}
+	at := 50 + rng.Int64N(500)
+	waitFor(t, 10*time.Second, "writes to flow", func() bool { return written.Load() >= at })
+	pri.kill()
+	wg.Wait()
+	f.Close()
+	<-pri.done
+	return startDaemon(t, a, args...)
 }
 
 // TestPrimaryKilledDuringWrites is issue 4's scenario 2: the primary is
@@ -72,45 +119,47 @@ func TestPrimaryKilledDuringWrites(t *testing.T) {
 	requireE2E(t)
 	a, b, secret := pairDirs(t, "256MiB")
 	pri, _ := mirroredPair(t, a, b, secret)
-	args := pri.cmd.Args[4:] // everything after "ldmirror daemon --dir A"
-	const span = 8 << 20     // the writes stay in the first two 4 MiB extents
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	for kill := range 20 {
-		f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var written atomic.Int64
-		stopped := make(chan struct{})
-		go func() {
-			defer close(stopped)
-			buf := make([]byte, 16<<10)
-			wr := mrand.New(mrand.NewPCG(uint64(kill), 5))
-			for {
-				rand.Read(buf)
-				if _, err := f.WriteAt(buf, wr.Int64N(span/int64(len(buf)))*int64(len(buf))); err != nil {
-					return // the daemon died under us
-				}
-				written.Add(1)
-			}
-		}()
-		at := 20 + rng.Int64N(400)
-		waitFor(t, 10*time.Second, "writes to flow", func() bool { return written.Load() >= at })
-		pri.kill()
-		<-stopped
-		f.Close()
-		<-pri.done
-
-		pri = startDaemon(t, a, args...)
+		pri = crashWhileWriting(t, a, pri, rng)
 		st := waitInSync(t, a, b)
-		if st.BytesShipped > span {
-			t.Fatalf("kill %d: the restart resent %d bytes, more than the %d bytes of the extents written", kill, st.BytesShipped, span)
+		if st.BytesShipped > crashSpan {
+			t.Fatalf("kill %d: the restart resent %d bytes, more than the %d bytes of the extents written", kill, st.BytesShipped, crashSpan)
 		}
 	}
 	log, _ := os.ReadFile(filepath.Join(a, "daemon.log"))
 	if !strings.Contains(string(log), "did not stop cleanly") {
 		t.Fatalf("restart did not report the unclean stop:\n%s", log)
 	}
+}
+
+// TestPrimaryKilledWithoutActivityLogDiverges proves the test above can
+// fail: with the activity log off, writes in flight at a crash reached the
+// primary's disk but not the secondary's, and nothing resyncs them. Each
+// divergence is then found and repaired by `ldmirror verify`.
+func TestPrimaryKilledWithoutActivityLogDiverges(t *testing.T) {
+	requireE2E(t)
+	a, b, secret := pairDirs(t, "256MiB")
+	pri, _ := mirroredPair(t, a, b, secret, "--activity-log=false")
+	rng := mrand.New(mrand.NewPCG(5, 6))
+	diverged := 0
+	for kill := 0; kill < 20 && diverged < 3; kill++ {
+		pri = crashWhileWriting(t, a, pri, rng)
+		waitClean(t, a, b)
+		if fileSHA256(t, filepath.Join(a, "volume.img")) == fileSHA256(t, filepath.Join(b, "volume.img")) {
+			continue
+		}
+		diverged++
+		out := ldmirror(t, "verify", "--dir", a)
+		if strings.Contains(out, ": 0 out of sync") || !strings.Contains(out, "resynced") {
+			t.Fatalf("kill %d: the files differ but verify says %q", kill, out)
+		}
+		waitInSync(t, a, b)
+	}
+	if diverged == 0 {
+		t.Fatal("20 crashes without the activity log and the hosts never diverged: the crash test cannot tell")
+	}
+	t.Logf("%d crashes left the hosts diverged without the activity log", diverged)
 }
 
 // TestSecondaryKilledResyncsOnlyDirtyBlocks: while the secondary is down the
