@@ -53,7 +53,7 @@ func memberFlags(prefix string) []cli.Flag {
 		&cli.StringFlag{Name: prefix + "advertise", Usage: "`ADDR` peers dial to reach this member (default: --" + prefix + "bind)"},
 		&cli.BoolFlag{Name: prefix + "bootstrap", Usage: "start a new cluster with this member as its only voter (once, on the first host)"},
 		&cli.StringFlag{Name: prefix + "join", Usage: "join the cluster through the member at `ADDR` (any member)"},
-		&cli.DurationFlag{Name: prefix + "raft-timeout", Usage: "raft heartbeat and election timeout: a dead leader is replaced after 1-2x this", Value: time.Second},
+		&cli.DurationFlag{Name: prefix + "raft-timeout", Usage: "raft heartbeat and election timeout `DURATION`: a dead leader is replaced after 1-2x this", Value: time.Second},
 	}
 }
 
@@ -439,21 +439,24 @@ func (mc *memberClient) command(c *cli.Context, route string, req controlRequest
 
 // Flags and helpers of the operator commands.
 
-var memberControlFlag = &cli.StringFlag{
-	Name:    "control",
-	Usage:   "control socket `PATH` of a running member (default: <data-dir>/control.sock)",
-	EnvVars: []string{"LDMIRROR_CLUSTER_CONTROL"},
+// memberConnFlags say which member a command talks to.
+func memberConnFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name:    "control",
+			Usage:   "control socket `PATH` of a running member (default: <data-dir>/control.sock)",
+			EnvVars: []string{"LDMIRROR_CLUSTER_CONTROL"},
+		},
+		&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` of a running member, to find its control socket"},
+	}
 }
 
-var memberDirFlag = &cli.StringFlag{
-	Name:  "data-dir",
-	Usage: "data `DIR` of a running member, to find its control socket",
-}
-
-var timeoutFlag = &cli.DurationFlag{
-	Name:  "timeout",
-	Usage: "how long the member may try to commit; then the command fails with no quorum",
-	Value: defaultCommandTimeout,
+func timeoutFlag() cli.Flag {
+	return &cli.DurationFlag{
+		Name:  "timeout",
+		Usage: "`DURATION` the member may try to commit (e.g. 10s, 500ms); then the command fails with no quorum",
+		Value: defaultCommandTimeout,
+	}
 }
 
 func memberClientFor(c *cli.Context) (*memberClient, error) {
@@ -515,9 +518,9 @@ func lookupFlag(flags []cli.Flag, name string) cli.Flag {
 func memberCommand(name, usage, description string, witness bool, hidden bool) *cli.Command {
 	flags := append([]cli.Flag{
 		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the raft log, snapshots and control.sock; it survives restarts", Required: true},
-		&cli.StringFlag{Name: "node-id", Usage: "this member's name, never reused for another host (default: the hostname)"},
+		&cli.StringFlag{Name: "node-id", Usage: "this member's name `ID`, never reused for another host (default: the hostname)"},
 		&cli.StringFlag{Name: "secret-file", Usage: "`FILE` holding the secret (>= 16 bytes) all members share", Required: true},
-		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
+		&cli.StringFlag{Name: "log-level", Usage: "`LEVEL`: debug, info, warn or error", Value: "info"},
 	}, memberFlags("")...)
 	return &cli.Command{
 		Name: name, Usage: usage, Description: description, Hidden: hidden, Flags: flags,
@@ -592,8 +595,7 @@ func readSecretFile(path string) ([]byte, error) {
 const controlPlaneOnly = "Control plane only for now: this moves the role in raft; the data path does not follow it yet."
 
 func clusterCommand() *cli.Command {
-	conn := []cli.Flag{memberControlFlag, memberDirFlag}
-	cmdFlags := append(slices.Clone(conn), timeoutFlag)
+	cmdFlags := func() []cli.Flag { return append(memberConnFlags(), timeoutFlag()) }
 	return &cli.Command{
 		Name:  "cluster",
 		Usage: "show and change the control plane's membership (see docs/cluster.md)",
@@ -601,17 +603,16 @@ func clusterCommand() *cli.Command {
 			{
 				Name:  "status",
 				Usage: "members, raft leader, primary, epoch, each host's disk state and forced promotions",
-				Flags: append(slices.Clone(conn),
+				Flags: append(cmdFlags(),
 					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 					&cli.BoolFlag{Name: "consistent", Usage: "read the volume state through the leader (needs quorum) instead of this member's copy"},
-					timeoutFlag,
 				),
 				Action: clusterStatus,
 			},
 			{
 				Name:  "bootstrap",
 				Usage: "make the member the first voter of a new cluster (once; safe to repeat)",
-				Flags: cmdFlags,
+				Flags: cmdFlags(),
 				Action: func(c *cli.Context) error {
 					return simpleCommand(c, "/cluster/bootstrap", controlRequest{}, "bootstrapped")
 				},
@@ -620,7 +621,7 @@ func clusterCommand() *cli.Command {
 				Name:      "join",
 				Usage:     "make the member join the cluster through the member at ADDR",
 				ArgsUsage: "ADDR",
-				Flags:     cmdFlags,
+				Flags:     cmdFlags(),
 				Action: func(c *cli.Context) error {
 					addr, err := oneArg(c, "the host:port of a member's cluster port")
 					if err != nil {
@@ -634,7 +635,7 @@ func clusterCommand() *cli.Command {
 				Usage:       "take NODE out of the cluster (to replace a dead host; it shrinks the quorum)",
 				ArgsUsage:   "NODE",
 				Description: "The primary cannot be removed: demote it or fail over first.",
-				Flags:       cmdFlags,
+				Flags:       cmdFlags(),
 				Action: func(c *cli.Context) error {
 					node, err := oneArg(c, "the node ID to remove")
 					if err != nil {
@@ -671,10 +672,10 @@ func promoteCommand() *cli.Command {
 		Description: "A current primary is displaced and marked outdated. --force --reason TEXT promotes a host\n" +
 			"that is not uptodate: its data becomes the truth, every other copy outdated; the reason is\n" +
 			"logged and shown by 'ldmirror cluster status'.\n" + controlPlaneOnly,
-		Flags: []cli.Flag{memberControlFlag, memberDirFlag, timeoutFlag,
+		Flags: append(append(memberConnFlags(), timeoutFlag()),
 			&cli.BoolFlag{Name: "force", Usage: "promote although the disk is not uptodate (accepts losing writes it lacks)"},
-			&cli.StringFlag{Name: "reason", Usage: "why the promotion is forced, recorded in the cluster state (`TEXT`)"},
-		},
+			&cli.StringFlag{Name: "reason", Usage: "why the promotion is forced: `TEXT` recorded in the cluster state and shown in status"},
+		),
 		Action: func(c *cli.Context) error {
 			node, err := oneArg(c, "the node ID to promote")
 			if err != nil {
@@ -712,9 +713,9 @@ func demoteCommand() *cli.Command {
 		ArgsUsage: "NODE",
 		Description: "Refused unless NODE is primary in --epoch (default: the current epoch, read through the leader).\n" +
 			controlPlaneOnly,
-		Flags: []cli.Flag{memberControlFlag, memberDirFlag, timeoutFlag,
-			&cli.Uint64Flag{Name: "epoch", Usage: "the epoch NODE is primary in (default: the current one)"},
-		},
+		Flags: append(append(memberConnFlags(), timeoutFlag()),
+			&cli.Uint64Flag{Name: "epoch", Usage: "the `EPOCH` NODE is primary in", DefaultText: "the current epoch"},
+		),
 		Action: func(c *cli.Context) error {
 			node, err := oneArg(c, "the node ID to demote")
 			if err != nil {
