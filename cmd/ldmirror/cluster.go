@@ -36,6 +36,9 @@ import (
 //	defer m.Close()
 //	// serve m.Handler() on a control socket (its routes are under /cluster),
 //	// and return <-m.Fatal() as the command's error.
+//
+// flagLogger, flagNodeID and readSecretFile read --log-level, --node-id and
+// --secret-file the same way for every command that has them.
 
 // clusterControlFile is the member's control socket under --data-dir.
 const clusterControlFile = "control.sock"
@@ -89,6 +92,9 @@ func startMember(c *cli.Context, prefix string, opt memberOptions) (*member, err
 	t := c.Duration(prefix + "raft-timeout")
 	if t < 50*time.Millisecond {
 		return nil, fmt.Errorf("--%sraft-timeout %v is too short (at least 50ms)", prefix, t)
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
 	}
 	cl, err := cluster.Open(cluster.Config{
 		NodeID:        opt.NodeID,
@@ -538,18 +544,35 @@ func witnessCommand() *cli.Command {
 		true, false)
 }
 
-func runMember(c *cli.Context, witness bool) error {
+// flagLogger is a text logger on stderr at the level of c's --log-level.
+func flagLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	id := c.String("node-id")
-	if id == "" {
-		var err error
-		if id, err = os.Hostname(); err != nil {
-			return fmt.Errorf("--node-id not set and no hostname: %w", err)
-		}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+}
+
+// flagNodeID is c's --node-id, or the host name.
+func flagNodeID(c *cli.Context) (string, error) {
+	if id := c.String("node-id"); id != "" {
+		return id, nil
+	}
+	id, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("--node-id not set and no hostname: %w", err)
+	}
+	return id, nil
+}
+
+func runMember(c *cli.Context, witness bool) error {
+	log, err := flagLogger(c)
+	if err != nil {
+		return err
+	}
+	id, err := flagNodeID(c)
+	if err != nil {
+		return err
 	}
 	secret, err := readSecretFile(c.String("secret-file"))
 	if err != nil {
