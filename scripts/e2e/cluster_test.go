@@ -331,7 +331,7 @@ func TestClusterPartitionFailover(t *testing.T) {
 
 	cl.lab.Partition("a", "b")
 	cl.lab.Partition("a", "w")
-	if _, err := cl.ctl("b", "promote", "b"); err == nil || !strings.Contains(err.Error(), cluster.ErrNotUpToDate.Error()) {
+	if _, err := cl.ctl("b", "promote", "b", "--timeout", "20s"); err == nil || !strings.Contains(err.Error(), cluster.ErrNotUpToDate.Error()) {
 		t.Fatalf("promote inconsistent b: got %v, want %q", err, cluster.ErrNotUpToDate)
 	}
 	out := cl.mustCtl("w", "promote", "b", "--force", "--reason", "a cut off from b and w", "--timeout", "20s")
