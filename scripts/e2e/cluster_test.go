@@ -306,6 +306,13 @@ func TestClusterQuorum(t *testing.T) {
 		t.Fatalf("demote with a 3s timeout took %v", took)
 	}
 	t.Logf("without quorum: %v after %v", err, took.Round(time.Millisecond))
+	// a's own copy is readable alone; a read through the leader is not.
+	if _, err := cl.status("a"); err != nil {
+		t.Fatalf("status on a alone: %v", err)
+	}
+	if _, err := cl.ctl("a", "cluster", "status", "--consistent", "--timeout", "1s"); err == nil || !strings.Contains(err.Error(), "no quorum") {
+		t.Fatalf("consistent status on a alone: got %v, want a no-quorum error", err)
+	}
 
 	cl.lab.LinkUp("b")
 	cl.lab.LinkUp("w")
