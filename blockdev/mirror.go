@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,6 +70,8 @@ type Mirror struct {
 	resyncTotal atomic.Uint64
 	resyncStart atomic.Int64 // unix nanoseconds
 	resyncRate  atomic.Int64 // bytes per second; 0: unlimited
+	// resyncSkipped counts blocks a checksum resync found equal and did not send.
+	resyncSkipped atomic.Uint64
 }
 
 // SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
@@ -257,8 +260,11 @@ func (m *Mirror) Flush() error {
 
 // Resync copies every out-of-sync block to the current peer. Application
 // writes go on meanwhile; a block being copied is locked against them, so a
-// stale copy never overwrites a newer write.
-func (m *Mirror) Resync(ctx context.Context) error {
+// stale copy never overwrites a newer write. With checksum, each run of
+// blocks is first compared by checksum and only the blocks that differ are
+// sent: worth it when most of them are likely equal (after a crash, the
+// activity log's extents).
+func (m *Mirror) Resync(ctx context.Context, checksum bool) error {
 	s := m.session()
 	if s == nil {
 		return fmt.Errorf("resync: %w", transport.ErrDisconnected)
@@ -291,7 +297,7 @@ func (m *Mirror) Resync(ctx context.Context) error {
 		for it.HasNext() && it.PeekNext() == last+1 && last-first+1 < maxRun {
 			last = it.Next()
 		}
-		if err := m.resyncExtent(s, bitmap.Extent{First: first, Last: last}, buf); err != nil {
+		if err := m.resyncExtent(s, bitmap.Extent{First: first, Last: last}, buf, checksum); err != nil {
 			return fmt.Errorf("resync: %w", err)
 		}
 		m.resyncDone.Add(uint64(last - first + 1))
@@ -331,25 +337,57 @@ func (m *Mirror) pace(ctx context.Context, start time.Time, sent int64) error {
 	}
 }
 
-func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte) error {
+func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte, checksum bool) error {
 	if !m.begin() {
 		return ErrClosed
 	}
 	defer m.inflight.Done()
 	m.locks.lock(e)
 	defer m.locks.unlock(e)
-	bs := int64(m.dirty.BlockSize())
-	off := int64(e.First) * bs
-	n := min(int64(e.Blocks())*bs, m.local.Size()-off)
+	bs := m.dirty.BlockSize()
+	off := int64(e.First) * int64(bs)
+	n := min(int64(e.Blocks())*int64(bs), m.local.Size()-off)
+	var sums *transport.Call
+	if checksum {
+		var err error
+		if sums, err = s.SubmitChecksum(off, n); err != nil {
+			m.peerLost(s, err)
+			return err
+		}
+	}
 	if _, err := m.local.ReadAt(buf[:n], off); err != nil {
+		if sums != nil {
+			_ = sums.Wait()
+		}
 		return fmt.Errorf("read block %d: %w", e.First, err)
 	}
-	call, err := s.SubmitWrite(off, buf[:n])
-	if err != nil {
-		m.peerLost(s, err)
-		return err
+	differ := []bitmap.Extent{e}
+	if sums != nil {
+		peer, err := sums.WaitReply()
+		if err != nil {
+			m.peerLost(s, err)
+			return err
+		}
+		differ = differingRuns(e, checksumsOf(buf[:n], bs), peer)
+		m.resyncSkipped.Add(e.Blocks() - extentsBlocks(differ))
 	}
-	if err := call.Wait(); err != nil {
+	calls := make([]*transport.Call, 0, len(differ))
+	var err error
+	for _, d := range differ {
+		lo, hi := int64(d.First-e.First)*int64(bs), min(int64(d.Last-e.First+1)*int64(bs), n)
+		c, serr := s.SubmitWrite(off+lo, buf[lo:hi])
+		if serr != nil {
+			err = serr
+			break
+		}
+		calls = append(calls, c)
+	}
+	for _, c := range calls {
+		if werr := c.Wait(); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
 		m.peerLost(s, err)
 		return err
 	}
@@ -361,6 +399,35 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte)
 		m.intent.ClearOutOfSync(done)
 	}
 	return nil
+}
+
+// differingRuns returns the runs of blocks of e whose local and peer
+// checksums differ (all of e if the peer's answer has the wrong length).
+func differingRuns(e bitmap.Extent, local, peer []byte) []bitmap.Extent {
+	if len(local) != len(peer) {
+		return []bitmap.Extent{e}
+	}
+	var runs []bitmap.Extent
+	for i := 0; i < len(local); i += 4 {
+		if bytes.Equal(local[i:i+4], peer[i:i+4]) {
+			continue
+		}
+		b := e.First + uint32(i/4)
+		if k := len(runs); k > 0 && runs[k-1].Last+1 == b {
+			runs[k-1].Last = b
+		} else {
+			runs = append(runs, bitmap.Extent{First: b, Last: b})
+		}
+	}
+	return runs
+}
+
+func extentsBlocks(es []bitmap.Extent) uint64 {
+	var n uint64
+	for _, e := range es {
+		n += e.Blocks()
+	}
+	return n
 }
 
 // Close waits for I/O in flight to complete (acknowledged by the peer or
@@ -393,6 +460,7 @@ type MirrorStatus struct {
 	ResyncDone   uint64 // blocks
 	ResyncTotal  uint64 // blocks
 	ResyncStart  time.Time
+	ResyncSkip   uint64 // blocks found equal by checksum and not sent, since start
 	BlockSize    int
 	BitmapMemory uint64 // bytes
 }
@@ -425,5 +493,6 @@ func (m *Mirror) Status() MirrorStatus {
 	st.BitmapMemory = m.dirty.SizeInBytes()
 	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
 	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
+	st.ResyncSkip = m.resyncSkipped.Load()
 	return st
 }

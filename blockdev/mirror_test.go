@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -191,7 +192,7 @@ func TestMirrorWithoutPeerKeepsBitsAndResyncs(t *testing.T) {
 		t.Fatal("files equal although nothing was shipped")
 	}
 	p.mirror.SetPeer(sess)
-	if err := p.mirror.Resync(context.Background()); err != nil {
+	if err := p.mirror.Resync(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.mirror.Flush(); err != nil {
@@ -336,10 +337,11 @@ func TestSecondaryKilled(t *testing.T) {
 		}
 	}
 	// Dirty blocks are exactly the writes that did not reach the secondary,
-	// give or take those in flight at the kill (applied there, ack lost).
+	// give or take those in flight at the kill (applied there, ack lost):
+	// at most one per writer.
 	notShipped := writers*perWriter - onSecondary
-	if d := int(st.DirtyBlocks); d < notShipped || d > notShipped+pri.Window {
-		t.Fatalf("dirty = %d, want %d (+ at most %d in flight)", d, notShipped, pri.Window)
+	if d := int(st.DirtyBlocks); d < notShipped || d > notShipped+writers {
+		t.Fatalf("dirty = %d, want %d (+ at most %d in flight)", d, notShipped, writers)
 	}
 	if st.DirtyBlocks < uint64(afterLoss.Load()) || st.DirtyBlocks == 0 {
 		t.Fatalf("dirty = %d, but %d writes were issued after the loss was seen", st.DirtyBlocks, afterLoss.Load())
@@ -392,10 +394,45 @@ func TestVerifyFindsFlippedBlock(t *testing.T) {
 	if d := p.mirror.Status().DirtyBlocks; d != 1 {
 		t.Fatalf("dirty = %d after verify, want 1", d)
 	}
-	if err := p.mirror.Resync(context.Background()); err != nil {
+	if err := p.mirror.Resync(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
 	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
 		t.Fatal("files differ after the resync")
+	}
+}
+
+// TestChecksumResyncSendsOnlyDifferingBlocks: of 64 out-of-sync blocks, only
+// the 3 that really differ travel.
+func TestChecksumResyncSendsOnlyDifferingBlocks(t *testing.T) {
+	p := newPair(t)
+	for i := range 64 {
+		if _, err := p.mirror.WriteAt(pattern(int64(i)), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.OpenFile(p.secPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []int64{5, 6, 40} {
+		if _, err := f.WriteAt([]byte("stale"), b*4096+7); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	all := roaring.New()
+	all.AddRange(0, 64)
+	p.dirty.MarkOutOfSync(all)
+	before := p.mirror.Status().Bytes
+	if err := p.mirror.Resync(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	st := p.mirror.Status()
+	if sent := st.Bytes - before; sent != 3*4096 || st.ResyncSkip != 61 || st.DirtyBlocks != 0 {
+		t.Fatalf("sent %d bytes, skipped %d blocks, %d dirty; want 3 blocks sent, 61 skipped, 0 dirty", sent, st.ResyncSkip, st.DirtyBlocks)
+	}
+	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
+		t.Fatal("files differ after the checksum resync")
 	}
 }

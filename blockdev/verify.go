@@ -22,11 +22,16 @@ func BlockChecksums(dev Device, off, n int64, blockSize int) ([]byte, error) {
 	if _, err := dev.ReadAt(buf, off); err != nil {
 		return nil, fmt.Errorf("read %d bytes at %d: %w", n, off, err)
 	}
-	sums := make([]byte, 0, 4*((n+int64(blockSize)-1)/int64(blockSize)))
+	return checksumsOf(buf, blockSize), nil
+}
+
+// checksumsOf is the CRC32C of each block of blockSize bytes in buf.
+func checksumsOf(buf []byte, blockSize int) []byte {
+	sums := make([]byte, 0, 4*((len(buf)+blockSize-1)/blockSize))
 	for i := 0; i < len(buf); i += blockSize {
 		sums = binary.BigEndian.AppendUint32(sums, crc32.Checksum(buf[i:min(i+blockSize, len(buf))], castagnoli))
 	}
-	return sums, nil
+	return sums
 }
 
 // VerifyProgress reports how far a Verify got.

@@ -51,6 +51,9 @@ type Config struct {
 	Window int
 	// ResyncRate limits resync traffic in bytes per second (0: no limit).
 	ResyncRate int64
+	// ResyncChecksum compares checksums before every resync copy, not only
+	// the first one after a crash.
+	ResyncChecksum bool
 	// NoActivityLog skips write-intent logging (DRBD's al-updates no): the
 	// out-of-sync map stays durable, but after a primary crash the blocks
 	// written just before it are not resynced. For measurement and tests.
@@ -120,7 +123,12 @@ type Node struct {
 	verifying bool
 	verified  [2]uint64 // blocks done, total of the running verify
 
-	resyncMu  sync.Mutex // one resync (after connect or after verify) at a time
+	resyncMu sync.Mutex // one resync (after connect or after verify) at a time
+	// crashed: the primary did not stop cleanly and has not completed a
+	// resync since; its recovered extents are mostly equal on the peer, so
+	// its resync compares checksums first. Guarded by resyncMu after Open.
+	crashed bool
+
 	started   time.Time
 	connected time.Time
 }
@@ -256,7 +264,8 @@ func (n *Node) startPrimary() error {
 		rec := sb.Recovered()
 		n.dirty.MarkOutOfSync(rec)
 		if m.PrimaryActive {
-			n.log.Warn("the primary did not stop cleanly: resyncing the activity log's extents and the out-of-sync blocks",
+			n.crashed = true
+			n.log.Warn("the primary did not stop cleanly: resyncing the activity log's extents and the out-of-sync blocks, comparing checksums first",
 				"blocks", rec.GetCardinality())
 		}
 	}
@@ -473,12 +482,13 @@ func (n *Node) admit(s *transport.Session) error {
 func (n *Node) catchUp(ctx context.Context, s *transport.Session) {
 	n.resyncMu.Lock()
 	defer n.resyncMu.Unlock()
-	if err := n.mirror.Resync(ctx); err != nil {
+	if err := n.mirror.Resync(ctx, n.crashed || n.cfg.ResyncChecksum); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}
 		return
 	}
+	n.crashed = false
 	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
 	if n.dirty.Dirty() > 0 || (local.Bitmap == 0 && local == peer) {
 		return
@@ -578,7 +588,7 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 	}
 	if err == nil && res.OutOfSync > 0 {
 		n.resyncMu.Lock()
-		err = n.mirror.Resync(ctx)
+		err = n.mirror.Resync(ctx, false) // verify just found them different
 		n.resyncMu.Unlock()
 		res.Repaired = err == nil
 	}

@@ -37,6 +37,7 @@ type Status struct {
 	ResyncDone     uint64   `json:"resync_done_blocks,omitempty"`
 	ResyncTotal    uint64   `json:"resync_total_blocks,omitempty"`
 	ResyncRate     float64  `json:"resync_rate_bytes_per_second,omitempty"`
+	ResyncSkipped  uint64   `json:"resync_skipped_blocks,omitempty"`
 	ResyncETASec   float64  `json:"resync_eta_seconds,omitempty"`
 	VerifyDone     uint64   `json:"verify_done_blocks,omitempty"`
 	VerifyTotal    uint64   `json:"verify_total_blocks,omitempty"`
@@ -93,7 +94,7 @@ func (n *Node) Status() Status {
 	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
 	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
 	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
-	st.ResyncDone, st.ResyncTotal = ms.ResyncDone, ms.ResyncTotal
+	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped = ms.ResyncDone, ms.ResyncTotal, ms.ResyncSkip
 	if ms.Replication == blockdev.StateResyncing {
 		if secs := time.Since(ms.ResyncStart).Seconds(); secs > 0 && ms.ResyncDone > 0 {
 			st.ResyncRate = float64(ms.ResyncDone*uint64(ms.BlockSize)) / secs

@@ -33,6 +33,7 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
 			&cli.BoolFlag{Name: "activity-log", Value: true, Usage: "log write intent per 4 MiB extent; false is unsafe: after a primary crash, blocks written just before it may differ without being resynced"},
+			&cli.BoolFlag{Name: "resync-checksum", Usage: "compare block checksums before every resync copy (always done after a primary crash)"},
 			&cli.StringFlag{Name: "resync-rate", Usage: "limit resync traffic, e.g. 100MiB (per second; default: no limit)"},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
@@ -78,19 +79,20 @@ func runDaemon(c *cli.Context) error {
 		}
 	}
 	n, err := node.Open(node.Config{
-		Dir:           c.String("dir"),
-		Role:          c.String("role"),
-		NodeID:        id,
-		Listen:        c.String("listen"),
-		Peer:          c.String("peer"),
-		Secret:        secret,
-		MountDir:      c.String("mount"),
-		Timeout:       c.Duration("timeout"),
-		Window:        c.Int("window"),
-		Passthrough:   c.Bool("passthrough"),
-		ResyncRate:    rate,
-		NoActivityLog: !c.Bool("activity-log"),
-		Logger:        log,
+		Dir:            c.String("dir"),
+		Role:           c.String("role"),
+		NodeID:         id,
+		Listen:         c.String("listen"),
+		Peer:           c.String("peer"),
+		Secret:         secret,
+		MountDir:       c.String("mount"),
+		Timeout:        c.Duration("timeout"),
+		Window:         c.Int("window"),
+		Passthrough:    c.Bool("passthrough"),
+		ResyncRate:     rate,
+		NoActivityLog:  !c.Bool("activity-log"),
+		ResyncChecksum: c.Bool("resync-checksum"),
+		Logger:         log,
 	})
 	if err != nil {
 		return err

@@ -75,11 +75,15 @@ func main() {
 		fatal(err)
 	}
 	defer os.RemoveAll(b.work)
-	setups := map[string]setup{"passthrough": (*bench).passthrough, "sync": (*bench).mirrored}
+	setups := map[string]setup{
+		"passthrough": (*bench).passthrough,
+		"sync":        func(b *bench) (string, func(), error) { return b.mirrored() },
+		"sync-noal":   func(b *bench) (string, func(), error) { return b.mirrored("--activity-log=false") },
+	}
 	names := strings.Split(*configs, ",")
 	for _, n := range names {
 		if setups[n] == nil {
-			fatal(fmt.Errorf("unknown configuration %q (have passthrough, sync)", n))
+			fatal(fmt.Errorf("unknown configuration %q (have passthrough, sync, sync-noal)", n))
 		}
 	}
 	var results []result
@@ -238,8 +242,9 @@ func (b *bench) passthrough() (string, func(), error) {
 	return dev, func() { b.detach(dev); stop(d); os.RemoveAll(dir) }, nil
 }
 
-// mirrored is configuration (b): sync mirroring to a secondary on 127.0.0.1.
-func (b *bench) mirrored() (string, func(), error) {
+// mirrored is configuration (b): sync mirroring to a secondary on 127.0.0.1,
+// the primary started with extra flags.
+func (b *bench) mirrored(extra ...string) (string, func(), error) {
 	root, err := os.MkdirTemp(b.work, "sync")
 	if err != nil {
 		return "", nil, err
@@ -266,7 +271,7 @@ func (b *bench) mirrored() (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	pri, err := b.daemon(a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
+	pri, err := b.daemon(a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
 	if err != nil {
 		stop(sec)
 		return "", nil, err
