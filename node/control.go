@@ -13,20 +13,20 @@ import (
 	"time"
 )
 
-// controlServer serves the node's state on a unix socket (HTTP + JSON), the
-// interface of `ldmirror status` and later commands.
-type controlServer struct {
+// ControlSocket serves an HTTP handler on a unix socket (mode 0600): the
+// interface between a running ldmirror process and the CLI.
+type ControlSocket struct {
 	srv  *http.Server
-	ln   net.Listener
 	path string
 	done chan struct{}
 }
 
-func listenControl(path string, n *Node) (*controlServer, error) {
-	// A socket left by a daemon that was killed is removed; a live one is not.
+// ServeControl serves h on the unix socket at path. A socket left by a
+// process that was killed is replaced; a live one is not.
+func ServeControl(path string, h http.Handler) (*ControlSocket, error) {
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
-		return nil, fmt.Errorf("control socket %s is in use: is another daemon running on this volume?", path)
+		return nil, fmt.Errorf("control socket %s is in use: is another ldmirror process running on this directory?", path)
 	}
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
@@ -35,8 +35,30 @@ func listenControl(path string, n *Node) (*controlServer, error) {
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
-		return nil, err
+		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	c := &ControlSocket{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, path: path, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		_ = c.srv.Serve(ln)
+	}()
+	return c, nil
+}
+
+// Close stops accepting requests, waits up to 2 s for those in flight and
+// removes the socket.
+func (c *ControlSocket) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := c.srv.Shutdown(ctx)
+	<-c.done
+	_ = os.Remove(c.path)
+	return err
+}
+
+// listenControl serves the node's state and commands (`ldmirror status`,
+// `verify`) on its control socket.
+func listenControl(path string, n *Node) (*ControlSocket, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -51,21 +73,7 @@ func listenControl(path string, n *Node) (*controlServer, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(res)
 	})
-	c := &controlServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln, path: path, done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		_ = c.srv.Serve(ln)
-	}()
-	return c, nil
-}
-
-func (c *controlServer) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	err := c.srv.Shutdown(ctx)
-	<-c.done
-	_ = os.Remove(c.path)
-	return err
+	return ServeControl(path, mux)
 }
 
 // ErrNoDaemon reports that no daemon answers on the control socket.

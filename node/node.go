@@ -110,7 +110,7 @@ type Node struct {
 	replica *blockdev.Replica // secondary
 	ln      *transport.Listener
 	export  *blockdev.Export
-	control *controlServer
+	control *ControlSocket
 
 	dirty *bitmap.Set            // primary
 	sb    *scoreboard.Scoreboard // primary: durable out-of-sync map and activity log

@@ -449,15 +449,26 @@ func (s *ServerSession) appendAck(buf []byte, item ackItem) []byte {
 
 // watchdog closes a session whose primary went silent (it pings when idle).
 func (s *ServerSession) watchdog() {
-	t := time.NewTicker(s.cfg.Timeout / 4)
+	watch(s.cfg.Timeout, s.done, &s.lastRecv, nil, s.fail)
+}
+
+// watch calls fail once the peer sent nothing for longer than timeout, or
+// overdue (if not nil) reports the oldest unacknowledged request older than
+// that; it returns then or when done is closed.
+func watch(timeout time.Duration, done <-chan struct{}, lastRecv *atomic.Int64, overdue func(now time.Time) bool, fail func(error)) {
+	t := time.NewTicker(timeout / 4)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.done:
+		case <-done:
 			return
 		case now := <-t.C:
-			if now.Sub(time.Unix(0, s.lastRecv.Load())) > s.cfg.Timeout {
-				s.fail(fmt.Errorf("%w (%v)", ErrPeerSilent, s.cfg.Timeout))
+			if now.Sub(time.Unix(0, lastRecv.Load())) > timeout {
+				fail(fmt.Errorf("%w (%v)", ErrPeerSilent, timeout))
+				return
+			}
+			if overdue != nil && overdue(now) {
+				fail(fmt.Errorf("%w (%v)", ErrAckTimeout, timeout))
 				return
 			}
 		}

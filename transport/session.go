@@ -377,29 +377,18 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 // so a dead peer never hangs a writer for longer than the timeout.
 func (s *Session) watchdog() {
 	defer s.workers.Done()
-	t := time.NewTicker(s.cfg.Timeout / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.done:
-			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, s.lastRecv.Load())) > s.cfg.Timeout {
-				s.fail(fmt.Errorf("%w (%v)", ErrPeerSilent, s.cfg.Timeout))
-				return
-			}
-			s.mu.Lock()
-			var oldest time.Time
-			for _, c := range s.pending {
-				if oldest.IsZero() || c.sentAt.Before(oldest) {
-					oldest = c.sentAt
-				}
-			}
-			s.mu.Unlock()
-			if !oldest.IsZero() && now.Sub(oldest) > s.cfg.Timeout {
-				s.fail(fmt.Errorf("%w (%v)", ErrAckTimeout, s.cfg.Timeout))
-				return
-			}
+	watch(s.cfg.Timeout, s.done, &s.lastRecv, s.ackOverdue, s.fail)
+}
+
+// ackOverdue reports whether a request has waited for its ack longer than
+// the timeout.
+func (s *Session) ackOverdue(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.pending {
+		if now.Sub(c.sentAt) > s.cfg.Timeout {
+			return true
 		}
 	}
+	return false
 }

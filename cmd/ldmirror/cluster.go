@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
 )
 
@@ -333,48 +334,6 @@ type controlError struct {
 func (e *controlError) Error() string { return e.msg }
 func (e *controlError) Unwrap() error { return e.sentinel }
 
-// controlSocket serves a handler on a unix socket (HTTP + JSON).
-type controlSocket struct {
-	srv  *http.Server
-	path string
-	done chan struct{}
-}
-
-// serveControl listens on path; a socket left by a process that was killed
-// is replaced, a live one is not.
-func serveControl(path string, h http.Handler) (*controlSocket, error) {
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control socket %s is in use: is another member running on this directory?", path)
-	}
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	s := &controlSocket{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, path: path, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln)
-	}()
-	return s, nil
-}
-
-// Close stops accepting requests, waits up to 2 s for those in flight and
-// removes the socket.
-func (s *controlSocket) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	err := s.srv.Shutdown(ctx)
-	<-s.done
-	_ = os.Remove(s.path)
-	return err
-}
-
 // memberClient talks to a member's control socket.
 type memberClient struct {
 	path string
@@ -584,12 +543,13 @@ func runMember(c *cli.Context, witness bool) error {
 		return err
 	}
 	defer m.Close()
-	sock, err := serveControl(filepath.Join(dir, clusterControlFile), m.Handler())
+	sockPath := filepath.Join(dir, clusterControlFile)
+	sock, err := node.ServeControl(sockPath, m.Handler())
 	if err != nil {
 		return err
 	}
 	defer sock.Close()
-	log.Info("cluster member running", "node", id, "addr", m.Cluster().Addr(), "witness", witness, "control", sock.path)
+	log.Info("cluster member running", "node", id, "addr", m.Cluster().Addr(), "witness", witness, "control", sockPath)
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	select {
