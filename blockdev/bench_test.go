@@ -3,12 +3,18 @@ package blockdev
 import (
 	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -16,7 +22,7 @@ import (
 // benchmarkMirrorWrite measures sync-mirrored writes of size bytes from
 // depth concurrent writers to a secondary on 127.0.0.1, without FUSE.
 func benchmarkMirrorWrite(b *testing.B, size, depth int) {
-	p := newPair(&testing.T{})
+	p := newPair(b)
 	defer p.mirror.Close()
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
@@ -42,8 +48,7 @@ func BenchmarkMirrorWrite1MQD4(b *testing.B)  { benchmarkMirrorWrite(b, 1<<20, 2
 // BenchmarkMirrorWrite4KQD16Process is BenchmarkMirrorWrite4KQD16 with the
 // secondary in a child process, as in production.
 func BenchmarkMirrorWrite4KQD16Process(b *testing.B) {
-	t := &testing.T{}
-	secPath := newFile(t, "b.img")
+	secPath := newFile(b, "b.img")
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "LDMIRROR_TEST_SECONDARY="+secPath)
 	out, _ := cmd.StdoutPipe()
@@ -62,7 +67,7 @@ func BenchmarkMirrorWrite4KQD16Process(b *testing.B) {
 	}
 	defer sess.Close()
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := NewMirror(openFile(t, newFile(t, "a.img")), dirty, nil, nil)
+	m := NewMirror(openFile(b, newFile(b, "a.img")), dirty, nil, nil)
 	defer m.Close()
 	m.SetPeer(sess)
 	var next atomic.Int64
@@ -78,4 +83,75 @@ func BenchmarkMirrorWrite4KQD16Process(b *testing.B) {
 			}
 		}
 	})
+}
+
+const resyncVolume = 1 << 30
+
+// BenchmarkResync copies a random fraction of a 1 GiB volume's blocks to a
+// secondary on 127.0.0.1; compare with BenchmarkFullCopyTCP, the whole
+// volume over the same kind of link with no protocol at all.
+func BenchmarkResync(b *testing.B) {
+	for _, frac := range []float64{0.001, 0.01, 0.1, 1} {
+		b.Run(fmt.Sprintf("dirty=%g%%", frac*100), func(b *testing.B) {
+			p := newPairSized(b, resyncVolume)
+			blocks := p.dirty.Blocks()
+			rng := rand.New(rand.NewPCG(1, 2))
+			oos := roaring.New()
+			for oos.GetCardinality() < uint64(frac*float64(blocks)) {
+				oos.Add(uint32(rng.Uint64N(blocks)))
+			}
+			b.SetBytes(int64(oos.GetCardinality()) * 4096)
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				p.dirty.MarkOutOfSync(oos)
+				b.StartTimer()
+				if err := p.mirror.Resync(context.Background(), false); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFullCopyTCP sends a 1 GiB file over a loopback TCP connection into
+// a file at the other end: the floor for a full resync.
+func BenchmarkFullCopyTCP(b *testing.B) {
+	src := openFileSized(b, newFileSized(b, "a.img", resyncVolume), resyncVolume)
+	defer src.Close()
+	dst, err := os.Create(filepath.Join(b.TempDir(), "b.img"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dst.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	b.SetBytes(resyncVolume)
+	for range b.N {
+		done := make(chan error, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				done <- err
+				return
+			}
+			defer c.Close()
+			_, err = io.Copy(io.NewOffsetWriter(dst, 0), c)
+			done <- err
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.Copy(c, io.NewSectionReader(src, 0, resyncVolume)); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
 }

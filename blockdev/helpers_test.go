@@ -10,12 +10,15 @@ import (
 var testSecret = []byte("blockdev-test-secret-0123456789")
 
 // testConfigs returns matching secondary and primary transport configs for
-// a 1 MiB volume.
-func testConfigs() (sec, pri transport.Config) {
+// a volume of volSize bytes.
+func testConfigs() (sec, pri transport.Config) { return testConfigsSized(volSize) }
+
+// testConfigsSized is testConfigs for a volume of size bytes.
+func testConfigsSized(size int64) (sec, pri transport.Config) {
 	base := transport.Config{
 		Secret:     testSecret,
 		VolumeUUID: [16]byte{7},
-		Size:       volSize,
+		Size:       uint64(size),
 		BlockSize:  4096,
 		Timeout:    2 * time.Second,
 	}

@@ -46,6 +46,9 @@ type WriteIntent interface {
 // progressInterval is how often a resync persists what it copied.
 const progressInterval = time.Second
 
+// resyncDepth is how many runs of blocks a resync keeps in flight.
+const resyncDepth = 16
+
 // Mirror is the primary's view of the volume: a Device whose writes are
 // mirrored to the peer through a transport.Session (sync mode). Without a
 // peer it keeps serving and leaves the blocks it writes dirty.
@@ -283,13 +286,29 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) error {
 	m.resyncStart.Store(time.Now().UnixNano())
 	bs := int64(m.dirty.BlockSize())
 	maxRun := uint32(transport.MaxWrite / bs)
-	buf := make([]byte, transport.MaxWrite)
+	// Up to resyncDepth runs are in flight, each with its own buffer and
+	// range lock, so scattered blocks do not pay a round trip each.
+	bufs := make(chan []byte, resyncDepth)
+	for range resyncDepth {
+		bufs <- make([]byte, transport.MaxWrite)
+	}
+	var (
+		wg      sync.WaitGroup
+		errMu   sync.Mutex
+		firstEr error
+	)
+	failed := func() error {
+		errMu.Lock()
+		defer errMu.Unlock()
+		return firstEr
+	}
 	start := time.Now()
 	lastSync := start
 	var sent int64
 	it := oos.Iterator()
-	for it.HasNext() {
+	for it.HasNext() && failed() == nil {
 		if err := ctx.Err(); err != nil {
+			wg.Wait()
 			return err
 		}
 		first := it.Next()
@@ -297,20 +316,38 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) error {
 		for it.HasNext() && it.PeekNext() == last+1 && last-first+1 < maxRun {
 			last = it.Next()
 		}
-		if err := m.resyncExtent(s, bitmap.Extent{First: first, Last: last}, buf, checksum); err != nil {
-			return fmt.Errorf("resync: %w", err)
-		}
-		m.resyncDone.Add(uint64(last - first + 1))
-		sent += int64(last-first+1) * bs
+		e := bitmap.Extent{First: first, Last: last}
+		buf := <-bufs
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { bufs <- buf }()
+			if err := m.resyncExtent(s, e, buf, checksum); err != nil {
+				errMu.Lock()
+				if firstEr == nil {
+					firstEr = err
+				}
+				errMu.Unlock()
+				return
+			}
+			m.resyncDone.Add(e.Blocks())
+		}()
+		sent += int64(e.Blocks()) * bs
 		if m.intent != nil && time.Since(lastSync) >= progressInterval {
 			if err := m.intent.Sync(ctx); err != nil {
+				wg.Wait()
 				return fmt.Errorf("resync: persist progress: %w", err)
 			}
 			lastSync = time.Now()
 		}
 		if err := m.pace(ctx, start, sent); err != nil {
+			wg.Wait()
 			return err
 		}
+	}
+	wg.Wait()
+	if err := failed(); err != nil {
+		return fmt.Errorf("resync: %w", err)
 	}
 	m.log.Info("resync finished", "blocks", oos.GetCardinality(), "elapsed", time.Since(start).Round(time.Millisecond))
 	return nil

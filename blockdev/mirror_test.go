@@ -49,18 +49,22 @@ func runSecondaryProcess(path string) {
 	_ = ln.Serve(context.Background(), NewReplica(dev, 4096, nil))
 }
 
-func newFile(t *testing.T, name string) string {
+func newFile(t testing.TB, name string) string { return newFileSized(t, name, volSize) }
+
+func newFileSized(t testing.TB, name string, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
-	if err := CreateFile(p, volSize); err != nil {
+	if err := CreateFile(p, size); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func openFile(t *testing.T, p string) *FileDevice {
+func openFile(t testing.TB, p string) *FileDevice { return openFileSized(t, p, volSize) }
+
+func openFileSized(t testing.TB, p string, size int64) *FileDevice {
 	t.Helper()
-	d, err := OpenFile(p, volSize)
+	d, err := OpenFile(p, size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,13 +94,16 @@ type pair struct {
 }
 
 // newPair runs a primary Mirror and an in-process secondary on 127.0.0.1.
-func newPair(t *testing.T) *pair {
+func newPair(t testing.TB) *pair { return newPairSized(t, volSize) }
+
+// newPairSized is newPair with volumes of size bytes.
+func newPairSized(t testing.TB, size int64) *pair {
 	t.Helper()
-	p := &pair{priPath: newFile(t, "a.img"), secPath: newFile(t, "b.img")}
-	p.primary = &countingDevice{Device: openFile(t, p.priPath)}
-	p.secondary = &countingDevice{Device: openFile(t, p.secPath)}
+	p := &pair{priPath: newFileSized(t, "a.img", size), secPath: newFileSized(t, "b.img", size)}
+	p.primary = &countingDevice{Device: openFileSized(t, p.priPath, size)}
+	p.secondary = &countingDevice{Device: openFileSized(t, p.secPath, size)}
 	p.replica = NewReplica(p.secondary, 4096, nil)
-	sec, pri := testConfigs()
+	sec, pri := testConfigsSized(size)
 	ln, err := transport.Listen("127.0.0.1:0", sec)
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +115,7 @@ func newPair(t *testing.T) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.dirty, _ = bitmap.New(volSize, 4096)
+	p.dirty, _ = bitmap.New(size, 4096)
 	p.mirror = NewMirror(p.primary, p.dirty, nil, nil)
 	p.mirror.SetPeer(p.sess)
 	t.Cleanup(func() {
