@@ -258,7 +258,11 @@ func (n *Node) startPrimary() error {
 	case created && behind:
 		// A volume from before the scoreboard existed: what the peer misses
 		// is not known.
-		n.dirty.MarkAllOutOfSync()
+		n.sb = sb
+		if err := n.markAllOutOfSync(); err != nil {
+			sb.Close()
+			return err
+		}
 		n.log.Warn("no scoreboard from the previous run: the whole volume will be resynced to the peer")
 	default:
 		rec := sb.Recovered()
@@ -279,6 +283,17 @@ func (n *Node) startPrimary() error {
 		return err
 	}
 	n.sb = sb
+	return nil
+}
+
+// markAllOutOfSync marks every block for a full resync, in memory and
+// durably, so a crash before the resync ends does not shrink it.
+func (n *Node) markAllOutOfSync() error {
+	n.dirty.MarkAllOutOfSync()
+	n.sb.MarkOutOfSync(n.dirty.OutOfSync())
+	if err := n.sb.Sync(context.Background()); err != nil {
+		return fmt.Errorf("record the full resync: %w", err)
+	}
 	return nil
 }
 
@@ -469,7 +484,10 @@ func (n *Node) admit(s *transport.Session) error {
 		return nil
 	case resync.LocalSourceFull:
 		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
-		n.dirty.MarkAllOutOfSync()
+		if err := n.markAllOutOfSync(); err != nil {
+			s.Close()
+			return err
+		}
 		return nil
 	default:
 		s.Close()

@@ -214,3 +214,29 @@ func TestStatusText(t *testing.T) {
 		})
 	}
 }
+
+// A primary that crashed before the scoreboard existed does not know what
+// its peer misses: everything is out of sync, and stays so across a restart
+// until a resync copied it.
+func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := LoadMeta(dir)
+	m.PrimaryActive = true
+	if err := writeMeta(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
+	for run := range 2 {
+		n, err := Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.dirty.Dirty(); got != 256 {
+			t.Fatalf("run %d: %d of 256 blocks out of sync, want all", run, got)
+		}
+		n.closeDevices()
+	}
+}
