@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -73,6 +74,16 @@ func listenControl(path string, n *Node) (*ControlSocket, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(res)
 	})
+	mux.HandleFunc("POST /resync", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		res, err := n.Resync(r.Context(), q.Get("full") == "1", q.Get("checksum") == "1")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(res)
+	})
 	return ServeControl(path, mux)
 }
 
@@ -83,6 +94,20 @@ var ErrNoDaemon = errors.New("no ldmirror daemon answers")
 func FetchStatus(ctx context.Context, path string) (Status, error) {
 	var st Status
 	return st, call(ctx, path, http.MethodGet, "/status", &st)
+}
+
+// RequestResync asks the daemon behind the control socket at path to resync
+// now (see Node.Resync); it returns when the resync ended.
+func RequestResync(ctx context.Context, path string, full, checksum bool) (ResyncResult, error) {
+	var res ResyncResult
+	q := url.Values{}
+	if full {
+		q.Set("full", "1")
+	}
+	if checksum {
+		q.Set("checksum", "1")
+	}
+	return res, call(ctx, path, http.MethodPost, "/resync?"+q.Encode(), &res)
 }
 
 // RequestVerify asks the daemon behind the control socket at path to verify
@@ -111,7 +136,8 @@ func call(ctx context.Context, path, method, endpoint string, out any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%s: %s", endpoint[1:], strings.TrimSpace(string(msg)))
+		name, _, _ := strings.Cut(endpoint[1:], "?")
+		return fmt.Errorf("%s: %s", name, strings.TrimSpace(string(msg)))
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }

@@ -628,3 +628,38 @@ func (o outOfSyncOnly) EndWrite(e bitmap.Extent, inSync bool) {
 		o.MarkOutOfSync(b)
 	}
 }
+
+// ResyncResult is what `ldmirror resync` reports.
+type ResyncResult struct {
+	Blocks  uint64  `json:"blocks"`         // out of sync when it started
+	Skipped uint64  `json:"skipped_blocks"` // found equal by checksum
+	Seconds float64 `json:"seconds"`
+}
+
+// Resync copies the out-of-sync blocks to the peer now; full marks every
+// block out of sync first (after the peer's disk was replaced, say), and
+// checksum sends only the blocks whose checksums differ.
+func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, error) {
+	var res ResyncResult
+	if n.cfg.Role != RolePrimary || n.cfg.Passthrough {
+		return res, ErrNotPrimary
+	}
+	if !n.mirror.Status().Connected {
+		return res, fmt.Errorf("resync: %w", transport.ErrDisconnected)
+	}
+	n.resyncMu.Lock()
+	defer n.resyncMu.Unlock()
+	if full {
+		if err := n.markAllOutOfSync(); err != nil {
+			return res, err
+		}
+	}
+	start := time.Now()
+	skipped := n.mirror.Status().ResyncSkip
+	res.Blocks = n.dirty.OutOfSync().GetCardinality()
+	err := n.mirror.Resync(ctx, checksum)
+	res.Skipped = n.mirror.Status().ResyncSkip - skipped
+	res.Seconds = time.Since(start).Seconds()
+	n.log.Info("resync requested by the operator finished", "full", full, "checksum", checksum, "blocks", res.Blocks, "skipped", res.Skipped, "err", err)
+	return res, err
+}

@@ -21,6 +21,7 @@ func main() {
 			statusCommand(),
 			resolveCommand(),
 			verifyCommand(),
+			resyncCommand(),
 			retrierCommand(),
 			witnessCommand(),
 			clusterCommand(),

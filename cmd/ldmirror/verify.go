@@ -39,3 +39,33 @@ func verifyCommand() *cli.Command {
 		},
 	}
 }
+
+func resyncCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "resync",
+		Usage: "copy the out-of-sync blocks to the peer now",
+		Description: "Runs on the primary while writes continue. --full copies every block (after the peer's disk was\n" +
+			"replaced); --checksum compares block checksums first and sends only the blocks that differ.",
+		Flags: []cli.Flag{
+			volumeDirFlag, controlFlag,
+			&cli.BoolFlag{Name: "full", Usage: "mark every block out of sync first"},
+			&cli.BoolFlag{Name: "checksum", Usage: "send only blocks whose CRC32C differs on the peer"},
+		},
+		Action: func(c *cli.Context) error {
+			path, err := controlPath(c)
+			if err != nil {
+				return err
+			}
+			res, err := node.RequestResync(c.Context, path, c.Bool("full"), c.Bool("checksum"))
+			if err != nil {
+				return err
+			}
+			fmt.Printf("resynced %d blocks in %.1f s", res.Blocks, res.Seconds)
+			if c.Bool("checksum") {
+				fmt.Printf(", %d of them equal and not sent", res.Skipped)
+			}
+			fmt.Println()
+			return nil
+		},
+	}
+}

@@ -343,3 +343,28 @@ func TestResyncInterruptedAndResumed(t *testing.T) {
 	}
 	t.Logf("killed at %d%% of %d MiB; the restarted source resent %.1f MiB", 100*doneAtKill*blockSize/dirty, dirty>>20, float64(resent)/(1<<20))
 }
+
+// TestOperatorResync: `ldmirror resync --full` copies every block;
+// with --checksum, identical blocks are compared and not sent.
+func TestOperatorResync(t *testing.T) {
+	requireE2E(t)
+	a, b, secret := pairDirs(t, "16MiB")
+	mirroredPair(t, a, b, secret)
+	writeBlocks(t, a, 0, 100)
+	before := waitInSync(t, a, b)
+	const blocks = 16 << 20 / blockSize
+	out := ldmirror(t, "resync", "--dir", a, "--full", "--checksum")
+	if want := fmt.Sprintf("resynced %d blocks", blocks); !strings.Contains(out, want) || !strings.Contains(out, fmt.Sprintf("%d of them equal and not sent", blocks)) {
+		t.Fatalf("resync --full --checksum printed %q", out)
+	}
+	if st := waitInSync(t, a, b); st.BytesShipped != before.BytesShipped {
+		t.Fatalf("a checksum resync of identical volumes sent %d bytes", st.BytesShipped-before.BytesShipped)
+	}
+	ldmirror(t, "resync", "--dir", a, "--full")
+	if st := waitInSync(t, a, b); st.BytesShipped-before.BytesShipped != 16<<20 {
+		t.Fatalf("resync --full sent %d bytes, want the 16 MiB volume", st.BytesShipped-before.BytesShipped)
+	}
+	if out, err := exec.Command(binary, "resync", "--dir", b).CombinedOutput(); err == nil || !strings.Contains(string(out), "only the primary") {
+		t.Fatalf("resync on the secondary: %v %s", err, out)
+	}
+}
