@@ -5,6 +5,9 @@
 //
 // Subpackages:
 //
+//   - probe: the health probe of a directory server (connect, bind, root
+//     DSE, optional entry read and canary write) and a Monitor that declares
+//     it down after a threshold of consecutive failures.
 //   - retrier: a Go library; a Session sends each LDAP call to the primary or
 //     the secondary server, retries calls that failed for availability
 //     reasons, makes retried writes idempotent and holds signals while calls
