@@ -13,6 +13,7 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
@@ -54,6 +55,9 @@ type Config struct {
 	// ResyncChecksum compares checksums before every resync copy, not only
 	// the first one after a crash.
 	ResyncChecksum bool
+	// Probe, if its URL is set, is the directory server this host watches;
+	// its health shows in status.
+	Probe probe.Config
 	// NoActivityLog skips write-intent logging (DRBD's al-updates no): the
 	// out-of-sync map stays durable, but after a primary crash the blocks
 	// written just before it are not resynced. For measurement and tests.
@@ -111,6 +115,7 @@ type Node struct {
 	ln      *transport.Listener
 	export  *blockdev.Export
 	control *ControlSocket
+	monitor *probe.Monitor // nil without a probe URL
 
 	dirty *bitmap.Set            // primary
 	sb    *scoreboard.Scoreboard // primary: durable out-of-sync map and activity log
@@ -345,6 +350,16 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer n.control.Close()
+	if n.cfg.Probe.URL != "" {
+		n.monitor = probe.Start(n.cfg.Probe, func(h probe.Health) {
+			if h.Up {
+				n.log.Info("directory server up", "url", n.cfg.Probe.URL, "latency", h.LastLatency)
+			} else {
+				n.log.Warn("directory server down", "url", n.cfg.Probe.URL, "failures", h.ConsecutiveFailures, "err", h.LastError)
+			}
+		})
+		defer n.monitor.Close()
+	}
 	if n.cfg.Role == RoleSecondary {
 		return n.runSecondary(ctx)
 	}

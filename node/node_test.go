@@ -1,14 +1,22 @@
 package node
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/slapdtest"
+	"github.com/ldmirror/ldmirror/ldapagent/probe"
 )
 
 func TestCreateAndLoadVolume(t *testing.T) {
@@ -239,4 +247,74 @@ func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 		}
 		n.closeDevices()
 	}
+}
+
+// TestProbeHealthInStatus runs a host with a probe of a real slapd: status
+// shows it up, then down after the threshold once slapd is killed.
+func TestProbeHealthInStatus(t *testing.T) {
+	srv := slapdtest.Start(t, slapdtest.Options{})
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedWriter{w: &strings.Builder{}}
+	n, err := Open(Config{
+		Dir: dir, Role: RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789"),
+		Probe:  probe.Config{URL: srv.URL, Interval: 50 * time.Millisecond, Threshold: 2},
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitStatus := func(what string, cond func(*LDAPHealth) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, err := FetchStatus(ctx, filepath.Join(dir, ControlFile))
+			if err == nil && st.LDAP != nil && cond(st.LDAP) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status never showed %s: %+v (%v)", what, st.LDAP, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitStatus("ldap up", func(l *LDAPHealth) bool { return l.Up && !l.LastSuccess.IsZero() && l.URL == srv.URL })
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus("ldap down", func(l *LDAPHealth) bool {
+		return !l.Up && l.ConsecutiveFailures >= 2 && strings.Contains(l.LastError, "connect")
+	})
+	if out := logs.String(); !strings.Contains(out, `msg="directory server up"`) || !strings.Contains(out, `msg="directory server down"`) {
+		t.Fatalf("the transitions are not logged:\n%s", out)
+	}
+}
+
+// lockedWriter lets several goroutines log into one builder.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.(fmt.Stringer).String()
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -26,6 +26,9 @@ type Status struct {
 	UptimeSec   float64 `json:"uptime_seconds"`
 	Generations string  `json:"generations"`
 
+	// Directory server health, with a probe configured.
+	LDAP *LDAPHealth `json:"ldap,omitempty"`
+
 	// Primary.
 	DirtyBlocks    uint64   `json:"dirty_blocks"`
 	DirtyBytes     uint64   `json:"dirty_bytes"`
@@ -55,6 +58,18 @@ type Status struct {
 	RejectedConns uint64 `json:"rejected_connections,omitempty"`
 }
 
+// LDAPHealth is the directory server probe's view.
+type LDAPHealth struct {
+	URL                 string    `json:"url"`
+	Up                  bool      `json:"up"`
+	Known               bool      `json:"known"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+	Probes              uint64    `json:"probes"`
+	LastSuccess         time.Time `json:"last_success,omitzero"`
+	LastError           string    `json:"last_error,omitempty"`
+	LastLatencyMs       float64   `json:"last_latency_ms"`
+}
+
 // Status returns the host's current state.
 func (n *Node) Status() Status {
 	st := Status{
@@ -76,6 +91,13 @@ func (n *Node) Status() Status {
 		st.VerifyDone, st.VerifyTotal = n.verified[0], n.verified[1]
 	}
 	n.mu.Unlock()
+	if n.monitor != nil {
+		h := n.monitor.Health()
+		st.LDAP = &LDAPHealth{
+			URL: n.cfg.Probe.URL, Up: h.Up, Known: h.Known, ConsecutiveFailures: h.ConsecutiveFailures, Probes: h.Probes,
+			LastSuccess: h.LastSuccess, LastError: h.LastError, LastLatencyMs: float64(h.LastLatency.Microseconds()) / 1000,
+		}
+	}
 	if n.cfg.Role == RoleSecondary {
 		n.secondaryStatus(&st)
 		return st
@@ -190,6 +212,16 @@ func (st *Status) WriteText(w io.Writer) {
 	}
 	if st.LastError != "" {
 		row("last error", "%s", st.LastError)
+	}
+	if l := st.LDAP; l != nil {
+		switch {
+		case !l.Known:
+			row("ldap", "%s: not probed yet", l.URL)
+		case l.Up:
+			row("ldap", "%s up, last probe %.1f ms", l.URL, l.LastLatencyMs)
+		default:
+			row("ldap", "%s DOWN after %d failed probes: %s", l.URL, l.ConsecutiveFailures, l.LastError)
+		}
 	}
 }
 

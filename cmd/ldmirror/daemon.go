@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -36,6 +37,14 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "resync-checksum", Usage: "compare block checksums before every resync copy (always done after a primary crash)"},
 			&cli.StringFlag{Name: "resync-rate", Usage: "limit resync traffic, e.g. 100MiB (per second; default: no limit)"},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
+			&cli.StringFlag{Name: "probe-url", Usage: "directory server to watch, e.g. ldap://127.0.0.1:389 or ldapi://%2Frun%2Fslapd%2Fldapi; its health shows in status"},
+			&cli.StringFlag{Name: "probe-bind-dn", Usage: "DN the probe binds as (default: anonymous)"},
+			&cli.StringFlag{Name: "probe-password-file", Usage: "`FILE` holding the probe's bind password"},
+			&cli.StringFlag{Name: "probe-read-dn", Usage: "entry the probe reads"},
+			&cli.StringFlag{Name: "probe-canary-dn", Usage: "existing entry whose description the probe rewrites (a write probe)"},
+			&cli.DurationFlag{Name: "probe-interval", Usage: "time between probes", Value: probe.DefaultInterval},
+			&cli.DurationFlag{Name: "probe-timeout", Usage: "bound of one probe", Value: probe.DefaultTimeout},
+			&cli.IntFlag{Name: "probe-threshold", Usage: "failed probes in a row before the server counts as down", Value: probe.DefaultThreshold},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
 		},
@@ -78,6 +87,22 @@ func runDaemon(c *cli.Context) error {
 			return fmt.Errorf("--resync-rate: %w", err)
 		}
 	}
+	pcfg := probe.Config{
+		URL:       c.String("probe-url"),
+		BindDN:    c.String("probe-bind-dn"),
+		ReadDN:    c.String("probe-read-dn"),
+		CanaryDN:  c.String("probe-canary-dn"),
+		Interval:  c.Duration("probe-interval"),
+		Timeout:   c.Duration("probe-timeout"),
+		Threshold: c.Int("probe-threshold"),
+	}
+	if f := c.String("probe-password-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("--probe-password-file: %w", err)
+		}
+		pcfg.Password = strings.TrimRight(string(b), "\r\n")
+	}
 	n, err := node.Open(node.Config{
 		Dir:            c.String("dir"),
 		Role:           c.String("role"),
@@ -92,6 +117,7 @@ func runDaemon(c *cli.Context) error {
 		ResyncRate:     rate,
 		NoActivityLog:  !c.Bool("activity-log"),
 		ResyncChecksum: c.Bool("resync-checksum"),
+		Probe:          pcfg,
 		Logger:         log,
 	})
 	if err != nil {
