@@ -33,14 +33,14 @@ type Set struct {
 	blocks uint64
 
 	mu sync.Mutex
-	// dirty holds every block that may differ on the peer: blocks with writes
-	// in flight and blocks in outOfSync.
-	dirty *roaring.Bitmap
+	// A block is dirty while it is in outOfSync or has writes in flight.
 	// outOfSync holds blocks whose write failed to reach the peer; they stay
 	// dirty whatever later acks say, until ClearOutOfSync (a resync) runs.
 	outOfSync *roaring.Bitmap
 	// inflight counts marked-but-unfinished writes per block. Only blocks with
-	// a count > 0 have an entry, so a quiet volume holds none.
+	// a count > 0 have an entry, so a quiet volume holds none. Keeping
+	// in-flight blocks out of the roaring bitmap keeps the write path free of
+	// allocations: roaring drops a container when its last bit is cleared.
 	inflight map[uint32]uint32
 }
 
@@ -61,7 +61,6 @@ func New(size int64, blockSize int) (*Set, error) {
 	return &Set{
 		shift:     shift,
 		blocks:    blocks,
-		dirty:     roaring.New(),
 		outOfSync: roaring.New(),
 		inflight:  make(map[uint32]uint32),
 	}, nil
@@ -90,7 +89,6 @@ func (s *Set) Mark(e Extent) {
 			break
 		}
 	}
-	s.dirty.AddRange(uint64(e.First), uint64(e.Last)+1)
 	s.mu.Unlock()
 }
 
@@ -114,9 +112,6 @@ func (s *Set) finish(e Extent, failed bool) {
 			panic(fmt.Sprintf("bitmap: finish of block %d that has no write in flight", b))
 		case 1:
 			delete(s.inflight, b)
-			if !failed && !s.outOfSync.Contains(b) {
-				s.dirty.Remove(b)
-			}
 		default:
 			s.inflight[b] = n - 1
 		}
@@ -131,7 +126,13 @@ func (s *Set) finish(e Extent, failed bool) {
 func (s *Set) Dirty() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.dirty.GetCardinality()
+	n := s.outOfSync.GetCardinality()
+	for b := range s.inflight {
+		if !s.outOfSync.Contains(b) {
+			n++
+		}
+	}
+	return n
 }
 
 // InFlight is the number of blocks with at least one write in flight.
@@ -145,7 +146,7 @@ func (s *Set) InFlight() int {
 func (s *Set) IsDirty(b uint32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.dirty.Contains(b)
+	return s.inflight[b] > 0 || s.outOfSync.Contains(b)
 }
 
 // OutOfSync returns a copy of the blocks whose writes failed to reach the peer.
@@ -172,7 +173,6 @@ func (s *Set) MarkOutOfSync(blocks *roaring.Bitmap) {
 	if !s.outOfSync.IsEmpty() && uint64(s.outOfSync.Maximum()) >= s.blocks {
 		s.outOfSync.RemoveRange(s.blocks, 1<<32)
 	}
-	s.dirty.Or(s.outOfSync)
 }
 
 // ClearOutOfSync forgets that the blocks in done are out of sync, after a
@@ -181,18 +181,11 @@ func (s *Set) ClearOutOfSync(done *roaring.Bitmap) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.outOfSync.AndNot(done)
-	it := done.Iterator()
-	for it.HasNext() {
-		b := it.Next()
-		if s.inflight[b] == 0 && !s.outOfSync.Contains(b) {
-			s.dirty.Remove(b)
-		}
-	}
 }
 
-// SizeInBytes estimates the memory held by the set's bitmaps.
+// SizeInBytes estimates the memory held by the out-of-sync bitmap.
 func (s *Set) SizeInBytes() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.dirty.GetSizeInBytes() + s.outOfSync.GetSizeInBytes()
+	return s.outOfSync.GetSizeInBytes()
 }
