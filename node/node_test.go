@@ -318,3 +318,34 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+func TestDiscardedSecondaryIsInconsistent(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Dir: dir, Role: RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789")}
+	n, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := n.Status().Disk; d != "uptodate" {
+		t.Fatalf("fresh secondary disk = %s", d)
+	}
+	n.closeDevices()
+	if _, err := DiscardLocal(dir); err != nil {
+		t.Fatal(err)
+	}
+	if n, err = Open(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if d := n.Status().Disk; d != "inconsistent" {
+		t.Fatalf("discarded secondary disk = %s, want inconsistent", d)
+	}
+	primary := cfg
+	primary.Role, primary.Listen = RolePrimary, ""
+	n.closeDevices()
+	if _, err := Open(primary); err == nil || !strings.Contains(err.Error(), "discarded its data") {
+		t.Fatalf("a discarded host started as primary: %v", err)
+	}
+}

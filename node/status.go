@@ -153,7 +153,9 @@ func (n *Node) secondaryStatus(st *Status) {
 	st.AppliedSeq, st.WritesApplied, st.BytesApplied = rs.AppliedSeq, rs.Writes, rs.Bytes
 	st.ApplyFailures, st.ApplyPending = rs.Failures, rs.Pending
 	st.RejectedConns = n.ln.Rejected()
-	if rs.Failures > 0 {
+	if rs.Failures > 0 || n.generations().Discarded() {
+		// Writes failed here, or the data was given up by `resolve
+		// --discard-local` and the full resync has not finished.
 		st.Disk = "inconsistent"
 	}
 }

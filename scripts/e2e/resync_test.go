@@ -239,6 +239,9 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	ldmirror(t, "resolve", "--dir", b, "--discard-local")
 	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	st := waitInSync(t, a, b)
+	if sb := statusJSON(t, b); sb.Disk != "uptodate" {
+		t.Fatalf("b's disk is %s after the full resync, want uptodate", sb.Disk)
+	}
 	if st.BytesShipped < 16<<20 {
 		t.Fatalf("shipped %d bytes, want the whole 16 MiB volume", st.BytesShipped)
 	}
