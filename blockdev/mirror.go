@@ -43,6 +43,16 @@ type WriteIntent interface {
 	Sync(ctx context.Context) error
 }
 
+// Fence is called when a write could not reach the peer, before that write
+// (or any later one) is acknowledged: it makes the peer's copy count as
+// outdated with the control plane (DESIGN invariant 4). It may block, which
+// suspends every write that cannot be shipped, and returns an error only
+// when this host may no longer write (or ctx ended: the Mirror is closing).
+type Fence func(ctx context.Context) error
+
+// ErrFenced reports a write refused because this host may no longer write.
+var ErrFenced = errors.New("this host may not write: the control plane refused to mark its peer outdated")
+
 // progressInterval is how often a resync persists what it copied.
 const progressInterval = time.Second
 
@@ -75,6 +85,14 @@ type Mirror struct {
 	resyncRate  atomic.Int64 // bytes per second; 0: unlimited
 	// resyncSkipped counts blocks a checksum resync found equal and did not send.
 	resyncSkipped atomic.Uint64
+
+	fence     Fence
+	fenceMu   sync.Mutex // one fence call at a time; writes that need it wait here
+	fenced    bool       // the peer was marked outdated since the last connection
+	fenceErr  error      // permanent: this host may not write
+	suspended atomic.Bool
+	closing   context.Context
+	stop      context.CancelFunc
 }
 
 // SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
@@ -87,12 +105,47 @@ func NewMirror(local Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log}
+	closing, stop := context.WithCancel(context.Background())
+	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log, closing: closing, stop: stop}
+}
+
+// SetFence installs the fence; without one a write that cannot be shipped
+// is acknowledged at once (no control plane: no split-brain protection).
+func (m *Mirror) SetFence(f Fence) {
+	m.fenceMu.Lock()
+	defer m.fenceMu.Unlock()
+	m.fence = f
+}
+
+// ensureFenced returns once the peer counts as outdated, or with the reason
+// this write must not be acknowledged.
+func (m *Mirror) ensureFenced() error {
+	m.fenceMu.Lock()
+	defer m.fenceMu.Unlock()
+	if m.fence == nil || m.fenced || m.fenceErr != nil {
+		return m.fenceErr
+	}
+	m.suspended.Store(true)
+	defer m.suspended.Store(false)
+	if err := m.fence(m.closing); err != nil {
+		if m.closing.Err() == nil {
+			m.fenceErr = fmt.Errorf("%w: %w", ErrFenced, err)
+			return m.fenceErr
+		}
+		return fmt.Errorf("%w: closing before the peer was marked outdated", ErrClosed)
+	}
+	m.fenced = true
+	return nil
 }
 
 // SetPeer starts shipping writes to s. Blocks that went out of sync while
 // there was no peer stay dirty until Resync copies them.
 func (m *Mirror) SetPeer(s *transport.Session) {
+	if s != nil {
+		m.fenceMu.Lock()
+		m.fenced = false // a later loss must be committed again
+		m.fenceMu.Unlock()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.retire(m.peer)
@@ -227,6 +280,9 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 	}
 	if m.intent != nil {
 		m.intent.EndWrite(e, inSync)
+	}
+	if !inSync && lerr == nil {
+		return m.ensureFenced()
 	}
 	return lerr
 }
@@ -478,6 +534,7 @@ func (m *Mirror) Close() error {
 	}
 	m.closed = true
 	m.mu.Unlock()
+	m.stop() // a write suspended in the fence fails rather than hang the shutdown
 	m.inflight.Wait()
 	err := m.local.Flush()
 	return errors.Join(err, m.local.Close())
@@ -486,6 +543,7 @@ func (m *Mirror) Close() error {
 // MirrorStatus is a snapshot of the primary's replication state.
 type MirrorStatus struct {
 	Connected    bool
+	Suspended    bool // writes wait for the control plane to mark the peer outdated
 	Replication  string
 	LastError    string
 	DirtyBlocks  uint64
@@ -531,5 +589,6 @@ func (m *Mirror) Status() MirrorStatus {
 	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
 	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
 	st.ResyncSkip = m.resyncSkipped.Load()
+	st.Suspended = m.suspended.Load()
 	return st
 }

@@ -221,6 +221,12 @@ func (h *requestHarness) waitAcked(t *testing.T, seqs ...uint64) {
 
 func (h *requestHarness) waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
+	waitUntil(t, cond)
+}
+
+// waitUntil polls cond until it holds, failing the test after 5 s.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
