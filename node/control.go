@@ -84,6 +84,10 @@ func listenControl(path string, n *Node) (*ControlSocket, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(res)
 	})
+	if n.cfg.ControlRoutes != nil {
+		mux.Handle("/cluster", n.cfg.ControlRoutes)
+		mux.Handle("/cluster/", n.cfg.ControlRoutes)
+	}
 	return ServeControl(path, mux)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -55,6 +56,12 @@ type Config struct {
 	// ResyncChecksum compares checksums before every resync copy, not only
 	// the first one after a crash.
 	ResyncChecksum bool
+	// ControlPlane, if set, decides who is primary in which epoch (see
+	// controlplane.go); without it roles come from Role alone and nothing
+	// protects against two primaries.
+	ControlPlane ControlPlane
+	// ControlRoutes, if set, is served under /cluster on the control socket.
+	ControlRoutes http.Handler
 	// Probe, if its URL is set, is the directory server this host watches;
 	// its health shows in status.
 	Probe probe.Config
@@ -183,6 +190,9 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.link = LinkStandalone
+	if cfg.ControlPlane != nil && cfg.Role == RoleSecondary {
+		n.tcfg.Admit = n.admitPrimary
+	}
 	if cfg.Role == RoleSecondary {
 		n.replica = blockdev.NewReplica(n.dev, meta.BlockSize, n.log)
 		n.link = LinkConnecting
@@ -367,6 +377,12 @@ func (n *Node) Run(ctx context.Context) error {
 }
 
 func (n *Node) runSecondary(ctx context.Context) error {
+	if n.cfg.ControlPlane != nil {
+		watchCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); n.dropStalePrimary(watchCtx) }()
+		defer func() { stop(); <-done }()
+	}
 	n.log.Info("secondary ready", "listen", n.ln.Addr().String(), "volume", n.meta.VolumeUUID, "size", n.meta.Size)
 	err := n.ln.Serve(ctx, n)
 	n.replica.Wait()
@@ -386,6 +402,15 @@ func (n *Node) Handle(req *transport.Request) {
 }
 
 func (n *Node) runPrimary(ctx context.Context) error {
+	if n.cfg.ControlPlane != nil && !n.cfg.Passthrough {
+		epoch, err := n.awaitPrimaryRole(ctx)
+		if err != nil {
+			n.closeDevices()
+			return nil // stopped before it was named primary
+		}
+		n.tcfg.Epoch = uint64(epoch)
+		n.mirror.SetFence(n.fencePeer(epoch))
+	}
 	var dev blockdev.Device = n.mirror
 	if n.cfg.Passthrough {
 		dev = n.dev
@@ -523,7 +548,11 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session) {
 	}
 	n.crashed = false
 	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
-	if n.dirty.Dirty() > 0 || (local.Bitmap == 0 && local == peer) {
+	if n.dirty.Dirty() > 0 {
+		return
+	}
+	if local.Bitmap == 0 && local == peer {
+		n.markPeerUpToDate(ctx, s.Peer().NodeID) // in sync from the start
 		return
 	}
 	if err := n.mirror.Flush(); err != nil {
@@ -541,7 +570,9 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session) {
 	}
 	if err != nil {
 		n.log.Warn("could not record that the peer caught up", "err", err)
+		return
 	}
+	n.markPeerUpToDate(ctx, s.Peer().NodeID)
 }
 
 // peerLost starts a new generation: from now on this host writes alone.

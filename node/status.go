@@ -25,6 +25,10 @@ type Status struct {
 	PeerDisk    string  `json:"peer_disk,omitempty"`
 	UptimeSec   float64 `json:"uptime_seconds"`
 	Generations string  `json:"generations"`
+	// With a control plane: the epoch this host works in and the primary
+	// the control plane names.
+	Epoch        uint64 `json:"epoch,omitempty"`
+	NamedPrimary string `json:"named_primary,omitempty"`
 
 	// Directory server health, with a probe configured.
 	LDAP *LDAPHealth `json:"ldap,omitempty"`
@@ -91,6 +95,10 @@ func (n *Node) Status() Status {
 		st.VerifyDone, st.VerifyTotal = n.verified[0], n.verified[1]
 	}
 	n.mu.Unlock()
+	if cp := n.cfg.ControlPlane; cp != nil {
+		cs := cp.State()
+		st.Epoch, st.NamedPrimary = uint64(cs.Epoch), cs.Primary
+	}
 	if n.monitor != nil {
 		h := n.monitor.Health()
 		st.LDAP = &LDAPHealth{
@@ -112,6 +120,9 @@ func (n *Node) Status() Status {
 	}
 	ms := n.mirror.Status()
 	st.Replication = ms.Replication
+	if ms.Suspended {
+		st.Replication = "suspended"
+	}
 	st.DirtyBlocks = ms.DirtyBlocks
 	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
 	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
@@ -193,6 +204,9 @@ func (st *Status) WriteText(w io.Writer) {
 	}
 	row("disk", "%s", disk)
 	row("generation", "%s", st.Generations)
+	if st.NamedPrimary != "" || st.Epoch != 0 {
+		row("control", "epoch %d, primary %s", st.Epoch, st.NamedPrimary)
+	}
 	if st.Role == RolePrimary {
 		row("dirty", "%d blocks (%s)", st.DirtyBlocks, Bytes(st.DirtyBytes))
 		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, Bytes(st.BytesShipped), st.FlushesShipped)

@@ -4,7 +4,8 @@
 // Every frame is a 32-byte header followed by a payload:
 //
 //	0  magic   "LDM1"
-//	4  type    Hello, Auth, Write, Trim, Flush, Ack, Ping, Pong, Error
+//	4  type    Hello, Auth, Write, Trim, Flush, Ack, Ping, Pong, Error,
+//	           Generation, Checksum, Ready
 //	5  flags   must be 0
 //	6  reserved, must be 0
 //	8  length  payload bytes, at most MaxPayload
@@ -15,7 +16,8 @@
 // A connection starts with a handshake: both sides send Hello (protocol
 // version, node identity, volume identity and geometry, a random nonce), then
 // Auth, an HMAC-SHA256 over both Hellos keyed with the shared secret. No data
-// frame is accepted before both Auths verified and the volumes matched.
+// frame is accepted before both Auths verified and the volumes matched; the
+// acceptor then sends Ready (or an Error saying why it refuses).
 //
 // After the handshake the primary's Session pipelines Write, Trim and Flush
 // requests with a bounded window of outstanding frames; the secondary's

@@ -38,10 +38,11 @@ const (
 	TypeError
 	TypeGeneration
 	TypeChecksum
+	TypeReady
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

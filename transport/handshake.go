@@ -38,6 +38,10 @@ type Config struct {
 	// Generations returns the identifiers to send in each Hello (see
 	// Hello.Generations); they change while the host runs. Nil sends zeros.
 	Generations func() [4]uint64
+	// Admit, if set, decides whether an authenticated peer with a matching
+	// volume may connect (the secondary asks the control plane whether the
+	// peer is the primary of the current epoch). Its error goes to the peer.
+	Admit func(peer Hello) error
 	// Window is the number of requests that may be outstanding on the link
 	// (default 64).
 	Window int
@@ -168,6 +172,20 @@ func handshake(conn net.Conn, fr *FrameReader, cfg *Config, initiator bool) (Hel
 	}
 	if err := checkVolume(&own, &peer); err != nil {
 		return peer, refuse(conn, cfg.Epoch, err)
+	}
+	if cfg.Admit != nil {
+		if err := cfg.Admit(peer); err != nil {
+			return peer, refuse(conn, cfg.Epoch, err)
+		}
+	}
+	// The acceptor confirms once it accepted everything, so a dialer learns
+	// of a refusal from Dial rather than from its first write.
+	if initiator {
+		if _, err := readControl(fr, TypeReady); err != nil {
+			return peer, fmt.Errorf("wait for the peer to accept: %w", err)
+		}
+	} else if err := writeFrame(conn, TypeReady, 0, cfg.Epoch, nil); err != nil {
+		return peer, fmt.Errorf("send ready: %w", err)
 	}
 	return peer, conn.SetDeadline(time.Time{})
 }

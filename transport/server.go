@@ -258,6 +258,11 @@ type ServerSession struct {
 // Peer is the Hello the primary sent.
 func (s *ServerSession) Peer() Hello { return s.peer }
 
+// Close ends the session, telling the primary why.
+func (s *ServerSession) Close(reason error) {
+	s.fail(refuse(s.conn, s.cfg.Epoch, reason))
+}
+
 // Received is the number of requests received and acknowledged.
 func (s *ServerSession) Received() uint64 { return s.applied.Load() }
 

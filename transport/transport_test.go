@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -243,6 +244,40 @@ func authenticatedConn(t *testing.T, addr string) net.Conn {
 func writeFrameBytes(off uint64, data []byte) []byte {
 	p := binary.BigEndian.AppendUint64(nil, off)
 	return AppendFrame(nil, Header{Type: TypeWrite, Seq: 1}, append(p, data...))
+}
+
+func TestAdmitRefusesStaleEpoch(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg := testConfig("b")
+	cfg.Admit = func(peer Hello) error {
+		if peer.Epoch < 7 {
+			return fmt.Errorf("%w: primary %s has epoch %d, the control plane is at 7", ErrStaleEpoch, peer.NodeID, peer.Epoch)
+		}
+		return nil
+	}
+	ln, err := Listen("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ln.Serve(ctx, fileHandler{f})
+	old := testConfig("a")
+	old.Epoch = 6
+	if _, err := Dial(context.Background(), ln.Addr().String(), old); !errors.Is(err, ErrPeerRefused) || !strings.Contains(err.Error(), "epoch 6") {
+		t.Fatalf("stale primary: %v, want refused naming its epoch", err)
+	}
+	current := testConfig("a")
+	current.Epoch = 7
+	s, err := Dial(context.Background(), ln.Addr().String(), current)
+	if err != nil {
+		t.Fatalf("current primary: %v", err)
+	}
+	s.Close()
 }
 
 func TestHostileFrames(t *testing.T) {

@@ -53,7 +53,7 @@ const defaultCommandTimeout = 10 * time.Second
 // ("cluster-bind" in the daemon, "bind" in the witness).
 func memberFlags(prefix string) []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: prefix + "bind", Usage: "cluster port `ADDR` (host:port) to listen on, e.g. 10.0.0.3:7400", Required: true},
+		&cli.StringFlag{Name: prefix + "bind", Usage: "cluster port `ADDR` (host:port) to listen on, e.g. 10.0.0.3:7400", Required: prefix == ""},
 		&cli.StringFlag{Name: prefix + "advertise", Usage: "`ADDR` peers dial to reach this member (default: --" + prefix + "bind)"},
 		&cli.BoolFlag{Name: prefix + "bootstrap", Usage: "start a new cluster with this member as its only voter (once, on the first host)"},
 		&cli.StringFlag{Name: prefix + "join", Usage: "join the cluster through the member at `ADDR` (any member)"},

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -23,7 +25,7 @@ func daemonCommand() *cli.Command {
 		Description: "A primary exports the volume through FUSE as <mount>/volume (attach it with 'ldmirror attach')\n" +
 			"and mirrors every write to the secondary at --peer. A secondary accepts the primary on --listen\n" +
 			"and applies its writes. SIGTERM or SIGINT: writes in flight complete and are acknowledged, then it exits.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			dirFlag,
 			&cli.StringFlag{Name: "role", Usage: "primary or secondary", Required: true},
 			&cli.StringFlag{Name: "node-id", Usage: "this host's name (default: the hostname)"},
@@ -47,7 +49,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "probe-threshold", Usage: "failed probes in a row before the server counts as down", Value: probe.DefaultThreshold},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
-		},
+		}, memberFlags("cluster-")...),
 		Action: runDaemon,
 	}
 }
@@ -103,6 +105,31 @@ func runDaemon(c *cli.Context) error {
 		}
 		pcfg.Password = strings.TrimRight(string(b), "\r\n")
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var cp node.ControlPlane
+	var routes http.Handler
+	if c.String("cluster-bind") != "" {
+		if secret == nil {
+			return fmt.Errorf("--secret-file is required with --cluster-bind")
+		}
+		m, err := startMember(c, "cluster-", memberOptions{NodeID: id, DataDir: filepath.Join(c.String("dir"), "raft"), Secret: secret, Logger: log})
+		if err != nil {
+			return fmt.Errorf("control plane: %w", err)
+		}
+		defer m.Close()
+		cp, routes = m.Cluster(), m.Handler()
+		go func() {
+			select {
+			case err := <-m.Fatal():
+				log.Error("control plane member failed; stopping", "err", err)
+				stop()
+			case <-ctx.Done():
+			}
+		}()
+	} else {
+		log.Warn("no control plane (--cluster-bind not set): the role comes from --role alone and NOTHING prevents two primaries (split brain)")
+	}
 	n, err := node.Open(node.Config{
 		Dir:            c.String("dir"),
 		Role:           c.String("role"),
@@ -118,6 +145,8 @@ func runDaemon(c *cli.Context) error {
 		NoActivityLog:  !c.Bool("activity-log"),
 		ResyncChecksum: c.Bool("resync-checksum"),
 		Probe:          pcfg,
+		ControlPlane:   cp,
+		ControlRoutes:  routes,
 		Logger:         log,
 	})
 	if err != nil {
@@ -134,8 +163,6 @@ func runDaemon(c *cli.Context) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if err := n.Run(ctx); err != nil {
 		return err
 	}

@@ -1,0 +1,136 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+// ControlPlane is what a host needs of the raft control plane
+// (*cluster.Cluster): who is primary in which epoch, and the commits that
+// fence a lost peer and record a caught-up one.
+type ControlPlane interface {
+	State() cluster.VolumeState
+	MarkPeerOutdated(ctx context.Context, epoch cluster.Epoch, peer string) error
+	SetDiskState(ctx context.Context, node string, d cluster.DiskState, epoch cluster.Epoch) error
+}
+
+// fenceRetry is how often a primary without quorum retries marking its peer
+// outdated while its writes are suspended.
+const fenceRetry = 250 * time.Millisecond
+
+// awaitPrimaryRole blocks until the control plane names this host primary
+// and returns the epoch.
+func (n *Node) awaitPrimaryRole(ctx context.Context) (cluster.Epoch, error) {
+	logged := false
+	for {
+		st := n.cfg.ControlPlane.State()
+		if st.Primary == n.cfg.NodeID {
+			n.log.Info("the control plane names this host primary", "epoch", st.Epoch)
+			return st.Epoch, nil
+		}
+		if !logged {
+			n.log.Warn("waiting for the control plane to name this host primary (ldmirror promote)", "node", n.cfg.NodeID, "primary", st.Primary, "epoch", st.Epoch)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(fenceRetry):
+		}
+	}
+}
+
+// peerID is the other data host's node ID according to the control plane.
+func (n *Node) peerID() string {
+	for _, id := range n.cfg.ControlPlane.State().DataHosts() {
+		if id != n.cfg.NodeID {
+			return id
+		}
+	}
+	return ""
+}
+
+// fencePeer commits "peer outdated" for epoch, retrying while there is no
+// quorum: until then the writes that need it stay suspended. A refusal other
+// than no quorum means this host lost the primary role.
+func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
+	return func(ctx context.Context) error {
+		peer := n.peerID()
+		if peer == "" {
+			return errors.New("the control plane knows no peer to mark outdated")
+		}
+		warned := false
+		for {
+			err := n.cfg.ControlPlane.MarkPeerOutdated(ctx, epoch, peer)
+			switch {
+			case err == nil:
+				n.log.Warn("peer marked outdated: writes continue on this host alone", "peer", peer, "epoch", epoch)
+				return nil
+			case errors.Is(err, cluster.ErrStaleEpoch), errors.Is(err, cluster.ErrNotPrimary), errors.Is(err, cluster.ErrUnknownNode):
+				n.log.Error("the control plane refused to mark the peer outdated: this host no longer writes", "epoch", epoch, "err", err)
+				return err
+			case ctx.Err() != nil:
+				return ctx.Err()
+			}
+			if !warned {
+				n.log.Warn("writes suspended: cannot mark the peer outdated without quorum; retrying", "peer", peer, "err", err)
+				warned = true
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(fenceRetry):
+			}
+		}
+	}
+}
+
+// admitPrimary lets only the primary of the current epoch replicate here.
+func (n *Node) admitPrimary(peer transport.Hello) error {
+	st := n.cfg.ControlPlane.State()
+	switch {
+	case peer.NodeID != st.Primary:
+		return fmt.Errorf("%w: %s is not the primary (the control plane names %q in epoch %d)", transport.ErrStaleEpoch, peer.NodeID, st.Primary, st.Epoch)
+	case cluster.Epoch(peer.Epoch) < st.Epoch:
+		return fmt.Errorf("%w: primary %s has epoch %d, the control plane is at %d", transport.ErrStaleEpoch, peer.NodeID, peer.Epoch, st.Epoch)
+	}
+	return nil
+}
+
+// markPeerUpToDate records with the control plane that the peer caught up.
+func (n *Node) markPeerUpToDate(ctx context.Context, peer string) {
+	if n.cfg.ControlPlane == nil {
+		return
+	}
+	epoch := cluster.Epoch(n.tcfg.Epoch)
+	if err := n.cfg.ControlPlane.SetDiskState(ctx, peer, cluster.DiskUpToDate, epoch); err != nil {
+		n.log.Warn("could not record the peer as up to date with the control plane", "peer", peer, "err", err)
+	}
+}
+
+// dropStalePrimary ends the replication session of a primary that the
+// control plane no longer names, or names in a later epoch, until ctx ends.
+func (n *Node) dropStalePrimary(ctx context.Context) {
+	t := time.NewTicker(fenceRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := n.ln.Active()
+		if s == nil {
+			continue
+		}
+		if err := n.admitPrimary(s.Peer()); err != nil {
+			n.log.Warn("dropping the replication session of a stale primary", "err", err)
+			s.Close(err)
+		}
+	}
+}
