@@ -5,16 +5,24 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/netns"
 	"github.com/ldmirror/ldmirror/node"
 )
 
 // startWitness runs `ldmirror witness` in dir; it answers on
 // dir/cluster.sock, not the daemons' control.sock.
 func startWitness(t *testing.T, dir string, args ...string) *exec.Cmd {
+	t.Helper()
+	return startWitnessIn(t, nil, dir, args...)
+}
+
+// startWitnessIn is startWitness run under prefix (see startDaemonIn).
+func startWitnessIn(t *testing.T, prefix []string, dir string, args ...string) *exec.Cmd {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -23,7 +31,8 @@ func startWitness(t *testing.T, dir string, args ...string) *exec.Cmd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, append([]string{"witness", "--data-dir", dir}, args...)...)
+	argv := append(append(slices.Clone(prefix), binary, "witness", "--data-dir", dir), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -186,4 +195,59 @@ func TestFencingWithWitness(t *testing.T) {
 	if !strings.Contains(string(log), "stale") {
 		t.Fatalf("b did not log refusing the stale primary:\n%s", log)
 	}
+}
+
+// TestPartitionBetweenDataHosts is issue 5's scenario 2 on network
+// namespaces: only the A–B link is cut, both still reach W. A commits "B
+// outdated" with W and goes on writing; B cannot be promoted; after the heal
+// A resyncs B, which becomes uptodate again.
+func TestPartitionBetweenDataHosts(t *testing.T) {
+	requireE2E(t, "nsenter")
+	lab := netns.NewLab(t, "a", "b", "w")
+	in := func(host string) []string { return []string{"nsenter", "--net=/run/netns/" + lab.NS(host)} }
+	a, b, secret := pairDirs(t, "32MiB")
+	w := filepath.Join(filepath.Dir(a), "w")
+	port := func(host, p string) string { return lab.Addr(host) + ":" + p }
+	startWitnessIn(t, in("w"), w, "--node-id", "w", "--bind", port("w", "7400"), "--secret-file", secret,
+		"--raft-timeout", "300ms", "--bootstrap")
+	common := []string{"--secret-file", secret, "--cluster-raft-timeout", "300ms", "--cluster-join", port("w", "7400"), "--timeout", "1s"}
+	startDaemonIn(t, in("b"), b, append([]string{"--role", "secondary", "--node-id", "b", "--listen", port("b", "7789"),
+		"--cluster-bind", port("b", "7400")}, common...)...)
+	startDaemonIn(t, in("a"), a, append([]string{"--role", "primary", "--node-id", "a", "--peer", port("b", "7789"),
+		"--cluster-bind", port("a", "7400")}, common...)...)
+	waitFor(t, 20*time.Second, "the members to join and a to be promoted", func() bool {
+		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
+			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
+	})
+	waitFor(t, 20*time.Second, "a to connect and b to be uptodate", func() bool {
+		st, err := status(a)
+		v, cerr := clusterState(t, a)
+		return err == nil && cerr == nil && st.Link == node.LinkConnected && v.disk("b") == "uptodate"
+	})
+	writeBlocks(t, a, 0, 10)
+	waitInSync(t, a, b)
+
+	lab.Partition("a", "b")
+	done := make(chan struct{})
+	go func() { defer close(done); writeBlocks(t, a, 100, 10) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("writes on a did not complete within 30 s of the A-B cut (a reaches w: it should mark b outdated and go on); status %+v", statusJSON(t, a))
+	}
+	waitFor(t, 10*time.Second, "b to be outdated", func() bool {
+		v, err := clusterState(t, a)
+		return err == nil && v.disk("b") == "outdated"
+	})
+	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "uptodate") {
+		t.Fatalf("promote b while outdated: %v %s; want a refusal saying b is not uptodate", err, out)
+	}
+
+	lab.Heal("a", "b")
+	waitInSync(t, a, b)
+	waitFor(t, 20*time.Second, "b to be uptodate after the resync", func() bool {
+		v, err := clusterState(t, a)
+		return err == nil && v.disk("b") == "uptodate"
+	})
 }

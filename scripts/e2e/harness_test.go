@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,11 +107,19 @@ type daemon struct {
 
 func startDaemon(t *testing.T, dir string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonIn(t, nil, dir, args...)
+}
+
+// startDaemonIn is startDaemon with the command run under prefix, e.g.
+// nsenter into a test host's network namespace.
+func startDaemonIn(t *testing.T, prefix []string, dir string, args ...string) *daemon {
+	t.Helper()
 	logf, err := os.Create(filepath.Join(dir, "daemon.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, append([]string{"daemon", "--dir", dir}, args...)...)
+	argv := append(append(slices.Clone(prefix), binary, "daemon", "--dir", dir), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
