@@ -3,18 +3,16 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 )
@@ -257,7 +255,7 @@ func TestProbeHealthInStatus(t *testing.T) {
 	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedWriter{w: &strings.Builder{}}
+	logs := &logbuf.Buffer{}
 	n, err := Open(Config{
 		Dir: dir, Role: RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789"),
 		Probe:  probe.Config{URL: srv.URL, Interval: 50 * time.Millisecond, Threshold: 2},
@@ -298,54 +296,5 @@ func TestProbeHealthInStatus(t *testing.T) {
 	})
 	if out := logs.String(); !strings.Contains(out, `msg="directory server up"`) || !strings.Contains(out, `msg="directory server down"`) {
 		t.Fatalf("the transitions are not logged:\n%s", out)
-	}
-}
-
-// lockedWriter lets several goroutines log into one builder.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.(fmt.Stringer).String()
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func TestDiscardedSecondaryIsInconsistent(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Dir: dir, Role: RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789")}
-	n, err := Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := n.Status().Disk; d != "uptodate" {
-		t.Fatalf("fresh secondary disk = %s", d)
-	}
-	n.closeDevices()
-	if _, err := DiscardLocal(dir); err != nil {
-		t.Fatal(err)
-	}
-	if n, err = Open(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if d := n.Status().Disk; d != "inconsistent" {
-		t.Fatalf("discarded secondary disk = %s, want inconsistent", d)
-	}
-	primary := cfg
-	primary.Role, primary.Listen = RolePrimary, ""
-	n.closeDevices()
-	if _, err := Open(primary); err == nil || !strings.Contains(err.Error(), "discarded its data") {
-		t.Fatalf("a discarded host started as primary: %v", err)
 	}
 }

@@ -13,9 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/internal/logbuf"
 )
 
 const testSize = 1 << 20
@@ -45,28 +46,10 @@ func (h fileHandler) Handle(r *Request) {
 	r.Done(err)
 }
 
-// syncBuffer is a log sink safe for the listener's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type secondary struct {
 	ln   *Listener
 	file *os.File
-	log  *syncBuffer
+	log  *logbuf.Buffer
 }
 
 func startSecondary(t *testing.T) *secondary {
@@ -78,7 +61,7 @@ func startSecondary(t *testing.T) *secondary {
 	if err := f.Truncate(testSize); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	cfg := testConfig("b")
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	ln, err := Listen("127.0.0.1:0", cfg)

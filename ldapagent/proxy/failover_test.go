@@ -13,12 +13,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 )
 
@@ -118,7 +118,7 @@ func TestSignalDrainsSlowSearch(t *testing.T) {
 	}
 	b := slapdtest.New(t, slapdtest.Options{}) // never started
 	addr := freeAddr(t)
-	var stderr syncBuffer
+	var stderr logbuf.Buffer
 	proxy := exec.Command(bin, "retrier", "--listen", "ldap://"+addr, "--primary", a.URL, "--secondary", b.URL, "--drain-timeout", "60s")
 	proxy.Stderr = &stderr
 	if err := proxy.Start(); err != nil {
@@ -228,24 +228,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestSoak: for 60 s, 4 clients run mixed operations through the proxy
