@@ -39,10 +39,11 @@ const (
 	TypeGeneration
 	TypeChecksum
 	TypeReady
+	TypeOutOfSync
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

@@ -26,6 +26,11 @@ const (
 	// KindChecksum asks for the CRC32C of each block in [Offset,
 	// Offset+Length); the Handler answers with Reply.
 	KindChecksum
+	// KindOutOfSync asks for the blocks this host knows may differ from
+	// the primary (its own scoreboard and activity log, kept from when it
+	// last wrote as primary); the Handler answers with Reply, a portable
+	// roaring bitmap of block numbers.
+	KindOutOfSync
 )
 
 func (k Kind) String() string {
@@ -40,6 +45,8 @@ func (k Kind) String() string {
 		return "generation"
 	case KindChecksum:
 		return "checksum"
+	case KindOutOfSync:
+		return "outofsync"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -343,6 +350,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindGeneration
 	case TypeChecksum:
 		kind = KindChecksum
+	case TypeOutOfSync:
+		kind = KindOutOfSync
 	case TypeError:
 		p := make([]byte, hd.Length)
 		if err := s.fr.ReadPayload(hd, p); err != nil {
@@ -397,9 +406,9 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error)
 		}
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
-	case KindFlush:
+	case KindFlush, KindOutOfSync:
 		if len(p) != 0 {
-			return nil, fmt.Errorf("%w: flush frame with %d payload bytes", ErrMalformed, len(p))
+			return nil, fmt.Errorf("%w: %s frame with %d payload bytes", ErrMalformed, kind, len(p))
 		}
 		return req, nil
 	case KindGeneration:

@@ -195,6 +195,12 @@ func (s *Session) SubmitChecksum(off, n int64) (*Call, error) {
 	return s.submit(TypeChecksum, off, n, nil)
 }
 
+// SubmitOutOfSync asks the peer which blocks it knows may differ from this
+// host (see KindOutOfSync). WaitReply returns a portable roaring bitmap.
+func (s *Session) SubmitOutOfSync() (*Call, error) {
+	return s.submit(TypeOutOfSync, 0, 0, nil)
+}
+
 func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Call, error) {
 	select {
 	case s.window <- struct{}{}:
@@ -359,7 +365,7 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, body)
 		return nil
 	}
-	if c.kind == TypeChecksum {
+	if c.kind == TypeChecksum || c.kind == TypeOutOfSync {
 		c.reply = bytes.Clone(body) // payload aliases the read buffer
 	}
 	switch c.kind {

@@ -42,6 +42,9 @@ func (h fileHandler) Handle(r *Request) {
 		_, err = h.f.WriteAt(r.Data, r.Offset)
 	case KindFlush:
 		err = h.f.Sync()
+	case KindOutOfSync:
+		r.Reply([]byte("blocks that may differ"), nil)
+		return
 	}
 	r.Done(err)
 }
@@ -163,6 +166,23 @@ func TestPipelinedWritesAndFlush(t *testing.T) {
 		if _, err := s.file.ReadAt(buf, int64(i)*4096); err != nil || buf[0] != byte(i) || buf[4095] != byte(i) {
 			t.Fatalf("block %d on the secondary = %x..., want %x", i, buf[0], byte(i))
 		}
+	}
+}
+
+func TestOutOfSyncReply(t *testing.T) {
+	s := startSecondary(t)
+	sess, err := Dial(context.Background(), s.ln.Addr().String(), testConfig("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	c, err := sess.SubmitOutOfSync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.WaitReply()
+	if err != nil || string(got) != "blocks that may differ" {
+		t.Fatalf("WaitReply = %q, %v", got, err)
 	}
 }
 
