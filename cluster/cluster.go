@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 )
@@ -584,6 +585,27 @@ func (c *Cluster) SetDiskState(ctx context.Context, node string, d DiskState, ep
 func (c *Cluster) AckSeq(ctx context.Context, node string, epoch Epoch, seq uint64) error {
 	_, err := c.submit(ctx, command{Op: opAckSeq, Node: node, Epoch: epoch, Seq: seq})
 	return err
+}
+
+// ReportReady records whether node, a data host, can serve the directory,
+// as its LDAP agent judges it, with a short detail for status (shortened
+// to MaxReadyDetail bytes). It is a raft commit: agents report changes,
+// not every check. ErrWitness and ErrUnknownNode refuse hosts without a
+// volume.
+func (c *Cluster) ReportReady(ctx context.Context, node string, ready bool, detail string) error {
+	_, err := c.submit(ctx, command{Op: opReportReady, Node: node, Ready: ready, Detail: truncateUTF8(detail, MaxReadyDetail)})
+	return err
+}
+
+// truncateUTF8 returns s cut to at most n bytes, at a rune boundary.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // Leader returns the raft leader as this member knows it ("" if none).

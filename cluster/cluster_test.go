@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -339,6 +340,46 @@ func TestForcedPromotion(t *testing.T) {
 	// The old primary is fenced: its epoch is gone.
 	if err := a.MarkPeerOutdated(ctx, 1, "b"); !errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("deposed primary's mark: %v, want ErrStaleEpoch", err)
+	}
+}
+
+// TestReportReady: readiness reports submitted on followers are forwarded
+// to the leader, refusals keep their sentinel across the forward, and every
+// member records the same report and time.
+func TestReportReady(t *testing.T) {
+	ms := startTrio(t, "a", nil)
+	ctx := ctxFor(t, 20*time.Second)
+	waitFor(t, 5*time.Second, "a leader", func() bool { id, _ := ms["a"].c.Leader(); return id != "" })
+	var followers []*Cluster
+	for _, m := range ms {
+		if !m.c.isLeader() {
+			followers = append(followers, m.c)
+		}
+	}
+	if len(followers) < 2 {
+		t.Fatalf("%d followers, want 2", len(followers))
+	}
+	// "é" is 2 bytes, so the cut at MaxReadyDetail would split one: the
+	// detail is shortened to the rune boundary before it.
+	long := "x" + strings.Repeat("é", MaxReadyDetail)
+	if err := followers[0].ReportReady(ctx, "b", true, long); err != nil {
+		t.Fatalf("report ready via follower %s: %v", followers[0].NodeID(), err)
+	}
+	if err := followers[1].ReportReady(ctx, "w", true, ""); !errors.Is(err, ErrWitness) {
+		t.Fatalf("witness readiness via follower %s: %v, want ErrWitness", followers[1].NodeID(), err)
+	}
+	if err := followers[1].ReportReady(ctx, "zz", true, ""); !errors.Is(err, ErrUnknownNode) {
+		t.Fatalf("unknown host's readiness: %v, want ErrUnknownNode", err)
+	}
+	converged(t, ms, func(s VolumeState) bool { h, _ := s.Host("b"); return h.Ready })
+	ref, _ := ms["a"].c.State().Host("b")
+	if ref.ReadyDetail != long[:MaxReadyDetail-1] || ref.ReadySince.IsZero() {
+		t.Fatalf("b's report recorded as %d bytes since %v", len(ref.ReadyDetail), ref.ReadySince)
+	}
+	for id, m := range ms {
+		if h, _ := m.c.State().Host("b"); !reflect.DeepEqual(h, ref) {
+			t.Fatalf("%s records b as %+v, a as %+v", id, h, ref)
+		}
 	}
 }
 

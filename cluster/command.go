@@ -26,6 +26,7 @@ const (
 	opMarkOutdated op = "mark-outdated" // primary By, in Epoch, outdates its peer Node
 	opSetDisk      op = "set-disk"      // Node's disk is Disk, reported in Epoch
 	opAckSeq       op = "ack-seq"       // Node acknowledged Seq in Epoch
+	opReportReady  op = "report-ready"  // Node's agent reports it can serve (Ready, Detail)
 )
 
 // command is one entry of the raft log. Fields a given op does not use stay
@@ -40,6 +41,8 @@ type command struct {
 	Witness bool      `json:"witness,omitempty"`
 	Disk    DiskState `json:"disk,omitempty"`
 	Seq     uint64    `json:"seq,omitempty"`
+	Ready   bool      `json:"ready,omitempty"`
+	Detail  string    `json:"detail,omitempty"`
 }
 
 // encode returns the log entry for c: one version byte, then JSON. JSON keeps
@@ -93,6 +96,8 @@ func (s *VolumeState) apply(c command, index uint64, at time.Time) (Epoch, error
 		err = s.setDisk(c)
 	case opAckSeq:
 		err = s.ackSeq(c)
+	case opReportReady:
+		err = s.reportReady(c, at)
 	default:
 		err = fmt.Errorf("%w: unknown op %q", ErrInvalidCommand, c.Op)
 	}
@@ -349,5 +354,25 @@ func (s *VolumeState) ackSeq(c command) error {
 	if h.AckedEpoch != c.Epoch || c.Seq > h.AckedSeq {
 		h.AckedSeq, h.AckedEpoch = c.Seq, c.Epoch
 	}
+	return nil
+}
+
+// reportReady records a data host's own readiness to serve, as its LDAP
+// agent judged it. It needs no epoch: readiness is a fact about the host,
+// not about a tenure. ReadySince moves only when Ready changes, so it says
+// how long the host has been (not) ready.
+func (s *VolumeState) reportReady(c command, at time.Time) error {
+	i, err := s.dataHost(c.Node)
+	if err != nil {
+		return err
+	}
+	if len(c.Detail) > MaxReadyDetail {
+		return fmt.Errorf("%w: readiness detail of %d bytes exceeds %d", ErrInvalidCommand, len(c.Detail), MaxReadyDetail)
+	}
+	h := &s.Hosts[i]
+	if h.ReadySince.IsZero() || h.Ready != c.Ready {
+		h.ReadySince = at.UTC()
+	}
+	h.Ready, h.ReadyDetail = c.Ready, c.Detail
 	return nil
 }

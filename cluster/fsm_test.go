@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,6 +177,32 @@ func TestApply(t *testing.T) {
 			want: func(s *VolumeState) { s.Hosts[1].AckedSeq, s.Hosts[1].AckedEpoch = 7, 3 }},
 		{name: "ack in stale epoch refused", cmd: command{Op: opAckSeq, Node: "b", Seq: 1, Epoch: 2}, wantErr: ErrStaleEpoch},
 
+		// report ready (agent readiness)
+		{name: "first readiness report sets since from the entry", cmd: command{Op: opReportReady, Node: "b", Ready: true, Detail: "slaptest ok"},
+			want: func(s *VolumeState) {
+				s.Hosts[1].Ready, s.Hosts[1].ReadyDetail, s.Hosts[1].ReadySince = true, "slaptest ok", at
+			}},
+		{name: "first report of not ready also sets since", cmd: command{Op: opReportReady, Node: "a", Detail: "connect: refused"},
+			want: func(s *VolumeState) { s.Hosts[0].ReadyDetail, s.Hosts[0].ReadySince = "connect: refused", at }},
+		{name: "same readiness keeps since and updates detail", start: func(s *VolumeState) {
+			s.Hosts[1].Ready, s.Hosts[1].ReadyDetail, s.Hosts[1].ReadySince = true, "old", at.Add(-time.Hour)
+		},
+			cmd:  command{Op: opReportReady, Node: "b", Ready: true, Detail: "new"},
+			want: func(s *VolumeState) { s.Hosts[1].ReadyDetail = "new" }},
+		{name: "change of readiness moves since", start: func(s *VolumeState) {
+			s.Hosts[1].Ready, s.Hosts[1].ReadyDetail, s.Hosts[1].ReadySince = true, "ok", at.Add(-time.Hour)
+		},
+			cmd: command{Op: opReportReady, Node: "b", Detail: "ready_check failed"},
+			want: func(s *VolumeState) {
+				s.Hosts[1].Ready, s.Hosts[1].ReadyDetail, s.Hosts[1].ReadySince = false, "ready_check failed", at
+			}},
+		{name: "readiness needs no current epoch", cmd: command{Op: opReportReady, Node: "b", Ready: true, Epoch: 1},
+			want: func(s *VolumeState) { s.Hosts[1].Ready, s.Hosts[1].ReadySince = true, at }},
+		{name: "readiness of witness refused", cmd: command{Op: opReportReady, Node: "w", Ready: true}, wantErr: ErrWitness},
+		{name: "readiness of unknown refused", cmd: command{Op: opReportReady, Node: "zz", Ready: true}, wantErr: ErrUnknownNode},
+		{name: "readiness detail too long refused", cmd: command{Op: opReportReady, Node: "b", Detail: strings.Repeat("x", MaxReadyDetail+1)},
+			wantErr: ErrInvalidCommand},
+
 		{name: "unknown op refused", cmd: command{Op: "merge", Node: "a"}, wantErr: ErrInvalidCommand},
 	}
 	for _, tc := range tests {
@@ -240,6 +267,9 @@ func history(t *testing.T) []*raft.Log {
 		{Op: opDemote, Node: "b", Epoch: 4},                      // epoch 5
 		{Op: opMarkOutdated, By: "b", Node: "a", Epoch: 4},       // refused: stale
 		{Op: opSetDisk, Node: "a", Disk: DiskInconsistent, Epoch: 5},
+		{Op: opReportReady, Node: "b", Ready: true, Detail: "slaptest ok"}, // b ready since this entry
+		{Op: opReportReady, Node: "w", Ready: true},                        // refused: witness
+		{Op: opReportReady, Node: "b", Ready: true, Detail: "still ok"},    // since unchanged
 	}
 	logs := make([]*raft.Log, len(cmds))
 	for i, c := range cmds {
@@ -253,8 +283,8 @@ func history(t *testing.T) []*raft.Log {
 func TestFSMHistory(t *testing.T) {
 	f := newFSM()
 	logs := history(t)
-	wantErr := map[uint64]error{9: ErrNotUpToDate, 15: ErrStaleEpoch}
-	wantEpoch := []Epoch{0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5}
+	wantErr := map[uint64]error{9: ErrNotUpToDate, 15: ErrStaleEpoch, 18: ErrWitness}
+	wantEpoch := []Epoch{0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 5, 5, 5}
 	for i, l := range logs {
 		r := f.Apply(l).(applyResult)
 		if !errors.Is(r.Err, wantErr[l.Index]) || (wantErr[l.Index] == nil) != (r.Err == nil) {
@@ -268,12 +298,13 @@ func TestFSMHistory(t *testing.T) {
 		Primary: "", Epoch: 5, EpochIndex: 14,
 		Hosts: []HostState{
 			{ID: "a", Disk: DiskInconsistent, DiskEpoch: 5},
-			{ID: "b", Disk: DiskUpToDate, DiskEpoch: 4, AckedSeq: 9, AckedEpoch: 1},
+			{ID: "b", Disk: DiskUpToDate, DiskEpoch: 4, AckedSeq: 9, AckedEpoch: 1,
+				Ready: true, ReadyDetail: "still ok", ReadySince: at.Add(16 * time.Second)},
 			{ID: "w", Witness: true, Disk: DiskDiskless},
 		},
 		ForcedPromotions: 1,
 		LastForced:       ForcedPromotion{Node: "b", Reason: "drill", Disk: DiskOutdated, Epoch: 4, Index: 13, At: at.Add(12 * time.Second)},
-		Index:            16,
+		Index:            19,
 	}
 	if got := f.current(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("final state:\n got %+v\nwant %+v", got, want)
@@ -372,6 +403,34 @@ func TestSnapshotRestore(t *testing.T) {
 		if !bytes.Equal(snapshotBytes(t, g), snapshotBytes(t, full)) {
 			t.Fatalf("cut %d: snapshots of equal states differ", cut)
 		}
+	}
+}
+
+// TestRestoreOldSnapshot restores a snapshot written before hosts reported
+// readiness: the new fields start empty, and as long as nobody reports,
+// the snapshot this version writes is byte for byte the old one, so an
+// older member can still read it.
+func TestRestoreOldSnapshot(t *testing.T) {
+	const old = `{"version":1,"state":{"primary":"a","epoch":3,"epoch_index":10,"hosts":[` +
+		`{"id":"a","disk":"uptodate","disk_epoch":1,"acked_seq":0,"acked_epoch":0},` +
+		`{"id":"b","disk":"uptodate","disk_epoch":1,"acked_seq":0,"acked_epoch":0},` +
+		`{"id":"w","witness":true,"disk":"diskless","disk_epoch":0,"acked_seq":0,"acked_epoch":0}],` +
+		`"forced_promotions":0,"index":12}}`
+	f := newFSM()
+	if err := f.Restore(io.NopCloser(strings.NewReader(old))); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	want := pair()
+	want.Index = 12
+	if got := f.current(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("restored\n %+v\nwant %+v", got, want)
+	}
+	if got := string(snapshotBytes(t, f)); got != old {
+		t.Fatalf("snapshot of an old state changed its encoding:\n got %s\nwant %s", got, old)
+	}
+	f.Apply(&raft.Log{Index: 13, Data: mustEncode(t, command{Op: opReportReady, Node: "b", Ready: true, Detail: "ok"}), AppendedAt: at})
+	if h, _ := f.current().Host("b"); !h.Ready || h.ReadyDetail != "ok" || !h.ReadySince.Equal(at) {
+		t.Fatalf("b after its first report on a restored state: %+v", h)
 	}
 }
 

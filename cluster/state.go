@@ -85,7 +85,22 @@ type HostState struct {
 	// acknowledged, in AckedEpoch.
 	AckedSeq   uint64 `json:"acked_seq"`
 	AckedEpoch Epoch  `json:"acked_epoch"`
+	// Ready is the host's own verdict, reported by its LDAP agent
+	// (ReportReady), on whether it can serve the directory: as a secondary,
+	// its ready check passes; as the primary, its directory server answers.
+	// An agent never hands the role to a host that is not ready. A host
+	// whose agent never reported has Ready false and ReadySince zero.
+	Ready bool `json:"ready,omitempty"`
+	// ReadyDetail is the reason the agent gave, for status.
+	ReadyDetail string `json:"ready_detail,omitempty"`
+	// ReadySince is when Ready took its current value: the leader's clock
+	// at the entry that changed it, so that every member records the same.
+	ReadySince time.Time `json:"ready_since,omitzero"`
 }
+
+// MaxReadyDetail bounds HostState.ReadyDetail; ReportReady shortens longer
+// details to fit.
+const MaxReadyDetail = 256
 
 // ForcedPromotion records the last promotion an operator forced past the
 // uptodate check, so that status keeps showing it.
