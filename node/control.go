@@ -84,6 +84,15 @@ func listenControl(path string, n *Node) (*ControlSocket, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(res)
 	})
+	mux.HandleFunc("POST /swap", func(w http.ResponseWriter, r *http.Request) {
+		epoch, err := n.swap(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(SwapResult{Epoch: uint64(epoch)})
+	})
 	if n.cfg.ControlRoutes != nil {
 		mux.Handle("/cluster", n.cfg.ControlRoutes)
 		mux.Handle("/cluster/", n.cfg.ControlRoutes)
@@ -120,6 +129,18 @@ func RequestResync(ctx context.Context, path string, full, checksum bool) (Resyn
 func RequestVerify(ctx context.Context, path string) (VerifyResult, error) {
 	var res VerifyResult
 	return res, call(ctx, path, http.MethodPost, "/verify", &res)
+}
+
+// SwapResult is what `ldmirror swap` reports.
+type SwapResult struct {
+	Epoch uint64 `json:"epoch"` // the epoch the peer is primary in
+}
+
+// RequestSwap asks the primary behind the control socket at path to hand
+// the primary role to its peer (see Node.Swap).
+func RequestSwap(ctx context.Context, path string) (SwapResult, error) {
+	var res SwapResult
+	return res, call(ctx, path, http.MethodPost, "/swap", &res)
 }
 
 func call(ctx context.Context, path, method, endpoint string, out any) error {

@@ -11,39 +11,20 @@ import (
 )
 
 // ControlPlane is what a host needs of the raft control plane
-// (*cluster.Cluster): who is primary in which epoch, and the commits that
-// fence a lost peer and record a caught-up one.
+// (*cluster.Cluster): who is primary in which epoch, the commits that fence
+// a lost peer and record a caught-up one, and the hand-over of a swap.
 type ControlPlane interface {
 	State() cluster.VolumeState
+	Consistent(ctx context.Context) (cluster.VolumeState, error)
+	Watch(ctx context.Context) <-chan cluster.VolumeState
 	MarkPeerOutdated(ctx context.Context, epoch cluster.Epoch, peer string) error
 	SetDiskState(ctx context.Context, node string, d cluster.DiskState, epoch cluster.Epoch) error
+	TransferPrimary(ctx context.Context, from, to string, epoch cluster.Epoch) (cluster.Epoch, error)
 }
 
 // fenceRetry is how often a primary without quorum retries marking its peer
 // outdated while its writes are suspended.
 const fenceRetry = 250 * time.Millisecond
-
-// awaitPrimaryRole blocks until the control plane names this host primary
-// and returns the epoch.
-func (n *Node) awaitPrimaryRole(ctx context.Context) (cluster.Epoch, error) {
-	logged := false
-	for {
-		st := n.cfg.ControlPlane.State()
-		if st.Primary == n.cfg.NodeID {
-			n.log.Info("the control plane names this host primary", "epoch", st.Epoch)
-			return st.Epoch, nil
-		}
-		if !logged {
-			n.log.Warn("waiting for the control plane to name this host primary (ldmirror promote)", "node", n.cfg.NodeID, "primary", st.Primary, "epoch", st.Epoch)
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(fenceRetry):
-		}
-	}
-}
 
 // peerID is the other data host's node ID according to the control plane.
 func (n *Node) peerID() string {
@@ -69,6 +50,12 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 			err := n.cfg.ControlPlane.MarkPeerOutdated(ctx, epoch, peer)
 			switch {
 			case err == nil:
+				// From here on this host writes what the peer lacks: a
+				// new generation, durably, before any such write is
+				// acknowledged.
+				if err := n.startTracking(); err != nil {
+					return fmt.Errorf("start a new generation: %w", err)
+				}
 				n.log.Warn("peer marked outdated: writes continue on this host alone", "peer", peer, "epoch", epoch)
 				return nil
 			case errors.Is(err, cluster.ErrStaleEpoch), errors.Is(err, cluster.ErrNotPrimary), errors.Is(err, cluster.ErrUnknownNode):
@@ -115,7 +102,7 @@ func (n *Node) markPeerUpToDate(ctx context.Context, peer string) {
 
 // dropStalePrimary ends the replication session of a primary that the
 // control plane no longer names, or names in a later epoch, until ctx ends.
-func (n *Node) dropStalePrimary(ctx context.Context) {
+func (n *Node) dropStalePrimary(ctx context.Context, ln *transport.Listener) {
 	t := time.NewTicker(fenceRetry)
 	defer t.Stop()
 	for {
@@ -124,7 +111,7 @@ func (n *Node) dropStalePrimary(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s := n.ln.Active()
+		s := ln.Active()
 		if s == nil {
 			continue
 		}

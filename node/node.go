@@ -14,6 +14,7 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
@@ -38,7 +39,7 @@ const (
 // Config is how one host runs its volume.
 type Config struct {
 	Dir    string // volume directory (meta.json, volume.img)
-	Role   string // RolePrimary or RoleSecondary
+	Role   string // RolePrimary or RoleSecondary; ignored with a control plane, which names the role
 	NodeID string
 	Listen string // address the secondary accepts the primary on
 	Peer   string // address the primary dials; empty: standalone
@@ -60,6 +61,9 @@ type Config struct {
 	// controlplane.go); without it roles come from Role alone and nothing
 	// protects against two primaries.
 	ControlPlane ControlPlane
+	// Swap, if set, runs `ldmirror swap` instead of Node.Swap: the agent
+	// stops the directory service, then calls Node.Swap.
+	Swap func(context.Context) (cluster.Epoch, error)
 	// ControlRoutes, if set, is served under /cluster on the control socket.
 	ControlRoutes http.Handler
 	// Probe, if its URL is set, is the directory server this host watches;
@@ -76,9 +80,18 @@ type Config struct {
 }
 
 func (c *Config) check() error {
-	switch c.Role {
-	case RolePrimary:
-	case RoleSecondary:
+	switch {
+	case c.ControlPlane != nil:
+		// The control plane names the role; a host must be able to run
+		// either.
+		if c.Listen == "" || c.Peer == "" {
+			return errors.New("with a control plane a host needs both --listen (to serve as secondary) and --peer (to replicate as primary)")
+		}
+		if c.Passthrough {
+			return errors.New("--passthrough is a benchmark baseline: run it without a control plane")
+		}
+	case c.Role == RolePrimary:
+	case c.Role == RoleSecondary:
 		if c.Listen == "" {
 			return errors.New("a secondary needs --listen, the address the primary connects to")
 		}
@@ -109,26 +122,44 @@ func (c *Config) check() error {
 	return nil
 }
 
-// Node is one running data host.
+// Node is one running data host. With a control plane its role follows the
+// control plane: it runs a primary term while named primary and a secondary
+// term otherwise (see role.go); without one it keeps Config.Role.
 type Node struct {
 	cfg  Config
 	meta Meta
 	log  *slog.Logger
-	tcfg transport.Config
+	tcfg transport.Config // Epoch is set at the start of each primary term
 
 	dev     *blockdev.FileDevice
-	mirror  *blockdev.Mirror  // primary
-	replica *blockdev.Replica // secondary
-	ln      *transport.Listener
-	export  *blockdev.Export
 	control *ControlSocket
 	monitor *probe.Monitor // nil without a probe URL
+	lock    *os.File       // flock held on the volume directory while running
 
-	dirty *bitmap.Set            // primary
-	sb    *scoreboard.Scoreboard // primary: durable out-of-sync map and activity log
-	lock  *os.File               // flock held on the volume directory while running
+	mu sync.Mutex // guards meta's mutable fields, the link state and the term's parts
+	// role is the role of the current term; epoch the control plane's epoch
+	// of a primary term (0 without a control plane).
+	role  string
+	epoch cluster.Epoch
+	// transition says what a role change waits for, for status.
+	transition string
+	termStart  chan struct{} // closed and replaced when a term's parts are ready
 
-	mu        sync.Mutex // guards meta's mutable fields and the link state
+	// The primary term's parts.
+	mirror *blockdev.Mirror
+	gate   *writeGate // what the export serves: the mirror, closed on demotion
+	dirty  *bitmap.Set
+	sb     *scoreboard.Scoreboard // durable out-of-sync map and activity log
+	export *blockdev.Export
+
+	// The secondary term's parts.
+	replica *blockdev.Replica
+	ln      *transport.Listener
+	// behind holds the blocks this host knows may differ from the primary:
+	// what its own scoreboard recorded when it last wrote as primary. The
+	// primary asks for them (KindOutOfSync) and resyncs them too.
+	behind *roaring.Bitmap
+
 	link      string
 	peerNode  string
 	refused   string // why the last peer was refused, for status
@@ -145,7 +176,9 @@ type Node struct {
 	connected time.Time
 }
 
-// Open loads the volume and prepares the host; Run starts it.
+// Open loads the volume and prepares the host; Run starts it. Without a
+// control plane the configured role's parts are set up here, so that their
+// errors surface before Run.
 func Open(cfg Config) (*Node, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
@@ -162,13 +195,7 @@ func Open(cfg Config) (*Node, error) {
 		lock.Close()
 		return nil, err
 	}
-	n := &Node{cfg: cfg, meta: meta, log: cfg.Logger, started: time.Now(), lock: lock}
-	ok := false
-	defer func() {
-		if !ok {
-			lock.Close()
-		}
-	}()
+	n := &Node{cfg: cfg, meta: meta, log: cfg.Logger, started: time.Now(), lock: lock, termStart: make(chan struct{})}
 	n.tcfg = transport.Config{
 		NodeID:     cfg.NodeID,
 		Secret:     cfg.Secret,
@@ -182,53 +209,32 @@ func Open(cfg Config) (*Node, error) {
 	n.tcfg.Generations = func() [4]uint64 { return n.generations().Pack() }
 	if cfg.Role == RoleSecondary || cfg.Peer != "" {
 		if len(cfg.Secret) < transport.MinSecretLen {
+			lock.Close()
 			return nil, fmt.Errorf("shared secret is %d bytes, need at least %d (--secret-file)", len(cfg.Secret), transport.MinSecretLen)
 		}
 	}
 	n.dev, err = blockdev.OpenFile(filepath.Join(cfg.Dir, BackingFile), meta.Size)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	n.link = LinkStandalone
-	if cfg.ControlPlane != nil && cfg.Role == RoleSecondary {
-		n.tcfg.Admit = n.admitPrimary
-	}
-	if cfg.Role == RoleSecondary {
-		n.replica = blockdev.NewReplica(n.dev, meta.BlockSize, n.log)
-		n.link = LinkConnecting
-		n.ln, err = transport.Listen(cfg.Listen, n.tcfg)
-		if err != nil {
+	if cfg.ControlPlane == nil {
+		if err := n.prepare(cfg.Role); err != nil {
 			n.dev.Close()
-			return nil, fmt.Errorf("listen for the primary on %s: %w", cfg.Listen, err)
-		}
-		ok = true
-		return n, nil
-	}
-	n.dirty, err = bitmap.New(meta.Size, meta.BlockSize)
-	if err != nil {
-		n.dev.Close()
-		return nil, err
-	}
-	if cfg.Peer != "" {
-		n.link = LinkConnecting
-	}
-	if cfg.Passthrough {
-		n.mirror = blockdev.NewMirror(n.dev, n.dirty, nil, n.log)
-	} else {
-		if err := n.startPrimary(); err != nil {
-			n.dev.Close()
+			lock.Close()
 			return nil, err
 		}
-		var intent blockdev.WriteIntent = n.sb
-		if cfg.NoActivityLog {
-			intent = outOfSyncOnly{n.sb}
-			n.log.Warn("activity log off: after a crash of this primary, blocks written just before it may differ on the peer without being resynced")
-		}
-		n.mirror = blockdev.NewMirror(n.dev, n.dirty, intent, n.log)
-		n.mirror.SetResyncRate(cfg.ResyncRate)
 	}
-	ok = true
 	return n, nil
+}
+
+// prepare sets up the parts of a term in role.
+func (n *Node) prepare(role string) error {
+	if role == RoleSecondary {
+		return n.prepareSecondary()
+	}
+	return n.preparePrimary()
 }
 
 // lockVolume takes the volume directory for this process, so that a second
@@ -246,86 +252,6 @@ func lockVolume(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("lock volume %s: %w", dir, err)
 	}
 	return f, nil
-}
-
-// startPrimary opens the scoreboard and records that this host now writes
-// as primary. The blocks the peer may miss are the scoreboard's out-of-sync
-// map and, after a crash, every block of the activity log's hot extents.
-func (n *Node) startPrimary() error {
-	m := &n.meta
-	geom := scoreboard.Geometry{VolumeSize: m.Size, BlockSize: m.BlockSize}
-	path := filepath.Join(n.cfg.Dir, ScoreboardFile)
-	sb, err := scoreboard.Open(path, geom, scoreboard.Options{})
-	created := false
-	if errors.Is(err, os.ErrNotExist) {
-		sb, err = scoreboard.Create(path, geom, scoreboard.Options{})
-		created = true
-	}
-	if err != nil {
-		return err
-	}
-	if m.Generations.Discarded() {
-		sb.Close()
-		return errors.New("this host discarded its data (ldmirror resolve): run it as secondary until the peer resynced it")
-	}
-	behind := m.PrimaryActive || m.Generations.Bitmap != 0
-	switch {
-	case created && behind:
-		// A volume from before the scoreboard existed: what the peer misses
-		// is not known.
-		n.sb = sb
-		if err := n.markAllOutOfSync(); err != nil {
-			sb.Close()
-			return err
-		}
-		n.log.Warn("no scoreboard from the previous run: the whole volume will be resynced to the peer")
-	default:
-		rec := sb.Recovered()
-		n.dirty.MarkOutOfSync(rec)
-		if m.PrimaryActive {
-			n.crashed = true
-			n.log.Warn("the primary did not stop cleanly: resyncing the activity log's extents and the out-of-sync blocks, comparing checksums first",
-				"blocks", rec.GetCardinality())
-		}
-	}
-	if m.PrimaryActive || n.cfg.Peer == "" {
-		// After a crash, or standalone, this host writes without its peer.
-		m.Generations.StartTracking()
-	}
-	m.PrimaryActive = true
-	if err := writeMeta(n.cfg.Dir, *m); err != nil {
-		sb.Close()
-		return err
-	}
-	n.sb = sb
-	return nil
-}
-
-// markAllOutOfSync marks every block for a full resync, in memory and
-// durably, so a crash before the resync ends does not shrink it.
-func (n *Node) markAllOutOfSync() error {
-	n.dirty.MarkAllOutOfSync()
-	n.sb.MarkOutOfSync(n.dirty.OutOfSync())
-	if err := n.sb.Sync(context.Background()); err != nil {
-		return fmt.Errorf("record the full resync: %w", err)
-	}
-	return nil
-}
-
-// stopPrimary records a clean stop: the scoreboard persists the blocks the
-// peer still misses, and if there are any this host stays in a generation
-// of its own.
-func (n *Node) stopPrimary() error {
-	if err := n.sb.Close(); err != nil {
-		return fmt.Errorf("close scoreboard: %w", err)
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.dirty.Dirty() > 0 {
-		n.meta.Generations.StartTracking()
-	}
-	n.meta.PrimaryActive = false
-	return writeMeta(n.cfg.Dir, n.meta)
 }
 
 // generations returns the host's current generation identifiers.
@@ -347,242 +273,6 @@ func (n *Node) setGenerations(g resync.Generations) error {
 	}
 	n.log.Info("generations changed", "from", old, "to", g)
 	return nil
-}
-
-// Run serves until ctx ends, then shuts down in order: writes in flight
-// complete and are acknowledged by the peer before the link closes.
-func (n *Node) Run(ctx context.Context) error {
-	defer n.lock.Close()
-	var err error
-	n.control, err = listenControl(n.cfg.Control, n)
-	if err != nil {
-		n.closeDevices()
-		return err
-	}
-	defer n.control.Close()
-	if n.cfg.Probe.URL != "" {
-		n.monitor = probe.Start(n.cfg.Probe, func(h probe.Health) {
-			if h.Up {
-				n.log.Info("directory server up", "url", n.cfg.Probe.URL, "latency", h.LastLatency)
-			} else {
-				n.log.Warn("directory server down", "url", n.cfg.Probe.URL, "failures", h.ConsecutiveFailures, "err", h.LastError)
-			}
-		})
-		defer n.monitor.Close()
-	}
-	if n.cfg.Role == RoleSecondary {
-		return n.runSecondary(ctx)
-	}
-	return n.runPrimary(ctx)
-}
-
-func (n *Node) runSecondary(ctx context.Context) error {
-	if n.cfg.ControlPlane != nil {
-		watchCtx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); n.dropStalePrimary(watchCtx) }()
-		defer func() { stop(); <-done }()
-	}
-	n.log.Info("secondary ready", "listen", n.ln.Addr().String(), "volume", n.meta.VolumeUUID, "size", n.meta.Size)
-	err := n.ln.Serve(ctx, n)
-	n.replica.Wait()
-	return errors.Join(err, n.dev.Flush(), n.dev.Close())
-}
-
-// Handle hands data requests to the replica and adopts the primary's
-// generations when it says this host caught up.
-func (n *Node) Handle(req *transport.Request) {
-	if req.Kind != transport.KindGeneration {
-		n.replica.Handle(req)
-		return
-	}
-	g := n.generations()
-	g.SyncedFrom(resync.Unpack(req.Generations))
-	req.Done(n.setGenerations(g))
-}
-
-func (n *Node) runPrimary(ctx context.Context) error {
-	if n.cfg.ControlPlane != nil && !n.cfg.Passthrough {
-		epoch, err := n.awaitPrimaryRole(ctx)
-		if err != nil {
-			n.closeDevices()
-			return nil // stopped before it was named primary
-		}
-		n.tcfg.Epoch = uint64(epoch)
-		n.mirror.SetFence(n.fencePeer(epoch))
-	}
-	var dev blockdev.Device = n.mirror
-	if n.cfg.Passthrough {
-		dev = n.dev
-		n.log.Warn("passthrough mode: no mirroring, no dirty tracking (benchmark baseline only)")
-	}
-	var err error
-	n.export, err = blockdev.Mount(dev, n.cfg.MountDir, n.log)
-	if err != nil {
-		n.closeDevices()
-		return err
-	}
-	n.log.Info("primary ready", "export", n.export.Path(), "peer", n.cfg.Peer, "volume", n.meta.VolumeUUID, "size", n.meta.Size)
-
-	linkCtx, stopLink := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	if n.cfg.Peer != "" {
-		wg.Add(1)
-		go func() { defer wg.Done(); n.connectLoop(linkCtx) }()
-	}
-	<-ctx.Done()
-	n.log.Info("shutting down: completing writes in flight")
-	// Close the mirror first: it waits for in-flight writes to be acked (or
-	// fail) while the link is still up, then flushes.
-	var closeErr error
-	if n.cfg.Passthrough {
-		closeErr = n.dev.Close()
-	} else {
-		closeErr = n.mirror.Close()
-	}
-	stopLink()
-	wg.Wait()
-	if !n.cfg.Passthrough && closeErr == nil {
-		closeErr = n.stopPrimary()
-	}
-	if devs := blockdev.LoopDevicesOf(n.export.Path()); len(devs) > 0 {
-		n.log.Warn("loop devices still attached to the export; detaching the mount lazily", "devices", devs)
-	}
-	return errors.Join(closeErr, n.export.UnmountLazy())
-}
-
-func (n *Node) closeDevices() {
-	if n.ln != nil {
-		n.ln.Close()
-	}
-	if n.sb != nil {
-		n.sb.Close()
-	}
-	n.dev.Close()
-	n.lock.Close()
-}
-
-// connectLoop keeps a session to the peer: dial with backoff, decide the
-// resync direction from both hosts' generations, resync what went out of
-// sync, replicate until the session breaks, repeat.
-func (n *Node) connectLoop(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		s, err := transport.Dial(ctx, n.cfg.Peer, n.tcfg)
-		if err == nil {
-			err = n.admit(s)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
-			if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) ||
-				errors.Is(err, transport.ErrPeerRefused) || errors.Is(err, ErrPeerRefused) {
-				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
-				n.setRefused(err)
-				backoff = 5 * time.Second
-			}
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(2*backoff, 5*time.Second)
-			continue
-		}
-		backoff = 100 * time.Millisecond
-		n.setRefused(nil)
-		n.setLink(LinkConnected, s.Peer().NodeID)
-		n.log.Info("peer connected", "peer", n.cfg.Peer, "node", s.Peer().NodeID)
-		n.mirror.SetPeer(s)
-		n.catchUp(ctx, s)
-		select {
-		case <-s.Done():
-			n.log.Warn("peer link lost", "peer", n.cfg.Peer, "err", s.Err())
-		case <-ctx.Done():
-		}
-		s.Close()
-		n.mirror.SetPeer(nil)
-		n.setLink(LinkDisconnected, "")
-		if ctx.Err() == nil {
-			n.peerLost()
-		}
-	}
-}
-
-// ErrPeerRefused reports a peer this primary will not replicate to: its
-// data is newer, diverged (split brain), or unrelated.
-var ErrPeerRefused = errors.New("peer refused")
-
-// admit decides, from the generations, whether this primary may bring the
-// peer up to date, and closes the session if not.
-func (n *Node) admit(s *transport.Session) error {
-	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
-	switch d := resync.Decide(local, peer); d {
-	case resync.InSync, resync.LocalSource:
-		return nil
-	case resync.LocalSourceFull:
-		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
-		if err := n.markAllOutOfSync(); err != nil {
-			s.Close()
-			return err
-		}
-		return nil
-	default:
-		s.Close()
-		return fmt.Errorf("%w: %v (generations local %v, peer %v)", ErrPeerRefused, d, local, peer)
-	}
-}
-
-// catchUp copies the out-of-sync blocks to the peer and, once it holds
-// everything durably, tells it to adopt this host's generation.
-func (n *Node) catchUp(ctx context.Context, s *transport.Session) {
-	n.resyncMu.Lock()
-	defer n.resyncMu.Unlock()
-	if err := n.mirror.Resync(ctx, n.crashed || n.cfg.ResyncChecksum); err != nil {
-		if ctx.Err() == nil {
-			n.log.Warn("resync stopped", "err", err)
-		}
-		return
-	}
-	n.crashed = false
-	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
-	if n.dirty.Dirty() > 0 {
-		return
-	}
-	if local.Bitmap == 0 && local == peer {
-		n.markPeerUpToDate(ctx, s.Peer().NodeID) // in sync from the start
-		return
-	}
-	if err := n.mirror.Flush(); err != nil {
-		n.log.Warn("flush after resync failed", "err", err)
-		return
-	}
-	synced := local
-	synced.Synced()
-	call, err := s.SubmitGeneration(synced.Pack())
-	if err == nil {
-		err = call.Wait()
-	}
-	if err == nil {
-		err = n.setGenerations(synced)
-	}
-	if err != nil {
-		n.log.Warn("could not record that the peer caught up", "err", err)
-		return
-	}
-	n.markPeerUpToDate(ctx, s.Peer().NodeID)
-}
-
-// peerLost starts a new generation: from now on this host writes alone.
-func (n *Node) peerLost() {
-	g := n.generations()
-	if g.StartTracking() {
-		if err := n.setGenerations(g); err != nil {
-			n.log.Error("could not persist the new generation", "err", err)
-		}
-	}
 }
 
 func (n *Node) setRefused(err error) {
@@ -609,103 +299,56 @@ const DefaultTimeout = 5 * time.Second
 // ErrNotPrimary reports a command only the primary can run.
 var ErrNotPrimary = errors.New("only the primary can do this")
 
-// VerifyResult is what `ldmirror verify` reports.
-type VerifyResult struct {
-	Blocks     uint64   `json:"blocks_checked"`
-	OutOfSync  uint64   `json:"out_of_sync_blocks"`
-	FirstFound []uint32 `json:"first_out_of_sync,omitempty"` // at most 100
-	Repaired   bool     `json:"repaired"`
-	Seconds    float64  `json:"seconds"`
+// Run serves until ctx ends, then shuts down in order: writes in flight
+// complete and are acknowledged by the peer before the link closes.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.lock.Close()
+	var err error
+	n.control, err = listenControl(n.cfg.Control, n)
+	if err != nil {
+		n.closeDevices()
+		return err
+	}
+	defer n.control.Close()
+	if n.cfg.Probe.URL != "" {
+		n.monitor = probe.Start(n.cfg.Probe, func(h probe.Health) {
+			if h.Up {
+				n.log.Info("directory server up", "url", n.cfg.Probe.URL, "latency", h.LastLatency)
+			} else {
+				n.log.Warn("directory server down", "url", n.cfg.Probe.URL, "failures", h.ConsecutiveFailures, "err", h.LastError)
+			}
+		})
+		defer n.monitor.Close()
+	}
+	if n.cfg.ControlPlane != nil {
+		return errors.Join(n.followControlPlane(ctx), n.dev.Close())
+	}
+	if n.cfg.Role == RoleSecondary {
+		err = n.runSecondary(ctx, nil)
+	} else {
+		err = n.runPrimary(ctx, nil)
+	}
+	return errors.Join(err, n.dev.Close())
 }
 
-// Verify compares every block with the peer's and resyncs those that differ.
-func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
-	var res VerifyResult
-	if n.cfg.Role != RolePrimary || n.cfg.Passthrough {
-		return res, ErrNotPrimary
-	}
+// closeDevices releases what Open set up, for a Node that will not Run.
+func (n *Node) closeDevices() {
 	n.mu.Lock()
-	if n.verifying {
-		n.mu.Unlock()
-		return res, errors.New("a verify is already running")
-	}
-	n.verifying = true
+	ln, sb := n.ln, n.sb
 	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		n.verifying = false
-		n.mu.Unlock()
-	}()
-	start := time.Now()
-	differ, err := n.mirror.Verify(ctx, func(done, total uint64) {
-		n.mu.Lock()
-		n.verified = [2]uint64{done, total}
-		n.mu.Unlock()
-	})
-	res.Blocks = n.dirty.Blocks()
-	if differ != nil {
-		res.OutOfSync = differ.GetCardinality()
-		it := differ.Iterator()
-		for it.HasNext() && len(res.FirstFound) < 100 {
-			res.FirstFound = append(res.FirstFound, it.Next())
-		}
+	if ln != nil {
+		ln.Close()
 	}
-	if err == nil && res.OutOfSync > 0 {
-		n.resyncMu.Lock()
-		err = n.mirror.Resync(ctx, false) // verify just found them different
-		n.resyncMu.Unlock()
-		res.Repaired = err == nil
+	if sb != nil {
+		sb.Close()
 	}
-	res.Seconds = time.Since(start).Seconds()
-	n.log.Info("verify finished", "blocks", res.Blocks, "out_of_sync", res.OutOfSync, "repaired", res.Repaired, "err", err)
-	return res, err
+	n.dev.Close()
+	n.lock.Close()
 }
 
-// outOfSyncOnly is the scoreboard without its activity log: writes are not
-// announced, only those that failed to reach the peer are recorded.
-type outOfSyncOnly struct{ *scoreboard.Scoreboard }
-
-func (outOfSyncOnly) BeginWrite(context.Context, bitmap.Extent) error { return nil }
-
-func (o outOfSyncOnly) EndWrite(e bitmap.Extent, inSync bool) {
-	if !inSync {
-		b := roaring.New()
-		b.AddRange(uint64(e.First), uint64(e.Last)+1)
-		o.MarkOutOfSync(b)
-	}
-}
-
-// ResyncResult is what `ldmirror resync` reports.
-type ResyncResult struct {
-	Blocks  uint64  `json:"blocks"`         // out of sync when it started
-	Skipped uint64  `json:"skipped_blocks"` // found equal by checksum
-	Seconds float64 `json:"seconds"`
-}
-
-// Resync copies the out-of-sync blocks to the peer now; full marks every
-// block out of sync first (after the peer's disk was replaced, say), and
-// checksum sends only the blocks whose checksums differ.
-func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, error) {
-	var res ResyncResult
-	if n.cfg.Role != RolePrimary || n.cfg.Passthrough {
-		return res, ErrNotPrimary
-	}
-	if !n.mirror.Status().Connected {
-		return res, fmt.Errorf("resync: %w", transport.ErrDisconnected)
-	}
-	n.resyncMu.Lock()
-	defer n.resyncMu.Unlock()
-	if full {
-		if err := n.markAllOutOfSync(); err != nil {
-			return res, err
-		}
-	}
-	start := time.Now()
-	skipped := n.mirror.Status().ResyncSkip
-	res.Blocks = n.dirty.OutOfSync().GetCardinality()
-	err := n.mirror.Resync(ctx, checksum)
-	res.Skipped = n.mirror.Status().ResyncSkip - skipped
-	res.Seconds = time.Since(start).Seconds()
-	n.log.Info("resync requested by the operator finished", "full", full, "checksum", checksum, "blocks", res.Blocks, "skipped", res.Skipped, "err", err)
-	return res, err
+// Role is the role of the host's current term.
+func (n *Node) Role() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.role
 }

@@ -7,20 +7,24 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/transport"
 )
 
 // Status is what `ldmirror status` shows. Sizes are bytes, times seconds.
 type Status struct {
-	Node        string  `json:"node"`
-	Role        string  `json:"role"`
-	VolumeUUID  string  `json:"volume_uuid"`
-	SizeBytes   int64   `json:"size_bytes"`
-	BlockSize   int     `json:"block_size_bytes"`
-	Mode        string  `json:"mode"`
-	Link        string  `json:"link"`
-	Peer        string  `json:"peer,omitempty"`
-	PeerNode    string  `json:"peer_node,omitempty"`
-	Replication string  `json:"replication"`
+	Node        string `json:"node"`
+	Role        string `json:"role"`
+	VolumeUUID  string `json:"volume_uuid"`
+	SizeBytes   int64  `json:"size_bytes"`
+	BlockSize   int    `json:"block_size_bytes"`
+	Mode        string `json:"mode"`
+	Link        string `json:"link"`
+	Peer        string `json:"peer,omitempty"`
+	PeerNode    string `json:"peer_node,omitempty"`
+	Replication string `json:"replication"`
+	// Transition says what a role change waits for, e.g. a loop device to
+	// be detached after this host lost the primary role.
+	Transition  string  `json:"transition,omitempty"`
 	Disk        string  `json:"disk"`
 	PeerDisk    string  `json:"peer_disk,omitempty"`
 	UptimeSec   float64 `json:"uptime_seconds"`
@@ -60,6 +64,9 @@ type Status struct {
 	ApplyFailures uint64 `json:"apply_failures,omitempty"`
 	ApplyPending  int    `json:"apply_pending,omitempty"`
 	RejectedConns uint64 `json:"rejected_connections,omitempty"`
+	// BehindBlocks are blocks this host wrote as primary that may differ
+	// from the current primary; its next resync covers them.
+	BehindBlocks uint64 `json:"behind_blocks,omitempty"`
 }
 
 // LDAPHealth is the directory server probe's view.
@@ -78,7 +85,6 @@ type LDAPHealth struct {
 func (n *Node) Status() Status {
 	st := Status{
 		Node:       n.cfg.NodeID,
-		Role:       n.cfg.Role,
 		VolumeUUID: n.meta.VolumeUUID.String(),
 		SizeBytes:  n.meta.Size,
 		BlockSize:  n.meta.BlockSize,
@@ -88,9 +94,14 @@ func (n *Node) Status() Status {
 		UptimeSec:  time.Since(n.started).Seconds(),
 	}
 	n.mu.Lock()
+	st.Role, st.Transition = n.role, n.transition
+	mirror, export, ln, replica := n.mirror, n.export, n.ln, n.replica
 	st.Link, st.PeerNode = n.link, n.peerNode
 	st.Generations = n.meta.Generations.String()
 	refused := n.refused
+	if n.behind != nil {
+		st.BehindBlocks = n.behind.GetCardinality()
+	}
 	if n.verifying {
 		st.VerifyDone, st.VerifyTotal = n.verified[0], n.verified[1]
 	}
@@ -106,19 +117,29 @@ func (n *Node) Status() Status {
 			LastSuccess: h.LastSuccess, LastError: h.LastError, LastLatencyMs: float64(h.LastLatency.Microseconds()) / 1000,
 		}
 	}
-	if n.cfg.Role == RoleSecondary {
-		n.secondaryStatus(&st)
+	if refused != "" {
+		st.LastError = refused
+	}
+	switch {
+	case ln != nil:
+		secondaryStatus(&st, ln, replica)
+		if n.generations().Discarded() {
+			st.Disk = "inconsistent" // resolve --discard-local: until the full resync ends
+		}
+		return st
+	case mirror == nil:
+		st.Replication = "waiting for the control plane"
 		return st
 	}
-	if n.export != nil {
-		st.Export = n.export.Path()
+	if export != nil {
+		st.Export = export.Path()
 		st.LoopDevices = blockdev.LoopDevicesOf(st.Export)
 	}
 	if n.cfg.Passthrough {
 		st.Mode, st.Replication = "passthrough", "none"
 		return st
 	}
-	ms := n.mirror.Status()
+	ms := mirror.Status()
 	st.Replication = ms.Replication
 	if ms.Suspended {
 		st.Replication = "suspended"
@@ -135,9 +156,8 @@ func (n *Node) Status() Status {
 		}
 	}
 	st.BitmapBytes = ms.BitmapMemory
-	st.LastError = ms.LastError
-	if refused != "" {
-		st.LastError = refused
+	if refused == "" {
+		st.LastError = ms.LastError
 	}
 	if n.cfg.Peer != "" {
 		st.PeerDisk = "uptodate"
@@ -151,23 +171,21 @@ func (n *Node) Status() Status {
 	return st
 }
 
-func (n *Node) secondaryStatus(st *Status) {
+func secondaryStatus(st *Status, ln *transport.Listener, replica *blockdev.Replica) {
 	st.Replication = "replicating"
 	st.Link = LinkConnecting
-	if s := n.ln.Active(); s != nil {
+	if s := ln.Active(); s != nil {
 		st.Link = LinkConnected
 		st.PeerNode = s.Peer().NodeID
 	} else {
 		st.Replication = "waiting for primary"
 	}
-	rs := n.replica.Status()
+	rs := replica.Status()
 	st.AppliedSeq, st.WritesApplied, st.BytesApplied = rs.AppliedSeq, rs.Writes, rs.Bytes
 	st.ApplyFailures, st.ApplyPending = rs.Failures, rs.Pending
-	st.RejectedConns = n.ln.Rejected()
-	if rs.Failures > 0 || n.generations().Discarded() {
-		// Writes failed here, or the data was given up by `resolve
-		// --discard-local` and the full resync has not finished.
-		st.Disk = "inconsistent"
+	st.RejectedConns = ln.Rejected()
+	if rs.Failures > 0 {
+		st.Disk = "inconsistent" // writes failed to apply here
 	}
 }
 
@@ -195,6 +213,9 @@ func (st *Status) WriteText(w io.Writer) {
 		}
 	}
 	row("replication", "%s", repl)
+	if st.Transition != "" {
+		row("transition", "%s", st.Transition)
+	}
 	if st.VerifyTotal > 0 {
 		row("verify", "%.1f%% (%d of %d blocks)", 100*float64(st.VerifyDone)/float64(st.VerifyTotal), st.VerifyDone, st.VerifyTotal)
 	}
@@ -221,6 +242,9 @@ func (st *Status) WriteText(w io.Writer) {
 		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, Bytes(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
 		if st.ApplyFailures > 0 {
 			row("failures", "%d writes failed to apply", st.ApplyFailures)
+		}
+		if st.BehindBlocks > 0 {
+			row("behind", "%d blocks written here as primary may differ; the primary resyncs them", st.BehindBlocks)
 		}
 		if st.RejectedConns > 0 {
 			row("rejected", "%d connections (see the log)", st.RejectedConns)

@@ -575,7 +575,7 @@ func readSecretFile(path string) ([]byte, error) {
 	return s, nil
 }
 
-const controlPlaneOnly = "Control plane only for now: this moves the role in raft; the data path does not follow it yet."
+const controlPlaneOnly = "Needs daemons run with --cluster-bind: their data path follows the role the control plane names."
 
 func clusterCommand() *cli.Command {
 	cmdFlags := func() []cli.Flag { return append(memberConnFlags(), timeoutFlag()) }

@@ -24,13 +24,16 @@ func daemonCommand() *cli.Command {
 		Usage: "run one host of a mirrored volume",
 		Description: "A primary exports the volume through FUSE as <mount>/volume (attach it with 'ldmirror attach')\n" +
 			"and mirrors every write to the secondary at --peer. A secondary accepts the primary on --listen\n" +
-			"and applies its writes. SIGTERM or SIGINT: writes in flight complete and are acknowledged, then it exits.",
+			"and applies its writes. With --cluster-bind the raft control plane names the role and the host\n" +
+			"follows it: named primary, it serves the export; no longer named, it refuses writes, waits for\n" +
+			"the export's loop device to be detached, and turns secondary. Such a host needs both --listen\n" +
+			"and --peer. SIGTERM or SIGINT: writes in flight complete and are acknowledged, then it exits.",
 		Flags: append([]cli.Flag{
 			dirFlag,
-			&cli.StringFlag{Name: "role", Usage: "primary or secondary", Required: true},
+			&cli.StringFlag{Name: "role", Usage: "primary or secondary; with --cluster-bind the control plane names the role instead"},
 			&cli.StringFlag{Name: "node-id", Usage: "this host's name (default: the hostname)"},
-			&cli.StringFlag{Name: "listen", Usage: "`ADDR` the secondary accepts the primary on, e.g. 0.0.0.0:7789"},
-			&cli.StringFlag{Name: "peer", Usage: "`ADDR` of the secondary, for a primary (none: standalone, writes stay dirty)"},
+			&cli.StringFlag{Name: "listen", Usage: "`ADDR` this host accepts the primary on while secondary, e.g. 0.0.0.0:7789"},
+			&cli.StringFlag{Name: "peer", Usage: "`ADDR` the peer listens on, dialled while primary (none: standalone, writes stay dirty)"},
 			&cli.StringFlag{Name: "secret-file", Usage: "`FILE` holding the shared secret (>= 16 bytes) both hosts authenticate with"},
 			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
@@ -74,7 +77,7 @@ func runDaemon(c *cli.Context) error {
 			return fmt.Errorf("--secret-file: %w", err)
 		}
 		secret = []byte(strings.TrimSpace(string(b)))
-	} else if c.String("peer") != "" || c.String("role") == node.RoleSecondary {
+	} else if c.String("peer") != "" || c.String("role") == node.RoleSecondary || c.String("cluster-bind") != "" {
 		return fmt.Errorf("--secret-file is required to talk to a peer")
 	}
 	// A FUSE server that memory reclaim waits on must not itself wait for
@@ -127,7 +130,13 @@ func runDaemon(c *cli.Context) error {
 			case <-ctx.Done():
 			}
 		}()
+		if c.String("role") != "" {
+			log.Warn("--role is ignored: the control plane names the role", "role", c.String("role"))
+		}
 	} else {
+		if c.String("role") == "" {
+			return fmt.Errorf("--role primary|secondary is needed without a control plane (--cluster-bind)")
+		}
 		log.Warn("no control plane (--cluster-bind not set): the role comes from --role alone and NOTHING prevents two primaries (split brain)")
 	}
 	n, err := node.Open(node.Config{

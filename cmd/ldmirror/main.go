@@ -27,6 +27,7 @@ func main() {
 			clusterCommand(),
 			promoteCommand(),
 			demoteCommand(),
+			swapCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {

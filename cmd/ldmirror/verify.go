@@ -69,3 +69,27 @@ func resyncCommand() *cli.Command {
 		},
 	}
 }
+
+func swapCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "swap",
+		Usage: "hand the primary role to the peer with no lost write (run on the primary)",
+		Description: "New writes wait, those in flight complete, both hosts flush; only if the peer then holds\n" +
+			"every write does the control plane move the role to it, in a new epoch. With an LDAP agent the\n" +
+			"directory service is stopped first and started on the peer after. Refused while the peer is\n" +
+			"not in sync (status shows it uptodate when it is).\n" + controlPlaneOnly,
+		Flags: []cli.Flag{volumeDirFlag, controlFlag},
+		Action: func(c *cli.Context) error {
+			path, err := controlPath(c)
+			if err != nil {
+				return err
+			}
+			res, err := node.RequestSwap(c.Context, path)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("swapped: the peer is primary in epoch %d; this host becomes secondary once its export is released\n", res.Epoch)
+			return nil
+		},
+	}
+}

@@ -92,13 +92,13 @@ func TestFencingWithWitness(t *testing.T) {
 	requireE2E(t)
 	a, b, secret := pairDirs(t, "32MiB")
 	w := filepath.Join(filepath.Dir(a), "w")
-	pa, pb, pw, repl := freePort(t), freePort(t), freePort(t), freePort(t)
+	pa, pb, pw, replA, replB := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
 	raft := []string{"--secret-file", secret, "--cluster-raft-timeout", "300ms"}
 	wArgs := []string{"--node-id", "w", "--bind", pw, "--secret-file", secret, "--raft-timeout", "300ms"}
 	startWitness(t, w, append(wArgs, "--bootstrap")...)
-	bArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", repl, "--cluster-bind", pb, "--cluster-join", pw}, raft...)
+	bArgs := append([]string{"--node-id", "b", "--listen", replB, "--peer", replA, "--cluster-bind", pb, "--cluster-join", pw}, raft...)
 	sec := startDaemon(t, b, bArgs...)
-	aArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", repl, "--cluster-bind", pa, "--cluster-join", pw}, raft...)
+	aArgs := append([]string{"--node-id", "a", "--listen", replA, "--peer", replB, "--cluster-bind", pa, "--cluster-join", pw}, raft...)
 	startDaemon(t, a, aArgs...)
 
 	// A fresh cluster has no uptodate host: the first primary is forced,
@@ -169,32 +169,44 @@ func TestFencingWithWitness(t *testing.T) {
 	})
 
 	// Scenario 4: the control plane makes B primary while A still runs with
-	// the old epoch: B drops A and refuses it, A's writes fail.
-	bSum := fileSHA256(t, filepath.Join(b, "volume.img"))
-	if out, err := exec.Command(binary, "promote", "b", "--force", "--reason", "test: a is stale",
-		"--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
-		t.Fatalf("promote b: %v %s", err, out)
-	}
-	waitFor(t, 20*time.Second, "b to drop a's session", func() bool {
-		st, err := status(b)
-		return err == nil && st.Link != node.LinkConnected
-	})
+	// the old epoch and a writer holds A's export open: B drops A and
+	// refuses it, A's writes fail, and B's volume does not change.
 	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, werr := f.WriteAt(make([]byte, 4096), 300*blockSize)
-	f.Close()
-	if werr == nil {
+	defer f.Close()
+	if out, err := exec.Command(binary, "promote", "b", "--force", "--reason", "test: a is stale",
+		"--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+		t.Fatalf("promote b: %v %s", err, out)
+	}
+	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+		st, err := status(b)
+		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+	})
+	bSum := fileSHA256(t, filepath.Join(b, "volume.img"))
+	if _, err := f.WriteAt(make([]byte, 4096), 300*blockSize); err == nil {
 		t.Fatal("the stale primary acknowledged a write")
 	}
 	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
 		t.Fatal("b's volume changed after it was promoted away from a")
 	}
+	// A waits for the export to be released, then turns secondary.
+	waitFor(t, 10*time.Second, "a to say what its demotion waits for", func() bool {
+		st, err := status(a)
+		return err == nil && strings.Contains(st.Transition, "demoted: waiting for the export to be closed")
+	})
+	f.Close()
+	waitFor(t, 20*time.Second, "a to turn secondary", func() bool {
+		st, err := status(a)
+		return err == nil && st.Role == node.RoleSecondary
+	})
 	log, _ := os.ReadFile(filepath.Join(b, "daemon.log"))
-	if !strings.Contains(string(log), "stale") {
-		t.Fatalf("b did not log refusing the stale primary:\n%s", log)
+	if !strings.Contains(string(log), "stale primary") {
+		t.Fatalf("b did not log dropping the stale primary:\n%s", log)
 	}
+	// The new primary brings the old one up to date.
+	waitInSync(t, b, a)
 }
 
 // TestPartitionBetweenDataHosts is issue 5's scenario 2 on network
@@ -211,9 +223,9 @@ func TestPartitionBetweenDataHosts(t *testing.T) {
 	startWitnessIn(t, in("w"), w, "--node-id", "w", "--bind", port("w", "7400"), "--secret-file", secret,
 		"--raft-timeout", "300ms", "--bootstrap")
 	common := []string{"--secret-file", secret, "--cluster-raft-timeout", "300ms", "--cluster-join", port("w", "7400"), "--timeout", "1s"}
-	startDaemonIn(t, in("b"), b, append([]string{"--role", "secondary", "--node-id", "b", "--listen", port("b", "7789"),
+	startDaemonIn(t, in("b"), b, append([]string{"--node-id", "b", "--listen", port("b", "7789"), "--peer", port("a", "7789"),
 		"--cluster-bind", port("b", "7400")}, common...)...)
-	startDaemonIn(t, in("a"), a, append([]string{"--role", "primary", "--node-id", "a", "--peer", port("b", "7789"),
+	startDaemonIn(t, in("a"), a, append([]string{"--node-id", "a", "--listen", port("a", "7789"), "--peer", port("b", "7789"),
 		"--cluster-bind", port("a", "7400")}, common...)...)
 	waitFor(t, 20*time.Second, "the members to join and a to be promoted", func() bool {
 		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",

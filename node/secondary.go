@@ -1,0 +1,156 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/resync"
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+// errBehindTooLarge refuses an out-of-sync set that does not fit in one
+// reply; the primary then resyncs the whole volume with checksums.
+var errBehindTooLarge = errors.New("out-of-sync set too large for one reply")
+
+// prepareSecondary sets up a secondary term: the replica, the listener, and
+// the blocks this host's own scoreboard says may differ from the primary.
+func (n *Node) prepareSecondary() error {
+	behind, err := n.loadBehind()
+	if err != nil {
+		return err
+	}
+	tcfg := n.tcfg
+	if n.cfg.ControlPlane != nil {
+		tcfg.Admit = n.admitPrimary // only the primary of the current epoch
+	}
+	ln, err := transport.Listen(n.cfg.Listen, tcfg)
+	if err != nil {
+		return fmt.Errorf("listen for the primary on %s: %w", n.cfg.Listen, err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.role, n.epoch = RoleSecondary, 0
+	n.replica = blockdev.NewReplica(n.dev, n.meta.BlockSize, n.log)
+	n.ln, n.behind = ln, behind
+	n.link = LinkConnecting
+	return nil
+}
+
+// loadBehind reads what this host's scoreboard knows may differ from the
+// peer: the out-of-sync blocks, and after a crash as primary the activity
+// log's hot extents. It records them as out of sync, so that they survive
+// until the primary resynced them, and clears the crash mark.
+func (n *Node) loadBehind() (*roaring.Bitmap, error) {
+	if _, err := os.Stat(filepath.Join(n.cfg.Dir, ScoreboardFile)); errors.Is(err, os.ErrNotExist) {
+		return roaring.New(), nil // never was primary here
+	}
+	sb, _, err := n.openScoreboard()
+	if err != nil {
+		return nil, err
+	}
+	defer sb.Close()
+	behind := sb.Recovered()
+	behind.RunOptimize() // extents: a few runs, a small reply
+	if !behind.IsEmpty() {
+		sb.MarkOutOfSync(behind)
+		if err := sb.Sync(context.Background()); err != nil {
+			return nil, fmt.Errorf("record the blocks that may differ from the primary: %w", err)
+		}
+		n.log.Warn("this host wrote as primary blocks that may differ from the new primary: they will be resynced", "blocks", behind.GetCardinality())
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.meta.PrimaryActive {
+		n.meta.PrimaryActive = false
+		if err := writeMeta(n.cfg.Dir, n.meta); err != nil {
+			return nil, err
+		}
+	}
+	return behind, nil
+}
+
+// clearBehind forgets the blocks that differed once the primary resynced
+// them, durably.
+func (n *Node) clearBehind() error {
+	n.mu.Lock()
+	behind := n.behind
+	n.behind = roaring.New()
+	n.mu.Unlock()
+	if behind.IsEmpty() {
+		return nil
+	}
+	sb, _, err := n.openScoreboard()
+	if err != nil {
+		return err
+	}
+	sb.ClearOutOfSync(behind)
+	return errors.Join(sb.Sync(context.Background()), sb.Close())
+}
+
+// runSecondary applies the primary's writes until ctx ends or promoted is
+// closed; then it drops the primary's session, waits for the writes being
+// applied and returns, ready for a primary term.
+func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error {
+	n.mu.Lock()
+	ln, replica := n.ln, n.replica
+	n.mu.Unlock()
+	serveCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan struct{})
+	if n.cfg.ControlPlane != nil {
+		go func() { defer close(done); n.dropStalePrimary(serveCtx, ln) }()
+	} else {
+		close(done)
+	}
+	go func() {
+		select {
+		case <-promoted:
+			n.log.Info("named primary: closing the session of the now stale primary")
+			stop()
+		case <-serveCtx.Done():
+		}
+	}()
+	n.mu.Lock()
+	close(n.termStart)
+	n.termStart = make(chan struct{})
+	n.mu.Unlock()
+	n.log.Info("secondary ready", "listen", ln.Addr().String(), "volume", n.meta.VolumeUUID, "size", n.meta.Size)
+	err := ln.Serve(serveCtx, n)
+	stop()
+	<-done
+	replica.Wait()
+	n.endTerm()
+	return errors.Join(err, n.dev.Flush())
+}
+
+// Handle hands data requests to the replica, reports the blocks that may
+// differ here, and adopts the primary's generations when it says this host
+// caught up.
+func (n *Node) Handle(req *transport.Request) {
+	n.mu.Lock()
+	replica, behind := n.replica, n.behind
+	n.mu.Unlock()
+	switch req.Kind {
+	case transport.KindOutOfSync:
+		b, err := behind.ToBytes()
+		if err == nil && len(b) > transport.MaxPayload-64 {
+			err = fmt.Errorf("%w: %d bytes", errBehindTooLarge, len(b))
+		}
+		req.Reply(b, err)
+	case transport.KindGeneration:
+		g := n.generations()
+		g.SyncedFrom(resync.Unpack(req.Generations))
+		err := n.setGenerations(g)
+		if err == nil {
+			err = n.clearBehind()
+		}
+		req.Done(err)
+	default:
+		replica.Handle(req)
+	}
+}
