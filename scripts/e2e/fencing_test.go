@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ldmirror/ldmirror/internal/netns"
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -215,27 +214,8 @@ func TestFencingWithWitness(t *testing.T) {
 // A resyncs B, which becomes uptodate again.
 func TestPartitionBetweenDataHosts(t *testing.T) {
 	requireE2E(t, "nsenter")
-	lab := netns.NewLab(t, "a", "b", "w")
-	in := func(host string) []string { return []string{"nsenter", "--net=/run/netns/" + lab.NS(host)} }
-	a, b, secret := pairDirs(t, "32MiB")
-	w := filepath.Join(filepath.Dir(a), "w")
-	port := func(host, p string) string { return lab.Addr(host) + ":" + p }
-	startWitnessIn(t, in("w"), w, "--node-id", "w", "--bind", port("w", "7400"), "--secret-file", secret,
-		"--raft-timeout", "300ms", "--bootstrap")
-	common := []string{"--secret-file", secret, "--cluster-raft-timeout", "300ms", "--cluster-join", port("w", "7400"), "--timeout", "1s"}
-	startDaemonIn(t, in("b"), b, append([]string{"--node-id", "b", "--listen", port("b", "7789"), "--peer", port("a", "7789"),
-		"--cluster-bind", port("b", "7400")}, common...)...)
-	startDaemonIn(t, in("a"), a, append([]string{"--node-id", "a", "--listen", port("a", "7789"), "--peer", port("b", "7789"),
-		"--cluster-bind", port("a", "7400")}, common...)...)
-	waitFor(t, 20*time.Second, "the members to join and a to be promoted", func() bool {
-		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
-			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
-	})
-	waitFor(t, 20*time.Second, "a to connect and b to be uptodate", func() bool {
-		st, err := status(a)
-		v, cerr := clusterState(t, a)
-		return err == nil && cerr == nil && st.Link == node.LinkConnected && v.disk("b") == "uptodate"
-	})
+	tr := startTrio(t, "32MiB")
+	lab, a, b := tr.lab, tr.dir["a"], tr.dir["b"]
 	writeBlocks(t, a, 0, 10)
 	waitInSync(t, a, b)
 

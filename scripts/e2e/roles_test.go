@@ -1,0 +1,289 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	be "encoding/binary"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ldmirror/ldmirror/internal/netns"
+	"github.com/ldmirror/ldmirror/node"
+)
+
+// trio is issue 5's three hosts on network namespaces: data hosts a and b,
+// witness w, each daemon in its own namespace and following the control
+// plane.
+type trio struct {
+	t      *testing.T
+	lab    *netns.Lab
+	dir    map[string]string // volume (or witness data) directory per host
+	secret string
+	extra  []string // more daemon flags, for every data host
+	daemon map[string]*daemon
+}
+
+// startTrio creates the namespaces and volumes, starts w, b and a, forces
+// a primary (a fresh pair has no uptodate host) and waits until b is
+// uptodate.
+func startTrio(t *testing.T, size string, extra ...string) *trio {
+	t.Helper()
+	lab := netns.NewLab(t, "a", "b", "w")
+	a, b, secret := pairDirs(t, size)
+	tr := &trio{t: t, lab: lab, secret: secret, extra: extra, daemon: map[string]*daemon{},
+		dir: map[string]string{"a": a, "b": b, "w": filepath.Join(filepath.Dir(a), "w")}}
+	startWitnessIn(t, tr.in("w"), tr.dir["w"], "--node-id", "w", "--bind", tr.port("w", "7400"), "--secret-file", secret,
+		"--raft-timeout", "300ms", "--bootstrap")
+	tr.start("b")
+	tr.start("a")
+	waitFor(t, 20*time.Second, "the members to join and a to be promoted", func() bool {
+		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
+			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
+	})
+	tr.waitServing("a", "b")
+	return tr
+}
+
+// in is the command prefix that runs a command in host's namespace.
+func (tr *trio) in(host string) []string {
+	return []string{"nsenter", "--net=/run/netns/" + tr.lab.NS(host)}
+}
+
+func (tr *trio) port(host, p string) string { return tr.lab.Addr(host) + ":" + p }
+
+// start (re)starts host's daemon.
+func (tr *trio) start(host string) *daemon {
+	peer := map[string]string{"a": "b", "b": "a"}[host]
+	args := append([]string{"--node-id", host, "--listen", tr.port(host, "7789"), "--peer", tr.port(peer, "7789"),
+		"--cluster-bind", tr.port(host, "7400"), "--cluster-join", tr.port("w", "7400"),
+		"--secret-file", tr.secret, "--cluster-raft-timeout", "300ms", "--timeout", "1s"}, tr.extra...)
+	d := startDaemonIn(tr.t, tr.in(host), tr.dir[host], args...)
+	tr.daemon[host] = d
+	return d
+}
+
+// waitServing waits until primary serves its export, replicates to
+// secondary, and the control plane records secondary uptodate.
+func (tr *trio) waitServing(primary, secondary string) {
+	tr.t.Helper()
+	waitFor(tr.t, 30*time.Second, primary+" to serve and "+secondary+" to be uptodate", func() bool {
+		st, err := status(tr.dir[primary])
+		v, cerr := clusterState(tr.t, tr.dir[primary])
+		return err == nil && cerr == nil && st.Role == node.RolePrimary && st.Export != "" &&
+			st.Link == node.LinkConnected && st.DirtyBlocks == 0 && v.disk(secondary) == "uptodate"
+	})
+}
+
+// record is the content of record k: its number and a hash of it, so that a
+// block read back names the record it holds and proves it intact.
+func record(k int) []byte {
+	b := make([]byte, blockSize)
+	be.BigEndian.PutUint64(b, uint64(k))
+	seed := sha256.Sum256(b[:8])
+	for i := 8; i < len(b); i += len(seed) {
+		copy(b[i:], seed[:])
+	}
+	return b
+}
+
+// recordWriter writes records 0, 1, 2... through a primary's export, record
+// k to block first+k%slots, and remembers which writes were acknowledged.
+type recordWriter struct {
+	first, slots int
+
+	mu    sync.Mutex
+	acked []int // record numbers whose write returned success, in order
+	next  int   // the next record to write
+}
+
+func (w *recordWriter) ackedCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+// run writes records to the export under dir until stop is closed or a
+// write fails; it returns the failure (nil if stopped).
+func (w *recordWriter) run(dir string, stop <-chan struct{}) error {
+	f, err := os.OpenFile(filepath.Join(dir, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		w.mu.Lock()
+		k := w.next
+		w.mu.Unlock()
+		if _, err := f.WriteAt(record(k), int64(w.first+k%w.slots)*blockSize); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		w.acked = append(w.acked, k)
+		w.next = k + 1
+		w.mu.Unlock()
+	}
+}
+
+// check verifies that the volume file at path holds, in every slot, the
+// last acknowledged record for it: no acknowledged write lost, none
+// overwritten by an older one.
+func (w *recordWriter) check(t *testing.T, path string) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	last := map[int]int{}
+	for _, k := range w.acked {
+		last[k%w.slots] = k
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, blockSize)
+	for slot, k := range last {
+		if _, err := f.ReadAt(got, int64(w.first+slot)*blockSize); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, record(k)) {
+			t.Fatalf("%s: block %d holds record %d, want the last acknowledged one, %d (%d records acknowledged)",
+				path, w.first+slot, be.BigEndian.Uint64(got), k, len(w.acked))
+		}
+	}
+}
+
+// TestPrimaryPartitionedFailsOver is issue 5's scenario 1: A is cut from B
+// and W while a writer records every acknowledged write. A cannot mark B
+// outdated, so it suspends I/O and acknowledges nothing more; B, uptodate,
+// is promoted and takes writes; after the heal A finds it lost the role,
+// fails the suspended write, turns secondary and is resynced from B.
+func TestPrimaryPartitionedFailsOver(t *testing.T) {
+	requireE2E(t, "nsenter")
+	tr := startTrio(t, "32MiB")
+	a, b := tr.dir["a"], tr.dir["b"]
+
+	w := &recordWriter{first: 0, slots: 1024}
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() { werr <- w.run(a, stop) }()
+	waitFor(t, 20*time.Second, "100 records acknowledged on a", func() bool { return w.ackedCount() >= 100 })
+
+	tr.lab.Partition("a", "b")
+	tr.lab.Partition("a", "w")
+	waitFor(t, 20*time.Second, "a to suspend I/O", func() bool {
+		st, err := status(a)
+		return err == nil && st.Replication == "suspended"
+	})
+	suspendedAt := w.ackedCount()
+	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+		t.Fatalf("promote b (uptodate: a never marked it outdated): %v %s", err, out)
+	}
+	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+		st, err := status(b)
+		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+	})
+	if n := w.ackedCount(); n != suspendedAt {
+		t.Fatalf("a acknowledged %d writes while suspended", n-suspendedAt)
+	}
+	// Every write a acknowledged is on b, which now takes writes of its own.
+	w.check(t, filepath.Join(b, "volume.img"))
+	writeBlocks(t, b, 2048, 64)
+
+	tr.lab.Heal("a", "b")
+	tr.lab.Heal("a", "w")
+	select {
+	case err := <-werr:
+		if err == nil {
+			t.Fatal("the writer on a stopped without an error")
+		}
+		t.Logf("the suspended write on a failed after the heal, as it must: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the write suspended on a did not fail within 30 s of the heal; a: %+v", statusJSON(t, a))
+	}
+	close(stop)
+	if n := w.ackedCount(); n != suspendedAt {
+		t.Fatalf("a acknowledged %d writes after the partition", n-suspendedAt)
+	}
+	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+		st, err := status(a)
+		return err == nil && st.Role == node.RoleSecondary
+	})
+	waitInSync(t, b, a)
+	tr.waitServing("b", "a")
+}
+
+// TestSwapUnderLoad is issue 5's scenario 5: `ldmirror swap` while a writer
+// keeps writing. Writes wait during the swap and fail on A once B holds
+// the role; the writer goes on at B with the record that failed. No
+// acknowledged record is lost or overwritten by an older one, the roles are
+// exchanged and the epoch grew by one.
+func TestSwapUnderLoad(t *testing.T) {
+	requireE2E(t, "nsenter")
+	tr := startTrio(t, "32MiB")
+	a, b := tr.dir["a"], tr.dir["b"]
+	before, err := clusterState(t, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	w := &recordWriter{first: 16, slots: 256} // records overwrite slots: order matters
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() { werr <- w.run(a, stop) }()
+	waitFor(t, 20*time.Second, "500 records acknowledged on a", func() bool { return w.ackedCount() >= 500 })
+	out, err := exec.Command(binary, "swap", "--dir", a).CombinedOutput()
+	if err != nil {
+		t.Fatalf("swap: %v %s", err, out)
+	}
+	t.Logf("%s", bytes.TrimSpace(out))
+	select {
+	case err := <-werr:
+		if err == nil || !errors.Is(err, os.ErrClosed) && !strings.Contains(err.Error(), "input/output error") {
+			t.Fatalf("the writer on a ended with %v; want the I/O error of a demoted host", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("writes on a did not fail within 20 s of the swap")
+	}
+	onA := w.ackedCount()
+	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+		st, err := status(b)
+		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+	})
+	go func() { werr <- w.run(b, stop) }()
+	waitFor(t, 20*time.Second, "500 more records acknowledged on b", func() bool { return w.ackedCount() >= onA+500 })
+	close(stop)
+	if err := <-werr; err != nil {
+		t.Fatalf("writer on b: %v", err)
+	}
+
+	after, err := clusterState(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Volume.Primary != "b" || after.Volume.Epoch != before.Volume.Epoch+1 {
+		t.Fatalf("after the swap the control plane names %q in epoch %d; want b in epoch %d",
+			after.Volume.Primary, after.Volume.Epoch, before.Volume.Epoch+1)
+	}
+	w.check(t, filepath.Join(b, "volume.img"))
+	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+		st, err := status(a)
+		return err == nil && st.Role == node.RoleSecondary
+	})
+	waitInSync(t, b, a)
+	w.check(t, filepath.Join(a, "volume.img"))
+	if slices.Contains([]string{after.disk("a"), after.disk("b")}, "outdated") {
+		t.Fatalf("a swap outdated a host: %+v", after.Volume.Hosts)
+	}
+}
