@@ -20,6 +20,7 @@ type ControlPlane interface {
 	MarkPeerOutdated(ctx context.Context, epoch cluster.Epoch, peer string) error
 	SetDiskState(ctx context.Context, node string, d cluster.DiskState, epoch cluster.Epoch) error
 	TransferPrimary(ctx context.Context, from, to string, epoch cluster.Epoch) (cluster.Epoch, error)
+	Leader() (id, addr string)
 }
 
 // fenceRetry is how often a primary without quorum retries marking its peer

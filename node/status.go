@@ -33,6 +33,7 @@ type Status struct {
 	// the control plane names.
 	Epoch        uint64 `json:"epoch,omitempty"`
 	NamedPrimary string `json:"named_primary,omitempty"`
+	RaftLeader   string `json:"raft_leader,omitempty"`
 
 	// Directory server health, with a probe configured.
 	LDAP *LDAPHealth `json:"ldap,omitempty"`
@@ -81,8 +82,32 @@ type LDAPHealth struct {
 	LastLatencyMs       float64   `json:"last_latency_ms"`
 }
 
-// Status returns the host's current state.
+// Status returns the host's current state. With a control plane, the disk
+// states are the control plane's: what promotion decisions go by.
 func (n *Node) Status() Status {
+	st := n.localStatus()
+	cp := n.cfg.ControlPlane
+	if cp == nil {
+		return st
+	}
+	cs := cp.State()
+	st.Epoch, st.NamedPrimary = uint64(cs.Epoch), cs.Primary
+	st.RaftLeader, _ = cp.Leader()
+	for _, h := range cs.Hosts {
+		switch {
+		case h.Witness:
+		case h.ID == n.cfg.NodeID:
+			if st.Disk == "uptodate" { // a local failure stays shown
+				st.Disk = string(h.Disk)
+			}
+		default:
+			st.PeerDisk = string(h.Disk)
+		}
+	}
+	return st
+}
+
+func (n *Node) localStatus() Status {
 	st := Status{
 		Node:       n.cfg.NodeID,
 		VolumeUUID: n.meta.VolumeUUID.String(),
@@ -106,10 +131,6 @@ func (n *Node) Status() Status {
 		st.VerifyDone, st.VerifyTotal = n.verified[0], n.verified[1]
 	}
 	n.mu.Unlock()
-	if cp := n.cfg.ControlPlane; cp != nil {
-		cs := cp.State()
-		st.Epoch, st.NamedPrimary = uint64(cs.Epoch), cs.Primary
-	}
 	if n.monitor != nil {
 		h := n.monitor.Health()
 		st.LDAP = &LDAPHealth{
@@ -226,7 +247,11 @@ func (st *Status) WriteText(w io.Writer) {
 	row("disk", "%s", disk)
 	row("generation", "%s", st.Generations)
 	if st.NamedPrimary != "" || st.Epoch != 0 {
-		row("control", "epoch %d, primary %s", st.Epoch, st.NamedPrimary)
+		leader := st.RaftLeader
+		if leader == "" {
+			leader = "none (no quorum?)"
+		}
+		row("control", "epoch %d, primary %s, raft leader %s", st.Epoch, st.NamedPrimary, leader)
 	}
 	if st.Role == RolePrimary {
 		row("dirty", "%d blocks (%s)", st.DirtyBlocks, Bytes(st.DirtyBytes))
