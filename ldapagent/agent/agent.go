@@ -51,6 +51,11 @@ type Deps struct {
 	NodeID string
 	// Dir is the volume directory, passed to hooks as LDMIRROR_DIR.
 	Dir string
+	// Export is the path of the volume's FUSE export file
+	// (<dir>/export/volume), passed to hooks as LDMIRROR_EXPORT until
+	// Volume.AwaitPrimary returns one: the demote hooks at start, and
+	// after a restart, need it before any promotion.
+	Export string
 	// ControlPlane and Volume are required.
 	ControlPlane ControlPlane
 	Volume       Volume
@@ -146,15 +151,16 @@ type target struct {
 // role changes of its host through the control plane. Its methods are safe
 // for concurrent use.
 type Agent struct {
-	cfg   Config
-	node  string
-	dir   string
-	cp    ControlPlane
-	vol   Volume
-	log   *slog.Logger
-	check CheckFunc
-	now   func() time.Time
-	base  probe.Config // probe settings without the URL
+	cfg           Config
+	node          string
+	dir           string
+	defaultExport string // Deps.Export
+	cp            ControlPlane
+	vol           Volume
+	log           *slog.Logger
+	check         CheckFunc
+	now           func() time.Time
+	base          probe.Config // probe settings without the URL
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -236,7 +242,7 @@ func New(cfg Config, d Deps) (*Agent, error) {
 		d.Now = time.Now
 	}
 	a := &Agent{
-		cfg: cfg, node: d.NodeID, dir: d.Dir, cp: d.ControlPlane, vol: d.Volume,
+		cfg: cfg, node: d.NodeID, dir: d.Dir, defaultExport: d.Export, cp: d.ControlPlane, vol: d.Volume,
 		log: d.Logger.With("component", "agent"), check: d.Check, now: d.Now,
 		base: probe.Config{
 			BindDN: cfg.BindDN, Password: cfg.Password, ReadDN: cfg.ReadDN,
@@ -893,5 +899,9 @@ func (a *Agent) publish() {
 }
 
 func (a *Agent) env(e cluster.Epoch, role string) hookEnv {
-	return hookEnv{node: a.node, peer: a.peerID(), dir: a.dir, epoch: e, role: role, export: a.export}
+	export := a.export
+	if export == "" {
+		export = a.defaultExport
+	}
+	return hookEnv{node: a.node, peer: a.peerID(), dir: a.dir, epoch: e, role: role, export: export}
 }

@@ -27,7 +27,7 @@ func TestFailoverAfterThreshold(t *testing.T) {
 	p := &stepProbe{calls: make(chan stepCall)}
 	b := e.start("b", p.Check, nil)
 	// At start, a secondary makes sure its directory server is stopped.
-	e.waitHooks(0, demoteSeq("b", 1, "")...)
+	e.waitHooks(0, demoteSeq("b", 1)...)
 	b.waitState(t, StateSecondaryWatching)
 	e.clock.Advance(testMinSwap)
 
@@ -132,7 +132,7 @@ func TestFlapping(t *testing.T) {
 	p.set("ldap://a", true) // slapd on a killed
 	b.waitState(t, StatePrimaryServing)
 	a.waitState(t, StateSecondaryWatching) // a ran its demote hooks
-	e.waitHooks(0, demoteSeq("a", 2, "/export/a")...)
+	e.waitHooks(0, demoteSeq("a", 2)...)
 	e.waitHooks(0, promoteSeq("b", 2)...)
 
 	// a resynced and its slapd is back; now b's fails.
@@ -249,7 +249,7 @@ func TestDemoteOnRoleLoss(t *testing.T) {
 	n := e.waitHooks(0, promoteSeq("a", 1)...)
 	a.waitState(t, StatePrimaryServing)
 	e.cp.promote("b")
-	e.waitHooks(n, demoteSeq("a", 2, "/export/a")...)
+	e.waitHooks(n, demoteSeq("a", 2)...)
 	s := a.waitState(t, StateSecondaryWatching)
 	if s.ServingEpoch != 0 || s.Role != RoleSecondary {
 		t.Fatalf("status %+v", s)
@@ -266,7 +266,7 @@ func TestDemoteAfterFailedPromotion(t *testing.T) {
 	a.waitState(t, StateFailed)
 	n := len(e.hookLines())
 	e.cp.promote("b")
-	e.waitHooks(n, demoteSeq("a", 2, "/export/a")...)
+	e.waitHooks(n, demoteSeq("a", 2)...)
 	s := a.waitState(t, StateSecondaryWatching)
 	if s.Failure != nil {
 		t.Fatalf("failure kept after the clean-up: %+v", s.Failure)
@@ -290,7 +290,7 @@ func TestDemoteHookFails(t *testing.T) {
 	if err := a.a.Retry(ctxFor(t)); err != nil {
 		t.Fatalf("retry: %v", err)
 	}
-	e.waitHooks(n, demoteSeq("a", 2, "/export/a")...)
+	e.waitHooks(n, demoteSeq("a", 2)...)
 	a.waitState(t, StateSecondaryWatching)
 }
 
@@ -310,7 +310,7 @@ func TestRoleLostWhilePromoting(t *testing.T) {
 	waitFor(t, "the agent to see the role move", func() bool { return strings.Contains(a.logs.String(), "the role moved while promoting") })
 	appendLine(gate, "")
 	n = e.waitHooks(n, seq("a", SeqPromote, 1, RolePrimary, "/export/a", "mount")...)
-	e.waitHooks(n, demoteSeq("a", 2, "/export/a")...)
+	e.waitHooks(n, demoteSeq("a", 2)...)
 	a.waitState(t, StateSecondaryWatching)
 	for _, l := range e.hookLines() {
 		if strings.Contains(l, "start-slapd") {
@@ -352,7 +352,7 @@ func TestAutoFailback(t *testing.T) {
 		t.Fatalf("failback before failback_after: %+v", s)
 	}
 	e.clock.Advance(time.Second)
-	e.waitHooks(n, append(demoteSeq("b", 1, "/export/b"), "b_volume_swap")...)
+	e.waitHooks(n, append(demoteSeq("b", 1), "b_volume_swap")...)
 	s := b.waitState(t, StateSecondaryWatching)
 	if st := e.cp.State(); st.Primary != "a" || st.Epoch != 2 {
 		t.Fatalf("control plane after failback: %+v", st)
@@ -378,7 +378,7 @@ func TestSwap(t *testing.T) {
 	if err != nil || epoch != 2 {
 		t.Fatalf("swap: epoch %d, %v", epoch, err)
 	}
-	e.waitHooks(n, append(append(demoteSeq("a", 1, "/export/a"), "a_volume_swap"), promoteSeq("b", 2)...)...)
+	e.waitHooks(n, append(append(demoteSeq("a", 1), "a_volume_swap"), promoteSeq("b", 2)...)...)
 	b.waitState(t, StatePrimaryServing)
 	s := a.waitState(t, StateSecondaryWatching)
 	if s.Swaps != 1 || s.LastSwap.Epoch != 2 || s.LastSwap.Reason != "operator swap" {
@@ -432,7 +432,7 @@ func TestSwapRestoresService(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "flush on the peer failed") || !strings.Contains(err.Error(), "restored on this host") {
 		t.Fatalf("swap: %v", err)
 	}
-	e.waitHooks(n, append(append(demoteSeq("a", 1, "/export/a"), "a_volume_swap"), promoteSeq("a", 1)...)...)
+	e.waitHooks(n, append(append(demoteSeq("a", 1), "a_volume_swap"), promoteSeq("a", 1)...)...)
 	s := a.waitState(t, StatePrimaryServing)
 	if s.ServingEpoch != 1 || s.Swaps != 0 || s.LastSwap == nil || !strings.Contains(s.LastSwap.Error, "flush on the peer failed") {
 		t.Fatalf("status after the failed swap: %+v, last swap %+v", s, s.LastSwap)

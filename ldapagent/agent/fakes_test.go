@@ -418,7 +418,7 @@ func (e *env) start(id string, check CheckFunc, tweak func(*Config)) *testHost {
 	if os.Getenv("LDMIRROR_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", id)
 	}
-	a, err := New(cfg, Deps{NodeID: id, Dir: h.dir, ControlPlane: e.cp, Volume: h.vol, Logger: logger, Check: check, Now: e.clock.Now})
+	a, err := New(cfg, Deps{NodeID: id, Dir: h.dir, Export: "/export/" + id, ControlPlane: e.cp, Volume: h.vol, Logger: logger, Check: check, Now: e.clock.Now})
 	if err != nil {
 		t.Fatalf("start agent %s: %v", id, err)
 	}
@@ -528,6 +528,6 @@ func promoteSeq(node string, epoch cluster.Epoch) []string {
 	return seq(node, SeqPromote, epoch, RolePrimary, "/export/"+node, "attach", "mount", "start-slapd")
 }
 
-func demoteSeq(node string, epoch cluster.Epoch, export string) []string {
-	return seq(node, SeqDemote, epoch, RoleSecondary, export, "stop-slapd", "umount", "detach")
+func demoteSeq(node string, epoch cluster.Epoch) []string {
+	return seq(node, SeqDemote, epoch, RoleSecondary, "/export/"+node, "stop-slapd", "umount", "detach")
 }
