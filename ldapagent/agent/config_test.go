@@ -135,3 +135,34 @@ func TestLoadConfigErrors(t *testing.T) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
+
+// TestDocSample keeps the sample configuration in docs/agent.md valid.
+func TestDocSample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/agent.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```json\n")
+	sample, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/agent.md has no ```json sample")
+	}
+	p := writeConfig(t, sample)
+	if err := os.WriteFile(filepath.Join(filepath.Dir(p), "probe.pw"), []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatalf("the documented sample does not load: %v", err)
+	}
+	if len(c.Promote) != 4 || len(c.Demote) != 4 || c.ReadyCheck == nil || c.Password != "secret" {
+		t.Fatalf("sample loaded as %+v", c)
+	}
+	// Its hooks are valid shell.
+	for _, h := range append(append([]Hook{*c.ReadyCheck}, c.Promote...), c.Demote...) {
+		r := runHook(t.Context(), discard(), "syntax", Hook{Name: h.Name, Command: "sh -n -c '" + strings.ReplaceAll(h.Command, "'", `'\''`) + "'", Timeout: 5 * time.Second}, hookEnv{})
+		if !r.OK() {
+			t.Errorf("hook %s is not valid shell: %s %q", h.Name, r.Error, r.Tail)
+		}
+	}
+}
