@@ -1,0 +1,35 @@
+// Package journal is the ordered, durable write log of an async mirror: a
+// ring of records in one preallocated file, each record one write, trim or
+// flush barrier of the volume, numbered by a sequence number that never
+// goes back (across restarts of the process, and across role changes with
+// Advance).
+//
+// The file starts with two 4 KiB superblock slots, written in turn and each
+// checksummed, so that a crash in the middle of writing one leaves the
+// other: they hold the journal's identity, the ring capacity, the oldest
+// record kept (its sequence number and ring position), the highest sequence
+// number known to be durable, and a counter of opens. The ring follows.
+//
+// A record is a 40-byte header followed by the data of a write:
+//
+//	0  magic   "LDJR"
+//	4  kind    1 write, 2 trim, 3 flush
+//	5  reserved, must be 0 (3 bytes)
+//	8  open    the open counter of the session that wrote it
+//	12 crc32c  Castagnoli, over the journal id, the header (this field zero)
+//	           and the data
+//	16 seq     sequence number
+//	24 offset  byte offset on the volume
+//	32 length  bytes written (the data that follows) or trimmed
+//
+// Records are contiguous in the ring and may wrap around its end. Open
+// walks the records from the oldest one: a record that fails its checksum
+// at or before the durable sequence number is corruption, reported with its
+// file offset (ErrCorrupt); after it, it is the torn tail of a crash and is
+// dropped with everything behind it.
+//
+// Appends are written concurrently and made durable by group commit: Sync
+// runs one fdatasync for every caller waiting at that moment. Truncate frees
+// records once the peer made them durable; it persists the new oldest
+// record before the space is reused.
+package journal
