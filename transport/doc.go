@@ -5,7 +5,7 @@
 //
 //	0  magic   "LDM1"
 //	4  type    Hello, Auth, Write, Trim, Flush, Ack, Ping, Pong, Error,
-//	           Generation, Checksum, Ready
+//	           Generation, Checksum, Ready, OutOfSync, Journal
 //	5  flags   must be 0
 //	6  reserved, must be 0
 //	8  length  payload bytes, at most MaxPayload
@@ -24,4 +24,22 @@
 // ServerSession hands them to a Handler, which may apply them in parallel and
 // acknowledges each one by sequence number. A Flush is a barrier: it is
 // acknowledged only after every earlier request was applied and made durable.
+//
+// In async mode the primary ships its journal's records as Journal frames,
+// whose payload is
+//
+//	0  journal id   the identity of the primary's journal
+//	8  journal seq  the record's sequence number in it (not the frame seq)
+//	16 kind         1 write, 2 trim, 3 flush
+//	17 flags        bit 0: ordered (apply after every earlier request and
+//	                before any later one; a journal catch-up sets it)
+//	18 reserved, must be 0 (6 bytes)
+//	24 offset
+//	32 a write's data, or a trim's length (8 bytes), or nothing for a flush
+//
+// The frame seq stays the per-connection sequence; the journal seq is
+// durable and continues across connections and restarts. The ack of any
+// flush may carry the secondary's durable applied journal position (its
+// journal id and seq, 16 bytes), from which the primary resumes a catch-up
+// and truncates its journal.
 package transport

@@ -18,8 +18,8 @@ const (
 	// MaxWrite is the largest data payload of one Write frame.
 	MaxWrite = 1 << 20
 	// MaxPayload is the largest payload of any frame: a maximal write plus
-	// its 8-byte offset.
-	MaxPayload = MaxWrite + 8
+	// the 32-byte prefix of a journal frame.
+	MaxPayload = MaxWrite + journalPrefix
 )
 
 // Type is the kind of a frame.
@@ -40,10 +40,11 @@ const (
 	TypeChecksum
 	TypeReady
 	TypeOutOfSync
+	TypeJournal
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

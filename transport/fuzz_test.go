@@ -16,6 +16,16 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, Header{Type: TypeAck, Seq: 7}, ackPayload(nil, AckOK, nil)))
 	f.Add(AppendFrame(nil, Header{Type: TypeFlush, Seq: 8}, nil))
 	f.Add(AppendFrame(nil, Header{Type: TypeGeneration, Seq: 9}, make([]byte, 32)))
+	jw := binary.BigEndian.AppendUint64(nil, 0x1234)
+	jw = binary.BigEndian.AppendUint64(jw, 77)
+	jw = append(jw, byte(KindWrite), journalOrdered, 0, 0, 0, 0, 0, 0)
+	jw = binary.BigEndian.AppendUint64(jw, 8192)
+	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 10, Epoch: 3}, append(jw, bytes.Repeat([]byte{2}, 512)...)))
+	jt := append(append([]byte(nil), jw[:16]...), byte(KindTrim), 0, 0, 0, 0, 0, 0, 0)
+	jt = binary.BigEndian.AppendUint64(jt, 4096)
+	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 11}, binary.BigEndian.AppendUint64(jt, 4096)))
+	jf := append(append([]byte(nil), jw[:16]...), byte(KindFlush), 0, 0, 0, 0, 0, 0, 0)
+	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 12}, binary.BigEndian.AppendUint64(jf, 0)))
 	f.Add([]byte("LDM1garbage"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fr := NewFrameReader(bytes.NewReader(in))
@@ -51,6 +61,10 @@ func FuzzReadFrame(f *testing.F) {
 				_, _ = parseRequest(KindChecksum, h, p, 1<<20)
 			case TypeGeneration:
 				_, _ = parseRequest(KindGeneration, h, p, 1<<20)
+			case TypeJournal:
+				if r, err := parseJournal(h, p, 1<<20); err == nil && r.Kind == KindWrite && int64(len(r.Data)) != r.Length {
+					t.Fatalf("journal write of %d bytes with %d data bytes", r.Length, len(r.Data))
+				}
 			}
 		}
 	})

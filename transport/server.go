@@ -60,6 +60,16 @@ type Request struct {
 	Data   []byte // the data of a write; valid until Done
 	// Generations of a KindGeneration request.
 	Generations [4]uint64
+	// JournalID and JournalSeq place a write, trim or flush that came from
+	// the primary's journal (async mode, a Journal frame); both are 0 for
+	// a request that did not. The handler persists the highest sequence
+	// number it applied with every earlier request, and answers a flush
+	// with it (see the blockdev Replica).
+	JournalID, JournalSeq uint64
+	// Ordered asks the handler to apply the request after every earlier
+	// request and before any later one: a journal catch-up sends its
+	// records so, so that the peer's disk always holds a prefix of them.
+	Ordered bool
 
 	sess *ServerSession
 	buf  *[]byte
@@ -70,7 +80,7 @@ type Request struct {
 func (r *Request) Done(err error) { r.Reply(nil, err) }
 
 // Reply is Done with a body for the primary (the checksums of a checksum
-// request).
+// request; for a flush, the handler's durable applied journal position).
 func (r *Request) Reply(body []byte, err error) {
 	r.sess.ack(r.Seq, body, err)
 	r.Data = nil
@@ -352,6 +362,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindChecksum
 	case TypeOutOfSync:
 		kind = KindOutOfSync
+	case TypeJournal:
+		// the operation's kind is in the payload
 	case TypeError:
 		p := make([]byte, hd.Length)
 		if err := s.fr.ReadPayload(hd, p); err != nil {
@@ -369,7 +381,13 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		putBuf(buf)
 		return err
 	}
-	req, err := parseRequest(kind, hd, (*buf)[:hd.Length], s.peer.Size)
+	var req *Request
+	var err error
+	if hd.Type == TypeJournal {
+		req, err = parseJournal(hd, (*buf)[:hd.Length], s.peer.Size)
+	} else {
+		req, err = parseRequest(kind, hd, (*buf)[:hd.Length], s.peer.Size)
+	}
 	if err == nil && kind == KindChecksum && req.Length > MaxChecksumBlocks*int64(s.cfg.BlockSize) {
 		err = fmt.Errorf("%w: checksum of %d bytes, at most %d blocks", ErrMalformed, req.Length, MaxChecksumBlocks)
 	}
@@ -423,6 +441,60 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error)
 	end := uint64(req.Offset) + uint64(req.Length)
 	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {
 		return nil, fmt.Errorf("%w: %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, kind, req.Length, req.Offset, size)
+	}
+	return req, nil
+}
+
+// Journal frame layout: a prefix, then a write's data or a trim's length.
+const (
+	journalPrefix  = 32 // id, seq, kind, flags, 6 reserved bytes, offset
+	journalOrdered = 1  // flag: apply alone, in order
+)
+
+// parseJournal decodes a Journal frame's payload into a write, trim or
+// flush request.
+func parseJournal(hd Header, p []byte, size uint64) (*Request, error) {
+	if len(p) < journalPrefix {
+		return nil, fmt.Errorf("%w: journal frame of %d bytes", ErrMalformed, len(p))
+	}
+	req := &Request{
+		Kind:       Kind(p[16]),
+		Seq:        hd.Seq,
+		JournalID:  binary.BigEndian.Uint64(p[0:8]),
+		JournalSeq: binary.BigEndian.Uint64(p[8:16]),
+		Ordered:    p[17]&journalOrdered != 0,
+		Offset:     int64(binary.BigEndian.Uint64(p[24:32])),
+	}
+	if p[17]&^journalOrdered != 0 || p[18]|p[19]|p[20]|p[21]|p[22]|p[23] != 0 {
+		return nil, fmt.Errorf("%w: journal frame with unknown flags", ErrMalformed)
+	}
+	if req.JournalID == 0 || req.JournalSeq == 0 {
+		return nil, fmt.Errorf("%w: journal frame without a journal position", ErrMalformed)
+	}
+	rest := p[journalPrefix:]
+	switch req.Kind {
+	case KindWrite:
+		if len(rest) == 0 {
+			return nil, fmt.Errorf("%w: journal write without data", ErrMalformed)
+		}
+		req.Data = rest
+		req.Length = int64(len(rest))
+	case KindTrim:
+		if len(rest) != 8 {
+			return nil, fmt.Errorf("%w: journal trim frame of %d bytes", ErrMalformed, len(p))
+		}
+		req.Length = int64(binary.BigEndian.Uint64(rest))
+	case KindFlush:
+		if len(rest) != 0 || req.Offset != 0 {
+			return nil, fmt.Errorf("%w: journal flush with a range or data", ErrMalformed)
+		}
+		return req, nil
+	default:
+		return nil, fmt.Errorf("%w: journal frame of kind %s", ErrMalformed, req.Kind)
+	}
+	end := uint64(req.Offset) + uint64(req.Length)
+	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {
+		return nil, fmt.Errorf("%w: journal %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, req.Kind, req.Length, req.Offset, size)
 	}
 	return req, nil
 }

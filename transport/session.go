@@ -24,9 +24,10 @@ var (
 // Call is one request in flight on a Session. Wait must be called exactly
 // once for every Call returned by a Session.
 type Call struct {
-	frame  [HeaderSize + 32]byte // header plus the offset and trim length, or the generations
+	frame  [HeaderSize + journalPrefix + 8]byte // header plus the offset and trim length, the generations, or a journal prefix
 	nframe int
 	kind   Type
+	jkind  Kind // the operation of a journal frame
 	data   []byte
 	reply  []byte // the ack's body, for a checksum request
 	seq    uint64
@@ -201,14 +202,77 @@ func (s *Session) SubmitOutOfSync() (*Call, error) {
 	return s.submit(TypeOutOfSync, 0, 0, nil)
 }
 
-func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Call, error) {
+// JournalOp is a write, trim or flush taken from the primary's journal
+// (async mode), with its place in the journal.
+type JournalOp struct {
+	ID      uint64 // the journal's identity
+	Seq     uint64 // its sequence number in that journal
+	Kind    Kind   // KindWrite, KindTrim or KindFlush
+	Ordered bool   // apply after every earlier request and before any later one
+	Offset  int64
+	Length  int64  // bytes trimmed (a write's length is len(Data))
+	Data    []byte // a write's data; unchanged until Wait returns
+}
+
+// SubmitJournal ships a journaled operation (a Journal frame): the peer
+// applies it like a write, trim or flush and records op.Seq as applied. The
+// ack of a flush carries the peer's durable applied journal position (see
+// Request.Reply).
+func (s *Session) SubmitJournal(op JournalOp) (*Call, error) {
+	switch op.Kind {
+	case KindWrite:
+		if len(op.Data) == 0 || len(op.Data) > MaxWrite {
+			return nil, fmt.Errorf("journal write of %d bytes: must be 1 to %d bytes", len(op.Data), MaxWrite)
+		}
+	case KindTrim:
+		if op.Length <= 0 || op.Data != nil {
+			return nil, fmt.Errorf("journal trim of %d bytes", op.Length)
+		}
+	case KindFlush:
+		if op.Offset != 0 || op.Length != 0 || op.Data != nil {
+			return nil, errors.New("journal flush with a range or data")
+		}
+	default:
+		return nil, fmt.Errorf("journal operation %s", op.Kind)
+	}
+	c, err := s.acquire()
+	if err != nil {
+		return nil, err
+	}
+	c.data, c.kind, c.jkind = op.Data, TypeJournal, op.Kind
+	p := c.frame[HeaderSize:]
+	binary.BigEndian.PutUint64(p[0:8], op.ID)
+	binary.BigEndian.PutUint64(p[8:16], op.Seq)
+	p[16], p[17] = byte(op.Kind), 0
+	if op.Ordered {
+		p[17] = journalOrdered
+	}
+	clear(p[18:24])
+	binary.BigEndian.PutUint64(p[24:32], uint64(op.Offset))
+	plen := journalPrefix
+	if op.Kind == KindTrim {
+		binary.BigEndian.PutUint64(p[32:40], uint64(op.Length))
+		plen += 8
+	}
+	return s.enqueue(c, TypeJournal, plen)
+}
+
+// acquire takes a window slot and a Call.
+func (s *Session) acquire() (*Call, error) {
 	select {
 	case s.window <- struct{}{}:
 	case <-s.done:
 		return nil, s.Err()
 	}
-	c := callPool.Get().(*Call)
-	c.data, c.kind = data, t
+	return callPool.Get().(*Call), nil
+}
+
+func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Call, error) {
+	c, err := s.acquire()
+	if err != nil {
+		return nil, err
+	}
+	c.data, c.kind, c.jkind = data, t, 0
 	var plen int
 	switch t {
 	case TypeWrite:
@@ -224,6 +288,13 @@ func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Ca
 		}
 		plen = 8 * len(gens)
 	}
+	return s.enqueue(c, t, plen)
+}
+
+// enqueue numbers c, whose payload prefix of plen bytes is in its frame,
+// and queues it for the writer.
+func (s *Session) enqueue(c *Call, t Type, plen int) (*Call, error) {
+	data := c.data
 	c.nframe = HeaderSize + plen
 
 	psum := payloadSum(c.frame[HeaderSize:c.nframe], data)
@@ -365,13 +436,13 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, body)
 		return nil
 	}
-	if c.kind == TypeChecksum || c.kind == TypeOutOfSync {
+	if len(body) > 0 {
 		c.reply = bytes.Clone(body) // payload aliases the read buffer
 	}
-	switch c.kind {
-	case TypeFlush:
+	switch {
+	case c.kind == TypeFlush || c.kind == TypeJournal && c.jkind == KindFlush:
 		s.flushes.Add(1)
-	case TypeWrite, TypeTrim:
+	case c.kind == TypeWrite || c.kind == TypeTrim || c.kind == TypeJournal:
 		s.writes.Add(1)
 		s.bytes.Add(uint64(len(c.data)))
 	}

@@ -297,7 +297,7 @@ func TestHostileFrames(t *testing.T) {
 			b := bytes.Clone(good[:HeaderSize])
 			binary.BigEndian.PutUint32(b[8:12], MaxPayload+1)
 			return b
-		}, "frame larger than the maximum: 1048585 bytes, maximum 1048584"},
+		}, fmt.Sprintf("frame larger than the maximum: %d bytes, maximum %d", MaxPayload+1, MaxPayload)},
 		{"truncated frame", true, func() []byte { return good[:HeaderSize+1000] }, "truncated frame: write payload cut short"},
 		{"unknown type", true, func() []byte { b := bytes.Clone(good); b[4] = 200; return b }, "unknown frame type: 200"},
 		{"write outside the volume", true, func() []byte { return writeFrameBytes(testSize-100, make([]byte, 4096)) }, "outside the 1048576-byte volume"},
