@@ -1,11 +1,13 @@
 package blockdev
 
 import (
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -13,7 +15,15 @@ import (
 // (DESIGN invariant 8): requests that do not overlap are applied in
 // parallel; a write or trim waits for every earlier unapplied request it
 // overlaps and for an earlier flush barrier; a flush waits for every earlier
-// request and then flushes the device. It implements transport.Handler.
+// request and then flushes the device. An ordered request (a journal
+// catch-up) is a barrier too: it runs alone, after every earlier request,
+// so the device always holds a prefix of the primary's writes.
+//
+// For journaled requests (async mode) the Replica tracks its applied
+// position: the journal sequence number of the last one applied with every
+// request before it. At each flush it makes that position durable (in the
+// AppliedFile, if set) and answers the flush with it, 16 bytes: journal id
+// and seq, big-endian. It implements transport.Handler.
 type Replica struct {
 	dev       Device
 	blockSize int
@@ -22,6 +32,15 @@ type Replica struct {
 	mu      sync.Mutex
 	pending []*applyOp // in arrival (sequence) order; finished ones are trimmed from the front
 	wg      sync.WaitGroup
+	applied journal.Position // last journaled request applied with all before it
+	stuck   bool             // a journaled request failed: applied stays where it is
+
+	durableMu sync.Mutex
+	durable   journal.Position // applied position made durable by the last flush
+	file      *journal.AppliedFile
+
+	// unordered ignores the Ordered flag (tests show what breaks then).
+	unordered bool
 
 	appliedSeq atomic.Uint64 // highest sequence applied with every one before it
 	writes     atomic.Uint64
@@ -34,11 +53,15 @@ type applyOp struct {
 	req      *transport.Request
 	start    int64
 	end      int64 // exclusive; start == end for a flush
+	seq      uint64
+	jpos     journal.Position // of a journaled request; zero otherwise
+	ordered  bool
 	done     chan struct{}
 	finished bool
+	failed   bool
 }
 
-func (op *applyOp) barrier() bool { return op.req.Kind == transport.KindFlush }
+func (op *applyOp) barrier() bool { return op.req.Kind == transport.KindFlush || op.ordered }
 
 // NewReplica returns a Replica applying to dev, whose checksum replies
 // cover blocks of blockSize bytes.
@@ -51,9 +74,13 @@ func NewReplica(dev Device, blockSize int, log *slog.Logger) *Replica {
 
 // Handle schedules req after the requests it depends on.
 func (r *Replica) Handle(req *transport.Request) {
-	op := &applyOp{req: req, start: req.Offset, end: req.Offset + req.Length, done: make(chan struct{})}
+	op := &applyOp{req: req, start: req.Offset, end: req.Offset + req.Length, seq: req.Seq, done: make(chan struct{})}
+	if req.JournalSeq != 0 {
+		op.jpos = journal.Position{ID: req.JournalID, Seq: req.JournalSeq}
+	}
 	var deps []chan struct{}
 	r.mu.Lock()
+	op.ordered = req.Ordered && !r.unordered
 	for _, p := range r.pending {
 		if p.finished {
 			continue
@@ -94,6 +121,10 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 		err = r.dev.Flush()
 		if err == nil {
 			r.flushes.Add(1)
+			var pos journal.Position
+			if pos, err = r.flushed(op); err == nil {
+				reply = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), pos.ID), pos.Seq)
+			}
 		}
 	}
 	if err != nil {
@@ -102,18 +133,59 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 		r.log.Error("apply failed on the secondary", "err", err)
 	}
 	r.mu.Lock()
-	op.finished = true
+	op.finished, op.failed = true, err != nil
 	close(op.done)
 	n := 0
 	for n < len(r.pending) && r.pending[n].finished {
+		p := r.pending[n]
+		if p.jpos.Seq != 0 && !r.stuck {
+			if p.failed {
+				r.stuck = true
+			} else {
+				r.applied = p.jpos
+			}
+		}
 		n++
 	}
 	if n > 0 {
-		r.appliedSeq.Store(r.pending[n-1].req.Seq)
+		r.appliedSeq.Store(r.pending[n-1].seq)
 		r.pending = append(r.pending[:0], r.pending[n:]...)
 	}
 	r.mu.Unlock()
 	req.Reply(reply, err)
+}
+
+// flushed records, after the device flush of op, that the applied position
+// is durable: every request before the flush is applied (it is a barrier),
+// and so is op itself if it came from the journal.
+func (r *Replica) flushed(op *applyOp) (journal.Position, error) {
+	r.mu.Lock()
+	pos, stuck := r.applied, r.stuck
+	r.mu.Unlock()
+	if op.jpos.Seq != 0 && !stuck {
+		pos = op.jpos
+	}
+	r.durableMu.Lock()
+	defer r.durableMu.Unlock()
+	if pos.Seq == 0 { // nothing journaled applied yet: what the file says
+		pos = r.durable
+	}
+	if r.file != nil {
+		if err := r.file.Store(pos); err != nil {
+			return pos, fmt.Errorf("persist the applied journal position: %w", err)
+		}
+	}
+	r.durable = pos
+	return pos, nil
+}
+
+// SetAppliedFile makes the Replica start from the applied position f holds
+// and persist it there at every flush. Call it before the first request.
+func (r *Replica) SetAppliedFile(f *journal.AppliedFile) {
+	r.durableMu.Lock()
+	defer r.durableMu.Unlock()
+	r.file = f
+	r.durable = f.Position()
 }
 
 // Wait blocks until every request handed to the Replica was applied.
@@ -121,25 +193,41 @@ func (r *Replica) Wait() { r.wg.Wait() }
 
 // ReplicaStatus is a snapshot of the secondary's apply counters.
 type ReplicaStatus struct {
-	AppliedSeq uint64 // highest sequence applied with all before it
-	Writes     uint64
-	Bytes      uint64
-	Flushes    uint64
-	Failures   uint64
-	Pending    int
+	AppliedSeq uint64 // highest frame sequence (this connection) applied with all before it
+	// JournalID, JournalApplied: the primary's journal and the last record
+	// of it applied with every request before it (async mode).
+	JournalID      uint64
+	JournalApplied uint64
+	// JournalDurable is the applied journal seq made durable by the last
+	// flush: where a catch-up resumes.
+	JournalDurable uint64
+	Writes         uint64
+	Bytes          uint64
+	Flushes        uint64
+	Failures       uint64
+	Pending        int
 }
 
 // Status returns the apply counters.
 func (r *Replica) Status() ReplicaStatus {
 	r.mu.Lock()
-	pending := len(r.pending)
+	pending, applied := len(r.pending), r.applied
 	r.mu.Unlock()
+	r.durableMu.Lock()
+	durable := r.durable
+	r.durableMu.Unlock()
+	if applied.Seq == 0 {
+		applied = durable
+	}
 	return ReplicaStatus{
-		AppliedSeq: r.appliedSeq.Load(),
-		Writes:     r.writes.Load(),
-		Bytes:      r.bytes.Load(),
-		Flushes:    r.flushes.Load(),
-		Failures:   r.failures.Load(),
-		Pending:    pending,
+		JournalID:      applied.ID,
+		JournalApplied: applied.Seq,
+		JournalDurable: durable.Seq,
+		AppliedSeq:     r.appliedSeq.Load(),
+		Writes:         r.writes.Load(),
+		Bytes:          r.bytes.Load(),
+		Flushes:        r.flushes.Load(),
+		Failures:       r.failures.Load(),
+		Pending:        pending,
 	}
 }

@@ -28,6 +28,8 @@ func newGatedDevice(size int) *gatedDevice {
 }
 
 func (d *gatedDevice) gate(off int64) chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	c := make(chan struct{})
 	d.gates[off] = c
 	return c

@@ -1,0 +1,101 @@
+package blockdev
+
+import (
+	"bytes"
+	"encoding/binary"
+	"path/filepath"
+	"testing"
+
+	"github.com/ldmirror/ldmirror/journal"
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+func (h *requestHarness) journal(seq uint64, op transport.JournalOp) {
+	c, err := h.sess.SubmitJournal(op)
+	h.track(seq, c, err)
+}
+
+// TestReplicaOrderedRequestsRunAlone: journal records sent for a catch-up
+// (Ordered) are applied one at a time, in sequence, even when they do not
+// overlap; without the flag the same records run in parallel.
+func TestReplicaOrderedRequestsRunAlone(t *testing.T) {
+	for _, ordered := range []bool{true, false} {
+		dev := newGatedDevice(1 << 20)
+		r := NewReplica(dev, 4096, nil)
+		h := newRequestHarness(t, r)
+		release := dev.gate(0)
+		for i := range 4 {
+			h.journal(uint64(i+1), transport.JournalOp{ID: 3, Seq: uint64(10 + i), Kind: transport.KindWrite, Ordered: ordered, Offset: int64(i) * 65536, Data: bytes.Repeat([]byte{byte(i)}, 4096)})
+		}
+		if ordered {
+			h.waitFor(t, func() bool { return dev.running.Load() == 1 })
+			if h.acked(2) || h.acked(3) || h.acked(4) {
+				t.Fatal("an ordered record was applied while an earlier one was held")
+			}
+		} else {
+			h.waitAcked(t, 2, 3, 4)
+		}
+		close(release)
+		h.waitAcked(t, 1, 2, 3, 4)
+		r.Wait()
+		if ordered && (dev.maxRunning.Load() != 1 || len(dev.order) != 4 || dev.order[0] != 0 || dev.order[3] != 3*65536) {
+			t.Fatalf("ordered apply: order %v, %d at once", dev.order, dev.maxRunning.Load())
+		}
+		if st := r.Status(); st.JournalID != 3 || st.JournalApplied != 13 {
+			t.Fatalf("ordered=%v: status %+v, want journal 3 applied through 13", ordered, st)
+		}
+	}
+}
+
+// TestReplicaPersistsAppliedPosition: a flush makes the applied journal
+// position durable in the AppliedFile and answers with it; a new Replica
+// on the same file starts from it.
+func TestReplicaPersistsAppliedPosition(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.applied")
+	af, err := journal.OpenAppliedFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer af.Close()
+	dev := newGatedDevice(1 << 20)
+	r := NewReplica(dev, 4096, nil)
+	r.SetAppliedFile(af)
+	h := newRequestHarness(t, r)
+	for i := range uint64(5) {
+		h.journal(i+1, transport.JournalOp{ID: 8, Seq: 40 + i, Kind: transport.KindWrite, Offset: int64(i) * 4096, Data: make([]byte, 4096)})
+	}
+	h.write(6, 1<<19, make([]byte, 4096)) // a resync write: no journal position
+	c, err := h.sess.SubmitFlush()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := c.WaitReply()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reply) != 16 || binary.BigEndian.Uint64(reply) != 8 || binary.BigEndian.Uint64(reply[8:]) != 44 {
+		t.Fatalf("flush reply %x, want journal 8 seq 44", reply)
+	}
+	if p := af.Position(); p != (journal.Position{ID: 8, Seq: 44}) {
+		t.Fatalf("file holds %+v", p)
+	}
+	dev.mu.Lock()
+	flushes := dev.flushes
+	dev.mu.Unlock()
+	if st := r.Status(); st.JournalDurable != 44 || flushes != 1 {
+		t.Fatalf("status %+v, %d device flushes", st, flushes)
+	}
+	// A journaled flush counts itself.
+	c, err = h.sess.SubmitJournal(transport.JournalOp{ID: 8, Seq: 45, Kind: transport.KindFlush})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply, err = c.WaitReply(); err != nil || binary.BigEndian.Uint64(reply[8:]) != 45 {
+		t.Fatalf("journal flush reply %x, %v", reply, err)
+	}
+	r2 := NewReplica(newGatedDevice(1<<20), 4096, nil)
+	r2.SetAppliedFile(af)
+	if st := r2.Status(); st.JournalID != 8 || st.JournalDurable != 45 || st.JournalApplied != 45 {
+		t.Fatalf("a new replica on the file: %+v", st)
+	}
+}
