@@ -396,7 +396,7 @@ func (j *Journal) append(ctx context.Context, r Record, wait bool) (uint64, erro
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err != nil && j.err == nil {
-		j.err = fmt.Errorf("journal write of seq %d: %w", seq, err)
+		j.poison(fmt.Errorf("journal write of seq %d: %w", seq, err))
 	}
 	j.maxDone = max(j.maxDone, seq)
 	for i := range j.writing {
@@ -421,6 +421,18 @@ func (j *Journal) append(ctx context.Context, r Record, wait bool) (uint64, erro
 		return 0, j.err
 	}
 	return seq, nil
+}
+
+// poison makes every later append and sync fail with err and wakes the
+// goroutines that wait for room or records. j.mu is held.
+func (j *Journal) poison(err error) {
+	j.err = err
+	for _, ch := range []chan struct{}{j.freed, j.appended} {
+		if ch != nil {
+			close(ch)
+		}
+	}
+	j.freed, j.appended = nil, nil
 }
 
 // writeRecord writes record r as seq at ring position pos.
@@ -509,7 +521,7 @@ func (j *Journal) Sync(ctx context.Context) error {
 			j.syncing = false
 			j.syncDone = round
 			if err != nil && j.err == nil {
-				j.err = fmt.Errorf("journal sync: %w", err)
+				j.poison(fmt.Errorf("journal sync: %w", err))
 			} else if snap > j.durable {
 				j.durable = snap
 			}
@@ -608,7 +620,7 @@ func (j *Journal) Truncate(seq uint64) error {
 	if err := j.writeSuperLocked(newTail, newPos, true); err != nil {
 		j.mu.Lock()
 		if j.err == nil {
-			j.err = fmt.Errorf("journal superblock: %w", err)
+			j.poison(fmt.Errorf("journal superblock: %w", err))
 		}
 		j.mu.Unlock()
 		return err
