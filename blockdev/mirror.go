@@ -12,6 +12,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -60,14 +61,18 @@ const progressInterval = time.Second
 const resyncDepth = 16
 
 // Mirror is the primary's view of the volume: a Device whose writes are
-// mirrored to the peer through a transport.Session (sync mode). Without a
-// peer it keeps serving and leaves the blocks it writes dirty.
+// mirrored to the peer through a transport.Session, in sync mode or, after
+// SetAsync, in async mode through a journal. Without a peer it keeps
+// serving and leaves the blocks it writes dirty.
 type Mirror struct {
 	local  Device
 	dirty  *bitmap.Set
 	intent WriteIntent // nil: dirty blocks are known in memory only
 	locks  *rangeLock
 	log    *slog.Logger
+	async  *asyncMirror // nil in sync mode; set once before any I/O
+
+	resyncMu sync.Mutex // one Resync at a time
 
 	mu        sync.Mutex
 	peer      *transport.Session
@@ -140,7 +145,13 @@ func (m *Mirror) ensureFenced() error {
 
 // SetPeer starts shipping writes to s. Blocks that went out of sync while
 // there was no peer stay dirty until Resync copies them.
+//
+// In async mode the journal starts shipping to s only once CatchUp decided
+// from where; until then writes are journaled and wait.
 func (m *Mirror) SetPeer(s *transport.Session) {
+	if m.async != nil {
+		m.async.setPeer(s)
+	}
 	if s != nil {
 		m.fenceMu.Lock()
 		m.fenced = false // a later loss must be committed again
@@ -202,7 +213,9 @@ func (m *Mirror) Size() int64 { return m.local.Size() }
 
 // WriteAt writes p at off on both hosts and returns when the local write
 // completed and the peer acknowledged it (or the peer is gone, in which case
-// the blocks stay dirty).
+// the blocks stay dirty). In async mode it returns once the local write
+// completed and the write is in the journal; its blocks stay dirty until
+// the peer acknowledged it.
 func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange(off, int64(len(p)), m.local.Size()); err != nil {
 		return 0, err
@@ -210,9 +223,15 @@ func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
 	for done := 0; done < len(p); {
 		chunk := p[done:min(len(p), done+transport.MaxWrite)]
 		at := off + int64(done)
-		err := m.replicate(at, int64(len(chunk)),
-			func() error { _, err := m.local.WriteAt(chunk, at); return err },
-			func(s *transport.Session) (*transport.Call, error) { return s.SubmitWrite(at, chunk) })
+		var err error
+		if a := m.async; a != nil {
+			err = a.replicate(journal.Record{Kind: journal.KindWrite, Offset: at, Length: int64(len(chunk)), Data: chunk},
+				func() error { _, err := m.local.WriteAt(chunk, at); return err })
+		} else {
+			err = m.replicate(at, int64(len(chunk)),
+				func() error { _, err := m.local.WriteAt(chunk, at); return err },
+				func(s *transport.Session) (*transport.Call, error) { return s.SubmitWrite(at, chunk) })
+		}
 		if err != nil {
 			return done, err
 		}
@@ -228,6 +247,10 @@ func (m *Mirror) Trim(off, n int64) error {
 	}
 	if n == 0 {
 		return nil
+	}
+	if a := m.async; a != nil {
+		return a.replicate(journal.Record{Kind: journal.KindTrim, Offset: off, Length: n},
+			func() error { return m.local.Trim(off, n) })
 	}
 	return m.replicate(off, n,
 		func() error { return m.local.Trim(off, n) },
@@ -289,8 +312,12 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 
 // Flush makes every earlier acknowledged write durable on both hosts: the
 // peer gets a barrier that it acknowledges after its own flush, while the
-// local device flushes.
+// local device flushes. In async mode it makes them durable here, locally
+// and in the journal, and journals a barrier that the peer applies in turn.
 func (m *Mirror) Flush() error {
+	if m.async != nil {
+		return m.async.flush()
+	}
 	if !m.begin() {
 		return ErrClosed
 	}
@@ -323,10 +350,24 @@ func (m *Mirror) Flush() error {
 // blocks is first compared by checksum and only the blocks that differ are
 // sent: worth it when most of them are likely equal (after a crash, the
 // activity log's extents).
-func (m *Mirror) Resync(ctx context.Context, checksum bool) error {
+//
+// In async mode it first waits until the peer acknowledged every journaled
+// write, and journals every write while it runs (throttling writers if the
+// journal fills), so that no journal record lands after the copy of its
+// block.
+func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
+	m.resyncMu.Lock()
+	defer m.resyncMu.Unlock()
 	s := m.session()
 	if s == nil {
 		return fmt.Errorf("resync: %w", transport.ErrDisconnected)
+	}
+	if a := m.async; a != nil {
+		end, err := a.beginResync(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { end(err) }()
 	}
 	oos := m.dirty.OutOfSync()
 	m.mu.Lock()
@@ -491,6 +532,9 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 	if m.intent != nil {
 		m.intent.ClearOutOfSync(done)
 	}
+	if m.async != nil {
+		m.async.cleared(done)
+	}
 	return nil
 }
 
@@ -536,8 +580,12 @@ func (m *Mirror) Close() error {
 	m.mu.Unlock()
 	m.stop() // a write suspended in the fence fails rather than hang the shutdown
 	m.inflight.Wait()
+	var jerr error
+	if m.async != nil {
+		jerr = m.async.close()
+	}
 	err := m.local.Flush()
-	return errors.Join(err, m.local.Close())
+	return errors.Join(jerr, err, m.local.Close())
 }
 
 // MirrorStatus is a snapshot of the primary's replication state.
@@ -558,6 +606,27 @@ type MirrorStatus struct {
 	ResyncSkip   uint64 // blocks found equal by checksum and not sent, since start
 	BlockSize    int
 	BitmapMemory uint64 // bytes
+
+	Mode string // "sync" or "async"
+	// Async mode only.
+	OnFull          string // journal-full policy: "throttle" or "logging"
+	JournalUsed     int64  // bytes held by records the peer has not reported durable
+	JournalCapacity int64  // bytes
+	JournalOldest   uint64 // oldest record held (== JournalNewest+1 when empty)
+	JournalNewest   uint64 // newest record written
+	JournalAcked    uint64 // last record the peer acknowledged
+	PeerDurable     uint64 // last record the peer reported durable
+	JournalLag      uint64 // records written here that the peer has not acknowledged
+	Throttled       int    // writers waiting for room in the journal
+	CatchingUp      bool   // the journal is being replayed to the peer, in order
+	CatchUpFrom     uint64 // first record of the running catch-up
+	CatchUpTo       uint64 // the head it runs to
+	LastCatchUp     string // how the last (re)connect caught up: "journal" or "bitmap"
+	// JournalOverflow: journaling stopped (the journal filled while
+	// disconnected, or with the logging policy); the blocks are in the
+	// bitmap and a bitmap resync brings the peer back.
+	JournalOverflow bool
+	FallbackReason  string // why journaling stopped, or why the last catch-up was a bitmap resync
 }
 
 // Status returns a snapshot of the replication state.
@@ -590,5 +659,9 @@ func (m *Mirror) Status() MirrorStatus {
 	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
 	st.ResyncSkip = m.resyncSkipped.Load()
 	st.Suspended = m.suspended.Load()
+	st.Mode = ModeSync.String()
+	if m.async != nil {
+		m.async.status(&st)
+	}
 	return st
 }

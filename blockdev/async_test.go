@@ -1,0 +1,830 @@
+package blockdev
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/journal"
+	"github.com/ldmirror/ldmirror/transport"
+)
+
+// snapDevice is the secondary's device in the async tests: every write
+// holds a read lock, so snapshot (under the write lock) sees the device
+// between writes. Hooks run around each write, outside the lock.
+type snapDevice struct {
+	Device
+	mu     sync.RWMutex
+	before atomic.Pointer[func(off int64)]
+	after  atomic.Pointer[func(off int64)]
+	wrote  chan struct{} // a token after each write, if there is room
+}
+
+func (d *snapDevice) WriteAt(p []byte, off int64) (int, error) {
+	if h := d.before.Load(); h != nil {
+		(*h)(off)
+	}
+	d.mu.RLock()
+	n, err := d.Device.WriteAt(p, off)
+	d.mu.RUnlock()
+	select {
+	case d.wrote <- struct{}{}:
+	default:
+	}
+	if h := d.after.Load(); h != nil {
+		(*h)(off)
+	}
+	return n, err
+}
+
+func (d *snapDevice) Trim(off, n int64) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.Device.Trim(off, n)
+}
+
+// snapshot returns the device's content between two writes.
+func (d *snapDevice) snapshot() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := make([]byte, d.Size())
+	if _, err := d.Device.ReadAt(b, 0); err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// asyncPair is a primary Mirror in async mode and a secondary Replica with
+// an applied-position file, over 127.0.0.1, that the test disconnects and
+// reconnects.
+type asyncPair struct {
+	t         *testing.T
+	size      int64
+	mirror    *Mirror
+	dirty     *bitmap.Set
+	jrnl      *journal.Journal
+	replica   *Replica
+	secondary *snapDevice
+	applied   *journal.AppliedFile
+	addr      string
+	pri       transport.Config
+	sess      *transport.Session
+	priPath   string
+	secPath   string
+	jrnlPath  string
+}
+
+type asyncOptions struct {
+	size     int64
+	capacity int64
+	onFull   FullPolicy
+	timeout  time.Duration
+	resynced func()
+}
+
+func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
+	t.Helper()
+	if o.size == 0 {
+		o.size = 2 << 20
+	}
+	if o.capacity == 0 {
+		o.capacity = 16 << 20
+	}
+	dir := t.TempDir()
+	p := &asyncPair{t: t, size: o.size, priPath: newFileSized(t, "a.img", o.size), secPath: newFileSized(t, "b.img", o.size)}
+	p.secondary = &snapDevice{Device: openFileSized(t, p.secPath, o.size), wrote: make(chan struct{}, 1)}
+	var err error
+	if p.applied, err = journal.OpenAppliedFile(filepath.Join(dir, "journal.applied")); err != nil {
+		t.Fatal(err)
+	}
+	p.replica = NewReplica(p.secondary, 4096, nil)
+	p.replica.SetAppliedFile(p.applied)
+	sec, pri := testConfigsSized(o.size)
+	if o.timeout > 0 {
+		sec.Timeout, pri.Timeout = o.timeout, o.timeout
+	}
+	p.pri = pri
+	ln, err := transport.Listen("127.0.0.1:0", sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = ln.Serve(ctx, p.replica) }()
+
+	p.jrnlPath = filepath.Join(dir, "journal")
+	if p.jrnl, err = journal.Create(p.jrnlPath, journal.Options{Capacity: o.capacity}); err != nil {
+		t.Fatal(err)
+	}
+	p.dirty, _ = bitmap.New(o.size, 4096)
+	p.mirror = NewMirror(openFileSized(t, p.priPath, o.size), p.dirty, nil, nil)
+	if err := p.mirror.SetAsync(AsyncConfig{Journal: p.jrnl, OnFull: o.onFull, Resynced: o.resynced}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.mirror.Close()
+		if p.sess != nil {
+			p.sess.Close()
+		}
+		cancel()
+		<-served
+		p.replica.Wait()
+		p.secondary.Close()
+		p.applied.Close()
+	})
+	return p
+}
+
+// connect dials the secondary and hands the session to the Mirror; the
+// caller runs CatchUp.
+func (p *asyncPair) connect() {
+	p.t.Helper()
+	s, err := transport.Dial(context.Background(), p.addr, p.pri)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.sess = s
+	p.mirror.SetPeer(s)
+}
+
+func (p *asyncPair) catchUp() {
+	p.t.Helper()
+	if err := p.mirror.CatchUp(context.Background(), false); err != nil {
+		p.t.Fatalf("catch-up: %v", err)
+	}
+}
+
+// disconnect cuts the link: the primary goes on alone.
+func (p *asyncPair) disconnect() {
+	p.t.Helper()
+	p.mirror.SetPeer(nil)
+	p.sess.Close()
+	p.sess = nil
+	if st := p.mirror.Status(); st.Connected || st.Replication != StateLogging {
+		p.t.Fatalf("after disconnect: %+v", st)
+	}
+}
+
+// drainAndCompare waits until the peer acknowledged everything, flushes and
+// compares both files.
+func (p *asyncPair) drainAndCompare() {
+	p.t.Helper()
+	if err := p.mirror.Drain(context.Background()); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := p.mirror.Flush(); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := p.mirror.Drain(context.Background()); err != nil {
+		p.t.Fatal(err)
+	}
+	if fileSum(p.t, p.priPath) != fileSum(p.t, p.secPath) {
+		p.t.Fatal("the two files differ")
+	}
+	if st := p.mirror.Status(); st.DirtyBlocks != 0 || st.JournalLag != 0 {
+		p.t.Fatalf("after draining: %d dirty blocks, lag %d", st.DirtyBlocks, st.JournalLag)
+	}
+}
+
+// history is the primary's write sequence: write i puts content(i) in
+// block blocks[i]. Blocks never written hold zeros.
+type history struct {
+	blocks []int
+	byBlk  map[int][]int // write indices per block, ascending
+}
+
+func newHistory() *history { return &history{byBlk: map[int][]int{}} }
+
+func content(i int) []byte {
+	b := bytes.Repeat([]byte{byte(i*7 + 1)}, 4096)
+	binary.BigEndian.PutUint64(b, uint64(i)+1)
+	return b
+}
+
+func (h *history) write(t *testing.T, m *Mirror, blk int) {
+	t.Helper()
+	i := len(h.blocks)
+	if _, err := m.WriteAt(content(i), int64(blk)*4096); err != nil {
+		t.Fatal(err)
+	}
+	h.blocks = append(h.blocks, blk)
+	h.byBlk[blk] = append(h.byBlk[blk], i)
+}
+
+// prefix checks that snap is the volume after the first k writes, for some
+// k, and returns k. Block b holds write w_b (or none); that is a prefix
+// state if and only if the newest write present is older than the first
+// missing write of every block.
+func (h *history) prefix(snap []byte) (int, error) {
+	newest, firstMissing := -1, len(h.blocks)
+	missBlk, newestBlk := -1, -1
+	zero := make([]byte, 4096)
+	for b := 0; b < len(snap)/4096; b++ {
+		blk := snap[b*4096 : (b+1)*4096]
+		w := -1
+		if !bytes.Equal(blk, zero) {
+			w = int(binary.BigEndian.Uint64(blk)) - 1
+			if w < 0 || w >= len(h.blocks) || h.blocks[w] != b || !bytes.Equal(blk, content(w)) {
+				return 0, fmt.Errorf("block %d holds data that no write put there", b)
+			}
+		}
+		if w > newest {
+			newest, newestBlk = w, b
+		}
+		ws := h.byBlk[b]
+		if k := sort.SearchInts(ws, w+1); k < len(ws) && ws[k] < firstMissing {
+			firstMissing, missBlk = ws[k], b
+		}
+	}
+	if newest >= firstMissing {
+		return 0, fmt.Errorf("not a prefix of the write sequence: write %d (block %d) is there but write %d (block %d) is not", newest, newestBlk, firstMissing, missBlk)
+	}
+	return newest + 1, nil
+}
+
+// checker takes snapshots of the secondary's device and checks each.
+type checker struct {
+	h     *history
+	dev   *snapDevice
+	mu    sync.Mutex
+	rng   *rand.Rand
+	taken int
+	bad   []error
+	last  int
+}
+
+// check snapshots the device and checks the snapshot; checks run one at a
+// time, so that their results are in the order the snapshots were taken.
+func (c *checker) check() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, err := c.h.prefix(c.dev.snapshot())
+	c.taken++
+	if err != nil {
+		c.bad = append(c.bad, err)
+		return
+	}
+	if k < c.last {
+		c.bad = append(c.bad, fmt.Errorf("the secondary went back from prefix %d to %d", c.last, k))
+	}
+	c.last = k
+}
+
+// atRandom snapshots after a random tenth of the device's writes.
+func (c *checker) atRandom(off int64) {
+	c.mu.Lock()
+	now := c.rng.IntN(10) == 0
+	c.mu.Unlock()
+	if now {
+		c.check()
+	}
+}
+
+func (c *checker) result() (int, []error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.taken, c.bad
+}
+
+// shortDisconnect runs issue 4's scenario 3 up to the reconnect: writes
+// while connected, a disconnect, writes while disconnected (the journal
+// holds them all), then a reconnect with a checker on the secondary.
+func shortDisconnect(t *testing.T, p *asyncPair, every bool) (*history, *checker) {
+	p.connect()
+	p.catchUp()
+	h := newHistory()
+	rng := rand.New(rand.NewPCG(3, 4))
+	blocks := int(p.size / 4096)
+	for range 200 {
+		h.write(t, p.mirror, rng.IntN(blocks))
+	}
+	p.drainAndCompare()
+	p.disconnect()
+	for i := range 1500 {
+		h.write(t, p.mirror, rng.IntN(blocks))
+		if i%100 == 99 {
+			if err := p.mirror.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	st := p.mirror.Status()
+	if st.JournalOverflow || st.JournalLag < 1500 || st.Connected {
+		t.Fatalf("after the disconnected writes: %+v", st)
+	}
+	c := &checker{h: h, dev: p.secondary, rng: rand.New(rand.NewPCG(5, 6))}
+	if k, err := h.prefix(p.secondary.snapshot()); err != nil || k != 200 {
+		t.Fatalf("before the catch-up the secondary is at %d, %v; want the 200 writes made while connected", k, err)
+	}
+	hook := c.atRandom
+	if every {
+		hook = func(int64) { c.check() }
+	}
+	p.secondary.after.Store(&hook)
+	p.connect()
+	return h, c
+}
+
+// TestAsyncCatchUpKeepsWriteOrder is issue 4's scenario 3: after a short
+// disconnect in async mode the journal covers the gap; catch-up replays it
+// in order, and snapshots of the secondary's file taken at random moments
+// during the catch-up are each the volume after some prefix of the
+// primary's writes (write-order fidelity).
+//
+// The checker can fail: with the Replica applying the catch-up's records in
+// parallel (the subtest), or with a bitmap resync instead of the journal
+// (the other subtest), it finds states that are no prefix.
+func TestAsyncCatchUpKeepsWriteOrder(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{})
+	h, c := shortDisconnect(t, p, false)
+	// A background checker snapshots as well, every 1 to 20 writes.
+	stop := make(chan struct{})
+	bg := make(chan struct{})
+	sawCatchUp := atomic.Bool{}
+	go func() {
+		defer close(bg)
+		rng := rand.New(rand.NewPCG(7, 8))
+		for {
+			for n := 1 + rng.IntN(20); n > 0; n-- {
+				select {
+				case <-p.secondary.wrote:
+				case <-stop:
+					return
+				}
+			}
+			if p.mirror.Status().CatchingUp {
+				sawCatchUp.Store(true)
+			}
+			c.check()
+		}
+	}()
+	p.catchUp()
+	close(stop)
+	<-bg
+	p.secondary.after.Store(nil)
+
+	st := p.mirror.Status()
+	if st.LastCatchUp != CatchUpJournal || st.CatchingUp || st.Replication != StateReplicating {
+		t.Fatalf("after the catch-up: %+v; want a journal catch-up, replicating", st)
+	}
+	taken, bad := c.result()
+	for _, err := range bad {
+		t.Error(err)
+	}
+	if k, err := h.prefix(p.secondary.snapshot()); err != nil || k != len(h.blocks) {
+		t.Fatalf("after the catch-up the secondary is at %d, %v; want all %d writes", k, err, len(h.blocks))
+	}
+	if !sawCatchUp.Load() {
+		t.Error("status never said catching up")
+	}
+	t.Logf("%d snapshots during the catch-up, all prefixes of the write sequence", taken)
+	p.drainAndCompare()
+	if rs := p.replica.Status(); rs.JournalDurable != p.jrnl.Next()-1 || p.applied.Position().Seq != rs.JournalDurable {
+		t.Fatalf("the secondary's durable position %d (file %+v), the journal's newest %d", rs.JournalDurable, p.applied.Position(), p.jrnl.Next()-1)
+	}
+
+	t.Run("parallel apply breaks it", func(t *testing.T) {
+		p := newAsyncPair(t, asyncOptions{})
+		p.replica.unordered = true
+		h, c := shortDisconnect(t, p, false)
+		// Hold the first record the catch-up applies until a later one,
+		// which does not overlap it, was applied.
+		var held atomic.Bool
+		other := make(chan struct{})
+		var once sync.Once
+		before := func(off int64) {
+			if held.CompareAndSwap(false, true) {
+				select {
+				case <-other:
+				case <-time.After(5 * time.Second):
+					t.Error("no later record was applied while the first was held: apply is not parallel")
+				}
+			}
+		}
+		after := func(off int64) {
+			if !held.Load() {
+				c.atRandom(off)
+				return
+			}
+			once.Do(func() {
+				c.check() // the first record is still held
+				close(other)
+			})
+			c.atRandom(off)
+		}
+		p.secondary.before.Store(&before)
+		p.secondary.after.Store(&after)
+		p.catchUp()
+		p.secondary.before.Store(nil)
+		p.secondary.after.Store(nil)
+		taken, bad := c.result()
+		if len(bad) == 0 {
+			t.Fatalf("%d snapshots, all prefixes: the checker did not catch parallel apply", taken)
+		}
+		t.Logf("%d of %d snapshots are no prefix, e.g.: %v", len(bad), taken, bad[0])
+		if k, err := h.prefix(p.secondary.snapshot()); err != nil || k != len(h.blocks) {
+			t.Fatalf("after the catch-up the secondary is at %d, %v", k, err)
+		}
+		p.drainAndCompare()
+	})
+
+	t.Run("bitmap resync breaks it", func(t *testing.T) {
+		p := newAsyncPair(t, asyncOptions{})
+		h, c := shortDisconnect(t, p, true)
+		// One block out of sync for a reason the journal does not cover (a
+		// block no write touched): the catch-up must resync the bitmap.
+		unwritten := 0
+		for len(h.byBlk[unwritten]) > 0 {
+			unwritten++
+		}
+		p.dirty.MarkOutOfSync(roaring.BitmapOf(uint32(unwritten)))
+		p.catchUp()
+		p.secondary.after.Store(nil)
+		if st := p.mirror.Status(); st.LastCatchUp != CatchUpBitmap || !strings.Contains(st.FallbackReason, "out of sync for reasons") {
+			t.Fatalf("status %+v, want a bitmap catch-up because of the extra block", st)
+		}
+		taken, bad := c.result()
+		if len(bad) == 0 {
+			t.Fatalf("%d snapshots, all prefixes: the checker did not catch the bitmap resync", taken)
+		}
+		t.Logf("%d of %d snapshots are no prefix, e.g.: %v", len(bad), taken, bad[0])
+		p.drainAndCompare()
+	})
+}
+
+// TestAsyncJournalOverflowFallsBackToBitmap is issue 4's scenario 4: the
+// journal overflows during a long disconnect; writes go on, tracked in the
+// bitmap; status says so; the reconnect resyncs the bitmap. Afterwards the
+// journal is used again: the next short disconnect catches up from it.
+func TestAsyncJournalOverflowFallsBackToBitmap(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{capacity: journal.MinCapacity})
+	p.connect()
+	p.catchUp()
+	h := newHistory()
+	for i := range 8 {
+		h.write(t, p.mirror, i)
+	}
+	p.drainAndCompare()
+	p.disconnect()
+	written := roaring.New()
+	for i := range 200 { // 800 KiB: far more than the 64 KiB journal
+		blk := 100 + 2*i
+		h.write(t, p.mirror, blk)
+		written.Add(uint32(blk))
+	}
+	st := p.mirror.Status()
+	if !st.JournalOverflow || !strings.Contains(st.FallbackReason, "overflowed while disconnected") || st.Replication != StateLogging {
+		t.Fatalf("after overflowing: overflow %v, reason %q, replication %s", st.JournalOverflow, st.FallbackReason, st.Replication)
+	}
+	if st.DirtyBlocks != written.GetCardinality() {
+		t.Fatalf("%d dirty blocks, %d written while disconnected", st.DirtyBlocks, written.GetCardinality())
+	}
+	if st.JournalUsed > st.JournalCapacity || st.JournalCapacity != journal.MinCapacity {
+		t.Fatalf("journal %d of %d bytes", st.JournalUsed, st.JournalCapacity)
+	}
+	p.connect()
+	p.catchUp()
+	st = p.mirror.Status()
+	if st.LastCatchUp != CatchUpBitmap || st.JournalOverflow || st.Replication != StateReplicating {
+		t.Fatalf("after the reconnect: last catch-up %q, overflow %v, replication %s", st.LastCatchUp, st.JournalOverflow, st.Replication)
+	}
+	p.drainAndCompare()
+
+	// Journaling is back: a short disconnect now catches up from it.
+	for i := range 4 {
+		h.write(t, p.mirror, 10+i)
+	}
+	p.drainAndCompare()
+	p.disconnect()
+	for i := range 4 {
+		h.write(t, p.mirror, 20+i)
+	}
+	p.connect()
+	p.catchUp()
+	if st := p.mirror.Status(); st.LastCatchUp != CatchUpJournal {
+		t.Fatalf("after a short disconnect: last catch-up %q (%s), want journal", st.LastCatchUp, st.FallbackReason)
+	}
+	p.drainAndCompare()
+}
+
+// gate makes the secondary's device hold every write until released.
+func gate(p *asyncPair) (release func()) {
+	ch := make(chan struct{})
+	hook := func(int64) { <-ch }
+	p.secondary.before.Store(&hook)
+	var once sync.Once
+	return func() { once.Do(func() { close(ch); p.secondary.before.Store(nil) }) }
+}
+
+// TestAsyncFullJournalThrottles: with the default policy, a journal full
+// while connected makes writers wait until the peer made room.
+func TestAsyncFullJournalThrottles(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{capacity: journal.MinCapacity, timeout: 30 * time.Second})
+	p.connect()
+	p.catchUp()
+	release := gate(p)
+	defer release()
+	h := newHistory()
+	var done atomic.Int32
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for i := range 40 { // 160 KiB: more than the journal holds
+			h.write(t, p.mirror, i)
+			done.Add(1)
+		}
+	}()
+	waitUntil(t, func() bool { return p.mirror.Status().Throttled == 1 })
+	n := done.Load()
+	st := p.mirror.Status()
+	if n >= 40 || st.JournalOverflow || st.JournalUsed+4096+journal.HeaderSize <= st.JournalCapacity {
+		t.Fatalf("throttled after %d writes: %+v", n, st)
+	}
+	t.Logf("the writer waits after %d writes, journal %d of %d bytes", n, st.JournalUsed, st.JournalCapacity)
+	release()
+	<-finished
+	if st := p.mirror.Status(); st.JournalOverflow || st.LastCatchUp != CatchUpBitmap {
+		t.Fatalf("after the release: %+v", st)
+	}
+	p.drainAndCompare()
+}
+
+// TestAsyncFullJournalFallsBackToLogging: with the logging policy, writers
+// never wait; the writes that do not fit are tracked in the bitmap, and
+// once the journal drained the Mirror resyncs them by itself.
+func TestAsyncFullJournalFallsBackToLogging(t *testing.T) {
+	var resynced atomic.Int32
+	p := newAsyncPair(t, asyncOptions{capacity: journal.MinCapacity, timeout: 30 * time.Second, onFull: FallBackToLogging, resynced: func() { resynced.Add(1) }})
+	p.connect()
+	p.catchUp()
+	release := gate(p)
+	defer release()
+	h := newHistory()
+	for i := range 40 {
+		h.write(t, p.mirror, i)
+	}
+	st := p.mirror.Status()
+	if !st.JournalOverflow || st.Throttled != 0 || st.Replication != StateLogging || !strings.Contains(st.FallbackReason, "policy logging") {
+		t.Fatalf("after 40 writes with the peer stalled: %+v", st)
+	}
+	release()
+	waitUntil(t, func() bool {
+		st := p.mirror.Status()
+		return resynced.Load() == 1 && !st.JournalOverflow && st.DirtyBlocks == 0
+	})
+	for i := range 4 { // journaled again
+		h.write(t, p.mirror, 50+i)
+	}
+	if st := p.mirror.Status(); st.JournalOverflow || st.Replication != StateReplicating {
+		t.Fatalf("after the automatic resync: %+v", st)
+	}
+	p.drainAndCompare()
+}
+
+// TestAsyncFence: a journaled write that cannot reach the peer now is
+// acknowledged only after the fence; shipped writes never call it.
+func TestAsyncFence(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{})
+	var calls atomic.Int32
+	p.mirror.SetFence(func(context.Context) error { calls.Add(1); return nil })
+	p.connect()
+	p.catchUp()
+	if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); err != nil || calls.Load() != 0 {
+		t.Fatalf("connected write: %v, %d fence calls", err, calls.Load())
+	}
+	p.disconnect()
+	for range 3 {
+		if _, err := p.mirror.WriteAt(make([]byte, 4096), 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d fence calls for writes made while disconnected, want 1", calls.Load())
+	}
+	refused := errors.New("no quorum")
+	p.connect()
+	p.catchUp()
+	p.mirror.SetFence(func(context.Context) error { return refused })
+	p.disconnect()
+	if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); !errors.Is(err, ErrFenced) {
+		t.Fatalf("write with the fence refusing = %v, want ErrFenced", err)
+	}
+}
+
+// TestAsyncTrimAndRestart: trims travel through the journal too, and a
+// Mirror restarted on the same journal continues its sequence numbers; a
+// peer that holds everything catches up from the journal with nothing to
+// replay.
+func TestAsyncTrimAndRestart(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{})
+	p.connect()
+	p.catchUp()
+	if _, err := p.mirror.WriteAt(bytes.Repeat([]byte{9}, 8192), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.mirror.Trim(4096, 4096); err != nil {
+		t.Fatal(err)
+	}
+	p.drainAndCompare()
+	got := make([]byte, 4096)
+	if _, err := p.secondary.ReadAt(got, 4096); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatalf("the trim did not reach the secondary (%v)", err)
+	}
+	next := p.jrnl.Next()
+	p.disconnect()
+	if err := p.mirror.Close(); err != nil {
+		t.Fatal(err)
+	}
+	j, err := journal.Open(p.jrnlPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Next() != next {
+		t.Fatalf("reopened journal continues at %d, want %d", j.Next(), next)
+	}
+	p.jrnl = j
+	p.mirror = NewMirror(openFileSized(t, p.priPath, p.size), p.dirty, nil, nil)
+	if err := p.mirror.SetAsync(AsyncConfig{Journal: j}); err != nil {
+		t.Fatal(err)
+	}
+	p.connect()
+	p.catchUp()
+	if st := p.mirror.Status(); st.LastCatchUp != CatchUpJournal {
+		t.Fatalf("after the restart: %q (%s)", st.LastCatchUp, st.FallbackReason)
+	}
+	if _, err := p.mirror.WriteAt(bytes.Repeat([]byte{7}, 4096), 8192); err != nil {
+		t.Fatal(err)
+	}
+	p.drainAndCompare()
+	if rs := p.replica.Status(); rs.JournalApplied < next {
+		t.Fatalf("the secondary applied up to %d, the restarted primary numbered from %d", rs.JournalApplied, next)
+	}
+}
+
+// TestAsyncCatchUpInterrupted: the link drops in the middle of a journal
+// catch-up; the next one resumes where the secondary got to, and the
+// secondary holds a prefix of the writes at every instant of both.
+func TestAsyncCatchUpInterrupted(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{})
+	h, c := shortDisconnect(t, p, false)
+	var writes atomic.Int32
+	reached, release := make(chan struct{}), make(chan struct{})
+	before := func(int64) {
+		if writes.Add(1) == 300 {
+			close(reached)
+			<-release
+		}
+	}
+	p.secondary.before.Store(&before)
+	failed := make(chan error, 1)
+	go func() { failed <- p.mirror.CatchUp(context.Background(), false) }()
+	<-reached
+	p.sess.Close()
+	close(release)
+	if err := <-failed; !errors.Is(err, transport.ErrDisconnected) {
+		t.Fatalf("interrupted catch-up = %v, want ErrDisconnected", err)
+	}
+	waitUntil(t, func() bool { return !p.mirror.Status().Connected })
+	applied := p.replica.Status().JournalApplied
+	p.connect()
+	p.catchUp()
+	p.secondary.before.Store(nil)
+	p.secondary.after.Store(nil)
+	st := p.mirror.Status()
+	if st.LastCatchUp != CatchUpJournal {
+		t.Fatalf("second catch-up: %q (%s)", st.LastCatchUp, st.FallbackReason)
+	}
+	taken, bad := c.result()
+	for _, err := range bad {
+		t.Error(err)
+	}
+	if k, err := h.prefix(p.secondary.snapshot()); err != nil || k != len(h.blocks) {
+		t.Fatalf("after the second catch-up the secondary is at %d, %v", k, err)
+	}
+	t.Logf("interrupted at journal seq %d; %d snapshots, all prefixes", applied, taken)
+	p.drainAndCompare()
+}
+
+// TestAsyncWritesDuringCatchUp: writers go on while the journal is
+// replayed; the catch-up ends and everything reaches the peer.
+func TestAsyncWritesDuringCatchUp(t *testing.T) {
+	p := newAsyncPair(t, asyncOptions{capacity: 1 << 20})
+	p.connect()
+	p.catchUp()
+	p.disconnect()
+	for i := range 150 {
+		if _, err := p.mirror.WriteAt(content(i), int64(i%300)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.connect()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := p.mirror.WriteAt(content(1000*w+i), int64(100*w+i%100)*4096); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	p.catchUp()
+	close(stop)
+	wg.Wait()
+	if st := p.mirror.Status(); st.LastCatchUp != CatchUpJournal {
+		t.Fatalf("catch-up %q (%s)", st.LastCatchUp, st.FallbackReason)
+	}
+	p.drainAndCompare()
+}
+
+// benchmarkAsyncWrite is benchmarkMirrorWrite in async mode: a write
+// returns after the local write and the journal append.
+func benchmarkAsyncWrite(b *testing.B, size, depth int) {
+	dir := b.TempDir()
+	pri, sec := newFileSized(b, "a.img", volSize), newFileSized(b, "b.img", volSize)
+	secDev := openFileSized(b, sec, volSize)
+	replica := NewReplica(secDev, 4096, nil)
+	secCfg, priCfg := testConfigs()
+	ln, err := transport.Listen("127.0.0.1:0", secCfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = ln.Serve(ctx, replica) }()
+	jdir := dir
+	if d := os.Getenv("LDMIRROR_BENCH_JOURNAL_DIR"); d != "" {
+		jdir = d
+	}
+	j, err := journal.Create(filepath.Join(jdir, fmt.Sprintf("journal-%d", time.Now().UnixNano())), journal.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dirty, _ := bitmap.New(volSize, 4096)
+	m := NewMirror(openFileSized(b, pri, volSize), dirty, nil, nil)
+	if err := m.SetAsync(AsyncConfig{Journal: j}); err != nil {
+		b.Fatal(err)
+	}
+	sess, err := transport.Dial(ctx, ln.Addr().String(), priCfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m.SetPeer(sess)
+	if err := m.CatchUp(ctx, false); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		m.Close()
+		sess.Close()
+		cancel()
+		<-served
+		replica.Wait()
+		secDev.Close()
+	}()
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	var next atomic.Int64
+	slots := volSize / int64(size)
+	b.SetParallelism(depth)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, size)
+		for pb.Next() {
+			off := (next.Add(1) % slots) * int64(size)
+			if _, err := m.WriteAt(buf, off); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	if err := m.Drain(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func BenchmarkMirrorWriteAsync4KQD16(b *testing.B) { benchmarkAsyncWrite(b, 4096, 8) }
+func BenchmarkMirrorWriteAsync1MQD4(b *testing.B)  { benchmarkAsyncWrite(b, 1<<20, 2) }
