@@ -28,6 +28,7 @@ const (
 	ModeAsync
 )
 
+// String is the name ParseMode reads back.
 func (m Mode) String() string {
 	if m == ModeAsync {
 		return "async"
@@ -64,6 +65,7 @@ const (
 	FallBackToLogging
 )
 
+// String is the name ParseFullPolicy reads back.
 func (p FullPolicy) String() string {
 	if p == FallBackToLogging {
 		return "logging"

@@ -198,6 +198,12 @@ func (p *asyncPair) drainAndCompare() {
 	if st := p.mirror.Status(); st.DirtyBlocks != 0 || st.JournalLag != 0 {
 		p.t.Fatalf("after draining: %d dirty blocks, lag %d", st.DirtyBlocks, st.JournalLag)
 	}
+	// The flush's barrier record told the peer to make everything durable:
+	// the journal is truncated behind it.
+	waitUntil(p.t, func() bool {
+		st := p.mirror.Status()
+		return st.JournalUsed == 0 && st.PeerDurable == st.JournalNewest && st.JournalOldest == st.JournalNewest+1
+	})
 }
 
 // history is the primary's write sequence: write i puts content(i) in
@@ -347,7 +353,9 @@ func shortDisconnect(t *testing.T, p *asyncPair, every bool) (*history, *checker
 //
 // The checker can fail: with the Replica applying the catch-up's records in
 // parallel (the subtest), or with a bitmap resync instead of the journal
-// (the other subtest), it finds states that are no prefix.
+// (the other subtest), it finds states that are no prefix. Measured on one
+// run: ordered catch-up, 266 snapshots, all prefixes; parallel apply, 121
+// of 169 snapshots no prefix; bitmap resync, 5 of 20.
 func TestAsyncCatchUpKeepsWriteOrder(t *testing.T) {
 	p := newAsyncPair(t, asyncOptions{})
 	h, c := shortDisconnect(t, p, false)

@@ -48,6 +48,7 @@ const (
 	kindEnd
 )
 
+// String names the kind.
 func (k Kind) String() string {
 	switch k {
 	case KindWrite:
