@@ -94,3 +94,23 @@ func TestExportThroughLoopAndExt4(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExportNotInheritedByChildren checks that a process the daemon starts
+// does not inherit the FUSE device: if it did (slapd started by a hook),
+// the connection would outlive the daemon and hang the loop device's I/O.
+func TestExportNotInheritedByChildren(t *testing.T) {
+	requireRoot(t)
+	p := newPair(t)
+	exp, err := Mount(p.mirror, filepath.Join(t.TempDir(), "export"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.UnmountLazy()
+	out, err := exec.Command("sh", "-c", "ls -l /proc/$$/fd").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("/dev/fuse")) {
+		t.Fatalf("a child process inherited /dev/fuse:\n%s", out)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -66,6 +67,10 @@ func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
 		return nil, fmt.Errorf("fuse mount on %s: %w", dir, err)
 	}
 	e.server = srv
+	if err := closeOnExecFUSE(); err != nil {
+		_ = srv.Unmount()
+		return nil, fmt.Errorf("fuse mount on %s: %w", dir, err)
+	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
 		_ = srv.Unmount()
@@ -262,4 +267,29 @@ func (e *Export) errno(op string, off, n int64, err error) fuse.Status {
 		return fuse.Status(syscall.ENOSPC)
 	}
 	return fuse.EIO
+}
+
+// closeOnExecFUSE marks this process's /dev/fuse descriptors close-on-exec.
+// go-fuse opens the device without O_CLOEXEC, so every process the daemon
+// starts (the agent's hooks, and the slapd they start) would inherit it and
+// keep the FUSE connection alive after the daemon died: the loop device's
+// I/O would then wait forever instead of failing, and slapd with it.
+func closeOnExecFUSE() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || target != "/dev/fuse" {
+			continue
+		}
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return fmt.Errorf("mark /dev/fuse close-on-exec: %w", err)
+		}
+	}
+	return nil
 }
