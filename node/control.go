@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/ldmirror/ldmirror/ldapagent/agent"
 )
 
 // ControlSocket serves an HTTP handler on a unix socket (mode 0600): the
@@ -93,6 +95,18 @@ func listenControl(path string, n *Node) (*ControlSocket, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(SwapResult{Epoch: uint64(epoch)})
 	})
+	mux.HandleFunc("POST /agent/retry", func(w http.ResponseWriter, r *http.Request) {
+		if n.agent == nil {
+			http.Error(w, "no LDAP agent runs on this host (daemon --agent-config)", http.StatusConflict)
+			return
+		}
+		if err := n.agent.Retry(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(n.agent.Status())
+	})
 	if n.cfg.ControlRoutes != nil {
 		mux.Handle("/cluster", n.cfg.ControlRoutes)
 		mux.Handle("/cluster/", n.cfg.ControlRoutes)
@@ -141,6 +155,13 @@ type SwapResult struct {
 func RequestSwap(ctx context.Context, path string) (SwapResult, error) {
 	var res SwapResult
 	return res, call(ctx, path, http.MethodPost, "/swap", &res)
+}
+
+// RequestAgentRetry asks the agent behind the control socket at path to
+// run again the hook sequence that failed; it returns the agent's state.
+func RequestAgentRetry(ctx context.Context, path string) (agent.Status, error) {
+	var st agent.Status
+	return st, call(ctx, path, http.MethodPost, "/agent/retry", &st)
 }
 
 func call(ctx context.Context, path, method, endpoint string, out any) error {

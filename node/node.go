@@ -15,6 +15,7 @@ import (
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
@@ -61,9 +62,6 @@ type Config struct {
 	// controlplane.go); without it roles come from Role alone and nothing
 	// protects against two primaries.
 	ControlPlane ControlPlane
-	// Swap, if set, runs `ldmirror swap` instead of Node.Swap: the agent
-	// stops the directory service, then calls Node.Swap.
-	Swap func(context.Context) (cluster.Epoch, error)
 	// ControlRoutes, if set, is served under /cluster on the control socket.
 	ControlRoutes http.Handler
 	// Probe, if its URL is set, is the directory server this host watches;
@@ -174,7 +172,20 @@ type Node struct {
 
 	started   time.Time
 	connected time.Time
+
+	agent Agent // nil without an LDAP agent; set before Run
 }
+
+// Agent is the LDAP agent of this host (*agent.Agent), seen from the node:
+// `ldmirror swap` goes through it, status shows it.
+type Agent interface {
+	Swap(ctx context.Context) (cluster.Epoch, error)
+	Retry(ctx context.Context) error
+	Status() agent.Status
+}
+
+// SetAgent makes a the host's LDAP agent. Call it before Run.
+func (n *Node) SetAgent(a Agent) { n.agent = a }
 
 // Open loads the volume and prepares the host; Run starts it. Without a
 // control plane the configured role's parts are set up here, so that their

@@ -124,11 +124,11 @@ func (n *Node) AwaitPrimary(ctx context.Context, e cluster.Epoch) (string, error
 	}
 }
 
-// swap runs the swap an operator asked for: through Config.Swap if set
-// (the agent stops the directory service first), else Swap.
+// swap runs the swap an operator asked for: through the agent if there is
+// one (it stops the directory service first, and calls Swap), else Swap.
 func (n *Node) swap(ctx context.Context) (cluster.Epoch, error) {
-	if n.cfg.Swap != nil {
-		return n.cfg.Swap(ctx)
+	if n.agent != nil {
+		return n.agent.Swap(ctx)
 	}
 	return n.Swap(ctx)
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -37,6 +38,8 @@ type Status struct {
 
 	// Directory server health, with a probe configured.
 	LDAP *LDAPHealth `json:"ldap,omitempty"`
+	// Agent is the LDAP agent's state, when one runs.
+	Agent *agent.Status `json:"agent,omitempty"`
 
 	// Primary.
 	DirtyBlocks    uint64   `json:"dirty_blocks"`
@@ -86,6 +89,10 @@ type LDAPHealth struct {
 // states are the control plane's: what promotion decisions go by.
 func (n *Node) Status() Status {
 	st := n.localStatus()
+	if n.agent != nil {
+		as := n.agent.Status()
+		st.Agent = &as
+	}
 	cp := n.cfg.ControlPlane
 	if cp == nil {
 		return st
@@ -287,6 +294,9 @@ func (st *Status) WriteText(w io.Writer) {
 		default:
 			row("ldap", "%s DOWN after %d failed probes: %s", l.URL, l.ConsecutiveFailures, l.LastError)
 		}
+	}
+	if st.Agent != nil {
+		st.Agent.WriteText(w)
 	}
 }
 

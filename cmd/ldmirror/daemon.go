@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
@@ -50,6 +52,7 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "probe-interval", Usage: "time between probes", Value: probe.DefaultInterval},
 			&cli.DurationFlag{Name: "probe-timeout", Usage: "bound of one probe", Value: probe.DefaultTimeout},
 			&cli.IntFlag{Name: "probe-threshold", Usage: "failed probes in a row before the server counts as down", Value: probe.DefaultThreshold},
+			&cli.StringFlag{Name: "agent-config", Usage: "`FILE` (JSON) of the LDAP agent that fails the directory service over (docs/agent.md); needs --cluster-bind"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
 		}, memberFlags("cluster-")...),
@@ -110,6 +113,18 @@ func runDaemon(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	var agentCfg *agent.Config
+	if f := c.String("agent-config"); f != "" {
+		if c.String("cluster-bind") == "" {
+			return fmt.Errorf("--agent-config needs the control plane (--cluster-bind): the agent moves the role through it")
+		}
+		cfg, err := agent.LoadConfig(f)
+		if err != nil {
+			return err
+		}
+		agentCfg = &cfg
+	}
+	var member *member
 	var cp node.ControlPlane
 	var routes http.Handler
 	if c.String("cluster-bind") != "" {
@@ -121,6 +136,7 @@ func runDaemon(c *cli.Context) error {
 			return fmt.Errorf("control plane: %w", err)
 		}
 		defer m.Close()
+		member = m
 		cp, routes = m.Cluster(), m.Handler()
 		go func() {
 			select {
@@ -160,6 +176,21 @@ func runDaemon(c *cli.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	if agentCfg != nil {
+		mount := c.String("mount")
+		if mount == "" {
+			mount = filepath.Join(c.String("dir"), node.ExportDir)
+		}
+		ag, err := agent.New(*agentCfg, agent.Deps{
+			NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, blockdev.ExportFileName),
+			ControlPlane: member.Cluster(), Volume: n, Logger: log.With("part", "agent"),
+		})
+		if err != nil {
+			return fmt.Errorf("LDAP agent: %w", err)
+		}
+		defer ag.Close()
+		n.SetAgent(ag)
 	}
 	if p := c.String("cpu-profile"); p != "" {
 		f, err := os.Create(p)
