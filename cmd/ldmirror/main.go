@@ -28,6 +28,7 @@ func main() {
 			promoteCommand(),
 			demoteCommand(),
 			swapCommand(),
+			agentCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {

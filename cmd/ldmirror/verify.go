@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
@@ -91,5 +92,31 @@ func swapCommand() *cli.Command {
 			fmt.Printf("swapped: the peer is primary in epoch %d; this host becomes secondary once its export is released\n", res.Epoch)
 			return nil
 		},
+	}
+}
+
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "the LDAP agent of a running daemon (daemon --agent-config)",
+		Subcommands: []*cli.Command{{
+			Name:  "retry",
+			Usage: "run again the promote or demote hooks that failed, once their cause is fixed",
+			Description: "A failed hook stops the agent in state 'failed' and it asks for no role change until\n" +
+				"retried. Retry reruns the sequence the host's current role needs and prints the agent's state.",
+			Flags: []cli.Flag{volumeDirFlag, controlFlag},
+			Action: func(c *cli.Context) error {
+				path, err := controlPath(c)
+				if err != nil {
+					return err
+				}
+				st, err := node.RequestAgentRetry(c.Context, path)
+				if err != nil {
+					return err
+				}
+				st.WriteText(os.Stdout)
+				return nil
+			},
+		}},
 	}
 }
