@@ -401,8 +401,8 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 	}
 	n.crashed = false
 	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
-	if n.dirty.Dirty() > 0 {
-		return
+	if !n.dirty.OutOfSync().IsEmpty() {
+		return // a write failed to ship meanwhile: the session broke
 	}
 	if local.Bitmap == 0 && local == peer && !peerBehind {
 		n.markPeerUpToDate(ctx, s.Peer().NodeID) // in sync from the start

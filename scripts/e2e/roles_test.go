@@ -35,20 +35,35 @@ type trio struct {
 // uptodate.
 func startTrio(t *testing.T, size string, extra ...string) *trio {
 	t.Helper()
-	lab := netns.NewLab(t, "a", "b", "w")
+	tr := newTrio(t, size, extra...)
+	tr.start("b")
+	tr.start("a")
+	tr.promoteFirst()
+	tr.waitServing("a", "b")
+	return tr
+}
+
+// newTrio creates the namespaces (and c, a client host) and the volumes,
+// and starts the witness.
+func newTrio(t *testing.T, size string, extra ...string) *trio {
+	t.Helper()
+	lab := netns.NewLab(t, "a", "b", "w", "c")
 	a, b, secret := pairDirs(t, size)
 	tr := &trio{t: t, lab: lab, secret: secret, extra: extra, daemon: map[string]*daemon{},
 		dir: map[string]string{"a": a, "b": b, "w": filepath.Join(filepath.Dir(a), "w")}}
 	startWitnessIn(t, tr.in("w"), tr.dir["w"], "--node-id", "w", "--bind", tr.port("w", "7400"), "--secret-file", secret,
 		"--raft-timeout", "300ms", "--bootstrap")
-	tr.start("b")
-	tr.start("a")
-	waitFor(t, 20*time.Second, "the members to join and a to be promoted", func() bool {
-		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
-			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
-	})
-	tr.waitServing("a", "b")
 	return tr
+}
+
+// promoteFirst makes a the first primary: forced, since a fresh pair has
+// no uptodate host.
+func (tr *trio) promoteFirst() {
+	tr.t.Helper()
+	waitFor(tr.t, 20*time.Second, "the members to join and a to be promoted", func() bool {
+		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
+			"--control", filepath.Join(tr.dir["a"], node.ControlFile)).Run() == nil
+	})
 }
 
 // in is the command prefix that runs a command in host's namespace.
@@ -59,11 +74,12 @@ func (tr *trio) in(host string) []string {
 func (tr *trio) port(host, p string) string { return tr.lab.Addr(host) + ":" + p }
 
 // start (re)starts host's daemon.
-func (tr *trio) start(host string) *daemon {
+func (tr *trio) start(host string, more ...string) *daemon {
 	peer := map[string]string{"a": "b", "b": "a"}[host]
 	args := append([]string{"--node-id", host, "--listen", tr.port(host, "7789"), "--peer", tr.port(peer, "7789"),
 		"--cluster-bind", tr.port(host, "7400"), "--cluster-join", tr.port("w", "7400"),
 		"--secret-file", tr.secret, "--cluster-raft-timeout", "300ms", "--timeout", "1s"}, tr.extra...)
+	args = append(args, more...)
 	d := startDaemonIn(tr.t, tr.in(host), tr.dir[host], args...)
 	tr.daemon[host] = d
 	return d
@@ -77,7 +93,7 @@ func (tr *trio) waitServing(primary, secondary string) {
 		st, err := status(tr.dir[primary])
 		v, cerr := clusterState(tr.t, tr.dir[primary])
 		return err == nil && cerr == nil && st.Role == node.RolePrimary && st.Export != "" &&
-			st.Link == node.LinkConnected && st.DirtyBlocks == 0 && v.disk(secondary) == "uptodate"
+			st.Link == node.LinkConnected && v.disk(secondary) == "uptodate"
 	})
 }
 

@@ -1,0 +1,574 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+	"github.com/ldmirror/ldmirror/node"
+)
+
+const (
+	ldapSuffix = "dc=example,dc=com"
+	ldapAdmin  = "cn=admin," + ldapSuffix
+	ldapPW     = "secret"
+	ldapCanary = "cn=canary," + ldapSuffix
+)
+
+// hookScript is scripts/hooks/slapd.sh, the agent's promotion and demotion
+// steps for slapd.
+func hookScript(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	p, err := filepath.Abs(filepath.Join(filepath.Dir(file), "..", "hooks", "slapd.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// directoryHost is slapd on the mirrored volume of one data host.
+type directoryHost struct {
+	host, dir, mnt, conf, pid, url string
+}
+
+func newDirectoryHost(tr *trio, host string) *directoryHost {
+	dir := tr.dir[host]
+	return &directoryHost{host: host, dir: dir, mnt: filepath.Join(dir, "mnt"), conf: filepath.Join(dir, "slapd.conf"),
+		pid: filepath.Join(dir, "slapd.pid"), url: "ldap://" + tr.port(host, "389")}
+}
+
+// writeConf writes the host's slapd.conf: its LMDB lives on the volume.
+func (d *directoryHost) writeConf(t *testing.T, dataDir string) {
+	t.Helper()
+	var b strings.Builder
+	for _, sch := range []string{"core", "cosine", "inetorgperson"} {
+		fmt.Fprintf(&b, "include /etc/ldap/schema/%s.schema\n", sch)
+	}
+	fmt.Fprintf(&b, "pidfile %s\nargsfile %s.args\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\nsizelimit unlimited\n", d.pid, d.pid)
+	fmt.Fprintf(&b, "database mdb\nmaxsize 268435456\nsuffix %q\nrootdn %q\nrootpw %s\ndirectory %s\nindex objectClass,uid eq\n",
+		ldapSuffix, ldapAdmin, ldapPW, dataDir)
+	if err := os.WriteFile(d.conf, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hookEnv is the environment the hook script needs, as a command prefix.
+func (d *directoryHost) hookEnv() string {
+	return fmt.Sprintf("LDM_MOUNT=%s SLAPD_CONF=%s SLAPD_URLS=%s/ SLAPD_PID=%s LDMIRROR=%s", d.mnt, d.conf, d.url, d.pid, binary)
+}
+
+// runHook runs one step of the hook script in d's host, as its agent would.
+func (d *directoryHost) runHook(t *testing.T, tr *trio, step string) {
+	t.Helper()
+	env := d.hookEnv() + " LDMIRROR_EXPORT=" + filepath.Join(d.dir, node.ExportDir, "volume") + " LDMIRROR_DIR=" + d.dir
+	run(t, tr.in(d.host)[0], append(tr.in(d.host)[1:], "sh", "-c", env+" sh "+hookScript(t)+" "+step)...)
+}
+
+// seedDirectory makes ext4 with an LMDB directory (base entries and the
+// probe's canary) on a's volume and copies it to b's, before the daemons
+// start: both start identical, as two blank volumes do.
+func seedDirectory(t *testing.T, tr *trio) map[string]*directoryHost {
+	t.Helper()
+	a, b := tr.dir["a"], tr.dir["b"]
+	img := filepath.Join(a, "volume.img")
+	run(t, "mkfs.ext4", "-q", "-F", img)
+	seed := t.TempDir()
+	run(t, "mount", "-o", "loop", img, seed)
+	defer run(t, "umount", seed)
+	if err := os.MkdirAll(filepath.Join(seed, "ldap"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	hosts := map[string]*directoryHost{"a": newDirectoryHost(tr, "a"), "b": newDirectoryHost(tr, "b")}
+	hosts["a"].writeConf(t, filepath.Join(seed, "ldap"))
+	base := "dn: " + ldapSuffix + "\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n" +
+		"dn: ou=people," + ldapSuffix + "\nobjectClass: organizationalUnit\nou: people\n\n" +
+		"dn: " + ldapCanary + "\nobjectClass: organizationalRole\ncn: canary\ndescription: probe\n"
+	ldif := filepath.Join(t.TempDir(), "base.ldif")
+	if err := os.WriteFile(ldif, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "slapadd", "-q", "-f", hosts["a"].conf, "-l", ldif)
+	for _, d := range hosts {
+		d.writeConf(t, filepath.Join(d.mnt, "ldap"))
+	}
+	run(t, "umount", seed)
+	run(t, "cp", "--sparse=always", img, filepath.Join(b, "volume.img"))
+	run(t, "mount", "-o", "loop,ro", img, seed) // for the deferred umount
+	return hosts
+}
+
+// agentOptions are the parts of an agent config a test varies.
+type agentOptions struct {
+	minSwap string
+	// startFails makes the start step of this host's promotion exit 1.
+	startFails bool
+}
+
+// writeAgentConfig writes host's agent config and returns its path.
+func writeAgentConfig(t *testing.T, tr *trio, dirs map[string]*directoryHost, host string, opt agentOptions) string {
+	t.Helper()
+	peer := map[string]string{"a": "b", "b": "a"}[host]
+	d := dirs[host]
+	hook := func(step string) map[string]string {
+		cmd := d.hookEnv() + " sh " + hookScript(t) + " " + step
+		if step == "start" && opt.startFails {
+			cmd = "echo 'test: slapd refuses to start' >&2; exit 1"
+		}
+		return map[string]string{"name": step, "command": cmd, "timeout": "20s"}
+	}
+	cfg := map[string]any{
+		"peer_url": dirs[peer].url, "local_url": d.url,
+		"bind_dn": ldapAdmin, "password": ldapPW, "canary_dn": ldapCanary,
+		"interval": "1s", "timeout": "500ms", "threshold": 3, "min_swap_interval": opt.minSwap,
+		"failback": "manual",
+		"promote":  []any{hook("attach"), hook("mount"), hook("start")},
+		"demote":   []any{hook("stop"), hook("umount"), hook("detach")},
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(tr.dir[host], "agent.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startDirectoryPair seeds the volumes, starts both daemons with agents
+// and makes a primary; it returns once slapd on a answers the client.
+func startDirectoryPair(t *testing.T, opts map[string]agentOptions) (*trio, map[string]*directoryHost, *ldapClient) {
+	t.Helper()
+	requireE2E(t, "nsenter", "mkfs.ext4", "slapadd", "ldapsearch")
+	if _, err := os.Stat("/usr/sbin/slapd"); err != nil {
+		t.Skip("needs slapd (the README test command installs it)")
+	}
+	tr := newTrio(t, "128MiB")
+	dirs := seedDirectory(t, tr)
+	for _, host := range []string{"b", "a"} {
+		tr.start(host, "--agent-config", writeAgentConfig(t, tr, dirs, host, opts[host]))
+	}
+	t.Cleanup(func() {
+		// Leave no slapd, mount or loop device behind.
+		for _, d := range dirs {
+			if pid, err := os.ReadFile(d.pid); err == nil {
+				exec.Command("kill", "-9", strings.TrimSpace(string(pid))).Run()
+			}
+			exec.Command("umount", "-l", d.mnt).Run()
+			out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(d.dir, node.ExportDir, "volume")).Output()
+			for _, dev := range strings.Fields(string(out)) {
+				exec.Command("losetup", "-d", dev).Run()
+			}
+		}
+	})
+	tr.promoteFirst()
+	c := &ldapClient{tr: tr, dirs: dirs}
+	waitFor(t, 60*time.Second, "slapd on a to answer", func() bool { return c.ping("a") == nil })
+	waitFor(t, 30*time.Second, "b's agent to see slapd on a answer", func() bool {
+		st, err := status(tr.dir["b"])
+		return err == nil && st.Agent != nil && st.Agent.Service.Known && st.Agent.Service.Up
+	})
+	return tr, dirs, c
+}
+
+// ldapClient talks to the directory from the client host c.
+type ldapClient struct {
+	tr   *trio
+	dirs map[string]*directoryHost
+
+	mu    sync.Mutex
+	acked []ackedAdd
+}
+
+type ackedAdd struct {
+	dn   string
+	host string
+	at   time.Time
+}
+
+func (c *ldapClient) dial(host string) (*ldap.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	nc, err := c.tr.lab.Dial(ctx, "c", "tcp", c.tr.port(host, "389"))
+	if err != nil {
+		return nil, err
+	}
+	l := ldap.NewConn(nc, false)
+	l.Start()
+	l.SetTimeout(5 * time.Second)
+	if err := l.Bind(ldapAdmin, ldapPW); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (c *ldapClient) ping(host string) error {
+	l, err := c.dial(host)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	_, err = l.Search(ldap.NewSearchRequest(ldapCanary, ldap.ScopeBaseObject, 0, 0, 0, false, "(objectClass=*)", nil, nil))
+	return err
+}
+
+func person(uid string) *ldap.AddRequest {
+	r := ldap.NewAddRequest("uid="+uid+",ou=people,"+ldapSuffix, nil)
+	r.Attribute("objectClass", []string{"inetOrgPerson"})
+	r.Attribute("uid", []string{uid})
+	r.Attribute("cn", []string{"Person " + uid})
+	r.Attribute("sn", []string{uid})
+	r.Attribute("mail", []string{uid + "@example.com"})
+	return r
+}
+
+// write adds entries prefix-0, prefix-1... until stop is closed, each to
+// whichever host answers, and records every add that returned success. An
+// add retried after a lost reply finds its entry: that counts as success.
+func (c *ldapClient) write(prefix string, stop <-chan struct{}) {
+	hosts := []string{"a", "b"}
+	cur := 0
+	var l *ldap.Conn
+	defer func() {
+		if l != nil {
+			l.Close()
+		}
+	}()
+	for k := 0; ; {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if l == nil {
+			var err error
+			if l, err = c.dial(hosts[cur]); err != nil {
+				cur = 1 - cur
+				time.Sleep(50 * time.Millisecond) // retry pacing, not synchronization
+				continue
+			}
+		}
+		req := person(fmt.Sprintf("%s-%d", prefix, k))
+		err := l.Add(req)
+		if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultEntryAlreadyExists) {
+			l.Close()
+			l = nil
+			cur = 1 - cur
+			continue
+		}
+		c.mu.Lock()
+		c.acked = append(c.acked, ackedAdd{dn: req.DN, host: hosts[cur], at: time.Now()})
+		c.mu.Unlock()
+		k++
+	}
+}
+
+func (c *ldapClient) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.acked)
+}
+
+// firstOn returns when the first add after t0 succeeded on host.
+func (c *ldapClient) firstOn(host string, t0 time.Time) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range c.acked {
+		if a.host == host && a.at.After(t0) {
+			return a.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// checkAll asserts that every acknowledged add is on host.
+func (c *ldapClient) checkAll(t *testing.T, host string) {
+	t.Helper()
+	c.mu.Lock()
+	acked := slices.Clone(c.acked) // adds acknowledged before the search
+	c.mu.Unlock()
+	l, err := c.dial(host)
+	if err != nil {
+		t.Fatalf("dial %s: %v", host, err)
+	}
+	defer l.Close()
+	res, err := l.SearchWithPaging(ldap.NewSearchRequest("ou=people,"+ldapSuffix, ldap.ScopeSingleLevel, 0, 0, 0, false,
+		"(objectClass=inetOrgPerson)", []string{"1.1"}, nil), 1000)
+	if err != nil {
+		t.Fatalf("search on %s: %v", host, err)
+	}
+	have := make(map[string]bool, len(res.Entries))
+	for _, e := range res.Entries {
+		have[strings.ToLower(e.DN)] = true
+	}
+	var lost []string
+	for _, a := range acked {
+		if !have[strings.ToLower(a.dn)] {
+			lost = append(lost, fmt.Sprintf("%s (acknowledged by %s at %s)", a.dn, a.host, a.at.Format("15:04:05.000")))
+		}
+	}
+	if len(lost) > 0 {
+		t.Fatalf("%d of %d acknowledged adds are missing on %s, e.g. %v", len(lost), len(acked), host, lost[:min(5, len(lost))])
+	}
+	t.Logf("all %d acknowledged adds are on %s (%d entries)", len(acked), host, len(res.Entries))
+}
+
+// agentState is the agent part of a daemon's status.
+func agentState(dir string) (state, hold string) {
+	st, err := status(dir)
+	if err != nil || st.Agent == nil {
+		return "", ""
+	}
+	return st.Agent.State, st.Agent.Hold
+}
+
+// A fault makes primary a fail; heal brings it back as a host that can
+// turn secondary.
+type fault struct {
+	name  string
+	fail  func(t *testing.T, tr *trio, d *directoryHost)
+	recov func(t *testing.T, tr *trio, d *directoryHost)
+}
+
+// killSlapd kills d's slapd with SIGKILL and waits until it is gone.
+func killSlapd(t *testing.T, d *directoryHost) {
+	t.Helper()
+	b, err := os.ReadFile(d.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(string(b))
+	run(t, "kill", "-9", pid)
+	waitFor(t, 10*time.Second, "slapd "+pid+" to die", func() bool {
+		_, err := os.Stat("/proc/" + pid)
+		return err != nil
+	})
+}
+
+// reboot cleans up what a host killed with its daemon leaves (a slapd on
+// a dead mount, the loop device) and starts the daemon again.
+func reboot(t *testing.T, tr *trio, d *directoryHost) {
+	t.Helper()
+	if pid, err := os.ReadFile(d.pid); err == nil {
+		exec.Command("kill", "-9", strings.TrimSpace(string(pid))).Run()
+	}
+	exec.Command("umount", "-l", d.mnt).Run()
+	out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(d.dir, node.ExportDir, "volume")).Output()
+	for _, dev := range strings.Fields(string(out)) {
+		exec.Command("losetup", "-d", dev).Run()
+	}
+	tr.start(d.host, "--agent-config", filepath.Join(d.dir, "agent.json"))
+}
+
+var faults = []fault{
+	{"kill -9 of ldmirror and slapd", func(t *testing.T, tr *trio, d *directoryHost) {
+		tr.daemon[d.host].kill()
+		<-tr.daemon[d.host].done
+		killSlapd(t, d)
+	}, reboot},
+	{"slapd killed", func(t *testing.T, tr *trio, d *directoryHost) { killSlapd(t, d) },
+		func(*testing.T, *trio, *directoryHost) {}}, // the agent demotes a itself
+	{"link cut", func(t *testing.T, tr *trio, d *directoryHost) { tr.lab.LinkDown(d.host) },
+		func(t *testing.T, tr *trio, d *directoryHost) { tr.lab.LinkUp(d.host) }},
+	{"ldmirror killed", func(t *testing.T, tr *trio, d *directoryHost) {
+		tr.daemon[d.host].kill()
+		<-tr.daemon[d.host].done
+	}, reboot},
+}
+
+// TestLDAPFailover is issue 6's end-to-end test: slapd (LMDB) on ext4 on
+// the mirrored volume, a client adding entries without pause and
+// recording every add that succeeded, and the primary failing in four ways
+// (three rounds each). Each time b's agent must fail over, b serve every
+// acknowledged entry, a come back as secondary and be resynced with only
+// what differs, and `ldmirror swap` fail back to a without losing a write.
+// Failover time is from the fault to the first successful add on b.
+func TestLDAPFailover(t *testing.T) {
+	// min_swap_interval 1 s: less than detection takes, so it never delays
+	// a round's failover (TestLDAPAgentAntiFlap tests the rule).
+	tr, dirs, c := startDirectoryPair(t, map[string]agentOptions{"a": {minSwap: "1s"}, "b": {minSwap: "1s"}})
+	a, b := tr.dir["a"], tr.dir["b"]
+	rounds := 12
+	if s := os.Getenv("LDMIRROR_FAILOVER_ROUNDS"); s != "" {
+		fmt.Sscan(s, &rounds)
+	}
+	var times []time.Duration
+	for round := range rounds {
+		f := faults[round%len(faults)]
+		t.Logf("round %d: %s", round, f.name)
+		waitFor(t, 30*time.Second, "b's agent to watch a", func() bool {
+			state, _ := agentState(b)
+			return state == "secondary-watching"
+		})
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() { defer close(done); c.write(fmt.Sprintf("r%d", round), stop) }()
+		start := c.count()
+		waitFor(t, 30*time.Second, "adds on a", func() bool { return c.count() >= start+30 })
+		t0 := time.Now()
+		f.fail(t, tr, dirs["a"])
+		waitFor(t, 60*time.Second, "the first add on b after the fault", func() bool {
+			_, ok := c.firstOn("b", t0)
+			return ok
+		})
+		first, _ := c.firstOn("b", t0)
+		times = append(times, first.Sub(t0))
+		t.Logf("round %d (%s): failover in %v", round, f.name, first.Sub(t0).Round(time.Millisecond))
+		onB := c.count()
+		waitFor(t, 30*time.Second, "adds on b", func() bool { return c.count() >= onB+20 })
+		c.checkAll(t, "b")
+
+		// a returns and is resynced from b: only what differs.
+		f.recov(t, tr, dirs["a"])
+		waitFor(t, 60*time.Second, "a to turn secondary", func() bool {
+			st, err := status(a)
+			return err == nil && st.Role == node.RoleSecondary
+		})
+		tr.waitServing("b", "a")
+		if st := statusJSON(t, b); st.ResyncTotal*uint64(st.BlockSize) > uint64(st.SizeBytes)/4 {
+			t.Fatalf("b resynced %d blocks to a: not only what differs", st.ResyncTotal)
+		}
+
+		// Failback while the client keeps writing, once a's agent reported
+		// it ready (the swap refuses a host that is not).
+		waitFor(t, 30*time.Second, "a's agent to report a ready", func() bool {
+			st, err := status(a)
+			return err == nil && st.Agent != nil && st.Agent.Ready && st.Agent.ReadyReported
+		})
+		out, err := exec.Command(binary, "swap", "--dir", b).CombinedOutput()
+		if err != nil {
+			t.Fatalf("failback: swap: %v %s", err, out)
+		}
+		waitFor(t, 60*time.Second, "a to serve again", func() bool { return c.ping("a") == nil })
+		onA := c.count()
+		waitFor(t, 30*time.Second, "adds on a after the failback", func() bool { return c.count() >= onA+20 })
+		close(stop)
+		<-done
+		c.checkAll(t, "a")
+	}
+	slices.Sort(times)
+	t.Logf("failover time over %d rounds: p50 %v, max %v", len(times), times[len(times)/2].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond))
+	if p50 := times[len(times)/2]; p50 > 5*time.Second {
+		t.Errorf("failover p50 %v exceeds the 5 s target (1 s probe interval, threshold 3)", p50)
+	}
+
+	// An orderly stop: slapcat reads the whole database, e2fsck finds the
+	// file system clean.
+	out, err := exec.Command("slapcat", "-f", dirs["a"].conf).CombinedOutput()
+	if err != nil {
+		t.Fatalf("slapcat on a: %v %s", err, out)
+	}
+	for _, step := range []string{"stop", "umount"} {
+		dirs["a"].runHook(t, tr, step)
+	}
+	dev, err := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(a, node.ExportDir, "volume")).Output()
+	if err != nil || len(strings.Fields(string(dev))) == 0 {
+		t.Fatalf("no loop device on a's export: %v", err)
+	}
+	if out, err := exec.Command("e2fsck", "-fn", strings.Fields(string(dev))[0]).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck of a's volume: %v\n%s", err, out)
+	}
+}
+
+// TestLDAPAgentAntiFlap kills slapd on a again and again, each time for
+// less than the failure threshold: no swap. Then a real outage of a's
+// slapd: one failover to b. Then b's slapd dies within a's
+// min_swap_interval: a's agent holds back and says why.
+func TestLDAPAgentAntiFlap(t *testing.T) {
+	tr, dirs, c := startDirectoryPair(t, map[string]agentOptions{"a": {minSwap: "60s"}, "b": {minSwap: "2s"}})
+	a, b := tr.dir["a"], tr.dir["b"]
+	epoch := statusJSON(t, a).Epoch
+	d := dirs["a"]
+	waitFor(t, 30*time.Second, "b's agent to be past its own min_swap_interval", func() bool {
+		st, err := status(b)
+		return err == nil && st.Agent != nil && st.Agent.State == "secondary-watching" && time.Since(st.Agent.StateSince) > 2*time.Second
+	})
+	restart := func() { d.runHook(t, tr, "start") }
+	// Short outages: slapd is back before the next probe, and b's agent
+	// sees it answer between two outages.
+	for range 5 {
+		before := statusJSON(t, b).Agent.Service.Probes
+		killSlapd(t, d)
+		restart()
+		if err := c.ping("a"); err != nil {
+			t.Fatalf("slapd on a after a restart: %v", err)
+		}
+		waitFor(t, 10*time.Second, "b's agent to see slapd on a answer", func() bool {
+			st, err := status(b)
+			return err == nil && st.Agent.Service.Probes > before+1 && st.Agent.Service.ConsecutiveFailures == 0
+		})
+	}
+	if e := statusJSON(t, b).Epoch; e != epoch {
+		t.Fatalf("short outages of slapd on a moved the role: epoch %d -> %d", epoch, e)
+	}
+	// A real outage: one failover.
+	killSlapd(t, d)
+	waitFor(t, 30*time.Second, "b to serve", func() bool { return c.ping("b") == nil })
+	after := statusJSON(t, b).Epoch
+	if after != epoch+1 {
+		t.Fatalf("one outage moved the epoch from %d to %d", epoch, after)
+	}
+	// a comes back as secondary; slapd on b then fails too, inside the
+	// minimum interval: a's agent must not swap back.
+	waitFor(t, 60*time.Second, "a to turn secondary", func() bool {
+		st, err := status(a)
+		return err == nil && st.Role == node.RoleSecondary
+	})
+	tr.waitServing("b", "a")
+	killSlapd(t, dirs["b"])
+	waitFor(t, 30*time.Second, "a's agent to hold back for the minimum interval", func() bool {
+		_, hold := agentState(a)
+		return strings.Contains(hold, "min_swap_interval")
+	})
+	if e := statusJSON(t, a).Epoch; e != after {
+		t.Fatalf("a second outage inside the minimum interval moved the role again: epoch %d -> %d", after, e)
+	}
+}
+
+// TestLDAPAgentFailedHook fails over to a host whose start-slapd hook
+// exits 1: its agent reports the failed step and stops there; it asks for
+// no further role change.
+func TestLDAPAgentFailedHook(t *testing.T) {
+	// a's long min_swap_interval keeps it from taking the role back once
+	// it is uptodate again (b's slapd never started).
+	tr, dirs, _ := startDirectoryPair(t, map[string]agentOptions{"a": {minSwap: "60s"}, "b": {minSwap: "1s", startFails: true}})
+	a, b := tr.dir["a"], tr.dir["b"]
+	epoch := statusJSON(t, a).Epoch
+	killSlapd(t, dirs["a"])
+	waitFor(t, 30*time.Second, "b's agent to report the failed hook", func() bool {
+		state, _ := agentState(b)
+		return state == "failed"
+	})
+	st := statusJSON(t, b)
+	if f := st.Agent.Failure; f == nil || f.Hook != "start" || f.ExitCode != 1 {
+		t.Fatalf("b's agent failure %+v does not name the start step and its exit status 1", f)
+	}
+	text := ldmirror(t, "status", "--dir", b)
+	if !strings.Contains(text, "failed") || !strings.Contains(text, "start") {
+		t.Fatalf("status does not show the failed hook:\n%s", text)
+	}
+	t.Logf("b's status after the failed hook:\n%s", text)
+	// b holds the role: it does not hand it back, nor is a demoted again.
+	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+		st, err := status(a)
+		return err == nil && st.Role == node.RoleSecondary
+	})
+	if e := statusJSON(t, b).Epoch; e != epoch+1 {
+		t.Fatalf("after the failed hook the epoch is %d, want %d (no further role change)", e, epoch+1)
+	}
+	if statusJSON(t, b).Role != node.RolePrimary {
+		t.Fatal("b gave up the primary role after its hook failed")
+	}
+}
