@@ -51,6 +51,7 @@ type result struct {
 	Entries              float64 // entries added per second
 	skipped              string  // why there is no figure
 	note                 string  // about the figure
+	cut                  bool    // the directory load hit its time limit
 	elapsed              time.Duration
 }
 
@@ -185,34 +186,69 @@ func main() {
 }
 
 // runConfig sets configuration name up once and measures every workload on
-// it, in order; a setup failure is recorded, not fatal, so the other
-// configurations still get measured.
+// it, in order. When a workload fails, it sets the configuration up afresh
+// and tries that workload once more: on this shared machine other people's
+// tests have detached our loop device mid-run. A setup failure is recorded,
+// not fatal, so the other configurations still get measured.
 func (b *bench) runConfig(round int, name string, workloads []workload) []result {
 	var out []result
-	dev, teardown, err := setups[name](b)
-	if err != nil {
+	var dev string
+	up := false
+	bringUp := func() error {
+		d, teardown, err := setups[name](b)
+		if err != nil {
+			return err
+		}
+		b.pushCleanup(teardown)
+		dev, up = d, true
+		return nil
+	}
+	defer func() {
+		if up {
+			b.popCleanup()
+		}
+	}()
+	if err := bringUp(); err != nil {
 		fmt.Fprintf(os.Stderr, "round %d %-12s setup failed: %v\n", round, name, err)
 		for _, w := range workloads {
 			out = append(out, result{round: round, config: name, load: w.name, skipped: "setup failed: " + err.Error()})
 		}
 		return out
 	}
-	b.pushCleanup(teardown)
-	defer b.popCleanup()
 	for _, w := range workloads {
-		start := time.Now()
 		var res result
-		switch {
-		case w.slapd && b.slapdSkip[name] != "":
-			res.skipped = b.slapdSkip[name]
-		case w.slapd:
-			res, err = b.slapdLoad(dev)
-		default:
-			res, err = b.fio(dev, w)
-		}
-		res.round, res.config, res.load, res.elapsed = round, name, w.name, time.Since(start)
-		if err != nil {
+		retried := false
+		for try := 1; ; try++ {
+			start := time.Now()
+			var err error
+			res = result{}
+			switch {
+			case w.slapd && b.slapdSkip[name] != "":
+				res.skipped = b.slapdSkip[name]
+			case w.slapd:
+				res, err = b.slapdLoad(dev)
+			default:
+				res, err = b.fio(dev, w)
+			}
+			res.round, res.config, res.load, res.elapsed = round, name, w.name, time.Since(start)
+			if err == nil {
+				break
+			}
 			res.skipped = "failed: " + err.Error()
+			if try == 2 {
+				break
+			}
+			fmt.Fprintf(os.Stderr, "round %d %-12s %-22s %s; again on a fresh setup\n", round, name, w.name, res.skipped)
+			b.popCleanup()
+			up = false
+			if err := bringUp(); err != nil {
+				res.skipped = "failed, then setup failed: " + err.Error()
+				break
+			}
+			retried = true
+		}
+		if retried {
+			res.note = strings.TrimSpace(res.note + " (retried on a fresh setup)")
 		}
 		switch {
 		case res.skipped != "":
@@ -224,6 +260,18 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 				round, name, w.name, res.IOPS, res.MBps, res.P50us, res.P99us)
 		}
 		out = append(out, res)
+		if !up {
+			return append(out, skipRest(round, name, workloads[len(out):], "setup failed")...)
+		}
+	}
+	return out
+}
+
+// skipRest records workloads not run.
+func skipRest(round int, name string, ws []workload, why string) []result {
+	var out []result
+	for _, w := range ws {
+		out = append(out, result{round: round, config: name, load: w.name, skipped: why})
 	}
 	return out
 }

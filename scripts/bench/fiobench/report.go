@@ -79,6 +79,7 @@ type cell struct {
 	n       int     // rounds with a figure
 	spread  float64 // (max-min)/median of value()
 	cut     int     // rounds stopped at the time limit
+	retried int     // rounds measured on a second setup
 	skipped string  // set when no round has a figure
 }
 
@@ -97,8 +98,11 @@ func (r report) cell(config, load string) cell {
 		p50, p99 = append(p50, x.P50us), append(p99, x.P99us)
 		s50, s99 = append(s50, x.SyncP50us), append(s99, x.SyncP99us)
 		ent, val = append(ent, x.Entries), append(val, x.value())
-		if x.note != "" {
+		if x.cut {
 			c.cut++
+		}
+		if strings.Contains(x.note, "retried") {
+			c.retried++
 		}
 	}
 	c.n = len(val)
@@ -166,6 +170,9 @@ func (r report) markdown() string {
 					optional(x.m.SyncP50us), optional(x.m.SyncP99us))
 			}
 			fmt.Fprintf(&sb, " | %.0f%%", 100*x.spread)
+			if x.retried > 0 {
+				fmt.Fprintf(&sb, " (%d retried on a fresh setup)", x.retried)
+			}
 			if x.cut > 0 {
 				fmt.Fprintf(&sb, " (%d cut at the time limit)", x.cut)
 			}
