@@ -95,7 +95,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds; each runs every configuration once, alternating")
 	configs := flag.String("configs", "passthrough,sync", "configurations, in round order: "+strings.Join(configNames, ", "))
 	loads := flag.String("workloads", "all", "workloads, comma-separated, or all: "+strings.Join(workloadNames(), ", "))
-	out := flag.String("out", "", "write <out>.md (table), <out>.csv (every round) and, with -chart, <out>.png")
+	out := flag.String("out", "", "write <out>.txt (the table, markdown), <out>.csv (every round) and, with -chart, <out>.png")
 	chart := flag.Bool("chart", false, "draw the ratios as a bar chart with gnuplot into <out>.png")
 	startedUnix := flag.Int64("started", 0, "Unix time the run started, if earlier than this process (the wall time then includes the build)")
 	commit := flag.String("commit", "", "the commit the ldmirror binary was built from, when not the working tree (default: HEAD, with the working tree's uncommitted changes listed)")
@@ -170,7 +170,7 @@ func main() {
 	table := rep.markdown()
 	fmt.Print(table)
 	if *out != "" {
-		if err := os.WriteFile(*out+".md", []byte(table), 0o644); err != nil {
+		if err := os.WriteFile(*out+".txt", []byte(table), 0o644); err != nil {
 			fatal(err)
 		}
 		if err := os.WriteFile(*out+".csv", []byte(rep.csv()), 0o644); err != nil {
