@@ -1,79 +1,223 @@
 #!/usr/bin/env bash
-# Quickstart: two ldmirror hosts on 127.0.0.1 mirroring a 256 MiB volume.
-# The primary's volume is attached through FUSE and a loop device, formatted
-# ext4 and mounted; files are written and synced; then both backing files
-# are compared. Run as root on Debian. Cleans up after itself.
+# Quickstart: a directory server that survives the death of its host.
+#
+# Builds ldmirror and creates three "hosts" as network namespaces on this
+# machine — data hosts a and b and a witness w — plus a client c, joined by
+# a bridge. slapd (LMDB) runs on ext4 on a's mirrored volume; a few thousand
+# entries are loaded; a is killed (kill -9 of ldmirror and slapd); b's agent
+# takes over and serves every entry; a comes back, is resynced with only
+# what differs, and `ldmirror swap` fails back. Prints a summary with
+# timings. Run as root on Debian; cleans up after itself, even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
 export PATH="$PATH:/usr/local/go/bin"
-[ "$(id -u)" = 0 ] || { echo "run as root: FUSE mounts and loop devices need it"; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root: namespaces, FUSE mounts and loop devices need it"; exit 1; }
+entries=${ENTRIES:-3000}
 
 need=()
-for pkg in fuse3 e2fsprogs util-linux; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+for pkg in slapd ldap-utils fuse3 e2fsprogs util-linux iproute2; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 modprobe fuse 2>/dev/null || true
+modprobe loop 2>/dev/null || true
+command -v go >/dev/null || { echo "Go is not installed (expected in /usr/local/go/bin)"; exit 1; }
 
 work=$(mktemp -d /tmp/ldmirror-quickstart.XXXXXX)
-bin="$work/ldmirror"
-pids=()
-dev=""
+bin="$work/bin/ldmirror"
+ns=ldmq$$
+net=10.232.$(($$ % 200 + 20))
+declare -A addr=([a]=$net.1 [b]=$net.2 [w]=$net.3 [c]=$net.4)
+declare -A pid=()
+ok=0
 cleanup() {
   set +e
-  mountpoint -q "$work/mnt" && umount "$work/mnt"
-  [ -n "$dev" ] && "$bin" detach "$dev" >/dev/null 2>&1
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  rm -rf "$work"
+  for h in a b w; do [ -n "${pid[$h]:-}" ] && kill -TERM "${pid[$h]}" 2>/dev/null; done
+  for h in a b; do
+    [ -s "$work/$h/slapd.pid" ] && kill -9 "$(cat "$work/$h/slapd.pid")" 2>/dev/null
+    mountpoint -q "$work/$h/mnt" && umount -l "$work/$h/mnt"
+    for d in $(losetup -n -O NAME -j "$work/$h/export/volume" 2>/dev/null); do losetup -d "$d"; done
+  done
+  for h in a b w; do [ -n "${pid[$h]:-}" ] && wait "${pid[$h]}" 2>/dev/null; done
+  for h in a b; do umount -l "$work/$h/export" 2>/dev/null; done
+  for h in a b w c br; do ip netns del "$ns-$h" 2>/dev/null; done
+  if [ $ok = 1 ]; then rm -rf "$work"; else echo "logs kept in $work (a.log, b.log, w.log)"; fi
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc -l | xargs printf '%.1f'; }
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
   for _ in $(seq $((limit * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "timed out after ${limit}s waiting for $what"; exit 1
 }
+on() { local h=$1; shift; ip netns exec "$ns-$h" "$@"; }
+count() { # count HOST: entries under ou=people, read from the client host
+  on c ldapsearch -LLL -x -H "ldap://${addr[$1]}" -D cn=admin,dc=example,dc=com -w secret \
+    -b ou=people,dc=example,dc=com -s one -E pr=1000/noprompt '(objectClass=inetOrgPerson)' 1.1 2>/dev/null | grep -c '^dn:'
+}
+has() { [ "$(count "$1")" = "$2" ]; }
 
 step "build ldmirror"
+mkdir -p "$work/bin"
 go build -o "$bin" ./cmd/ldmirror
+command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null; }
 
-step "create the volume on host a and its twin on host b"
-id=$("$bin" init --dir "$work/a" --size 256MiB | tee /dev/stderr | grep -oE '[0-9a-f-]{36}')
-"$bin" init --dir "$work/b" --size 256MiB --volume-uuid "$id"
-head -c 32 /dev/urandom | base64 > "$work/secret"
+step "three hosts and a client as network namespaces on bridge $ns-br ($net.0/24)"
+ip netns add "$ns-br"
+on br ip link add br0 type bridge
+on br ip link set br0 up
+for h in a b w c; do
+  ip netns add "$ns-$h"
+  ip link add name eth0 netns "$ns-$h" type veth peer name "v$h" netns "$ns-br"
+  on "$h" ip addr add "${addr[$h]}/24" dev eth0
+  on "$h" ip link set eth0 up
+  on "$h" ip link set lo up
+  on br ip link set "v$h" master br0 up
+  echo "  $h: ${addr[$h]}"
+done
 
-step "start b (secondary) on 127.0.0.1:7789 and a (primary)"
-"$bin" daemon --dir "$work/b" --role secondary --node-id b --listen 127.0.0.1:7789 --secret-file "$work/secret" 2>"$work/b.log" &
-pids+=($!)
-"$bin" daemon --dir "$work/a" --role primary --node-id a --peer 127.0.0.1:7789 --secret-file "$work/secret" 2>"$work/a.log" &
-pids+=($!)
-wait_for 10 "a to connect to b" sh -c "'$bin' status --json --dir '$work/a' | grep -q '\"link\": \"connected\"'"
+step "volumes: 256 MiB on a and its twin on b, ext4 with an LMDB directory"
+id=$("$bin" init --dir "$work/a" --size 256MiB | grep -oE '[0-9a-f-]{36}' | head -n1)
+"$bin" init --dir "$work/b" --size 256MiB --volume-uuid "$id" >/dev/null
+head -c 32 /dev/urandom | base64 >"$work/secret"
+for h in a b; do
+  cat >"$work/$h/slapd.conf" <<EOF
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile $work/$h/slapd.pid
+argsfile $work/$h/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+sizelimit unlimited
+database mdb
+maxsize 268435456
+suffix "dc=example,dc=com"
+rootdn "cn=admin,dc=example,dc=com"
+rootpw secret
+directory $work/$h/mnt/ldap
+index objectClass,uid eq
+EOF
+done
+mkfs.ext4 -q -F "$work/a/volume.img"
+mkdir -p "$work/a/mnt"
+mount -o loop "$work/a/volume.img" "$work/a/mnt"
+mkdir "$work/a/mnt/ldap"
+slapadd -q -f "$work/a/slapd.conf" <<EOF
+dn: dc=example,dc=com
+objectClass: dcObject
+objectClass: organization
+dc: example
+o: Example
+
+dn: ou=people,dc=example,dc=com
+objectClass: organizationalUnit
+ou: people
+
+dn: cn=canary,dc=example,dc=com
+objectClass: organizationalRole
+cn: canary
+description: written by the agent's probe
+EOF
+umount "$work/a/mnt"
+cp --sparse=always "$work/a/volume.img" "$work/b/volume.img"
+
+step "agents: probe the peer's slapd every 1 s, fail over after 3 failures"
+for h in a b; do
+  peer=$([ $h = a ] && echo b || echo a)
+  env="LDM_MOUNT=$work/$h/mnt SLAPD_CONF=$work/$h/slapd.conf SLAPD_URLS=ldap://${addr[$h]}/ SLAPD_PID=$work/$h/slapd.pid LDMIRROR=$bin"
+  hook() { printf '{"name": "%s", "command": "%s sh %s %s", "timeout": "30s"}' "$1" "$env" "$repo/scripts/hooks/slapd.sh" "$1"; }
+  cat >"$work/$h/agent.json" <<EOF
+{
+  "peer_url": "ldap://${addr[$peer]}",
+  "local_url": "ldap://${addr[$h]}",
+  "bind_dn": "cn=admin,dc=example,dc=com", "password": "secret",
+  "canary_dn": "cn=canary,dc=example,dc=com",
+  "interval": "1s", "timeout": "500ms", "threshold": 3,
+  "min_swap_interval": "10s", "failback": "manual",
+  "promote": [$(hook attach), $(hook mount), $(hook start)],
+  "demote": [$(hook stop), $(hook umount), $(hook detach)]
+}
+EOF
+done
+
+step "start the witness w and the daemons on a and b"
+start_daemon() {
+  local h=$1 peer
+  peer=$([ "$h" = a ] && echo b || echo a)
+  # nsenter --net, not ip netns exec: that one also gives the daemon a
+  # mount namespace of its own, and the ext4 its hooks mount would then be
+  # unmounted (and synced through the export) by the dying daemon itself.
+  nsenter --net="/run/netns/$ns-$h" "$bin" daemon --dir "$work/$h" --node-id "$h" --listen "${addr[$h]}:7789" --peer "${addr[$peer]}:7789" \
+    --secret-file "$work/secret" --cluster-bind "${addr[$h]}:7400" --cluster-join "${addr[w]}:7400" \
+    --cluster-raft-timeout 300ms --timeout 1s --agent-config "$work/$h/agent.json" 2>>"$work/$h.log" &
+  pid[$h]=$!
+}
+nsenter --net="/run/netns/$ns-w" "$bin" witness --data-dir "$work/w" --node-id w --bind "${addr[w]}:7400" --secret-file "$work/secret" \
+  --raft-timeout 300ms --bootstrap 2>"$work/w.log" &
+pid[w]=$!
+start_daemon b
+start_daemon a
+wait_for 30 "a to be promoted" "$bin" promote a --force --reason "quickstart: first primary" --control "$work/a/control.sock"
+wait_for 60 "slapd on a" on c ldapsearch -x -H "ldap://${addr[a]}" -s base -b "" namingContexts
+
+step "load $entries inetOrgPerson entries into slapd on a (ldapadd from the client host)"
+for i in $(seq 1 "$entries"); do
+  printf 'dn: uid=user%d,ou=people,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: user%d\ncn: User %d\nsn: %d\nmail: user%d@example.com\n\n' "$i" "$i" "$i" "$i" "$i"
+done >"$work/people.ldif"
+t=$(now)
+on c ldapadd -x -c -H "ldap://${addr[a]}" -D cn=admin,dc=example,dc=com -w secret -f "$work/people.ldif" >/dev/null
+load_s=$(since "$t")
+echo "  $entries entries in $load_s s"
 "$bin" status --dir "$work/a"
 
-step "attach a's export to a loop device, make ext4, mount"
-dev=$("$bin" attach --dir "$work/a")
-echo "attached $dev"
-mkfs.ext4 -q "$dev"
-mkdir -p "$work/mnt"
-mount "$dev" "$work/mnt"
+step "kill a: kill -9 of its ldmirror and its slapd"
+t=$(now)
+kill -9 "${pid[a]}" "$(cat "$work/a/slapd.pid")"
+{ wait "${pid[a]}"; } 2>/dev/null || true
+unset "pid[a]"
+wait_for 60 "b to serve all $entries entries" has b "$entries"
+failover_s=$(since "$t")
+echo "  b serves all $entries entries, $failover_s s after the kill"
+"$bin" status --dir "$work/b"
 
-step "write 500 files and sync"
-start=$(date +%s%N)
-for i in $(seq 500); do head -c $((RANDOM * 4)) /dev/urandom > "$work/mnt/file$i"; done
-sync
-echo "wrote $(du -sh "$work/mnt" | cut -f1) in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+step "write 100 more entries on b while a is down"
+sed -n "1,$((100 * 7))p" "$work/people.ldif" | sed 's/user\([0-9]*\)/extra\1/g' >"$work/extra.ldif"
+on c ldapadd -x -H "ldap://${addr[b]}" -D cn=admin,dc=example,dc=com -w secret -f "$work/extra.ldif" >/dev/null
+total=$((entries + 100))
+
+step "bring a back: it rejoins as secondary and b resyncs only what differs"
+umount -l "$work/a/mnt" 2>/dev/null || true
+for d in $(losetup -n -O NAME -j "$work/a/export/volume"); do losetup -d "$d"; done
+t=$(now)
+start_daemon a
+wait_for 120 "a to be resynced" sh -c "'$bin' status --dir '$work/b' --json | grep -qE '\"peer_disk\": ?\"uptodate\"'"
+resync_s=$(since "$t")
+resynced=$("$bin" status --dir "$work/b" --json | grep -oE '"resync_total_blocks": ?[0-9]+' | grep -oE '[0-9]+$')
+resynced=${resynced:-0}
+skipped=$("$bin" status --dir "$work/b" --json | grep -oE '"resync_skipped_blocks": ?[0-9]+' | grep -oE '[0-9]+$')
+copied=$((resynced - ${skipped:-0}))
+echo "  a uptodate after $resync_s s: $resynced of $((256 * 256)) blocks compared, $copied copied (the rest were equal)"
+
+step "fail back: ldmirror swap on b (stops slapd on b, hands the role over, starts slapd on a)"
+t=$(now)
+"$bin" swap --dir "$work/b"
+wait_for 60 "a to serve all $total entries" has a "$total"
+failback_s=$(since "$t")
+wait_for 30 "a's agent to finish its promotion" sh -c "'$bin' status --dir '$work/a' | grep -q 'primary-serving'"
 "$bin" status --dir "$work/a"
 
-step "unmount, detach, compare the two backing files"
-umount "$work/mnt"
-"$bin" detach "$dev"; dev=""
-a_sum=$(sha256sum < "$work/a/volume.img" | cut -d' ' -f1)
-b_sum=$(sha256sum < "$work/b/volume.img" | cut -d' ' -f1)
-echo "a: $a_sum"
-echo "b: $b_sum"
-if [ "$a_sum" = "$b_sum" ]; then
-  echo "identical: every block written on a is on b"
-else
-  echo "MISMATCH"; exit 1
-fi
+ok=1
+cat <<EOF
+
+== summary
+  entries loaded on a          $entries in $load_s s
+  failover (kill -9 of a)      b served every entry after $failover_s s
+  written on b while a down    100 entries
+  a back and resynced          $resync_s s; $copied of $((256 * 256)) blocks copied ($resynced compared)
+  failback (ldmirror swap)     a served all $total entries after $failback_s s
+EOF
