@@ -23,6 +23,10 @@ const (
 	LockFile    = "lock"
 	// ScoreboardFile holds the primary's out-of-sync map and activity log.
 	ScoreboardFile = "scoreboard"
+	// JournalFile is the async primary's write journal; AppliedFile the
+	// async secondary's highest applied journal position.
+	JournalFile = "journal"
+	AppliedFile = "journal.applied"
 )
 
 // metaVersion is the version of meta.json this code writes and reads.

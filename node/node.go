@@ -15,6 +15,7 @@ import (
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/resync"
@@ -67,6 +68,17 @@ type Config struct {
 	// Probe, if its URL is set, is the directory server this host watches;
 	// its health shows in status.
 	Probe probe.Config
+	// Mode is sync (a write returns once the peer has it) or async (once
+	// it is in the local journal; the journal ships in order). Both hosts
+	// of a pair run the same mode.
+	Mode blockdev.Mode
+	// JournalSize is the async journal's capacity in bytes (default
+	// journal.DefaultCapacity): how far the peer may lag.
+	JournalSize int64
+	// OnFull is what async mode does when the journal fills while the
+	// peer is connected: throttle writers (default) or fall back to
+	// logging mode and a bitmap resync.
+	OnFull blockdev.FullPolicy
 	// NoActivityLog skips write-intent logging (DRBD's al-updates no): the
 	// out-of-sync map stays durable, but after a primary crash the blocks
 	// written just before it are not resynced. For measurement and tests.
@@ -98,6 +110,9 @@ func (c *Config) check() error {
 		}
 	default:
 		return fmt.Errorf("role must be %q or %q, got %q", RolePrimary, RoleSecondary, c.Role)
+	}
+	if c.Passthrough && c.Mode == blockdev.ModeAsync {
+		return errors.New("--passthrough has no peer to be asynchronous with: drop --mode async")
 	}
 	if c.Passthrough && c.Peer != "" {
 		return errors.New("--passthrough serves the local file only: drop --peer")
@@ -153,6 +168,7 @@ type Node struct {
 	// The secondary term's parts.
 	replica *blockdev.Replica
 	ln      *transport.Listener
+	applied *journal.AppliedFile // async: the highest journal position applied
 	// behind holds the blocks this host knows may differ from the primary:
 	// what its own scoreboard recorded when it last wrote as primary. The
 	// primary asks for them (KindOutOfSync) and resyncs them too.

@@ -13,6 +13,7 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
@@ -43,6 +44,11 @@ func (n *Node) preparePrimary() error {
 		}
 		mirror = blockdev.NewMirror(local, dirty, intent, n.log)
 		mirror.SetResyncRate(n.cfg.ResyncRate)
+		if n.cfg.Mode == blockdev.ModeAsync {
+			if err := n.startAsync(mirror); err != nil {
+				return errors.Join(err, n.stopPrimary())
+			}
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -51,6 +57,44 @@ func (n *Node) preparePrimary() error {
 	if n.cfg.Peer != "" {
 		n.link = LinkConnecting
 	}
+	return nil
+}
+
+// startAsync opens a new journal for this primary term and puts the
+// mirror in async mode. A term's journal is its own: records of an earlier
+// term here must never be replayed to a peer that was primary since, so
+// only the sequence numbering carries over (from the old journal, or from
+// what this host applied as secondary).
+func (n *Node) startAsync(mirror *blockdev.Mirror) error {
+	path := filepath.Join(n.cfg.Dir, JournalFile)
+	first := uint64(1)
+	if old, err := journal.Open(path); err == nil {
+		first = old.Next()
+		old.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		n.log.Warn("the old journal cannot be read; starting a new one (its writes are in the scoreboard)", "err", err)
+	}
+	if af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, AppliedFile)); err == nil {
+		first = max(first, af.Position().Seq+1)
+		af.Close()
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replace the journal: %w", err)
+	}
+	j, err := journal.Create(path, journal.Options{Capacity: n.cfg.JournalSize, FirstSeq: first})
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Resynced: func() {
+		if peer := n.peerID(); peer != "" && n.cfg.ControlPlane != nil {
+			n.markPeerUpToDate(context.Background(), peer)
+		}
+	}})
+	if err != nil {
+		j.Close()
+		return err
+	}
+	n.log.Info("async mode: writes return once in the journal", "journal", path, "capacity", j.Capacity(), "first_seq", first, "on_full", n.cfg.OnFull)
 	return nil
 }
 
@@ -393,7 +437,7 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 		s.Close()
 		return
 	}
-	if err := mirror.Resync(ctx, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
+	if err := mirror.CatchUp(ctx, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}
@@ -406,6 +450,10 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 	}
 	if local.Bitmap == 0 && local == peer && !peerBehind {
 		n.markPeerUpToDate(ctx, s.Peer().NodeID) // in sync from the start
+		return
+	}
+	if err := mirror.Drain(ctx); err != nil { // async: the peer holds the journal
+		n.log.Warn("could not drain the journal to the peer after the resync", "err", err)
 		return
 	}
 	if err := mirror.Flush(); err != nil {
@@ -487,6 +535,9 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 		n.mu.Unlock()
 	}()
 	start := time.Now()
+	if err := mirror.Drain(ctx); err != nil { // async: records in flight would look different
+		return res, fmt.Errorf("verify: %w", err)
+	}
 	differ, err := mirror.Verify(ctx, func(done, total uint64) {
 		n.mu.Lock()
 		n.verified = [2]uint64{done, total}

@@ -168,6 +168,9 @@ func (n *Node) Swap(ctx context.Context) (cluster.Epoch, error) {
 			gate.release(nil)
 		}
 	}()
+	if err := mirror.Drain(ctx); err != nil {
+		return 0, fmt.Errorf("swap: drain the journal to the peer: %w", err)
+	}
 	if err := mirror.Flush(); err != nil {
 		return 0, fmt.Errorf("swap: flush both hosts: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -32,10 +33,20 @@ func (n *Node) prepareSecondary() error {
 	if err != nil {
 		return fmt.Errorf("listen for the primary on %s: %w", n.cfg.Listen, err)
 	}
+	replica := blockdev.NewReplica(n.dev, n.meta.BlockSize, n.log)
+	if n.cfg.Mode == blockdev.ModeAsync {
+		af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, AppliedFile))
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("journal position: %w", err)
+		}
+		replica.SetAppliedFile(af)
+		n.applied = af
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.role, n.epoch = RoleSecondary, 0
-	n.replica = blockdev.NewReplica(n.dev, n.meta.BlockSize, n.log)
+	n.replica = replica
 	n.ln, n.behind = ln, behind
 	n.link = LinkConnecting
 	return nil
@@ -124,6 +135,10 @@ func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error
 	stop()
 	<-done
 	replica.Wait()
+	if n.applied != nil {
+		err = errors.Join(err, n.applied.Close())
+		n.applied = nil
+	}
 	n.endTerm()
 	return errors.Join(err, n.dev.Flush())
 }

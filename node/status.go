@@ -42,24 +42,37 @@ type Status struct {
 	Agent *agent.Status `json:"agent,omitempty"`
 
 	// Primary.
-	DirtyBlocks    uint64   `json:"dirty_blocks"`
-	DirtyBytes     uint64   `json:"dirty_bytes"`
-	WritesShipped  uint64   `json:"writes_shipped"`
-	BytesShipped   uint64   `json:"bytes_shipped"`
-	FlushesShipped uint64   `json:"flushes_shipped"`
-	WindowInUse    int      `json:"window_in_use"`
-	WindowSize     int      `json:"window_size"`
-	ResyncDone     uint64   `json:"resync_done_blocks,omitempty"`
-	ResyncTotal    uint64   `json:"resync_total_blocks,omitempty"`
-	ResyncRate     float64  `json:"resync_rate_bytes_per_second,omitempty"`
-	ResyncSkipped  uint64   `json:"resync_skipped_blocks,omitempty"`
-	ResyncETASec   float64  `json:"resync_eta_seconds,omitempty"`
-	VerifyDone     uint64   `json:"verify_done_blocks,omitempty"`
-	VerifyTotal    uint64   `json:"verify_total_blocks,omitempty"`
-	BitmapBytes    uint64   `json:"bitmap_memory_bytes"`
-	Export         string   `json:"export,omitempty"`
-	LoopDevices    []string `json:"loop_devices,omitempty"`
-	LastError      string   `json:"last_error,omitempty"`
+	DirtyBlocks    uint64 `json:"dirty_blocks"`
+	DirtyBytes     uint64 `json:"dirty_bytes"`
+	WritesShipped  uint64 `json:"writes_shipped"`
+	BytesShipped   uint64 `json:"bytes_shipped"`
+	FlushesShipped uint64 `json:"flushes_shipped"`
+	WindowInUse    int    `json:"window_in_use"`
+	WindowSize     int    `json:"window_size"`
+	// Async mode: the journal (bytes, record numbers) and how the last
+	// reconnect caught up ("journal" or "bitmap").
+	JournalUsed     int64    `json:"journal_used_bytes,omitempty"`
+	JournalCapacity int64    `json:"journal_capacity_bytes,omitempty"`
+	JournalLag      uint64   `json:"journal_lag_records,omitempty"`
+	JournalNewest   uint64   `json:"journal_newest_seq,omitempty"`
+	PeerDurableSeq  uint64   `json:"peer_durable_seq,omitempty"`
+	Throttled       int      `json:"throttled_writers,omitempty"`
+	CatchUpFrom     uint64   `json:"catchup_from_seq,omitempty"`
+	CatchUpTo       uint64   `json:"catchup_to_seq,omitempty"`
+	LastCatchUp     string   `json:"last_catchup,omitempty"`
+	JournalOverflow bool     `json:"journal_overflow,omitempty"`
+	FallbackReason  string   `json:"fallback_reason,omitempty"`
+	ResyncDone      uint64   `json:"resync_done_blocks,omitempty"`
+	ResyncTotal     uint64   `json:"resync_total_blocks,omitempty"`
+	ResyncRate      float64  `json:"resync_rate_bytes_per_second,omitempty"`
+	ResyncSkipped   uint64   `json:"resync_skipped_blocks,omitempty"`
+	ResyncETASec    float64  `json:"resync_eta_seconds,omitempty"`
+	VerifyDone      uint64   `json:"verify_done_blocks,omitempty"`
+	VerifyTotal     uint64   `json:"verify_total_blocks,omitempty"`
+	BitmapBytes     uint64   `json:"bitmap_memory_bytes"`
+	Export          string   `json:"export,omitempty"`
+	LoopDevices     []string `json:"loop_devices,omitempty"`
+	LastError       string   `json:"last_error,omitempty"`
 
 	// Secondary.
 	AppliedSeq    uint64 `json:"applied_seq,omitempty"`
@@ -168,7 +181,11 @@ func (n *Node) localStatus() Status {
 		return st
 	}
 	ms := mirror.Status()
-	st.Replication = ms.Replication
+	st.Mode, st.Replication = ms.Mode, ms.Replication
+	st.JournalUsed, st.JournalCapacity, st.JournalLag = ms.JournalUsed, ms.JournalCapacity, ms.JournalLag
+	st.JournalNewest, st.PeerDurableSeq, st.Throttled = ms.JournalNewest, ms.PeerDurable, ms.Throttled
+	st.CatchUpFrom, st.CatchUpTo, st.LastCatchUp = ms.CatchUpFrom, ms.CatchUpTo, ms.LastCatchUp
+	st.JournalOverflow, st.FallbackReason = ms.JournalOverflow, ms.FallbackReason
 	if ms.Suspended {
 		st.Replication = "suspended"
 	}
@@ -240,7 +257,24 @@ func (st *Status) WriteText(w io.Writer) {
 			repl += fmt.Sprintf(", %s/s, ETA %.0f s", Bytes(uint64(st.ResyncRate)), st.ResyncETASec)
 		}
 	}
+	if st.Replication == blockdev.StateCatchUp {
+		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
+	}
 	row("replication", "%s", repl)
+	if st.JournalCapacity > 0 {
+		j := fmt.Sprintf("%s of %s used, %d records behind, newest %d, peer durable up to %d",
+			Bytes(uint64(st.JournalUsed)), Bytes(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
+		if st.Throttled > 0 {
+			j += fmt.Sprintf(", %d writers waiting for room", st.Throttled)
+		}
+		row("journal", "%s", j)
+		if st.LastCatchUp != "" {
+			row("catch-up", "last by %s", st.LastCatchUp)
+		}
+		if st.JournalOverflow || st.FallbackReason != "" {
+			row("fallback", "%s", st.FallbackReason)
+		}
+	}
 	if st.Transition != "" {
 		row("transition", "%s", st.Transition)
 	}

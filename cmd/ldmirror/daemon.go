@@ -41,6 +41,9 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
 			&cli.BoolFlag{Name: "activity-log", Value: true, Usage: "log write intent per 4 MiB extent; false is unsafe: after a primary crash, blocks written just before it may differ without being resynced"},
+			&cli.StringFlag{Name: "mode", Value: "sync", Usage: "sync: a write returns once the peer has it; async: once it is in the local journal, which ships in order (both hosts run the same mode)"},
+			&cli.StringFlag{Name: "journal-size", Value: "64MiB", Usage: "async: journal capacity, how far the peer may lag"},
+			&cli.StringFlag{Name: "journal-full", Value: "throttle", Usage: "async, journal full while connected: throttle writers, or logging (fall back to a bitmap resync)"},
 			&cli.BoolFlag{Name: "resync-checksum", Usage: "compare block checksums before every resync copy (always done after a primary crash)"},
 			&cli.StringFlag{Name: "resync-rate", Usage: "limit resync traffic, e.g. 100MiB (per second; default: no limit)"},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
@@ -94,6 +97,18 @@ func runDaemon(c *cli.Context) error {
 		if rate, err = parseSize(r); err != nil {
 			return fmt.Errorf("--resync-rate: %w", err)
 		}
+	}
+	mode, err := blockdev.ParseMode(c.String("mode"))
+	if err != nil {
+		return fmt.Errorf("--mode: %w", err)
+	}
+	onFull, err := blockdev.ParseFullPolicy(c.String("journal-full"))
+	if err != nil {
+		return fmt.Errorf("--journal-full: %w", err)
+	}
+	journalSize, err := parseSize(c.String("journal-size"))
+	if err != nil {
+		return fmt.Errorf("--journal-size: %w", err)
 	}
 	pcfg := probe.Config{
 		URL:       c.String("probe-url"),
@@ -167,6 +182,9 @@ func runDaemon(c *cli.Context) error {
 		Window:         c.Int("window"),
 		Passthrough:    c.Bool("passthrough"),
 		ResyncRate:     rate,
+		Mode:           mode,
+		JournalSize:    journalSize,
+		OnFull:         onFull,
 		NoActivityLog:  !c.Bool("activity-log"),
 		ResyncChecksum: c.Bool("resync-checksum"),
 		Probe:          pcfg,
