@@ -88,6 +88,11 @@ type Mirror struct {
 	resyncTotal atomic.Uint64
 	resyncStart atomic.Int64 // unix nanoseconds
 	resyncRate  atomic.Int64 // bytes per second; 0: unlimited
+	// resyncMinRate is the rate a resync yields to while the application
+	// writes (0: never yield); appIO counts application writes.
+	resyncMinRate  atomic.Int64
+	appIO          atomic.Uint64
+	resyncYielding atomic.Bool
 	// resyncSkipped counts blocks a checksum resync found equal and did not send.
 	resyncSkipped atomic.Uint64
 
@@ -103,6 +108,10 @@ type Mirror struct {
 // SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
 // that application writes keep most of the link.
 func (m *Mirror) SetResyncRate(bytesPerSecond int64) { m.resyncRate.Store(bytesPerSecond) }
+
+// SetResyncMinRate makes a resync slow down to bytesPerSecond while the
+// application writes (0: never), and run at the full rate when it does not.
+func (m *Mirror) SetResyncMinRate(bytesPerSecond int64) { m.resyncMinRate.Store(bytesPerSecond) }
 
 // NewMirror returns a Mirror over local that tracks dirty blocks in dirty
 // and, if intent is not nil, durably in intent.
@@ -220,6 +229,7 @@ func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange(off, int64(len(p)), m.local.Size()); err != nil {
 		return 0, err
 	}
+	m.appIO.Add(1)
 	for done := 0; done < len(p); {
 		chunk := p[done:min(len(p), done+transport.MaxWrite)]
 		at := off + int64(done)
@@ -245,6 +255,7 @@ func (m *Mirror) Trim(off, n int64) error {
 	if err := checkRange(off, n, m.local.Size()); err != nil {
 		return err
 	}
+	m.appIO.Add(1)
 	if n == 0 {
 		return nil
 	}
@@ -401,7 +412,9 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 	}
 	start := time.Now()
 	lastSync := start
-	var sent int64
+	pacer := &resyncPacer{max: m.resyncRate.Load(), min: m.resyncMinRate.Load(), appIO: m.appIO.Load, now: time.Now,
+		yielding: m.resyncYielding.Store}
+	defer m.resyncYielding.Store(false)
 	it := oos.Iterator()
 	for it.HasNext() && failed() == nil {
 		if err := ctx.Err(); err != nil {
@@ -429,7 +442,6 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 			}
 			m.resyncDone.Add(e.Blocks())
 		}()
-		sent += int64(e.Blocks()) * bs
 		if m.intent != nil && time.Since(lastSync) >= progressInterval {
 			if err := m.intent.Sync(ctx); err != nil {
 				wg.Wait()
@@ -437,7 +449,7 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 			}
 			lastSync = time.Now()
 		}
-		if err := m.pace(ctx, start, sent); err != nil {
+		if err := wait(ctx, pacer.delay(int64(e.Blocks())*bs)); err != nil {
 			wg.Wait()
 			return err
 		}
@@ -448,27 +460,6 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 	}
 	m.log.Info("resync finished", "blocks", oos.GetCardinality(), "elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-// pace waits until sent bytes since start fit the resync rate.
-func (m *Mirror) pace(ctx context.Context, start time.Time, sent int64) error {
-	rate := m.resyncRate.Load()
-	if rate <= 0 {
-		return nil
-	}
-	due := start.Add(time.Duration(float64(sent) / float64(rate) * float64(time.Second)))
-	wait := time.Until(due)
-	if wait <= 0 {
-		return nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte, checksum bool) error {
@@ -590,22 +581,25 @@ func (m *Mirror) Close() error {
 
 // MirrorStatus is a snapshot of the primary's replication state.
 type MirrorStatus struct {
-	Connected    bool
-	Suspended    bool // writes wait for the control plane to mark the peer outdated
-	Replication  string
-	LastError    string
-	DirtyBlocks  uint64
-	InFlight     int
-	Window       int
-	Writes       uint64 // writes and trims acknowledged by the peer
-	Bytes        uint64 // bytes acknowledged by the peer
-	Flushes      uint64
-	ResyncDone   uint64 // blocks
-	ResyncTotal  uint64 // blocks
-	ResyncStart  time.Time
-	ResyncSkip   uint64 // blocks found equal by checksum and not sent, since start
-	BlockSize    int
-	BitmapMemory uint64 // bytes
+	Connected   bool
+	Suspended   bool // writes wait for the control plane to mark the peer outdated
+	Replication string
+	LastError   string
+	DirtyBlocks uint64
+	InFlight    int
+	Window      int
+	Writes      uint64 // writes and trims acknowledged by the peer
+	Bytes       uint64 // bytes acknowledged by the peer
+	Flushes     uint64
+	ResyncDone  uint64 // blocks
+	ResyncTotal uint64 // blocks
+	ResyncStart time.Time
+	ResyncSkip  uint64 // blocks found equal by checksum and not sent, since start
+	// ResyncYielding: the resync runs at its minimum rate because the
+	// application writes.
+	ResyncYielding bool
+	BlockSize      int
+	BitmapMemory   uint64 // bytes
 
 	Mode string // "sync" or "async"
 	// Async mode only.
@@ -658,6 +652,7 @@ func (m *Mirror) Status() MirrorStatus {
 	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
 	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
 	st.ResyncSkip = m.resyncSkipped.Load()
+	st.ResyncYielding = m.resyncYielding.Load()
 	st.Suspended = m.suspended.Load()
 	st.Mode = ModeSync.String()
 	if m.async != nil {

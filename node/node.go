@@ -56,6 +56,9 @@ type Config struct {
 	Window int
 	// ResyncRate limits resync traffic in bytes per second (0: no limit).
 	ResyncRate int64
+	// ResyncMinRate is what a resync slows to while the application
+	// writes (0: it never yields).
+	ResyncMinRate int64
 	// ResyncChecksum compares checksums before every resync copy, not only
 	// the first one after a crash.
 	ResyncChecksum bool

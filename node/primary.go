@@ -44,6 +44,7 @@ func (n *Node) preparePrimary() error {
 		}
 		mirror = blockdev.NewMirror(local, dirty, intent, n.log)
 		mirror.SetResyncRate(n.cfg.ResyncRate)
+		mirror.SetResyncMinRate(n.cfg.ResyncMinRate)
 		if n.cfg.Mode == blockdev.ModeAsync {
 			if err := n.startAsync(mirror); err != nil {
 				return errors.Join(err, n.stopPrimary())

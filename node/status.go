@@ -67,6 +67,7 @@ type Status struct {
 	ResyncRate      float64  `json:"resync_rate_bytes_per_second,omitempty"`
 	ResyncSkipped   uint64   `json:"resync_skipped_blocks,omitempty"`
 	ResyncETASec    float64  `json:"resync_eta_seconds,omitempty"`
+	ResyncYielding  bool     `json:"resync_yielding,omitempty"`
 	VerifyDone      uint64   `json:"verify_done_blocks,omitempty"`
 	VerifyTotal     uint64   `json:"verify_total_blocks,omitempty"`
 	BitmapBytes     uint64   `json:"bitmap_memory_bytes"`
@@ -194,6 +195,7 @@ func (n *Node) localStatus() Status {
 	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
 	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
 	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped = ms.ResyncDone, ms.ResyncTotal, ms.ResyncSkip
+	st.ResyncYielding = ms.ResyncYielding
 	if ms.Replication == blockdev.StateResyncing {
 		if secs := time.Since(ms.ResyncStart).Seconds(); secs > 0 && ms.ResyncDone > 0 {
 			st.ResyncRate = float64(ms.ResyncDone*uint64(ms.BlockSize)) / secs
@@ -255,6 +257,9 @@ func (st *Status) WriteText(w io.Writer) {
 		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
 		if st.ResyncRate > 0 {
 			repl += fmt.Sprintf(", %s/s, ETA %.0f s", Bytes(uint64(st.ResyncRate)), st.ResyncETASec)
+		}
+		if st.ResyncYielding {
+			repl += ", slowed to the minimum rate: the application writes"
 		}
 	}
 	if st.Replication == blockdev.StateCatchUp {

@@ -46,6 +46,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "journal-full", Value: "throttle", Usage: "async, journal full while connected: throttle writers, or logging (fall back to a bitmap resync)"},
 			&cli.BoolFlag{Name: "resync-checksum", Usage: "compare block checksums before every resync copy (always done after a primary crash)"},
 			&cli.StringFlag{Name: "resync-rate", Usage: "limit resync traffic, e.g. 100MiB (per second; default: no limit)"},
+			&cli.StringFlag{Name: "resync-min-rate", Value: "16MiB", Usage: "while the application writes, a resync slows to this (per second; 0: it never yields)"},
 			&cli.BoolFlag{Name: "passthrough", Usage: "benchmark baseline: serve the local file with no mirroring or dirty tracking"},
 			&cli.StringFlag{Name: "probe-url", Usage: "directory server to watch, e.g. ldap://127.0.0.1:389 or ldapi://%2Frun%2Fslapd%2Fldapi; its health shows in status"},
 			&cli.StringFlag{Name: "probe-bind-dn", Usage: "DN the probe binds as (default: anonymous)"},
@@ -96,6 +97,13 @@ func runDaemon(c *cli.Context) error {
 		var err error
 		if rate, err = parseSize(r); err != nil {
 			return fmt.Errorf("--resync-rate: %w", err)
+		}
+	}
+	var minRate int64
+	if r := c.String("resync-min-rate"); r != "0" {
+		var err error
+		if minRate, err = parseSize(r); err != nil {
+			return fmt.Errorf("--resync-min-rate: %w", err)
 		}
 	}
 	mode, err := blockdev.ParseMode(c.String("mode"))
@@ -182,6 +190,7 @@ func runDaemon(c *cli.Context) error {
 		Window:         c.Int("window"),
 		Passthrough:    c.Bool("passthrough"),
 		ResyncRate:     rate,
+		ResyncMinRate:  minRate,
 		Mode:           mode,
 		JournalSize:    journalSize,
 		OnFull:         onFull,
