@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -24,9 +25,11 @@ var configNames = []string{"passthrough", "sync", "sync-noal", "async", "qemu-qu
 
 var setups = map[string]setup{
 	"passthrough": (*bench).passthrough,
-	"sync":        func(b *bench) (string, func(), error) { return b.mirrored() },
-	"sync-noal":   func(b *bench) (string, func(), error) { return b.mirrored("--activity-log=false") },
-	"async":       func(b *bench) (string, func(), error) { return b.mirrored(asyncFlags...) },
+	"sync":        func(b *bench) (string, func(), error) { return b.mirrored(nil, nil) },
+	"sync-noal":   func(b *bench) (string, func(), error) { return b.mirrored(nil, []string{"--activity-log=false"}) },
+	// Both hosts of a pair run the same --mode: the secondary keeps its
+	// applied journal position only in async mode.
+	"async":       func(b *bench) (string, func(), error) { return b.mirrored(asyncFlags, asyncFlags) },
 	"qemu-quorum": (*bench).qemuQuorum,
 	"raw":         (*bench).raw,
 }
@@ -105,6 +108,32 @@ func (b *bench) daemon(dir string, args ...string) (*proc, error) {
 	return p, nil
 }
 
+// status fetches the daemon's status from its control socket.
+func (b *bench) status(ctl string) (node.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return node.FetchStatus(ctx, ctl)
+}
+
+// journalNote describes an async primary's journal right after a workload:
+// whether it filled (then writers were throttled to the shipping rate) or
+// overflowed.
+func (b *bench) journalNote() string {
+	if b.primaryCtl == "" {
+		return ""
+	}
+	st, err := b.status(b.primaryCtl)
+	if err != nil || st.Mode != "async" {
+		return ""
+	}
+	n := fmt.Sprintf("journal %.0f/%.0f MiB, lag %d records", float64(st.JournalUsed)/(1<<20),
+		float64(st.JournalCapacity)/(1<<20), st.JournalLag)
+	if st.JournalOverflow {
+		n += ", overflowed: " + st.FallbackReason
+	}
+	return n
+}
+
 var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
 
 func (b *bench) initVolume(dir, id string) (string, error) {
@@ -154,8 +183,9 @@ func (b *bench) passthrough() (string, func(), error) {
 }
 
 // mirrored is configurations (b) and (c): mirroring to a secondary on
-// 127.0.0.1, the primary started with extra flags.
-func (b *bench) mirrored(extra ...string) (string, func(), error) {
+// 127.0.0.1. both are extra flags for both daemons (the pair's mode),
+// primary extra flags for the primary alone.
+func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	root, err := os.MkdirTemp(b.work, "mirror")
 	if err != nil {
 		return "", nil, err
@@ -176,14 +206,25 @@ func (b *bench) mirrored(extra ...string) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	sec, err := b.daemon(s, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
+	sec, err := b.daemon(s, append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret}, both...)...)
 	if err != nil {
 		return "", nil, err
 	}
-	pri, err := b.daemon(a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
+	pri, err := b.daemon(a, append(append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, both...), primary...)...)
 	if err != nil {
 		sec.stop()
 		return "", nil, err
+	}
+	// A daemon that ignored --mode would measure sync under async's name.
+	want := "sync"
+	if slices.Equal(both, asyncFlags) {
+		want = "async"
+	}
+	ctl := filepath.Join(a, node.ControlFile)
+	if st, err := b.status(ctl); err != nil || st.Mode != want {
+		pri.stop()
+		sec.stop()
+		return "", nil, fmt.Errorf("primary runs in mode %q, want %q (%v)", st.Mode, want, err)
 	}
 	dev, err := b.attach(a)
 	if err != nil {
@@ -191,7 +232,8 @@ func (b *bench) mirrored(extra ...string) (string, func(), error) {
 		sec.stop()
 		return "", nil, err
 	}
-	return dev, func() { b.detach(dev); pri.stop(); sec.stop(); os.RemoveAll(root) }, nil
+	b.primaryCtl = ctl
+	return dev, func() { b.primaryCtl = ""; b.detach(dev); pri.stop(); sec.stop(); os.RemoveAll(root) }, nil
 }
 
 // raw is configuration (e): fio on a backing file with O_DIRECT, no FUSE,

@@ -74,12 +74,14 @@ type bench struct {
 	slapdSkip  map[string]string // configurations without the directory load, and why
 	slapdLimit time.Duration
 
+	primaryCtl string // control socket of the mirrored primary being measured
+
 	mu       sync.Mutex
 	cleanups []func() // of the configuration being measured, run on SIGINT
 }
 
-// asyncFlags turn a sync primary into an async one. When the daemon gains
-// its async mode under another name, this is the one line to change.
+// asyncFlags turn a sync pair into an async one; both daemons get them
+// (the two hosts of a pair run the same mode).
 var asyncFlags = []string{"--mode", "async"}
 
 func main() {
@@ -231,6 +233,9 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 				res, err = b.fio(dev, w)
 			}
 			res.round, res.config, res.load, res.elapsed = round, name, w.name, time.Since(start)
+			if j := b.journalNote(); j != "" && err == nil {
+				res.note = strings.TrimSpace(res.note + " " + j)
+			}
 			if err == nil {
 				break
 			}
@@ -256,8 +261,8 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 		case w.slapd:
 			fmt.Fprintf(os.Stderr, "round %d %-12s %-22s %8.0f entries/s (%.1f s) %s\n", round, name, w.name, res.Entries, res.elapsed.Seconds(), res.note)
 		default:
-			fmt.Fprintf(os.Stderr, "round %d %-12s %-22s %8.0f IOPS %8.1f MB/s p50 %6.0f µs p99 %6.0f µs\n",
-				round, name, w.name, res.IOPS, res.MBps, res.P50us, res.P99us)
+			fmt.Fprintf(os.Stderr, "round %d %-12s %-22s %8.0f IOPS %8.1f MB/s p50 %6.0f µs p99 %6.0f µs %s\n",
+				round, name, w.name, res.IOPS, res.MBps, res.P50us, res.P99us, res.note)
 		}
 		out = append(out, res)
 		if !up {
