@@ -739,20 +739,7 @@ func (a *Agent) onProbe(tg target, r probe.Result) {
 	h := &a.health
 	wasDown := h.Known && h.ConsecutiveFailures >= a.cfg.Threshold
 	wasUp := h.Up
-	h.Known = true
-	h.Probes++
-	h.LastLatency = r.Latency
-	if r.Err == nil {
-		h.ConsecutiveFailures = 0
-		h.LastSuccess = r.At
-		h.Up = true
-	} else {
-		h.ConsecutiveFailures++
-		h.LastError = r.Err.Error()
-		if h.ConsecutiveFailures >= a.cfg.Threshold {
-			h.Up = false
-		}
-	}
+	h.Record(r, a.cfg.Threshold)
 	isDown := h.ConsecutiveFailures >= a.cfg.Threshold
 	switch {
 	case isDown && !wasDown:

@@ -69,11 +69,9 @@ func (m *Monitor) run(ctx context.Context) {
 	}
 }
 
-// record folds one result into the health and reports a change of Up.
-func (m *Monitor) record(r Result) {
-	m.mu.Lock()
-	h := &m.health
-	wasUp := h.Up
+// Record folds one probe result into h: down after threshold failures in
+// a row, up again after one success.
+func (h *Health) Record(r Result, threshold int) {
 	h.Known = true
 	h.Probes++
 	h.LastLatency = r.Latency
@@ -81,13 +79,21 @@ func (m *Monitor) record(r Result) {
 		h.ConsecutiveFailures = 0
 		h.LastSuccess = r.At
 		h.Up = true
-	} else {
-		h.ConsecutiveFailures++
-		h.LastError = r.Err.Error()
-		if h.ConsecutiveFailures >= m.cfg.Threshold {
-			h.Up = false
-		}
+		return
 	}
+	h.ConsecutiveFailures++
+	h.LastError = r.Err.Error()
+	if h.ConsecutiveFailures >= threshold {
+		h.Up = false
+	}
+}
+
+// record folds one result into the health and reports a change of Up.
+func (m *Monitor) record(r Result) {
+	m.mu.Lock()
+	h := &m.health
+	wasUp := h.Up
+	h.Record(r, m.cfg.Threshold)
 	// Report the first verdict (up, or down after Threshold failures) and
 	// every change after it.
 	decided := h.Up || h.ConsecutiveFailures >= m.cfg.Threshold
