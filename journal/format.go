@@ -85,8 +85,6 @@ var (
 	ErrClosed = errors.New("journal closed")
 	// ErrBadRecord reports a record that cannot be appended as given.
 	ErrBadRecord = errors.New("invalid journal record")
-	// ErrNotEmpty reports an Advance on a journal that still holds records.
-	ErrNotEmpty = errors.New("journal not empty")
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -636,42 +636,6 @@ func (j *Journal) Truncate(seq uint64) error {
 	return nil
 }
 
-// Advance makes the next sequence number at least seq+1. The journal must
-// be empty (every record truncated): a host that becomes primary continues
-// the numbering after the last record it applied as a secondary.
-func (j *Journal) Advance(seq uint64) error {
-	j.truncMu.Lock()
-	defer j.truncMu.Unlock()
-	j.mu.Lock()
-	if j.closed {
-		j.mu.Unlock()
-		return ErrClosed
-	}
-	if seq < j.nextSeq {
-		j.mu.Unlock()
-		return nil
-	}
-	if j.tailSeq != j.nextSeq || len(j.writing) > 0 {
-		n := j.nextSeq - j.tailSeq
-		j.mu.Unlock()
-		return fmt.Errorf("%w: %d records held", ErrNotEmpty, n)
-	}
-	pos := j.headPos
-	j.mu.Unlock()
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	j.mu.Lock()
-	j.durable = max(j.durable, seq)
-	j.mu.Unlock()
-	if err := j.writeSuperLocked(seq+1, pos, true); err != nil {
-		return err
-	}
-	j.mu.Lock()
-	j.tailSeq, j.nextSeq, j.written = seq+1, seq+1, seq
-	j.mu.Unlock()
-	return nil
-}
-
 // Close makes the journal durable and closes the file. Appends waiting for
 // room fail with ErrClosed.
 func (j *Journal) Close() error {

@@ -194,32 +194,6 @@ func TestFullWaitsForTruncate(t *testing.T) {
 	}
 }
 
-func TestAdvance(t *testing.T) {
-	j, path := newJournal(t, MinCapacity)
-	appendWrites(t, j, 2, 100)
-	if err := j.Advance(100); !errors.Is(err, ErrNotEmpty) {
-		t.Fatalf("Advance with records held = %v, want ErrNotEmpty", err)
-	}
-	if err := j.Truncate(2); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.Advance(100); err != nil {
-		t.Fatal(err)
-	}
-	if s := appendWrites(t, j, 1, 100); s[0] != 101 {
-		t.Fatalf("append after Advance(100) got %d", s[0])
-	}
-	j.Close()
-	j, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	if j.Next() != 102 || j.Oldest() != 101 {
-		t.Fatalf("reopened next %d oldest %d, want 102 and 101", j.Next(), j.Oldest())
-	}
-}
-
 func TestCursorTruncatedAndWaits(t *testing.T) {
 	j, _ := newJournal(t, MinCapacity)
 	appendWrites(t, j, 3, 100)
