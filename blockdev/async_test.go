@@ -810,22 +810,7 @@ func benchmarkAsyncWrite(b *testing.B, size, depth int) {
 		replica.Wait()
 		secDev.Close()
 	}()
-	b.SetBytes(int64(size))
-	b.ReportAllocs()
-	var next atomic.Int64
-	slots := volSize / int64(size)
-	b.SetParallelism(depth)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		buf := make([]byte, size)
-		for pb.Next() {
-			off := (next.Add(1) % slots) * int64(size)
-			if _, err := m.WriteAt(buf, off); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
+	parallelWrites(b, m, size, depth)
 	b.StopTimer()
 	if err := m.Drain(ctx); err != nil {
 		b.Fatal(err)

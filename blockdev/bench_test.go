@@ -24,6 +24,12 @@ import (
 func benchmarkMirrorWrite(b *testing.B, size, depth int) {
 	p := newPair(b)
 	defer p.mirror.Close()
+	parallelWrites(b, p.mirror, size, depth)
+}
+
+// parallelWrites runs b.N writes of size bytes to m from depth writers
+// per CPU, each to the next slot of the volume.
+func parallelWrites(b *testing.B, m *Mirror, size, depth int) {
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	var next atomic.Int64
@@ -34,7 +40,7 @@ func benchmarkMirrorWrite(b *testing.B, size, depth int) {
 		buf := make([]byte, size)
 		for pb.Next() {
 			off := (next.Add(1) % slots) * int64(size)
-			if _, err := p.mirror.WriteAt(buf, off); err != nil {
+			if _, err := m.WriteAt(buf, off); err != nil {
 				b.Error(err)
 				return
 			}
