@@ -95,6 +95,8 @@ type Mirror struct {
 	resyncYielding atomic.Bool
 	// resyncSkipped counts blocks a checksum resync found equal and did not send.
 	resyncSkipped atomic.Uint64
+	// resyncSent counts blocks a resync sent to the peer.
+	resyncSent atomic.Uint64
 
 	fence     Fence
 	fenceMu   sync.Mutex // one fence call at a time; writes that need it wait here
@@ -516,6 +518,7 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 		m.peerLost(s, err)
 		return err
 	}
+	m.resyncSent.Add(extentsBlocks(differ))
 	// Cleared under the range lock: a later write to these blocks that fails
 	// marks them again, after this.
 	done := bitmapOf(e)
@@ -595,6 +598,7 @@ type MirrorStatus struct {
 	ResyncTotal uint64 // blocks
 	ResyncStart time.Time
 	ResyncSkip  uint64 // blocks found equal by checksum and not sent, since start
+	ResyncSent  uint64 // blocks a resync sent to the peer, since start
 	// ResyncYielding: the resync runs at its minimum rate because the
 	// application writes.
 	ResyncYielding bool
@@ -652,6 +656,7 @@ func (m *Mirror) Status() MirrorStatus {
 	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
 	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
 	st.ResyncSkip = m.resyncSkipped.Load()
+	st.ResyncSent = m.resyncSent.Load()
 	st.ResyncYielding = m.resyncYielding.Load()
 	st.Suspended = m.suspended.Load()
 	st.Mode = ModeSync.String()

@@ -66,6 +66,7 @@ type Status struct {
 	ResyncTotal     uint64   `json:"resync_total_blocks,omitempty"`
 	ResyncRate      float64  `json:"resync_rate_bytes_per_second,omitempty"`
 	ResyncSkipped   uint64   `json:"resync_skipped_blocks,omitempty"`
+	ResyncSent      uint64   `json:"resync_sent_blocks,omitempty"`
 	ResyncETASec    float64  `json:"resync_eta_seconds,omitempty"`
 	ResyncYielding  bool     `json:"resync_yielding,omitempty"`
 	VerifyDone      uint64   `json:"verify_done_blocks,omitempty"`
@@ -194,7 +195,7 @@ func (n *Node) localStatus() Status {
 	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
 	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
 	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
-	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped = ms.ResyncDone, ms.ResyncTotal, ms.ResyncSkip
+	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped, st.ResyncSent = ms.ResyncDone, ms.ResyncTotal, ms.ResyncSkip, ms.ResyncSent
 	st.ResyncYielding = ms.ResyncYielding
 	if ms.Replication == blockdev.StateResyncing {
 		if secs := time.Since(ms.ResyncStart).Seconds(); secs > 0 && ms.ResyncDone > 0 {
