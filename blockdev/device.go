@@ -62,13 +62,26 @@ func OpenFile(path string, size int64) (*FileDevice, error) {
 	return &FileDevice{f: f, size: size}, nil
 }
 
-// CreateFile creates a sparse backing file of size bytes; it fails if path exists.
-func CreateFile(path string, size int64) error {
+// ErrNoPrealloc reports a filesystem that cannot preallocate a backing file.
+var ErrNoPrealloc = errors.New("the filesystem cannot preallocate the backing file")
+
+// CreateFile creates a backing file of size bytes; it fails if path exists.
+// The file's space is allocated now (fallocate), so writes never find the
+// host's filesystem full and do not pay for block allocation; a sparse file
+// allocates as it is written instead.
+func CreateFile(path string, size int64, sparse bool) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if err := f.Truncate(size); err != nil {
+	if sparse {
+		err = f.Truncate(size)
+	} else if err = unix.Fallocate(int(f.Fd()), 0, 0, size); errors.Is(err, unix.EOPNOTSUPP) {
+		err = fmt.Errorf("%w (fallocate: %w); create a sparse one instead", ErrNoPrealloc, err)
+	} else if errors.Is(err, unix.ENOSPC) {
+		err = fmt.Errorf("allocate %d bytes for %s: %w", size, path, err)
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(path)
 		return err

@@ -54,7 +54,7 @@ func newFile(t testing.TB, name string) string { return newFileSized(t, name, vo
 func newFileSized(t testing.TB, name string, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
-	if err := CreateFile(p, size); err != nil {
+	if err := CreateFile(p, size, false); err != nil {
 		t.Fatal(err)
 	}
 	return p

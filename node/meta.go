@@ -50,10 +50,10 @@ type Meta struct {
 	PrimaryActive bool `json:"primary_active"`
 }
 
-// CreateVolume makes a new volume in dir: a sparse backing file of size
-// bytes and its metadata. A nil id creates a new volume identity; the second
-// host of a pair is given the first host's id.
-func CreateVolume(dir string, size int64, blockSize int, id uuid.UUID) (Meta, error) {
+// CreateVolume makes a new volume in dir: a backing file of size bytes,
+// preallocated unless sparse, and its metadata. A nil id creates a new
+// volume identity; the second host of a pair is given the first host's id.
+func CreateVolume(dir string, size int64, blockSize int, id uuid.UUID, sparse bool) (Meta, error) {
 	if _, err := bitmap.New(size, blockSize); err != nil {
 		return Meta{}, err
 	}
@@ -77,7 +77,7 @@ func CreateVolume(dir string, size int64, blockSize int, id uuid.UUID) (Meta, er
 	if _, err := os.Stat(filepath.Join(dir, MetaFile)); err == nil {
 		return m, fmt.Errorf("%s already holds a volume", dir)
 	}
-	if err := blockdev.CreateFile(filepath.Join(dir, BackingFile), size); err != nil {
+	if err := blockdev.CreateFile(filepath.Join(dir, BackingFile), size, sparse); err != nil {
 		return m, fmt.Errorf("create backing file: %w", err)
 	}
 	return m, writeMeta(dir, m)

@@ -20,7 +20,7 @@ import (
 func TestCreateAndLoadVolume(t *testing.T) {
 	dir := t.TempDir()
 	id := uuid.New()
-	m, err := CreateVolume(dir, 1<<20, 4096, id)
+	m, err := CreateVolume(dir, 1<<20, 4096, id, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestCreateAndLoadVolume(t *testing.T) {
 	if err != nil || st.Size() != 1<<20 {
 		t.Fatalf("backing file: %v, %v", st, err)
 	}
-	if _, err := CreateVolume(dir, 1<<20, 4096, id); err == nil || !strings.Contains(err.Error(), "already holds a volume") {
+	if _, err := CreateVolume(dir, 1<<20, 4096, id, false); err == nil || !strings.Contains(err.Error(), "already holds a volume") {
 		t.Fatalf("second create in the same dir: %v", err)
 	}
 }
@@ -52,7 +52,7 @@ func TestCreateVolumeRejects(t *testing.T) {
 		{"bad block size", 1 << 20, 1000, "power of two"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := CreateVolume(t.TempDir(), tc.size, tc.blockSize, uuid.Nil)
+			_, err := CreateVolume(t.TempDir(), tc.size, tc.blockSize, uuid.Nil, false)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
@@ -64,7 +64,7 @@ func TestOpenRejects(t *testing.T) {
 	secret := []byte("node-test-secret-0123456789")
 	vol := func(t *testing.T) string {
 		dir := t.TempDir()
-		if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+		if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 			t.Fatal(err)
 		}
 		return dir
@@ -123,7 +123,7 @@ func TestOpenRejects(t *testing.T) {
 
 func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a"}
@@ -144,7 +144,7 @@ func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 
 func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	initial, _ := LoadMeta(dir)
@@ -226,7 +226,7 @@ func TestStatusText(t *testing.T) {
 // until a resync copied it.
 func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	m, _ := LoadMeta(dir)
@@ -252,7 +252,7 @@ func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 func TestProbeHealthInStatus(t *testing.T) {
 	srv := slapdtest.Start(t, slapdtest.Options{})
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil); err != nil {
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	logs := &logbuf.Buffer{}

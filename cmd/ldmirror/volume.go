@@ -22,7 +22,7 @@ var dirFlag = &cli.StringFlag{
 func initCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "init",
-		Usage: "create a volume: a sparse backing file and its metadata",
+		Usage: "create a volume: a preallocated backing file and its metadata",
 		Description: "Run it on the first host without --volume-uuid; it prints the new volume's UUID.\n" +
 			"Run it on the second host with --volume-uuid set to that UUID and the same --size.",
 		Flags: []cli.Flag{
@@ -30,6 +30,7 @@ func initCommand() *cli.Command {
 			&cli.StringFlag{Name: "size", Usage: "volume size, e.g. 256MiB, 10GiB (a multiple of the block size)", Required: true},
 			&cli.IntFlag{Name: "block-size", Usage: "dirty-tracking granularity in bytes", Value: bitmap.DefaultBlockSize},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "`UUID` of the volume created on the peer (default: a new volume)"},
+			&cli.BoolFlag{Name: "sparse", Usage: "allocate the backing file's space as it is written, not now: writes fail with ENOSPC if the host's filesystem fills"},
 		},
 		Action: func(c *cli.Context) error {
 			size, err := parseSize(c.String("size"))
@@ -42,7 +43,7 @@ func initCommand() *cli.Command {
 					return fmt.Errorf("--volume-uuid %q: %w", s, err)
 				}
 			}
-			m, err := node.CreateVolume(c.String("dir"), size, c.Int("block-size"), id)
+			m, err := node.CreateVolume(c.String("dir"), size, c.Int("block-size"), id, c.Bool("sparse"))
 			if err != nil {
 				return err
 			}
