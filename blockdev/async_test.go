@@ -406,7 +406,7 @@ func TestAsyncCatchUpKeepsWriteOrder(t *testing.T) {
 
 	t.Run("parallel apply breaks it", func(t *testing.T) {
 		p := newAsyncPair(t, asyncOptions{})
-		p.replica.unordered = true
+		p.replica.parallel = true
 		h, c := shortDisconnect(t, p, false)
 		// Hold the first record the catch-up applies until a later one,
 		// which does not overlap it, was applied.

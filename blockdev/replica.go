@@ -12,12 +12,20 @@ import (
 )
 
 // Replica applies the primary's requests to the secondary's device
-// (DESIGN invariant 8): requests that do not overlap are applied in
-// parallel; a write or trim waits for every earlier unapplied request it
-// overlaps and for an earlier flush barrier; a flush waits for every earlier
-// request and then flushes the device. An ordered request (a journal
-// catch-up) is a barrier too: it runs alone, after every earlier request,
-// so the device always holds a prefix of the primary's writes.
+// (DESIGN invariant 8): a write or trim waits for every earlier unapplied
+// request it overlaps and for an earlier flush barrier; a flush waits for
+// every earlier request and then flushes the device. An ordered request (a
+// journal catch-up) is a barrier too: it runs alone, after every earlier
+// request, so the device always holds a prefix of the primary's writes.
+//
+// A write or trim with nothing to wait for is applied at once on the
+// connection's reader; the rest (and flushes and checksums, which take
+// long) each get a goroutine, so requests that do not overlap a slow one
+// are not held up by it. Applying writes on the reader, one after another,
+// gives up little: a filesystem serializes buffered writes to one file
+// anyway (ext4 holds the inode lock), while a goroutine per write cost a
+// quarter of the secondary's CPU, and acks of requests applied on the
+// reader leave in one batch (issue 7, docs/benchmarks.md).
 //
 // For journaled requests (async mode) the Replica tracks its applied
 // position: the journal sequence number of the last one applied with every
@@ -39,8 +47,9 @@ type Replica struct {
 	durable   journal.Position // applied position made durable by the last flush
 	file      *journal.AppliedFile
 
-	// unordered ignores the Ordered flag (tests show what breaks then).
-	unordered bool
+	// parallel applies every request on its own goroutine and ignores the
+	// Ordered flag (tests show what breaks then).
+	parallel bool
 
 	appliedSeq atomic.Uint64 // highest sequence applied with every one before it
 	writes     atomic.Uint64
@@ -72,7 +81,7 @@ func NewReplica(dev Device, blockSize int, log *slog.Logger) *Replica {
 	return &Replica{dev: dev, blockSize: blockSize, log: log}
 }
 
-// Handle schedules req after the requests it depends on.
+// Handle applies req, or schedules it after the requests it depends on.
 func (r *Replica) Handle(req *transport.Request) {
 	op := &applyOp{req: req, start: req.Offset, end: req.Offset + req.Length, seq: req.Seq, done: make(chan struct{})}
 	if req.JournalSeq != 0 {
@@ -80,7 +89,7 @@ func (r *Replica) Handle(req *transport.Request) {
 	}
 	var deps []chan struct{}
 	r.mu.Lock()
-	op.ordered = req.Ordered && !r.unordered
+	op.ordered = req.Ordered && !r.parallel
 	for _, p := range r.pending {
 		if p.finished {
 			continue
@@ -92,6 +101,13 @@ func (r *Replica) Handle(req *transport.Request) {
 	r.pending = append(r.pending, op)
 	r.mu.Unlock()
 	r.wg.Add(1)
+	if len(deps) == 0 && !r.parallel && (req.Kind == transport.KindWrite || req.Kind == transport.KindTrim) {
+		// Nothing to wait for and quick: apply it on the connection's
+		// reader, which saves a goroutine and a wakeup per write. Flushes
+		// and checksums take long enough to hold up the requests behind.
+		r.apply(op, nil)
+		return
+	}
 	go r.apply(op, deps)
 }
 

@@ -16,29 +16,35 @@ func (h *requestHarness) journal(seq uint64, op transport.JournalOp) {
 }
 
 // TestReplicaOrderedRequestsRunAlone: journal records sent for a catch-up
-// (Ordered) are applied one at a time, in sequence, even when they do not
-// overlap; without the flag the same records run in parallel.
+// (Ordered) are applied one at a time, in sequence, after every earlier
+// request, even one they do not overlap; without the flag the same records
+// do not wait for it.
 func TestReplicaOrderedRequestsRunAlone(t *testing.T) {
 	for _, ordered := range []bool{true, false} {
 		dev := newGatedDevice(1 << 20)
 		r := NewReplica(dev, 4096, nil)
 		h := newRequestHarness(t, r)
+		// A slow request first, which none of the records overlaps: a
+		// checksum held in its read.
 		release := dev.gate(0)
+		sums, err := h.sess.SubmitChecksum(0, 4096)
+		h.track(1, sums, err)
+		h.waitFor(t, func() bool { return dev.readsHeld.Load() == 1 })
 		for i := range 4 {
-			h.journal(uint64(i+1), transport.JournalOp{ID: 3, Seq: uint64(10 + i), Kind: transport.KindWrite, Ordered: ordered, Offset: int64(i) * 65536, Data: bytes.Repeat([]byte{byte(i)}, 4096)})
+			h.journal(uint64(i+2), transport.JournalOp{ID: 3, Seq: uint64(10 + i), Kind: transport.KindWrite, Ordered: ordered, Offset: int64(i+1) * 65536, Data: bytes.Repeat([]byte{byte(i)}, 4096)})
 		}
 		if ordered {
-			h.waitFor(t, func() bool { return dev.running.Load() == 1 })
-			if h.acked(2) || h.acked(3) || h.acked(4) {
-				t.Fatal("an ordered record was applied while an earlier one was held")
+			h.waitFor(t, func() bool { return r.Status().Pending == 5 })
+			if h.acked(2) || h.acked(3) || h.acked(4) || h.acked(5) {
+				t.Fatal("an ordered record was applied while an earlier request was held")
 			}
 		} else {
-			h.waitAcked(t, 2, 3, 4)
+			h.waitAcked(t, 2, 3, 4, 5)
 		}
 		close(release)
-		h.waitAcked(t, 1, 2, 3, 4)
+		h.waitAcked(t, 1, 2, 3, 4, 5)
 		r.Wait()
-		if ordered && (dev.maxRunning.Load() != 1 || len(dev.order) != 4 || dev.order[0] != 0 || dev.order[3] != 3*65536) {
+		if ordered && (dev.maxRunning.Load() != 1 || len(dev.order) != 4 || dev.order[0] != 65536 || dev.order[3] != 4*65536) {
 			t.Fatalf("ordered apply: order %v, %d at once", dev.order, dev.maxRunning.Load())
 		}
 		if st := r.Status(); st.JournalID != 3 || st.JournalApplied != 13 {

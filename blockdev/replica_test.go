@@ -10,9 +10,10 @@ import (
 	"github.com/ldmirror/ldmirror/transport"
 )
 
-// gatedDevice is an in-memory Device whose writes to chosen offsets block
-// until released, and which records the order of completed writes and the
-// highest number of writes it ran at once.
+// gatedDevice is an in-memory Device whose reads and writes at chosen
+// offsets block until released, and which records the order of completed
+// writes, the highest number of writes it ran at once and how many reads
+// are held.
 type gatedDevice struct {
 	mu      sync.Mutex
 	data    []byte
@@ -21,6 +22,7 @@ type gatedDevice struct {
 	flushes int
 
 	running, maxRunning atomic.Int32
+	readsHeld           atomic.Int32
 }
 
 func newGatedDevice(size int) *gatedDevice {
@@ -35,7 +37,21 @@ func (d *gatedDevice) gate(off int64) chan struct{} {
 	return c
 }
 
+// wait blocks at the gate set for off, if any, once.
+func (d *gatedDevice) wait(off int64) {
+	d.mu.Lock()
+	g := d.gates[off]
+	delete(d.gates, off)
+	d.mu.Unlock()
+	if g != nil {
+		<-g
+	}
+}
+
 func (d *gatedDevice) ReadAt(p []byte, off int64) (int, error) {
+	d.readsHeld.Add(1)
+	d.wait(off)
+	d.readsHeld.Add(-1)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return copy(p, d.data[off:]), nil
@@ -50,20 +66,18 @@ func (d *gatedDevice) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	defer d.running.Add(-1)
-	d.mu.Lock()
-	g := d.gates[off]
-	delete(d.gates, off)
-	d.mu.Unlock()
-	if g != nil {
-		<-g
-	}
+	d.wait(off)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.order = append(d.order, off)
 	return copy(d.data[off:], p), nil
 }
 
+// flushGate is the gate offset that holds a Flush.
+const flushGate = -1
+
 func (d *gatedDevice) Flush() error {
+	d.wait(flushGate)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.flushes++
@@ -77,16 +91,31 @@ func (d *gatedDevice) Trim(off, n int64) error {
 func (d *gatedDevice) Size() int64  { return int64(len(d.data)) }
 func (d *gatedDevice) Close() error { return nil }
 
-func TestReplicaOrdersOverlapsAndParallelizesTheRest(t *testing.T) {
+// TestReplicaOrdersOverlapsAndAppliesTheRest: while a slow request (a
+// resync checksum, held in its read) is in flight, a write that overlaps it
+// waits for it, and writes that do not are applied and acknowledged.
+func TestReplicaOrdersOverlapsAndAppliesTheRest(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
 	r := NewReplica(dev, 4096, nil)
 	h := newRequestHarness(t, r)
+	before := bytes.Repeat([]byte{1}, 8192)
+	dev.WriteAt(before, 0)
 
 	release := dev.gate(0)
-	first := bytes.Repeat([]byte{1}, 8192)
+	sums, err := h.sess.SubmitChecksum(0, 8192) // blocks 0-1, held in its read
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies := make(chan []byte, 1)
+	go func() {
+		reply, err := sums.WaitReply()
+		h.mu.Lock()
+		h.done[1] = err
+		h.mu.Unlock()
+		replies <- reply
+	}()
+	h.waitFor(t, func() bool { return dev.readsHeld.Load() == 1 })
 	second := bytes.Repeat([]byte{2}, 4096)
-	h.write(1, 0, first) // blocks 0-1, held at the gate
-	h.waitFor(t, func() bool { return dev.running.Load() == 1 })
 	h.write(2, 4096, second) // overlaps block 1: must wait for seq 1
 	for i := range 4 {       // independent writes: must not wait
 		h.write(uint64(3+i), int64(64+i)*4096, bytes.Repeat([]byte{9}, 4096))
@@ -95,22 +124,21 @@ func TestReplicaOrdersOverlapsAndParallelizesTheRest(t *testing.T) {
 	if h.acked(1) || h.acked(2) {
 		t.Fatal("seq 1 or 2 acknowledged while seq 1 is held")
 	}
+	if st := r.Status(); st.AppliedSeq != 0 || st.Pending != 6 {
+		t.Fatalf("status = %+v while seq 1 is held, want applied seq 0 and 6 pending", st)
+	}
 	close(release)
 	h.waitAcked(t, 1, 2)
 	r.Wait()
 
+	// The checksum read block 1 before seq 2 overwrote it.
+	if reply := <-replies; !bytes.Equal(reply, checksumsOf(before, 4096)) {
+		t.Fatalf("checksum reply %x, want the checksums of the data before seq 2", reply)
+	}
 	got := make([]byte, 8192)
 	dev.ReadAt(got, 0)
-	want := append(bytes.Repeat([]byte{1}, 4096), second...)
-	if !bytes.Equal(got, want) {
+	if want := append(bytes.Repeat([]byte{1}, 4096), second...); !bytes.Equal(got, want) {
 		t.Fatal("block 1 does not hold the later write")
-	}
-	if idx(dev.order, 0) > idx(dev.order, 4096) {
-		t.Fatalf("overlapping writes applied out of order: %v", dev.order)
-	}
-	// They were applied while seq 1 was still inside the device.
-	if dev.maxRunning.Load() < 2 {
-		t.Fatalf("independent writes ran one at a time (max %d at once)", dev.maxRunning.Load())
 	}
 	if st := r.Status(); st.AppliedSeq != 6 || st.Pending != 0 {
 		t.Fatalf("status = %+v, want applied seq 6 and nothing pending", st)
@@ -121,18 +149,21 @@ func TestReplicaFlushIsABarrier(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
 	r := NewReplica(dev, 4096, nil)
 	h := newRequestHarness(t, r)
-	release := dev.gate(0)
+	release := dev.gate(flushGate)
 	h.write(1, 0, make([]byte, 4096))
-	h.flush(2)
+	h.flush(2)                            // held in the device
 	h.write(3, 1<<19, make([]byte, 4096)) // independent of seq 1, but after the barrier
-	h.waitFor(t, func() bool { return dev.running.Load() == 1 })
-	if h.acked(2) || h.acked(3) {
-		t.Fatal("flush or the write after it completed before the earlier write")
+	h.waitAcked(t, 1)
+	// Seqs 3 and 4 are received (3 pending with the flush) but must wait.
+	h.write(4, 1<<19+4096, make([]byte, 4096))
+	h.waitFor(t, func() bool { return r.Status().Pending == 3 })
+	if h.acked(2) || h.acked(3) || h.acked(4) {
+		t.Fatal("the flush or a write after it completed while the flush was held")
 	}
 	close(release)
-	h.waitAcked(t, 1, 2, 3)
-	if got := dev.order; len(got) != 2 || got[0] != 0 || got[1] != 1<<19 {
-		t.Fatalf("apply order = %v, want [0 %d]", got, 1<<19)
+	h.waitAcked(t, 1, 2, 3, 4)
+	if got := dev.order; len(got) != 3 || got[0] != 0 || got[1]+got[2] != 1<<20+4096 {
+		t.Fatalf("apply order = %v, want 0 first, then %d and %d", got, 1<<19, 1<<19+4096)
 	}
 	if dev.flushes != 1 {
 		t.Fatalf("flushes = %d", dev.flushes)

@@ -155,6 +155,10 @@ func (fr *FrameReader) ReadHeader() (Header, error) {
 	return h, nil
 }
 
+// Buffered is the number of bytes received and not yet decoded: 0 means
+// the next ReadHeader may wait for the peer.
+func (fr *FrameReader) Buffered() int { return fr.r.Buffered() }
+
 // ReadPayload reads the payload of the frame whose header was just read into
 // buf, which must hold h.Length bytes, and verifies the checksum.
 func (fr *FrameReader) ReadPayload(h Header, buf []byte) error {

@@ -210,7 +210,7 @@ func (l *Listener) serveConn(conn net.Conn, h Handler) {
 		conn: conn,
 		fr:   fr,
 		peer: peer,
-		acks: make(chan ackItem, l.cfg.Window+8),
+		kick: make(chan struct{}, 1),
 		slot: make(chan struct{}, l.cfg.Window),
 		done: make(chan struct{}),
 	}
@@ -246,13 +246,6 @@ func isProtocolError(err error) bool {
 	return false
 }
 
-type ackItem struct {
-	seq    uint64
-	status uint32
-	body   []byte // reply, or the error message
-	pong   bool
-}
-
 // ServerSession is the secondary's end of a peer connection.
 type ServerSession struct {
 	cfg  Config
@@ -260,8 +253,18 @@ type ServerSession struct {
 	fr   *FrameReader
 	peer Hello
 
-	acks chan ackItem
 	slot chan struct{} // bounds requests handed to the Handler and not yet Done
+
+	// Acks are encoded into ackBuf as requests finish and sent in batches,
+	// so a burst of requests costs one send and one wakeup of the primary:
+	// the reader sends them before it waits for more input, and the
+	// writeLoop (kicked) sends those that finish while it waits.
+	ackMu    sync.Mutex
+	ackBuf   []byte
+	sendMu   sync.Mutex // one batch on the wire at a time; guards spare
+	spare    []byte
+	draining atomic.Bool // the reader handles buffered input and sends acks before it waits
+	kick     chan struct{}
 
 	mu      sync.Mutex
 	err     error
@@ -295,15 +298,46 @@ func (s *ServerSession) fail(err error) {
 }
 
 func (s *ServerSession) ack(seq uint64, body []byte, err error) {
-	item := ackItem{seq: seq, body: body}
+	status := uint32(AckOK)
 	if err != nil {
-		item.status, item.body = AckIOError, errorPayload(err.Error())
+		status, body = AckIOError, errorPayload(err.Error())
 	}
-	select {
-	case s.acks <- item:
-	case <-s.done:
-	}
+	var p [4 + maxErrorText]byte
+	s.queueAck(Header{Type: TypeAck, Seq: seq, Epoch: s.cfg.Epoch}, ackPayload(p[:0], status, body))
 	<-s.slot
+}
+
+// queueAck encodes a frame for the primary into the ack batch and makes
+// sure someone sends it: the reader, if it is draining its input, or else
+// the writeLoop.
+func (s *ServerSession) queueAck(h Header, payload []byte) {
+	s.ackMu.Lock()
+	s.ackBuf = AppendFrame(s.ackBuf, h, payload)
+	s.ackMu.Unlock()
+	if !s.draining.Load() {
+		select {
+		case s.kick <- struct{}{}:
+		default: // already kicked
+		}
+	}
+}
+
+// sendAcks writes the batched acks, if any.
+func (s *ServerSession) sendAcks() error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.ackMu.Lock()
+	buf := s.ackBuf
+	s.ackBuf = s.spare[:0]
+	s.ackMu.Unlock()
+	s.spare = buf[:0]
+	if len(buf) == 0 {
+		return nil
+	}
+	if _, err := s.conn.Write(buf); err != nil {
+		return fmt.Errorf("send to primary: %w", err)
+	}
+	return nil
 }
 
 func (s *ServerSession) run(h Handler) error {
@@ -319,11 +353,21 @@ func (s *ServerSession) run(h Handler) error {
 func (s *ServerSession) readLoop(h Handler) {
 	s.lastRecv.Store(time.Now().UnixNano())
 	for {
+		if s.fr.Buffered() == 0 {
+			// About to wait: send what the requests read so far produced.
+			// After the store, acks that come later kick the writeLoop.
+			s.draining.Store(false)
+			if err := s.sendAcks(); err != nil {
+				s.fail(err)
+				return
+			}
+		}
 		hd, err := s.fr.ReadHeader()
 		if err != nil {
 			s.fail(fmt.Errorf("read from primary: %w", err))
 			return
 		}
+		s.draining.Store(true)
 		s.lastRecv.Store(time.Now().UnixNano())
 		if hd.Epoch != s.peer.Epoch {
 			s.fail(refuse(s.conn, s.cfg.Epoch, fmt.Errorf("%w: frame epoch %d, session epoch %d", ErrStaleEpoch, hd.Epoch, s.peer.Epoch)))
@@ -342,10 +386,7 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		if err := s.fr.ReadPayload(hd, nil); err != nil {
 			return err
 		}
-		select {
-		case s.acks <- ackItem{pong: true}:
-		default: // acks are queued anyway: they prove we are alive
-		}
+		s.queueAck(Header{Type: TypePong, Epoch: s.cfg.Epoch}, nil)
 		return nil
 	}
 	var kind Kind
@@ -500,37 +541,17 @@ func parseJournal(hd Header, p []byte, size uint64) (*Request, error) {
 }
 
 func (s *ServerSession) writeLoop() {
-	var buf []byte
 	for {
-		var item ackItem
 		select {
-		case item = <-s.acks:
+		case <-s.kick:
 		case <-s.done:
 			return
 		}
-		buf = s.appendAck(buf[:0], item)
-	drain:
-		for len(buf) < 64<<10 {
-			select {
-			case item = <-s.acks:
-				buf = s.appendAck(buf, item)
-			default:
-				break drain
-			}
-		}
-		if _, err := s.conn.Write(buf); err != nil {
-			s.fail(fmt.Errorf("send to primary: %w", err))
+		if err := s.sendAcks(); err != nil {
+			s.fail(err)
 			return
 		}
 	}
-}
-
-func (s *ServerSession) appendAck(buf []byte, item ackItem) []byte {
-	if item.pong {
-		return AppendFrame(buf, Header{Type: TypePong, Epoch: s.cfg.Epoch}, nil)
-	}
-	var p [4 + maxErrorText]byte
-	return AppendFrame(buf, Header{Type: TypeAck, Seq: item.seq, Epoch: s.cfg.Epoch}, ackPayload(p[:0], item.status, item.body))
 }
 
 // watchdog closes a session whose primary went silent (it pings when idle).
