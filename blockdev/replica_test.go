@@ -170,15 +170,6 @@ func TestReplicaFlushIsABarrier(t *testing.T) {
 	}
 }
 
-func idx(s []int64, v int64) int {
-	for i, x := range s {
-		if x == v {
-			return i
-		}
-	}
-	return -1
-}
-
 // requestHarness feeds requests to a Handler through a real transport
 // session on 127.0.0.1 and records which sequence numbers were acked.
 type requestHarness struct {
