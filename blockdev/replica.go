@@ -59,18 +59,24 @@ type Replica struct {
 }
 
 type applyOp struct {
-	req      *transport.Request
-	start    int64
-	end      int64 // exclusive; start == end for a flush
-	seq      uint64
-	jpos     journal.Position // of a journaled request; zero otherwise
-	ordered  bool
+	req     *transport.Request // until it is applied
+	kind    transport.Kind
+	start   int64
+	end     int64 // exclusive; start == end for a flush
+	seq     uint64
+	jpos    journal.Position // of a journaled request; zero otherwise
+	ordered bool
+	// done is closed when the op is applied; made only once a later
+	// request waits for it (under mu), as most never need one.
 	done     chan struct{}
 	finished bool
 	failed   bool
 }
 
-func (op *applyOp) barrier() bool { return op.req.Kind == transport.KindFlush || op.ordered }
+func (op *applyOp) barrier() bool { return op.kind == transport.KindFlush || op.ordered }
+
+// opPool recycles applyOps: they leave pending in order, after they finished.
+var opPool = sync.Pool{New: func() any { return new(applyOp) }}
 
 // NewReplica returns a Replica applying to dev, whose checksum replies
 // cover blocks of blockSize bytes.
@@ -83,7 +89,8 @@ func NewReplica(dev Device, blockSize int, log *slog.Logger) *Replica {
 
 // Handle applies req, or schedules it after the requests it depends on.
 func (r *Replica) Handle(req *transport.Request) {
-	op := &applyOp{req: req, start: req.Offset, end: req.Offset + req.Length, seq: req.Seq, done: make(chan struct{})}
+	op := opPool.Get().(*applyOp)
+	*op = applyOp{req: req, kind: req.Kind, start: req.Offset, end: req.Offset + req.Length, seq: req.Seq}
 	if req.JournalSeq != 0 {
 		op.jpos = journal.Position{ID: req.JournalID, Seq: req.JournalSeq}
 	}
@@ -95,6 +102,9 @@ func (r *Replica) Handle(req *transport.Request) {
 			continue
 		}
 		if op.barrier() || p.barrier() || (p.start < op.end && op.start < p.end) {
+			if p.done == nil {
+				p.done = make(chan struct{})
+			}
 			deps = append(deps, p.done)
 		}
 	}
@@ -149,8 +159,10 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 		r.log.Error("apply failed on the secondary", "err", err)
 	}
 	r.mu.Lock()
-	op.finished, op.failed = true, err != nil
-	close(op.done)
+	op.finished, op.failed, op.req = true, err != nil, nil
+	if op.done != nil {
+		close(op.done)
+	}
 	n := 0
 	for n < len(r.pending) && r.pending[n].finished {
 		p := r.pending[n]
@@ -165,7 +177,12 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 	}
 	if n > 0 {
 		r.appliedSeq.Store(r.pending[n-1].seq)
-		r.pending = append(r.pending[:0], r.pending[n:]...)
+		for _, p := range r.pending[:n] {
+			opPool.Put(p) // finished: only its applier's locals remain in use
+		}
+		m := copy(r.pending, r.pending[n:])
+		clear(r.pending[m:])
+		r.pending = r.pending[:m]
 	}
 	r.mu.Unlock()
 	req.Reply(reply, err)

@@ -76,18 +76,21 @@ type Request struct {
 }
 
 // Done acknowledges the request to the primary (err == nil) or reports that
-// it failed. It must be called exactly once; Data is invalid afterwards.
+// it failed. It must be called exactly once; the Request is invalid
+// afterwards (it is reused for a later one).
 func (r *Request) Done(err error) { r.Reply(nil, err) }
 
 // Reply is Done with a body for the primary (the checksums of a checksum
 // request; for a flush, the handler's durable applied journal position).
 func (r *Request) Reply(body []byte, err error) {
 	r.sess.ack(r.Seq, body, err)
-	r.Data = nil
 	putBuf(r.buf)
-	r.buf = nil
-	r.sess = nil
+	*r = Request{}
+	requestPool.Put(r)
 }
+
+// requestPool recycles Requests: one a replicated write otherwise.
+var requestPool = sync.Pool{New: func() any { return new(Request) }}
 
 // Handler applies requests on the secondary. Handle must not block for
 // long: it may apply the request on another goroutine and call Done there.
@@ -422,7 +425,7 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		putBuf(buf)
 		return err
 	}
-	var req *Request
+	var req Request
 	var err error
 	if hd.Type == TypeJournal {
 		req, err = parseJournal(hd, (*buf)[:hd.Length], s.peer.Size)
@@ -437,7 +440,6 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		return err
 	}
 	s.lastSeq = hd.Seq
-	req.sess, req.buf = s, buf
 	select {
 	case s.slot <- struct{}{}:
 	case <-s.done:
@@ -445,34 +447,37 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		return s.err
 	}
 	s.applied.Add(1)
-	h.Handle(req)
+	r := requestPool.Get().(*Request)
+	*r = req
+	r.sess, r.buf = s, buf
+	h.Handle(r)
 	return nil
 }
 
-func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error) {
-	req := &Request{Kind: kind, Seq: hd.Seq}
+func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) {
+	req := Request{Kind: kind, Seq: hd.Seq}
 	switch kind {
 	case KindWrite:
 		if len(p) < 9 {
-			return nil, fmt.Errorf("%w: write frame of %d bytes", ErrMalformed, len(p))
+			return Request{}, fmt.Errorf("%w: write frame of %d bytes", ErrMalformed, len(p))
 		}
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Data = p[8:]
 		req.Length = int64(len(req.Data))
 	case KindTrim, KindChecksum:
 		if len(p) != 16 {
-			return nil, fmt.Errorf("%w: %s frame of %d bytes", ErrMalformed, kind, len(p))
+			return Request{}, fmt.Errorf("%w: %s frame of %d bytes", ErrMalformed, kind, len(p))
 		}
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
 	case KindFlush, KindOutOfSync:
 		if len(p) != 0 {
-			return nil, fmt.Errorf("%w: %s frame with %d payload bytes", ErrMalformed, kind, len(p))
+			return Request{}, fmt.Errorf("%w: %s frame with %d payload bytes", ErrMalformed, kind, len(p))
 		}
 		return req, nil
 	case KindGeneration:
 		if len(p) != 32 {
-			return nil, fmt.Errorf("%w: generation frame of %d bytes", ErrMalformed, len(p))
+			return Request{}, fmt.Errorf("%w: generation frame of %d bytes", ErrMalformed, len(p))
 		}
 		for i := range req.Generations {
 			req.Generations[i] = binary.BigEndian.Uint64(p[8*i:])
@@ -481,7 +486,7 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (*Request, error)
 	}
 	end := uint64(req.Offset) + uint64(req.Length)
 	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {
-		return nil, fmt.Errorf("%w: %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, kind, req.Length, req.Offset, size)
+		return Request{}, fmt.Errorf("%w: %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, kind, req.Length, req.Offset, size)
 	}
 	return req, nil
 }
@@ -494,11 +499,11 @@ const (
 
 // parseJournal decodes a Journal frame's payload into a write, trim or
 // flush request.
-func parseJournal(hd Header, p []byte, size uint64) (*Request, error) {
+func parseJournal(hd Header, p []byte, size uint64) (Request, error) {
 	if len(p) < journalPrefix {
-		return nil, fmt.Errorf("%w: journal frame of %d bytes", ErrMalformed, len(p))
+		return Request{}, fmt.Errorf("%w: journal frame of %d bytes", ErrMalformed, len(p))
 	}
-	req := &Request{
+	req := Request{
 		Kind:       Kind(p[16]),
 		Seq:        hd.Seq,
 		JournalID:  binary.BigEndian.Uint64(p[0:8]),
@@ -507,35 +512,35 @@ func parseJournal(hd Header, p []byte, size uint64) (*Request, error) {
 		Offset:     int64(binary.BigEndian.Uint64(p[24:32])),
 	}
 	if p[17]&^journalOrdered != 0 || p[18]|p[19]|p[20]|p[21]|p[22]|p[23] != 0 {
-		return nil, fmt.Errorf("%w: journal frame with unknown flags", ErrMalformed)
+		return Request{}, fmt.Errorf("%w: journal frame with unknown flags", ErrMalformed)
 	}
 	if req.JournalID == 0 || req.JournalSeq == 0 {
-		return nil, fmt.Errorf("%w: journal frame without a journal position", ErrMalformed)
+		return Request{}, fmt.Errorf("%w: journal frame without a journal position", ErrMalformed)
 	}
 	rest := p[journalPrefix:]
 	switch req.Kind {
 	case KindWrite:
 		if len(rest) == 0 {
-			return nil, fmt.Errorf("%w: journal write without data", ErrMalformed)
+			return Request{}, fmt.Errorf("%w: journal write without data", ErrMalformed)
 		}
 		req.Data = rest
 		req.Length = int64(len(rest))
 	case KindTrim:
 		if len(rest) != 8 {
-			return nil, fmt.Errorf("%w: journal trim frame of %d bytes", ErrMalformed, len(p))
+			return Request{}, fmt.Errorf("%w: journal trim frame of %d bytes", ErrMalformed, len(p))
 		}
 		req.Length = int64(binary.BigEndian.Uint64(rest))
 	case KindFlush:
 		if len(rest) != 0 || req.Offset != 0 {
-			return nil, fmt.Errorf("%w: journal flush with a range or data", ErrMalformed)
+			return Request{}, fmt.Errorf("%w: journal flush with a range or data", ErrMalformed)
 		}
 		return req, nil
 	default:
-		return nil, fmt.Errorf("%w: journal frame of kind %s", ErrMalformed, req.Kind)
+		return Request{}, fmt.Errorf("%w: journal frame of kind %s", ErrMalformed, req.Kind)
 	}
 	end := uint64(req.Offset) + uint64(req.Length)
 	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {
-		return nil, fmt.Errorf("%w: journal %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, req.Kind, req.Length, req.Offset, size)
+		return Request{}, fmt.Errorf("%w: journal %s of %d bytes at offset %d outside the %d-byte volume", ErrMalformed, req.Kind, req.Length, req.Offset, size)
 	}
 	return req, nil
 }

@@ -377,7 +377,10 @@ func (s *Session) writeLoop() {
 		case <-s.done:
 			return
 		}
-		if _, err := bufs.WriteTo(s.conn); err != nil {
+		// WriteTo consumes the slice it is given: hand it a copy so that
+		// bufs keeps its array for the next batch.
+		out := bufs
+		if _, err := out.WriteTo(s.conn); err != nil {
 			s.fail(fmt.Errorf("send to peer: %w", err))
 			return
 		}
