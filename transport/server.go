@@ -89,11 +89,14 @@ func (r *Request) Reply(body []byte, err error) {
 	requestPool.Put(r)
 }
 
-// requestPool recycles Requests: one a replicated write otherwise.
+// requestPool recycles Requests, which would cost an allocation per
+// replicated write otherwise.
 var requestPool = sync.Pool{New: func() any { return new(Request) }}
 
-// Handler applies requests on the secondary. Handle must not block for
-// long: it may apply the request on another goroutine and call Done there.
+// Handler applies requests on the secondary. The next request is read when
+// Handle returns, so Handle must not block for long: it may apply a quick
+// request in place (its ack then leaves with the others read in the same
+// go) and a slow one on another goroutine, calling Done there.
 type Handler interface {
 	Handle(req *Request)
 }
