@@ -2,8 +2,11 @@ package blockdev
 
 import (
 	"bytes"
+	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,6 +145,50 @@ func TestReplicaOrdersOverlapsAndAppliesTheRest(t *testing.T) {
 	}
 	if st := r.Status(); st.AppliedSeq != 6 || st.Pending != 0 {
 		t.Fatalf("status = %+v, want applied seq 6 and nothing pending", st)
+	}
+}
+
+// failingDevice fails writes at one offset with err.
+type failingDevice struct {
+	*gatedDevice
+	at  int64
+	err error
+}
+
+func (d failingDevice) WriteAt(p []byte, off int64) (int, error) {
+	if off == d.at {
+		return 0, d.err
+	}
+	return d.gatedDevice.WriteAt(p, off)
+}
+
+// TestReplicaReportsAFailedWrite: a write the secondary's device refuses
+// (applied on the reader, like every independent write) is answered with an
+// error that names it and the device's error, counted as a failure, and
+// the requests after it are still applied.
+func TestReplicaReportsAFailedWrite(t *testing.T) {
+	dev := failingDevice{gatedDevice: newGatedDevice(1 << 20), at: 8192, err: syscall.ENOSPC}
+	r := NewReplica(dev, 4096, nil)
+	h := newRequestHarness(t, r)
+	h.write(1, 0, make([]byte, 4096))
+	h.write(2, 8192, make([]byte, 4096)) // refused
+	h.write(3, 16384, make([]byte, 4096))
+	h.waitFor(t, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.done) == 3
+	})
+	h.mu.Lock()
+	err2 := h.done[2]
+	h.mu.Unlock()
+	if !h.acked(1) || !h.acked(3) {
+		t.Fatal("the writes around the failed one were not acknowledged")
+	}
+	if !errors.Is(err2, transport.ErrRemoteIO) || !strings.Contains(err2.Error(), "offset 8192") || !strings.Contains(err2.Error(), "no space left on device") {
+		t.Fatalf("failed write: %v; want ErrRemoteIO naming offset 8192 and ENOSPC", err2)
+	}
+	if st := r.Status(); st.Failures != 1 || st.Writes != 2 || st.AppliedSeq != 3 {
+		t.Fatalf("status %+v, want 1 failure, 2 writes, applied through seq 3", st)
 	}
 }
 
