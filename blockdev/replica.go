@@ -19,13 +19,16 @@ import (
 // request, so the device always holds a prefix of the primary's writes.
 //
 // A write or trim with nothing to wait for is applied at once on the
-// connection's reader; the rest (and flushes and checksums, which take
-// long) each get a goroutine, so requests that do not overlap a slow one
-// are not held up by it. Applying writes on the reader, one after another,
-// gives up little: a filesystem serializes buffered writes to one file
-// anyway (ext4 holds the inode lock), while a goroutine per write cost a
-// quarter of the secondary's CPU, and acks of requests applied on the
-// reader leave in one batch (issue 7, docs/benchmarks.md).
+// connection's reader; writes and trims that must wait queue, in arrival
+// order, for one goroutine that applies them as their turn comes; flushes
+// and checksums, which take long, each get a goroutine, so requests that
+// do not overlap a slow one are not held up by it. Applying writes one
+// after another gives up little: a filesystem serializes buffered writes
+// to one file anyway (ext4 holds the inode lock), while a goroutine per
+// write cost a quarter of the secondary's CPU, and the writes held behind
+// a flush, released together, spun on that lock (issue 7,
+// docs/benchmarks.md). Acks of requests applied on the reader leave in one
+// batch.
 //
 // For journaled requests (async mode) the Replica tracks its applied
 // position: the journal sequence number of the last one applied with every
@@ -40,8 +43,14 @@ type Replica struct {
 	mu      sync.Mutex
 	pending []*applyOp // in arrival (sequence) order; finished ones are trimmed from the front
 	wg      sync.WaitGroup
-	applied journal.Position // last journaled request applied with all before it
-	stuck   bool             // a journaled request failed: applied stays where it is
+	// waiting holds the writes and trims that wait for earlier requests,
+	// in arrival order, from waitHead on; a queue goroutine runs while
+	// queueing is set.
+	waiting  []waitingOp
+	waitHead int
+	queueing bool
+	applied  journal.Position // last journaled request applied with all before it
+	stuck    bool             // a journaled request failed: applied stays where it is
 
 	durableMu sync.Mutex
 	durable   journal.Position // applied position made durable by the last flush
@@ -73,6 +82,12 @@ type applyOp struct {
 	failed   bool
 }
 
+// waitingOp is a queued write or trim and what it waits for.
+type waitingOp struct {
+	op   *applyOp
+	deps []chan struct{}
+}
+
 func (op *applyOp) barrier() bool { return op.kind == transport.KindFlush || op.ordered }
 
 // opPool recycles applyOps: they leave pending in order, after they finished.
@@ -94,7 +109,9 @@ func (r *Replica) Handle(req *transport.Request) {
 	if req.JournalSeq != 0 {
 		op.jpos = journal.Position{ID: req.JournalID, Seq: req.JournalSeq}
 	}
+	quick := !r.parallel && (req.Kind == transport.KindWrite || req.Kind == transport.KindTrim)
 	var deps []chan struct{}
+	r.wg.Add(1) // before a running queue goroutine can see op
 	r.mu.Lock()
 	op.ordered = req.Ordered && !r.parallel
 	for _, p := range r.pending {
@@ -109,16 +126,44 @@ func (r *Replica) Handle(req *transport.Request) {
 		}
 	}
 	r.pending = append(r.pending, op)
-	r.mu.Unlock()
-	r.wg.Add(1)
-	if len(deps) == 0 && !r.parallel && (req.Kind == transport.KindWrite || req.Kind == transport.KindTrim) {
-		// Nothing to wait for and quick: apply it on the connection's
-		// reader, which saves a goroutine and a wakeup per write. Flushes
-		// and checksums take long enough to hold up the requests behind.
-		r.apply(op, nil)
-		return
+	queued, startQueue := quick && len(deps) > 0, false
+	if queued {
+		r.waiting = append(r.waiting, waitingOp{op: op, deps: deps})
+		startQueue = !r.queueing
+		r.queueing = true
 	}
-	go r.apply(op, deps)
+	r.mu.Unlock()
+	switch {
+	case quick && !queued:
+		// Nothing to wait for and quick: apply it on the connection's
+		// reader, which saves a goroutine and a wakeup per write.
+		r.apply(op, nil)
+	case startQueue:
+		r.wg.Add(1)
+		go r.runQueue()
+	case !queued:
+		go r.apply(op, deps)
+	}
+}
+
+// runQueue applies the waiting writes and trims in arrival order until
+// none is left. Each waits only for earlier requests, so the order cannot
+// deadlock.
+func (r *Replica) runQueue() {
+	defer r.wg.Done()
+	for {
+		r.mu.Lock()
+		if r.waitHead == len(r.waiting) {
+			r.waiting, r.waitHead, r.queueing = r.waiting[:0], 0, false
+			r.mu.Unlock()
+			return
+		}
+		w := r.waiting[r.waitHead]
+		r.waiting[r.waitHead] = waitingOp{}
+		r.waitHead++
+		r.mu.Unlock()
+		r.apply(w.op, w.deps)
+	}
 }
 
 func (r *Replica) apply(op *applyOp, deps []chan struct{}) {

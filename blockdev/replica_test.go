@@ -3,6 +3,7 @@ package blockdev
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,6 +215,38 @@ func TestReplicaFlushIsABarrier(t *testing.T) {
 	}
 	if dev.flushes != 1 {
 		t.Fatalf("flushes = %d", dev.flushes)
+	}
+}
+
+// TestReplicaQueuesWritesHeldByABarrier: the writes that wait behind a
+// flush are applied one at a time in arrival order once it completes, by
+// one goroutine, not released all at once to contend for the device.
+func TestReplicaQueuesWritesHeldByABarrier(t *testing.T) {
+	dev := newGatedDevice(1 << 20)
+	r := NewReplica(dev, 4096, nil)
+	h := newRequestHarness(t, r)
+	release := dev.gate(flushGate)
+	h.flush(1)
+	const n = 16
+	var want []int64
+	for i := range n { // independent of each other, all after the barrier
+		off := int64((i*7)%n) * 4096
+		want = append(want, off)
+		h.write(uint64(2+i), off, bytes.Repeat([]byte{byte(i)}, 4096))
+	}
+	h.waitFor(t, func() bool { return r.Status().Pending == n+1 })
+	close(release)
+	seqs := make([]uint64, 0, n+1)
+	for i := range n + 1 {
+		seqs = append(seqs, uint64(1+i))
+	}
+	h.waitAcked(t, seqs...)
+	r.Wait()
+	if got := dev.order; !slices.Equal(got, want) {
+		t.Fatalf("apply order %v, want arrival order %v", got, want)
+	}
+	if m := dev.maxRunning.Load(); m != 1 {
+		t.Fatalf("%d writes ran at once, want 1", m)
 	}
 }
 
