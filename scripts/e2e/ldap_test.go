@@ -166,8 +166,7 @@ func startDirectoryPair(t *testing.T, opts map[string]agentOptions) (*trio, map[
 				exec.Command("kill", "-9", strings.TrimSpace(string(pid))).Run()
 			}
 			exec.Command("umount", "-l", d.mnt).Run()
-			out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(d.dir, node.ExportDir, "volume")).Output()
-			for _, dev := range strings.Fields(string(out)) {
+			for _, dev := range exportLoops(d.dir) {
 				exec.Command("losetup", "-d", dev).Run()
 			}
 		}
@@ -365,8 +364,7 @@ func reboot(t *testing.T, tr *trio, d *directoryHost) {
 		exec.Command("kill", "-9", strings.TrimSpace(string(pid))).Run()
 	}
 	exec.Command("umount", "-l", d.mnt).Run()
-	out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(d.dir, node.ExportDir, "volume")).Output()
-	for _, dev := range strings.Fields(string(out)) {
+	for _, dev := range exportLoops(d.dir) {
 		exec.Command("losetup", "-d", dev).Run()
 	}
 	tr.start(d.host, "--agent-config", filepath.Join(d.dir, "agent.json"))
@@ -472,7 +470,14 @@ func TestLDAPFailover(t *testing.T) {
 	}
 
 	// An orderly stop: slapcat reads the whole database, e2fsck finds the
-	// file system clean.
+	// file system clean. b's daemon stops first: with min_swap_interval
+	// 1 s its agent would otherwise take the role about three probes after
+	// a's slapd stops here, or sooner, since a probe it made while a was
+	// still promoting counts among the three.
+	tr.daemon["b"].stop(t)
+	if st := statusJSON(t, a); st.Role != node.RolePrimary {
+		t.Fatalf("a is %s after the last failback, want primary", st.Role)
+	}
 	out, err := exec.Command("slapcat", "-f", dirs["a"].conf).CombinedOutput()
 	if err != nil {
 		t.Fatalf("slapcat on a: %v %s", err, out)
@@ -480,11 +485,11 @@ func TestLDAPFailover(t *testing.T) {
 	for _, step := range []string{"stop", "umount"} {
 		dirs["a"].runHook(t, tr, step)
 	}
-	dev, err := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(a, node.ExportDir, "volume")).Output()
-	if err != nil || len(strings.Fields(string(dev))) == 0 {
-		t.Fatalf("no loop device on a's export: %v", err)
+	loops := exportLoops(a)
+	if len(loops) == 0 {
+		t.Fatal("no loop device on a's export")
 	}
-	if out, err := exec.Command("e2fsck", "-fn", strings.Fields(string(dev))[0]).CombinedOutput(); err != nil {
+	if out, err := exec.Command("e2fsck", "-fn", loops[0]).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck of a's volume: %v\n%s", err, out)
 	}
 }
