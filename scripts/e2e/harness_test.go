@@ -127,10 +127,14 @@ func startDaemonIn(t *testing.T, prefix []string, dir string, args ...string) *d
 	d := &daemon{dir: dir, cmd: cmd, log: logf, done: make(chan struct{})}
 	go func() { d.err = cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
+		loops := exportLoops(dir) // found by path only while the export is served
 		d.kill()
 		<-d.done
 		// A killed primary leaves a dead FUSE mount behind.
 		_ = syscall.Unmount(filepath.Join(dir, node.ExportDir), syscall.MNT_DETACH)
+		for _, dev := range loops { // a mounted one detaches at its umount
+			_ = exec.Command("losetup", "-d", dev).Run()
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("log of the daemon in %s:\n%s", dir, b)
@@ -158,6 +162,14 @@ func (d *daemon) stop(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("daemon in %s did not exit within 30 s of SIGTERM", d.dir)
 	}
+}
+
+// exportLoops lists the loop devices over dir's export file. It finds them
+// only while a daemon serves the export: once the FUSE mount is gone their
+// backing file has lost its path.
+func exportLoops(dir string) []string {
+	out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(dir, node.ExportDir, "volume")).Output()
+	return strings.Fields(string(out))
 }
 
 func (d *daemon) kill() {
