@@ -20,8 +20,9 @@ func overwrite(c *ldap.Conn, req *ldap.AddRequest) error {
 	if err != nil {
 		return err
 	}
-	keep := make(map[string]bool, len(req.Attributes))
-	for _, a := range req.Attributes {
+	want := withRDNValues(req)
+	keep := make(map[string]bool, len(want))
+	for _, a := range want {
 		keep[strings.ToLower(a.Type)] = true
 	}
 	mod := ldap.NewModifyRequest(req.DN, req.Controls)
@@ -30,7 +31,7 @@ func overwrite(c *ldap.Conn, req *ldap.AddRequest) error {
 			mod.Replace(a.Name, nil)
 		}
 	}
-	for _, a := range req.Attributes {
+	for _, a := range want {
 		mod.Replace(a.Type, a.Vals)
 	}
 	err = c.Modify(mod)
@@ -48,6 +49,29 @@ func overwrite(c *ldap.Conn, req *ldap.AddRequest) error {
 		return err
 	}
 	return c.Add(req)
+}
+
+// withRDNValues returns req's attributes plus the values of its DN's RDN
+// that they lack. slapd adds those to an entry on add, so the entry an
+// overwrite leaves must have them too; a modify without them fails with
+// namingViolation (64). A DN that does not parse is left to the server.
+func withRDNValues(req *ldap.AddRequest) []ldap.Attribute {
+	dn, err := ldap.ParseDN(req.DN)
+	if err != nil || len(dn.RDNs) == 0 {
+		return req.Attributes
+	}
+	attrs := slices.Clone(req.Attributes)
+	for _, av := range dn.RDNs[0].Attributes {
+		i := slices.IndexFunc(attrs, func(a ldap.Attribute) bool { return strings.EqualFold(a.Type, av.Type) })
+		if i < 0 {
+			attrs = append(attrs, ldap.Attribute{Type: av.Type, Vals: []string{av.Value}})
+			continue
+		}
+		if !slices.ContainsFunc(attrs[i].Vals, func(v string) bool { return strings.EqualFold(v, av.Value) }) {
+			attrs[i].Vals = append(slices.Clip(attrs[i].Vals), av.Value)
+		}
+	}
+	return attrs
 }
 
 // readEntry reads the user attributes of dn.

@@ -204,6 +204,17 @@ func TestIdempotentWrites(t *testing.T) {
 			},
 		},
 		{
+			// slapd adds an RDN value the add lacks; so must the overwrite.
+			name:  "add existing leaf, request without the RDN value",
+			setup: func(t *testing.T) { mustAdd(t, person("cn=a5,"+base, "p5", "old")) },
+			call:  func() error { return s.Add(ctx, person("cn=a5,"+base, "p5", "new")) },
+			check: func(t *testing.T, err error) {
+				want := person("cn=a5,"+base, "p5", "new")
+				want.Attributes[1].Vals = []string{"p5", "a5"}
+				wantEntry(t, srv, err, want)
+			},
+		},
+		{
 			name: "add existing entry with children, same class",
 			setup: func(t *testing.T) {
 				r := ou("p2")
