@@ -132,6 +132,9 @@ func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.closeDevices()
+	if !n.Status().NoControlPlane {
+		t.Error("status of a node without a control plane does not say so")
+	}
 	before, _ := os.ReadFile(filepath.Join(dir, MetaFile))
 	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "in use by another ldmirror daemon") {
 		t.Fatalf("second Open = %v, want the volume reported in use", err)
@@ -206,6 +209,8 @@ func TestStatusText(t *testing.T) {
 			[]string{"replicating (sync)", "verify       25.0% (10 of 40 blocks)"}},
 		{"logging", Status{Role: RolePrimary, Link: LinkDisconnected, Peer: "b:7789", Replication: "logging", DirtyBlocks: 3, DirtyBytes: 12288, LastError: "peer link lost"},
 			[]string{"disconnected to b:7789", "dirty        3 blocks (12.0 KiB)", "last error   peer link lost"}},
+		{"no control plane", Status{Role: RolePrimary, NoControlPlane: true},
+			[]string{"control      NONE: role from --role only, no split-brain protection"}},
 		{"secondary", Status{Role: RoleSecondary, Link: LinkConnected, PeerNode: "a", Replication: "replicating", WritesApplied: 5, AppliedSeq: 9},
 			[]string{"(node a)", "applied      5 writes, 0 B, up to seq 9"}},
 	} {

@@ -35,6 +35,9 @@ type Status struct {
 	Epoch        uint64 `json:"epoch,omitempty"`
 	NamedPrimary string `json:"named_primary,omitempty"`
 	RaftLeader   string `json:"raft_leader,omitempty"`
+	// NoControlPlane: the role comes from --role alone, so nothing stops
+	// a second primary (development mode).
+	NoControlPlane bool `json:"no_control_plane,omitempty"`
 
 	// Directory server health, with a probe configured.
 	LDAP *LDAPHealth `json:"ldap,omitempty"`
@@ -110,6 +113,7 @@ func (n *Node) Status() Status {
 	}
 	cp := n.cfg.ControlPlane
 	if cp == nil {
+		st.NoControlPlane = true
 		return st
 	}
 	cs := cp.State()
@@ -299,6 +303,9 @@ func (st *Status) WriteText(w io.Writer) {
 			leader = "none (no quorum?)"
 		}
 		row("control", "epoch %d, primary %s, raft leader %s", st.Epoch, st.NamedPrimary, leader)
+	}
+	if st.NoControlPlane {
+		row("control", "NONE: role from --role only, no split-brain protection")
 	}
 	if st.Role == RolePrimary {
 		row("dirty", "%d blocks (%s)", st.DirtyBlocks, Bytes(st.DirtyBytes))
