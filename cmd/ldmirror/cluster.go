@@ -58,6 +58,12 @@ func memberFlags(prefix string) []cli.Flag {
 		&cli.BoolFlag{Name: prefix + "bootstrap", Usage: "start a new cluster with this member as its only voter (once, on the first host)"},
 		&cli.StringFlag{Name: prefix + "join", Usage: "join the cluster through the member at `ADDR` (any member)"},
 		&cli.DurationFlag{Name: prefix + "raft-timeout", Usage: "raft heartbeat and election timeout `DURATION`: a dead leader is replaced after 1-2x this", Value: time.Second},
+		// Hidden: the defaults suit every deployment (the state is tiny);
+		// tests lower them to make members snapshot and truncate their log
+		// after a few entries.
+		&cli.Uint64Flag{Name: prefix + "raft-snapshot-threshold", Hidden: true, Usage: "snapshot after `N` new log entries (0: 1024)"},
+		&cli.DurationFlag{Name: prefix + "raft-snapshot-interval", Hidden: true, Usage: "check the snapshot threshold every 1-2x `DURATION` (0: raft's 2m)"},
+		&cli.Uint64Flag{Name: prefix + "raft-trailing-logs", Hidden: true, Usage: "keep `N` log entries after a snapshot for slow followers (0: 1024)"},
 	}
 }
 
@@ -94,6 +100,10 @@ func startMember(c *cli.Context, prefix string, opt memberOptions) (*member, err
 	if t < 50*time.Millisecond {
 		return nil, fmt.Errorf("--%sraft-timeout %v is too short (at least 50ms)", prefix, t)
 	}
+	si := c.Duration(prefix + "raft-snapshot-interval")
+	if si != 0 && si < 5*time.Millisecond {
+		return nil, fmt.Errorf("--%sraft-snapshot-interval %v is too short (at least 5ms)", prefix, si)
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
@@ -109,6 +119,10 @@ func startMember(c *cli.Context, prefix string, opt memberOptions) (*member, err
 		HeartbeatTimeout:   t,
 		ElectionTimeout:    t,
 		LeaderLeaseTimeout: t / 2,
+
+		SnapshotThreshold: c.Uint64(prefix + "raft-snapshot-threshold"),
+		SnapshotInterval:  si,
+		TrailingLogs:      c.Uint64(prefix + "raft-trailing-logs"),
 	})
 	if err != nil {
 		return nil, err

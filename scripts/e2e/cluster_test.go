@@ -9,12 +9,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/netns"
+	"go.etcd.io/bbolt"
 )
 
 // The control plane on three network namespaces: data hosts a and b run
@@ -55,8 +59,9 @@ type clusterLab struct {
 }
 
 // newClusterLab starts a (bootstrapping), then b and w joining through a,
-// and waits until every member sees three registered voters and a leader.
-func newClusterLab(t *testing.T) *clusterLab {
+// each with the member flags extra too, and waits until every member sees
+// three registered voters and a leader.
+func newClusterLab(t *testing.T, extra ...string) *clusterLab {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -75,6 +80,7 @@ func newClusterLab(t *testing.T) *clusterLab {
 		}
 		args = append(args, "--data-dir", filepath.Join(root, h), "--node-id", h,
 			"--bind", lab.Addr(h)+":"+clusterPort, "--secret-file", secret, "--raft-timeout", raftTimeout)
+		args = append(args, extra...)
 		if h == "a" {
 			args = append(args, "--bootstrap")
 		} else {
@@ -250,22 +256,8 @@ func TestClusterBootstrapJoin(t *testing.T) {
 	}
 	intruder := cl.lab.Command("w", binary, "witness", "--data-dir", t.TempDir(), "--node-id", "x",
 		"--bind", cl.lab.Addr("w")+":7401", "--secret-file", bad, "--join", cl.lab.Addr("a")+":"+clusterPort)
-	var out bytes.Buffer
-	intruder.Stdout, intruder.Stderr = &out, &out
-	if err := intruder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- intruder.Wait() }()
-	select {
-	case err := <-exited:
-		if err == nil || !strings.Contains(out.String(), "authentication failed") {
-			t.Fatalf("member with a wrong secret: exit %v, output:\n%s", err, out.String())
-		}
-	case <-time.After(20 * time.Second):
-		_ = intruder.Process.Kill()
-		<-exited
-		t.Fatalf("member with a wrong secret still running after 20 s:\n%s", out.String())
+	if out, err := waitExit(t, intruder, 20*time.Second); err == nil || !strings.Contains(out, "authentication failed") {
+		t.Fatalf("member with a wrong secret: exit %v, output:\n%s", err, out)
 	}
 	if st, err := cl.status("a"); err != nil || len(st.Members) != 3 || len(st.Volume.Hosts) != 3 {
 		t.Fatalf("after a refused join: members %+v, hosts %+v, %v", st.Members, st.Volume.Hosts, err)
@@ -369,19 +361,57 @@ func TestClusterPartitionFailover(t *testing.T) {
 	}
 }
 
-// TestClusterRestart: every member is killed with SIGKILL and restarted
-// with its original flags; the state is what it was, and commands commit.
+// restartTrailingLogs is the --raft-trailing-logs of TestClusterRestart.
+const restartTrailingLogs = 2
+
+// TestClusterRestart: members snapshot every few entries and keep only
+// restartTrailingLogs after each, so the first entries (registrations, the
+// forced promotion) survive in snapshots only. Every member is killed with
+// SIGKILL and restarted with its original flags; the state is what it was,
+// and commands commit.
 func TestClusterRestart(t *testing.T) {
-	cl := newClusterLab(t)
+	cl := newClusterLab(t, "--raft-snapshot-threshold", "4", "--raft-snapshot-interval", "50ms",
+		"--raft-trailing-logs", strconv.Itoa(restartTrailingLogs))
 	cl.promoteInitial()
-	cl.mustCtl("a", "demote", "a")
-	cl.mustCtl("a", "promote", "a")
-	before := cl.waitState("w", 10*time.Second, "a primary in epoch 3", func(v cluster.VolumeState) bool {
-		return v.Primary == "a" && v.Epoch == 3
+	forced := cl.waitState("w", 10*time.Second, "a primary in epoch 1", func(v cluster.VolumeState) bool {
+		return v.Primary == "a" && v.Epoch == 1
+	}).LastForced.Index
+	// The older of two snapshots at or past forced+trailing means the log
+	// was compacted past forced: raft compacts right after a snapshot, on
+	// the goroutine that takes the next one.
+	epoch := cluster.Epoch(1)
+	waitFor(t, 30*time.Second, fmt.Sprintf("every member to compact its log past the forced promotion (index %d)", forced), func() bool {
+		done := true
+		for _, h := range []string{"a", "b", "w"} {
+			idx := snapshotIndexes(filepath.Join(cl.members[h].dir, cluster.SnapshotDir))
+			done = done && len(idx) >= 2 && idx[1] >= forced+restartTrailingLogs
+		}
+		if !done {
+			// Far more than a snapshot every 4 entries needs: the member
+			// ignores --raft-snapshot-threshold.
+			if epoch > 100 {
+				t.Fatalf("no log compacted past index %d after %d role changes", forced, epoch-1)
+			}
+			cl.mustCtl("a", "demote", "a")
+			cl.mustCtl("a", "promote", "a")
+			epoch += 2
+		}
+		return done
+	})
+	before := cl.waitState("w", 10*time.Second, fmt.Sprintf("a primary in epoch %d", epoch), func(v cluster.VolumeState) bool {
+		return v.Primary == "a" && v.Epoch == epoch
 	})
 
 	for _, h := range []string{"a", "b", "w"} {
 		cl.kill(h)
+	}
+	for _, h := range []string{"a", "b", "w"} {
+		first := firstLogIndex(t, filepath.Join(cl.members[h].dir, cluster.StoreFile))
+		if first <= forced {
+			t.Fatalf("%s's log starts at index %d: the forced promotion (%d) is still in it, not only in a snapshot", h, first, forced)
+		}
+		t.Logf("%s: log from index %d, snapshots at %v; forced promotion at %d, epoch %d", h, first,
+			snapshotIndexes(filepath.Join(cl.members[h].dir, cluster.SnapshotDir)), forced, epoch)
 	}
 	for _, h := range []string{"w", "b", "a"} {
 		cl.start(h)
@@ -391,13 +421,47 @@ func TestClusterRestart(t *testing.T) {
 		after := cl.waitState(h, 10*time.Second, "the state from before the restart", func(v cluster.VolumeState) bool {
 			return v.Index >= before.Index
 		})
-		if !sameState(before, after) {
+		if !sameState(before, after) || after.ForcedPromotions != 1 {
 			t.Fatalf("state on %s after restart:\n%+v\nbefore:\n%+v", h, after, before)
 		}
 	}
-	if out := cl.mustCtl("b", "demote", "a"); !strings.Contains(out, "no primary in epoch 4") {
-		t.Fatalf("demote after restart: %q", out)
+	if out, want := cl.mustCtl("b", "demote", "a"), fmt.Sprintf("no primary in epoch %d", epoch+1); !strings.Contains(out, want) {
+		t.Fatalf("demote after restart: %q, want %q", out, want)
 	}
+}
+
+// snapshotIndexes returns the raft index of each complete snapshot in dir,
+// newest first; a snapshot being written or reaped is left out.
+func snapshotIndexes(dir string) []uint64 {
+	entries, _ := os.ReadDir(dir)
+	var idx []uint64
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "meta.json"))
+		var meta raft.SnapshotMeta
+		if err != nil || strings.HasSuffix(e.Name(), ".tmp") || json.Unmarshal(b, &meta) != nil {
+			continue
+		}
+		idx = append(idx, meta.Index)
+	}
+	slices.Sort(idx)
+	slices.Reverse(idx)
+	return idx
+}
+
+// firstLogIndex reads the first raft log index in the bolt store at path,
+// whose member must be stopped.
+func firstLogIndex(t *testing.T, path string) uint64 {
+	t.Helper()
+	s, err := raftboltdb.New(raftboltdb.Options{Path: path, BoltOptions: &bbolt.Options{ReadOnly: true, Timeout: time.Second}})
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	defer s.Close()
+	first, err := s.FirstIndex()
+	if err != nil {
+		t.Fatalf("first log index in %s: %v", path, err)
+	}
+	return first
 }
 
 // sameState compares what a restart must keep.
@@ -405,42 +469,113 @@ func sameState(a, b cluster.VolumeState) bool {
 	return a.Primary == b.Primary && a.Epoch == b.Epoch && a.EpochIndex == b.EpochIndex &&
 		slices.Equal(a.Hosts, b.Hosts) && a.ForcedPromotions == b.ForcedPromotions &&
 		a.LastForced.Node == b.LastForced.Node && a.LastForced.Reason == b.LastForced.Reason &&
-		a.LastForced.Epoch == b.LastForced.Epoch && a.LastForced.At.Equal(b.LastForced.At)
+		a.LastForced.Epoch == b.LastForced.Epoch && a.LastForced.Index == b.LastForced.Index &&
+		a.LastForced.At.Equal(b.LastForced.At)
 }
 
-// TestClusterRemoveJoin replaces the witness the way docs/cluster.md says:
-// `cluster remove w` on a healthy member, w's data directory moved aside,
-// w started empty and joined with `cluster join` through its control socket.
+// TestClusterRemoveJoin replaces the witness the way docs/cluster.md says.
 func TestClusterRemoveJoin(t *testing.T) {
 	cl := newClusterLab(t)
 	cl.promoteInitial()
 	if _, err := cl.ctl("b", "cluster", "remove", "a"); err == nil || !strings.Contains(err.Error(), cluster.ErrIsPrimary.Error()) {
 		t.Fatalf("remove the primary: got %v, want %q", err, cluster.ErrIsPrimary)
 	}
-	if out := cl.mustCtl("a", "cluster", "remove", "w"); strings.TrimSpace(out) != "removed w" {
-		t.Fatalf("remove w printed %q", out)
-	}
-	waitFor(t, 10*time.Second, "a to know two voters and two hosts", func() bool {
-		st, err := cl.status("a")
-		return err == nil && len(st.Members) == 2 && len(st.Volume.Hosts) == 2
-	})
-
-	w := cl.members["w"]
-	cl.kill("w")
-	if err := os.Rename(w.dir, w.dir+".old"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(w.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	i := slices.Index(w.args, "--join")
-	w.args = slices.Delete(w.args, i, i+2)
-	cl.start("w")
-	if out := cl.mustCtl("w", "cluster", "join", cl.lab.Addr("b")+":"+clusterPort); !strings.Contains(out, "joined via") {
-		t.Fatalf("cluster join printed %q", out)
-	}
-	cl.waitFormed(30 * time.Second)
+	cl.replace("w", "a", "b")
 	cl.waitState("w", 10*time.Second, "a primary in epoch 1", func(v cluster.VolumeState) bool {
 		return v.Primary == "a" && v.Epoch == 1
 	})
+}
+
+// TestClusterCorruptStore: w's raft.db is damaged while w is down. Started
+// again, w exits non-zero saying the store is corrupt and naming the file;
+// a and b keep committing without it. w is then replaced the way
+// docs/cluster.md says and catches up.
+func TestClusterCorruptStore(t *testing.T) {
+	cl := newClusterLab(t)
+	cl.promoteInitial()
+	w := cl.members["w"]
+	cl.kill("w")
+	store := filepath.Join(w.dir, cluster.StoreFile)
+	f, err := os.OpenFile(store, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Garbage over both bolt meta pages: the first two pages of the file.
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xa5}, 2*os.Getpagesize()), 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := waitExit(t, cl.lab.Command("w", binary, w.args...), 20*time.Second)
+	if want := cluster.ErrCorruptStore.Error() + ": " + store; err == nil || !strings.Contains(out, want) {
+		t.Fatalf("member with a damaged store: exit %v, want non-zero and %q in its output:\n%s", err, want, out)
+	}
+	t.Logf("member with a damaged store: %v: %s", err, strings.TrimSpace(out))
+	if out := cl.mustCtl("b", "demote", "a"); !strings.Contains(out, "no primary in epoch 2") {
+		t.Fatalf("demote without w: %q", out)
+	}
+	cl.replace("w", "a", "b")
+	cl.waitState("w", 10*time.Second, "no primary in epoch 2", func(v cluster.VolumeState) bool {
+		return v.Primary == "" && v.Epoch == 2
+	})
+	if out := cl.mustCtl("w", "promote", "a"); !strings.Contains(out, "a is primary in epoch 3") {
+		t.Fatalf("promote after replacing w: %q", out)
+	}
+}
+
+// replace replaces host as docs/cluster.md says for a dead host or a
+// damaged store: `cluster remove` on the healthy member on, host's data
+// directory moved aside, host started empty without --join or --bootstrap
+// and joined with `cluster join` through via's cluster port.
+func (cl *clusterLab) replace(host, on, via string) {
+	cl.t.Helper()
+	if out := cl.mustCtl(on, "cluster", "remove", host); strings.TrimSpace(out) != "removed "+host {
+		cl.t.Fatalf("remove %s printed %q", host, out)
+	}
+	waitFor(cl.t, 10*time.Second, on+" to know two voters and two hosts", func() bool {
+		st, err := cl.status(on)
+		return err == nil && len(st.Members) == 2 && len(st.Volume.Hosts) == 2
+	})
+	m := cl.members[host]
+	cl.kill(host)
+	if err := os.Rename(m.dir, m.dir+".old"); err != nil {
+		cl.t.Fatal(err)
+	}
+	if err := os.MkdirAll(m.dir, 0o700); err != nil {
+		cl.t.Fatal(err)
+	}
+	if i := slices.Index(m.args, "--join"); i >= 0 {
+		m.args = slices.Delete(m.args, i, i+2)
+	}
+	m.args = slices.DeleteFunc(m.args, func(a string) bool { return a == "--bootstrap" })
+	cl.start(host)
+	if out := cl.mustCtl(host, "cluster", "join", cl.lab.Addr(via)+":"+clusterPort); !strings.Contains(out, "joined via") {
+		cl.t.Fatalf("cluster join printed %q", out)
+	}
+	cl.waitFormed(30 * time.Second)
+}
+
+// waitExit runs cmd until it exits and returns its combined output and
+// exit error; a command still running after limit is killed and fails the
+// test.
+func waitExit(t *testing.T, cmd *exec.Cmd, limit time.Duration) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		return out.String(), err
+	case <-time.After(limit):
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Fatalf("%s still running after %v:\n%s", strings.Join(cmd.Args, " "), limit, out.String())
+		return "", nil
+	}
 }
