@@ -391,6 +391,12 @@ func (n *Node) admit(s *transport.Session) error {
 			return err
 		}
 		return nil
+	case resync.SplitBrain:
+		s.Close()
+		// The operator decides which side's writes survive; say how.
+		return fmt.Errorf("%w: split brain: both hosts wrote since they last agreed (generations local %v, peer %v); "+
+			"on the host whose changes are to be thrown away, stop the daemon, run `ldmirror resolve --dir DIR --discard-local` and start it as secondary",
+			ErrPeerRefused, local, peer)
 	default:
 		s.Close()
 		return fmt.Errorf("%w: %v (generations local %v, peer %v)", ErrPeerRefused, d, local, peer)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"crypto/rand"
 	"fmt"
 	mrand "math/rand/v2"
@@ -74,38 +75,66 @@ func waitClean(t *testing.T, a, b string) node.Status {
 // crashSpan is where the crash tests write: the first two 4 MiB extents.
 const crashSpan = 8 << 20
 
+// writeStream is writers writing random blocks of one size into the first
+// span bytes of a primary's export, until stopped or a write fails.
+type writeStream struct {
+	f       *os.File
+	stopped atomic.Bool
+	wg      sync.WaitGroup
+	written atomic.Int64 // writes that returned without error
+	errMu   sync.Mutex
+	err     error // the first write error
+}
+
+func startWriteStream(t *testing.T, a string, writers int, size, span int64, rng *mrand.Rand) *writeStream {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &writeStream{f: f}
+	for w := range writers {
+		wr := mrand.New(mrand.NewPCG(rng.Uint64(), uint64(w)))
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			buf := make([]byte, size)
+			for !s.stopped.Load() {
+				rand.Read(buf)
+				if _, err := f.WriteAt(buf, wr.Int64N(span/size)*size); err != nil {
+					s.errMu.Lock()
+					s.err = cmp.Or(s.err, err)
+					s.errMu.Unlock()
+					return
+				}
+				s.written.Add(1)
+			}
+		}()
+	}
+	return s
+}
+
+// stop ends the stream and returns its first write error.
+func (s *writeStream) stop() error {
+	s.stopped.Store(true)
+	s.wg.Wait()
+	s.f.Close()
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.err
+}
+
 // crashWhileWriting runs eight writers of random 16 KiB blocks in the first
 // crashSpan bytes, SIGKILLs the primary after a random number of writes and
 // restarts it with the same arguments.
 func crashWhileWriting(t *testing.T, a string, pri *daemon, rng *mrand.Rand) *daemon {
 	t.Helper()
 	args := pri.cmd.Args[4:] // everything after "ldmirror daemon --dir A"
-	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var written atomic.Int64
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 16<<10)
-			wr := mrand.New(mrand.NewPCG(rng.Uint64(), uint64(w)))
-			for {
-				rand.Read(buf)
-				if _, err := f.WriteAt(buf, wr.Int64N(crashSpan/int64(len(buf)))*int64(len(buf))); err != nil {
-					return // the daemon died under us
-				}
-				written.Add(1)
-			}
-		}()
-	}
+	s := startWriteStream(t, a, 8, 16<<10, crashSpan, rng)
 	at := 50 + rng.Int64N(500)
-	waitFor(t, 10*time.Second, "writes to flow", func() bool { return written.Load() >= at })
+	waitFor(t, 10*time.Second, "writes to flow", func() bool { return s.written.Load() >= at })
 	pri.kill()
-	wg.Wait()
-	f.Close()
+	_ = s.stop() // the writes fail once the daemon died under them
 	<-pri.done
 	return startDaemon(t, a, args...)
 }
@@ -173,36 +202,58 @@ func TestPrimaryKilledWithoutActivityLogDiverges(t *testing.T) {
 	t.Logf("%d of %d crashes left the hosts diverged without the activity log", diverged, kills)
 }
 
-// TestSecondaryKilledResyncsOnlyDirtyBlocks: while the secondary is down the
-// primary keeps writing; after the secondary's restart only those blocks
-// travel.
+// TestSecondaryKilledResyncsOnlyDirtyBlocks is issue 4's scenario 1: the
+// secondary is SIGKILLed during a write stream, 50 MiB more are written,
+// and after its restart only the dirty blocks travel, not the volume.
 func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "64MiB")
+	const (
+		volume = 256 << 20
+		span   = 64 << 20 // where the stream writes
+		more   = 50 << 20 // written at 128 MiB after the stream
+		extent = 4 << 20  // activity-log extent
+		// Neither side adds activity-log extents to this resync: the
+		// primary did not crash and the secondary never was primary.
+		hot = 0
+	)
+	a, b, secret := pairDirs(t, "256MiB")
 	_, sec := mirroredPair(t, a, b, secret)
 	args := sec.cmd.Args[4:]
-	writeBlocks(t, a, 0, 100)
-	before := waitInSync(t, a, b)
 
+	s := startWriteStream(t, a, 4, blockSize, span, mrand.New(mrand.NewPCG(7, 8)))
+	waitFor(t, 10*time.Second, "the stream to flow", func() bool { return s.written.Load() >= 200 })
+	// Writes that returned before the kill were acknowledged by the
+	// secondary; only those after it may be dirty.
+	atKill := s.written.Load()
 	sec.kill()
 	<-sec.done
 	waitFor(t, 10*time.Second, "the primary to notice", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkDisconnected
 	})
-	const dirty = 500
-	writeBlocks(t, a, 1000, dirty)
+	waitFor(t, 10*time.Second, "the stream to go on in logging mode", func() bool { return s.written.Load() >= atKill+500 })
+	if err := s.stop(); err != nil {
+		t.Fatalf("a write failed while the secondary was down: %v", err)
+	}
+	streamed := s.written.Load() - atKill
+	writeRange(t, a, 128<<20, more)
+
 	st := statusJSON(t, a)
-	if st.DirtyBlocks != dirty || st.Replication != "logging" {
-		t.Fatalf("while the secondary is down: %d dirty blocks (want %d), replication %s", st.DirtyBlocks, dirty, st.Replication)
+	dirty := int64(st.DirtyBlocks)
+	if st.Replication != "logging" || dirty < more/blockSize || dirty > more/blockSize+streamed {
+		t.Fatalf("before the restart: replication %s, %d dirty blocks; want logging and %d to %d (50 MiB plus the %d stream writes since the kill)",
+			st.Replication, dirty, more/blockSize, more/blockSize+streamed, streamed)
 	}
 
 	startDaemon(t, b, args...)
 	after := waitInSync(t, a, b)
-	resent := after.BytesShipped - before.BytesShipped
-	if resent != dirty*blockSize {
-		t.Fatalf("resent %d bytes, want exactly the %d dirty blocks (%d bytes)", resent, dirty, dirty*blockSize)
+	resent := int64(after.BytesShipped - st.BytesShipped)
+	limit := dirty*blockSize*11/10 + hot*extent
+	if resent > limit {
+		t.Fatalf("resent %d bytes for %d dirty blocks; want at most %d (1.1 x dirty x %d B)", resent, dirty, limit, blockSize)
 	}
+	t.Logf("%d stream writes since the kill, %d dirty blocks (%.1f MiB); resent %.1f MiB in %d resync blocks, %.1f%% of the %d MiB volume",
+		streamed, dirty, float64(dirty*blockSize)/(1<<20), float64(resent)/(1<<20), after.ResyncSent-st.ResyncSent, 100*float64(resent)/volume, volume>>20)
 }
 
 // TestPeerWithNewerOrDivergedDataIsRefused: generation identifiers keep a
@@ -230,9 +281,11 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	writeBlocks(t, a, 100, 10)
 	pri.stop(t)
 	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
-	waitFor(t, 15*time.Second, "a to report split brain", func() bool {
+	// Only a can say so: b, the secondary, just sees the connection close.
+	waitFor(t, 15*time.Second, "a to report split brain and its remedy", func() bool {
 		st, err := status(a)
-		return err == nil && strings.Contains(st.LastError, "split brain") && st.Link != node.LinkConnected
+		return err == nil && strings.Contains(st.LastError, "split brain") &&
+			strings.Contains(st.LastError, "`ldmirror resolve --dir DIR --discard-local`") && st.Link != node.LinkConnected
 	})
 	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
 		t.Fatal("the refused peer's data changed")
