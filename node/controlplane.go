@@ -78,8 +78,9 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 	}
 }
 
-// admitPrimary lets only the primary of the current epoch replicate here.
-func (n *Node) admitPrimary(peer transport.Hello) error {
+// admitNamedPrimary lets only the primary of the current epoch replicate
+// here.
+func (n *Node) admitNamedPrimary(peer transport.Hello) error {
 	st := n.cfg.ControlPlane.State()
 	switch {
 	case peer.NodeID != st.Primary:

@@ -377,6 +377,14 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 // data is newer, diverged (split brain), or unrelated.
 var ErrPeerRefused = errors.New("peer refused")
 
+// splitBrain describes a split brain with peerID for status and logs. The
+// operator decides which side's writes survive; it says how.
+func (n *Node) splitBrain(peerID string, local, peer resync.Generations) error {
+	return fmt.Errorf("split brain: %s and %s both wrote since they last agreed (generations %s %v, %s %v); "+
+		"on the host whose changes are to be thrown away, stop the daemon, run `ldmirror resolve --dir DIR --discard-local` and start it as secondary",
+		n.cfg.NodeID, peerID, n.cfg.NodeID, local, peerID, peer)
+}
+
 // admit decides, from the generations, whether this primary may bring the
 // peer up to date, and closes the session if not.
 func (n *Node) admit(s *transport.Session) error {
@@ -393,10 +401,7 @@ func (n *Node) admit(s *transport.Session) error {
 		return nil
 	case resync.SplitBrain:
 		s.Close()
-		// The operator decides which side's writes survive; say how.
-		return fmt.Errorf("%w: split brain: both hosts wrote since they last agreed (generations local %v, peer %v); "+
-			"on the host whose changes are to be thrown away, stop the daemon, run `ldmirror resolve --dir DIR --discard-local` and start it as secondary",
-			ErrPeerRefused, local, peer)
+		return fmt.Errorf("%w: %w", ErrPeerRefused, n.splitBrain(s.Peer().NodeID, local, peer))
 	default:
 		s.Close()
 		return fmt.Errorf("%w: %v (generations local %v, peer %v)", ErrPeerRefused, d, local, peer)

@@ -26,9 +26,7 @@ func (n *Node) prepareSecondary() error {
 		return err
 	}
 	tcfg := n.tcfg
-	if n.cfg.ControlPlane != nil {
-		tcfg.Admit = n.admitPrimary // only the primary of the current epoch
-	}
+	tcfg.Admit = n.admitPrimary
 	ln, err := transport.Listen(n.cfg.Listen, tcfg)
 	if err != nil {
 		return fmt.Errorf("listen for the primary on %s: %w", n.cfg.Listen, err)
@@ -101,6 +99,26 @@ func (n *Node) clearBehind() error {
 	}
 	sb.ClearOutOfSync(behind)
 	return errors.Join(sb.Sync(context.Background()), sb.Close())
+}
+
+// admitPrimary lets a primary replicate here unless the control plane names
+// another (or a later epoch) or the hosts' data diverged. A split brain is
+// reported here too, in status and the log, not only on the primary: the
+// operator may look at either host, and must choose which one to discard.
+func (n *Node) admitPrimary(peer transport.Hello) error {
+	if n.cfg.ControlPlane != nil {
+		if err := n.admitNamedPrimary(peer); err != nil {
+			return err
+		}
+	}
+	local, theirs := n.generations(), resync.Unpack(peer.Generations)
+	if resync.Decide(local, theirs) != resync.SplitBrain {
+		n.setRefused(nil)
+		return nil
+	}
+	err := n.splitBrain(peer.NodeID, local, theirs)
+	n.setRefused(err) // the listener logs the refusal
+	return err
 }
 
 // runSecondary applies the primary's writes until ctx ends or promoted is

@@ -281,12 +281,14 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	writeBlocks(t, a, 100, 10)
 	pri.stop(t)
 	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
-	// Only a can say so: b, the secondary, just sees the connection close.
-	waitFor(t, 15*time.Second, "a to report split brain and its remedy", func() bool {
-		st, err := status(a)
-		return err == nil && strings.Contains(st.LastError, "split brain") &&
-			strings.Contains(st.LastError, "`ldmirror resolve --dir DIR --discard-local`") && st.Link != node.LinkConnected
-	})
+	// Both hosts say so, with the remedy: an operator may look at either.
+	for _, dir := range []string{a, b} {
+		waitFor(t, 15*time.Second, dir+" to report split brain and its remedy", func() bool {
+			st, err := status(dir)
+			return err == nil && strings.Contains(st.LastError, "both wrote since they last agreed") &&
+				strings.Contains(st.LastError, "`ldmirror resolve --dir DIR --discard-local`") && st.Link != node.LinkConnected
+		})
+	}
 	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
 		t.Fatal("the refused peer's data changed")
 	}
@@ -299,8 +301,8 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	ldmirror(t, "resolve", "--dir", b, "--discard-local")
 	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	st := waitInSync(t, a, b)
-	if sb := statusJSON(t, b); sb.Disk != "uptodate" {
-		t.Fatalf("b's disk is %s after the full resync, want uptodate", sb.Disk)
+	if sb := statusJSON(t, b); sb.Disk != "uptodate" || sb.LastError != "" {
+		t.Fatalf("b after the full resync: disk %s, last error %q; want uptodate and none", sb.Disk, sb.LastError)
 	}
 	if st.BytesShipped < 16<<20 {
 		t.Fatalf("shipped %d bytes, want the whole 16 MiB volume", st.BytesShipped)
