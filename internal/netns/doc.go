@@ -6,16 +6,17 @@
 //
 //	lab := netns.NewLab(t, "a", "b", "w") // namespaces ldm-<id>-a, ..., ldm-<id>-br
 //	cmd := lab.Command("a", "ldmirror", "witness", "--bind", lab.Addr("a")+":7400", ...)
-//	lab.LinkDown("w")     // pull w's cable: its packets go nowhere
-//	lab.Partition("a", "b") // a and b drop each other's packets; w still reaches both
+//	lab.LinkDown("w")             // pull w's cable: its packets go nowhere
+//	lab.Partition("a", "b")       // a and b drop each other's packets; w still reaches both
+//	lab.BlockPort("a", "w", 7400) // a and w drop their packets to or from port 7400 only
 //	lab.Netem("a", "delay 20ms loss 1%")
 //
 // Hosts get 10.231.N.1, .2, ... in one /24 (N is random per lab, which only
 // helps reading logs: labs do not share a network). Faults are made where a
 // real network makes them: LinkDown sets the bridge's side of the host's
 // veth down (the host sees no carrier, its packets are lost), Partition
-// adds nftables drop rules in both hosts' namespaces, Netem puts a netem
-// qdisc on the host's eth0.
+// and BlockPort add nftables drop rules in both hosts' namespaces, Netem
+// puts a netem qdisc on the host's eth0.
 //
 // Cleanup is idempotent and survives a crashed test: NewLab records its
 // owner's PID in /run/ldmirror-netns/<id> before creating anything and

@@ -32,7 +32,8 @@ const (
 	netnsDir = "/run/netns"
 	// bridgeHost names the bridge's namespace; no host may take it.
 	bridgeHost = "br"
-	// table is the nftables table a lab adds to a host for Partition.
+	// table is the nftables table a lab adds to a host for Partition and
+	// BlockPort.
 	table = "ldmlab"
 	// cmdTimeout bounds one ip, tc or nft invocation.
 	cmdTimeout = 30 * time.Second
@@ -50,8 +51,8 @@ type Lab struct {
 
 	mu      sync.Mutex
 	closed  bool
-	tables  map[string]bool    // hosts with the partition table
-	blocked map[[2]string]bool // ordered pairs: host drops peer
+	tables  map[string]bool // hosts with the partition table
+	blocked map[drop]bool   // what each host drops
 	netem   map[string]bool
 }
 
@@ -93,7 +94,7 @@ func NewLab(t testing.TB, names ...string) *Lab {
 	}
 	l := &Lab{
 		t: t, id: hex.EncodeToString(b[:3]), subnet: 1 + int(b[3])%254, hosts: slices.Clone(names),
-		tables: map[string]bool{}, blocked: map[[2]string]bool{}, netem: map[string]bool{},
+		tables: map[string]bool{}, blocked: map[drop]bool{}, netem: map[string]bool{},
 	}
 	// The owner file comes first, so that a crash at any later point leaves
 	// something Sweep finds.
@@ -257,7 +258,7 @@ func (l *Lab) setLink(host, state string) {
 // other than these two still reach both. It may be repeated.
 func (l *Lab) Partition(a, b string) {
 	l.t.Helper()
-	if err := l.block(a, b, true); err != nil {
+	if err := l.block(a, b, 0, true); err != nil {
 		l.t.Fatalf("netns lab: partition %s from %s: %v", a, b, err)
 	}
 }
@@ -265,12 +266,46 @@ func (l *Lab) Partition(a, b string) {
 // Heal undoes Partition(a, b). It may be repeated.
 func (l *Lab) Heal(a, b string) {
 	l.t.Helper()
-	if err := l.block(a, b, false); err != nil {
+	if err := l.block(a, b, 0, false); err != nil {
 		l.t.Fatalf("netns lab: heal %s and %s: %v", a, b, err)
 	}
 }
 
-func (l *Lab) block(a, b string, on bool) error {
+// BlockPort makes a and b drop the TCP and UDP packets between them whose
+// source or destination port is port, in both directions: one service (say
+// a control plane) is cut while the rest of their traffic flows. It may be
+// repeated.
+func (l *Lab) BlockPort(a, b string, port int) {
+	l.t.Helper()
+	if port < 1 || port > 65535 {
+		l.t.Fatalf("netns lab: block port %d: want 1 to 65535", port)
+	}
+	if err := l.block(a, b, port, true); err != nil {
+		l.t.Fatalf("netns lab: block port %d between %s and %s: %v", port, a, b, err)
+	}
+}
+
+// UnblockPort undoes BlockPort(a, b, port). It may be repeated.
+func (l *Lab) UnblockPort(a, b string, port int) {
+	l.t.Helper()
+	if port < 1 || port > 65535 {
+		l.t.Fatalf("netns lab: unblock port %d: want 1 to 65535", port)
+	}
+	if err := l.block(a, b, port, false); err != nil {
+		l.t.Fatalf("netns lab: unblock port %d between %s and %s: %v", port, a, b, err)
+	}
+}
+
+// drop is one rule of a lab's partition table: host drops the packets
+// exchanged with peer, those of one port only unless port is 0.
+type drop struct {
+	host, peer string
+	port       int
+}
+
+// block adds (on) or removes the drop rules between a and b, for every
+// port if port is 0.
+func (l *Lab) block(a, b string, port int, on bool) error {
 	l.index(a)
 	l.index(b)
 	if a == b {
@@ -278,34 +313,51 @@ func (l *Lab) block(a, b string, on bool) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, p := range [][2]string{{a, b}, {b, a}} {
-		if l.blocked[p] == on {
+	for _, d := range []drop{{a, b, port}, {b, a, port}} {
+		if l.blocked[d] == on {
 			continue
 		}
-		if !l.tables[p[0]] {
-			if err := nft(l.ns(p[0]), partitionTable); err != nil {
+		if !l.tables[d.host] {
+			if err := nft(l.ns(d.host), partitionTable); err != nil {
 				return err
 			}
-			l.tables[p[0]] = true
+			l.tables[d.host] = true
 		}
 		verb := "add"
 		if !on {
 			verb = "delete"
 		}
-		if err := nft(l.ns(p[0]), fmt.Sprintf("%s element inet %s blocked { %s }\n", verb, table, l.Addr(p[1]))); err != nil {
+		elem := fmt.Sprintf("blocked { %s }", l.Addr(d.peer))
+		if port != 0 {
+			elem = fmt.Sprintf("ports { %s . %d }", l.Addr(d.peer), port)
+		}
+		if err := nft(l.ns(d.host), fmt.Sprintf("%s element inet %s %s\n", verb, table, elem)); err != nil {
 			return err
 		}
-		l.blocked[p] = on
+		l.blocked[d] = on
 	}
 	return nil
 }
 
-// partitionTable drops traffic to and from the addresses in @blocked.
+// partitionTable drops traffic to and from the addresses in @blocked, and
+// the TCP and UDP traffic of the address and port pairs in @ports (either
+// end's port: the listener's port is the source of its replies).
 // Established connections are cut too: there is no conntrack accept.
 const partitionTable = `table inet ` + table + ` {
 	set blocked { type ipv4_addr; }
-	chain input { type filter hook input priority 0; policy accept; ip saddr @blocked drop; }
-	chain output { type filter hook output priority 0; policy accept; ip daddr @blocked drop; }
+	set ports { type ipv4_addr . inet_service; }
+	chain input {
+		type filter hook input priority 0; policy accept;
+		ip saddr @blocked drop
+		meta l4proto { tcp, udp } ip saddr . th sport @ports drop
+		meta l4proto { tcp, udp } ip saddr . th dport @ports drop
+	}
+	chain output {
+		type filter hook output priority 0; policy accept;
+		ip daddr @blocked drop
+		meta l4proto { tcp, udp } ip daddr . th sport @ports drop
+		meta l4proto { tcp, udp } ip daddr . th dport @ports drop
+	}
 }
 `
 

@@ -17,7 +17,13 @@ import (
 // ends, and returns the address to dial.
 func serve(t *testing.T, lab *netns.Lab, host string) string {
 	t.Helper()
-	ln, err := lab.Listen(host, "tcp", lab.Addr(host)+":0")
+	return serveAt(t, lab, host, 0)
+}
+
+// serveAt is serve on a given port (0: any).
+func serveAt(t *testing.T, lab *netns.Lab, host string, port int) string {
+	t.Helper()
+	ln, err := lab.Listen(host, "tcp", net.JoinHostPort(lab.Addr(host), strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +98,40 @@ func TestLab(t *testing.T) {
 	}
 	if want := lab.Addr("b"); !strings.Contains(string(out), want) {
 		t.Fatalf("ip addr in b shows %q, want %s", out, want)
+	}
+}
+
+// BlockPort cuts one port between two hosts, in both directions, and
+// nothing else.
+func TestBlockPort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds network namespaces; skipped with -short")
+	}
+	lab := netns.NewLab(t, "a", "b", "c")
+	cut, open := serve(t, lab, "b"), serve(t, lab, "b")
+	_, p, err := net.SplitHostPort(cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same port on a: namespaces have ports of their own.
+	cutA := serveAt(t, lab, "a", port)
+
+	lab.BlockPort("a", "b", port)
+	lab.BlockPort("a", "b", port) // repeating is harmless
+	if reach(t, lab, "a", cut) || reach(t, lab, "b", cutA) {
+		t.Fatalf("a and b reach each other on blocked port %d", port)
+	}
+	if !reach(t, lab, "a", open) || !reach(t, lab, "c", cut) || !reach(t, lab, "c", cutA) {
+		t.Fatalf("blocking port %d between a and b cut other traffic", port)
+	}
+	lab.UnblockPort("a", "b", port)
+	lab.UnblockPort("a", "b", port)
+	if !reach(t, lab, "a", cut) || !reach(t, lab, "b", cutA) {
+		t.Fatalf("a and b do not reach each other on port %d after UnblockPort", port)
 	}
 }
 

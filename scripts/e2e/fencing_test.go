@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,14 +15,9 @@ import (
 	"github.com/ldmirror/ldmirror/node"
 )
 
-// startWitness runs `ldmirror witness` in dir; it answers on
-// dir/cluster.sock, not the daemons' control.sock.
-func startWitness(t *testing.T, dir string, args ...string) *exec.Cmd {
-	t.Helper()
-	return startWitnessIn(t, nil, dir, args...)
-}
-
-// startWitnessIn is startWitness run under prefix (see startDaemonIn).
+// startWitnessIn runs `ldmirror witness` in dir under prefix (see
+// startDaemonIn); it answers on dir/cluster.sock, not the daemons'
+// control.sock.
 func startWitnessIn(t *testing.T, prefix []string, dir string, args ...string) *exec.Cmd {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -50,6 +47,7 @@ func startWitnessIn(t *testing.T, prefix []string, dir string, args ...string) *
 
 // clusterView is the part of `ldmirror cluster status --json` the test reads.
 type clusterView struct {
+	Leader string `json:"leader"` // "" while this member knows no leader
 	Volume struct {
 		Primary string `json:"primary"`
 		Epoch   uint64 `json:"epoch"`
@@ -80,132 +78,220 @@ func (v clusterView) disk(id string) string {
 	return ""
 }
 
-// TestFencingWithWitness is issue 5's scenarios 3 and 4 on 127.0.0.1 with
-// real processes: A (primary) and B (secondary) replicate and are raft
-// voters with a witness W. With W down, A and B are a quorum and writes go
-// on; with B down too, A cannot mark B outdated and its writes are suspended
-// — none is acknowledged — until W returns. Then the control plane promotes
-// B (forced) while A still runs: B drops A's session and refuses its old
-// epoch, and A's writes fail instead of reaching B.
-func TestFencingWithWitness(t *testing.T) {
-	requireE2E(t)
-	a, b, secret := pairDirs(t, "32MiB")
-	w := filepath.Join(filepath.Dir(a), "w")
-	pa, pb, pw, replA, replB := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
-	raft := []string{"--secret-file", secret, "--cluster-raft-timeout", "300ms"}
-	wArgs := []string{"--node-id", "w", "--bind", pw, "--secret-file", secret, "--raft-timeout", "300ms"}
-	startWitness(t, w, append(wArgs, "--bootstrap")...)
-	bArgs := append([]string{"--node-id", "b", "--listen", replB, "--peer", replA, "--cluster-bind", pb, "--cluster-join", pw}, raft...)
-	sec := startDaemon(t, b, bArgs...)
-	aArgs := append([]string{"--node-id", "a", "--listen", replA, "--peer", replB, "--cluster-bind", pa, "--cluster-join", pw}, raft...)
-	startDaemon(t, a, aArgs...)
+// logLines counts the lines of the daemon log in dir that contain every one
+// of parts.
+func logLines(t *testing.T, dir string, parts ...string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "daemon.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for line := range strings.Lines(string(b)) {
+		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
+			n++
+		}
+	}
+	return n
+}
 
-	// A fresh cluster has no uptodate host: the first primary is forced,
-	// like DRBD's first `primary --force`.
-	waitFor(t, 20*time.Second, "the members to join and a to be promoted", func() bool {
-		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
+// holdFor checks ok every 20 ms for d and fails the test at its first
+// error: for what must hold over a window, such as "nothing acknowledged
+// while suspended".
+func holdFor(t *testing.T, d time.Duration, ok func() error) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if err := ok(); err != nil {
+			t.Fatalf("within %v: %v", d, err)
+		}
+	}
+}
+
+// TestWitnessThenPeerDown is issue 5's scenario 3 on network namespaces:
+// with W's link down, A and B are a quorum and replication goes on; with B's
+// down too, A cannot mark B outdated, so it suspends I/O and acknowledges
+// nothing until W is back; then the suspended write completes with B
+// marked outdated, and B, back too, is resynced.
+func TestWitnessThenPeerDown(t *testing.T) {
+	requireE2E(t, "nsenter")
+	tr := startTrio(t, "32MiB")
+	lab, a, b := tr.lab, tr.dir["a"], tr.dir["b"]
+
+	lab.LinkDown("w")
+	// A read through the leader is a raft barrier: it commits only with a
+	// quorum, here a and b.
+	waitFor(t, 20*time.Second, "a read through the raft leader, with w down", func() bool {
+		return exec.Command(binary, "cluster", "status", "--consistent", "--timeout", "2s",
 			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
-	})
-	waitFor(t, 20*time.Second, "a to serve and connect, and b to be recorded uptodate", func() bool {
-		st, err := status(a)
-		v, cerr := clusterState(t, a)
-		return err == nil && cerr == nil && st.Link == node.LinkConnected && st.Epoch == v.Volume.Epoch && v.disk("b") == "uptodate"
 	})
 	writeBlocks(t, a, 0, 10)
 	waitInSync(t, a, b)
 
-	// Scenario 3: W down; A and B are a quorum.
-	wCmd := exec.Command("pkill", "-KILL", "-f", "witness --data-dir "+w)
-	if out, err := wCmd.CombinedOutput(); err != nil {
-		t.Fatalf("kill the witness: %v %s", err, out)
-	}
-	writeBlocks(t, a, 100, 10)
-	waitInSync(t, a, b)
-
-	// Then B down too: A must not acknowledge a write it cannot fence.
-	sec.kill()
-	<-sec.done
-	acked := make(chan error, 1)
-	go func() {
-		f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
-		if err == nil {
-			_, err = f.WriteAt(make([]byte, 4096), 200*blockSize)
-			f.Close()
-		}
-		acked <- err
-	}()
+	w := &recordWriter{first: 100, slots: 1024}
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() { werr <- w.run(a, stop) }()
+	waitFor(t, 20*time.Second, "50 records acknowledged on a", func() bool { return w.ackedCount() >= 50 })
+	lab.LinkDown("b")
 	waitFor(t, 20*time.Second, "a to suspend I/O", func() bool {
 		st, err := status(a)
 		return err == nil && st.Replication == "suspended"
 	})
-	// Suspended: nothing is acknowledged for as long as there is no quorum.
-	select {
-	case err := <-acked:
-		t.Fatalf("a write was acknowledged (%v) without quorum to mark b outdated", err)
-	case <-time.After(2 * time.Second):
-	}
-	startWitness(t, w, wArgs...)
-	select {
-	case err := <-acked:
-		if err != nil {
-			t.Fatalf("the suspended write failed after quorum returned: %v", err)
+	suspendedAt := w.ackedCount()
+	waitFor(t, 10*time.Second, "a to know no raft leader", func() bool {
+		v, err := clusterState(t, a)
+		return err == nil && v.Leader == ""
+	})
+	// A write acknowledged on some timeout path would be within a few
+	// --timeout: hold the cut that long, then bring w back.
+	holdFor(t, 3*daemonTimeout, func() error {
+		if n := w.ackedCount(); n != suspendedAt {
+			return fmt.Errorf("a acknowledged %d writes while suspended, with neither b nor w reachable", n-suspendedAt)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the suspended write did not complete within 30 s of the witness's return")
-	}
+		st, err := status(a)
+		v, cerr := clusterState(t, a)
+		if err != nil || cerr != nil || st.Replication != "suspended" || v.Leader != "" {
+			return fmt.Errorf("a alone: replication %q, raft leader %q (%v, %v); want suspended with no leader", st.Replication, v.Leader, err, cerr)
+		}
+		return nil
+	})
+
+	lab.LinkUp("w")
+	waitFor(t, 30*time.Second, "the suspended write to complete once w is back", func() bool { return w.ackedCount() > suspendedAt })
 	// The commit went through the leader; a's own copy may lag it.
 	waitFor(t, 10*time.Second, "a's copy of the state to show b outdated", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "outdated"
 	})
+	close(stop)
+	if err := <-werr; err != nil {
+		t.Fatalf("writer on a: %v", err)
+	}
 
-	// B returns, A resyncs it.
-	startDaemon(t, b, bArgs...)
+	lab.LinkUp("b")
 	waitInSync(t, a, b)
-	waitFor(t, 20*time.Second, "b to be uptodate again", func() bool {
+	waitFor(t, 20*time.Second, "b to be uptodate after the resync", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "uptodate"
 	})
+	w.check(t, filepath.Join(b, "volume.img"))
+}
 
-	// Scenario 4: the control plane makes B primary while A still runs with
-	// the old epoch and a writer holds A's export open: B drops A and
-	// refuses it, A's writes fail, and B's volume does not change.
-	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+// TestStalePrimaryRefused is issue 5's scenario 4 on network namespaces. A's
+// raft traffic is cut (port 7400) while its replication link to B stays up,
+// and B with W demotes A (epoch +1). A, still primary in the old epoch in
+// its own eyes, holds writes in memory and keeps trying to ship them: B
+// drops A's session and refuses every reconnection, so B's file does not
+// change, and every write A acknowledged is on B. After the heal, with B
+// promoted, A waits for its export to be released, turns secondary and is
+// resynced from B.
+//
+// B drops the session within one poll (250 ms) of learning the new epoch;
+// frames A sends before that are applied and acknowledged, which is safe:
+// they are on B. The file is compared only from B's first refusal.
+func TestStalePrimaryRefused(t *testing.T) {
+	requireE2E(t, "nsenter")
+	tr := startTrio(t, "32MiB")
+	lab, a, b := tr.lab, tr.dir["a"], tr.dir["b"]
+	raftPort, err := strconv.Atoi(clusterPort)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if out, err := exec.Command(binary, "promote", "b", "--force", "--reason", "test: a is stale",
-		"--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
-		t.Fatalf("promote b: %v %s", err, out)
+	before, err := clusterState(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := before.Volume.Epoch
+
+	w := &recordWriter{first: 0, slots: 1024}
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() { werr <- w.run(a, stop) }()
+	waitFor(t, 20*time.Second, "50 records acknowledged on a", func() bool { return w.ackedCount() >= 50 })
+
+	lab.BlockPort("a", "b", raftPort)
+	lab.BlockPort("a", "w", raftPort)
+	// Demote a in the epoch it holds: a retry after a commit whose reply
+	// was lost is refused, not applied twice.
+	waitFor(t, 20*time.Second, "b and w to demote a", func() bool {
+		_ = exec.Command(binary, "demote", "a", "--epoch", strconv.FormatUint(old, 10),
+			"--control", filepath.Join(b, node.ControlFile)).Run()
+		v, err := clusterState(t, b)
+		return err == nil && v.Volume.Primary == "" && v.Volume.Epoch == old+1
+	})
+	atDemote := w.ackedCount()
+	drop := []string{"dropping the replication session of a stale primary", "a is not the primary"}
+	refusal := []string{`msg="peer connection rejected"`, "stale epoch: a is not the primary"}
+	waitFor(t, 10*time.Second, "b to drop a's session and refuse its reconnection", func() bool {
+		return logLines(t, b, drop...) > 0 && logLines(t, b, refusal...) > 0
+	})
+	st, err := status(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != node.RolePrimary || st.Epoch != old || st.DirtyBlocks == 0 {
+		t.Fatalf("a: %s in epoch %d with %d dirty blocks; want a stale primary of epoch %d holding writes b lacks",
+			st.Role, st.Epoch, st.DirtyBlocks, old)
+	}
+	bSum, acked, refused := fileSHA256(t, filepath.Join(b, "volume.img")), w.ackedCount(), logLines(t, b, refusal...)
+	t.Logf("a acknowledged %d writes between the demotion and b's refusal; it holds %d dirty blocks", acked-atDemote, st.DirtyBlocks)
+	// a retries every 5 s after a refusal: wait for the next attempt.
+	waitFor(t, 20*time.Second, "a to try again and b to refuse it again", func() bool {
+		return logLines(t, b, refusal...) > refused
+	})
+	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
+		t.Fatal("b's volume changed after b refused the stale primary")
+	}
+	if n := w.ackedCount(); n != acked {
+		t.Fatalf("the stale primary acknowledged %d writes after b refused it", n-acked)
+	}
+	if st, err := status(a); err != nil || st.Role != node.RolePrimary || st.Epoch != old || st.Replication != "suspended" {
+		t.Fatalf("a: %+v (%v); want it still primary in epoch %d, suspended", st, err, old)
+	}
+	// No write a acknowledged is missing on b.
+	w.check(t, filepath.Join(b, "volume.img"))
+
+	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+		t.Fatalf("promote b (uptodate: a never marked it outdated): %v %s", err, out)
 	}
 	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
 		return err == nil && st.Role == node.RolePrimary && st.Export != ""
 	})
-	bSum := fileSHA256(t, filepath.Join(b, "volume.img"))
-	if _, err := f.WriteAt(make([]byte, 4096), 300*blockSize); err == nil {
-		t.Fatal("the stale primary acknowledged a write")
+	writeBlocks(t, b, 2048, 64)
+	// A reader keeps a's export busy, as a directory server would.
+	held, err := os.Open(filepath.Join(a, node.ExportDir, "volume"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
-		t.Fatal("b's volume changed after it was promoted away from a")
+	defer held.Close()
+
+	lab.UnblockPort("a", "b", raftPort)
+	lab.UnblockPort("a", "w", raftPort)
+	select {
+	case err := <-werr:
+		if err == nil {
+			t.Fatal("the writer on a stopped without an error")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the write suspended on a did not fail within 30 s of the heal; a: %+v", statusJSON(t, a))
 	}
-	// A waits for the export to be released, then turns secondary.
+	close(stop)
+	if n := w.ackedCount(); n != acked {
+		t.Fatalf("the stale primary acknowledged %d writes after b refused it", n-acked)
+	}
 	waitFor(t, 10*time.Second, "a to say what its demotion waits for", func() bool {
 		st, err := status(a)
 		return err == nil && strings.Contains(st.Transition, "demoted: waiting for the export to be closed")
 	})
-	f.Close()
-	waitFor(t, 20*time.Second, "a to turn secondary", func() bool {
+	held.Close()
+	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})
-	log, _ := os.ReadFile(filepath.Join(b, "daemon.log"))
-	if !strings.Contains(string(log), "stale primary") {
-		t.Fatalf("b did not log dropping the stale primary:\n%s", log)
-	}
-	// The new primary brings the old one up to date.
 	waitInSync(t, b, a)
+	tr.waitServing("b", "a")
+	w.check(t, filepath.Join(a, "volume.img"))
 }
 
 // TestPartitionBetweenDataHosts is issue 5's scenario 2 on network
@@ -220,10 +306,14 @@ func TestPartitionBetweenDataHosts(t *testing.T) {
 	waitInSync(t, a, b)
 
 	lab.Partition("a", "b")
-	done := make(chan struct{})
-	go func() { defer close(done); writeBlocks(t, a, 100, 10) }()
+	w := &recordWriter{first: 100, slots: 10, limit: 10}
+	werr := make(chan error, 1)
+	go func() { werr <- w.run(a, nil) }()
 	select {
-	case <-done:
+	case err := <-werr:
+		if err != nil {
+			t.Fatalf("write on a after the A-B cut: %v", err)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("writes on a did not complete within 30 s of the A-B cut (a reaches w: it should mark b outdated and go on); status %+v", statusJSON(t, a))
 	}
@@ -242,4 +332,5 @@ func TestPartitionBetweenDataHosts(t *testing.T) {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "uptodate"
 	})
+	w.check(t, filepath.Join(b, "volume.img"))
 }
