@@ -202,7 +202,8 @@ func (m *Mirror) peerLost(s *transport.Session, err error) {
 	m.retire(s)
 	m.peer = nil
 	m.lastErr = err.Error()
-	m.log.Warn("peer lost: writes continue locally and their blocks stay dirty", "err", err)
+	// Not "writes continue": with a fence they wait for it, which says so.
+	m.log.Warn("peer lost: the blocks written from now on stay dirty until it returns", "err", err)
 }
 
 // begin registers an I/O so that Close waits for it.

@@ -27,6 +27,10 @@ type ControlPlane interface {
 // outdated while its writes are suspended.
 const fenceRetry = 250 * time.Millisecond
 
+// fenceAttempt bounds one try to mark the peer outdated, so that a primary
+// without quorum says that its writes are suspended.
+const fenceAttempt = time.Second
+
 // peerID is the other data host's node ID according to the control plane.
 func (n *Node) peerID() string {
 	for _, id := range n.cfg.ControlPlane.State().DataHosts() {
@@ -48,7 +52,11 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 		}
 		warned := false
 		for {
-			err := n.cfg.ControlPlane.MarkPeerOutdated(ctx, epoch, peer)
+			// A bounded attempt: without quorum the call would wait for
+			// one as long as ctx lives, and the warning below never come.
+			attempt, cancel := context.WithTimeout(ctx, fenceAttempt)
+			err := n.cfg.ControlPlane.MarkPeerOutdated(attempt, epoch, peer)
+			cancel()
 			switch {
 			case err == nil:
 				// From here on this host writes what the peer lacks: a
@@ -104,20 +112,26 @@ func (n *Node) markPeerUpToDate(ctx context.Context, peer string) {
 
 // dropStalePrimary ends the replication session of a primary that the
 // control plane no longer names, or names in a later epoch, until ctx ends.
+// It acts on each state change as the control plane applies it, so a stale
+// primary's frames stop at once rather than at the next poll; the poll
+// catches a session admitted just before a change it did not see.
 func (n *Node) dropStalePrimary(ctx context.Context, ln *transport.Listener) {
 	t := time.NewTicker(fenceRetry)
 	defer t.Stop()
+	changes := n.cfg.ControlPlane.Watch(ctx)
 	for {
 		select {
-		case <-ctx.Done():
-			return
+		case _, ok := <-changes:
+			if !ok {
+				return
+			}
 		case <-t.C:
 		}
 		s := ln.Active()
 		if s == nil {
 			continue
 		}
-		if err := n.admitPrimary(s.Peer()); err != nil {
+		if err := n.admitNamedPrimary(s.Peer()); err != nil {
 			n.log.Warn("dropping the replication session of a stale primary", "err", err)
 			s.Close(err)
 		}
