@@ -155,6 +155,10 @@ func TestWitnessThenPeerDown(t *testing.T) {
 		}
 		return nil
 	})
+	// The operator reads why in the log, not only in status.
+	if logLines(t, a, "writes suspended: cannot mark the peer outdated without quorum") == 0 {
+		t.Fatal("a's log does not say that its writes are suspended")
+	}
 
 	lab.LinkUp("w")
 	waitFor(t, 30*time.Second, "the suspended write to complete once w is back", func() bool { return w.ackedCount() > suspendedAt })
