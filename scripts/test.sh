@@ -25,11 +25,22 @@ command -v go >/dev/null || { echo "Go is not installed (expected in /usr/local/
 echo "== go mod download"
 go mod download
 echo "== gofmt"
+# shellcheck disable=SC2046 # one file name per word: none has a space
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "not gofmt-ed: $unformatted"; exit 1; fi
 echo "== go vet"
 go vet ./...
 echo "== go test"
-go test -count=1 -timeout 25m ./...
+# The end-to-end tests append their measurements (failover times, resync
+# sizes) here; go test shows a passing test's log only with -v.
+report=$(mktemp)
+trap 'rm -f "$report"' EXIT
+rc=0
+LDMIRROR_E2E_REPORT=$report go test -count=1 -timeout 25m ./... || rc=$?
+if [ -s "$report" ]; then
+  echo "== end-to-end measurements"
+  cat "$report"
+fi
+[ $rc = 0 ] || exit $rc
 echo "== fuzz smoke (the frame decoder, 10 s)"
 go test -run '^$' -fuzz FuzzReadFrame -fuzztime 10s ./transport/
