@@ -47,8 +47,8 @@ cleanup() {
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l | xargs printf '%.1f'; }
+now() { date +%s%3N; } # milliseconds
+since() { local ms=$(($(now) - $1 + 50)); printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100)); } # seconds, 1 decimal
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
   for _ in $(seq $((limit * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -64,7 +64,6 @@ has() { [ "$(count "$1")" = "$2" ]; }
 step "build ldmirror"
 mkdir -p "$work/bin"
 go build -o "$bin" ./cmd/ldmirror
-command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null; }
 
 step "three hosts and a client as network namespaces on bridge $ns-br ($net.0/24)"
 ip netns add "$ns-br"
