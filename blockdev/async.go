@@ -109,8 +109,9 @@ type AsyncConfig struct {
 	IdleFlush time.Duration
 	// Resynced, if set, is called after the Mirror resynced the peer on its
 	// own (FallBackToLogging while connected): the peer holds every write
-	// again. The fence, if any, may have marked it outdated meanwhile.
-	Resynced func()
+	// again. The fence, if any, may have marked it outdated meanwhile. ctx
+	// ends with the connection.
+	Resynced func(ctx context.Context)
 }
 
 // ErrAsync reports a misuse of async mode.
@@ -124,7 +125,7 @@ type asyncMirror struct {
 	policy     FullPolicy
 	flushEvery int64
 	idleFlush  time.Duration
-	resynced   func()
+	resynced   func(context.Context)
 
 	// rw orders writers against changes of how a write is logged: a
 	// writer holds it shared from reading the state until its record is
@@ -185,7 +186,7 @@ func (m *Mirror) SetAsync(cfg AsyncConfig) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.async != nil || m.peer != nil || m.closed {
+	if m.async != nil || m.link.s != nil || m.closed {
 		return fmt.Errorf("%w: SetAsync must come once, before SetPeer", ErrAsync)
 	}
 	a := &asyncMirror{
@@ -237,7 +238,7 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	if a.stopped.Load() {
 		a.rw.RUnlock()
 		a.fail(e, false)
-		return m.ensureFenced()
+		return m.ensureFenced(m.lossCount())
 	}
 	p := a.cur
 	seq, err := a.append(p, rec)
@@ -245,7 +246,7 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 		a.rw.RUnlock()
 		a.stopJournal(err)
 		a.fail(e, false)
-		return m.ensureFenced()
+		return m.ensureFenced(m.lossCount())
 	}
 	if p != nil {
 		a.register(p, seq, e)
@@ -255,7 +256,7 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	a.rw.RUnlock()
 	// Journaled but not shipped now: it reaches the peer at catch-up.
 	a.fail(e, true)
-	return m.ensureFenced()
+	return m.ensureFenced(m.lossCount())
 }
 
 // append appends rec; rw is held shared. While connected it waits for room
@@ -703,7 +704,7 @@ func (a *asyncMirror) maybeAutoResync(p *period) {
 			return
 		}
 		if a.resynced != nil {
-			a.resynced()
+			a.resynced(p.ctx)
 		}
 	}()
 }

@@ -91,7 +91,7 @@ type asyncOptions struct {
 	capacity int64
 	onFull   FullPolicy
 	timeout  time.Duration
-	resynced func()
+	resynced func(context.Context)
 }
 
 func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
@@ -575,7 +575,7 @@ func TestAsyncFullJournalThrottles(t *testing.T) {
 // once the journal drained the Mirror resyncs them by itself.
 func TestAsyncFullJournalFallsBackToLogging(t *testing.T) {
 	var resynced atomic.Int32
-	p := newAsyncPair(t, asyncOptions{capacity: journal.MinCapacity, timeout: 30 * time.Second, onFull: FallBackToLogging, resynced: func() { resynced.Add(1) }})
+	p := newAsyncPair(t, asyncOptions{capacity: journal.MinCapacity, timeout: 30 * time.Second, onFull: FallBackToLogging, resynced: func(context.Context) { resynced.Add(1) }})
 	p.connect()
 	p.catchUp()
 	release := gate(p)

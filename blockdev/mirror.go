@@ -44,16 +44,6 @@ type WriteIntent interface {
 	Sync(ctx context.Context) error
 }
 
-// Fence is called when a write could not reach the peer, before that write
-// (or any later one) is acknowledged: it makes the peer's copy count as
-// outdated with the control plane (DESIGN invariant 4). It may block, which
-// suspends every write that cannot be shipped, and returns an error only
-// when this host may no longer write (or ctx ended: the Mirror is closing).
-type Fence func(ctx context.Context) error
-
-// ErrFenced reports a write refused because this host may no longer write.
-var ErrFenced = errors.New("this host may not write: the control plane refused to mark its peer outdated")
-
 // progressInterval is how often a resync persists what it copied.
 const progressInterval = time.Second
 
@@ -75,7 +65,8 @@ type Mirror struct {
 	resyncMu sync.Mutex // one Resync at a time
 
 	mu        sync.Mutex
-	peer      *transport.Session
+	link      *link  // the current peer session, or none (fence.go)
+	losses    uint64 // peer losses so far; starting without a peer is the first
 	resyncing bool
 	closed    bool
 	lastErr   string
@@ -98,13 +89,15 @@ type Mirror struct {
 	// resyncSent counts blocks a resync sent to the peer.
 	resyncSent atomic.Uint64
 
-	fence     Fence
-	fenceMu   sync.Mutex // one fence call at a time; writes that need it wait here
-	fenced    bool       // the peer was marked outdated since the last connection
-	fenceErr  error      // permanent: this host may not write
-	suspended atomic.Bool
-	closing   context.Context
-	stop      context.CancelFunc
+	fence      Fence
+	markTarget ResyncStart
+	fenceMu    sync.Mutex // one control-plane commit at a time; writes that need a fence wait here
+	fencedLoss uint64     // the last peer loss the control plane committed "peer outdated" for
+	fenceErr   error      // permanent: this host may not write
+	suspended  atomic.Bool
+	refused    atomic.Bool // fenceErr is set
+	closing    context.Context
+	stop       context.CancelFunc
 }
 
 // SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
@@ -122,88 +115,8 @@ func NewMirror(local Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Lo
 		log = slog.Default()
 	}
 	closing, stop := context.WithCancel(context.Background())
-	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log, closing: closing, stop: stop}
-}
-
-// SetFence installs the fence; without one a write that cannot be shipped
-// is acknowledged at once (no control plane: no split-brain protection).
-func (m *Mirror) SetFence(f Fence) {
-	m.fenceMu.Lock()
-	defer m.fenceMu.Unlock()
-	m.fence = f
-}
-
-// ensureFenced returns once the peer counts as outdated, or with the reason
-// this write must not be acknowledged.
-func (m *Mirror) ensureFenced() error {
-	m.fenceMu.Lock()
-	defer m.fenceMu.Unlock()
-	if m.fence == nil || m.fenced || m.fenceErr != nil {
-		return m.fenceErr
-	}
-	m.suspended.Store(true)
-	defer m.suspended.Store(false)
-	if err := m.fence(m.closing); err != nil {
-		if m.closing.Err() == nil {
-			m.fenceErr = fmt.Errorf("%w: %w", ErrFenced, err)
-			return m.fenceErr
-		}
-		return fmt.Errorf("%w: closing before the peer was marked outdated", ErrClosed)
-	}
-	m.fenced = true
-	return nil
-}
-
-// SetPeer starts shipping writes to s. Blocks that went out of sync while
-// there was no peer stay dirty until Resync copies them.
-//
-// In async mode the journal starts shipping to s only once CatchUp decided
-// from where; until then writes are journaled and wait.
-func (m *Mirror) SetPeer(s *transport.Session) {
-	if m.async != nil {
-		m.async.setPeer(s)
-	}
-	if s != nil {
-		m.fenceMu.Lock()
-		m.fenced = false // a later loss must be committed again
-		m.fenceMu.Unlock()
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.retire(m.peer)
-	m.peer = s
-	m.lastErr = ""
-}
-
-// retire folds an ending session's counters into the totals. m.mu is held.
-func (m *Mirror) retire(s *transport.Session) {
-	if s == nil {
-		return
-	}
-	st := s.Stats()
-	m.past.Writes += st.Writes
-	m.past.Bytes += st.Bytes
-	m.past.Flushes += st.Flushes
-}
-
-func (m *Mirror) session() *transport.Session {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.peer
-}
-
-// peerLost stops shipping to s after it failed with err.
-func (m *Mirror) peerLost(s *transport.Session, err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.peer != s {
-		return
-	}
-	m.retire(s)
-	m.peer = nil
-	m.lastErr = err.Error()
-	// Not "writes continue": with a fence they wait for it, which says so.
-	m.log.Warn("peer lost: the blocks written from now on stay dirty until it returns", "err", err)
+	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log, closing: closing, stop: stop,
+		link: &link{}, losses: 1}
 }
 
 // begin registers an I/O so that Close waits for it.
@@ -290,8 +203,8 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 		}
 	}
 	m.dirty.Mark(e)
+	l, s := m.joinLink()
 	var call *transport.Call
-	s := m.session()
 	if s != nil {
 		c, err := ship(s)
 		if err != nil {
@@ -318,8 +231,10 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 	if m.intent != nil {
 		m.intent.EndWrite(e, inSync)
 	}
+	loss := m.lossCount()
+	l.io.Done()
 	if !inSync && lerr == nil {
-		return m.ensureFenced()
+		return m.ensureFenced(loss)
 	}
 	return lerr
 }
@@ -336,8 +251,8 @@ func (m *Mirror) Flush() error {
 		return ErrClosed
 	}
 	defer m.inflight.Done()
+	l, s := m.joinLink()
 	var call *transport.Call
-	s := m.session()
 	if s != nil {
 		c, err := s.SubmitFlush()
 		if err != nil {
@@ -347,13 +262,20 @@ func (m *Mirror) Flush() error {
 		}
 	}
 	lerr := m.local.Flush()
+	shipped := false
 	if call != nil {
 		if err := call.Wait(); err != nil {
-			// Writes the peer did not make durable are not known here: the
-			// link is gone, so every later write is logged as dirty and the
-			// resync after reconnect rewrites the out-of-sync blocks.
 			m.peerLost(s, err)
+		} else {
+			shipped = true
 		}
+	}
+	loss := m.lossCount()
+	l.io.Done()
+	if !shipped && lerr == nil {
+		// The peer may not hold the writes acknowledged before this flush
+		// durably: the flush returns only once it counts as outdated.
+		return m.ensureFenced(loss)
 	}
 	return lerr
 }
@@ -415,6 +337,9 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 	}
 	start := time.Now()
 	lastSync := start
+	// The peer turns inconsistent with the first block sent, not before:
+	// a checksum resync may find nothing to send.
+	target := sync.OnceValue(func() error { return m.markResyncTarget(ctx) })
 	pacer := &resyncPacer{max: m.resyncRate.Load(), min: m.resyncMinRate.Load(), appIO: m.appIO.Load, now: time.Now,
 		yielding: m.resyncYielding.Store}
 	defer m.resyncYielding.Store(false)
@@ -435,7 +360,7 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 		go func() {
 			defer wg.Done()
 			defer func() { bufs <- buf }()
-			if err := m.resyncExtent(s, e, buf, checksum); err != nil {
+			if err := m.resyncExtent(s, e, buf, checksum, target); err != nil {
 				errMu.Lock()
 				if firstEr == nil {
 					firstEr = err
@@ -465,7 +390,7 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 	return nil
 }
 
-func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte, checksum bool) error {
+func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte, checksum bool, target func() error) error {
 	if !m.begin() {
 		return ErrClosed
 	}
@@ -498,6 +423,11 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 		}
 		differ = differingRuns(e, checksumsOf(buf[:n], bs), peer)
 		m.resyncSkipped.Add(e.Blocks() - extentsBlocks(differ))
+	}
+	if len(differ) > 0 {
+		if err := target(); err != nil {
+			return err
+		}
 	}
 	calls := make([]*transport.Call, 0, len(differ))
 	var err error
@@ -587,6 +517,7 @@ func (m *Mirror) Close() error {
 type MirrorStatus struct {
 	Connected   bool
 	Suspended   bool // writes wait for the control plane to mark the peer outdated
+	Fenced      bool // the control plane refused to: writes the peer lacks fail
 	Replication string
 	LastError   string
 	DirtyBlocks uint64
@@ -631,16 +562,20 @@ type MirrorStatus struct {
 // Status returns a snapshot of the replication state.
 func (m *Mirror) Status() MirrorStatus {
 	m.mu.Lock()
+	peer := m.link.s
+	if m.link.lost {
+		peer = nil
+	}
 	st := MirrorStatus{
-		Connected:   m.peer != nil,
+		Connected:   peer != nil,
 		LastError:   m.lastErr,
 		Writes:      m.past.Writes,
 		Bytes:       m.past.Bytes,
 		Flushes:     m.past.Flushes,
 		Replication: StateLogging,
 	}
-	if m.peer != nil {
-		ps := m.peer.Stats()
+	if peer != nil {
+		ps := peer.Stats()
 		st.Writes += ps.Writes
 		st.Bytes += ps.Bytes
 		st.Flushes += ps.Flushes
@@ -660,6 +595,7 @@ func (m *Mirror) Status() MirrorStatus {
 	st.ResyncSent = m.resyncSent.Load()
 	st.ResyncYielding = m.resyncYielding.Load()
 	st.Suspended = m.suspended.Load()
+	st.Fenced = m.refused.Load()
 	st.Mode = ModeSync.String()
 	if m.async != nil {
 		m.async.status(&st)

@@ -91,6 +91,19 @@ type pair struct {
 	sess      *transport.Session
 	secPath   string
 	priPath   string
+	addr      string           // the secondary's listener
+	pri       transport.Config // what the primary dials with
+}
+
+// dial opens another session to the secondary (it replaces the active one).
+func (p *pair) dial(t testing.TB) *transport.Session {
+	t.Helper()
+	s, err := transport.Dial(context.Background(), p.addr, p.pri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
 
 // newPair runs a primary Mirror and an in-process secondary on 127.0.0.1.
@@ -111,7 +124,8 @@ func newPairSized(t testing.TB, size int64) *pair {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() { defer close(served); _ = ln.Serve(ctx, p.replica) }()
-	p.sess, err = transport.Dial(ctx, ln.Addr().String(), pri)
+	p.addr, p.pri = ln.Addr().String(), pri
+	p.sess, err = transport.Dial(ctx, p.addr, pri)
 	if err != nil {
 		t.Fatal(err)
 	}

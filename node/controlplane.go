@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -31,8 +32,12 @@ const fenceRetry = 250 * time.Millisecond
 // without quorum says that its writes are suspended.
 const fenceAttempt = time.Second
 
-// peerID is the other data host's node ID according to the control plane.
+// peerID is the other data host's node ID according to the control plane
+// ("" without one).
 func (n *Node) peerID() string {
+	if n.cfg.ControlPlane == nil {
+		return ""
+	}
 	for _, id := range n.cfg.ControlPlane.State().DataHosts() {
 		if id != n.cfg.NodeID {
 			return id
@@ -99,14 +104,58 @@ func (n *Node) admitNamedPrimary(peer transport.Hello) error {
 	return nil
 }
 
-// markPeerUpToDate records with the control plane that the peer caught up.
-func (n *Node) markPeerUpToDate(ctx context.Context, peer string) {
+// recordPeerInSync records with the control plane that the peer holds every
+// write: after a resync, or when the first connection finds both hosts in
+// sync. The mirror makes the commit only while a session is live and
+// nothing is out of sync, under its fence lock (see blockdev.CommitInSync).
+// Without quorum it retries until ctx ends or the peer is lost.
+func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, peer string) {
 	if n.cfg.ControlPlane == nil {
 		return
 	}
 	epoch := cluster.Epoch(n.tcfg.Epoch)
-	if err := n.cfg.ControlPlane.SetDiskState(ctx, peer, cluster.DiskUpToDate, epoch); err != nil {
-		n.log.Warn("could not record the peer as up to date with the control plane", "peer", peer, "err", err)
+	commit := func(ctx context.Context) error {
+		attempt, cancel := context.WithTimeout(ctx, fenceAttempt)
+		defer cancel()
+		return n.cfg.ControlPlane.SetDiskState(attempt, peer, cluster.DiskUpToDate, epoch)
+	}
+	for warned := false; ; {
+		err := mirror.CommitInSync(ctx, commit)
+		switch {
+		case err == nil:
+			n.log.Info("peer recorded uptodate with the control plane", "peer", peer, "epoch", epoch)
+			return
+		case !errors.Is(err, cluster.ErrNoQuorum) || ctx.Err() != nil:
+			n.log.Warn("could not record the peer as up to date with the control plane", "peer", peer, "err", err)
+			return
+		case !warned:
+			n.log.Warn("the peer is in sync but the control plane cannot record it yet (no quorum); retrying", "peer", peer)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(fenceRetry):
+		}
+	}
+}
+
+// markPeerInconsistent is the commit a resync in epoch makes before its
+// first block: until it completes the peer holds a mix of old and new
+// blocks, and the control plane must not let it be promoted.
+func (n *Node) markPeerInconsistent(epoch cluster.Epoch) blockdev.ResyncStart {
+	return func(ctx context.Context) error {
+		peer := n.peerID()
+		if peer == "" {
+			return errors.New("the control plane knows no peer to mark inconsistent")
+		}
+		attempt, cancel := context.WithTimeout(ctx, fenceAttempt)
+		defer cancel()
+		if err := n.cfg.ControlPlane.SetDiskState(attempt, peer, cluster.DiskInconsistent, epoch); err != nil {
+			return err
+		}
+		n.log.Info("peer marked inconsistent until the resync completes", "peer", peer, "epoch", epoch)
+		return nil
 	}
 }
 

@@ -211,6 +211,10 @@ func TestStatusText(t *testing.T) {
 			[]string{"disconnected to b:7789", "dirty        3 blocks (12.0 KiB)", "last error   peer link lost"}},
 		{"no control plane", Status{Role: RolePrimary, NoControlPlane: true},
 			[]string{"control      NONE: role from --role only, no split-brain protection"}},
+		{"deposed primary", Status{Role: RolePrimary, Link: LinkConnected, Replication: ReplicationFenced, Epoch: 7, ServingEpoch: 5, NamedPrimary: "b", RaftLeader: "w"},
+			[]string{"replication  fenced: writes refused", "control      epoch 7 (this host still serves epoch 5: deposed, stepping down), primary b, raft leader w"}},
+		{"primary in its epoch", Status{Role: RolePrimary, Link: LinkConnected, Replication: ReplicationSuspended, Epoch: 7, ServingEpoch: 7, NamedPrimary: "a"},
+			[]string{"replication  suspended", "control      epoch 7, primary a, raft leader none (no quorum?)"}},
 		{"secondary", Status{Role: RoleSecondary, Link: LinkConnected, PeerNode: "a", Replication: "replicating", WritesApplied: 5, AppliedSeq: 9},
 			[]string{"(node a)", "applied      5 writes, 0 B, up to seq 9"}},
 	} {

@@ -13,6 +13,7 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
@@ -86,9 +87,9 @@ func (n *Node) startAsync(mirror *blockdev.Mirror) error {
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Resynced: func() {
-		if peer := n.peerID(); peer != "" && n.cfg.ControlPlane != nil {
-			n.markPeerUpToDate(context.Background(), peer)
+	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Resynced: func(ctx context.Context) {
+		if peer := n.peerID(); peer != "" {
+			n.recordPeerInSync(ctx, mirror, peer)
 		}
 	}})
 	if err != nil {
@@ -213,6 +214,7 @@ func (n *Node) runPrimary(ctx context.Context, lost <-chan struct{}) error {
 	if n.cfg.ControlPlane != nil && !n.cfg.Passthrough {
 		n.tcfg.Epoch = uint64(n.epoch)
 		mirror.SetFence(n.fencePeer(n.epoch))
+		mirror.SetResyncStart(n.markPeerInconsistent(n.epoch))
 	}
 	var dev blockdev.Device = gate
 	if n.cfg.Passthrough {
@@ -339,9 +341,19 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 				return
 			}
 			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
-			if errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) ||
-				errors.Is(err, transport.ErrPeerRefused) || errors.Is(err, ErrPeerRefused) {
+			switch {
+			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerRefused):
+				// Wrong secret, another volume, a split brain: retrying
+				// alone does not fix these.
 				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
+				n.setRefused(err)
+				backoff = 5 * time.Second
+			case errors.Is(err, transport.ErrPeerRefused):
+				// Mostly an epoch the peer does not admit: this host was
+				// deposed (its role loop steps down) or the peer's copy of
+				// the control plane lags; either clears by itself. The
+				// peer's own status names a refusal the operator must fix.
+				n.log.Warn("peer refused the connection; retrying", "peer", n.cfg.Peer, "err", err)
 				n.setRefused(err)
 				backoff = 5 * time.Second
 			}
@@ -449,7 +461,7 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 		s.Close()
 		return
 	}
-	if err := mirror.CatchUp(ctx, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
+	if err := n.catchUpRetrying(ctx, s, mirror, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}
@@ -461,7 +473,7 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 		return // a write failed to ship meanwhile: the session broke
 	}
 	if local.Bitmap == 0 && local == peer && !peerBehind {
-		n.markPeerUpToDate(ctx, s.Peer().NodeID) // in sync from the start
+		n.recordPeerInSync(ctx, mirror, s.Peer().NodeID) // in sync from the start
 		return
 	}
 	if err := mirror.Drain(ctx); err != nil { // async: the peer holds the journal
@@ -485,7 +497,29 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 		n.log.Warn("could not record that the peer caught up", "err", err)
 		return
 	}
-	n.markPeerUpToDate(ctx, s.Peer().NodeID)
+	n.recordPeerInSync(ctx, mirror, s.Peer().NodeID)
+}
+
+// catchUpRetrying runs mirror.CatchUp, again while it cannot start because
+// the control plane has no quorum to record the peer inconsistent first.
+func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mirror *blockdev.Mirror, checksum bool) error {
+	for warned := false; ; {
+		err := mirror.CatchUp(ctx, checksum)
+		if err == nil || !errors.Is(err, blockdev.ErrTargetNotMarked) || !errors.Is(err, cluster.ErrNoQuorum) {
+			return err
+		}
+		if !warned {
+			n.log.Warn("resync waits: the control plane must record the peer inconsistent first (no quorum); retrying", "err", err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.Done():
+			return s.Err()
+		case <-time.After(fenceRetry):
+		}
+	}
 }
 
 // peerLost starts a new generation: from now on this host writes alone.
@@ -568,6 +602,9 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 		err = mirror.Resync(ctx, false) // verify just found them different
 		n.resyncMu.Unlock()
 		res.Repaired = err == nil
+		if err == nil {
+			n.recordPeerInSync(ctx, mirror, n.peerID())
+		}
 	}
 	res.Seconds = time.Since(start).Seconds()
 	n.log.Info("verify finished", "blocks", res.Blocks, "out_of_sync", res.OutOfSync, "repaired", res.Repaired, "err", err)
@@ -618,6 +655,9 @@ func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, e
 	skipped := mirror.Status().ResyncSkip
 	res.Blocks = dirty.OutOfSync().GetCardinality()
 	err = mirror.Resync(ctx, checksum)
+	if err == nil {
+		n.recordPeerInSync(ctx, mirror, n.peerID())
+	}
 	res.Skipped = mirror.Status().ResyncSkip - skipped
 	res.Seconds = time.Since(start).Seconds()
 	n.log.Info("resync requested by the operator finished", "full", full, "checksum", checksum, "blocks", res.Blocks, "skipped", res.Skipped, "err", err)

@@ -30,9 +30,12 @@ type Status struct {
 	PeerDisk    string  `json:"peer_disk,omitempty"`
 	UptimeSec   float64 `json:"uptime_seconds"`
 	Generations string  `json:"generations"`
-	// With a control plane: the epoch this host works in and the primary
-	// the control plane names.
+	// With a control plane: the newest epoch this host's copy of the
+	// control plane knows, the epoch its primary term serves in (it
+	// differs from Epoch only for a deposed primary about to step down),
+	// and the primary the control plane names.
 	Epoch        uint64 `json:"epoch,omitempty"`
+	ServingEpoch uint64 `json:"serving_epoch,omitempty"`
 	NamedPrimary string `json:"named_primary,omitempty"`
 	RaftLeader   string `json:"raft_leader,omitempty"`
 	// NoControlPlane: the role comes from --role alone, so nothing stops
@@ -91,6 +94,17 @@ type Status struct {
 	BehindBlocks uint64 `json:"behind_blocks,omitempty"`
 }
 
+// Replication states of a primary that cannot replicate, beside the
+// mirror's own (blockdev.StateReplicating and the others).
+const (
+	// ReplicationSuspended: writes the peer lacks wait for the control
+	// plane to mark it outdated (no quorum yet).
+	ReplicationSuspended = "suspended"
+	// ReplicationFenced: the control plane refused to mark the peer
+	// outdated, because this host is no longer primary: such writes fail.
+	ReplicationFenced = "fenced: writes refused"
+)
+
 // LDAPHealth is the directory server probe's view.
 type LDAPHealth struct {
 	URL                 string    `json:"url"`
@@ -146,6 +160,9 @@ func (n *Node) localStatus() Status {
 	}
 	n.mu.Lock()
 	st.Role, st.Transition = n.role, n.transition
+	if n.role == RolePrimary {
+		st.ServingEpoch = uint64(n.epoch)
+	}
 	mirror, export, ln, replica := n.mirror, n.export, n.ln, n.replica
 	st.Link, st.PeerNode = n.link, n.peerNode
 	st.Generations = n.meta.Generations.String()
@@ -192,8 +209,11 @@ func (n *Node) localStatus() Status {
 	st.JournalNewest, st.PeerDurableSeq, st.Throttled = ms.JournalNewest, ms.PeerDurable, ms.Throttled
 	st.CatchUpFrom, st.CatchUpTo, st.LastCatchUp = ms.CatchUpFrom, ms.CatchUpTo, ms.LastCatchUp
 	st.JournalOverflow, st.FallbackReason = ms.JournalOverflow, ms.FallbackReason
-	if ms.Suspended {
-		st.Replication = "suspended"
+	switch {
+	case ms.Fenced:
+		st.Replication = ReplicationFenced
+	case ms.Suspended:
+		st.Replication = ReplicationSuspended
 	}
 	st.DirtyBlocks = ms.DirtyBlocks
 	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
@@ -302,7 +322,11 @@ func (st *Status) WriteText(w io.Writer) {
 		if leader == "" {
 			leader = "none (no quorum?)"
 		}
-		row("control", "epoch %d, primary %s, raft leader %s", st.Epoch, st.NamedPrimary, leader)
+		epoch := fmt.Sprintf("epoch %d", st.Epoch)
+		if st.ServingEpoch != 0 && st.ServingEpoch != st.Epoch {
+			epoch += fmt.Sprintf(" (this host still serves epoch %d: deposed, stepping down)", st.ServingEpoch)
+		}
+		row("control", "%s, primary %s, raft leader %s", epoch, st.NamedPrimary, leader)
 	}
 	if st.NoControlPlane {
 		row("control", "NONE: role from --role only, no split-brain protection")

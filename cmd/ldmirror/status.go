@@ -19,11 +19,15 @@ func statusCommand() *cli.Command {
                     and is replayed in order, so the peer stays crash-consistent
    resyncing        the dirty blocks are copied to the peer: percent, rate and ETA;
                     "slowed to the minimum rate" while the application writes
-   suspended        with a control plane and no quorum: writes wait, none is acknowledged
+   suspended        with a control plane and no quorum: writes the peer lacks wait, none is
+                    acknowledged, until "peer outdated" commits
+   fenced: writes refused
+                    the control plane refused to mark the peer outdated: this host was
+                    deposed; such writes fail until it steps down
    waiting for ...  a secondary without a primary, or a host not yet named by the control plane
 The fallback row says why an async journal could not cover a disconnect (a bitmap resync
-follows). The control row shows epoch, named primary and raft leader, or NONE without a
-control plane. A split brain shows in "last error" with the command that ends it.`,
+follows). The control row shows epoch, named primary and raft leader (and the epoch a
+deposed primary still serves in), or NONE without a control plane. A split brain shows in "last error" with the command that ends it.`,
 		Flags: []cli.Flag{
 			volumeDirFlag, controlFlag,
 			&cli.BoolFlag{Name: "json", Usage: "print JSON (sizes in bytes)"},
