@@ -45,6 +45,15 @@ func BenchmarkBlockHash(b *testing.B) {
 			}
 		})
 	}
+	b.Run("digestsOf", func(b *testing.B) { // the choice, as verify runs it
+		buf := randomBytes(1 << 20)
+		key := newChecksumKey()
+		b.SetBytes(int64(len(buf)))
+		b.ReportAllocs()
+		for b.Loop() {
+			digestsOf(buf, 4096, key)
+		}
+	})
 }
 
 // prefixed is SHA-256(key ‖ block): Reset writes the key again.
