@@ -401,9 +401,11 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 	off := int64(e.First) * int64(bs)
 	n := min(int64(e.Blocks())*int64(bs), m.local.Size()-off)
 	var sums *transport.Call
+	var key *[transport.ChecksumKeySize]byte
 	if checksum {
+		key = newChecksumKey() // after the lock: see digestsOf
 		var err error
-		if sums, err = s.SubmitChecksum(off, n); err != nil {
+		if sums, err = s.SubmitChecksum(off, n, key); err != nil {
 			m.peerLost(s, err)
 			return err
 		}
@@ -421,7 +423,7 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 			m.peerLost(s, err)
 			return err
 		}
-		differ = differingRuns(e, checksumsOf(buf[:n], bs), peer)
+		differ = differingRuns(e, digestsOf(buf[:n], bs, key), peer)
 		m.resyncSkipped.Add(e.Blocks() - extentsBlocks(differ))
 	}
 	if len(differ) > 0 {
@@ -464,17 +466,17 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 }
 
 // differingRuns returns the runs of blocks of e whose local and peer
-// checksums differ (all of e if the peer's answer has the wrong length).
+// digests differ (all of e if the peer's answer has the wrong length).
 func differingRuns(e bitmap.Extent, local, peer []byte) []bitmap.Extent {
 	if len(local) != len(peer) {
 		return []bitmap.Extent{e}
 	}
 	var runs []bitmap.Extent
-	for i := 0; i < len(local); i += 4 {
-		if bytes.Equal(local[i:i+4], peer[i:i+4]) {
+	for i := 0; i < len(local); i += digestSize {
+		if bytes.Equal(local[i:i+digestSize], peer[i:i+digestSize]) {
 			continue
 		}
-		b := e.First + uint32(i/4)
+		b := e.First + uint32(i/digestSize)
 		if k := len(runs); k > 0 && runs[k-1].Last+1 == b {
 			runs[k-1].Last = b
 		} else {

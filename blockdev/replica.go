@@ -176,7 +176,7 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 	var reply []byte
 	switch req.Kind {
 	case transport.KindChecksum:
-		reply, err = BlockChecksums(r.dev, req.Offset, req.Length, r.blockSize)
+		reply, err = BlockDigests(r.dev, req.Offset, req.Length, r.blockSize, &req.Key)
 	case transport.KindWrite:
 		_, err = r.dev.WriteAt(req.Data, req.Offset)
 		if err == nil {

@@ -27,7 +27,7 @@ func TestReplicaOrderedRequestsRunAlone(t *testing.T) {
 		// A slow request first, which none of the records overlaps: a
 		// checksum held in its read.
 		release := dev.gate(0)
-		sums, err := h.sess.SubmitChecksum(0, 4096)
+		sums, err := h.sess.SubmitChecksum(0, 4096, new([transport.ChecksumKeySize]byte))
 		h.track(1, sums, err)
 		h.waitFor(t, func() bool { return dev.readsHeld.Load() == 1 })
 		for i := range 4 {

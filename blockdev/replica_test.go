@@ -106,7 +106,8 @@ func TestReplicaOrdersOverlapsAndAppliesTheRest(t *testing.T) {
 	dev.WriteAt(before, 0)
 
 	release := dev.gate(0)
-	sums, err := h.sess.SubmitChecksum(0, 8192) // blocks 0-1, held in its read
+	key := &[transport.ChecksumKeySize]byte{1, 2, 3}
+	sums, err := h.sess.SubmitChecksum(0, 8192, key) // blocks 0-1, held in its read
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,8 +137,8 @@ func TestReplicaOrdersOverlapsAndAppliesTheRest(t *testing.T) {
 	r.Wait()
 
 	// The checksum read block 1 before seq 2 overwrote it.
-	if reply := <-replies; !bytes.Equal(reply, checksumsOf(before, 4096)) {
-		t.Fatalf("checksum reply %x, want the checksums of the data before seq 2", reply)
+	if reply := <-replies; !bytes.Equal(reply, digestsOf(before, 4096, key)) {
+		t.Fatalf("checksum reply %x, want the digests of the data before seq 2", reply)
 	}
 	got := make([]byte, 8192)
 	dev.ReadAt(got, 0)

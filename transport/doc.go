@@ -17,13 +17,28 @@
 // version, node identity, volume identity and geometry, a random nonce), then
 // Auth, an HMAC-SHA256 over both Hellos keyed with the shared secret. No data
 // frame is accepted before both Auths verified and the volumes matched; the
-// acceptor then sends Ready (or an Error saying why it refuses).
+// acceptor then sends Ready (or an Error saying why it refuses). A peer
+// whose Hello has another protocol version is refused with an Error naming
+// both versions; this is version 2 (version 1's checksum reply was CRC32C).
 //
 // After the handshake the primary's Session pipelines Write, Trim and Flush
 // requests with a bounded window of outstanding frames; the secondary's
 // ServerSession hands them to a Handler, which may apply them in parallel and
 // acknowledges each one by sequence number. A Flush is a barrier: it is
 // acknowledged only after every earlier request was applied and made durable.
+//
+// A Checksum request (verify, and a resync that compares before it sends)
+// has the payload
+//
+//	0  offset
+//	8  length  bytes, at most MaxChecksumBlocks blocks
+//	16 key     32 bytes the primary draws at random for this request
+//
+// and its Ack carries one 16-byte digest per block of the Hello's block size:
+// the first 16 bytes of HMAC-SHA256 of the block keyed with the request's
+// key. Not a CRC: ext4 ends metadata blocks with a seeded CRC32C of the bytes
+// before it, which gives every version of such a block the same whole-block
+// CRC32C (docs/design.md).
 //
 // In async mode the primary ships its journal's records as Journal frames,
 // whose payload is

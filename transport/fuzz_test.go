@@ -16,6 +16,9 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, Header{Type: TypeAck, Seq: 7}, ackPayload(nil, AckOK, nil)))
 	f.Add(AppendFrame(nil, Header{Type: TypeFlush, Seq: 8}, nil))
 	f.Add(AppendFrame(nil, Header{Type: TypeGeneration, Seq: 9}, make([]byte, 32)))
+	cs := make([]byte, checksumRequestSize)
+	putChecksumRequest(cs, 65536, 1<<20-65536, &[ChecksumKeySize]byte{0: 1, 31: 2})
+	f.Add(AppendFrame(nil, Header{Type: TypeChecksum, Seq: 13}, cs))
 	jw := binary.BigEndian.AppendUint64(nil, 0x1234)
 	jw = binary.BigEndian.AppendUint64(jw, 77)
 	jw = append(jw, byte(KindWrite), journalOrdered, 0, 0, 0, 0, 0, 0)
@@ -58,7 +61,13 @@ func FuzzReadFrame(f *testing.F) {
 			case TypeFlush:
 				_, _ = parseRequest(KindFlush, h, p, 1<<20)
 			case TypeChecksum:
-				_, _ = parseRequest(KindChecksum, h, p, 1<<20)
+				if r, err := parseRequest(KindChecksum, h, p, 1<<20); err == nil {
+					b := make([]byte, checksumRequestSize)
+					putChecksumRequest(b, r.Offset, r.Length, &r.Key)
+					if !bytes.Equal(b, p) {
+						t.Fatal("checksum request does not round-trip")
+					}
+				}
 			case TypeGeneration:
 				_, _ = parseRequest(KindGeneration, h, p, 1<<20)
 			case TypeJournal:

@@ -152,7 +152,7 @@ func handshake(conn net.Conn, fr *FrameReader, cfg *Config, initiator bool) (Hel
 		return peer, refuse(conn, cfg.Epoch, err)
 	}
 	if peer.Version != ProtocolVersion {
-		return peer, refuse(conn, cfg.Epoch, fmt.Errorf("%w: local %d, peer %d", ErrVersion, ProtocolVersion, peer.Version))
+		return peer, refuse(conn, cfg.Epoch, fmt.Errorf("%w: local %d, peer %d; upgrade the host on version %d", ErrVersion, ProtocolVersion, peer.Version, min(ProtocolVersion, peer.Version)))
 	}
 	if bytes.Equal(own.Nonce[:], peer.Nonce[:]) {
 		return peer, refuse(conn, cfg.Epoch, fmt.Errorf("%w: peer echoed our nonce", ErrAuth))

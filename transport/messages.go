@@ -6,7 +6,9 @@ import (
 )
 
 // ProtocolVersion is the version of the wire protocol this package speaks.
-const ProtocolVersion = 1
+// Version 2 changed the checksum request (a key) and its reply (keyed
+// digests instead of CRC32C); both sides must speak the same version.
+const ProtocolVersion = 2
 
 // maxNodeID bounds the node identity carried in Hello.
 const maxNodeID = 64
@@ -79,7 +81,7 @@ const (
 )
 
 // ackPayload encodes an Ack: a status code, then for a failure its message
-// and for a success the reply (the checksums of a checksum request).
+// and for a success the reply (the digests of a checksum request).
 func ackPayload(b []byte, status uint32, body []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, status)
 	return append(b, body...)
@@ -92,9 +94,27 @@ func parseAck(b []byte) (uint32, []byte, error) {
 	return binary.BigEndian.Uint32(b), b[4:], nil
 }
 
-// MaxChecksumBlocks bounds the blocks one checksum request covers, so that
-// its reply (4 bytes a block) stays small.
-const MaxChecksumBlocks = 1024
+// Checksum requests: the primary sends a fresh random key with each one,
+// and the reply holds one digest of ChecksumDigestSize bytes a block (see
+// doc.go).
+const (
+	ChecksumKeySize    = 32
+	ChecksumDigestSize = 16
+	// MaxChecksumBlocks bounds the blocks one checksum request covers, so
+	// that its reply (16 KiB at most) stays small.
+	MaxChecksumBlocks = 1024
+)
+
+// checksumRequestSize is a checksum request's payload: offset, length, key.
+const checksumRequestSize = 16 + ChecksumKeySize
+
+// putChecksumRequest encodes a checksum request's payload into p, which
+// holds checksumRequestSize bytes.
+func putChecksumRequest(p []byte, off, n int64, key *[ChecksumKeySize]byte) {
+	binary.BigEndian.PutUint64(p[0:8], uint64(off))
+	binary.BigEndian.PutUint64(p[8:16], uint64(n))
+	copy(p[16:checksumRequestSize], key[:])
+}
 
 // maxErrorText bounds the reason carried by an Error frame.
 const maxErrorText = 1024

@@ -23,8 +23,9 @@ const (
 	// KindGeneration carries the generation identifiers the secondary adopts
 	// (in Generations) once it caught up with the primary.
 	KindGeneration
-	// KindChecksum asks for the CRC32C of each block in [Offset,
-	// Offset+Length); the Handler answers with Reply.
+	// KindChecksum asks for a digest of each block in [Offset,
+	// Offset+Length), keyed with Key; the Handler answers with Reply,
+	// ChecksumDigestSize bytes a block (see doc.go).
 	KindChecksum
 	// KindOutOfSync asks for the blocks this host knows may differ from
 	// the primary (its own scoreboard and activity log, kept from when it
@@ -60,6 +61,8 @@ type Request struct {
 	Data   []byte // the data of a write; valid until Done
 	// Generations of a KindGeneration request.
 	Generations [4]uint64
+	// Key of a KindChecksum request.
+	Key [ChecksumKeySize]byte
 	// JournalID and JournalSeq place a write, trim or flush that came from
 	// the primary's journal (async mode, a Journal frame); both are 0 for
 	// a request that did not. The handler persists the highest sequence
@@ -80,7 +83,7 @@ type Request struct {
 // afterwards (it is reused for a later one).
 func (r *Request) Done(err error) { r.Reply(nil, err) }
 
-// Reply is Done with a body for the primary (the checksums of a checksum
+// Reply is Done with a body for the primary (the digests of a checksum
 // request; for a flush, the handler's durable applied journal position).
 func (r *Request) Reply(body []byte, err error) {
 	r.sess.ack(r.Seq, body, err)
@@ -467,12 +470,19 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) 
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Data = p[8:]
 		req.Length = int64(len(req.Data))
-	case KindTrim, KindChecksum:
+	case KindTrim:
 		if len(p) != 16 {
 			return Request{}, fmt.Errorf("%w: %s frame of %d bytes", ErrMalformed, kind, len(p))
 		}
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
+	case KindChecksum:
+		if len(p) != checksumRequestSize {
+			return Request{}, fmt.Errorf("%w: checksum frame of %d bytes, want %d", ErrMalformed, len(p), checksumRequestSize)
+		}
+		req.Offset = int64(binary.BigEndian.Uint64(p))
+		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
+		copy(req.Key[:], p[16:])
 	case KindFlush, KindOutOfSync:
 		if len(p) != 0 {
 			return Request{}, fmt.Errorf("%w: %s frame with %d payload bytes", ErrMalformed, kind, len(p))

@@ -24,7 +24,7 @@ var (
 // Call is one request in flight on a Session. Wait must be called exactly
 // once for every Call returned by a Session.
 type Call struct {
-	frame  [HeaderSize + journalPrefix + 8]byte // header plus the offset and trim length, the generations, or a journal prefix
+	frame  [HeaderSize + max(journalPrefix+8, checksumRequestSize)]byte // header plus the offset and trim length, the generations, a checksum request or a journal prefix
 	nframe int
 	kind   Type
 	jkind  Kind // the operation of a journal frame
@@ -185,15 +185,22 @@ func (s *Session) SubmitGeneration(g [4]uint64) (*Call, error) {
 	return s.submit(TypeGeneration, 0, 0, nil, g[:]...)
 }
 
-// SubmitChecksum asks the peer for the CRC32C of each of the blocks of
-// blockSize bytes in n bytes at off (at most MaxChecksumBlocks blocks), read
-// after every earlier overlapping write was applied. WaitReply returns them,
-// 4 bytes a block, big-endian.
-func (s *Session) SubmitChecksum(off, n int64) (*Call, error) {
+// SubmitChecksum asks the peer for a digest, keyed with key, of each of the
+// blocks of blockSize bytes in n bytes at off (at most MaxChecksumBlocks
+// blocks), read after every earlier overlapping write was applied.
+// WaitReply returns them, ChecksumDigestSize bytes a block. Draw a new
+// random key for every request (see doc.go).
+func (s *Session) SubmitChecksum(off, n int64, key *[ChecksumKeySize]byte) (*Call, error) {
 	if n <= 0 || n > MaxChecksumBlocks*int64(s.cfg.BlockSize) {
 		return nil, fmt.Errorf("checksum of %d bytes: must be 1 to %d blocks", n, MaxChecksumBlocks)
 	}
-	return s.submit(TypeChecksum, off, n, nil)
+	c, err := s.acquire()
+	if err != nil {
+		return nil, err
+	}
+	c.data, c.kind, c.jkind = nil, TypeChecksum, 0
+	putChecksumRequest(c.frame[HeaderSize:], off, n, key)
+	return s.enqueue(c, TypeChecksum, checksumRequestSize)
 }
 
 // SubmitOutOfSync asks the peer which blocks it knows may differ from this
@@ -278,7 +285,7 @@ func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Ca
 	case TypeWrite:
 		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
 		plen = 8
-	case TypeTrim, TypeChecksum:
+	case TypeTrim:
 		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
 		binary.BigEndian.PutUint64(c.frame[HeaderSize+8:], uint64(n))
 		plen = 16

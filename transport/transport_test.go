@@ -45,6 +45,9 @@ func (h fileHandler) Handle(r *Request) {
 	case KindOutOfSync:
 		r.Reply([]byte("blocks that may differ"), nil)
 		return
+	case KindChecksum:
+		r.Reply(echoChecksum(r.Offset, r.Length, &r.Key), nil)
+		return
 	}
 	r.Done(err)
 }
@@ -169,6 +172,55 @@ func TestPipelinedWritesAndFlush(t *testing.T) {
 	}
 }
 
+// echoChecksum is fileHandler's reply to a checksum request: what arrived
+// (key, offset, length), then as many bytes as the digests of its blocks.
+func echoChecksum(off, n int64, key *[ChecksumKeySize]byte) []byte {
+	b := binary.BigEndian.AppendUint64(append(key[:0:0], key[:]...), uint64(off))
+	b = binary.BigEndian.AppendUint64(b, uint64(n))
+	return append(b, bytes.Repeat([]byte{0xd1}, int((n+4095)/4096)*ChecksumDigestSize)...)
+}
+
+// TestChecksumRequest: the key, offset and length of a checksum request
+// arrive as sent, and a reply of a digest a block comes back; a request of
+// more than MaxChecksumBlocks blocks is refused before it is sent.
+func TestChecksumRequest(t *testing.T) {
+	if reply := 4 + MaxChecksumBlocks*ChecksumDigestSize; reply > MaxPayload {
+		t.Fatalf("the reply to a maximal checksum request is %d bytes, more than a frame's %d", reply, MaxPayload)
+	}
+	s := startSecondary(t)
+	sess, err := Dial(context.Background(), s.ln.Addr().String(), testConfig("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	for _, tc := range []struct {
+		name   string
+		off, n int64
+	}{
+		{"one block", 8192, 4096},
+		{"the whole volume", 0, testSize},
+		{"a partial last block", testSize - 6000, 6000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := &[ChecksumKeySize]byte{0: 0xa5, 15: 0x0f, 16: 0x10, 31: 0x5a}
+			c, err := sess.SubmitChecksum(tc.off, tc.n, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.WaitReply()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := echoChecksum(tc.off, tc.n, key); !bytes.Equal(got, want) {
+				t.Fatalf("reply %x, want %x", got, want)
+			}
+		})
+	}
+	if _, err := sess.SubmitChecksum(0, MaxChecksumBlocks*4096+1, new([ChecksumKeySize]byte)); err == nil {
+		t.Fatalf("a checksum request of more than %d blocks was accepted", MaxChecksumBlocks)
+	}
+}
+
 func TestOutOfSyncReply(t *testing.T) {
 	s := startSecondary(t)
 	sess, err := Dial(context.Background(), s.ln.Addr().String(), testConfig("a"))
@@ -249,6 +301,62 @@ func writeFrameBytes(off uint64, data []byte) []byte {
 	return AppendFrame(nil, Header{Type: TypeWrite, Seq: 1}, append(p, data...))
 }
 
+// oldHello is the Hello of a peer that speaks protocol version 1.
+func oldHello(node string) []byte {
+	b, err := (&Hello{Version: 1, NodeID: node, VolumeUUID: [16]byte{1, 2, 3, 4}, Size: testSize, BlockSize: 4096, Nonce: [32]byte{9}}).MarshalBinary()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// TestOldVersionRefused: a peer on protocol version 1 (CRC32C checksum
+// replies) is refused on either side, with both versions named, before any
+// request could be misread.
+func TestOldVersionRefused(t *testing.T) {
+	const want = "protocol version mismatch: local 2, peer 1; upgrade the host on version 1"
+	t.Run("old primary", func(t *testing.T) {
+		s := startSecondary(t)
+		conn, err := net.Dial("tcp", s.ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := writeFrame(conn, TypeHello, 0, 0, oldHello("a")); err != nil {
+			t.Fatal(err)
+		}
+		fr := NewFrameReader(conn)
+		if _, err := readControl(fr, TypeHello); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readControl(fr, TypeAuth); !errors.Is(err, ErrPeerRefused) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("after an old Hello: %v, want refused with %q", err, want)
+		}
+		waitFor(t, "the refusal to be logged", func() bool { return strings.Contains(s.log.String(), want) })
+		writeThrough(t, s)
+	})
+	t.Run("old secondary", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			_ = writeFrame(conn, TypeHello, 0, 0, oldHello("b"))
+			_, _ = io.Copy(io.Discard, conn)
+		}()
+		_, err = Dial(context.Background(), ln.Addr().String(), testConfig("a"))
+		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Dial to an old secondary: %v, want %q", err, want)
+		}
+	})
+}
+
 func TestAdmitRefusesStaleEpoch(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
 	if err != nil {
@@ -301,6 +409,10 @@ func TestHostileFrames(t *testing.T) {
 		{"truncated frame", true, func() []byte { return good[:HeaderSize+1000] }, "truncated frame: write payload cut short"},
 		{"unknown type", true, func() []byte { b := bytes.Clone(good); b[4] = 200; return b }, "unknown frame type: 200"},
 		{"write outside the volume", true, func() []byte { return writeFrameBytes(testSize-100, make([]byte, 4096)) }, "outside the 1048576-byte volume"},
+		{"checksum request without a key (version 1)", true, func() []byte {
+			p := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, 0), 4096)
+			return AppendFrame(nil, Header{Type: TypeChecksum, Seq: 1}, p)
+		}, "malformed frame: checksum frame of 16 bytes, want 48"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startSecondary(t)
