@@ -13,7 +13,7 @@ func verifyCommand() *cli.Command {
 		Name:  "verify",
 		Usage: "compare every block with the peer by checksum and resync the ones that differ",
 		Description: "Runs online on the primary: writes continue, each 1 MiB run is locked only while both hosts\n" +
-			"checksum it (CRC32C per block). Progress shows in 'ldmirror status'.",
+			"checksum it (a keyed SHA-256 digest per block). Progress shows in 'ldmirror status'.",
 		Flags: []cli.Flag{volumeDirFlag, controlFlag},
 		Action: func(c *cli.Context) error {
 			path, err := controlPath(c)
@@ -50,7 +50,7 @@ func resyncCommand() *cli.Command {
 		Flags: []cli.Flag{
 			volumeDirFlag, controlFlag,
 			&cli.BoolFlag{Name: "full", Usage: "mark every block out of sync first"},
-			&cli.BoolFlag{Name: "checksum", Usage: "send only blocks whose CRC32C differs on the peer"},
+			&cli.BoolFlag{Name: "checksum", Usage: "send only blocks whose digest differs on the peer"},
 		},
 		Action: func(c *cli.Context) error {
 			path, err := controlPath(c)
