@@ -76,6 +76,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.BindAddr == "" {
 		return c, errors.New("cluster config: no bind address")
 	}
+	if err := c.checkTiming(); err != nil {
+		return c, err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

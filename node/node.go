@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -48,8 +47,6 @@ type Config struct {
 	Secret []byte
 	// MountDir is where the primary's FUSE export is mounted (default Dir/export).
 	MountDir string
-	// Control is the path of the control socket (default Dir/control.sock).
-	Control string
 	// Timeout bounds handshakes, acks and peer silence (default DefaultTimeout).
 	Timeout time.Duration
 	// Window is the number of writes in flight to the peer (default 64).
@@ -66,8 +63,6 @@ type Config struct {
 	// controlplane.go); without it roles come from Role alone and nothing
 	// protects against two primaries.
 	ControlPlane ControlPlane
-	// ControlRoutes, if set, is served under /cluster on the control socket.
-	ControlRoutes http.Handler
 	// Probe, if its URL is set, is the directory server this host watches;
 	// its health shows in status.
 	Probe probe.Config
@@ -126,9 +121,6 @@ func (c *Config) check() error {
 	if c.MountDir == "" {
 		c.MountDir = filepath.Join(c.Dir, ExportDir)
 	}
-	if c.Control == "" {
-		c.Control = filepath.Join(c.Dir, ControlFile)
-	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
 	}
@@ -148,7 +140,6 @@ type Node struct {
 	tcfg transport.Config // Epoch is set at the start of each primary term
 
 	dev     *blockdev.FileDevice
-	control *ControlSocket
 	monitor *probe.Monitor // nil without a probe URL
 	lock    *os.File       // flock held on the volume directory while running
 
@@ -205,6 +196,22 @@ type Agent interface {
 
 // SetAgent makes a the host's LDAP agent. Call it before Run.
 func (n *Node) SetAgent(a Agent) { n.agent = a }
+
+// RequestSwap is `ldmirror swap`: through the LDAP agent if there is one
+// (it stops the directory service first, then calls Swap), else Swap.
+func (n *Node) RequestSwap(ctx context.Context) (cluster.Epoch, error) { return n.swap(ctx) }
+
+// RetryAgent runs the LDAP agent's failed hook sequence again and returns
+// the agent's state.
+func (n *Node) RetryAgent(ctx context.Context) (agent.Status, error) {
+	if n.agent == nil {
+		return agent.Status{}, ErrNoAgent
+	}
+	if err := n.agent.Retry(ctx); err != nil {
+		return agent.Status{}, err
+	}
+	return n.agent.Status(), nil
+}
 
 // Open loads the volume and prepares the host; Run starts it. Without a
 // control plane the configured role's parts are set up here, so that their
@@ -326,20 +333,24 @@ func (n *Node) setLink(state, peer string) {
 // DefaultTimeout is the peer timeout when none is configured.
 const DefaultTimeout = 5 * time.Second
 
-// ErrNotPrimary reports a command only the primary can run.
-var ErrNotPrimary = errors.New("only the primary can do this")
+// Errors of the operator's commands, which the control socket carries
+// to the CLI by code (package ctl).
+var (
+	// ErrNotPrimary reports a command only the primary can run.
+	ErrNotPrimary = errors.New("only the primary can do this")
+	// ErrNoAgent reports a command for the LDAP agent on a host without one.
+	ErrNoAgent = errors.New("no LDAP agent runs on this host (daemon --agent-config)")
+	// ErrBusy reports a command that is already running.
+	ErrBusy = errors.New("already running")
+	// ErrNoControlPlane reports a command that needs the control plane on a
+	// host without one (--cluster-bind).
+	ErrNoControlPlane = errors.New("no control plane (--cluster-bind)")
+)
 
 // Run serves until ctx ends, then shuts down in order: writes in flight
 // complete and are acknowledged by the peer before the link closes.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.lock.Close()
-	var err error
-	n.control, err = listenControl(n.cfg.Control, n)
-	if err != nil {
-		n.closeDevices()
-		return err
-	}
-	defer n.control.Close()
 	if n.cfg.Probe.URL != "" {
 		n.monitor = probe.Start(n.cfg.Probe, func(h probe.Health) {
 			if h.Up {
@@ -353,6 +364,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.cfg.ControlPlane != nil {
 		return errors.Join(n.followControlPlane(ctx), n.dev.Close())
 	}
+	var err error
 	if n.cfg.Role == RoleSecondary {
 		err = n.runSecondary(ctx, nil)
 	} else {
@@ -361,8 +373,8 @@ func (n *Node) Run(ctx context.Context) error {
 	return errors.Join(err, n.dev.Close())
 }
 
-// closeDevices releases what Open set up, for a Node that will not Run.
-func (n *Node) closeDevices() {
+// Close releases what Open set up, for a Node that will not Run.
+func (n *Node) Close() {
 	n.mu.Lock()
 	ln, sb := n.ln, n.sb
 	n.mu.Unlock()

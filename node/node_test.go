@@ -108,7 +108,7 @@ func TestOpenRejects(t *testing.T) {
 			cfg.Dir = dir
 			n, err := Open(cfg)
 			if err == nil {
-				n.closeDevices()
+				n.Close()
 				t.Fatal("Open succeeded")
 			}
 			if !strings.Contains(err.Error(), tc.want) {
@@ -131,7 +131,7 @@ func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.closeDevices()
+	defer n.Close()
 	if !n.Status().NoControlPlane {
 		t.Error("status of a node without a control plane does not say so")
 	}
@@ -165,7 +165,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	if _, err := n.mirror.WriteAt(make([]byte, 8192), 40960); err != nil {
 		t.Fatal(err)
 	}
-	n.closeDevices() // a crash of the daemon: no stopPrimary
+	n.Close() // a crash of the daemon: no stopPrimary
 
 	n, err = Open(cfg)
 	if err != nil {
@@ -182,7 +182,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	if err := n.stopPrimary(); err != nil {
 		t.Fatal(err)
 	}
-	n.closeDevices()
+	n.Close()
 	if m2, _ := LoadMeta(dir); m2.PrimaryActive || m2.Generations != m.Generations {
 		t.Fatalf("after a clean stop: %+v", m2)
 	}
@@ -252,7 +252,7 @@ func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 		if got := n.dirty.Dirty(); got != 256 {
 			t.Fatalf("run %d: %d of 256 blocks out of sync, want all", run, got)
 		}
-		n.closeDevices()
+		n.Close()
 	}
 }
 
@@ -286,12 +286,12 @@ func TestProbeHealthInStatus(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			st, err := FetchStatus(ctx, filepath.Join(dir, ControlFile))
-			if err == nil && st.LDAP != nil && cond(st.LDAP) {
+			st := n.Status()
+			if st.LDAP != nil && cond(st.LDAP) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("status never showed %s: %+v (%v)", what, st.LDAP, err)
+				t.Fatalf("status never showed %s: %+v", what, st.LDAP)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

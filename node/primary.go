@@ -571,7 +571,7 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 	n.mu.Lock()
 	if n.verifying {
 		n.mu.Unlock()
-		return res, errors.New("a verify is already running")
+		return res, fmt.Errorf("verify: %w", ErrBusy)
 	}
 	n.verifying = true
 	n.mu.Unlock()

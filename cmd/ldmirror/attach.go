@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
 )
@@ -33,14 +34,23 @@ func controlPath(c *cli.Context) (string, error) {
 	return "", errors.New("say which volume: --dir DIR or --control PATH")
 }
 
-func fetchStatus(c *cli.Context) (node.Status, error) {
+// hostClient is the client of the control socket of the volume c names.
+func hostClient(c *cli.Context) (*ctl.Client, error) {
 	path, err := controlPath(c)
+	if err != nil {
+		return nil, err
+	}
+	return ctl.NewClient(path), nil
+}
+
+func fetchStatus(c *cli.Context) (node.Status, error) {
+	hc, err := hostClient(c)
 	if err != nil {
 		return node.Status{}, err
 	}
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	defer cancel()
-	return node.FetchStatus(ctx, path)
+	return hc.Status(ctx)
 }
 
 func attachCommand() *cli.Command {

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/node"
@@ -78,25 +77,19 @@ func runDaemon(c *cli.Context) error {
 	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
 		runtime.GOMAXPROCS(minProcs)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := flagLogger(c)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	id := c.String("node-id")
-	if id == "" {
-		var err error
-		if id, err = os.Hostname(); err != nil {
-			return fmt.Errorf("--node-id not set and no hostname: %w", err)
-		}
+	id, err := flagNodeID(c)
+	if err != nil {
+		return err
 	}
 	var secret []byte
 	if f := c.String("secret-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("--secret-file: %w", err)
+		if secret, err = readSecretFile(f); err != nil {
+			return err
 		}
-		secret = []byte(strings.TrimSpace(string(b)))
 	} else if c.String("peer") != "" || c.String("role") == node.RoleSecondary || c.String("cluster-bind") != "" {
 		return fmt.Errorf("--secret-file is required to talk to a peer")
 	}
@@ -162,18 +155,16 @@ func runDaemon(c *cli.Context) error {
 	}
 	var member *member
 	var cp node.ControlPlane
-	var routes http.Handler
 	if c.String("cluster-bind") != "" {
 		if secret == nil {
 			return fmt.Errorf("--secret-file is required with --cluster-bind")
 		}
-		m, err := startMember(c, "cluster-", memberOptions{NodeID: id, DataDir: filepath.Join(c.String("dir"), "raft"), Secret: secret, Logger: log})
+		m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), secret, false, log)
 		if err != nil {
 			return fmt.Errorf("control plane: %w", err)
 		}
 		defer m.Close()
-		member = m
-		cp, routes = m.Cluster(), m.Handler()
+		member, cp = m, m.c
 		go func() {
 			select {
 			case err := <-m.Fatal():
@@ -211,7 +202,6 @@ func runDaemon(c *cli.Context) error {
 		ResyncChecksum: c.Bool("resync-checksum"),
 		Probe:          pcfg,
 		ControlPlane:   cp,
-		ControlRoutes:  routes,
 		Logger:         log,
 	})
 	if err != nil {
@@ -224,7 +214,7 @@ func runDaemon(c *cli.Context) error {
 		}
 		ag, err := agent.New(*agentCfg, agent.Deps{
 			NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, blockdev.ExportFileName),
-			ControlPlane: member.Cluster(), Volume: n, Logger: log.With("part", "agent"),
+			ControlPlane: member.c, Volume: n, Logger: log.With("part", "agent"),
 		})
 		if err != nil {
 			return fmt.Errorf("LDAP agent: %w", err)
@@ -243,6 +233,16 @@ func runDaemon(c *cli.Context) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	var routes ctl.Member // a nil *cluster.Cluster must not become a non-nil interface
+	if member != nil {
+		routes = member.c
+	}
+	sock, err := ctl.Serve(filepath.Join(c.String("dir"), node.ControlFile), ctl.Handler(n, routes))
+	if err != nil {
+		n.Close()
+		return err
+	}
+	defer sock.Close()
 	if err := n.Run(ctx); err != nil {
 		return err
 	}

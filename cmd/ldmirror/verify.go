@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
 )
 
@@ -16,13 +15,13 @@ func verifyCommand() *cli.Command {
 			"checksum it (a keyed SHA-256 digest per block). Progress shows in 'ldmirror status'.",
 		Flags: []cli.Flag{volumeDirFlag, controlFlag},
 		Action: func(c *cli.Context) error {
-			path, err := controlPath(c)
+			hc, err := hostClient(c)
 			if err != nil {
 				return err
 			}
-			res, err := node.RequestVerify(c.Context, path)
+			res, err := hc.Verify(c.Context)
 			if err != nil {
-				return err
+				return fmt.Errorf("verify: %w", err)
 			}
 			fmt.Printf("checked %d blocks in %.1f s: %d out of sync", res.Blocks, res.Seconds, res.OutOfSync)
 			if len(res.FirstFound) > 0 {
@@ -53,13 +52,13 @@ func resyncCommand() *cli.Command {
 			&cli.BoolFlag{Name: "checksum", Usage: "send only blocks whose digest differs on the peer"},
 		},
 		Action: func(c *cli.Context) error {
-			path, err := controlPath(c)
+			hc, err := hostClient(c)
 			if err != nil {
 				return err
 			}
-			res, err := node.RequestResync(c.Context, path, c.Bool("full"), c.Bool("checksum"))
+			res, err := hc.Resync(c.Context, c.Bool("full"), c.Bool("checksum"))
 			if err != nil {
-				return err
+				return fmt.Errorf("resync: %w", err)
 			}
 			fmt.Printf("resynced %d blocks in %.1f s", res.Blocks, res.Seconds)
 			if c.Bool("checksum") {
@@ -81,13 +80,13 @@ func swapCommand() *cli.Command {
 			"not in sync (status shows it uptodate when it is).\n" + controlPlaneOnly,
 		Flags: []cli.Flag{volumeDirFlag, controlFlag},
 		Action: func(c *cli.Context) error {
-			path, err := controlPath(c)
+			hc, err := hostClient(c)
 			if err != nil {
 				return err
 			}
-			res, err := node.RequestSwap(c.Context, path)
+			res, err := hc.Swap(c.Context)
 			if err != nil {
-				return err
+				return fmt.Errorf("swap: %w", err)
 			}
 			fmt.Printf("swapped: the peer is primary in epoch %d; this host becomes secondary once its export is released\n", res.Epoch)
 			return nil
@@ -106,13 +105,13 @@ func agentCommand() *cli.Command {
 				"retried. Retry reruns the sequence the host's current role needs and prints the agent's state.",
 			Flags: []cli.Flag{volumeDirFlag, controlFlag},
 			Action: func(c *cli.Context) error {
-				path, err := controlPath(c)
+				hc, err := hostClient(c)
 				if err != nil {
 					return err
 				}
-				st, err := node.RequestAgentRetry(c.Context, path)
+				st, err := hc.RetryAgent(c.Context)
 				if err != nil {
-					return err
+					return fmt.Errorf("agent retry: %w", err)
 				}
 				st.WriteText(os.Stdout)
 				return nil

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -179,7 +180,7 @@ func (d *daemon) kill() {
 func status(dir string) (node.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return node.FetchStatus(ctx, filepath.Join(dir, node.ControlFile))
+	return ctl.NewClient(filepath.Join(dir, node.ControlFile)).Status(ctx)
 }
 
 // statusJSON runs `ldmirror status --json`, as an operator would.

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -93,7 +94,7 @@ func (b *bench) daemon(dir string, args ...string) (*proc, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		st, err := node.FetchStatus(ctx, filepath.Join(dir, node.ControlFile))
+		st, err := ctl.NewClient(filepath.Join(dir, node.ControlFile)).Status(ctx)
 		return err == nil && (st.Link == node.LinkConnected || st.Link == node.LinkStandalone || st.Role == node.RoleSecondary)
 	})
 	if !p.running() {
@@ -109,10 +110,10 @@ func (b *bench) daemon(dir string, args ...string) (*proc, error) {
 }
 
 // status fetches the daemon's status from its control socket.
-func (b *bench) status(ctl string) (node.Status, error) {
+func (b *bench) status(path string) (node.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return node.FetchStatus(ctx, ctl)
+	return ctl.NewClient(path).Status(ctx)
 }
 
 // journalNote describes an async primary's journal right after a workload:

@@ -1,0 +1,166 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/ldapagent/agent"
+	"github.com/ldmirror/ldmirror/node"
+)
+
+// ErrNoProcess reports that nothing answers on the control socket.
+var ErrNoProcess = errors.New("no ldmirror process answers")
+
+// Client talks to the control socket at one path.
+type Client struct {
+	path string
+	http *http.Client
+}
+
+// NewClient returns a client of the control socket at path.
+func NewClient(path string) *Client {
+	return &Client{path: path, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+// Path is the socket's path.
+func (c *Client) Path() string { return c.path }
+
+// Status is the data host's status.
+func (c *Client) Status(ctx context.Context) (node.Status, error) {
+	var st node.Status
+	return st, c.do(ctx, http.MethodGet, "/status", nil, &st)
+}
+
+// Verify compares the volume with the peer and resyncs what differs; it
+// returns when both ended.
+func (c *Client) Verify(ctx context.Context) (node.VerifyResult, error) {
+	var res node.VerifyResult
+	return res, c.do(ctx, http.MethodPost, "/verify", nil, &res)
+}
+
+// Resync copies the out-of-sync blocks to the peer now; full marks every
+// block first, checksum sends only those that differ.
+func (c *Client) Resync(ctx context.Context, full, checksum bool) (node.ResyncResult, error) {
+	q := url.Values{}
+	if full {
+		q.Set("full", "1")
+	}
+	if checksum {
+		q.Set("checksum", "1")
+	}
+	var res node.ResyncResult
+	return res, c.do(ctx, http.MethodPost, "/resync?"+q.Encode(), nil, &res)
+}
+
+// Swap hands the primary role to the peer.
+func (c *Client) Swap(ctx context.Context) (SwapResult, error) {
+	var res SwapResult
+	return res, c.do(ctx, http.MethodPost, "/swap", nil, &res)
+}
+
+// RetryAgent runs the LDAP agent's failed hook sequence again and returns
+// the agent's state.
+func (c *Client) RetryAgent(ctx context.Context) (agent.Status, error) {
+	var st agent.Status
+	return st, c.do(ctx, http.MethodPost, "/agent/retry", nil, &st)
+}
+
+// Cluster is the member's view of the control plane; consistent reads the
+// volume state through the leader. timeout bounds the member's reads.
+func (c *Client) Cluster(ctx context.Context, consistent bool, timeout time.Duration) (ClusterView, error) {
+	q := url.Values{"timeout_ms": {fmt.Sprint(timeout.Milliseconds())}}
+	if consistent {
+		q.Set("consistent", "1")
+	}
+	var v ClusterView
+	return v, c.do(ctx, http.MethodGet, "/cluster?"+q.Encode(), nil, &v)
+}
+
+// Bootstrap makes the member the first voter of a new cluster.
+func (c *Client) Bootstrap(ctx context.Context, timeout time.Duration) error {
+	_, err := c.command(ctx, "/cluster/bootstrap", Request{}, timeout)
+	return err
+}
+
+// Join makes the member join the cluster through the member at addr.
+func (c *Client) Join(ctx context.Context, addr string, timeout time.Duration) error {
+	_, err := c.command(ctx, "/cluster/join", Request{Addr: addr}, timeout)
+	return err
+}
+
+// Remove takes node out of the cluster.
+func (c *Client) Remove(ctx context.Context, node string, timeout time.Duration) error {
+	_, err := c.command(ctx, "/cluster/remove", Request{Node: node}, timeout)
+	return err
+}
+
+// Promote makes node primary in a new epoch, which it returns.
+func (c *Client) Promote(ctx context.Context, node string, force bool, reason string, timeout time.Duration) (cluster.Epoch, error) {
+	r, err := c.command(ctx, "/cluster/promote", Request{Node: node, Force: force, Reason: reason}, timeout)
+	return r.Epoch, err
+}
+
+// Demote ends node's tenure as primary of epoch (0: the current one) and
+// returns the new epoch.
+func (c *Client) Demote(ctx context.Context, node string, epoch cluster.Epoch, timeout time.Duration) (cluster.Epoch, error) {
+	r, err := c.command(ctx, "/cluster/demote", Request{Node: node, Epoch: epoch}, timeout)
+	return r.Epoch, err
+}
+
+// command posts req with timeout as the member's deadline; the client
+// waits a little longer, since the member answers at its deadline.
+func (c *Client) command(ctx context.Context, route string, req Request, timeout time.Duration) (Reply, error) {
+	if timeout <= 0 {
+		return Reply{}, fmt.Errorf("timeout %v: must be positive", timeout)
+	}
+	req.TimeoutMS = timeout.Milliseconds()
+	ctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
+	defer cancel()
+	var r Reply
+	return r, c.do(ctx, http.MethodPost, route, req, &r)
+}
+
+func (c *Client) do(ctx context.Context, method, route string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://ldmirror"+route, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("the process on %s did not answer in time: %w", c.path, err)
+		}
+		return fmt.Errorf("%w on %s: %w", ErrNoProcess, c.path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	var e Error
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e); err != nil || e.Message == "" {
+		return fmt.Errorf("control socket %s: %s", c.path, resp.Status)
+	}
+	return errorOf(e)
+}
