@@ -45,7 +45,7 @@ func TestExtentOf(t *testing.T) {
 	}
 }
 
-// TestInFlightCounts is the SNDR pitfall from NOTES.md: a block written twice
+// TestInFlightCounts is the SNDR pitfall (docs/design.md): a block written twice
 // before the first ack must stay dirty until both writes are acked.
 func TestInFlightCounts(t *testing.T) {
 	type step struct {

@@ -214,7 +214,8 @@ func (e *Export) Write(_ <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32
 }
 
 // Fsync flushes both hosts. It must never answer ENOSYS: the kernel would
-// then skip every later fsync on the mount (NOTES.md).
+// then skip every later fsync on the mount, and an application's fsync
+// would return without anything made durable.
 func (e *Export) Fsync(_ <-chan struct{}, _ *fuse.FsyncIn) fuse.Status {
 	if err := e.dev.Flush(); err != nil {
 		return e.errno("flush", 0, 0, err)

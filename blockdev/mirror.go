@@ -184,7 +184,8 @@ func (m *Mirror) Trim(off, n int64) error {
 		func(s *transport.Session) (*transport.Call, error) { return s.SubmitTrim(off, n) })
 }
 
-// replicate runs claim 17 for one I/O of n bytes at off: mark, ship and
+// replicate runs the write path (docs/design.md) for one I/O of n bytes at
+// off: mark, ship and
 // apply locally at once, wait for the ack, then clear (or keep) the bits.
 func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transport.Session) (*transport.Call, error)) error {
 	if !m.begin() {

@@ -313,7 +313,7 @@ func (s *VolumeState) failover(c command, index uint64) error {
 }
 
 // markOutdated is how a primary that lost its peer keeps the right to
-// acknowledge writes alone (DESIGN.md invariant 4).
+// acknowledge writes alone (docs/invariants.md, invariant 4).
 func (s *VolumeState) markOutdated(c command) error {
 	i, err := s.primaryActsOn(c)
 	if err != nil {

@@ -20,7 +20,7 @@
 //   - an outdated host stays outdated until SetDiskState(uptodate) after a
 //     resync.
 //
-// Fencing (DESIGN.md invariant 4) is built on this: a primary writes only
+// Fencing (docs/invariants.md, invariant 4) is built on this: a primary writes only
 // while it holds the current epoch, every replication frame carries it, and a
 // primary that loses its peer commits MarkPeerOutdated before acknowledging
 // more writes. That commit needs a quorum (two of the three voters), so a

@@ -12,7 +12,7 @@ import (
 // command was submitted.
 var (
 	// ErrNotUpToDate refuses a promotion or transfer to a host whose disk is
-	// not uptodate (DESIGN.md invariant 5).
+	// not uptodate (docs/invariants.md, invariant 5).
 	ErrNotUpToDate = errors.New("disk is not uptodate")
 	// ErrStaleEpoch refuses a command that names an epoch older than the
 	// current one: its sender has been deposed or raced another change.

@@ -19,8 +19,8 @@ type Position struct {
 	Seq uint64
 }
 
-// AppliedFile persists the secondary's applied position (DESIGN invariant
-// 8): a small file of two checksummed slots, written in turn, so a crash
+// AppliedFile persists the secondary's applied position (docs/invariants.md,
+// invariant 8): a small file of two checksummed slots, written in turn, so a crash
 // in the middle of a write leaves the previous position.
 type AppliedFile struct {
 	mu   sync.Mutex

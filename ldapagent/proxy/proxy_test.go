@@ -80,7 +80,7 @@ func TestRelayWithLdapUtils(t *testing.T) {
 	}
 }
 
-// TestIdempotentWritesWithLdapUtils: the idempotency table of claims 13–15
+// TestIdempotentWritesWithLdapUtils: the idempotency table of docs/retrier.md
 // through the proxy (--idempotent-writes applies it to every write).
 func TestIdempotentWritesWithLdapUtils(t *testing.T) {
 	skipWithoutTools(t)

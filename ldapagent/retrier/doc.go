@@ -1,4 +1,4 @@
-// Package retrier is the LDAP call retrier (patent claims 1, 9–16).
+// Package retrier is the LDAP call retrier (docs/retrier.md).
 //
 // Open returns a Session for a primary and a secondary server. Each call
 // (Bind, Search, Add, Modify, Delete, ModifyDN, Compare, Extended) goes to the
@@ -15,7 +15,7 @@
 // Config.IdempotentWrites applies the same rules to every write.
 //
 // With Config.HoldSignals the session catches those signals while calls are
-// in flight and handles them only after the calls complete (claim 16).
+// in flight and handles them only after the calls complete (docs/retrier.md).
 //
 // Built on github.com/go-ldap/ldap/v3; requests and results are its types.
 package retrier

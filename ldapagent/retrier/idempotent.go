@@ -8,7 +8,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 )
 
-// overwrite makes the existing entry req.DN equal to req (claim 13). A modify
+// overwrite makes the existing entry req.DN equal to req (docs/retrier.md). A modify
 // first deletes the attributes req does not have, then replaces the others;
 // if the server refuses to change the structural object class (69), a leaf
 // entry is deleted and added again.

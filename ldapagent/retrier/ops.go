@@ -122,7 +122,7 @@ func (e *finalError) Error() string { return e.err.Error() }
 func (e *finalError) Unwrap() error { return e.err }
 
 // Add adds an entry. If it is retried, or with Config.IdempotentWrites, an
-// entry that already exists is overwritten with req's attributes (claim 13):
+// entry that already exists is overwritten with req's attributes (docs/retrier.md, idempotent writes):
 // by a modify that replaces every attribute, or, when the structural object
 // class differs, by delete and add. An existing entry with children whose
 // structural class differs cannot be overwritten: ErrCannotOverwrite.
@@ -147,7 +147,7 @@ func (s *Session) Modify(ctx context.Context, req *ldap.ModifyRequest) error {
 
 // Delete deletes an entry. If it is retried, or with
 // Config.IdempotentWrites, a missing entry (noSuchObject) is success
-// (claim 14).
+// (docs/retrier.md).
 func (s *Session) Delete(ctx context.Context, req *ldap.DelRequest) error {
 	return s.do(ctx, "delete", true, func(_ context.Context, c *ldap.Conn, retried bool) error {
 		err := c.Del(req)
@@ -159,7 +159,7 @@ func (s *Session) Delete(ctx context.Context, req *ldap.DelRequest) error {
 }
 
 // ModifyDN renames or moves an entry. If it is retried, or with
-// Config.IdempotentWrites, a missing source entry is success (claim 15), and
+// Config.IdempotentWrites, a missing source entry is success (docs/retrier.md), and
 // so is an existing target whose attributes equal the source's.
 func (s *Session) ModifyDN(ctx context.Context, req *ldap.ModifyDNRequest) error {
 	return s.do(ctx, "modifydn", true, func(_ context.Context, c *ldap.Conn, retried bool) error {

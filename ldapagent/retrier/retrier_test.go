@@ -73,7 +73,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 // TestBothDown: with both servers down a call fails after its deadline, not
-// much later, with an error naming both servers (claim 9).
+// much later, with an error naming both servers (docs/retrier.md).
 func TestBothDown(t *testing.T) {
 	a := slapdtest.New(t, slapdtest.Options{}) // configured, never started
 	b := slapdtest.New(t, slapdtest.Options{})
@@ -167,7 +167,7 @@ func TestNonRetryableErrors(t *testing.T) {
 	}
 }
 
-// TestIdempotentWrites is the table of claims 13–15 with IdempotentWrites
+// TestIdempotentWrites is the idempotency table of docs/retrier.md with IdempotentWrites
 // (applied to every call); retried calls use the same code path and are
 // exercised by the failover tests.
 func TestIdempotentWrites(t *testing.T) {

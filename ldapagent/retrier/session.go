@@ -16,7 +16,7 @@ import (
 )
 
 // Session is a handle on an LDAP session with a primary and a secondary
-// server (claims 10–11). It is safe for concurrent use; calls share one
+// server (docs/retrier.md). It is safe for concurrent use; calls share one
 // connection per server.
 type Session struct {
 	cfg     Config
