@@ -183,6 +183,9 @@ func (m *Mirror) retire(s *transport.Session) {
 	m.past.Flushes += st.Flushes
 }
 
+// Session returns the live peer session, or nil.
+func (m *Mirror) Session() *transport.Session { return m.session() }
+
 // session returns the live peer session, or nil.
 func (m *Mirror) session() *transport.Session {
 	m.mu.Lock()

@@ -133,7 +133,8 @@ func TestCloseCancelsASuspendedWrite(t *testing.T) {
 	}
 }
 
-// TestFenceOncePerLoss: a write or flush the peer did not get is
+// TestFenceOncePerLoss: a write the peer did not get, or a flush it did
+// not make while it holds writes it acknowledged unflushed, is
 // acknowledged only after a fence commit made in the same loss of the
 // peer; a reconnect does not carry an earlier commit over to the next
 // loss. Each step's expected total of commits is exact.
@@ -146,7 +147,8 @@ func TestFenceOncePerLoss(t *testing.T) {
 		do     func()
 		fences int
 	}{
-		{"connected write", func() { writeBlock(t, p.mirror, 1) }, 0},
+		{"flush without a peer before any write", func() { p.mirror.SetPeer(nil); must(t, p.mirror.Flush()) }, 0},
+		{"connected write", func() { p.mirror.SetPeer(p.dial(t)); writeBlock(t, p.mirror, 1) }, 0},
 		{"write after the peer is lost", func() { p.mirror.SetPeer(nil); writeBlock(t, p.mirror, 2) }, 1},
 		{"more writes in the same loss", func() { writeBlock(t, p.mirror, 3); writeBlock(t, p.mirror, 4) }, 1},
 		{"flush in the same loss", func() { must(t, p.mirror.Flush()) }, 1},

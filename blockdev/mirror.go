@@ -96,8 +96,11 @@ type Mirror struct {
 	fenceErr   error      // permanent: this host may not write
 	suspended  atomic.Bool
 	refused    atomic.Bool // fenceErr is set
-	closing    context.Context
-	stop       context.CancelFunc
+	// unflushed counts the writes the peer acknowledged that no flush of
+	// its own has covered yet: what a flush vouches for on the peer.
+	unflushed atomic.Int64
+	closing   context.Context
+	stop      context.CancelFunc
 }
 
 // SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
@@ -226,6 +229,7 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 	inSync := shipped && lerr == nil
 	if inSync {
 		m.dirty.Ack(e)
+		m.unflushed.Add(1)
 	} else {
 		m.dirty.Fail(e)
 	}
@@ -253,6 +257,7 @@ func (m *Mirror) Flush() error {
 	}
 	defer m.inflight.Done()
 	l, s := m.joinLink()
+	unflushed := m.unflushed.Load()
 	var call *transport.Call
 	if s != nil {
 		c, err := s.SubmitFlush()
@@ -269,13 +274,14 @@ func (m *Mirror) Flush() error {
 			m.peerLost(s, err)
 		} else {
 			shipped = true
+			m.unflushed.Add(-unflushed)
 		}
 	}
 	loss := m.lossCount()
 	l.io.Done()
-	if !shipped && lerr == nil {
-		// The peer may not hold the writes acknowledged before this flush
-		// durably: the flush returns only once it counts as outdated.
+	if !shipped && lerr == nil && unflushed > 0 {
+		// The peer may not hold durably the writes it acknowledged before
+		// this flush: the flush returns only once it counts as outdated.
 		return m.ensureFenced(loss)
 	}
 	return lerr

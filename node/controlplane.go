@@ -107,14 +107,19 @@ func (n *Node) admitNamedPrimary(peer transport.Hello) error {
 // recordPeerInSync records with the control plane that the peer holds every
 // write: after a resync, or when the first connection finds both hosts in
 // sync. The mirror makes the commit only while a session is live and
-// nothing is out of sync, under its fence lock (see blockdev.CommitInSync).
-// Without quorum it retries until ctx ends or the peer is lost.
-func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, peer string) {
-	if n.cfg.ControlPlane == nil {
-		return
-	}
+// nothing is out of sync, under its fence lock (see blockdev.CommitInSync);
+// first, under the same lock, it runs before (the generation hand-off),
+// whose error it returns. Without quorum it retries until ctx ends or the
+// peer is lost. Without a control plane it runs before only.
+func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, peer string, before func() error) error {
 	epoch := cluster.Epoch(n.tcfg.Epoch)
 	commit := func(ctx context.Context) error {
+		if err := before(); err != nil {
+			return err
+		}
+		if n.cfg.ControlPlane == nil {
+			return nil
+		}
 		attempt, cancel := context.WithTimeout(ctx, fenceAttempt)
 		defer cancel()
 		return n.cfg.ControlPlane.SetDiskState(attempt, peer, cluster.DiskUpToDate, epoch)
@@ -123,18 +128,22 @@ func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, pe
 		err := mirror.CommitInSync(ctx, commit)
 		switch {
 		case err == nil:
-			n.log.Info("peer recorded uptodate with the control plane", "peer", peer, "epoch", epoch)
-			return
+			if n.cfg.ControlPlane != nil {
+				n.log.Info("peer recorded uptodate with the control plane", "peer", peer, "epoch", epoch)
+			}
+			return nil
+		case errors.Is(err, errGenerationMoved):
+			return err
 		case !errors.Is(err, cluster.ErrNoQuorum) || ctx.Err() != nil:
-			n.log.Warn("could not record the peer as up to date with the control plane", "peer", peer, "err", err)
-			return
+			n.log.Warn("could not record the peer as up to date", "peer", peer, "err", err)
+			return err
 		case !warned:
 			n.log.Warn("the peer is in sync but the control plane cannot record it yet (no quorum); retrying", "peer", peer)
 			warned = true
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-time.After(fenceRetry):
 		}
 	}

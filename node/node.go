@@ -170,7 +170,8 @@ type Node struct {
 
 	link      string
 	peerNode  string
-	refused   string // why the last peer was refused, for status
+	peerGen   resync.Generations // what the connected peer holds (its Hello, then each hand-off)
+	refused   string             // why the last peer was refused, for status
 	verifying bool
 	verified  [2]uint64 // blocks done, total of the running verify
 
@@ -310,6 +311,19 @@ func (n *Node) setGenerations(g resync.Generations) error {
 	}
 	n.log.Info("generations changed", "from", old, "to", g)
 	return nil
+}
+
+// peerGenerations is what the connected peer holds.
+func (n *Node) peerGenerations() resync.Generations {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.peerGen
+}
+
+func (n *Node) setPeerGenerations(g resync.Generations) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.peerGen = g
 }
 
 func (n *Node) setRefused(err error) {

@@ -88,8 +88,8 @@ func (n *Node) startAsync(mirror *blockdev.Mirror) error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Resynced: func(ctx context.Context) {
-		if peer := n.peerID(); peer != "" {
-			n.recordPeerInSync(ctx, mirror, peer)
+		if s := mirror.Session(); s != nil {
+			n.peerInSync(ctx, mirror, s, false)
 		}
 	}})
 	if err != nil {
@@ -367,6 +367,7 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 		}
 		backoff = 100 * time.Millisecond
 		n.setRefused(nil)
+		n.setPeerGenerations(resync.Unpack(s.Peer().Generations))
 		n.setLink(LinkConnected, s.Peer().NodeID)
 		n.log.Info("peer connected", "peer", n.cfg.Peer, "node", s.Peer().NodeID)
 		mirror.SetPeer(s)
@@ -468,36 +469,61 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockd
 		return
 	}
 	n.crashed = false
-	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
-	if !n.dirty.OutOfSync().IsEmpty() {
-		return // a write failed to ship meanwhile: the session broke
+	n.peerInSync(ctx, mirror, s, peerBehind)
+}
+
+// errGenerationMoved reports that this host's generation changed (a fence
+// started a new one) while the peer was being recorded in sync.
+var errGenerationMoved = errors.New("this host's generation changed meanwhile")
+
+// peerInSync, once a resync brought the peer up to date, hands it this
+// host's generation if it lacks it (after draining and flushing, so the
+// peer holds everything durably) and records it uptodate with the control
+// plane. Both happen under the mirror's fence lock (CommitInSync), so a
+// fence cannot start a new generation between them; if one did before,
+// it starts over. behind: the peer wrote as primary, so it must adopt this
+// host's generation even if they look equal.
+func (n *Node) peerInSync(ctx context.Context, mirror *blockdev.Mirror, s *transport.Session, behind bool) {
+	for {
+		local := n.generations()
+		handoff := local.Bitmap != 0 || local != n.peerGenerations() || behind
+		if handoff {
+			if err := mirror.Drain(ctx); err != nil { // async: the peer holds the journal
+				n.log.Warn("could not drain the journal to the peer after the resync", "err", err)
+				return
+			}
+			if err := mirror.Flush(); err != nil {
+				n.log.Warn("flush after resync failed", "err", err)
+				return
+			}
+		}
+		err := n.recordPeerInSync(ctx, mirror, s.Peer().NodeID, func() error {
+			if n.generations() != local {
+				return errGenerationMoved
+			}
+			if !handoff {
+				return nil
+			}
+			synced := local
+			synced.Synced()
+			call, err := s.SubmitGeneration(synced.Pack())
+			if err == nil {
+				err = call.Wait()
+			}
+			if err == nil {
+				err = n.setGenerations(synced)
+			}
+			if err != nil {
+				return fmt.Errorf("record that the peer caught up: %w", err)
+			}
+			n.setPeerGenerations(synced)
+			behind = false
+			return nil
+		})
+		if !errors.Is(err, errGenerationMoved) || ctx.Err() != nil {
+			return
+		}
 	}
-	if local.Bitmap == 0 && local == peer && !peerBehind {
-		n.recordPeerInSync(ctx, mirror, s.Peer().NodeID) // in sync from the start
-		return
-	}
-	if err := mirror.Drain(ctx); err != nil { // async: the peer holds the journal
-		n.log.Warn("could not drain the journal to the peer after the resync", "err", err)
-		return
-	}
-	if err := mirror.Flush(); err != nil {
-		n.log.Warn("flush after resync failed", "err", err)
-		return
-	}
-	synced := local
-	synced.Synced()
-	call, err := s.SubmitGeneration(synced.Pack())
-	if err == nil {
-		err = call.Wait()
-	}
-	if err == nil {
-		err = n.setGenerations(synced)
-	}
-	if err != nil {
-		n.log.Warn("could not record that the peer caught up", "err", err)
-		return
-	}
-	n.recordPeerInSync(ctx, mirror, s.Peer().NodeID)
 }
 
 // catchUpRetrying runs mirror.CatchUp, again while it cannot start because
@@ -602,8 +628,8 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 		err = mirror.Resync(ctx, false) // verify just found them different
 		n.resyncMu.Unlock()
 		res.Repaired = err == nil
-		if err == nil {
-			n.recordPeerInSync(ctx, mirror, n.peerID())
+		if s := mirror.Session(); err == nil && s != nil {
+			n.peerInSync(ctx, mirror, s, false)
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
@@ -655,8 +681,8 @@ func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, e
 	skipped := mirror.Status().ResyncSkip
 	res.Blocks = dirty.OutOfSync().GetCardinality()
 	err = mirror.Resync(ctx, checksum)
-	if err == nil {
-		n.recordPeerInSync(ctx, mirror, n.peerID())
+	if s := mirror.Session(); err == nil && s != nil {
+		n.peerInSync(ctx, mirror, s, false)
 	}
 	res.Skipped = mirror.Status().ResyncSkip - skipped
 	res.Seconds = time.Since(start).Seconds()
