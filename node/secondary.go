@@ -154,7 +154,7 @@ func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error
 	<-done
 	replica.Wait()
 	if n.applied != nil {
-		err = errors.Join(err, n.applied.Close())
+		err = errors.Join(err, replica.Persist(), n.applied.Close())
 		n.applied = nil
 	}
 	n.endTerm()
