@@ -904,19 +904,23 @@ func (j *Journal) Resume() error {
 // Discard stops the journal at path (see Stop), if there is one, so that
 // it is never resumed: its host is about to write, or to receive writes,
 // that it does not hold. Its numbering is kept. A journal that cannot be
-// read is removed.
-func Discard(path, why string) error {
+// read is removed. It reports whether it stopped or removed a journal.
+func Discard(path, why string) (bool, error) {
 	j, err := Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
 		if rerr := os.Remove(path); rerr != nil {
-			return errors.Join(err, rerr)
+			return false, errors.Join(err, rerr)
 		}
-		return syncDir(path)
+		return true, syncDir(path)
 	}
-	return errors.Join(j.Stop(why), j.Close())
+	stopped, _ := j.Stopped()
+	if stopped {
+		return false, j.Close()
+	}
+	return true, errors.Join(j.Stop(why), j.Close())
 }
 
 // Close makes the journal durable and closes the file. Appends waiting for

@@ -624,8 +624,11 @@ func TestDiscard(t *testing.T) {
 	j, path := newJournal(t, MinCapacity)
 	appendWrites(t, j, 3, 100)
 	j.Close()
-	if err := Discard(path, "this host became secondary"); err != nil {
-		t.Fatal(err)
+	if done, err := Discard(path, "this host became secondary"); err != nil || !done {
+		t.Fatalf("discard = %v, %v", done, err)
+	}
+	if done, err := Discard(path, "again"); err != nil || done {
+		t.Fatalf("discard of a stopped journal = %v, %v; want nothing done", done, err)
 	}
 	k, err := Open(path)
 	if err != nil {
@@ -637,14 +640,14 @@ func TestDiscard(t *testing.T) {
 	k.Close()
 	bad := filepath.Join(t.TempDir(), "bad")
 	os.WriteFile(bad, make([]byte, RingStart+MinCapacity), 0o600)
-	if err := Discard(bad, "x"); err != nil {
-		t.Fatal(err)
+	if done, err := Discard(bad, "x"); err != nil || !done {
+		t.Fatalf("discard of an unreadable journal = %v, %v", done, err)
 	}
 	if _, err := os.Stat(bad); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("an unreadable journal was not removed: %v", err)
 	}
-	if err := Discard(filepath.Join(t.TempDir(), "none"), "x"); err != nil {
-		t.Fatalf("discard of no journal: %v", err)
+	if done, err := Discard(filepath.Join(t.TempDir(), "none"), "x"); err != nil || done {
+		t.Fatalf("discard of no journal = %v, %v", done, err)
 	}
 }
 

@@ -25,6 +25,11 @@ func (n *Node) prepareSecondary() error {
 	if err != nil {
 		return err
 	}
+	// The primary writes here now: a journal of this host's own primary
+	// terms must never be redone over that.
+	if err := n.leaveJournal("this host became secondary: its disk takes the peer's writes"); err != nil {
+		return err
+	}
 	tcfg := n.tcfg
 	tcfg.Admit = n.admitPrimary
 	ln, err := transport.Listen(n.cfg.Listen, tcfg)
