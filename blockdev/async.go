@@ -132,9 +132,8 @@ type asyncMirror struct {
 	resynced   func()
 
 	// rw orders writers against changes of how a write is logged: a
-	// writer holds it shared while it reads the state and appends, and
-	// again while it registers its record with the period it appended in;
-	// a change takes it exclusively.
+	// writer holds it shared while it reads the state and appends; a
+	// change takes it exclusively.
 	rw           sync.RWMutex
 	stopped      atomic.Bool // journaling stopped (overflow) until a bitmap resync; written under rw
 	broken       error       // the stop could not be made durable: writes fail; under rw
@@ -324,7 +323,7 @@ func (a *asyncMirror) foreignEvent(why string) error {
 // same state. The record is held (journal.AppendHeld) until the local write
 // ended: it is neither shipped nor truncated before. rw is not held during
 // the local write, so that a slow disk does not hold up the link's state
-// changes; the period is checked again afterwards.
+// changes; register checks that the period is still the one appended in.
 func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	m := a.m
 	if !m.begin() {
@@ -380,13 +379,12 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 		a.j.Release(seq)
 		return lerr
 	}
-	a.rw.RLock()
-	shipping := p != nil && a.cur == p
-	if shipping {
-		a.register(p, seq, e)
-	}
+	// Registered before the release: the record cannot be acknowledged
+	// before. Not under rw: a writer waiting for room in the journal holds
+	// it shared, and a change waiting for it exclusively would make this
+	// writer wait behind it, and the room never come.
+	shipping := a.register(p, seq, e)
 	a.j.Release(seq)
-	a.rw.RUnlock()
 	if shipping {
 		return nil
 	}
@@ -412,8 +410,14 @@ func (a *asyncMirror) append(p *period, rec journal.Record, hold bool) (uint64, 
 }
 
 // register records that seq's bits wait for its ack in period p.
-func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) {
+func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) bool {
 	a.mu.Lock()
+	if p == nil || a.cur != p || p.failed {
+		// The period ended (end took its marks under mu) or another began:
+		// this record was not shipped in it.
+		a.mu.Unlock()
+		return false
+	}
 	_, early := p.early[seq]
 	if early {
 		delete(p.early, seq)
@@ -424,6 +428,7 @@ func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) {
 	if early {
 		a.ackExtent(e)
 	}
+	return true
 }
 
 func (a *asyncMirror) ackExtent(e bitmap.Extent) {
