@@ -383,13 +383,15 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	// before. Not under rw: a writer waiting for room in the journal holds
 	// it shared, and a change waiting for it exclusively would make this
 	// writer wait behind it, and the room never come.
-	shipping := a.register(p, seq, e)
-	a.j.Release(seq)
-	if shipping {
+	if a.register(p, seq, e) {
+		a.j.Release(seq)
 		return nil
 	}
-	// Journaled but not shipped now: it reaches the peer at catch-up.
+	// Journaled but not shipped now: it reaches the peer at catch-up. Its
+	// blocks are marked before the release, so that a catch-up that
+	// replays the record also finds them to clear.
 	a.fail(e, true, "")
+	a.j.Release(seq)
 	return m.ensureFenced()
 }
 
