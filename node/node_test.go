@@ -407,3 +407,29 @@ func TestJournalAcrossTerms(t *testing.T) {
 		t.Fatalf("after a sync primary term the journal is stopped %v (%s); want stopped", stopped, why)
 	}
 }
+
+// TestDiscardLocalStopsJournal: `resolve --discard-local` stops the journal
+// too, so that a later primary term never redoes it over the data the peer
+// resyncs here.
+func TestDiscardLocalStopsJournal(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, JournalFile)
+	j, err := journal.Create(path, journal.Options{Capacity: journal.MinCapacity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if _, err := DiscardLocal(dir); err != nil {
+		t.Fatal(err)
+	}
+	if j, err = journal.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if stopped, why := j.Stopped(); !stopped || !strings.Contains(why, "discard-local") {
+		t.Fatalf("after resolve --discard-local the journal is stopped %v (%s); want stopped", stopped, why)
+	}
+}
