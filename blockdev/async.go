@@ -1,11 +1,11 @@
 package blockdev
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,6 +112,11 @@ type AsyncConfig struct {
 	// again. The fence, if any, may have marked it outdated meanwhile. ctx
 	// ends with the connection.
 	Resynced func(ctx context.Context)
+	// Discarded, if set, is why the journal of the previous run was not
+	// resumed (JournalStart.Discarded), and DiscardedID its identity: a
+	// peer with a position in it is told so at catch-up.
+	Discarded   string
+	DiscardedID uint64
 }
 
 // ErrAsync reports a misuse of async mode.
@@ -128,24 +133,34 @@ type asyncMirror struct {
 	resynced   func(context.Context)
 
 	// rw orders writers against changes of how a write is logged: a
-	// writer holds it shared from reading the state until its record is
-	// appended and registered; a change takes it exclusively.
+	// writer holds it shared while it reads the state and appends; a
+	// change takes it exclusively.
 	rw           sync.RWMutex
 	stopped      atomic.Bool // journaling stopped (overflow) until a bitmap resync; written under rw
+	broken       error       // the stop could not be made durable: writes fail; under rw
 	resyncActive int         // bitmap resyncs running: a full journal then throttles; under rw
+
+	// authMu serializes changes of the authority (in the journal and
+	// here) with foreignGen, which counts the events that put blocks out
+	// of sync for reasons the journal does not cover. Order: rw, authMu, mu.
+	authMu     sync.Mutex
+	foreignGen uint64
 
 	setMu sync.Mutex // one SetPeer at a time
 
-	mu         sync.Mutex
-	cur        *period         // the connected period; written under rw and mu
-	oosJournal *roaring.Bitmap // out of sync only because of journaled writes the peer has not acked
-	foreign    *roaring.Bitmap // out of sync for other reasons this Mirror knows of
-	authority  uint64          // a journal catch-up needs the peer at or past this seq
-	acked      uint64          // last record the peer acknowledged
-	peerPos    journal.Position
-	overflow   string // why journaling stopped; "" when it runs
-	fallback   string // why the last catch-up was a bitmap resync
-	lastCatch  string
+	mu           sync.Mutex
+	cur          *period         // the connected period; written under rw and mu
+	oosJournal   *roaring.Bitmap // out of sync only because of journaled writes the peer has not acked
+	foreign      *roaring.Bitmap // out of sync for other reasons this Mirror knows of
+	authority    uint64          // a journal catch-up needs the peer at or past this seq (journal.NoAuthority: none may); under authMu and mu
+	authorityWhy string          // why there is no authority
+	acked        uint64          // last record the peer acknowledged
+	peerPos      journal.Position
+	overflow     string // why journaling stopped; "" when it runs
+	fallback     string // why the last catch-up was a bitmap resync
+	lastCatch    string
+	discardedID  uint64 // the journal of the previous run, not resumed
+	discarded    string // why
 
 	wg sync.WaitGroup // period goroutines
 }
@@ -173,13 +188,19 @@ type period struct {
 	autoResync bool
 }
 
-// SetAsync switches the Mirror to async mode with cfg.Journal. Call it
-// before SetPeer and before any I/O. From then on a write returns once it
-// is written locally and appended to the journal; a shipper sends the
-// journal to the peer in order and clears a write's dirty bits when the
-// peer acknowledged it. After SetPeer, CatchUp must run: shipping starts
-// only then, and with the Throttle policy writers wait for it once the
-// journal is full.
+// SetAsync switches the Mirror to async mode with cfg.Journal (see
+// OpenJournal). Call it before SetPeer and before any I/O, with the dirty
+// set holding what the write intent log recovered. From then on a write
+// returns once it is appended to the journal and written locally; a
+// shipper sends the journal to the peer in order and clears a write's
+// dirty bits when the peer acknowledged it. After SetPeer, CatchUp must
+// run: shipping starts only then, and with the Throttle policy writers
+// wait for it once the journal is full.
+//
+// If the journal has an authority (a resumed one, after a bitmap resync
+// completed in it), every block out of sync now is covered by its records
+// after the authority (docs/journal.md), so a peer at or past it catches
+// up from the journal; otherwise they are resynced by bitmap.
 func (m *Mirror) SetAsync(cfg AsyncConfig) error {
 	if cfg.Journal == nil {
 		return fmt.Errorf("%w: no journal", ErrAsync)
@@ -206,15 +227,104 @@ func (m *Mirror) SetAsync(cfg AsyncConfig) error {
 	if a.idleFlush <= 0 {
 		a.idleFlush = 20 * time.Millisecond
 	}
-	// Records from before this process are not known to match the peer's
-	// state: only what is journaled from here on may be replayed.
-	a.authority = cfg.Journal.Next() - 1
+	a.authority, a.authorityWhy = cfg.Journal.Authority()
+	if stopped, why := cfg.Journal.Stopped(); stopped {
+		a.stopped.Store(true)
+		a.overflow = "journal stopped: " + why
+	}
+	oos := m.dirty.OutOfSync()
+	if a.authority == journal.NoAuthority {
+		a.foreign.Or(oos)
+	} else {
+		a.oosJournal.Or(oos)
+	}
+	a.discardedID, a.discarded = cfg.DiscardedID, cfg.Discarded
+	if cfg.Discarded != "" {
+		a.fallback = "the journal of the previous run was discarded: " + cfg.Discarded
+	}
+	if m.intent != nil {
+		m.intent = asyncIntent{WriteIntent: m.intent, a: a}
+	}
 	m.async = a
 	return nil
 }
 
-// replicate is claim 17 in async mode: mark, write locally, append to the
-// journal; the bits stay in flight until the shipper sees the peer's ack.
+// asyncIntent is the write intent log in async mode: blocks marked out of
+// sync through it (by Verify) are not covered by the journal, so the
+// journal gives up its authority, durably, before they are recorded.
+type asyncIntent struct {
+	WriteIntent
+	a *asyncMirror
+}
+
+func (w asyncIntent) MarkOutOfSync(blocks *roaring.Bitmap) {
+	w.a.markForeign(blocks, "blocks were found to differ from the peer")
+	w.WriteIntent.MarkOutOfSync(blocks)
+}
+
+// MarkOutOfSync marks blocks out of sync, in memory and in the write
+// intent log, for a reason that the writes do not explain (why: a full
+// resync, the peer's own writes as primary). In async mode no peer may be
+// caught up from the journal until a bitmap resync copied them, and that
+// is made durable first.
+func (m *Mirror) MarkOutOfSync(blocks *roaring.Bitmap, why string) error {
+	if a := m.async; a != nil {
+		if err := a.markForeign(blocks, why); err != nil {
+			return err
+		}
+	}
+	m.dirty.MarkOutOfSync(blocks)
+	if m.intent != nil {
+		m.intent.MarkOutOfSync(blocks)
+	}
+	return nil
+}
+
+// markForeign records blocks as out of sync for a reason the journal does
+// not cover (see foreignEvent).
+func (a *asyncMirror) markForeign(blocks *roaring.Bitmap, why string) error {
+	err := a.foreignEvent(why)
+	a.mu.Lock()
+	a.foreign.Or(blocks)
+	a.mu.Unlock()
+	return err
+}
+
+// foreignEvent takes the journal's authority away, durably, because blocks
+// are about to go out of sync for a reason the journal does not cover:
+// after a restart, blocks the write intent log recovers count as covered
+// by the journal only while it has an authority. A bitmap resync that
+// began before the event does not give it back.
+func (a *asyncMirror) foreignEvent(why string) error {
+	a.authMu.Lock()
+	defer a.authMu.Unlock()
+	a.foreignGen++
+	a.mu.Lock()
+	had := a.authority != journal.NoAuthority
+	a.authority, a.authorityWhy = journal.NoAuthority, why
+	a.mu.Unlock()
+	if !had {
+		return nil
+	}
+	if err := a.j.SetAuthority(journal.NoAuthority, why); err != nil && !errors.Is(err, journal.ErrClosed) {
+		a.m.log.Error("the journal's authority could not be taken back: a restart may replay it over blocks it does not cover", "err", err)
+		return fmt.Errorf("journal: %w", err)
+	}
+	return nil
+}
+
+// replicate is claim 17 in async mode: mark, append to the journal, write
+// locally; the bits stay in flight until the shipper sees the peer's ack.
+//
+// The append comes first, and both happen under the write's range lock, so
+// that every change to the local disk is a record of the journal, in the
+// same order for any block: after a crash of this process the journal's
+// records, redone onto the local disk (OpenJournal), give it every write
+// whose append returned, and a journal catch-up can bring a peer to the
+// same state. The record is held (journal.AppendHeld) until the local write
+// ended: it is neither shipped nor truncated before. rw is not held during
+// the local write, so that a slow disk does not hold up the link's state
+// changes; register checks that the period is still the one appended in.
 func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	m := a.m
 	if !m.begin() {
@@ -230,48 +340,87 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 		}
 	}
 	m.dirty.Mark(e)
-	if err := local(); err != nil {
-		a.fail(e, false)
-		return err
-	}
+	var p *period
+	var seq uint64
+	journaled := false
 	a.rw.RLock()
-	if a.stopped.Load() {
-		a.rw.RUnlock()
-		a.fail(e, false)
-		return m.ensureFenced(m.lossCount())
-	}
-	p := a.cur
-	seq, err := a.append(p, rec)
-	if err != nil {
+	for !a.stopped.Load() {
+		if a.broken != nil {
+			err := a.broken
+			a.rw.RUnlock()
+			a.fail(e, false, "journaling stopped and that could not be recorded")
+			return err
+		}
+		p = a.cur
+		var err error
+		if seq, err = a.append(p, rec, true); err == nil {
+			journaled = true
+			break
+		}
 		a.rw.RUnlock()
 		a.stopJournal(err)
-		a.fail(e, false)
-		return m.ensureFenced(m.lossCount())
-	}
-	if p != nil {
-		a.register(p, seq, e)
-		a.rw.RUnlock()
-		return nil
+		a.rw.RLock()
 	}
 	a.rw.RUnlock()
-	// Journaled but not shipped now: it reaches the peer at catch-up.
-	a.fail(e, true)
+	lerr := local()
+	if !journaled {
+		// Journaling stopped, durably, before this write: a restart will
+		// not redo the journal over it.
+		a.fail(e, false, "")
+		if lerr != nil {
+			return lerr
+		}
+		return m.ensureFenced(m.lossCount())
+	}
+	if lerr != nil {
+		// The record ships (its ack, if any, ends in p.early): the peer gets
+		// the data, this disk not. The bitmap resync that the foreign block
+		// calls for copies this disk's blocks over it.
+		a.fail(e, false, "a local write failed")
+		a.j.Release(seq)
+		return lerr
+	}
+	// Registered before the release: the record cannot be acknowledged
+	// before. Not under rw: a writer waiting for room in the journal holds
+	// it shared, and a change waiting for it exclusively would make this
+	// writer wait behind it, and the room never come.
+	if a.register(p, seq, e) {
+		a.j.Release(seq)
+		return nil
+	}
+	// Journaled but not shipped now: it reaches the peer at catch-up. Its
+	// blocks are marked before the release, so that a catch-up that
+	// replays the record also finds them to clear.
+	a.fail(e, true, "")
+	a.j.Release(seq)
 	return m.ensureFenced(m.lossCount())
 }
 
-// append appends rec; rw is held shared. While connected it waits for room
-// if the policy (or a running resync) says throttle: the room comes once
-// CatchUp started shipping.
-func (a *asyncMirror) append(p *period, rec journal.Record) (uint64, error) {
-	if p != nil && (a.policy == Throttle || a.resyncActive > 0) {
+// append appends rec, held if hold (see replicate); rw is held shared.
+// While connected it waits for room if the policy (or a running resync)
+// says throttle: the room comes once CatchUp started shipping.
+func (a *asyncMirror) append(p *period, rec journal.Record, hold bool) (uint64, error) {
+	wait := p != nil && (a.policy == Throttle || a.resyncActive > 0)
+	switch {
+	case wait && hold:
+		return a.j.AppendHeld(p.ctx, rec)
+	case wait:
 		return a.j.Append(p.ctx, rec)
+	case hold:
+		return a.j.TryAppendHeld(rec)
 	}
 	return a.j.TryAppend(rec)
 }
 
 // register records that seq's bits wait for its ack in period p.
-func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) {
+func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) bool {
 	a.mu.Lock()
+	if p == nil || a.cur != p || p.failed {
+		// The period ended (end took its marks under mu) or another began:
+		// this record was not shipped in it.
+		a.mu.Unlock()
+		return false
+	}
 	_, early := p.early[seq]
 	if early {
 		delete(p.early, seq)
@@ -282,6 +431,7 @@ func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) {
 	if early {
 		a.ackExtent(e)
 	}
+	return true
 }
 
 func (a *asyncMirror) ackExtent(e bitmap.Extent) {
@@ -292,8 +442,12 @@ func (a *asyncMirror) ackExtent(e bitmap.Extent) {
 }
 
 // fail makes e's blocks out of sync: because of a journaled write the peer
-// did not get (journaled), or for a reason the journal does not cover.
-func (a *asyncMirror) fail(e bitmap.Extent, journaled bool) {
+// did not get (journaled), or for a reason the journal does not cover
+// (why), which first takes the journal's authority away (foreignEvent).
+func (a *asyncMirror) fail(e bitmap.Extent, journaled bool, why string) {
+	if !journaled {
+		_ = a.foreignEvent(cmp.Or(why, "a write was not journaled"))
+	}
 	a.m.dirty.Fail(e)
 	a.mu.Lock()
 	if journaled {
@@ -308,16 +462,17 @@ func (a *asyncMirror) fail(e bitmap.Extent, journaled bool) {
 }
 
 // stopJournal stops journaling after an append failed: from now on writes
-// are tracked in the bitmap only, until a bitmap resync.
+// are tracked in the bitmap only, until a bitmap resync. The stop is
+// recorded in the journal (journal.Stop) before any write goes on
+// unjournaled: a restart must never redo the records over such a write. If
+// it cannot be, writes fail from now on.
 func (a *asyncMirror) stopJournal(cause error) {
 	a.rw.Lock()
-	first := !a.stopped.Load()
-	a.stopped.Store(true)
-	p := a.cur
-	a.rw.Unlock()
-	if !first {
+	if a.stopped.Load() || a.broken != nil {
+		a.rw.Unlock()
 		return
 	}
+	p := a.cur
 	reason := "journal overflowed while disconnected: bitmap resync on reconnect"
 	switch {
 	case !errors.Is(cause, journal.ErrFull):
@@ -327,9 +482,22 @@ func (a *asyncMirror) stopJournal(cause error) {
 	case p != nil:
 		reason = "journal full while the link went down: bitmap resync on reconnect"
 	}
+	a.authMu.Lock()
+	err := a.j.Stop(reason)
+	a.foreignGen++
 	a.mu.Lock()
+	a.authority, a.authorityWhy = journal.NoAuthority, reason
 	a.overflow = reason
 	a.mu.Unlock()
+	a.authMu.Unlock()
+	if err != nil && !errors.Is(err, journal.ErrClosed) {
+		a.broken = fmt.Errorf("journal stopped (%s) and that could not be recorded: %w", reason, err)
+		a.rw.Unlock()
+		a.m.log.Error("journal stopped and that could not be recorded: writes fail", "reason", reason, "err", err)
+		return
+	}
+	a.stopped.Store(true)
+	a.rw.Unlock()
 	a.m.log.Warn("journal stopped: writes are tracked in the dirty bitmap", "reason", reason, "err", cause)
 	if p != nil {
 		a.maybeAutoResync(p)
@@ -346,8 +514,8 @@ func (a *asyncMirror) flush() error {
 	defer m.inflight.Done()
 	var err error
 	a.rw.RLock()
-	if !a.stopped.Load() {
-		_, err = a.append(a.cur, journal.Record{Kind: journal.KindFlush})
+	if !a.stopped.Load() && a.broken == nil {
+		_, err = a.append(a.cur, journal.Record{Kind: journal.KindFlush}, false)
 	}
 	a.rw.RUnlock()
 	if err != nil {
@@ -395,10 +563,16 @@ func (a *asyncMirror) setPeer(s *transport.Session) {
 	go a.run(p)
 }
 
-// close ends shipping before the Mirror closes the journal.
+// close ends shipping before the Mirror closes the journal. The local disk
+// is flushed first: a journal closed cleanly is trusted after a reboot of
+// the host, so what it and the local disk hold must be durable by then.
 func (a *asyncMirror) close() error {
 	a.setPeer(nil)
 	a.wg.Wait()
+	if err := a.m.local.Flush(); err != nil {
+		return errors.Join(fmt.Errorf("flush the local disk: %w", err),
+			a.j.SetAuthority(journal.NoAuthority, "the local disk failed to flush when the daemon stopped"), a.j.Close())
+	}
 	return a.j.Close()
 }
 
@@ -436,7 +610,7 @@ func (a *asyncMirror) end(p *period, err error) {
 	a.mu.Unlock()
 	a.rw.Unlock()
 	for _, e := range marks {
-		a.fail(e, true)
+		a.fail(e, true, "")
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		a.m.peerLost(p.s, err)
@@ -787,10 +961,14 @@ func (a *asyncMirror) journalUnusable(p *period, pos journal.Position, oldest ui
 	switch {
 	case a.stopped.Load():
 		return errors.New(a.overflow)
+	case pos.ID != a.id && pos.ID == a.discardedID && a.discarded != "":
+		return fmt.Errorf("the peer's position (seq %d) is in the journal of the previous run (%x), which was discarded: %s", pos.Seq, pos.ID, a.discarded)
 	case pos.ID != a.id:
 		return fmt.Errorf("%w (it has journal %x seq %d, this is %x)", errNoPosition, pos.ID, pos.Seq, a.id)
+	case a.authority == journal.NoAuthority:
+		return fmt.Errorf("no peer may catch up from this journal before a bitmap resync: %s", a.authorityWhy)
 	case pos.Seq < a.authority:
-		return fmt.Errorf("the peer's position %d predates the last bitmap resync or restart (%d)", pos.Seq, a.authority)
+		return fmt.Errorf("the peer's position %d predates the last bitmap resync (%d)", pos.Seq, a.authority)
 	case pos.Seq+1 < oldest:
 		return fmt.Errorf("the journal no longer holds seq %d (oldest %d)", pos.Seq+1, oldest)
 	case pos.Seq >= p.markedLo:
@@ -864,7 +1042,12 @@ func (m *Mirror) Drain(ctx context.Context) error {
 // every record journaled so far must be acknowledged first (a record
 // shipped after the resync copied its block would bring back older data if
 // an unjournaled write followed it), and from here on every write is
-// journaled, throttled if the journal fills. The returned func ends it.
+// journaled, throttled if the journal fills. The journal loses its
+// authority, durably, before the first block is sent (the peer is not
+// consistent until the resync ends); if journaling had stopped, its
+// records are dropped (journal.Resume). The returned func ends it: after a
+// successful resync, the barrier it appends becomes the authority, unless
+// blocks went out of sync meanwhile for reasons the journal does not cover.
 func (a *asyncMirror) beginResync(ctx context.Context) (func(error), error) {
 	a.mu.Lock()
 	p := a.cur
@@ -884,32 +1067,80 @@ func (a *asyncMirror) beginResync(ctx context.Context) (func(error), error) {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
 	a.rw.Lock()
+	if a.broken != nil {
+		err := a.broken
+		a.rw.Unlock()
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	a.authMu.Lock()
+	var err error
+	if a.stopped.Load() {
+		// Every record was acknowledged (Drain) and the resync covers
+		// the unjournaled writes: the records are of no more use, and
+		// must never be redone over those writes.
+		err = a.j.Resume()
+	}
+	why := "a bitmap resync started and has not completed"
+	if err == nil {
+		err = a.j.SetAuthority(journal.NoAuthority, why)
+	}
+	gen := a.foreignGen
+	a.mu.Lock()
+	a.authority, a.authorityWhy = journal.NoAuthority, why
+	a.mu.Unlock()
+	a.authMu.Unlock()
+	if err != nil {
+		a.rw.Unlock()
+		return nil, fmt.Errorf("resync: journal: %w", err)
+	}
 	a.stopped.Store(false)
 	a.resyncActive++
 	a.rw.Unlock()
-	a.mu.Lock()
-	a.authority = math.MaxUint64
-	a.mu.Unlock()
 	return func(err error) {
 		if err == nil {
-			// A barrier record after every resync copy: the peer learns
-			// this journal and a position from which a catch-up can replay.
-			a.rw.RLock()
-			authority := a.j.Next() - 1
-			_, jerr := a.append(a.cur, journal.Record{Kind: journal.KindFlush})
-			a.rw.RUnlock()
-			if jerr != nil {
-				a.stopJournal(jerr)
-			}
-			a.mu.Lock()
-			a.authority = authority
-			a.overflow = ""
-			a.mu.Unlock()
+			a.endResync(gen)
 		}
 		a.rw.Lock()
 		a.resyncActive--
 		a.rw.Unlock()
 	}, nil
+}
+
+// endResync gives the journal its authority back after a bitmap resync
+// that began at foreignGen gen completed.
+func (a *asyncMirror) endResync(gen uint64) {
+	// A barrier record after every resync copy: the peer learns this
+	// journal and a position from which a catch-up can replay.
+	a.rw.RLock()
+	authority := a.j.Next() - 1
+	var jerr error
+	if !a.stopped.Load() && a.broken == nil {
+		_, jerr = a.append(a.cur, journal.Record{Kind: journal.KindFlush}, false)
+	}
+	a.rw.RUnlock()
+	if jerr != nil {
+		a.stopJournal(jerr)
+	}
+	oos := a.m.dirty.OutOfSync()
+	a.authMu.Lock()
+	defer a.authMu.Unlock()
+	a.mu.Lock()
+	oos.AndNot(a.oosJournal)
+	covered := a.foreignGen == gen && oos.IsEmpty() && a.foreign.IsEmpty() && !a.stopped.Load()
+	if !a.stopped.Load() {
+		a.overflow = ""
+	}
+	a.mu.Unlock()
+	if !covered {
+		return
+	}
+	if err := a.j.SetAuthority(authority, ""); err != nil {
+		a.m.log.Warn("the journal's authority could not be recorded: the next catch-up resyncs by bitmap", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.authority, a.authorityWhy = authority, ""
+	a.mu.Unlock()
 }
 
 // cleared forgets blocks a resync copied.

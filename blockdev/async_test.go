@@ -92,6 +92,7 @@ type asyncOptions struct {
 	onFull   FullPolicy
 	timeout  time.Duration
 	resynced func(context.Context)
+	local    func(Device) Device // wraps the primary's device
 }
 
 func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
@@ -130,7 +131,11 @@ func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
 		t.Fatal(err)
 	}
 	p.dirty, _ = bitmap.New(o.size, 4096)
-	p.mirror = NewMirror(openFileSized(t, p.priPath, o.size), p.dirty, nil, nil)
+	var local Device = openFileSized(t, p.priPath, o.size)
+	if o.local != nil {
+		local = o.local(local)
+	}
+	p.mirror = NewMirror(local, p.dirty, nil, nil)
 	if err := p.mirror.SetAsync(AsyncConfig{Journal: p.jrnl, OnFull: o.onFull, Resynced: o.resynced}); err != nil {
 		t.Fatal(err)
 	}

@@ -269,6 +269,31 @@ func (r *Replica) SetAppliedFile(f *journal.AppliedFile) {
 // Wait blocks until every request handed to the Replica was applied.
 func (r *Replica) Wait() { r.wg.Wait() }
 
+// Persist makes the applied position durable, as a flush would: call it
+// after Wait when the secondary stops. Without it a clean stop would keep
+// the position of the last flush, and the next catch-up would replay the
+// records applied since over a disk that holds them: for a while some
+// blocks would go back to older data while others keep newer, a state
+// the primary's file system never was in.
+func (r *Replica) Persist() error {
+	r.mu.Lock()
+	pos := r.applied
+	r.mu.Unlock()
+	r.durableMu.Lock()
+	defer r.durableMu.Unlock()
+	if r.file == nil || pos.Seq == 0 || pos == r.durable {
+		return nil
+	}
+	if err := r.dev.Flush(); err != nil {
+		return fmt.Errorf("flush before persisting the applied journal position: %w", err)
+	}
+	if err := r.file.Store(pos); err != nil {
+		return fmt.Errorf("persist the applied journal position: %w", err)
+	}
+	r.durable = pos
+	return nil
+}
+
 // ReplicaStatus is a snapshot of the secondary's apply counters.
 type ReplicaStatus struct {
 	AppliedSeq uint64 // highest frame sequence (this connection) applied with all before it

@@ -105,3 +105,39 @@ func TestReplicaPersistsAppliedPosition(t *testing.T) {
 		t.Fatalf("a new replica on the file: %+v", st)
 	}
 }
+
+// TestReplicaPersistAtStop: records applied since the last flush are made
+// durable, with their position, when the secondary stops (Persist), so the
+// next catch-up does not replay them over a disk that holds them.
+func TestReplicaPersistAtStop(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.applied")
+	af, err := journal.OpenAppliedFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer af.Close()
+	dev := newGatedDevice(1 << 20)
+	r := NewReplica(dev, 4096, nil)
+	r.SetAppliedFile(af)
+	if err := r.Persist(); err != nil || af.Position() != (journal.Position{}) {
+		t.Fatalf("persist with nothing applied: %+v, %v", af.Position(), err)
+	}
+	h := newRequestHarness(t, r)
+	for i := range uint64(3) {
+		h.journal(i+1, transport.JournalOp{ID: 5, Seq: 70 + i, Kind: transport.KindWrite, Offset: int64(i) * 4096, Data: make([]byte, 4096)})
+	}
+	h.waitAcked(t, 1, 2, 3)
+	r.Wait()
+	if p := af.Position(); p != (journal.Position{}) {
+		t.Fatalf("before the stop the file holds %+v; want nothing (no flush yet)", p)
+	}
+	if err := r.Persist(); err != nil {
+		t.Fatal(err)
+	}
+	dev.mu.Lock()
+	flushes := dev.flushes
+	dev.mu.Unlock()
+	if p := af.Position(); p != (journal.Position{ID: 5, Seq: 72}) || flushes != 1 {
+		t.Fatalf("after Persist the file holds %+v after %d device flushes; want journal 5 seq 72 after 1", p, flushes)
+	}
+}

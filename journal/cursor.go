@@ -38,20 +38,22 @@ func (j *Journal) NewCursor(from uint64) (*Cursor, error) {
 // Seq is the sequence number of the record Next returns next.
 func (c *Cursor) Seq() uint64 { return c.seq }
 
-// Ready reports whether Next would return without waiting for an append.
+// Ready reports whether Next would return without waiting for an append
+// (or a Release).
 func (c *Cursor) Ready() bool {
 	c.j.mu.Lock()
 	defer c.j.mu.Unlock()
-	return c.seq <= c.j.written || c.j.closed || c.j.err != nil
+	return c.j.readyLocked(c.seq) || c.j.closed || c.j.err != nil
 }
 
-// Next returns the next record once it is written, or ctx's error. A
-// write's Data is read into buf, grown if it is too small. Next fails with
-// ErrTruncated if the record was truncated before it was read.
+// Next returns the next record once it is written and not held (see
+// AppendHeld), or ctx's error. A write's Data is read into buf, grown if it
+// is too small. Next fails with ErrTruncated if the record was truncated
+// before it was read.
 func (c *Cursor) Next(ctx context.Context, buf []byte) (Record, error) {
 	j := c.j
 	j.mu.Lock()
-	for c.seq > j.written {
+	for !j.readyLocked(c.seq) {
 		if j.closed {
 			j.mu.Unlock()
 			return Record{}, ErrClosed

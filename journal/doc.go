@@ -8,7 +8,12 @@
 // checksummed, so that a crash in the middle of writing one leaves the
 // other: they hold the journal's identity, the ring capacity, the oldest
 // record kept (its sequence number and ring position), the highest sequence
-// number known to be durable, and a counter of opens. The ring follows.
+// number known to be durable, and a counter of opens; and what its user
+// needs to resume it after a crash: the authority (the oldest position from
+// which a peer may be caught up, or NoAuthority), whether journaling
+// stopped (Stop: the local disk got writes that no record holds) and why,
+// whether it was closed cleanly, and the boot ID of the host when it was
+// opened. The ring follows.
 //
 // A record is a 40-byte header followed by the data of a write:
 //
@@ -29,7 +34,13 @@
 // dropped with everything behind it.
 //
 // Appends are written concurrently and made durable by group commit: Sync
-// runs one fdatasync for every caller waiting at that moment. Truncate frees
-// records once the peer made them durable; it persists the new oldest
-// record before the space is reused.
+// runs one fdatasync for every caller waiting at that moment. An append
+// returns only once every record before its own is written too, so that
+// after a crash of the process the records whose appends returned are all
+// found. A record appended with AppendHeld is not shipped (no cursor
+// returns it) and not freed until Release: its writer applies it to the
+// local disk in between. Truncate frees records once the peer made them
+// durable; it persists the new oldest record before the space is reused.
+// The superblock is written with an fdatasync at Open, Close, Truncate,
+// Stop, Resume and SetAuthority only, never per record.
 package journal

@@ -29,8 +29,26 @@ const (
 const (
 	recordMagic uint32 = 0x4c444a52 // "LDJR"
 	superMagic  uint32 = 0x4c444a53 // "LDJS"
-	version     uint32 = 1
-	superSize          = 64
+	// version 2 added the authority, the stop flag and its reason, the
+	// clean-close flag and the boot ID. A version 1 superblock is read as
+	// a stopped journal: its writer did not append before the local write,
+	// so its records cannot be redone (docs/journal.md).
+	version   uint32 = 2
+	version1  uint32 = 1
+	superSize        = 512
+	super1Len        = 64 // bytes of a version 1 superblock
+	// MaxReason is the longest reason kept in the superblock, in bytes.
+	MaxReason = 256
+)
+
+// NoAuthority is the authority of a journal from which no peer may be
+// caught up: a bitmap resync must bring the peer up to date first.
+const NoAuthority = math.MaxUint64
+
+// superblock flags
+const (
+	flagStopped uint32 = 1 << iota
+	flagClean
 )
 
 // Kind is what a record does to the volume.
@@ -208,18 +226,32 @@ func verify(seed uint32, h *header, hdr, data []byte) bool {
 	return recordSum(seed, hdr, data) == h.sum
 }
 
-// superblock is the content of one slot.
+// superblock is the content of one slot:
+//
+//	0   magic "LDJS", version (2)
+//	8   gen, id, capacity, tailSeq, tailPos, durable (8 bytes each)
+//	56  open (4 bytes), flags (4: 1 stopped, 2 closed cleanly)
+//	64  authority (8), boot ID (16), reason length (2), reason (MaxReason)
+//	508 crc32c of bytes 0 to 507
 type superblock struct {
-	gen      uint64 // slot write counter: the valid slot with the higher one wins
-	id       uint64
-	capacity uint64
-	tailSeq  uint64 // oldest record kept (== the next seq when empty)
-	tailPos  uint64 // its logical ring position
-	durable  uint64 // every record up to this seq was durable when written
-	open     uint32 // opens so far
+	gen       uint64 // slot write counter: the valid slot with the higher one wins
+	id        uint64
+	capacity  uint64
+	tailSeq   uint64 // oldest record kept (== the next seq when empty)
+	tailPos   uint64 // its logical ring position
+	durable   uint64 // every record up to this seq was durable when written
+	open      uint32 // opens so far
+	stopped   bool   // journaling stopped: the local disk has writes no record holds
+	clean     bool   // closed, with every record durable, and not opened since
+	authority uint64 // see Journal.Authority
+	boot      [16]byte
+	reason    string // why stopped, or why the authority is NoAuthority
 }
 
+const superCRC = superSize - 4
+
 func (s *superblock) encode(b []byte) {
+	clear(b[:superSize])
 	binary.BigEndian.PutUint32(b[0:4], superMagic)
 	binary.BigEndian.PutUint32(b[4:8], version)
 	binary.BigEndian.PutUint64(b[8:16], s.gen)
@@ -229,7 +261,20 @@ func (s *superblock) encode(b []byte) {
 	binary.BigEndian.PutUint64(b[40:48], s.tailPos)
 	binary.BigEndian.PutUint64(b[48:56], s.durable)
 	binary.BigEndian.PutUint32(b[56:60], s.open)
-	binary.BigEndian.PutUint32(b[60:64], crc32.Checksum(b[:60], castagnoli))
+	var flags uint32
+	if s.stopped {
+		flags |= flagStopped
+	}
+	if s.clean {
+		flags |= flagClean
+	}
+	binary.BigEndian.PutUint32(b[60:64], flags)
+	binary.BigEndian.PutUint64(b[64:72], s.authority)
+	copy(b[72:88], s.boot[:])
+	reason := s.reason[:min(len(s.reason), MaxReason)]
+	binary.BigEndian.PutUint16(b[88:90], uint16(len(reason)))
+	copy(b[90:90+MaxReason], reason)
+	binary.BigEndian.PutUint32(b[superCRC:superSize], crc32.Checksum(b[:superCRC], castagnoli))
 }
 
 func decodeSuper(b []byte) (superblock, error) {
@@ -240,11 +285,31 @@ func decodeSuper(b []byte) (superblock, error) {
 	if binary.BigEndian.Uint32(b[0:4]) != superMagic {
 		return s, errors.New("bad superblock magic")
 	}
-	if crc32.Checksum(b[:60], castagnoli) != binary.BigEndian.Uint32(b[60:64]) {
-		return s, errors.New("superblock checksum mismatch")
-	}
-	if v := binary.BigEndian.Uint32(b[4:8]); v != version {
-		return s, fmt.Errorf("superblock version %d, this build reads %d", v, version)
+	switch v := binary.BigEndian.Uint32(b[4:8]); v {
+	case version:
+		if crc32.Checksum(b[:superCRC], castagnoli) != binary.BigEndian.Uint32(b[superCRC:superSize]) {
+			return s, errors.New("superblock checksum mismatch")
+		}
+		flags := binary.BigEndian.Uint32(b[60:64])
+		if flags&^(flagStopped|flagClean) != 0 {
+			return s, fmt.Errorf("unknown superblock flags %#x", flags)
+		}
+		s.stopped, s.clean = flags&flagStopped != 0, flags&flagClean != 0
+		s.authority = binary.BigEndian.Uint64(b[64:72])
+		copy(s.boot[:], b[72:88])
+		n := int(binary.BigEndian.Uint16(b[88:90]))
+		if n > MaxReason {
+			return s, fmt.Errorf("superblock reason of %d bytes", n)
+		}
+		s.reason = string(b[90 : 90+n])
+	case version1:
+		if crc32.Checksum(b[:super1Len-4], castagnoli) != binary.BigEndian.Uint32(b[super1Len-4:super1Len]) {
+			return s, errors.New("superblock checksum mismatch")
+		}
+		s.stopped, s.authority = true, NoAuthority
+		s.reason = "journal written by an older ldmirror (format 1), which wrote locally before appending: it cannot be redone"
+	default:
+		return s, fmt.Errorf("superblock version %d, this build reads %d and %d", v, version1, version)
 	}
 	s.gen = binary.BigEndian.Uint64(b[8:16])
 	s.id = binary.BigEndian.Uint64(b[16:24])

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +32,14 @@ type Recovery struct {
 	TornTail   bool   // a partly written record at the end was dropped
 	TornOffset int64  // the file offset of that record
 	TornReason string // why it did not pass
+	// Clean: the journal was closed (every record durable) and not opened
+	// since. Otherwise its process ended without Close.
+	Clean bool
+	// Rebooted: the host booted since the journal was last opened (or its
+	// boot ID cannot be read). If the journal was not closed either, the
+	// page cache was lost: records that were not yet durable, and the
+	// local writes that went with them, may be missing in any combination.
+	Rebooted bool
 }
 
 // Stats is a snapshot of the journal's occupancy.
@@ -76,12 +86,24 @@ type Journal struct {
 	syncDone  uint64 // sync rounds finished
 	synced    chan struct{}
 
-	truncMu  sync.Mutex // one Truncate or Advance at a time
+	// held are the records appended with AppendHeld and not released yet,
+	// in sequence order, the first one unreleased (under mu).
+	held []writing
+
+	truncMu  sync.Mutex // one Truncate or Resume at a time
 	sbMu     sync.Mutex // superblock writes; held while a new tail is published
 	sbGen    uint64
 	safeSlot int // the slot holding the last superblock made durable
+
+	// The rest of the superblock (under sbMu): see Authority, Stop, Close.
+	authority uint64
+	stopped   bool
+	reason    string
+	clean     bool
+	boot      [16]byte
 }
 
+// writing is an append being written, or a held record (done: released).
 type writing struct {
 	seq  uint64
 	done bool
@@ -120,7 +142,8 @@ func Create(path string, opt Options) (*Journal, error) {
 	if err := f.Truncate(RingStart + capacity); err != nil {
 		return fail(err)
 	}
-	sb := superblock{gen: 1, id: binary.BigEndian.Uint64(idb[:]) | 1, capacity: uint64(capacity), tailSeq: first, durable: first - 1}
+	sb := superblock{gen: 1, id: binary.BigEndian.Uint64(idb[:]) | 1, capacity: uint64(capacity), tailSeq: first, durable: first - 1,
+		clean: true, authority: NoAuthority, boot: bootID(), reason: "new journal: no bitmap resync completed in it yet"}
 	var b [superSize]byte
 	sb.encode(b[:])
 	if _, err := f.WriteAt(b[:], 0); err != nil {
@@ -189,18 +212,25 @@ func openFile(f *os.File) (*Journal, error) {
 	if st.Size() != RingStart+int64(sb.capacity) {
 		return nil, fmt.Errorf("%w: file is %d bytes, the superblock says %d", ErrCorrupt, st.Size(), RingStart+int64(sb.capacity))
 	}
+	boot := bootID()
 	j := &Journal{
-		f:        f,
-		id:       sb.id,
-		seed:     idSum(sb.id),
-		capacity: sb.capacity,
-		open:     sb.open + 1,
-		tailSeq:  sb.tailSeq,
-		tailPos:  sb.tailPos,
-		sbGen:    sb.gen,
-		safeSlot: pick,
-		synced:   make(chan struct{}),
+		f:         f,
+		id:        sb.id,
+		seed:      idSum(sb.id),
+		capacity:  sb.capacity,
+		open:      sb.open + 1,
+		tailSeq:   sb.tailSeq,
+		tailPos:   sb.tailPos,
+		sbGen:     sb.gen,
+		safeSlot:  pick,
+		synced:    make(chan struct{}),
+		authority: sb.authority,
+		stopped:   sb.stopped,
+		reason:    sb.reason,
+		boot:      boot,
 	}
+	j.recovery.Clean = sb.clean
+	j.recovery.Rebooted = boot == [16]byte{} || sb.boot != boot
 	j.bufs.New = func() any { b := make([]byte, smallRecord); return &b }
 	if err := j.scan(sb.durable); err != nil {
 		return nil, err
@@ -208,7 +238,8 @@ func openFile(f *os.File) (*Journal, error) {
 	// What the scan found is now made durable, and the new open counter
 	// recorded, before any record of this session is written: a record
 	// left behind by an earlier session after a torn one carries a lower
-	// counter than the records that will follow it here.
+	// counter than the records that will follow it here. The superblock
+	// also records this boot and that the journal is open (not clean).
 	if err := unix.Fdatasync(int(f.Fd())); err != nil {
 		return nil, err
 	}
@@ -326,19 +357,72 @@ func (j *Journal) Durable() uint64 {
 	return j.durable
 }
 
-// Append adds r to the journal and returns its sequence number once it is
-// written (not yet durable: see Sync). While the ring is full it waits for
-// Truncate to make room, or for ctx to end.
+// Append adds r to the journal and returns its sequence number once it and
+// every record before it are written (not yet durable: see Sync). A crash
+// of the process alone (the page cache survives) therefore keeps every
+// record whose Append returned: none is behind a hole that Open would take
+// for the torn end. While the ring is full it waits for Truncate to make
+// room, or for ctx to end.
 func (j *Journal) Append(ctx context.Context, r Record) (uint64, error) {
-	return j.append(ctx, r, true)
+	return j.append(ctx, r, true, false)
 }
 
 // TryAppend is Append that fails with ErrFull instead of waiting for room.
 func (j *Journal) TryAppend(r Record) (uint64, error) {
-	return j.append(context.Background(), r, false)
+	return j.append(context.Background(), r, false, false)
 }
 
-func (j *Journal) append(ctx context.Context, r Record, wait bool) (uint64, error) {
+// AppendHeld is Append for a write that the caller applies to its own disk
+// after the append: the record is held until Release(seq). A cursor does
+// not return a held record, or any after it, and Truncate does not free
+// it, so a peer never acknowledges, and the journal never forgets, a write
+// that is not on the local disk yet.
+func (j *Journal) AppendHeld(ctx context.Context, r Record) (uint64, error) {
+	return j.append(ctx, r, true, true)
+}
+
+// TryAppendHeld is AppendHeld that fails with ErrFull instead of waiting
+// for room.
+func (j *Journal) TryAppendHeld(r Record) (uint64, error) {
+	return j.append(context.Background(), r, false, true)
+}
+
+// Release ends the hold of AppendHeld on seq.
+func (j *Journal) Release(seq uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.releaseLocked(seq)
+}
+
+func (j *Journal) releaseLocked(seq uint64) {
+	for i := range j.held {
+		if j.held[i].seq == seq {
+			j.held[i].done = true
+			break
+		}
+	}
+	n := 0
+	for n < len(j.held) && j.held[n].done {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	j.held = append(j.held[:0], j.held[n:]...)
+	if j.appended != nil { // cursors waiting for the held record
+		close(j.appended)
+		j.appended = nil
+	}
+}
+
+// readyLocked reports whether a cursor may return record seq: it is
+// written, with every record before it, and neither it nor an earlier one
+// is held. j.mu is held.
+func (j *Journal) readyLocked(seq uint64) bool {
+	return seq <= j.written && (len(j.held) == 0 || seq < j.held[0].seq)
+}
+
+func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64, error) {
 	if err := r.check(); err != nil {
 		return 0, err
 	}
@@ -389,6 +473,9 @@ func (j *Journal) append(ctx context.Context, r Record, wait bool) (uint64, erro
 	j.headPos += size
 	j.positions.push(pos)
 	j.writing = append(j.writing, writing{seq: seq})
+	if hold {
+		j.held = append(j.held, writing{seq: seq})
+	}
 	j.mu.Unlock()
 
 	err := j.writeRecord(seq, pos, &r)
@@ -418,7 +505,29 @@ func (j *Journal) append(ctx context.Context, r Record, wait bool) (uint64, erro
 		}
 	}
 	if err != nil {
+		if hold {
+			j.releaseLocked(seq)
+		}
 		return 0, j.err
+	}
+	// Wait for the appends before this one: see Append.
+	for j.written < seq && j.err == nil && !j.closed {
+		if j.appended == nil {
+			j.appended = make(chan struct{})
+		}
+		ch := j.appended
+		j.mu.Unlock()
+		<-ch
+		j.mu.Lock()
+	}
+	if j.written < seq {
+		if hold {
+			j.releaseLocked(seq)
+		}
+		if j.err != nil {
+			return 0, j.err
+		}
+		return 0, ErrClosed
 	}
 	return seq, nil
 }
@@ -575,7 +684,8 @@ func (j *Journal) writeSuperLocked(tailSeq, tailPos uint64, sync bool) error {
 	durable := j.durable
 	j.mu.Unlock()
 	j.sbGen++
-	sb := superblock{gen: j.sbGen, id: j.id, capacity: j.capacity, tailSeq: tailSeq, tailPos: tailPos, durable: durable, open: j.open}
+	sb := superblock{gen: j.sbGen, id: j.id, capacity: j.capacity, tailSeq: tailSeq, tailPos: tailPos, durable: durable, open: j.open,
+		stopped: j.stopped, clean: j.clean, authority: j.authority, boot: j.boot, reason: j.reason}
 	slot := 1 - j.safeSlot
 	var b [superSize]byte
 	sb.encode(b[:])
@@ -604,6 +714,9 @@ func (j *Journal) Truncate(seq uint64) error {
 		return ErrClosed
 	}
 	seq = min(seq, j.written)
+	if len(j.held) > 0 {
+		seq = min(seq, j.held[0].seq-1)
+	}
 	if seq < j.tailSeq {
 		j.mu.Unlock()
 		return nil
@@ -636,8 +749,183 @@ func (j *Journal) Truncate(seq uint64) error {
 	return nil
 }
 
+// Authority is the oldest position from which a peer may be caught up:
+// a peer whose durable position in this journal is at or past it holds
+// the volume as it was after that record, so the records after its
+// position are all it lacks. NoAuthority: no peer may be caught up from
+// this journal before a bitmap resync set the authority again; why says
+// why. A new journal has none. The journal only stores the authority; its
+// user keeps the promise (docs/journal.md).
+func (j *Journal) Authority() (seq uint64, why string) {
+	j.sbMu.Lock()
+	defer j.sbMu.Unlock()
+	if j.authority == NoAuthority {
+		return NoAuthority, j.reason
+	}
+	return j.authority, ""
+}
+
+// SetAuthority makes seq the authority, durably. Setting NoAuthority, with
+// why, never fails silently into the old authority: if the superblock
+// cannot be written, the journal is poisoned and its file removed, so that
+// no later Open finds it; it returns an error only if that fails too. A
+// stopped journal has no authority until Resume.
+func (j *Journal) SetAuthority(seq uint64, why string) error {
+	if seq != NoAuthority {
+		why = ""
+	}
+	return j.changeSuper(seq == NoAuthority, func() error {
+		if j.stopped && seq != NoAuthority {
+			return fmt.Errorf("journal: authority %d for a stopped journal", seq)
+		}
+		j.authority = seq
+		if !j.stopped {
+			j.reason = why
+		}
+		return nil
+	})
+}
+
+// Stop records durably that journaling stopped: from now on the local disk
+// may receive writes that no record holds, so the records must never be
+// redone onto it, and no peer may be caught up from them (the authority
+// becomes NoAuthority). The first reason given is kept. Like SetAuthority
+// to NoAuthority, it removes the file if the superblock cannot be written,
+// and fails only if that fails too.
+func (j *Journal) Stop(why string) error {
+	return j.changeSuper(true, func() error {
+		if !j.stopped {
+			j.stopped, j.reason = true, why
+		}
+		j.authority = NoAuthority
+		return nil
+	})
+}
+
+// Stopped reports whether journaling stopped (Stop), and why.
+func (j *Journal) Stopped() (bool, string) {
+	j.sbMu.Lock()
+	defer j.sbMu.Unlock()
+	return j.stopped, j.reason
+}
+
+// changeSuper changes the superblock's state with change and writes it
+// durably. If that fails, the journal is poisoned and, for a conservative
+// change (one that only takes promises back), the file is removed: a
+// journal that is not found is never resumed.
+func (j *Journal) changeSuper(conservative bool, change func() error) error {
+	j.sbMu.Lock()
+	defer j.sbMu.Unlock()
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return ErrClosed
+	}
+	tailSeq, tailPos := j.tailSeq, j.tailPos
+	j.mu.Unlock()
+	if err := change(); err != nil {
+		return err
+	}
+	err := j.writeSuperLocked(tailSeq, tailPos, true)
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("journal superblock: %w", err)
+	rerr := os.Remove(j.f.Name())
+	if rerr == nil {
+		rerr = syncDir(j.f.Name())
+	}
+	j.mu.Lock()
+	if j.err == nil {
+		if rerr == nil {
+			j.poison(fmt.Errorf("%w; the journal file was removed", err))
+		} else {
+			j.poison(err)
+		}
+	}
+	j.mu.Unlock()
+	if conservative && rerr == nil {
+		return nil
+	}
+	return errors.Join(err, rerr)
+}
+
+// Resume clears a Stop: it frees every record (they must never be redone:
+// the local disk may hold newer writes) and journaling starts again from
+// the next sequence number, with NoAuthority until a bitmap resync sets
+// one. No append may be in progress.
+func (j *Journal) Resume() error {
+	j.truncMu.Lock()
+	defer j.truncMu.Unlock()
+	j.mu.Lock()
+	if j.closed || j.err != nil {
+		err := j.err
+		j.mu.Unlock()
+		if err == nil {
+			err = ErrClosed
+		}
+		return err
+	}
+	if j.written != j.nextSeq-1 || len(j.held) > 0 {
+		j.mu.Unlock()
+		return errors.New("journal: Resume with appends in progress")
+	}
+	newTail, newPos := j.nextSeq, j.headPos
+	j.mu.Unlock()
+
+	j.sbMu.Lock()
+	defer j.sbMu.Unlock()
+	if !j.stopped {
+		return nil
+	}
+	j.stopped, j.authority = false, NoAuthority
+	j.reason = "journaling resumed after it stopped: no bitmap resync completed since"
+	if err := j.writeSuperLocked(newTail, newPos, true); err != nil {
+		// The slot written last before this one still says stopped.
+		j.stopped = true
+		j.mu.Lock()
+		if j.err == nil {
+			j.poison(fmt.Errorf("journal superblock: %w", err))
+		}
+		j.mu.Unlock()
+		return err
+	}
+	j.mu.Lock()
+	j.positions.drop(int(newTail - j.tailSeq))
+	j.tailSeq, j.tailPos = newTail, newPos
+	if j.freed != nil {
+		close(j.freed)
+		j.freed = nil
+	}
+	j.mu.Unlock()
+	return nil
+}
+
+// Discard stops the journal at path (see Stop), if there is one, so that
+// it is never resumed: its host is about to write, or to receive writes,
+// that it does not hold. Its numbering is kept. A journal that cannot be
+// read is removed. It reports whether it stopped or removed a journal.
+func Discard(path, why string) (bool, error) {
+	j, err := Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		if rerr := os.Remove(path); rerr != nil {
+			return false, errors.Join(err, rerr)
+		}
+		return true, syncDir(path)
+	}
+	stopped, _ := j.Stopped()
+	if stopped {
+		return false, j.Close()
+	}
+	return true, errors.Join(j.Stop(why), j.Close())
+}
+
 // Close makes the journal durable and closes the file. Appends waiting for
-// room fail with ErrClosed.
+// room fail with ErrClosed. The next Open finds it Clean, unless it was
+// poisoned.
 func (j *Journal) Close() error {
 	j.mu.Lock()
 	if j.closed {
@@ -657,9 +945,29 @@ func (j *Journal) Close() error {
 	tailSeq, tailPos := j.tailSeq, j.tailPos
 	j.mu.Unlock()
 	if err == nil {
-		err = j.writeSuper(tailSeq, tailPos, true)
+		j.sbMu.Lock()
+		j.clean = true
+		err = j.writeSuperLocked(tailSeq, tailPos, true)
+		j.sbMu.Unlock()
 	}
 	return errors.Join(err, j.f.Close())
+}
+
+// bootID identifies this boot of the host (zero if unknown): a journal
+// opened again in the same boot after its process died still has every
+// record its appends wrote, in the page cache.
+func bootID() [16]byte {
+	var id [16]byte
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return id
+	}
+	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", ""))
+	if err != nil || len(h) != len(id) {
+		return id
+	}
+	copy(id[:], h)
+	return id
 }
 
 // posRing is a FIFO of ring positions that grows by doubling.

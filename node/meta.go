@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/resync"
 )
 
@@ -157,8 +158,12 @@ func DiscardLocal(dir string) (Meta, error) {
 	}
 	m.Generations.Discard()
 	m.PrimaryActive = false
-	// Its out-of-sync map describes data that no longer counts.
+	// Its out-of-sync map and its journal describe data that no longer
+	// counts.
 	if err := os.Remove(filepath.Join(dir, ScoreboardFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return m, err
+	}
+	if _, err := journal.Discard(filepath.Join(dir, JournalFile), "the local data was discarded (ldmirror resolve --discard-local)"); err != nil {
 		return m, err
 	}
 	return m, writeMeta(dir, m)

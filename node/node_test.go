@@ -14,6 +14,7 @@ import (
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
+	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 )
 
@@ -305,5 +306,134 @@ func TestProbeHealthInStatus(t *testing.T) {
 	})
 	if out := logs.String(); !strings.Contains(out, `msg="directory server up"`) || !strings.Contains(out, `msg="directory server down"`) {
 		t.Fatalf("the transitions are not logged:\n%s", out)
+	}
+}
+
+// TestJournalAcrossTerms: an async primary killed and started again resumes
+// its journal, redone onto the backing file; a secondary term discards it
+// (its disk takes the peer's writes), and so does a sync primary term; a
+// primary term forgets the position this host applied in its peer's
+// journal but keeps the numbering.
+func TestJournalAcrossTerms(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("node-test-secret-0123456789")
+	logs := &logbuf.Buffer{}
+	primary := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: blockdev.ModeAsync,
+		JournalSize: journal.MinCapacity * 4, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	jpath := filepath.Join(dir, JournalFile)
+	journalState := func() (id, next uint64, stopped bool, why string) {
+		t.Helper()
+		j, err := journal.Open(jpath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer j.Close()
+		stopped, why = j.Stopped()
+		return j.ID(), j.Next(), stopped, why
+	}
+
+	// A position applied as a secondary in the peer's journal.
+	af, err := journal.OpenAppliedFile(filepath.Join(dir, AppliedFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := af.Store(journal.Position{ID: 77, Seq: 500}); err != nil {
+		t.Fatal(err)
+	}
+	af.Close()
+
+	n, err := Open(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	af, err = journal.OpenAppliedFile(filepath.Join(dir, AppliedFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pos := af.Position(); pos != (journal.Position{Seq: 500}) {
+		t.Fatalf("a primary term left the applied position %+v; want the peer's journal forgotten, seq 500 kept", pos)
+	}
+	af.Close()
+	if _, err := n.mirror.WriteAt(make([]byte, 8192), 40960); err != nil {
+		t.Fatal(err)
+	}
+	next := n.mirror.Status().JournalNewest + 1
+	if next != 502 {
+		t.Fatalf("after one write the next seq is %d; want 502: the journal numbers on from the applied seq 500", next)
+	}
+	n.Close() // a crash of the daemon: the journal is not closed
+
+	n, err = Open(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "journal resumed") || n.mirror.Status().JournalNewest+1 != next {
+		t.Fatalf("after the crash: newest seq %d, want %d and the journal resumed; log:\n%s", n.mirror.Status().JournalNewest, next-1, logs)
+	}
+	n.Close()
+	id, _, _, _ := journalState()
+
+	secondary := primary
+	secondary.Role, secondary.Peer, secondary.Listen = RoleSecondary, "", "127.0.0.1:0"
+	n, err = Open(secondary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	if sid, snext, stopped, why := journalState(); sid != id || snext != next || !stopped || !strings.Contains(why, "became secondary") {
+		t.Fatalf("after a secondary term: journal %x next %d stopped %v (%s); want %x, %d, stopped", sid, snext, stopped, why, id, next)
+	}
+
+	n, err = Open(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fr := n.mirror.Status().FallbackReason; !strings.Contains(fr, "became secondary") {
+		t.Fatalf("a primary after a secondary term: fallback reason %q; want the discarded journal's reason", fr)
+	}
+	n.Close()
+	nid, nnext, stopped, _ := journalState()
+	if nid == id || nnext != next || stopped {
+		t.Fatalf("after the secondary term a primary term has journal %x next %d stopped %v; want a new journal from %d", nid, nnext, stopped, next)
+	}
+
+	sync := primary
+	sync.Mode = blockdev.ModeSync
+	n, err = Open(sync)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	if _, _, stopped, why := journalState(); !stopped || !strings.Contains(why, "sync mode") {
+		t.Fatalf("after a sync primary term the journal is stopped %v (%s); want stopped", stopped, why)
+	}
+}
+
+// TestDiscardLocalStopsJournal: `resolve --discard-local` stops the journal
+// too, so that a later primary term never redoes it over the data the peer
+// resyncs here.
+func TestDiscardLocalStopsJournal(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, JournalFile)
+	j, err := journal.Create(path, journal.Options{Capacity: journal.MinCapacity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if _, err := DiscardLocal(dir); err != nil {
+		t.Fatal(err)
+	}
+	if j, err = journal.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if stopped, why := j.Stopped(); !stopped || !strings.Contains(why, "discard-local") {
+		t.Fatalf("after resolve --discard-local the journal is stopped %v (%s); want stopped", stopped, why)
 	}
 }

@@ -32,10 +32,26 @@ func (n *Node) preparePrimary() error {
 	n.mu.Unlock()
 	local := keepOpen{n.dev} // the backing file outlives the term
 	var mirror *blockdev.Mirror
+	if n.cfg.Passthrough || n.cfg.Mode != blockdev.ModeAsync {
+		// This term's writes are not journaled: a journal left from an
+		// async term must never be redone over them, nor a position in
+		// the peer's journal claimed.
+		mode := "sync"
+		if n.cfg.Passthrough {
+			mode = "passthrough"
+		}
+		if err := n.leaveJournal("this host wrote as primary in " + mode + " mode"); err != nil {
+			return err
+		}
+		if _, err := n.forgetApplied(); err != nil {
+			return err
+		}
+	}
 	if n.cfg.Passthrough {
 		mirror = blockdev.NewMirror(local, dirty, nil, n.log)
 	} else {
-		if err := n.startPrimary(); err != nil {
+		discard, err := n.startPrimary()
+		if err != nil {
 			return err
 		}
 		var intent blockdev.WriteIntent = n.sb
@@ -47,7 +63,7 @@ func (n *Node) preparePrimary() error {
 		mirror.SetResyncRate(n.cfg.ResyncRate)
 		mirror.SetResyncMinRate(n.cfg.ResyncMinRate)
 		if n.cfg.Mode == blockdev.ModeAsync {
-			if err := n.startAsync(mirror); err != nil {
+			if err := n.startAsync(mirror, discard); err != nil {
 				return errors.Join(err, n.stopPrimary())
 			}
 		}
@@ -62,41 +78,85 @@ func (n *Node) preparePrimary() error {
 	return nil
 }
 
-// startAsync opens a new journal for this primary term and puts the
-// mirror in async mode. A term's journal is its own: records of an earlier
-// term here must never be replayed to a peer that was primary since, so
-// only the sequence numbering carries over (from the old journal, or from
-// what this host applied as secondary).
-func (n *Node) startAsync(mirror *blockdev.Mirror) error {
+// startAsync opens the journal for this primary term (resuming the one of
+// the previous run, redone onto the backing file, unless it cannot be:
+// see blockdev.OpenJournal, and discard says why not) and puts the mirror
+// in async mode. Only the journal of this host's own primary terms goes
+// on: a secondary term discards it (prepareSecondary), and this term
+// forgets the position this host applied in its peer's journal.
+func (n *Node) startAsync(mirror *blockdev.Mirror, discard string) error {
+	first, err := n.forgetApplied()
+	if err != nil {
+		return err
+	}
 	path := filepath.Join(n.cfg.Dir, JournalFile)
-	first := uint64(1)
-	if old, err := journal.Open(path); err == nil {
-		first = old.Next()
-		old.Close()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		n.log.Warn("the old journal cannot be read; starting a new one (its writes are in the scoreboard)", "err", err)
-	}
-	if af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, AppliedFile)); err == nil {
-		first = max(first, af.Position().Seq+1)
-		af.Close()
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("replace the journal: %w", err)
-	}
-	j, err := journal.Create(path, journal.Options{Capacity: n.cfg.JournalSize, FirstSeq: first})
+	st, err := blockdev.OpenJournal(context.Background(), path, n.dev,
+		blockdev.JournalOptions{Capacity: n.cfg.JournalSize, FirstSeq: first, Discard: discard})
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Resynced: func(ctx context.Context) {
-		if s := mirror.Session(); s != nil {
-			n.peerInSync(ctx, mirror, s, false)
-		}
-	}})
+	j := st.Journal
+	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Discarded: st.Discarded, DiscardedID: st.DiscardedID,
+		Resynced: func(ctx context.Context) {
+			if s := mirror.Session(); s != nil {
+				n.peerInSync(ctx, mirror, s, false)
+			}
+		}})
 	if err != nil {
 		j.Close()
 		return err
 	}
-	n.log.Info("async mode: writes return once in the journal", "journal", path, "capacity", j.Capacity(), "first_seq", first, "on_full", n.cfg.OnFull)
+	authority, why := j.Authority()
+	switch {
+	case st.Resumed && authority != journal.NoAuthority:
+		n.log.Info("async mode: journal resumed; a peer at or past its authority catches up from it",
+			"journal", path, "records_redone", st.Redone, "authority", authority, "next_seq", j.Next())
+	case st.Resumed:
+		n.log.Warn("async mode: journal resumed without authority: the next catch-up is a bitmap resync",
+			"journal", path, "records_redone", st.Redone, "reason", why)
+	case st.Discarded != "":
+		n.log.Warn("async mode: the journal of the previous run was discarded: the next catch-up is a bitmap resync",
+			"reason", st.Discarded, "records_redone", st.Redone, "first_seq", j.Next())
+	default:
+		n.log.Info("async mode: new journal", "journal", path, "first_seq", j.Next())
+	}
+	n.log.Info("async mode: writes return once in the journal", "journal", path, "capacity", j.Capacity(), "on_full", n.cfg.OnFull)
+	return nil
+}
+
+// forgetApplied makes this host forget the position it applied, as a
+// secondary, in its peer's journal, and returns the sequence number its own
+// journal numbers from at least. A host that writes as primary must not
+// later claim that position: its disk no longer holds what it says.
+func (n *Node) forgetApplied() (uint64, error) {
+	path := filepath.Join(n.cfg.Dir, AppliedFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return 1, nil
+	}
+	af, err := journal.OpenAppliedFile(path)
+	if err != nil {
+		n.log.Warn("the applied journal position cannot be read; removing it", "err", err)
+		if err := os.Remove(path); err != nil {
+			return 1, fmt.Errorf("remove the applied journal position: %w", err)
+		}
+		return 1, nil
+	}
+	pos := af.Position()
+	err = af.Store(journal.Position{Seq: pos.Seq}) // the numbering stays
+	return pos.Seq + 1, errors.Join(err, af.Close())
+}
+
+// leaveJournal discards the journal of an earlier async primary term, if
+// there is one, before this host writes, or takes writes, that it does not
+// hold: why says which.
+func (n *Node) leaveJournal(why string) error {
+	done, err := journal.Discard(filepath.Join(n.cfg.Dir, JournalFile), why)
+	if err != nil {
+		return fmt.Errorf("discard the journal: %w", err)
+	}
+	if done {
+		n.log.Info("the journal of an earlier async primary term is discarded: it must never be replayed", "reason", why)
+	}
 	return nil
 }
 
@@ -109,15 +169,17 @@ func (keepOpen) Close() error { return nil }
 // startPrimary opens the scoreboard and records that this host now writes
 // as primary. The blocks the peer may miss are the scoreboard's out-of-sync
 // map and, after a crash, every block of the activity log's hot extents.
-func (n *Node) startPrimary() error {
+// If it marks the whole volume out of sync, it says why: the journal of
+// the previous run cannot cover that.
+func (n *Node) startPrimary() (fullResync string, err error) {
 	m := &n.meta
 	sb, created, err := n.openScoreboard()
 	if err != nil {
-		return err
+		return "", err
 	}
 	if m.Generations.Discarded() {
 		sb.Close()
-		return errors.New("this host discarded its data (ldmirror resolve): run it as secondary until the peer resynced it")
+		return "", errors.New("this host discarded its data (ldmirror resolve): run it as secondary until the peer resynced it")
 	}
 	behind := m.PrimaryActive || m.Generations.Bitmap != 0
 	n.mu.Lock()
@@ -127,9 +189,10 @@ func (n *Node) startPrimary() error {
 	case created && behind:
 		// A volume from before the scoreboard existed: what the peer misses
 		// is not known.
-		if err := n.markAllOutOfSync(); err != nil {
+		fullResync = "no scoreboard from the previous run: the whole volume is resynced"
+		if err := n.markAllOutOfSync(nil, fullResync); err != nil {
 			sb.Close()
-			return err
+			return "", err
 		}
 		n.log.Warn("no scoreboard from the previous run: the whole volume will be resynced to the peer")
 	default:
@@ -152,9 +215,9 @@ func (n *Node) startPrimary() error {
 	m.PrimaryActive = true
 	if err := writeMeta(n.cfg.Dir, *m); err != nil {
 		sb.Close()
-		return err
+		return "", err
 	}
-	return nil
+	return fullResync, nil
 }
 
 // openScoreboard opens the volume's scoreboard, creating it if there is none.
@@ -171,15 +234,23 @@ func (n *Node) openScoreboard() (sb *scoreboard.Scoreboard, created bool, err er
 
 // markAllOutOfSync marks every block for a full resync, in memory and
 // durably, so a crash before the resync ends does not shrink it.
-func (n *Node) markAllOutOfSync() error {
+func (n *Node) markAllOutOfSync(mirror *blockdev.Mirror, why string) error {
 	n.dirty.MarkAllOutOfSync()
-	return n.markOutOfSync(n.dirty.OutOfSync())
+	return n.markOutOfSync(mirror, n.dirty.OutOfSync(), why)
 }
 
-// markOutOfSync adds blocks to the resync, in memory and durably.
-func (n *Node) markOutOfSync(blocks *roaring.Bitmap) error {
-	n.dirty.MarkOutOfSync(blocks)
-	n.sb.MarkOutOfSync(blocks)
+// markOutOfSync adds blocks to the resync, in memory and durably, through
+// the term's mirror once there is one: in async mode its journal must
+// first give up catching the peer up over them (why says why).
+func (n *Node) markOutOfSync(mirror *blockdev.Mirror, blocks *roaring.Bitmap, why string) error {
+	if mirror != nil {
+		if err := mirror.MarkOutOfSync(blocks, why); err != nil {
+			return err
+		}
+	} else {
+		n.dirty.MarkOutOfSync(blocks)
+		n.sb.MarkOutOfSync(blocks)
+	}
 	if err := n.sb.Sync(context.Background()); err != nil {
 		return fmt.Errorf("record the blocks to resync: %w", err)
 	}
@@ -334,7 +405,7 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 	for ctx.Err() == nil {
 		s, err := transport.Dial(ctx, n.cfg.Peer, n.tcfg)
 		if err == nil {
-			err = n.admit(s)
+			err = n.admit(s, mirror)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -400,14 +471,14 @@ func (n *Node) splitBrain(peerID string, local, peer resync.Generations) error {
 
 // admit decides, from the generations, whether this primary may bring the
 // peer up to date, and closes the session if not.
-func (n *Node) admit(s *transport.Session) error {
+func (n *Node) admit(s *transport.Session, mirror *blockdev.Mirror) error {
 	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
 	switch d := resync.Decide(local, peer); d {
 	case resync.InSync, resync.LocalSource:
 		return nil
 	case resync.LocalSourceFull:
 		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
-		if err := n.markAllOutOfSync(); err != nil {
+		if err := n.markAllOutOfSync(mirror, "the peer is older than the changes tracked here: whole volume resynced"); err != nil {
 			s.Close()
 			return err
 		}
@@ -424,7 +495,7 @@ func (n *Node) admit(s *transport.Session) error {
 // addPeerBehind adds to the resync the blocks the peer knows may differ
 // (what it wrote as primary and this host may lack) and reports whether
 // there were any.
-func (n *Node) addPeerBehind(s *transport.Session) (bool, error) {
+func (n *Node) addPeerBehind(s *transport.Session, mirror *blockdev.Mirror) (bool, error) {
 	call, err := s.SubmitOutOfSync()
 	if err != nil {
 		return false, err
@@ -433,7 +504,7 @@ func (n *Node) addPeerBehind(s *transport.Session) (bool, error) {
 	if err != nil {
 		if errors.Is(err, transport.ErrRemoteIO) && strings.Contains(err.Error(), errBehindTooLarge.Error()) {
 			n.log.Warn("the peer's out-of-sync set is too large to send: resyncing the whole volume, comparing checksums")
-			return true, n.markAllOutOfSync()
+			return true, n.markAllOutOfSync(mirror, "the peer's out-of-sync blocks are too many to send: whole volume resynced")
 		}
 		return false, fmt.Errorf("ask the peer for its out-of-sync blocks: %w", err)
 	}
@@ -448,7 +519,7 @@ func (n *Node) addPeerBehind(s *transport.Session) (bool, error) {
 		return false, fmt.Errorf("the peer's out-of-sync blocks go up to block %d, the volume has %d", b.Maximum(), blocks)
 	}
 	n.log.Info("the peer wrote blocks as primary that may differ here: adding them to the resync", "blocks", b.GetCardinality())
-	return true, n.markOutOfSync(b)
+	return true, n.markOutOfSync(mirror, b, "the peer wrote blocks as primary that may differ here")
 }
 
 // catchUp copies the out-of-sync blocks to the peer and, once it holds
@@ -456,7 +527,7 @@ func (n *Node) addPeerBehind(s *transport.Session) (bool, error) {
 func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockdev.Mirror) {
 	n.resyncMu.Lock()
 	defer n.resyncMu.Unlock()
-	peerBehind, err := n.addPeerBehind(s)
+	peerBehind, err := n.addPeerBehind(s, mirror)
 	if err != nil {
 		n.log.Warn("resync not started", "err", err)
 		s.Close()
@@ -673,7 +744,7 @@ func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, e
 	n.resyncMu.Lock()
 	defer n.resyncMu.Unlock()
 	if full {
-		if err := n.markAllOutOfSync(); err != nil {
+		if err := n.markAllOutOfSync(mirror, "a full resync was requested"); err != nil {
 			return res, err
 		}
 	}

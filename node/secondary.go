@@ -25,6 +25,11 @@ func (n *Node) prepareSecondary() error {
 	if err != nil {
 		return err
 	}
+	// The primary writes here now: a journal of this host's own primary
+	// terms must never be redone over that.
+	if err := n.leaveJournal("this host became secondary: its disk takes the peer's writes"); err != nil {
+		return err
+	}
 	tcfg := n.tcfg
 	tcfg.Admit = n.admitPrimary
 	ln, err := transport.Listen(n.cfg.Listen, tcfg)
@@ -154,7 +159,7 @@ func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error
 	<-done
 	replica.Wait()
 	if n.applied != nil {
-		err = errors.Join(err, n.applied.Close())
+		err = errors.Join(err, replica.Persist(), n.applied.Close())
 		n.applied = nil
 	}
 	n.endTerm()

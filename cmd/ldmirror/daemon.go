@@ -41,7 +41,7 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
 			&cli.BoolFlag{Name: "activity-log", Value: true, Usage: "log write intent per 4 MiB extent; false is unsafe: after a primary crash, blocks written just before it may differ without being resynced"},
-			&cli.StringFlag{Name: "mode", Value: "sync", Usage: "sync: a write returns once the peer has it; async: once it is in the local journal, which ships in order and, after a short disconnect, is replayed to catch the peer up (both hosts run the same mode)"},
+			&cli.StringFlag{Name: "mode", Value: "sync", Usage: "sync: a write returns once the peer has it; async: once it is in the local journal, which ships in order and, after a disconnect or a restart of the primary, is replayed to catch the peer up (both hosts run the same mode)"},
 			&cli.StringFlag{Name: "journal-size", Value: "64MiB", Usage: "async: journal capacity, how far the peer may lag"},
 			&cli.StringFlag{Name: "journal-full", Value: "throttle", Usage: "async, journal full while connected: throttle writers, or logging (fall back to a bitmap resync)"},
 			&cli.BoolFlag{Name: "resync-checksum", Usage: "compare block checksums before every resync copy (always done after a primary crash)"},

@@ -15,8 +15,9 @@ func statusCommand() *cli.Command {
    replicating      every write reaches the peer (sync) or its journal ships in order (async)
    logging          the peer is unreachable; writes go on locally and their blocks are
                     recorded as dirty in the scoreboard, for a resync when it returns
-   journal-catchup  async, after a short disconnect: the journal still covers the gap
-                    and is replayed in order, so the peer stays crash-consistent
+   journal-catchup  async, after a disconnect or a restart of the primary: the journal
+                    still covers the gap and is replayed in order, so the peer stays
+                    crash-consistent
    resyncing        the dirty blocks are copied to the peer: percent, rate and ETA;
                     "slowed to the minimum rate" while the application writes
    suspended        with a control plane and no quorum: writes the peer lacks wait, none is
@@ -25,9 +26,10 @@ func statusCommand() *cli.Command {
                     the control plane refused to mark the peer outdated: this host was
                     deposed; such writes fail until it steps down
    waiting for ...  a secondary without a primary, or a host not yet named by the control plane
-The fallback row says why an async journal could not cover a disconnect (a bitmap resync
-follows). The control row shows epoch, named primary and raft leader (and the epoch a
-deposed primary still serves in), or NONE without a control plane. A split brain shows in "last error" with the command that ends it.`,
+The fallback row says why an async journal could not cover a disconnect or a restart
+(a bitmap resync follows). The control row shows epoch, named primary and raft leader (and
+the epoch a deposed primary still serves in), or NONE without a control plane. A split
+brain shows in "last error" with the command that ends it.`,
 		Flags: []cli.Flag{
 			volumeDirFlag, controlFlag,
 			&cli.BoolFlag{Name: "json", Usage: "print JSON (sizes in bytes)"},
