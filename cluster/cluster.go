@@ -502,9 +502,17 @@ func (c *Cluster) removeMember(ctx context.Context, id string) error {
 // checks on its hot path.
 func (c *Cluster) State() VolumeState { return c.fsm.current() }
 
-// Consistent returns the volume state as of now: the leader commits a
-// barrier, which proves it still leads a quorum, and answers from its
-// state. Without quorum it returns ErrNoQuorum when ctx ends.
+// Consistent returns this member's copy of the volume state once it is at
+// least as new as the leader's at the time of the call: the leader commits
+// a barrier, which proves it still leads a quorum, and answers with the
+// index its state has applied; this member then waits until its own copy
+// has applied that entry too. A member that restarted restores an old
+// snapshot and replays the log only as it learns the commit index, so its
+// State and Watch go through old epochs first; from the state Consistent
+// returns on, they do not (they only move forward).
+//
+// Without quorum it returns ErrNoQuorum when ctx ends; if the leader
+// answered but this member had not caught up by then, ErrBehind.
 func (c *Cluster) Consistent(ctx context.Context) (VolumeState, error) {
 	resp, err := c.onLeader(ctx, rpcRequest{Op: rpcRead})
 	if err != nil {
@@ -513,7 +521,19 @@ func (c *Cluster) Consistent(ctx context.Context) (VolumeState, error) {
 	if resp.State == nil {
 		return VolumeState{}, errors.New("leader answered a read without a state")
 	}
-	return *resp.State, nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.ctx, cancel)()
+	s, err := c.fsm.waitIndex(ctx, resp.State.Index)
+	switch {
+	case err == nil:
+		return s, nil
+	case c.ctx.Err() != nil:
+		return VolumeState{}, ErrClosed
+	case errors.Is(err, ErrClosed):
+		return VolumeState{}, err
+	}
+	return VolumeState{}, fmt.Errorf("%w: applied index %d, the leader's is %d: %w", ErrBehind, s.Index, resp.State.Index, err)
 }
 
 // Watch returns a channel holding the newest volume state of this member:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -425,6 +426,100 @@ func TestOneMemberDown(t *testing.T) {
 	converged(t, ms, func(s VolumeState) bool { return s.Epoch == 2 && s.Primary == "b" })
 	if h, _ := ms["a"].c.State().Host("a"); h.Disk != DiskOutdated {
 		t.Fatalf("returning old primary is %s, want outdated", h.Disk)
+	}
+}
+
+// TestConsistentAfterRestart: a member restarted from a snapshot that names
+// it primary, while the others moved on by several epochs, replays old
+// states; Consistent returns only once its own copy has caught up, and
+// its State and Watch do not go back from there.
+func TestConsistentAfterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a member")
+	}
+	ms := startTrio(t, "a", nil)
+	ctx := ctxFor(t, 20*time.Second)
+	a, b := ms["a"].c, ms["b"].c
+	makePrimary(t, ctx, a, "a")
+	if _, err := a.TransferPrimary(ctx, "a", "b", 1); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, ms, func(s VolumeState) bool { return s.Primary == "b" })
+	if err := b.Snapshot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms["b"].stop()
+	primary := "b"
+	for e := Epoch(2); e < 8; e += 2 {
+		if _, err := a.Demote(ctx, primary, e); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Promote(ctx, "a", false, ""); err != nil {
+			t.Fatal(err)
+		}
+		primary = "a"
+	}
+	leader, err := a.Consistent(ctx)
+	if err != nil || leader.Primary != "a" || leader.Epoch != 8 {
+		t.Fatalf("leader's state: %+v, %v; want a primary in epoch 8", leader, err)
+	}
+
+	ms["b"].start()
+	b = ms["b"].c
+	s, err := b.Consistent(ctx)
+	local := b.State()
+	if err != nil || s.Index < leader.Index || s.Primary != "a" || s.Epoch != 8 {
+		t.Fatalf("consistent read on the restarted member: %+v, %v; want a primary in epoch 8, index >= %d", s, err, leader.Index)
+	}
+	if local.Index < s.Index || local.Epoch != 8 {
+		t.Fatalf("after Consistent returned index %d, the member's own copy is at index %d, epoch %d", s.Index, local.Index, local.Epoch)
+	}
+	if w := <-b.Watch(ctx); w.Index < s.Index {
+		t.Fatalf("after Consistent returned index %d, Watch starts at index %d", s.Index, w.Index)
+	}
+}
+
+// TestConsistentWaitsForOwnCopy: a member whose copy is behind the leader's
+// (here rewound to an old snapshot, as a restart does) gets ErrBehind from
+// Consistent, not the leader's state, until it applies what the leader had.
+func TestConsistentWaitsForOwnCopy(t *testing.T) {
+	ms := startTrio(t, "a", nil)
+	ctx := ctxFor(t, 20*time.Second)
+	a, b := ms["a"].c, ms["b"].c
+	old, err := b.fsm.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	makePrimary(t, ctx, a, "a")
+	leader, err := a.Consistent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	converged(t, ms, func(s VolumeState) bool { return s.Index >= leader.Index })
+	if err := b.fsm.Restore(io.NopCloser(bytes.NewReader(old.(fsmSnapshot)))); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	s, err := b.Consistent(short)
+	cancel()
+	if !errors.Is(err, ErrBehind) {
+		t.Fatalf("consistent read on a member rewound to index %d (leader at %d): %+v, %v; want ErrBehind", b.State().Index, leader.Index, s, err)
+	}
+	// Raft does not apply again what it applied: the copy moves on with the
+	// next entry, past the leader's index at the read.
+	got := make(chan error, 1)
+	go func() {
+		s, err := b.Consistent(ctx)
+		if err == nil && s.Index < leader.Index {
+			err = fmt.Errorf("returned index %d, the leader was at %d", s.Index, leader.Index)
+		}
+		got <- err
+	}()
+	if err := a.AckSeq(ctx, "b", 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("consistent read once the member applied a newer entry: %v", err)
 	}
 }
 

@@ -32,6 +32,9 @@ type fsm struct {
 	mu       sync.Mutex
 	state    VolumeState
 	watchers map[*watcher]struct{}
+	// advanced is closed and replaced whenever state.Index moves, including
+	// by a refused command, which notifies no watcher: waitIndex waits on it.
+	advanced chan struct{}
 	closed   bool
 }
 
@@ -41,7 +44,13 @@ type watcher struct {
 }
 
 func newFSM() *fsm {
-	return &fsm{watchers: make(map[*watcher]struct{})}
+	return &fsm{watchers: make(map[*watcher]struct{}), advanced: make(chan struct{})}
+}
+
+// advanceLocked wakes the callers of waitIndex after state.Index moved.
+func (f *fsm) advanceLocked() {
+	close(f.advanced)
+	f.advanced = make(chan struct{})
 }
 
 // Apply implements raft.FSM. A refused command still advances Index: the
@@ -51,6 +60,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state.Index = l.Index
+	f.advanceLocked()
 	if err != nil {
 		return applyResult{Epoch: f.state.Epoch, Primary: f.state.Primary, Err: err}
 	}
@@ -92,6 +102,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state = s
+	f.advanceLocked()
 	f.notifyLocked()
 	return nil
 }
@@ -127,6 +138,28 @@ func (f *fsm) current() VolumeState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.state.clone()
+}
+
+// waitIndex returns a copy of the state once it has applied the entry at
+// index (or a later one). It returns ctx's error, or ErrClosed, if that
+// does not happen first.
+func (f *fsm) waitIndex(ctx context.Context, index uint64) (VolumeState, error) {
+	for {
+		f.mu.Lock()
+		s, closed, advanced := f.state.clone(), f.closed, f.advanced
+		f.mu.Unlock()
+		switch {
+		case s.Index >= index:
+			return s, nil
+		case closed:
+			return VolumeState{}, ErrClosed
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return s, ctx.Err()
+		}
+	}
 }
 
 // watch returns a channel that holds the newest state: the current one at
@@ -177,6 +210,7 @@ func (f *fsm) close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.closed = true
+	f.advanceLocked()
 	for w := range f.watchers {
 		w.stop()
 		delete(f.watchers, w)

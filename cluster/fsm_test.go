@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
@@ -500,6 +501,63 @@ func TestWatch(t *testing.T) {
 	}
 	if _, ok := <-f.watch(context.Background()); ok {
 		t.Fatal("watch after close returned an open channel")
+	}
+}
+
+// TestWaitIndex: waitIndex returns once the state has applied the entry
+// asked for, woken by refused commands and restores too (they move Index
+// without notifying watchers), and not before; it gives up when its context
+// ends or the fsm closes.
+func TestWaitIndex(t *testing.T) {
+	f := newFSM()
+	f.Apply(&raft.Log{Index: 1, Data: mustEncode(t, command{Op: opRegister, Node: "a"})})
+	if s, err := f.waitIndex(context.Background(), 1); err != nil || s.Index != 1 {
+		t.Fatalf("waitIndex(1) at index 1 = index %d, %v", s.Index, err)
+	}
+	type result struct {
+		s   VolumeState
+		err error
+	}
+	wait := func(ctx context.Context, index uint64) <-chan result {
+		ch := make(chan result, 1)
+		go func() {
+			s, err := f.waitIndex(ctx, index)
+			ch <- result{s, err}
+		}()
+		return ch
+	}
+	got := wait(context.Background(), 3)
+	refused := mustEncode(t, command{Op: opPromote, Node: "zz"})
+	f.Apply(&raft.Log{Index: 2, Data: refused})
+	f.Apply(&raft.Log{Index: 3, Data: refused})
+	if r := <-got; r.err != nil || r.s.Index != 3 {
+		t.Fatalf("waitIndex(3) = index %d, %v; want index 3", r.s.Index, r.err)
+	}
+
+	got = wait(context.Background(), 20)
+	snap := pair()
+	snap.Index = 20
+	b, err := json.Marshal(snapshotFile{Version: snapshotVersion, State: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r.err != nil || r.s.Index != 20 || r.s.Primary != "a" {
+		t.Fatalf("waitIndex(20) across a restore = %+v, %v; want the restored state", r.s, r.err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	got = wait(ctx, 21)
+	cancel()
+	if r := <-got; !errors.Is(r.err, context.Canceled) || r.s.Index != 20 {
+		t.Fatalf("waitIndex(21) after cancel = index %d, %v; want context.Canceled at index 20", r.s.Index, r.err)
+	}
+	got = wait(context.Background(), 21)
+	f.close()
+	if r := <-got; !errors.Is(r.err, ErrClosed) {
+		t.Fatalf("waitIndex(21) after close: %v, want ErrClosed", r.err)
 	}
 }
 

@@ -75,6 +75,7 @@ var errorCodes = map[string]error{
 	"stale-epoch":     ErrStaleEpoch,
 	"not-primary":     ErrNotPrimary,
 	"no-quorum":       ErrNoQuorum,
+	"behind":          ErrBehind,
 	"unknown-node":    ErrUnknownNode,
 	"witness":         ErrWitness,
 	"is-primary":      ErrIsPrimary,

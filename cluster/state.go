@@ -24,6 +24,11 @@ var (
 	// command may still commit later, so callers re-read the state (every
 	// command is safe to resubmit).
 	ErrNoQuorum = errors.New("no quorum: the command was not committed in time")
+	// ErrBehind reports that the leader answered a consistent read but this
+	// member's copy had not applied the leader's state before the context
+	// ended: it is still replaying the log (after a restart, say). Retry;
+	// until then the member's own state is older than the cluster's.
+	ErrBehind = errors.New("this member has not caught up with the raft leader")
 	// ErrUnknownNode names a host the cluster does not know.
 	ErrUnknownNode = errors.New("unknown node")
 	// ErrWitness refuses to give a witness a role or a disk state.

@@ -20,6 +20,7 @@ var codes = []struct {
 	status int
 }{
 	{"no-quorum", cluster.ErrNoQuorum, http.StatusServiceUnavailable},
+	{"behind", cluster.ErrBehind, http.StatusServiceUnavailable},
 	{"not-uptodate", cluster.ErrNotUpToDate, http.StatusConflict},
 	{"stale-epoch", cluster.ErrStaleEpoch, http.StatusConflict},
 	{"not-primary", cluster.ErrNotPrimary, http.StatusConflict},

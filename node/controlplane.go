@@ -94,7 +94,7 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 // admitNamedPrimary lets only the primary of the current epoch replicate
 // here.
 func (n *Node) admitNamedPrimary(peer transport.Hello) error {
-	st := n.cfg.ControlPlane.State()
+	st := n.controlState()
 	switch {
 	case peer.NodeID != st.Primary:
 		return fmt.Errorf("%w: %s is not the primary (the control plane names %q in epoch %d)", transport.ErrStaleEpoch, peer.NodeID, st.Primary, st.Epoch)
@@ -176,7 +176,7 @@ func (n *Node) markPeerInconsistent(epoch cluster.Epoch) blockdev.ResyncStart {
 func (n *Node) dropStalePrimary(ctx context.Context, ln *transport.Listener) {
 	t := time.NewTicker(fenceRetry)
 	defer t.Stop()
-	changes := n.cfg.ControlPlane.Watch(ctx)
+	changes := n.watchControl(ctx)
 	for {
 		select {
 		case _, ok := <-changes:

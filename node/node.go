@@ -151,6 +151,10 @@ type Node struct {
 	// transition says what a role change waits for, for status.
 	transition string
 	termStart  chan struct{} // closed and replaced when a term's parts are ready
+	// confirmed is the newest control-plane state the raft leader
+	// confirmed (confirmState). The node ignores any older state: a member's
+	// own copy lags, and after a restart replays old epochs.
+	confirmed cluster.VolumeState
 
 	// The primary term's parts.
 	mirror *blockdev.Mirror

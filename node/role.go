@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
@@ -11,29 +12,39 @@ import (
 
 // followControlPlane runs one term after the other, in the role the
 // control plane names, until ctx ends: a primary term while it names this
-// host primary, a secondary term otherwise.
+// host primary, a secondary term otherwise. It acts only on states at least
+// as new as the newest one the leader confirmed (controlState, watchControl),
+// and starts a primary term only on a confirmed state.
 func (n *Node) followControlPlane(ctx context.Context) error {
-	st, err := n.consistentState(ctx)
+	// At start this member's copy may be far behind: a restarted member
+	// restores an old snapshot and replays the log after it (docs/cluster.md,
+	// "Fencing"), naming primaries of long-gone epochs on the way.
+	st, err := n.confirmState(ctx, "who is primary")
 	if err != nil {
 		return nil // stopped before the control plane answered
 	}
+	me := n.cfg.NodeID
 	for ctx.Err() == nil {
-		me := n.cfg.NodeID
 		var err error
 		role := RoleSecondary
 		if st.Primary == me {
 			role = RolePrimary
+		}
+		n.log.Debug("starting a term", "role", role, "epoch", st.Epoch, "index", st.Index)
+		if role == RolePrimary {
 			epoch := st.Epoch
 			n.mu.Lock()
 			n.epoch = epoch
 			n.mu.Unlock()
 			if err = n.preparePrimary(); err == nil {
-				lost, stop := n.watchRole(ctx, func(s cluster.VolumeState) bool { return !s.Holds(me, epoch) })
+				lost, stop := n.watchRole(ctx, func(s cluster.VolumeState) bool { return !s.Holds(me, epoch) }, "")
 				err = n.runPrimary(ctx, lost)
 				stop()
 			}
 		} else if err = n.prepareSecondary(); err == nil {
-			promoted, stop := n.watchRole(ctx, func(s cluster.VolumeState) bool { return s.Primary == me })
+			// Ending this term closes the session of the primary it
+			// replicates from: only for a promotion the leader confirms.
+			promoted, stop := n.watchRole(ctx, func(s cluster.VolumeState) bool { return s.Primary == me }, "the promotion of this host")
 			err = n.runSecondary(ctx, promoted)
 			stop()
 		}
@@ -45,47 +56,157 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 			case <-time.After(time.Second):
 			}
 		}
-		st = n.cfg.ControlPlane.State()
+		st = n.controlState()
+		if st.Primary == me && !n.isConfirmed(st) {
+			if st, err = n.confirmState(ctx, "the promotion of this host"); err != nil {
+				return nil
+			}
+		}
 	}
 	return nil
 }
 
-// consistentState waits for a state the leader confirmed: at start a
-// member's own copy may lag by entries it has not applied yet, and acting
-// on it could start a stale primary term.
-func (n *Node) consistentState(ctx context.Context) (cluster.VolumeState, error) {
+// confirmAttempt bounds one read through the leader, so that status and the
+// log say why the node waits; confirmRetry is the pause after a failed one.
+const (
+	confirmAttempt = 2 * time.Second
+	confirmRetry   = 250 * time.Millisecond
+)
+
+// confirmState reads the state through the raft leader (Consistent: this
+// member's own copy, once it has applied what the leader had) and makes it
+// the newest confirmed state: from then on the node ignores any older one.
+// Without quorum, or while this member's copy catches up, it retries until
+// ctx ends; status shows what it waits for, and the log says it once.
+func (n *Node) confirmState(ctx context.Context, what string) (cluster.VolumeState, error) {
+	waiting := "waiting for the control plane to confirm " + what
+	n.setTransition(waiting)
+	defer n.setTransition("")
 	logged := false
 	for {
-		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+		attempt, cancel := context.WithTimeout(ctx, confirmAttempt)
 		st, err := n.cfg.ControlPlane.Consistent(attempt)
 		cancel()
 		if err == nil {
-			n.log.Info("control plane state", "primary", st.Primary, "epoch", st.Epoch)
+			n.mu.Lock()
+			if older(st, n.confirmed) {
+				st = n.confirmed // a read can only be newer, but keep the newest
+			}
+			n.confirmed = st
+			n.mu.Unlock()
+			n.log.Info("control plane state", "primary", st.Primary, "epoch", st.Epoch, "index", st.Index)
 			return st, nil
 		}
 		if ctx.Err() != nil {
 			return st, ctx.Err()
 		}
+		why := waiting + " (" + waitReason(err) + ")"
+		n.setTransition(why)
 		if !logged {
-			n.log.Warn("waiting for the control plane to say who is primary (no quorum yet?)", "err", err)
+			n.log.Warn(why, "err", err)
 			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(confirmRetry):
 		}
 	}
 }
 
+// waitReason says in status why a read through the leader failed.
+func waitReason(err error) string {
+	switch {
+	case errors.Is(err, cluster.ErrNoQuorum):
+		return "no quorum"
+	case errors.Is(err, cluster.ErrBehind):
+		return "this member is catching up with the raft log"
+	}
+	return err.Error()
+}
+
+// older reports whether s is older than the confirmed state c: epochs never
+// go back, and raft applies entries in index order, so a lower Index or
+// Epoch is a lagging or replaying copy.
+func older(s, c cluster.VolumeState) bool {
+	return s.Index < c.Index || s.Epoch < c.Epoch
+}
+
+// isConfirmed reports whether st is the newest state the leader confirmed
+// (controlState never returns an older one).
+func (n *Node) isConfirmed(st cluster.VolumeState) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return st.Index <= n.confirmed.Index
+}
+
+// controlState is the control plane's state as the node acts on it: this
+// member's copy, or the newest confirmed state if the copy is older (it
+// lags, or replays old epochs after a restart).
+func (n *Node) controlState() cluster.VolumeState {
+	st := n.cfg.ControlPlane.State()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if older(st, n.confirmed) {
+		st = n.confirmed
+		st.Hosts = slices.Clone(st.Hosts)
+	}
+	return st
+}
+
+// watchControl is the control plane's Watch without the states older than
+// the newest confirmed one. The channel closes when ctx ends.
+func (n *Node) watchControl(ctx context.Context) <-chan cluster.VolumeState {
+	in := n.cfg.ControlPlane.Watch(ctx)
+	out := make(chan cluster.VolumeState)
+	go func() {
+		defer close(out)
+		for st := range in {
+			n.mu.Lock()
+			stale := older(st, n.confirmed)
+			n.mu.Unlock()
+			if stale {
+				continue
+			}
+			select {
+			case out <- st:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
 // watchRole returns a channel closed once the control plane's state
-// satisfies changed, and a func that stops watching.
-func (n *Node) watchRole(ctx context.Context, changed func(cluster.VolumeState) bool) (<-chan struct{}, func()) {
+// satisfies changed, and a func that stops watching. States older than the
+// newest confirmed one do not count (watchControl). If confirm names what
+// the leader must confirm, a state that satisfies changed counts only if
+// the state the leader then confirms satisfies it too; meanwhile status
+// says what the node waits for.
+func (n *Node) watchRole(ctx context.Context, changed func(cluster.VolumeState) bool, confirm string) (<-chan struct{}, func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	ch := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for st := range n.cfg.ControlPlane.Watch(ctx) {
-			if changed(st) {
-				close(ch)
-				return
+		for st := range n.watchControl(ctx) {
+			if !changed(st) {
+				continue
 			}
+			if confirm != "" {
+				c, err := n.confirmState(ctx, confirm)
+				if err != nil {
+					return
+				}
+				if !changed(c) {
+					n.log.Info("the control plane did not confirm "+confirm, "seen_primary", st.Primary, "seen_epoch", st.Epoch,
+						"primary", c.Primary, "epoch", c.Epoch)
+					continue
+				}
+			}
+			close(ch)
+			return
 		}
 	}()
 	return ch, func() { cancel(); <-done }
@@ -112,7 +233,7 @@ func (n *Node) AwaitPrimary(ctx context.Context, e cluster.Epoch) (string, error
 		}
 		next := n.termStart
 		n.mu.Unlock()
-		if st := n.cfg.ControlPlane.State(); st.Epoch > e {
+		if st := n.controlState(); st.Epoch > e {
 			return "", fmt.Errorf("%w: waited for epoch %d, the control plane is at %d (primary %q)", ErrRoleMoved, e, st.Epoch, st.Primary)
 		}
 		select {

@@ -130,7 +130,7 @@ func (n *Node) Status() Status {
 		st.NoControlPlane = true
 		return st
 	}
-	cs := cp.State()
+	cs := n.controlState()
 	st.Epoch, st.NamedPrimary = uint64(cs.Epoch), cs.Primary
 	st.RaftLeader, _ = cp.Leader()
 	for _, h := range cs.Hosts {
