@@ -30,8 +30,11 @@ var ErrOutOfRange = errors.New("I/O outside the volume")
 // ErrWrongSize reports a backing file whose size differs from the volume's.
 var ErrWrongSize = errors.New("backing file has the wrong size")
 
-// checkRange validates n bytes at off against a device of size bytes.
-func checkRange(off, n, size int64) error {
+// ErrClosed reports I/O on a volume that was closed.
+var ErrClosed = errors.New("volume is closed")
+
+// CheckRange validates n bytes at off against a device of size bytes.
+func CheckRange(off, n, size int64) error {
 	if off < 0 || n < 0 || off > size || n > size-off {
 		return fmt.Errorf("%w: %d bytes at offset %d, volume is %d bytes", ErrOutOfRange, n, off, size)
 	}
@@ -98,7 +101,7 @@ func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadA
 
 // WriteAt writes inside the volume; a write past its end is refused.
 func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
-	if err := checkRange(off, int64(len(p)), d.size); err != nil {
+	if err := CheckRange(off, int64(len(p)), d.size); err != nil {
 		return 0, err
 	}
 	return d.f.WriteAt(p, off)
@@ -109,7 +112,7 @@ func (d *FileDevice) Flush() error { return unix.Fdatasync(int(d.f.Fd())) }
 
 // Trim punches a hole, keeping the file size.
 func (d *FileDevice) Trim(off, n int64) error {
-	if err := checkRange(off, n, d.size); err != nil {
+	if err := CheckRange(off, n, d.size); err != nil {
 		return err
 	}
 	return unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ldmirror/ldmirror/internal/poll"
 	"io"
 	"log/slog"
 	"os"
@@ -87,20 +88,6 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		<-tick.C
-	}
-}
-
 // startTrio bootstraps a three-voter cluster: data hosts a and b, witness
 // w. first names who bootstraps; the others join through the one before
 // them, so joins exercise forwarding from a follower.
@@ -132,7 +119,7 @@ func startTrio(t *testing.T, first string, tweak func(*Config)) map[string]*memb
 		}
 	}
 	for _, m := range ms {
-		waitFor(t, 5*time.Second, m.cfg.NodeID+" to see all three hosts", func() bool { return len(m.c.State().Hosts) == 3 })
+		poll.Until(t, 5*time.Second, m.cfg.NodeID+" to see all three hosts", func() bool { return len(m.c.State().Hosts) == 3 })
 	}
 	return ms
 }
@@ -144,7 +131,7 @@ func converged(t *testing.T, ms map[string]*member, want func(VolumeState) bool)
 		if m.c == nil {
 			continue
 		}
-		waitFor(t, 5*time.Second, id+" to apply the change", func() bool { return want(m.c.State()) })
+		poll.Until(t, 5*time.Second, id+" to apply the change", func() bool { return want(m.c.State()) })
 	}
 }
 
@@ -290,7 +277,7 @@ func TestRolesAndEpochs(t *testing.T) {
 	if h, _ := ref.Host("b"); h.Disk != DiskUpToDate || h.AckedSeq != 77 {
 		t.Fatalf("b after a failover with no primary to displace: %+v", h)
 	}
-	waitFor(t, 5*time.Second, "watcher on b to see epoch 4", func() bool {
+	poll.Until(t, 5*time.Second, "watcher on b to see epoch 4", func() bool {
 		select {
 		case s := <-watch:
 			return s.Epoch == 4
@@ -350,7 +337,7 @@ func TestForcedPromotion(t *testing.T) {
 func TestReportReady(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
-	waitFor(t, 5*time.Second, "a leader", func() bool { id, _ := ms["a"].c.Leader(); return id != "" })
+	poll.Until(t, 5*time.Second, "a leader", func() bool { id, _ := ms["a"].c.Leader(); return id != "" })
 	var followers []*Cluster
 	for _, m := range ms {
 		if !m.c.isLeader() {
@@ -752,7 +739,7 @@ func TestCorruptStore(t *testing.T) {
 	t.Run("intact store reopens", func(t *testing.T) {
 		cfg := seed(t)
 		m := startMember(t, cfg)
-		waitFor(t, 5*time.Second, "state to come back", func() bool {
+		poll.Until(t, 5*time.Second, "state to come back", func() bool {
 			h, _ := m.c.State().Host("a")
 			return h.Disk == DiskUpToDate
 		})
@@ -823,7 +810,7 @@ func TestWitnessHandsOffLeadership(t *testing.T) {
 		t.Skip("waits for the hand-off tick")
 	}
 	ms := startTrio(t, "w", nil)
-	waitFor(t, 10*time.Second, "a data host to lead", func() bool {
+	poll.Until(t, 10*time.Second, "a data host to lead", func() bool {
 		id, _ := ms["w"].c.Leader()
 		return id == "a" || id == "b"
 	})

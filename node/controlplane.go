@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -111,7 +111,7 @@ func (n *Node) admitNamedPrimary(peer transport.Hello) error {
 // first, under the same lock, it runs before (the generation hand-off),
 // whose error it returns. Without quorum it retries until ctx ends or the
 // peer is lost. Without a control plane it runs before only.
-func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, peer string, before func() error) error {
+func (n *Node) recordPeerInSync(ctx context.Context, mr *mirror.Mirror, peer string, before func() error) error {
 	epoch := cluster.Epoch(n.tcfg.Epoch)
 	commit := func(ctx context.Context) error {
 		if err := before(); err != nil {
@@ -125,7 +125,7 @@ func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, pe
 		return n.cfg.ControlPlane.SetDiskState(attempt, peer, cluster.DiskUpToDate, epoch)
 	}
 	for warned := false; ; {
-		err := mirror.CommitInSync(ctx, commit)
+		err := mr.CommitInSync(ctx, commit)
 		switch {
 		case err == nil:
 			if n.cfg.ControlPlane != nil {
@@ -152,7 +152,7 @@ func (n *Node) recordPeerInSync(ctx context.Context, mirror *blockdev.Mirror, pe
 // markPeerInconsistent is the commit a resync in epoch makes before its
 // first block: until it completes the peer holds a mix of old and new
 // blocks, and the control plane must not let it be promoted.
-func (n *Node) markPeerInconsistent(epoch cluster.Epoch) blockdev.ResyncStart {
+func (n *Node) markPeerInconsistent(epoch cluster.Epoch) mirror.ResyncStart {
 	return func(ctx context.Context) error {
 		peer := n.peerID()
 		if peer == "" {

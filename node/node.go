@@ -14,9 +14,12 @@ import (
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
+	"github.com/ldmirror/ldmirror/mirror"
+	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
@@ -69,14 +72,14 @@ type Config struct {
 	// Mode is sync (a write returns once the peer has it) or async (once
 	// it is in the local journal; the journal ships in order). Both hosts
 	// of a pair run the same mode.
-	Mode blockdev.Mode
+	Mode mirror.Mode
 	// JournalSize is the async journal's capacity in bytes (default
 	// journal.DefaultCapacity): how far the peer may lag.
 	JournalSize int64
 	// OnFull is what async mode does when the journal fills while the
 	// peer is connected: throttle writers (default) or fall back to
 	// logging mode and a bitmap resync.
-	OnFull blockdev.FullPolicy
+	OnFull mirror.FullPolicy
 	// NoActivityLog skips write-intent logging (DRBD's al-updates no): the
 	// out-of-sync map stays durable, but after a primary crash the blocks
 	// written just before it are not resynced. For measurement and tests.
@@ -109,7 +112,7 @@ func (c *Config) check() error {
 	default:
 		return fmt.Errorf("role must be %q or %q, got %q", RolePrimary, RoleSecondary, c.Role)
 	}
-	if c.Passthrough && c.Mode == blockdev.ModeAsync {
+	if c.Passthrough && c.Mode == mirror.ModeAsync {
 		return errors.New("--passthrough has no peer to be asynchronous with: drop --mode async")
 	}
 	if c.Passthrough && c.Peer != "" {
@@ -157,14 +160,14 @@ type Node struct {
 	confirmed cluster.VolumeState
 
 	// The primary term's parts.
-	mirror *blockdev.Mirror
+	mirror *mirror.Mirror
 	gate   *writeGate // what the export serves: the mirror, closed on demotion
 	dirty  *bitmap.Set
 	sb     *scoreboard.Scoreboard // durable out-of-sync map and activity log
-	export *blockdev.Export
+	export *export.FUSE
 
 	// The secondary term's parts.
-	replica *blockdev.Replica
+	replica *replica.Replica
 	ln      *transport.Listener
 	applied *journal.AppliedFile // async: the highest journal position applied
 	// behind holds the blocks this host knows may differ from the primary:

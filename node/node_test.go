@@ -16,6 +16,7 @@ import (
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
+	"github.com/ldmirror/ldmirror/mirror"
 )
 
 func TestCreateAndLoadVolume(t *testing.T) {
@@ -321,7 +322,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	}
 	secret := []byte("node-test-secret-0123456789")
 	logs := &logbuf.Buffer{}
-	primary := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: blockdev.ModeAsync,
+	primary := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: mirror.ModeAsync,
 		JournalSize: journal.MinCapacity * 4, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	jpath := filepath.Join(dir, JournalFile)
 	journalState := func() (id, next uint64, stopped bool, why string) {
@@ -401,7 +402,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	}
 
 	sync := primary
-	sync.Mode = blockdev.ModeSync
+	sync.Mode = mirror.ModeSync
 	n, err = Open(sync)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,9 @@ import (
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/journal"
+	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
@@ -31,8 +33,8 @@ func (n *Node) preparePrimary() error {
 	n.dirty = dirty
 	n.mu.Unlock()
 	local := keepOpen{n.dev} // the backing file outlives the term
-	var mirror *blockdev.Mirror
-	if n.cfg.Passthrough || n.cfg.Mode != blockdev.ModeAsync {
+	var mr *mirror.Mirror
+	if n.cfg.Passthrough || n.cfg.Mode != mirror.ModeAsync {
 		// This term's writes are not journaled: a journal left from an
 		// async term must never be redone over them, nor a position in
 		// the peer's journal claimed.
@@ -48,29 +50,29 @@ func (n *Node) preparePrimary() error {
 		}
 	}
 	if n.cfg.Passthrough {
-		mirror = blockdev.NewMirror(local, dirty, nil, n.log)
+		mr = mirror.New(local, dirty, nil, n.log)
 	} else {
 		discard, err := n.startPrimary()
 		if err != nil {
 			return err
 		}
-		var intent blockdev.WriteIntent = n.sb
+		var intent mirror.WriteIntent = n.sb
 		if n.cfg.NoActivityLog {
 			intent = outOfSyncOnly{n.sb}
 			n.log.Warn("activity log off: after a crash of this primary, blocks written just before it may differ on the peer without being resynced")
 		}
-		mirror = blockdev.NewMirror(local, dirty, intent, n.log)
-		mirror.SetResyncRate(n.cfg.ResyncRate)
-		mirror.SetResyncMinRate(n.cfg.ResyncMinRate)
-		if n.cfg.Mode == blockdev.ModeAsync {
-			if err := n.startAsync(mirror, discard); err != nil {
+		mr = mirror.New(local, dirty, intent, n.log)
+		mr.SetResyncRate(n.cfg.ResyncRate)
+		mr.SetResyncMinRate(n.cfg.ResyncMinRate)
+		if n.cfg.Mode == mirror.ModeAsync {
+			if err := n.startAsync(mr, discard); err != nil {
 				return errors.Join(err, n.stopPrimary())
 			}
 		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.role, n.mirror, n.gate = RolePrimary, mirror, &writeGate{Device: mirror}
+	n.role, n.mirror, n.gate = RolePrimary, mr, &writeGate{Device: mr}
 	n.link = LinkStandalone
 	if n.cfg.Peer != "" {
 		n.link = LinkConnecting
@@ -80,26 +82,26 @@ func (n *Node) preparePrimary() error {
 
 // startAsync opens the journal for this primary term (resuming the one of
 // the previous run, redone onto the backing file, unless it cannot be:
-// see blockdev.OpenJournal, and discard says why not) and puts the mirror
+// see mirror.OpenJournal, and discard says why not) and puts the mirror
 // in async mode. Only the journal of this host's own primary terms goes
 // on: a secondary term discards it (prepareSecondary), and this term
 // forgets the position this host applied in its peer's journal.
-func (n *Node) startAsync(mirror *blockdev.Mirror, discard string) error {
+func (n *Node) startAsync(mr *mirror.Mirror, discard string) error {
 	first, err := n.forgetApplied()
 	if err != nil {
 		return err
 	}
 	path := filepath.Join(n.cfg.Dir, JournalFile)
-	st, err := blockdev.OpenJournal(context.Background(), path, n.dev,
-		blockdev.JournalOptions{Capacity: n.cfg.JournalSize, FirstSeq: first, Discard: discard})
+	st, err := mirror.OpenJournal(context.Background(), path, n.dev,
+		mirror.JournalOptions{Capacity: n.cfg.JournalSize, FirstSeq: first, Discard: discard})
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	j := st.Journal
-	err = mirror.SetAsync(blockdev.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Discarded: st.Discarded, DiscardedID: st.DiscardedID,
+	err = mr.SetAsync(mirror.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Discarded: st.Discarded, DiscardedID: st.DiscardedID,
 		Resynced: func(ctx context.Context) {
-			if s := mirror.Session(); s != nil {
-				n.peerInSync(ctx, mirror, s, false)
+			if s := mr.Session(); s != nil {
+				n.peerInSync(ctx, mr, s, false)
 			}
 		}})
 	if err != nil {
@@ -234,17 +236,17 @@ func (n *Node) openScoreboard() (sb *scoreboard.Scoreboard, created bool, err er
 
 // markAllOutOfSync marks every block for a full resync, in memory and
 // durably, so a crash before the resync ends does not shrink it.
-func (n *Node) markAllOutOfSync(mirror *blockdev.Mirror, why string) error {
+func (n *Node) markAllOutOfSync(mr *mirror.Mirror, why string) error {
 	n.dirty.MarkAllOutOfSync()
-	return n.markOutOfSync(mirror, n.dirty.OutOfSync(), why)
+	return n.markOutOfSync(mr, n.dirty.OutOfSync(), why)
 }
 
 // markOutOfSync adds blocks to the resync, in memory and durably, through
 // the term's mirror once there is one: in async mode its journal must
 // first give up catching the peer up over them (why says why).
-func (n *Node) markOutOfSync(mirror *blockdev.Mirror, blocks *roaring.Bitmap, why string) error {
-	if mirror != nil {
-		if err := mirror.MarkOutOfSync(blocks, why); err != nil {
+func (n *Node) markOutOfSync(mr *mirror.Mirror, blocks *roaring.Bitmap, why string) error {
+	if mr != nil {
+		if err := mr.MarkOutOfSync(blocks, why); err != nil {
 			return err
 		}
 	} else {
@@ -280,34 +282,34 @@ func (n *Node) stopPrimary() error {
 // export to be released and returns, ready for a secondary term.
 func (n *Node) runPrimary(ctx context.Context, lost <-chan struct{}) error {
 	n.mu.Lock()
-	mirror, gate := n.mirror, n.gate
+	mr, gate := n.mirror, n.gate
 	n.mu.Unlock()
 	if n.cfg.ControlPlane != nil && !n.cfg.Passthrough {
 		n.tcfg.Epoch = uint64(n.epoch)
-		mirror.SetFence(n.fencePeer(n.epoch))
-		mirror.SetResyncStart(n.markPeerInconsistent(n.epoch))
+		mr.SetFence(n.fencePeer(n.epoch))
+		mr.SetResyncStart(n.markPeerInconsistent(n.epoch))
 	}
 	var dev blockdev.Device = gate
 	if n.cfg.Passthrough {
 		dev = keepOpen{n.dev}
 		n.log.Warn("passthrough mode: no mirroring, no dirty tracking (benchmark baseline only)")
 	}
-	export, err := blockdev.Mount(dev, n.cfg.MountDir, n.log)
+	exp, err := export.Mount(dev, n.cfg.MountDir, n.log)
 	if err != nil {
-		return errors.Join(err, n.endPrimary(mirror))
+		return errors.Join(err, n.endPrimary(mr))
 	}
 	n.mu.Lock()
-	n.export = export
+	n.export = exp
 	close(n.termStart)
 	n.termStart = make(chan struct{})
 	n.mu.Unlock()
-	n.log.Info("primary ready", "export", export.Path(), "peer", n.cfg.Peer, "epoch", n.epoch, "volume", n.meta.VolumeUUID, "size", n.meta.Size)
+	n.log.Info("primary ready", "export", exp.Path(), "peer", n.cfg.Peer, "epoch", n.epoch, "volume", n.meta.VolumeUUID, "size", n.meta.Size)
 
 	linkCtx, stopLink := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	if n.cfg.Peer != "" {
 		wg.Add(1)
-		go func() { defer wg.Done(); n.connectLoop(linkCtx, mirror) }()
+		go func() { defer wg.Done(); n.connectLoop(linkCtx, mr) }()
 	}
 	released := false
 	select {
@@ -316,11 +318,11 @@ func (n *Node) runPrimary(ctx context.Context, lost <-chan struct{}) error {
 	case <-lost:
 		n.log.Warn("this host lost the primary role: refusing writes, waiting for the export to be released", "epoch", n.epoch)
 		gate.close(ErrDemoted) // waits for writes in flight
-		released = n.releaseExport(ctx, export)
+		released = n.releaseExport(ctx, exp)
 	}
 	// Close the mirror first: it waits for in-flight writes to be acked (or
 	// fail) while the link is still up, then flushes.
-	closeErr := mirror.Close()
+	closeErr := mr.Close()
 	stopLink()
 	wg.Wait()
 	if !n.cfg.Passthrough && closeErr == nil {
@@ -328,18 +330,18 @@ func (n *Node) runPrimary(ctx context.Context, lost <-chan struct{}) error {
 	}
 	var unmountErr error
 	if !released {
-		if devs := blockdev.LoopDevicesOf(export.Path()); len(devs) > 0 {
+		if devs := export.LoopDevicesOf(exp.Path()); len(devs) > 0 {
 			n.log.Warn("loop devices still attached to the export; detaching the mount lazily", "devices", devs)
 		}
-		unmountErr = export.UnmountLazy()
+		unmountErr = exp.UnmountLazy()
 	}
 	n.endTerm()
 	return errors.Join(closeErr, unmountErr)
 }
 
 // endPrimary undoes preparePrimary for a term that did not start.
-func (n *Node) endPrimary(mirror *blockdev.Mirror) error {
-	err := mirror.Close()
+func (n *Node) endPrimary(mr *mirror.Mirror) error {
+	err := mr.Close()
 	if !n.cfg.Passthrough {
 		err = errors.Join(err, n.stopPrimary())
 	}
@@ -355,14 +357,14 @@ var ErrDemoted = errors.New("this host is no longer primary")
 // stopped, the file system unmounted, the loop device detached: the agent's
 // demotion hooks or the operator do that) and unmounts it. It reports false
 // if ctx ended first.
-func (n *Node) releaseExport(ctx context.Context, export *blockdev.Export) bool {
+func (n *Node) releaseExport(ctx context.Context, exp *export.FUSE) bool {
 	t := time.NewTicker(fenceRetry)
 	defer t.Stop()
 	for {
 		var waiting string
-		if devs := blockdev.LoopDevicesOf(export.Path()); len(devs) > 0 {
+		if devs := export.LoopDevicesOf(exp.Path()); len(devs) > 0 {
 			waiting = "loop device " + strings.Join(devs, ", ") + " to be detached (stop the directory server, umount, ldmirror detach)"
-		} else if err := export.Unmount(); err != nil {
+		} else if err := exp.Unmount(); err != nil {
 			waiting = "the export to be closed by the processes that hold it open (" + err.Error() + ")"
 		} else {
 			n.setTransition("")
@@ -400,12 +402,12 @@ func (n *Node) endTerm() {
 // connectLoop keeps a session to the peer: dial with backoff, decide the
 // resync direction from both hosts' generations, resync what went out of
 // sync, replicate until the session breaks, repeat.
-func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
+func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		s, err := transport.Dial(ctx, n.cfg.Peer, n.tcfg)
 		if err == nil {
-			err = n.admit(s, mirror)
+			err = n.admit(s, mr)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -441,15 +443,15 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 		n.setPeerGenerations(resync.Unpack(s.Peer().Generations))
 		n.setLink(LinkConnected, s.Peer().NodeID)
 		n.log.Info("peer connected", "peer", n.cfg.Peer, "node", s.Peer().NodeID)
-		mirror.SetPeer(s)
-		n.catchUp(ctx, s, mirror)
+		mr.SetPeer(s)
+		n.catchUp(ctx, s, mr)
 		select {
 		case <-s.Done():
 			n.log.Warn("peer link lost", "peer", n.cfg.Peer, "err", s.Err())
 		case <-ctx.Done():
 		}
 		s.Close()
-		mirror.SetPeer(nil)
+		mr.SetPeer(nil)
 		n.setLink(LinkDisconnected, "")
 		if ctx.Err() == nil {
 			n.peerLost()
@@ -471,14 +473,14 @@ func (n *Node) splitBrain(peerID string, local, peer resync.Generations) error {
 
 // admit decides, from the generations, whether this primary may bring the
 // peer up to date, and closes the session if not.
-func (n *Node) admit(s *transport.Session, mirror *blockdev.Mirror) error {
+func (n *Node) admit(s *transport.Session, mr *mirror.Mirror) error {
 	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
 	switch d := resync.Decide(local, peer); d {
 	case resync.InSync, resync.LocalSource:
 		return nil
 	case resync.LocalSourceFull:
 		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
-		if err := n.markAllOutOfSync(mirror, "the peer is older than the changes tracked here: whole volume resynced"); err != nil {
+		if err := n.markAllOutOfSync(mr, "the peer is older than the changes tracked here: whole volume resynced"); err != nil {
 			s.Close()
 			return err
 		}
@@ -495,7 +497,7 @@ func (n *Node) admit(s *transport.Session, mirror *blockdev.Mirror) error {
 // addPeerBehind adds to the resync the blocks the peer knows may differ
 // (what it wrote as primary and this host may lack) and reports whether
 // there were any.
-func (n *Node) addPeerBehind(s *transport.Session, mirror *blockdev.Mirror) (bool, error) {
+func (n *Node) addPeerBehind(s *transport.Session, mr *mirror.Mirror) (bool, error) {
 	call, err := s.SubmitOutOfSync()
 	if err != nil {
 		return false, err
@@ -504,7 +506,7 @@ func (n *Node) addPeerBehind(s *transport.Session, mirror *blockdev.Mirror) (boo
 	if err != nil {
 		if errors.Is(err, transport.ErrRemoteIO) && strings.Contains(err.Error(), errBehindTooLarge.Error()) {
 			n.log.Warn("the peer's out-of-sync set is too large to send: resyncing the whole volume, comparing checksums")
-			return true, n.markAllOutOfSync(mirror, "the peer's out-of-sync blocks are too many to send: whole volume resynced")
+			return true, n.markAllOutOfSync(mr, "the peer's out-of-sync blocks are too many to send: whole volume resynced")
 		}
 		return false, fmt.Errorf("ask the peer for its out-of-sync blocks: %w", err)
 	}
@@ -519,28 +521,28 @@ func (n *Node) addPeerBehind(s *transport.Session, mirror *blockdev.Mirror) (boo
 		return false, fmt.Errorf("the peer's out-of-sync blocks go up to block %d, the volume has %d", b.Maximum(), blocks)
 	}
 	n.log.Info("the peer wrote blocks as primary that may differ here: adding them to the resync", "blocks", b.GetCardinality())
-	return true, n.markOutOfSync(mirror, b, "the peer wrote blocks as primary that may differ here")
+	return true, n.markOutOfSync(mr, b, "the peer wrote blocks as primary that may differ here")
 }
 
 // catchUp copies the out-of-sync blocks to the peer and, once it holds
 // everything durably, tells it to adopt this host's generation.
-func (n *Node) catchUp(ctx context.Context, s *transport.Session, mirror *blockdev.Mirror) {
+func (n *Node) catchUp(ctx context.Context, s *transport.Session, mr *mirror.Mirror) {
 	n.resyncMu.Lock()
 	defer n.resyncMu.Unlock()
-	peerBehind, err := n.addPeerBehind(s, mirror)
+	peerBehind, err := n.addPeerBehind(s, mr)
 	if err != nil {
 		n.log.Warn("resync not started", "err", err)
 		s.Close()
 		return
 	}
-	if err := n.catchUpRetrying(ctx, s, mirror, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
+	if err := n.catchUpRetrying(ctx, s, mr, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}
 		return
 	}
 	n.crashed = false
-	n.peerInSync(ctx, mirror, s, peerBehind)
+	n.peerInSync(ctx, mr, s, peerBehind)
 }
 
 // errGenerationMoved reports that this host's generation changed (a fence
@@ -554,21 +556,21 @@ var errGenerationMoved = errors.New("this host's generation changed meanwhile")
 // fence cannot start a new generation between them; if one did before,
 // it starts over. behind: the peer wrote as primary, so it must adopt this
 // host's generation even if they look equal.
-func (n *Node) peerInSync(ctx context.Context, mirror *blockdev.Mirror, s *transport.Session, behind bool) {
+func (n *Node) peerInSync(ctx context.Context, mr *mirror.Mirror, s *transport.Session, behind bool) {
 	for {
 		local := n.generations()
 		handoff := local.Bitmap != 0 || local != n.peerGenerations() || behind
 		if handoff {
-			if err := mirror.Drain(ctx); err != nil { // async: the peer holds the journal
+			if err := mr.Drain(ctx); err != nil { // async: the peer holds the journal
 				n.log.Warn("could not drain the journal to the peer after the resync", "err", err)
 				return
 			}
-			if err := mirror.Flush(); err != nil {
+			if err := mr.Flush(); err != nil {
 				n.log.Warn("flush after resync failed", "err", err)
 				return
 			}
 		}
-		err := n.recordPeerInSync(ctx, mirror, s.Peer().NodeID, func() error {
+		err := n.recordPeerInSync(ctx, mr, s.Peer().NodeID, func() error {
 			if n.generations() != local {
 				return errGenerationMoved
 			}
@@ -599,10 +601,10 @@ func (n *Node) peerInSync(ctx context.Context, mirror *blockdev.Mirror, s *trans
 
 // catchUpRetrying runs mirror.CatchUp, again while it cannot start because
 // the control plane has no quorum to record the peer inconsistent first.
-func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mirror *blockdev.Mirror, checksum bool) error {
+func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mr *mirror.Mirror, checksum bool) error {
 	for warned := false; ; {
-		err := mirror.CatchUp(ctx, checksum)
-		if err == nil || !errors.Is(err, blockdev.ErrTargetNotMarked) || !errors.Is(err, cluster.ErrNoQuorum) {
+		err := mr.CatchUp(ctx, checksum)
+		if err == nil || !errors.Is(err, mirror.ErrTargetNotMarked) || !errors.Is(err, cluster.ErrNoQuorum) {
 			return err
 		}
 		if !warned {
@@ -640,7 +642,7 @@ func (n *Node) startTracking() error {
 }
 
 // primaryParts returns the running primary term's mirror and dirty set.
-func (n *Node) primaryParts() (*blockdev.Mirror, *bitmap.Set, error) {
+func (n *Node) primaryParts() (*mirror.Mirror, *bitmap.Set, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.role != RolePrimary || n.mirror == nil || n.cfg.Passthrough {
@@ -661,7 +663,7 @@ type VerifyResult struct {
 // Verify compares every block with the peer's and resyncs those that differ.
 func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 	var res VerifyResult
-	mirror, dirty, err := n.primaryParts()
+	mr, dirty, err := n.primaryParts()
 	if err != nil {
 		return res, err
 	}
@@ -678,10 +680,10 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 		n.mu.Unlock()
 	}()
 	start := time.Now()
-	if err := mirror.Drain(ctx); err != nil { // async: records in flight would look different
+	if err := mr.Drain(ctx); err != nil { // async: records in flight would look different
 		return res, fmt.Errorf("verify: %w", err)
 	}
-	differ, err := mirror.Verify(ctx, func(done, total uint64) {
+	differ, err := mr.Verify(ctx, func(done, total uint64) {
 		n.mu.Lock()
 		n.verified = [2]uint64{done, total}
 		n.mu.Unlock()
@@ -696,11 +698,11 @@ func (n *Node) Verify(ctx context.Context) (VerifyResult, error) {
 	}
 	if err == nil && res.OutOfSync > 0 {
 		n.resyncMu.Lock()
-		err = mirror.Resync(ctx, false) // verify just found them different
+		err = mr.Resync(ctx, false) // verify just found them different
 		n.resyncMu.Unlock()
 		res.Repaired = err == nil
-		if s := mirror.Session(); err == nil && s != nil {
-			n.peerInSync(ctx, mirror, s, false)
+		if s := mr.Session(); err == nil && s != nil {
+			n.peerInSync(ctx, mr, s, false)
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
@@ -734,28 +736,28 @@ type ResyncResult struct {
 // checksum sends only the blocks whose checksums differ.
 func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, error) {
 	var res ResyncResult
-	mirror, dirty, err := n.primaryParts()
+	mr, dirty, err := n.primaryParts()
 	if err != nil {
 		return res, err
 	}
-	if !mirror.Status().Connected {
+	if !mr.Status().Connected {
 		return res, fmt.Errorf("resync: %w", transport.ErrDisconnected)
 	}
 	n.resyncMu.Lock()
 	defer n.resyncMu.Unlock()
 	if full {
-		if err := n.markAllOutOfSync(mirror, "a full resync was requested"); err != nil {
+		if err := n.markAllOutOfSync(mr, "a full resync was requested"); err != nil {
 			return res, err
 		}
 	}
 	start := time.Now()
-	skipped := mirror.Status().ResyncSkip
+	skipped := mr.Status().ResyncSkip
 	res.Blocks = dirty.OutOfSync().GetCardinality()
-	err = mirror.Resync(ctx, checksum)
-	if s := mirror.Session(); err == nil && s != nil {
-		n.peerInSync(ctx, mirror, s, false)
+	err = mr.Resync(ctx, checksum)
+	if s := mr.Session(); err == nil && s != nil {
+		n.peerInSync(ctx, mr, s, false)
 	}
-	res.Skipped = mirror.Status().ResyncSkip - skipped
+	res.Skipped = mr.Status().ResyncSkip - skipped
 	res.Seconds = time.Since(start).Seconds()
 	n.log.Info("resync requested by the operator finished", "full", full, "checksum", checksum, "blocks", res.Blocks, "skipped", res.Skipped, "err", err)
 	return res, err

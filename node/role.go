@@ -268,7 +268,7 @@ func (n *Node) Swap(ctx context.Context) (cluster.Epoch, error) {
 		return 0, errors.New("swap needs a control plane (--cluster-bind)")
 	}
 	n.mu.Lock()
-	mirror, gate, epoch := n.mirror, n.gate, n.epoch
+	mr, gate, epoch := n.mirror, n.gate, n.epoch
 	primary := n.role == RolePrimary && gate != nil
 	n.mu.Unlock()
 	if !primary {
@@ -289,13 +289,13 @@ func (n *Node) Swap(ctx context.Context) (cluster.Epoch, error) {
 			gate.release(nil)
 		}
 	}()
-	if err := mirror.Drain(ctx); err != nil {
+	if err := mr.Drain(ctx); err != nil {
 		return 0, fmt.Errorf("swap: drain the journal to the peer: %w", err)
 	}
-	if err := mirror.Flush(); err != nil {
+	if err := mr.Flush(); err != nil {
 		return 0, fmt.Errorf("swap: flush both hosts: %w", err)
 	}
-	if ms := mirror.Status(); !ms.Connected || ms.DirtyBlocks > 0 {
+	if ms := mr.Status(); !ms.Connected || ms.DirtyBlocks > 0 {
 		return 0, fmt.Errorf("%w: connected %v, %d blocks out of sync; wait until status shows the peer uptodate", ErrPeerNotInSync, ms.Connected, ms.DirtyBlocks)
 	}
 	next, err := cp.TransferPrimary(ctx, n.cfg.NodeID, peer, epoch)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/logbuf"
@@ -23,19 +25,6 @@ import (
 // and replays old states, while the leader is at epoch 11 (a primary,
 // index 31). They need no root: a primary term fails to mount its export
 // (MountDir is under a regular file), which is after the term started.
-
-// waitUntil polls cond every 5 ms until it holds, or fails the test after
-// 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after 10 s waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // follower is a host running with a fake control plane.
 type follower struct {
@@ -100,7 +89,7 @@ func (f *follower) lines(s string) int {
 // watcher), so that every state applied from now on reaches it.
 func (f *follower) waitSecondary(t *testing.T) {
 	t.Helper()
-	waitUntil(t, "the secondary term", func() bool {
+	poll.Until(t, 10*time.Second, "the secondary term", func() bool {
 		if terms := f.terms(); len(terms) > 1 {
 			t.Fatalf("terms %v before any promotion; want one secondary term", terms)
 		}
@@ -143,14 +132,14 @@ func TestReplayedStatesIgnored(t *testing.T) {
 			// the first (watchControl hands each on before taking the next).
 			f.cp.apply(volume("a", 11, 100))
 			f.cp.apply(volume("a", 11, 101))
-			waitUntil(t, "b to take every state", func() bool { return f.cp.drained() })
+			poll.Until(t, 10*time.Second, "b to take every state", func() bool { return f.cp.drained() })
 			reads, _ := f.cp.counts()
 			if terms, n := f.terms(), f.lines("named primary: closing the session"); !slices.Equal(terms, []string{"secondary@11"}) || n > 0 || reads != 1 {
 				t.Fatalf("after the replay: terms %v, %d secondary terms ended for a promotion, %d reads through the leader; "+
 					"want the first secondary term only, and the one read at start", terms, n, reads)
 			}
 			f.cp.commit(volume("b", 12, 102))
-			waitUntil(t, "a primary term", func() bool {
+			poll.Until(t, 10*time.Second, "a primary term", func() bool {
 				return slices.ContainsFunc(f.terms(), func(s string) bool { return strings.HasPrefix(s, "primary") })
 			})
 
@@ -195,7 +184,7 @@ func TestConfirmWaitsForQuorum(t *testing.T) {
 				cp.commit(volume("b", 12, 33))
 			}
 			_, from := cp.counts()
-			waitUntil(t, "status to say what b waits for, after 2 attempts", func() bool {
+			poll.Until(t, 10*time.Second, "status to say what b waits for, after 2 attempts", func() bool {
 				_, attempts := cp.counts()
 				return attempts >= from+2 && f.n.Status().Transition == tc.wait
 			})
@@ -206,7 +195,7 @@ func TestConfirmWaitsForQuorum(t *testing.T) {
 				t.Fatalf("terms without quorum: %v; want %v", terms, tc.terms[:len(tc.terms)-1])
 			}
 			cp.setQuorum(true)
-			waitUntil(t, fmt.Sprintf("terms %v", tc.terms), func() bool {
+			poll.Until(t, 10*time.Second, fmt.Sprintf("terms %v", tc.terms), func() bool {
 				terms := f.terms()
 				return len(terms) >= len(tc.terms) && slices.Equal(terms[:len(tc.terms)], tc.terms)
 			})
@@ -234,7 +223,7 @@ func TestLostRoleIgnoresReplayedStates(t *testing.T) {
 		return !s.Holds("a", 11)
 	}, "")
 	defer stop()
-	waitUntil(t, "the trigger to watch the control plane", func() bool { return cp.watching() == 1 })
+	poll.Until(t, 10*time.Second, "the trigger to watch the control plane", func() bool { return cp.watching() == 1 })
 	for _, s := range []cluster.VolumeState{volume("b", 2, 16), volume("", 3, 17), volume("a", 4, 18), volume("", 10, 29), volume("a", 11, 32)} {
 		cp.apply(s)
 	}

@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 
 	"github.com/RoaringBitmap/roaring/v2"
-	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/journal"
+	"github.com/ldmirror/ldmirror/mirror"
+	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -36,8 +37,8 @@ func (n *Node) prepareSecondary() error {
 	if err != nil {
 		return fmt.Errorf("listen for the primary on %s: %w", n.cfg.Listen, err)
 	}
-	replica := blockdev.NewReplica(n.dev, n.meta.BlockSize, n.log)
-	if n.cfg.Mode == blockdev.ModeAsync {
+	replica := replica.New(n.dev, n.meta.BlockSize, n.log)
+	if n.cfg.Mode == mirror.ModeAsync {
 		af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, AppliedFile))
 		if err != nil {
 			ln.Close()

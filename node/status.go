@@ -6,8 +6,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
+	"github.com/ldmirror/ldmirror/mirror"
+	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -95,7 +97,7 @@ type Status struct {
 }
 
 // Replication states of a primary that cannot replicate, beside the
-// mirror's own (blockdev.StateReplicating and the others).
+// mirror's own (mirror.StateReplicating and the others).
 const (
 	// ReplicationSuspended: writes the peer lacks wait for the control
 	// plane to mark it outdated (no quorum yet).
@@ -163,7 +165,7 @@ func (n *Node) localStatus() Status {
 	if n.role == RolePrimary {
 		st.ServingEpoch = uint64(n.epoch)
 	}
-	mirror, export, ln, replica := n.mirror, n.export, n.ln, n.replica
+	mr, exp, ln, replica := n.mirror, n.export, n.ln, n.replica
 	st.Link, st.PeerNode = n.link, n.peerNode
 	st.Generations = n.meta.Generations.String()
 	refused := n.refused
@@ -191,19 +193,19 @@ func (n *Node) localStatus() Status {
 			st.Disk = "inconsistent" // resolve --discard-local: until the full resync ends
 		}
 		return st
-	case mirror == nil:
+	case mr == nil:
 		st.Replication = "waiting for the control plane"
 		return st
 	}
-	if export != nil {
-		st.Export = export.Path()
-		st.LoopDevices = blockdev.LoopDevicesOf(st.Export)
+	if exp != nil {
+		st.Export = exp.Path()
+		st.LoopDevices = export.LoopDevicesOf(st.Export)
 	}
 	if n.cfg.Passthrough {
 		st.Mode, st.Replication = "passthrough", "none"
 		return st
 	}
-	ms := mirror.Status()
+	ms := mr.Status()
 	st.Mode, st.Replication = ms.Mode, ms.Replication
 	st.JournalUsed, st.JournalCapacity, st.JournalLag = ms.JournalUsed, ms.JournalCapacity, ms.JournalLag
 	st.JournalNewest, st.PeerDurableSeq, st.Throttled = ms.JournalNewest, ms.PeerDurable, ms.Throttled
@@ -221,7 +223,7 @@ func (n *Node) localStatus() Status {
 	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
 	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped, st.ResyncSent = ms.ResyncDone, ms.ResyncTotal, ms.ResyncSkip, ms.ResyncSent
 	st.ResyncYielding = ms.ResyncYielding
-	if ms.Replication == blockdev.StateResyncing {
+	if ms.Replication == mirror.StateResyncing {
 		if secs := time.Since(ms.ResyncStart).Seconds(); secs > 0 && ms.ResyncDone > 0 {
 			st.ResyncRate = float64(ms.ResyncDone*uint64(ms.BlockSize)) / secs
 			st.ResyncETASec = float64((ms.ResyncTotal-ms.ResyncDone)*uint64(ms.BlockSize)) / st.ResyncRate
@@ -243,7 +245,7 @@ func (n *Node) localStatus() Status {
 	return st
 }
 
-func secondaryStatus(st *Status, ln *transport.Listener, replica *blockdev.Replica) {
+func secondaryStatus(st *Status, ln *transport.Listener, replica *replica.Replica) {
 	st.Replication = "replicating"
 	st.Link = LinkConnecting
 	if s := ln.Active(); s != nil {
@@ -278,7 +280,7 @@ func (st *Status) WriteText(w io.Writer) {
 	if st.Replication == "replicating" {
 		repl += " (" + st.Mode + ")"
 	}
-	if st.ResyncTotal > 0 && st.Replication == blockdev.StateResyncing {
+	if st.ResyncTotal > 0 && st.Replication == mirror.StateResyncing {
 		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
 		if st.ResyncRate > 0 {
 			repl += fmt.Sprintf(", %s/s, ETA %.0f s", Bytes(uint64(st.ResyncRate)), st.ResyncETASec)
@@ -287,7 +289,7 @@ func (st *Status) WriteText(w io.Writer) {
 			repl += ", slowed to the minimum rate: the application writes"
 		}
 	}
-	if st.Replication == blockdev.StateCatchUp {
+	if st.Replication == mirror.StateCatchUp {
 		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
 	}
 	row("replication", "%s", repl)

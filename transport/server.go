@@ -139,9 +139,10 @@ type Listener struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	active *ServerSession
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	active   *ServerSession
+	accepted uint64 // connections accepted so far; guarded by mu
+	wg       sync.WaitGroup
 
 	rejected atomic.Uint64
 }
@@ -192,10 +193,14 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 			}
 			return err
 		}
+		l.mu.Lock()
+		l.accepted++
+		seq := l.accepted
+		l.mu.Unlock()
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			l.serveConn(conn, h)
+			l.serveConn(conn, seq, h)
 		}()
 	}
 }
@@ -203,7 +208,9 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 // Close stops accepting and ends the active session.
 func (l *Listener) Close() error { return l.ln.Close() }
 
-func (l *Listener) serveConn(conn net.Conn, h Handler) {
+// serveConn authenticates conn, the seq-th connection accepted, and serves
+// it until it ends.
+func (l *Listener) serveConn(conn net.Conn, seq uint64, h Handler) {
 	remote := conn.RemoteAddr().String()
 	tuneConn(conn)
 	fr := NewFrameReader(conn)
@@ -215,16 +222,25 @@ func (l *Listener) serveConn(conn net.Conn, h Handler) {
 		return
 	}
 	s := &ServerSession{
-		cfg:  l.cfg,
-		conn: conn,
-		fr:   fr,
-		peer: peer,
-		kick: make(chan struct{}, 1),
-		slot: make(chan struct{}, l.cfg.Window),
-		done: make(chan struct{}),
+		cfg:      l.cfg,
+		conn:     conn,
+		fr:       fr,
+		peer:     peer,
+		kick:     make(chan struct{}, 1),
+		slot:     make(chan struct{}, l.cfg.Window),
+		done:     make(chan struct{}),
+		accepted: seq,
 	}
 	l.mu.Lock()
 	old := l.active
+	if old != nil && old.accepted > seq {
+		// A newer connection finished its handshake first: this one is
+		// the primary's older attempt, and must not replace it.
+		l.mu.Unlock()
+		l.log.Warn("peer connection dropped: a newer one from the primary is active", "remote", remote, "node", peer.NodeID)
+		conn.Close()
+		return
+	}
 	l.active = s
 	l.mu.Unlock()
 	if old != nil {
@@ -282,6 +298,7 @@ type ServerSession struct {
 
 	applied  atomic.Uint64
 	lastRecv atomic.Int64
+	accepted uint64 // the listener's count of connections when it accepted this one
 }
 
 // Peer is the Hello the primary sent.

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/ldmirror/ldmirror/internal/poll"
 	"io"
 	"log/slog"
 	"net"
@@ -97,18 +98,6 @@ func (s *secondary) sum(t *testing.T) [32]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // writeThrough checks the listener still serves a good primary.
@@ -260,7 +249,7 @@ func TestHandshakeRefusals(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Dial error = %v, want %v", err, tc.want)
 			}
-			waitFor(t, "the rejection to be logged", func() bool { return strings.Contains(s.log.String(), tc.logWant) })
+			poll.Until(t, 5*time.Second, "the rejection to be logged", func() bool { return strings.Contains(s.log.String(), tc.logWant) })
 			if !strings.Contains(s.log.String(), "peer connection rejected") {
 				t.Fatalf("log lacks the rejection line:\n%s", s.log)
 			}
@@ -332,7 +321,7 @@ func TestOldVersionRefused(t *testing.T) {
 		if _, err := readControl(fr, TypeAuth); !errors.Is(err, ErrPeerRefused) || !strings.Contains(err.Error(), want) {
 			t.Fatalf("after an old Hello: %v, want refused with %q", err, want)
 		}
-		waitFor(t, "the refusal to be logged", func() bool { return strings.Contains(s.log.String(), want) })
+		poll.Until(t, 5*time.Second, "the refusal to be logged", func() bool { return strings.Contains(s.log.String(), want) })
 		writeThrough(t, s)
 	})
 	t.Run("old secondary", func(t *testing.T) {
@@ -433,7 +422,7 @@ func TestHostileFrames(t *testing.T) {
 			if tc.name == "truncated frame" {
 				conn.(*net.TCPConn).CloseWrite()
 			}
-			waitFor(t, "the bad frame to be logged", func() bool { return strings.Contains(s.log.String(), tc.logWant) })
+			poll.Until(t, 5*time.Second, "the bad frame to be logged", func() bool { return strings.Contains(s.log.String(), tc.logWant) })
 			// The secondary closes the connection: reads end.
 			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 			if _, err := io.Copy(io.Discard, conn); err != nil {

@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
 )
@@ -69,7 +69,7 @@ func attachCommand() *cli.Command {
 			if len(st.LoopDevices) > 0 {
 				return fmt.Errorf("already attached as %s", st.LoopDevices[0])
 			}
-			dev, err := blockdev.AttachLoop(st.Export)
+			dev, err := export.AttachLoop(st.Export)
 			if err != nil {
 				return err
 			}
@@ -98,7 +98,7 @@ func detachCommand() *cli.Command {
 				devs = st.LoopDevices
 			}
 			for _, d := range devs {
-				deferred, err := blockdev.DetachLoop(d)
+				deferred, err := export.DetachLoop(d)
 				if err != nil {
 					return err
 				}

@@ -11,10 +11,11 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
+	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -112,11 +113,11 @@ func runDaemon(c *cli.Context) error {
 			return fmt.Errorf("--resync-min-rate: %w", err)
 		}
 	}
-	mode, err := blockdev.ParseMode(c.String("mode"))
+	mode, err := mirror.ParseMode(c.String("mode"))
 	if err != nil {
 		return fmt.Errorf("--mode: %w", err)
 	}
-	onFull, err := blockdev.ParseFullPolicy(c.String("journal-full"))
+	onFull, err := mirror.ParseFullPolicy(c.String("journal-full"))
 	if err != nil {
 		return fmt.Errorf("--journal-full: %w", err)
 	}
@@ -213,7 +214,7 @@ func runDaemon(c *cli.Context) error {
 			mount = filepath.Join(c.String("dir"), node.ExportDir)
 		}
 		ag, err := agent.New(*agentCfg, agent.Deps{
-			NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, blockdev.ExportFileName),
+			NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, export.FileName),
 			ControlPlane: member.c, Volume: n, Logger: log.With("part", "agent"),
 		})
 		if err != nil {

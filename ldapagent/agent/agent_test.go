@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 )
@@ -187,7 +189,7 @@ func TestPromoteHookFails(t *testing.T) {
 		t.Fatalf("status %+v", s)
 	}
 	lines := e.waitHooks(0, seq("b", SeqPromote, 2, RolePrimary, "/export/b", "attach", "mount")...)
-	waitFor(t, "b reported not ready", func() bool {
+	poll.Until(t, 10*time.Second, "b reported not ready", func() bool {
 		r := e.cp.reportsOf("b")
 		return len(r) > 0 && strings.HasPrefix(r[len(r)-1], `b false agent failed: promote hook "start-slapd"`)
 	})
@@ -305,9 +307,9 @@ func TestRoleLostWhilePromoting(t *testing.T) {
 		c.Promote[1].Command = `touch '` + waiting + `'; while [ ! -e '` + gate + `' ]; do sleep 0.01; done; ` + c.Promote[1].Command
 	})
 	n := e.waitHooks(0, seq("a", SeqPromote, 1, RolePrimary, "/export/a", "attach")...)
-	waitFor(t, "mount to start", func() bool { _, err := os.Stat(waiting); return err == nil })
+	poll.Until(t, 10*time.Second, "mount to start", func() bool { _, err := os.Stat(waiting); return err == nil })
 	e.cp.promote("b")
-	waitFor(t, "the agent to see the role move", func() bool { return strings.Contains(a.logs.String(), "the role moved while promoting") })
+	poll.Until(t, 10*time.Second, "the agent to see the role move", func() bool { return strings.Contains(a.logs.String(), "the role moved while promoting") })
 	appendLine(gate, "")
 	n = e.waitHooks(n, seq("a", SeqPromote, 1, RolePrimary, "/export/a", "mount")...)
 	e.waitHooks(n, demoteSeq("a", 2)...)
@@ -372,7 +374,7 @@ func TestSwap(t *testing.T) {
 	b := e.start("b", p.Check, nil)
 	a.waitState(t, StatePrimaryServing)
 	b.waitState(t, StateSecondaryWatching)
-	waitFor(t, "b to report ready", func() bool { h, _ := e.cp.State().Host("b"); return h.Ready })
+	poll.Until(t, 10*time.Second, "b to report ready", func() bool { h, _ := e.cp.State().Host("b"); return h.Ready })
 	n := len(e.hookLines())
 	epoch, err := a.a.Swap(ctxFor(t))
 	if err != nil || epoch != 2 {
@@ -388,7 +390,7 @@ func TestSwap(t *testing.T) {
 	if _, err := a.a.Swap(ctxFor(t)); !errors.Is(err, ErrNotPrimary) {
 		t.Fatalf("swap on the secondary: %v, want ErrNotPrimary", err)
 	}
-	waitFor(t, "a to report ready", func() bool { h, _ := e.cp.State().Host("a"); return h.Ready })
+	poll.Until(t, 10*time.Second, "a to report ready", func() bool { h, _ := e.cp.State().Host("a"); return h.Ready })
 	if epoch, err := b.a.Swap(ctxFor(t)); err != nil || epoch != 3 {
 		t.Fatalf("swap back: epoch %d, %v", epoch, err)
 	}
@@ -472,7 +474,7 @@ func TestReadyCheckGatesFailover(t *testing.T) {
 	p := newAutoProbe()
 	b := e.start("b", p.Check, nil)
 	b.touch(t, "not-ready", false)
-	waitFor(t, "b to report not ready", func() bool {
+	poll.Until(t, 10*time.Second, "b to report not ready", func() bool {
 		h, _ := e.cp.State().Host("b")
 		return !h.ReadySince.IsZero() && !h.Ready && strings.Contains(h.ReadyDetail, "slaptest: config broken")
 	})
@@ -493,7 +495,7 @@ func TestReadyCheckGatesFailover(t *testing.T) {
 func TestReadinessReportedOnChange(t *testing.T) {
 	e := newEnv(t, "a")
 	b := e.start("b", newAutoProbe().Check, nil)
-	waitFor(t, "the first report", func() bool { return len(e.cp.reportsOf("b")) >= 2 })
+	poll.Until(t, 10*time.Second, "the first report", func() bool { return len(e.cp.reportsOf("b")) >= 2 })
 	b.waitStatus(t, "ready reported", func(s Status) bool { return s.Ready && s.ReadyReported })
 	// At start: not ready while demoting, then the check's verdict.
 	want := []string{"b false demote in progress", "b true ready_check passed"}
@@ -522,12 +524,12 @@ func TestPrimaryReadinessFollowsLocalProbe(t *testing.T) {
 	a := e.start("a", p.Check, nil)
 	a.waitStatus(t, "serving and ready", func(s Status) bool { return s.Ready && s.ReadyReported && s.ReadyDetail == "serving" })
 	p.set("ldap://a", true)
-	waitFor(t, "a reported down", func() bool {
+	poll.Until(t, 10*time.Second, "a reported down", func() bool {
 		h, _ := e.cp.State().Host("a")
 		return !h.Ready && strings.HasPrefix(h.ReadyDetail, "serving, but the local directory server is down")
 	})
 	p.set("ldap://a", false)
-	waitFor(t, "a reported ready again", func() bool { h, _ := e.cp.State().Host("a"); return h.Ready })
+	poll.Until(t, 10*time.Second, "a reported ready again", func() bool { h, _ := e.cp.State().Host("a"); return h.Ready })
 }
 
 // TestVolumeNotWritable: an AwaitPrimary error fails the promotion before
@@ -568,7 +570,7 @@ func TestFailoverWithoutQuorum(t *testing.T) {
 	for range 3 {
 		p.answer(t, "ldap://a", false)
 	}
-	waitFor(t, "the first attempt", func() bool { return len(e.cp.failoverCalls()) == 1 })
+	poll.Until(t, 10*time.Second, "the first attempt", func() bool { return len(e.cp.failoverCalls()) == 1 })
 	s := b.waitStatus(t, "the refusal", func(s Status) bool { return s.State == StateSecondaryWatching && s.LastFailover != nil })
 	if !strings.Contains(s.Hold, "not failing over: the control plane refused the failover: no quorum") || s.Failovers != 0 ||
 		!strings.Contains(s.LastFailover.Error, "no quorum") {
@@ -623,7 +625,7 @@ func TestCloseKillsRunningHook(t *testing.T) {
 		c.Promote[0].Command = `sleep 60 & echo $! > '` + pidFile + `'; wait`
 		c.Promote[0].Timeout = time.Minute
 	})
-	waitFor(t, "the hook to start its child", func() bool { return readPid(pidFile) > 0 })
+	poll.Until(t, 10*time.Second, "the hook to start its child", func() bool { return readPid(pidFile) > 0 })
 	start := time.Now()
 	a.a.Close()
 	if d := time.Since(start); d > 5*time.Second {

@@ -443,18 +443,6 @@ func (h *testHost) touch(t *testing.T, name string, remove bool) {
 	}
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // waitStatus waits until the agent's status satisfies cond and returns it.
 func (h *testHost) waitStatus(t *testing.T, what string, cond func(Status) bool) Status {
 	t.Helper()

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 )
 
@@ -29,7 +31,7 @@ func readPid(path string) int {
 // a parent that is not ours).
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("process %d to end", pid), func() bool {
+	poll.Until(t, 10*time.Second, fmt.Sprintf("process %d to end", pid), func() bool {
 		if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
 			return true
 		}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
@@ -86,7 +88,7 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 			if _, err := nc.Read(make([]byte, 1)); err != io.EOF {
 				t.Fatalf("connection not closed after bad input: %v", err)
 			}
-			slapdtest.WaitFor(t, 5*time.Second, "the logged reason", func() bool {
+			poll.Until(t, 5*time.Second, "the logged reason", func() bool {
 				return logs.Count("client connection closed", c.reason) > 0
 			})
 			if ok, err := good.Compare(a.Suffix, "o", "example"); err != nil || !ok {

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/go-ldap/ldap/v3"
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
@@ -64,7 +66,7 @@ func TestPrimaryKilledDuringLdapadd(t *testing.T) {
 		}
 	}
 	send(0, n/2)
-	slapdtest.WaitFor(t, 20*time.Second, "the first half on the primary", func() bool {
+	poll.Until(t, 20*time.Second, "the first half on the primary", func() bool {
 		_, err := readEntry(t, a, dn(n/2-1))
 		return err == nil
 	})
@@ -72,7 +74,7 @@ func TestPrimaryKilledDuringLdapadd(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(n/2, n/2+1)
-	slapdtest.WaitFor(t, 10*time.Second, "an add failing on both servers", func() bool {
+	poll.Until(t, 10*time.Second, "an add failing on both servers", func() bool {
 		return logs.Count("ldap call failed, will retry", b.URL) > 0
 	})
 	if err := b.Start(); err != nil {
@@ -127,7 +129,7 @@ func TestSignalDrainsSlowSearch(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- proxy.Wait() }()
 	t.Cleanup(func() { _ = proxy.Process.Kill() })
-	slapdtest.WaitFor(t, 10*time.Second, "the proxy to listen", func() bool {
+	poll.Until(t, 10*time.Second, "the proxy to listen", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -162,7 +164,7 @@ func TestSignalDrainsSlowSearch(t *testing.T) {
 	if err := proxy.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	slapdtest.WaitFor(t, 10*time.Second, "new connections to be refused", func() bool {
+	poll.Until(t, 10*time.Second, "new connections to be refused", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/go-ldap/ldap/v3"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 )
@@ -396,7 +398,7 @@ func TestFailoverAndFailback(t *testing.T) {
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
-	slapdtest.WaitFor(t, 5*time.Second, "failback to the primary", func() bool { return s.Status().Preferred == a.URL })
+	poll.Until(t, 5*time.Second, "failback to the primary", func() bool { return s.Status().Preferred == a.URL })
 	if err := s.Add(ctx, person("cn=backOnA,"+a.Suffix, "backOnA", "s")); err != nil {
 		t.Fatal(err)
 	}
@@ -438,13 +440,13 @@ func TestPrimaryKilledDuringAdds(t *testing.T) {
 		}
 		errc <- nil
 	}()
-	slapdtest.WaitFor(t, 20*time.Second, "100 adds on the primary", func() bool { return done.Load() >= 100 })
+	poll.Until(t, 20*time.Second, "100 adds on the primary", func() bool { return done.Load() >= 100 })
 	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	killedAt := done.Load()
 	// Promotion: start the secondary only once a call has failed on both.
-	slapdtest.WaitFor(t, 5*time.Second, "a call failing on both servers", func() bool {
+	poll.Until(t, 5*time.Second, "a call failing on both servers", func() bool {
 		return ev.Count("ldap call failed, will retry") >= 2
 	})
 	if err := b.Start(); err != nil {
@@ -503,7 +505,7 @@ func TestSignalHeldUntilCallCompletes(t *testing.T) {
 			if err := syscall.Kill(syscall.Getpid(), syscall.SIGUSR1); err != nil {
 				return err
 			}
-			slapdtest.WaitFor(t, 5*time.Second, "the signal to be caught", func() bool {
+			poll.Until(t, 5*time.Second, "the signal to be caught", func() bool {
 				if s.gate.Enter() {
 					s.gate.Leave()
 					return false
@@ -529,7 +531,7 @@ func TestSignalHeldUntilCallCompletes(t *testing.T) {
 	}
 	// The session accepts calls again once the handler has returned.
 	var cerr error
-	slapdtest.WaitFor(t, 5*time.Second, "calls admitted after the handler", func() bool {
+	poll.Until(t, 5*time.Second, "calls admitted after the handler", func() bool {
 		_, cerr = s.Compare(ctx, srv.Suffix, "o", "example")
 		return !errors.Is(cerr, ErrDraining)
 	})

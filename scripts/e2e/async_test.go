@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -35,7 +37,7 @@ func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
 	startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)...)
-	waitFor(t, 10*time.Second, "the primary to connect", func() bool {
+	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkConnected
 	})
@@ -58,7 +60,7 @@ func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	sec.kill()
 	<-sec.done
 	writeBlocks(t, a, 1000, 1024)
-	waitFor(t, 10*time.Second, "status to report the journal overflow", func() bool {
+	poll.Until(t, 10*time.Second, "status to report the journal overflow", func() bool {
 		st, err := status(a)
 		return err == nil && st.JournalOverflow && st.FallbackReason != "" && st.Replication == "logging"
 	})
@@ -337,18 +339,18 @@ func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
 	pri := startDaemon(t, a, priArgs...)
-	waitFor(t, 10*time.Second, "the primary to connect", func() bool {
+	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkConnected
 	})
 	dev, mnt := mountVolume(t, a)
 	w := startFileWriter(mnt)
-	waitFor(t, 30*time.Second, "4 MiB of files written while connected", func() bool { return w.ackedBytes() >= 4<<20 || w.stopped.Load() })
+	poll.Until(t, 30*time.Second, "4 MiB of files written while connected", func() bool { return w.ackedBytes() >= 4<<20 || w.stopped.Load() })
 
 	// The secondary goes away; the journal holds what it misses.
 	sec.stop(t)
 	const lag = 48 << 20
-	waitFor(t, 120*time.Second, "the journal to hold 48 MiB the secondary lacks", func() bool {
+	poll.Until(t, 120*time.Second, "the journal to hold 48 MiB the secondary lacks", func() bool {
 		st, err := status(a)
 		return w.stopped.Load() || err == nil && st.JournalUsed >= lag
 	})
@@ -367,7 +369,7 @@ func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 	startDaemon(t, a, priArgs...)
 	restarted := statusJSON(t, a)
 	sec = startDaemon(t, b, secArgs...)
-	waitFor(t, 60*time.Second, "the restarted primary to decide how to catch up", func() bool {
+	poll.Until(t, 60*time.Second, "the restarted primary to decide how to catch up", func() bool {
 		st, err := status(a)
 		return err == nil && st.LastCatchUp != ""
 	})
@@ -387,7 +389,7 @@ func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 	from, to := st.CatchUpFrom, st.CatchUpTo
 	for i := 1; i <= 3 && st.CatchUpTo != 0; i++ {
 		target := from + (to-from)*uint64(i)/4
-		waitFor(t, 60*time.Second, fmt.Sprintf("the secondary to apply up to seq %d", target), func() bool {
+		poll.Until(t, 60*time.Second, fmt.Sprintf("the secondary to apply up to seq %d", target), func() bool {
 			s, err := status(a)
 			return err == nil && (s.PeerDurableSeq >= target || s.CatchUpTo == 0)
 		})
@@ -437,7 +439,7 @@ func TestAsyncPrimaryKilledAfterOverflow(t *testing.T) {
 	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
 	pri := startDaemon(t, a, priArgs...)
-	waitFor(t, 10*time.Second, "the primary to connect", func() bool {
+	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkConnected
 	})

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/ldmirror/ldmirror/cluster"
@@ -121,7 +123,7 @@ func (cl *clusterLab) start(host string) {
 	}
 	m.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(m.cmd, m.done)
-	waitFor(cl.t, 10*time.Second, "member "+host+" to answer on its control socket", func() bool {
+	poll.Until(cl.t, 10*time.Second, "member "+host+" to answer on its control socket", func() bool {
 		_, err := cl.status(host)
 		return err == nil
 	})
@@ -176,7 +178,7 @@ func (cl *clusterLab) status(host string) (clusterStatusJSON, error) {
 // and the same leader.
 func (cl *clusterLab) waitFormed(limit time.Duration) {
 	cl.t.Helper()
-	waitFor(cl.t, limit, "three registered voters with one leader on every member", func() bool {
+	poll.Until(cl.t, limit, "three registered voters with one leader on every member", func() bool {
 		leader := ""
 		for _, h := range []string{"a", "b", "w"} {
 			st, err := cl.status(h)
@@ -202,7 +204,7 @@ func (cl *clusterLab) waitFormed(limit time.Duration) {
 func (cl *clusterLab) waitState(host string, limit time.Duration, what string, ok func(cluster.VolumeState) bool) cluster.VolumeState {
 	cl.t.Helper()
 	var st clusterStatusJSON
-	waitFor(cl.t, limit, what+" on "+host, func() bool {
+	poll.Until(cl.t, limit, what+" on "+host, func() bool {
 		var err error
 		st, err = cl.status(host)
 		return err == nil && ok(st.Volume)
@@ -310,7 +312,7 @@ func TestClusterQuorum(t *testing.T) {
 	cl.lab.LinkUp("w")
 	// The refused demote may still commit once a reaches the others (raft
 	// keeps an appended entry); promote a is right either way.
-	waitFor(t, 30*time.Second, "a command to commit after the links are back", func() bool {
+	poll.Until(t, 30*time.Second, "a command to commit after the links are back", func() bool {
 		_, err := cl.ctl("a", "promote", "a", "--timeout", "3s")
 		return err == nil
 	})
@@ -380,7 +382,7 @@ func TestClusterRestart(t *testing.T) {
 	// was compacted past forced: raft compacts right after a snapshot, on
 	// the goroutine that takes the next one.
 	epoch := cluster.Epoch(1)
-	waitFor(t, 30*time.Second, fmt.Sprintf("every member to compact its log past the forced promotion (index %d)", forced), func() bool {
+	poll.Until(t, 30*time.Second, fmt.Sprintf("every member to compact its log past the forced promotion (index %d)", forced), func() bool {
 		done := true
 		for _, h := range []string{"a", "b", "w"} {
 			idx := snapshotIndexes(filepath.Join(cl.members[h].dir, cluster.SnapshotDir))
@@ -534,7 +536,7 @@ func (cl *clusterLab) replace(host, on, via string) {
 	if out := cl.mustCtl(on, "cluster", "remove", host); strings.TrimSpace(out) != "removed "+host {
 		cl.t.Fatalf("remove %s printed %q", host, out)
 	}
-	waitFor(cl.t, 10*time.Second, on+" to know two voters and two hosts", func() bool {
+	poll.Until(cl.t, 10*time.Second, on+" to know two voters and two hosts", func() bool {
 		st, err := cl.status(on)
 		return err == nil && len(st.Members) == 2 && len(st.Volume.Hosts) == 2
 	})

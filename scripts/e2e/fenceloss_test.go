@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -108,29 +110,29 @@ func fenceWithLiveSession(t *testing.T, tr *trio, ws *writers, late *recordWrite
 	lab.BlockPort("a", "b", dataPort)
 	lab.BlockPort("a", "b", raftPort)
 	lab.BlockPort("a", "w", raftPort)
-	waitFor(t, 20*time.Second, "a to suspend its writes (no peer, no quorum)", func() bool {
+	poll.Until(t, 20*time.Second, "a to suspend its writes (no peer, no quorum)", func() bool {
 		st, err := status(a)
 		return err == nil && st.Replication == "suspended"
 	})
 	acked := ws.acked()
 	connects := logLines(t, a, "peer connected")
 	lab.UnblockPort("a", "b", dataPort)
-	waitFor(t, 20*time.Second, "a to reconnect to b while its writes wait for the fence", func() bool {
+	poll.Until(t, 20*time.Second, "a to reconnect to b while its writes wait for the fence", func() bool {
 		return logLines(t, a, "peer connected") > connects
 	})
 	ws.start(late)
 	fences := logLines(t, a, "peer marked outdated")
 	lab.UnblockPort("a", "b", raftPort)
 	lab.UnblockPort("a", "w", raftPort)
-	waitFor(t, 20*time.Second, "a's fence to commit", func() bool {
+	poll.Until(t, 20*time.Second, "a's fence to commit", func() bool {
 		return logLines(t, a, "peer marked outdated") > fences
 	})
-	waitFor(t, 30*time.Second, "b to be uptodate again after the resync", func() bool {
+	poll.Until(t, 30*time.Second, "b to be uptodate again after the resync", func() bool {
 		v, err := clusterState(t, a)
 		st, serr := status(a)
 		return err == nil && serr == nil && v.disk("b") == "uptodate" && st.Link == node.LinkConnected
 	})
-	waitFor(t, 20*time.Second, "a to acknowledge writes again", func() bool { return ws.acked() > acked+100 })
+	poll.Until(t, 20*time.Second, "a to acknowledge writes again", func() bool { return ws.acked() > acked+100 })
 }
 
 // TestIsolatedPrimaryAfterLiveFence is issue 13's sequence 1 made
@@ -143,13 +145,13 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 	a, b := tr.dir["a"], tr.dir["b"]
 	ws := newWriters(a)
 	ws.start(&recordWriter{first: 0, slots: 2048})
-	waitFor(t, 20*time.Second, "100 records acknowledged on a", func() bool { return ws.acked() >= 100 })
+	poll.Until(t, 20*time.Second, "100 records acknowledged on a", func() bool { return ws.acked() >= 100 })
 	fenceWithLiveSession(t, tr, ws, &recordWriter{first: 4096, slots: 2048})
 
 	cut := time.Now()
 	tr.lab.LinkDown("a")
 	atCut := ws.acked()
-	waitFor(t, 20*time.Second, "a to notice that b is gone", func() bool {
+	poll.Until(t, 20*time.Second, "a to notice that b is gone", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link != node.LinkConnected
 	})
@@ -157,7 +159,7 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
 		t.Fatalf("promote b (uptodate, b and w a quorum): %v %s", err, out)
 	}
-	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
 		return err == nil && st.Role == node.RolePrimary && st.Export != ""
 	})
@@ -173,7 +175,7 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 
 	tr.lab.LinkUp("a")
 	ws.failed(t, 30*time.Second, "a's demotion")
-	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})
@@ -193,13 +195,13 @@ func TestHalfResyncedPeerNotPromoted(t *testing.T) {
 	a, b := tr.dir["a"], tr.dir["b"]
 	ws := newWriters(a)
 	ws.start(&recordWriter{first: 0, slots: 6144})
-	waitFor(t, 20*time.Second, "100 records acknowledged on a", func() bool { return ws.acked() >= 100 })
+	poll.Until(t, 20*time.Second, "100 records acknowledged on a", func() bool { return ws.acked() >= 100 })
 	fenceWithLiveSession(t, tr, ws, &recordWriter{first: 8192, slots: 2048})
 
 	tr.daemon["b"].kill()
 	<-tr.daemon["b"].done
 	atKill := ws.acked()
-	waitFor(t, 60*time.Second, "a to acknowledge 4000 records (16 MiB) without b", func() bool { return ws.acked() >= atKill+4000 })
+	poll.Until(t, 60*time.Second, "a to acknowledge 4000 records (16 MiB) without b", func() bool { return ws.acked() >= atKill+4000 })
 	if err := ws.halt(t); err != nil {
 		t.Fatalf("writer on a: %v", err)
 	}
@@ -207,7 +209,7 @@ func TestHalfResyncedPeerNotPromoted(t *testing.T) {
 	tr.waitPeerDisk("b", "outdated")
 
 	tr.start("b")
-	waitFor(t, 30*time.Second, "a to resync b past 30%", func() bool {
+	poll.Until(t, 30*time.Second, "a to resync b past 30%", func() bool {
 		st, err := status(a)
 		return err == nil && st.Replication == "resyncing" && st.ResyncTotal > 0 && st.ResyncDone*10 >= st.ResyncTotal*3
 	})
@@ -299,12 +301,12 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 		{"resync interrupted and resumed, then a isolated", "64MiB", []string{"--resync-rate", "4MiB", "--resync-min-rate", "4MiB"}, func(t *testing.T, tr *trio) {
 			writeBlocks(t, tr.dir["a"], 4096, 2048) // 8 MiB for b to miss
 			tr.lab.Heal("a", "b")
-			waitFor(t, 30*time.Second, "the resync to b to pass 20%", func() bool {
+			poll.Until(t, 30*time.Second, "the resync to b to pass 20%", func() bool {
 				st, err := status(tr.dir["a"])
 				return err == nil && st.Replication == "resyncing" && st.ResyncTotal > 0 && st.ResyncDone*5 >= st.ResyncTotal
 			})
 			tr.lab.Partition("a", "b")
-			waitFor(t, 20*time.Second, "a to lose b mid-resync", func() bool {
+			poll.Until(t, 20*time.Second, "a to lose b mid-resync", func() bool {
 				st, err := status(tr.dir["a"])
 				return err == nil && st.Link != node.LinkConnected
 			})
@@ -335,13 +337,13 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 				w.slots = 1 << 18
 			}
 			ws.start(w)
-			waitFor(t, 20*time.Second, "100 records acknowledged on a", func() bool { return ws.acked() >= 100 })
+			poll.Until(t, 20*time.Second, "100 records acknowledged on a", func() bool { return ws.acked() >= 100 })
 
 			tr.lab.Partition("a", "b")
 			tr.waitPeerDisk("b", "outdated")
 			tc.uptodate(t, tr)
 			tr.waitPeerDisk("b", "uptodate")
-			waitFor(t, 20*time.Second, "a to replicate to b", func() bool {
+			poll.Until(t, 20*time.Second, "a to replicate to b", func() bool {
 				st, err := status(a)
 				return err == nil && st.Link == node.LinkConnected && st.DirtyBlocks == 0
 			})
@@ -350,7 +352,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 				fences := logLines(t, a, "peer marked outdated")
 				tr.lab.Partition("a", "b")
 				at := ws.acked()
-				waitFor(t, 20*time.Second, "a to fence b again and go on", func() bool {
+				poll.Until(t, 20*time.Second, "a to fence b again and go on", func() bool {
 					return logLines(t, a, "peer marked outdated") > fences && ws.acked() > at+100
 				})
 				tr.waitPeerDisk("b", "outdated")
@@ -370,7 +372,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 			cut := time.Now()
 			tr.lab.LinkDown("a")
 			atCut := ws.acked()
-			waitFor(t, 20*time.Second, "a to suspend its writes", func() bool {
+			poll.Until(t, 20*time.Second, "a to suspend its writes", func() bool {
 				st, err := status(a)
 				return err == nil && st.Replication == "suspended"
 			})
@@ -386,7 +388,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 			if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
 				t.Fatalf("promote b: %v %s", err, out)
 			}
-			waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+			poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 				st, err := status(b)
 				return err == nil && st.Role == node.RolePrimary && st.Export != ""
 			})
@@ -416,7 +418,7 @@ func (tr *trio) peerDisk(host string) string { return tr.peerDiskFrom("a", host)
 // waitPeerDisk waits until the control plane records host's disk as state.
 func (tr *trio) waitPeerDisk(host, state string) {
 	tr.t.Helper()
-	waitFor(tr.t, 30*time.Second, host+" to be "+state, func() bool { return tr.peerDisk(host) == state })
+	poll.Until(tr.t, 30*time.Second, host+" to be "+state, func() bool { return tr.peerDisk(host) == state })
 }
 
 // TestAsyncBitmapResyncTargetNotPromoted is issue 21's second defect: an
@@ -431,14 +433,14 @@ func TestAsyncBitmapResyncTargetNotPromoted(t *testing.T) {
 	a, b := tr.dir["a"], tr.dir["b"]
 	ws := newWriters(a)
 	ws.start(&recordWriter{first: 0, slots: 8192})
-	waitFor(t, 20*time.Second, "5000 records acknowledged on a", func() bool { return ws.acked() >= 5000 })
+	poll.Until(t, 20*time.Second, "5000 records acknowledged on a", func() bool { return ws.acked() >= 5000 })
 	// b stops applying for a moment (shorter than --timeout, so a does not
 	// lose it): a's journal runs ahead, and a dies then. Most blocks then
 	// differ, and the resync after the restart sends from its start.
 	if err := tr.daemon["b"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, daemonTimeout/2, "a's journal to run 2000 records ahead of b", func() bool {
+	poll.Until(t, daemonTimeout/2, "a's journal to run 2000 records ahead of b", func() bool {
 		st, err := status(a)
 		return err == nil && st.JournalLag >= 2000
 	})
@@ -457,7 +459,7 @@ func TestAsyncBitmapResyncTargetNotPromoted(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr.start("a")
-	waitFor(t, 30*time.Second, "a to resync b by bitmap past 10%", func() bool {
+	poll.Until(t, 30*time.Second, "a to resync b by bitmap past 10%", func() bool {
 		st, err := status(a)
 		return err == nil && st.Replication == "resyncing" && st.ResyncTotal > 0 && st.ResyncDone*10 >= st.ResyncTotal && st.ResyncSent > 0
 	})

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -120,7 +122,7 @@ func TestWitnessThenPeerDown(t *testing.T) {
 	lab.LinkDown("w")
 	// A read through the leader is a raft barrier: it commits only with a
 	// quorum, here a and b.
-	waitFor(t, 20*time.Second, "a read through the raft leader, with w down", func() bool {
+	poll.Until(t, 20*time.Second, "a read through the raft leader, with w down", func() bool {
 		return exec.Command(binary, "cluster", "status", "--consistent", "--timeout", "2s",
 			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
 	})
@@ -131,14 +133,14 @@ func TestWitnessThenPeerDown(t *testing.T) {
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
 	go func() { werr <- w.run(a, stop) }()
-	waitFor(t, 20*time.Second, "50 records acknowledged on a", func() bool { return w.ackedCount() >= 50 })
+	poll.Until(t, 20*time.Second, "50 records acknowledged on a", func() bool { return w.ackedCount() >= 50 })
 	lab.LinkDown("b")
-	waitFor(t, 20*time.Second, "a to suspend I/O", func() bool {
+	poll.Until(t, 20*time.Second, "a to suspend I/O", func() bool {
 		st, err := status(a)
 		return err == nil && st.Replication == "suspended"
 	})
 	suspendedAt := w.ackedCount()
-	waitFor(t, 10*time.Second, "a to know no raft leader", func() bool {
+	poll.Until(t, 10*time.Second, "a to know no raft leader", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.Leader == ""
 	})
@@ -161,9 +163,9 @@ func TestWitnessThenPeerDown(t *testing.T) {
 	}
 
 	lab.LinkUp("w")
-	waitFor(t, 30*time.Second, "the suspended write to complete once w is back", func() bool { return w.ackedCount() > suspendedAt })
+	poll.Until(t, 30*time.Second, "the suspended write to complete once w is back", func() bool { return w.ackedCount() > suspendedAt })
 	// The commit went through the leader; a's own copy may lag it.
-	waitFor(t, 10*time.Second, "a's copy of the state to show b outdated", func() bool {
+	poll.Until(t, 10*time.Second, "a's copy of the state to show b outdated", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "outdated"
 	})
@@ -174,7 +176,7 @@ func TestWitnessThenPeerDown(t *testing.T) {
 
 	lab.LinkUp("b")
 	waitInSync(t, a, b)
-	waitFor(t, 20*time.Second, "b to be uptodate after the resync", func() bool {
+	poll.Until(t, 20*time.Second, "b to be uptodate after the resync", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "uptodate"
 	})
@@ -211,13 +213,13 @@ func TestStalePrimaryRefused(t *testing.T) {
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
 	go func() { werr <- w.run(a, stop) }()
-	waitFor(t, 20*time.Second, "50 records acknowledged on a", func() bool { return w.ackedCount() >= 50 })
+	poll.Until(t, 20*time.Second, "50 records acknowledged on a", func() bool { return w.ackedCount() >= 50 })
 
 	lab.BlockPort("a", "b", raftPort)
 	lab.BlockPort("a", "w", raftPort)
 	// Demote a in the epoch it holds: a retry after a commit whose reply
 	// was lost is refused, not applied twice.
-	waitFor(t, 20*time.Second, "b and w to demote a", func() bool {
+	poll.Until(t, 20*time.Second, "b and w to demote a", func() bool {
 		_ = exec.Command(binary, "demote", "a", "--epoch", strconv.FormatUint(old, 10),
 			"--control", filepath.Join(b, node.ControlFile)).Run()
 		v, err := clusterState(t, b)
@@ -226,7 +228,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	atDemote := w.ackedCount()
 	drop := []string{"dropping the replication session of a stale primary", "a is not the primary"}
 	refusal := []string{`msg="peer connection rejected"`, "stale epoch: a is not the primary"}
-	waitFor(t, 10*time.Second, "b to drop a's session and refuse its reconnection", func() bool {
+	poll.Until(t, 10*time.Second, "b to drop a's session and refuse its reconnection", func() bool {
 		return logLines(t, b, drop...) > 0 && logLines(t, b, refusal...) > 0
 	})
 	st, err := status(a)
@@ -240,7 +242,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	bSum, acked, refused := fileSHA256(t, filepath.Join(b, "volume.img")), w.ackedCount(), logLines(t, b, refusal...)
 	t.Logf("a acknowledged %d writes between the demotion and b's refusal; it holds %d dirty blocks", acked-atDemote, st.DirtyBlocks)
 	// a retries every 5 s after a refusal: wait for the next attempt.
-	waitFor(t, 20*time.Second, "a to try again and b to refuse it again", func() bool {
+	poll.Until(t, 20*time.Second, "a to try again and b to refuse it again", func() bool {
 		return logLines(t, b, refusal...) > refused
 	})
 	if fileSHA256(t, filepath.Join(b, "volume.img")) != bSum {
@@ -258,7 +260,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
 		t.Fatalf("promote b (uptodate: a never marked it outdated): %v %s", err, out)
 	}
-	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
 		return err == nil && st.Role == node.RolePrimary && st.Export != ""
 	})
@@ -284,12 +286,12 @@ func TestStalePrimaryRefused(t *testing.T) {
 	if n := w.ackedCount(); n != acked {
 		t.Fatalf("the stale primary acknowledged %d writes after b refused it", n-acked)
 	}
-	waitFor(t, 10*time.Second, "a to say what its demotion waits for", func() bool {
+	poll.Until(t, 10*time.Second, "a to say what its demotion waits for", func() bool {
 		st, err := status(a)
 		return err == nil && strings.Contains(st.Transition, "demoted: waiting for the export to be closed")
 	})
 	held.Close()
-	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})
@@ -321,7 +323,7 @@ func TestPartitionBetweenDataHosts(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("writes on a did not complete within 30 s of the A-B cut (a reaches w: it should mark b outdated and go on); status %+v", statusJSON(t, a))
 	}
-	waitFor(t, 10*time.Second, "b to be outdated", func() bool {
+	poll.Until(t, 10*time.Second, "b to be outdated", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "outdated"
 	})
@@ -332,7 +334,7 @@ func TestPartitionBetweenDataHosts(t *testing.T) {
 
 	lab.Heal("a", "b")
 	waitInSync(t, a, b)
-	waitFor(t, 20*time.Second, "b to be uptodate after the resync", func() bool {
+	poll.Until(t, 20*time.Second, "b to be uptodate after the resync", func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "uptodate"
 	})

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -142,7 +144,7 @@ func startDaemonIn(t *testing.T, prefix []string, dir string, args ...string) *d
 		}
 		logf.Close()
 	})
-	waitFor(t, 10*time.Second, "the daemon in "+dir+" to answer on its control socket", func() bool {
+	poll.Until(t, 10*time.Second, "the daemon in "+dir+" to answer on its control socket", func() bool {
 		_, err := status(dir)
 		return err == nil
 	})
@@ -193,17 +195,6 @@ func statusJSON(t *testing.T, dir string) node.Status {
 	return st
 }
 
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func fileSHA256(t *testing.T, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
@@ -243,7 +234,7 @@ func mirroredPair(t *testing.T, a, b, secret string, extra ...string) (pri, sec 
 	addr := freePort(t)
 	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
-	waitFor(t, 10*time.Second, "the primary to connect", func() bool {
+	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkConnected
 	})

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/go-ldap/ldap/v3"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -174,8 +176,8 @@ func startDirectoryPair(t *testing.T, opts map[string]agentOptions) (*trio, map[
 	})
 	tr.promoteFirst()
 	c := &ldapClient{tr: tr, dirs: dirs}
-	waitFor(t, 60*time.Second, "slapd on a to answer", func() bool { return c.ping("a") == nil })
-	waitFor(t, 30*time.Second, "b's agent to see slapd on a answer", func() bool {
+	poll.Until(t, 60*time.Second, "slapd on a to answer", func() bool { return c.ping("a") == nil })
+	poll.Until(t, 30*time.Second, "b's agent to see slapd on a answer", func() bool {
 		st, err := status(tr.dir["b"])
 		return err == nil && st.Agent != nil && st.Agent.Service.Known && st.Agent.Service.Up
 	})
@@ -351,7 +353,7 @@ func killSlapd(t *testing.T, d *directoryHost) {
 	}
 	pid := strings.TrimSpace(string(b))
 	run(t, "kill", "-9", pid)
-	waitFor(t, 10*time.Second, "slapd "+pid+" to die", func() bool {
+	poll.Until(t, 10*time.Second, "slapd "+pid+" to die", func() bool {
 		_, err := os.Stat("/proc/" + pid)
 		return err != nil
 	})
@@ -448,7 +450,7 @@ func (d *directoryHost) slapcat(t *testing.T, acked int) {
 // control plane: a swap toward a host that is not is refused.
 func waitAgentReady(t *testing.T, tr *trio, host string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, host+"'s agent to report "+host+" ready", func() bool {
+	poll.Until(t, 30*time.Second, host+"'s agent to report "+host+" ready", func() bool {
 		st, err := status(tr.dir[host])
 		return err == nil && st.Agent != nil && st.Agent.Ready && st.Agent.ReadyReported
 	})
@@ -501,7 +503,7 @@ func TestLDAPFailover(t *testing.T) {
 	for round := range rounds {
 		f := faults[round%len(faults)]
 		t.Logf("round %d: %s", round, f.name)
-		waitFor(t, 30*time.Second, "b's agent to watch a", func() bool {
+		poll.Until(t, 30*time.Second, "b's agent to watch a", func() bool {
 			state, _ := agentState(b)
 			return state == "secondary-watching"
 		})
@@ -513,14 +515,14 @@ func TestLDAPFailover(t *testing.T) {
 		done := make(chan struct{})
 		go func() { defer close(done); c.write(fmt.Sprintf("r%d", round), stop) }()
 		start := c.count()
-		waitFor(t, 30*time.Second, "adds on a", func() bool { return c.count() >= start+30 })
+		poll.Until(t, 30*time.Second, "adds on a", func() bool { return c.count() >= start+30 })
 		// The fault strikes at a random point of the write stream, not
 		// right after an add returned.
 		delay := rand.N(2 * time.Second)
 		time.Sleep(delay)
 		t0, atFault := time.Now(), c.count()
 		f.fail(t, tr, dirs["a"])
-		waitFor(t, 60*time.Second, "the first add on b after the fault", func() bool {
+		poll.Until(t, 60*time.Second, "the first add on b after the fault", func() bool {
 			_, ok := c.firstOn("b", t0)
 			return ok
 		})
@@ -529,7 +531,7 @@ func TestLDAPFailover(t *testing.T) {
 		times = append(times, took)
 		perFault[f.name] = append(perFault[f.name], took)
 		onB := c.count()
-		waitFor(t, 30*time.Second, "adds on b", func() bool { return c.count() >= onB+20 })
+		poll.Until(t, 30*time.Second, "adds on b", func() bool { return c.count() >= onB+20 })
 		c.checkAll(t, "b")
 
 		// a returns and is resynced from b: only what differs. The blocks
@@ -538,7 +540,7 @@ func TestLDAPFailover(t *testing.T) {
 		// sent must not.
 		sentBefore := statusJSON(t, b).ResyncSent
 		f.recov(t, tr, dirs["a"])
-		waitFor(t, 60*time.Second, "a to turn secondary", func() bool {
+		poll.Until(t, 60*time.Second, "a to turn secondary", func() bool {
 			st, err := status(a)
 			return err == nil && st.Role == node.RoleSecondary
 		})
@@ -560,9 +562,9 @@ func TestLDAPFailover(t *testing.T) {
 		if err != nil {
 			t.Fatalf("failback: swap: %v %s", err, out)
 		}
-		waitFor(t, 60*time.Second, "a to serve again", func() bool { return c.ping("a") == nil })
+		poll.Until(t, 60*time.Second, "a to serve again", func() bool { return c.ping("a") == nil })
 		onA := c.count()
-		waitFor(t, 30*time.Second, "adds on a after the failback", func() bool { return c.count() >= onA+20 })
+		poll.Until(t, 30*time.Second, "adds on a after the failback", func() bool { return c.count() >= onA+20 })
 		close(stop)
 		<-done
 		c.checkAll(t, "a")
@@ -583,7 +585,7 @@ func TestLDAPFailover(t *testing.T) {
 	if out, err := exec.Command(binary, "swap", "--dir", a).CombinedOutput(); err != nil {
 		t.Fatalf("swap to b: %v %s", err, out)
 	}
-	waitFor(t, 60*time.Second, "b's agent to serve", func() bool {
+	poll.Until(t, 60*time.Second, "b's agent to serve", func() bool {
 		state, _ := agentState(b)
 		return state == "primary-serving"
 	})
@@ -600,7 +602,7 @@ func TestLDAPAgentAntiFlap(t *testing.T) {
 	a, b := tr.dir["a"], tr.dir["b"]
 	epoch := statusJSON(t, a).Epoch
 	d := dirs["a"]
-	waitFor(t, 30*time.Second, "b's agent to be past its own min_swap_interval", func() bool {
+	poll.Until(t, 30*time.Second, "b's agent to be past its own min_swap_interval", func() bool {
 		st, err := status(b)
 		return err == nil && st.Agent != nil && st.Agent.State == "secondary-watching" && time.Since(st.Agent.StateSince) > 2*time.Second
 	})
@@ -614,7 +616,7 @@ func TestLDAPAgentAntiFlap(t *testing.T) {
 		if err := c.ping("a"); err != nil {
 			t.Fatalf("slapd on a after a restart: %v", err)
 		}
-		waitFor(t, 10*time.Second, "b's agent to see slapd on a answer", func() bool {
+		poll.Until(t, 10*time.Second, "b's agent to see slapd on a answer", func() bool {
 			st, err := status(b)
 			return err == nil && st.Agent.Service.Probes > before+1 && st.Agent.Service.ConsecutiveFailures == 0
 		})
@@ -624,20 +626,20 @@ func TestLDAPAgentAntiFlap(t *testing.T) {
 	}
 	// A real outage: one failover.
 	killSlapd(t, d)
-	waitFor(t, 30*time.Second, "b to serve", func() bool { return c.ping("b") == nil })
+	poll.Until(t, 30*time.Second, "b to serve", func() bool { return c.ping("b") == nil })
 	after := statusJSON(t, b).Epoch
 	if after != epoch+1 {
 		t.Fatalf("one outage moved the epoch from %d to %d", epoch, after)
 	}
 	// a comes back as secondary; slapd on b then fails too, inside the
 	// minimum interval: a's agent must not swap back.
-	waitFor(t, 60*time.Second, "a to turn secondary", func() bool {
+	poll.Until(t, 60*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})
 	tr.waitServing("b", "a")
 	killSlapd(t, dirs["b"])
-	waitFor(t, 30*time.Second, "a's agent to hold back for the minimum interval", func() bool {
+	poll.Until(t, 30*time.Second, "a's agent to hold back for the minimum interval", func() bool {
 		_, hold := agentState(a)
 		return strings.Contains(hold, "min_swap_interval")
 	})
@@ -656,7 +658,7 @@ func TestLDAPAgentFailedHook(t *testing.T) {
 	a, b := tr.dir["a"], tr.dir["b"]
 	epoch := statusJSON(t, a).Epoch
 	killSlapd(t, dirs["a"])
-	waitFor(t, 30*time.Second, "b's agent to report the failed hook", func() bool {
+	poll.Until(t, 30*time.Second, "b's agent to report the failed hook", func() bool {
 		state, _ := agentState(b)
 		return state == "failed"
 	})
@@ -672,7 +674,7 @@ func TestLDAPAgentFailedHook(t *testing.T) {
 	// b holds the role: it does not hand it back, nor is a demoted again,
 	// neither at once nor while b's agent keeps probing its own slapd that
 	// never started.
-	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})
@@ -691,7 +693,7 @@ func TestLDAPAgentFailedHook(t *testing.T) {
 	}
 	unchanged("after the failed hook")
 	probes := statusJSON(t, b).Agent.Service.Probes
-	waitFor(t, 30*time.Second, "b's agent to probe 5 more times", func() bool {
+	poll.Until(t, 30*time.Second, "b's agent to probe 5 more times", func() bool {
 		st, err := status(b)
 		return err == nil && st.Agent != nil && st.Agent.Service.Probes >= probes+5
 	})

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -148,7 +150,7 @@ func TestRestartOnStaleCopy(t *testing.T) {
 	// snapshot while it is primary, at or after the entry that made it so.
 	snaps := filepath.Join(b, "raft", cluster.SnapshotDir)
 	noops := 0
-	waitFor(t, 30*time.Second, "b to snapshot a state that names it primary", func() bool {
+	poll.Until(t, 30*time.Second, "b to snapshot a state that names it primary", func() bool {
 		if idx := snapshotIndexes(snaps); len(idx) > 0 && idx[0] >= bState.EpochIndex {
 			return true
 		}
@@ -173,7 +175,7 @@ func TestRestartOnStaleCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "a to serve as primary again", func() bool {
+	poll.Until(t, 30*time.Second, "a to serve as primary again", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RolePrimary && st.Export != "" && st.Epoch == uint64(now.Epoch)
 	})
@@ -184,7 +186,7 @@ func TestRestartOnStaleCopy(t *testing.T) {
 	// catches up. That is the window in which a restarted daemon acted on
 	// its stale copy; wait until the leader has failed 10 times (2.56 s).
 	const failures = 10
-	waitFor(t, 30*time.Second, fmt.Sprintf("the raft leader to fail %d times to replicate to b", failures), func() bool {
+	poll.Until(t, 30*time.Second, fmt.Sprintf("the raft leader to fail %d times to replicate to b", failures), func() bool {
 		v, err := clusterState(t, a)
 		return err == nil && v.Leader != "" && tr.replicationFailures(t, v.Leader, "b") >= failures
 	})

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/node"
 )
 
@@ -132,7 +134,7 @@ func crashWhileWriting(t *testing.T, a string, pri *daemon, rng *mrand.Rand) *da
 	args := pri.cmd.Args[4:] // everything after "ldmirror daemon --dir A"
 	s := startWriteStream(t, a, 8, 16<<10, crashSpan, rng)
 	at := 50 + rng.Int64N(500)
-	waitFor(t, 10*time.Second, "writes to flow", func() bool { return s.written.Load() >= at })
+	poll.Until(t, 10*time.Second, "writes to flow", func() bool { return s.written.Load() >= at })
 	pri.kill()
 	_ = s.stop() // the writes fail once the daemon died under them
 	<-pri.done
@@ -221,17 +223,17 @@ func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 	args := sec.cmd.Args[4:]
 
 	s := startWriteStream(t, a, 4, blockSize, span, mrand.New(mrand.NewPCG(7, 8)))
-	waitFor(t, 10*time.Second, "the stream to flow", func() bool { return s.written.Load() >= 200 })
+	poll.Until(t, 10*time.Second, "the stream to flow", func() bool { return s.written.Load() >= 200 })
 	// Writes that returned before the kill were acknowledged by the
 	// secondary; only those after it may be dirty.
 	atKill := s.written.Load()
 	sec.kill()
 	<-sec.done
-	waitFor(t, 10*time.Second, "the primary to notice", func() bool {
+	poll.Until(t, 10*time.Second, "the primary to notice", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkDisconnected
 	})
-	waitFor(t, 10*time.Second, "the stream to go on in logging mode", func() bool { return s.written.Load() >= atKill+500 })
+	poll.Until(t, 10*time.Second, "the stream to go on in logging mode", func() bool { return s.written.Load() >= atKill+500 })
 	if err := s.stop(); err != nil {
 		t.Fatalf("a write failed while the secondary was down: %v", err)
 	}
@@ -273,7 +275,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 
 	sec := startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	pri := startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
-	waitFor(t, 15*time.Second, "a to refuse b", func() bool {
+	poll.Until(t, 15*time.Second, "a to refuse b", func() bool {
 		st, err := status(a)
 		return err == nil && strings.Contains(st.LastError, "peer is the resync source")
 	})
@@ -283,7 +285,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
 	// Both hosts say so, with the remedy: an operator may look at either.
 	for _, dir := range []string{a, b} {
-		waitFor(t, 15*time.Second, dir+" to report split brain and its remedy", func() bool {
+		poll.Until(t, 15*time.Second, dir+" to report split brain and its remedy", func() bool {
 			st, err := status(dir)
 			return err == nil && strings.Contains(st.LastError, "both wrote since they last agreed") &&
 				strings.Contains(st.LastError, "`ldmirror resolve --dir DIR --discard-local`") && st.Link != node.LinkConnected
@@ -379,7 +381,7 @@ func TestResyncInterruptedAndResumed(t *testing.T) {
 	priArgs, secArgs := pri.cmd.Args[4:], sec.cmd.Args[4:]
 	sec.kill()
 	<-sec.done
-	waitFor(t, 10*time.Second, "the primary to notice", func() bool {
+	poll.Until(t, 10*time.Second, "the primary to notice", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkDisconnected
 	})
@@ -392,7 +394,7 @@ func TestResyncInterruptedAndResumed(t *testing.T) {
 
 	startDaemon(t, b, secArgs...)
 	var doneAtKill uint64
-	waitFor(t, 30*time.Second, "the resync to pass 60%", func() bool {
+	poll.Until(t, 30*time.Second, "the resync to pass 60%", func() bool {
 		st, err := status(a)
 		doneAtKill = st.ResyncDone
 		return err == nil && st.Replication == "resyncing" && st.ResyncDone*10 >= st.ResyncTotal*6

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/internal/netns"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -64,7 +66,7 @@ func newTrio(t *testing.T, size string, extra ...string) *trio {
 // no uptodate host.
 func (tr *trio) promoteFirst() {
 	tr.t.Helper()
-	waitFor(tr.t, 20*time.Second, "the members to join and a to be promoted", func() bool {
+	poll.Until(tr.t, 20*time.Second, "the members to join and a to be promoted", func() bool {
 		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
 			"--control", filepath.Join(tr.dir["a"], node.ControlFile)).Run() == nil
 	})
@@ -93,7 +95,7 @@ func (tr *trio) start(host string, more ...string) *daemon {
 // secondary, and the control plane records secondary uptodate.
 func (tr *trio) waitServing(primary, secondary string) {
 	tr.t.Helper()
-	waitFor(tr.t, 30*time.Second, primary+" to serve and "+secondary+" to be uptodate", func() bool {
+	poll.Until(tr.t, 30*time.Second, primary+" to serve and "+secondary+" to be uptodate", func() bool {
 		st, err := status(tr.dir[primary])
 		v, cerr := clusterState(tr.t, tr.dir[primary])
 		return err == nil && cerr == nil && st.Role == node.RolePrimary && st.Export != "" &&
@@ -207,12 +209,12 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
 	go func() { werr <- w.run(a, stop) }()
-	waitFor(t, 20*time.Second, "100 records acknowledged on a", func() bool { return w.ackedCount() >= 100 })
+	poll.Until(t, 20*time.Second, "100 records acknowledged on a", func() bool { return w.ackedCount() >= 100 })
 
 	cut := time.Now()
 	tr.lab.LinkDown("a")
 	atCut := w.ackedCount()
-	waitFor(t, 20*time.Second, "a to suspend I/O", func() bool {
+	poll.Until(t, 20*time.Second, "a to suspend I/O", func() bool {
 		st, err := status(a)
 		return err == nil && st.Replication == "suspended"
 	})
@@ -234,7 +236,7 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
 		t.Fatalf("promote b (uptodate: a never marked it outdated): %v %s", err, out)
 	}
-	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
 		return err == nil && st.Role == node.RolePrimary && st.Export != ""
 	})
@@ -259,7 +261,7 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	if n := w.ackedCount(); n != suspendedAt {
 		t.Fatalf("a acknowledged %d writes after its link went down", n-suspendedAt)
 	}
-	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})
@@ -285,7 +287,7 @@ func TestSwapUnderLoad(t *testing.T) {
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
 	go func() { werr <- w.run(a, stop) }()
-	waitFor(t, 20*time.Second, "500 records acknowledged on a", func() bool { return w.ackedCount() >= 500 })
+	poll.Until(t, 20*time.Second, "500 records acknowledged on a", func() bool { return w.ackedCount() >= 500 })
 	out, err := exec.Command(binary, "swap", "--dir", a).CombinedOutput()
 	if err != nil {
 		t.Fatalf("swap: %v %s", err, out)
@@ -300,12 +302,12 @@ func TestSwapUnderLoad(t *testing.T) {
 		t.Fatal("writes on a did not fail within 20 s of the swap")
 	}
 	onA := w.ackedCount()
-	waitFor(t, 20*time.Second, "b to serve as primary", func() bool {
+	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
 		return err == nil && st.Role == node.RolePrimary && st.Export != ""
 	})
 	go func() { werr <- w.run(b, stop) }()
-	waitFor(t, 20*time.Second, "500 more records acknowledged on b", func() bool { return w.ackedCount() >= onA+500 })
+	poll.Until(t, 20*time.Second, "500 more records acknowledged on b", func() bool { return w.ackedCount() >= onA+500 })
 	close(stop)
 	if err := <-werr; err != nil {
 		t.Fatalf("writer on b: %v", err)
@@ -320,7 +322,7 @@ func TestSwapUnderLoad(t *testing.T) {
 			after.Volume.Primary, after.Volume.Epoch, before.Volume.Epoch+1)
 	}
 	w.check(t, filepath.Join(b, "volume.img"))
-	waitFor(t, 30*time.Second, "a to turn secondary", func() bool {
+	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
 		return err == nil && st.Role == node.RoleSecondary
 	})

@@ -1,4 +1,4 @@
-package blockdev
+package replica
 
 import (
 	"bytes"
@@ -11,10 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/peertest"
+	"github.com/ldmirror/ldmirror/internal/poll"
+
 	"github.com/ldmirror/ldmirror/transport"
 )
 
-// gatedDevice is an in-memory Device whose reads and writes at chosen
+// gatedDevice is an in-memory blockdev.Device whose reads and writes at chosen
 // offsets block until released, and which records the order of completed
 // writes, the highest number of writes it ran at once and how many reads
 // are held.
@@ -100,7 +103,7 @@ func (d *gatedDevice) Close() error { return nil }
 // waits for it, and writes that do not are applied and acknowledged.
 func TestReplicaOrdersOverlapsAndAppliesTheRest(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, 4096, nil)
+	r := New(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 	before := bytes.Repeat([]byte{1}, 8192)
 	dev.WriteAt(before, 0)
@@ -137,7 +140,7 @@ func TestReplicaOrdersOverlapsAndAppliesTheRest(t *testing.T) {
 	r.Wait()
 
 	// The checksum read block 1 before seq 2 overwrote it.
-	if reply := <-replies; !bytes.Equal(reply, digestsOf(before, 4096, key)) {
+	if reply := <-replies; !bytes.Equal(reply, transport.BlockDigests(before, 4096, key)) {
 		t.Fatalf("checksum reply %x, want the digests of the data before seq 2", reply)
 	}
 	got := make([]byte, 8192)
@@ -170,7 +173,7 @@ func (d failingDevice) WriteAt(p []byte, off int64) (int, error) {
 // the requests after it are still applied.
 func TestReplicaReportsAFailedWrite(t *testing.T) {
 	dev := failingDevice{gatedDevice: newGatedDevice(1 << 20), at: 8192, err: syscall.ENOSPC}
-	r := NewReplica(dev, 4096, nil)
+	r := New(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 	h.write(1, 0, make([]byte, 4096))
 	h.write(2, 8192, make([]byte, 4096)) // refused
@@ -196,7 +199,7 @@ func TestReplicaReportsAFailedWrite(t *testing.T) {
 
 func TestReplicaFlushIsABarrier(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, 4096, nil)
+	r := New(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 	release := dev.gate(flushGate)
 	h.write(1, 0, make([]byte, 4096))
@@ -224,7 +227,7 @@ func TestReplicaFlushIsABarrier(t *testing.T) {
 // one goroutine, not released all at once to contend for the device.
 func TestReplicaQueuesWritesHeldByABarrier(t *testing.T) {
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, 4096, nil)
+	r := New(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 	release := dev.gate(flushGate)
 	h.flush(1)
@@ -262,7 +265,7 @@ type requestHarness struct {
 
 func newRequestHarness(t *testing.T, h transport.Handler) *requestHarness {
 	t.Helper()
-	sec, pri := testConfigs()
+	sec, pri := peertest.Configs(64 << 20)
 	ln, err := transport.Listen("127.0.0.1:0", sec)
 	if err != nil {
 		t.Fatal(err)
@@ -271,7 +274,7 @@ func newRequestHarness(t *testing.T, h transport.Handler) *requestHarness {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		ctx, cancel := contextUntil(stop)
+		ctx, cancel := peertest.ContextUntil(stop)
 		defer cancel()
 		_ = ln.Serve(ctx, h)
 	}()
@@ -326,17 +329,5 @@ func (h *requestHarness) waitAcked(t *testing.T, seqs ...uint64) {
 
 func (h *requestHarness) waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	waitUntil(t, cond)
-}
-
-// waitUntil polls cond until it holds, failing the test after 5 s.
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5 s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, "the condition", cond)
 }

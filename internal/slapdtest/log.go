@@ -6,22 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"testing"
-	"time"
 )
-
-// WaitFor polls cond every 5 ms until it holds, and fails the test if it
-// does not within d. Tests wait for conditions, never for time.
-func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval of a condition wait
-	}
-}
 
 // Log is a slog.Handler that records every record (message and attributes,
 // all levels), so tests can wait for an event such as a failover or check a

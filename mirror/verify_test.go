@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -116,12 +116,12 @@ func TestDigestsTellExt4MetadataVersionsApart(t *testing.T) {
 	}{
 		{"zero key", new([transport.ChecksumKeySize]byte)},
 		{"fixed key", &[transport.ChecksumKeySize]byte{0: 0x13, 31: 0xff}},
-		{"random key", newChecksumKey()},
+		{"random key", transport.NewChecksumKey()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			da, db := digestsOf(a, 4096, tc.key), digestsOf(b, 4096, tc.key)
-			if len(da) != digestSize || len(db) != digestSize {
-				t.Fatalf("digests of %d and %d bytes, want %d", len(da), len(db), digestSize)
+			da, db := transport.BlockDigests(a, 4096, tc.key), transport.BlockDigests(b, 4096, tc.key)
+			if len(da) != transport.ChecksumDigestSize || len(db) != transport.ChecksumDigestSize {
+				t.Fatalf("digests of %d and %d bytes, want %d", len(da), len(db), transport.ChecksumDigestSize)
 			}
 			if bytes.Equal(da, db) {
 				t.Fatalf("both versions have digest %x", da)
@@ -147,18 +147,18 @@ func TestDigestsOf(t *testing.T) {
 		{"zero blocks", make([]byte, 4096), make([]byte, 4096), k2, k2, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := bytes.Equal(digestsOf(tc.a, 4096, tc.ka), digestsOf(tc.b, 4096, tc.kb)); got != tc.equal {
+			if got := bytes.Equal(transport.BlockDigests(tc.a, 4096, tc.ka), transport.BlockDigests(tc.b, 4096, tc.kb)); got != tc.equal {
 				t.Fatalf("digests equal = %v, want %v", got, tc.equal)
 			}
 		})
 	}
 	// A run ending in a partial block has a digest for it too.
 	run := append(bytes.Repeat(block, 3), block[:100]...)
-	d := digestsOf(run, 4096, k1)
-	if len(d) != 4*digestSize {
-		t.Fatalf("%d digest bytes for 3 blocks and a partial one, want %d", len(d), 4*digestSize)
+	d := transport.BlockDigests(run, 4096, k1)
+	if len(d) != 4*transport.ChecksumDigestSize {
+		t.Fatalf("%d digest bytes for 3 blocks and a partial one, want %d", len(d), 4*transport.ChecksumDigestSize)
 	}
-	if !bytes.Equal(d[:digestSize], d[digestSize:2*digestSize]) || bytes.Equal(d[:digestSize], d[3*digestSize:]) {
+	if !bytes.Equal(d[:transport.ChecksumDigestSize], d[transport.ChecksumDigestSize:2*transport.ChecksumDigestSize]) || bytes.Equal(d[:transport.ChecksumDigestSize], d[3*transport.ChecksumDigestSize:]) {
 		t.Fatalf("digests %x: want the 3 full blocks alike and the partial one different", d)
 	}
 }

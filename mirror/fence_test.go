@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/poll"
 
 	"github.com/RoaringBitmap/roaring/v2"
 )
@@ -74,7 +77,7 @@ func TestFenceSuspendsUnshippedWrites(t *testing.T) {
 	p.mirror.SetPeer(nil)
 	done := make(chan error, 1)
 	go func() { _, err := p.mirror.WriteAt(make([]byte, 4096), 4096); done <- err }()
-	waitUntil(t, func() bool { return calls.Load() == 1 })
+	poll.Until(t, 5*time.Second, "the condition", func() bool { return calls.Load() == 1 })
 	select {
 	case err := <-done:
 		t.Fatalf("a write returned (%v) before the peer was marked outdated", err)
@@ -128,8 +131,8 @@ func TestCloseCancelsASuspendedWrite(t *testing.T) {
 	if err := p.mirror.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, ErrClosed) {
-		t.Fatalf("suspended write = %v, want ErrClosed", err)
+	if err := <-done; !errors.Is(err, blockdev.ErrClosed) {
+		t.Fatalf("suspended write = %v, want blockdev.ErrClosed", err)
 	}
 }
 
@@ -196,7 +199,7 @@ func TestFenceCommittedWithLiveSessionCoversNothingLater(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitUntil(t, func() bool {
+	poll.Until(t, 5*time.Second, "the condition", func() bool {
 		return p.mirror.Status().Suspended && p.dirty.OutOfSync().GetCardinality() == 2
 	})
 	// The session comes back while the writes wait: SetPeer must not wait
@@ -263,7 +266,7 @@ func TestCommitInSync(t *testing.T) {
 	p.mirror.SetPeer(nil)
 	wrote := make(chan error, 1)
 	go func() { _, err := p.mirror.WriteAt(pattern(8), 8*4096); wrote <- err }()
-	waitUntil(t, func() bool { return p.dirty.OutOfSync().Contains(8) })
+	poll.Until(t, 5*time.Second, "the condition", func() bool { return p.dirty.OutOfSync().Contains(8) })
 	close(release)
 	must(t, <-done)
 	must(t, <-wrote)

@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bufio"
@@ -15,6 +15,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/peertest"
+	"github.com/ldmirror/ldmirror/replica"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
@@ -34,19 +38,19 @@ func TestMain(m *testing.M) {
 }
 
 func runSecondaryProcess(path string) {
-	dev, err := OpenFile(path, volSize)
+	dev, err := blockdev.OpenFile(path, volSize)
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)
 	}
-	sec, _ := testConfigs()
+	sec, _ := peertest.Configs(volSize)
 	ln, err := transport.Listen("127.0.0.1:0", sec)
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)
 	}
 	fmt.Println(ln.Addr().String())
-	_ = ln.Serve(context.Background(), NewReplica(dev, 4096, nil))
+	_ = ln.Serve(context.Background(), replica.New(dev, 4096, nil))
 }
 
 func newFile(t testing.TB, name string) string { return newFileSized(t, name, volSize) }
@@ -54,17 +58,17 @@ func newFile(t testing.TB, name string) string { return newFileSized(t, name, vo
 func newFileSized(t testing.TB, name string, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
-	if err := CreateFile(p, size, false); err != nil {
+	if err := blockdev.CreateFile(p, size, false); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func openFile(t testing.TB, p string) *FileDevice { return openFileSized(t, p, volSize) }
+func openFile(t testing.TB, p string) *blockdev.FileDevice { return openFileSized(t, p, volSize) }
 
-func openFileSized(t testing.TB, p string, size int64) *FileDevice {
+func openFileSized(t testing.TB, p string, size int64) *blockdev.FileDevice {
 	t.Helper()
-	d, err := OpenFile(p, size)
+	d, err := blockdev.OpenFile(p, size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +77,7 @@ func openFileSized(t testing.TB, p string, size int64) *FileDevice {
 
 // countingDevice counts flushes that reached the device.
 type countingDevice struct {
-	Device
+	blockdev.Device
 	flushes atomic.Int64
 }
 
@@ -87,7 +91,7 @@ type pair struct {
 	dirty     *bitmap.Set
 	primary   *countingDevice
 	secondary *countingDevice
-	replica   *Replica
+	replica   *replica.Replica
 	sess      *transport.Session
 	secPath   string
 	priPath   string
@@ -115,8 +119,8 @@ func newPairSized(t testing.TB, size int64) *pair {
 	p := &pair{priPath: newFileSized(t, "a.img", size), secPath: newFileSized(t, "b.img", size)}
 	p.primary = &countingDevice{Device: openFileSized(t, p.priPath, size)}
 	p.secondary = &countingDevice{Device: openFileSized(t, p.secPath, size)}
-	p.replica = NewReplica(p.secondary, 4096, nil)
-	sec, pri := testConfigsSized(size)
+	p.replica = replica.New(p.secondary, 4096, nil)
+	sec, pri := peertest.Configs(size)
 	ln, err := transport.Listen("127.0.0.1:0", sec)
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +134,7 @@ func newPairSized(t testing.TB, size int64) *pair {
 		t.Fatal(err)
 	}
 	p.dirty, _ = bitmap.New(size, 4096)
-	p.mirror = NewMirror(p.primary, p.dirty, nil, nil)
+	p.mirror = New(p.primary, p.dirty, nil, nil)
 	p.mirror.SetPeer(p.sess)
 	t.Cleanup(func() {
 		p.mirror.Close()
@@ -238,7 +242,7 @@ func TestCloseWaitsForWritesInFlight(t *testing.T) {
 			for i := 0; ; i++ {
 				started.Add(1)
 				_, err := p.mirror.WriteAt(make([]byte, 65536), int64((w*4+i%4)*65536))
-				if err == ErrClosed {
+				if err == blockdev.ErrClosed {
 					started.Add(-1)
 					return
 				}
@@ -286,7 +290,7 @@ func TestSecondaryKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, pri := testConfigs()
+	_, pri := peertest.Configs(volSize)
 	pri.Timeout = time.Second
 	sess, err := transport.Dial(context.Background(), addr[:len(addr)-1], pri)
 	if err != nil {
@@ -295,7 +299,7 @@ func TestSecondaryKilled(t *testing.T) {
 	defer sess.Close()
 	priDev := openFile(t, newFile(t, "a.img"))
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := NewMirror(priDev, dirty, nil, nil)
+	m := New(priDev, dirty, nil, nil)
 	defer m.Close()
 	m.SetPeer(sess)
 

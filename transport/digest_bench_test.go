@@ -1,12 +1,11 @@
-package blockdev
+package transport
 
 import (
-	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"hash"
 	"hash/crc32"
-	"math/rand/v2"
 	"testing"
 
 	"golang.org/x/crypto/blake2b"
@@ -30,7 +29,8 @@ func BenchmarkBlockHash(b *testing.B) {
 		{"blake2s-keyed", func() hash.Hash { h, _ := blake2s.New128(key); return h }},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			buf := randomBytes(1 << 20)
+			buf := make([]byte, 1<<20)
+			rand.Read(buf)
 			h := c.new()
 			out := make([]byte, 0, len(buf)/4096*h.Size())
 			b.SetBytes(int64(len(buf)))
@@ -45,13 +45,14 @@ func BenchmarkBlockHash(b *testing.B) {
 			}
 		})
 	}
-	b.Run("digestsOf", func(b *testing.B) { // the choice, as verify runs it
-		buf := randomBytes(1 << 20)
-		key := newChecksumKey()
+	b.Run("BlockDigests", func(b *testing.B) { // the choice, as verify runs it
+		buf := make([]byte, 1<<20)
+		rand.Read(buf)
+		key := NewChecksumKey()
 		b.SetBytes(int64(len(buf)))
 		b.ReportAllocs()
 		for b.Loop() {
-			digestsOf(buf, 4096, key)
+			BlockDigests(buf, 4096, key)
 		}
 	})
 }
@@ -63,43 +64,3 @@ type prefixed struct {
 }
 
 func (p prefixed) Reset() { p.Hash.Reset(); p.Hash.Write(p.key) }
-
-func randomBytes(n int) []byte {
-	r := rand.New(rand.NewPCG(13, 13))
-	b := make([]byte, n)
-	for i := 0; i < n; i += 8 {
-		v := r.Uint64()
-		for j := i; j < min(i+8, n); j++ {
-			b[j], v = byte(v), v>>8
-		}
-	}
-	return b
-}
-
-// BenchmarkVerify compares a whole 1 GiB volume with a secondary on
-// 127.0.0.1 in the same process, both files filled with the same random
-// data and in the page cache: the cost of the block comparison and of the
-// protocol, not of the disks. Both hosts share this machine's cores.
-func BenchmarkVerify(b *testing.B) {
-	p := newPairSized(b, resyncVolume)
-	data := randomBytes(1 << 20)
-	for off := int64(0); off < resyncVolume; off += int64(len(data)) {
-		data[0]++ // no two runs alike
-		if _, err := p.mirror.WriteAt(data, off); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := p.mirror.Flush(); err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(resyncVolume)
-	for b.Loop() {
-		differ, err := p.mirror.Verify(context.Background(), nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if !differ.IsEmpty() {
-			b.Fatalf("%d blocks differ", differ.GetCardinality())
-		}
-	}
-}

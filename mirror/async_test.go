@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -15,6 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/peertest"
+	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/replica"
+
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/journal"
@@ -25,7 +30,7 @@ import (
 // holds a read lock, so snapshot (under the write lock) sees the device
 // between writes. Hooks run around each write, outside the lock.
 type snapDevice struct {
-	Device
+	blockdev.Device
 	mu     sync.RWMutex
 	before atomic.Pointer[func(off int64)]
 	after  atomic.Pointer[func(off int64)]
@@ -75,7 +80,7 @@ type asyncPair struct {
 	mirror    *Mirror
 	dirty     *bitmap.Set
 	jrnl      *journal.Journal
-	replica   *Replica
+	replica   *replica.Replica
 	secondary *snapDevice
 	applied   *journal.AppliedFile
 	addr      string
@@ -92,7 +97,7 @@ type asyncOptions struct {
 	onFull   FullPolicy
 	timeout  time.Duration
 	resynced func(context.Context)
-	local    func(Device) Device // wraps the primary's device
+	local    func(blockdev.Device) blockdev.Device // wraps the primary's device
 }
 
 func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
@@ -110,9 +115,9 @@ func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
 	if p.applied, err = journal.OpenAppliedFile(filepath.Join(dir, "journal.applied")); err != nil {
 		t.Fatal(err)
 	}
-	p.replica = NewReplica(p.secondary, 4096, nil)
+	p.replica = replica.New(p.secondary, 4096, nil)
 	p.replica.SetAppliedFile(p.applied)
-	sec, pri := testConfigsSized(o.size)
+	sec, pri := peertest.Configs(o.size)
 	if o.timeout > 0 {
 		sec.Timeout, pri.Timeout = o.timeout, o.timeout
 	}
@@ -131,11 +136,11 @@ func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
 		t.Fatal(err)
 	}
 	p.dirty, _ = bitmap.New(o.size, 4096)
-	var local Device = openFileSized(t, p.priPath, o.size)
+	var local blockdev.Device = openFileSized(t, p.priPath, o.size)
 	if o.local != nil {
 		local = o.local(local)
 	}
-	p.mirror = NewMirror(local, p.dirty, nil, nil)
+	p.mirror = New(local, p.dirty, nil, nil)
 	if err := p.mirror.SetAsync(AsyncConfig{Journal: p.jrnl, OnFull: o.onFull, Resynced: o.resynced}); err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +209,7 @@ func (p *asyncPair) drainAndCompare() {
 	}
 	// The flush's barrier record told the peer to make everything durable:
 	// the journal is truncated behind it.
-	waitUntil(p.t, func() bool {
+	poll.Until(p.t, 5*time.Second, "the journal to be truncated behind the flush", func() bool {
 		st := p.mirror.Status()
 		return st.JournalUsed == 0 && st.PeerDurable == st.JournalNewest && st.JournalOldest == st.JournalNewest+1
 	})
@@ -411,7 +416,7 @@ func TestAsyncCatchUpKeepsWriteOrder(t *testing.T) {
 
 	t.Run("parallel apply breaks it", func(t *testing.T) {
 		p := newAsyncPair(t, asyncOptions{})
-		p.replica.parallel = true
+		p.replica.ApplyUnordered()
 		h, c := shortDisconnect(t, p, false)
 		// Hold the first record the catch-up applies until a later one,
 		// which does not overlap it, was applied.
@@ -560,7 +565,7 @@ func TestAsyncFullJournalThrottles(t *testing.T) {
 			done.Add(1)
 		}
 	}()
-	waitUntil(t, func() bool { return p.mirror.Status().Throttled == 1 })
+	poll.Until(t, 5*time.Second, "the condition", func() bool { return p.mirror.Status().Throttled == 1 })
 	n := done.Load()
 	st := p.mirror.Status()
 	if n >= 40 || st.JournalOverflow || st.JournalUsed+4096+journal.HeaderSize <= st.JournalCapacity {
@@ -594,7 +599,7 @@ func TestAsyncFullJournalFallsBackToLogging(t *testing.T) {
 		t.Fatalf("after 40 writes with the peer stalled: %+v", st)
 	}
 	release()
-	waitUntil(t, func() bool {
+	poll.Until(t, 5*time.Second, "the condition", func() bool {
 		st := p.mirror.Status()
 		return resynced.Load() == 1 && !st.JournalOverflow && st.DirtyBlocks == 0
 	})
@@ -669,7 +674,7 @@ func TestAsyncTrimAndRestart(t *testing.T) {
 		t.Fatalf("reopened journal continues at %d, want %d", j.Next(), next)
 	}
 	p.jrnl = j
-	p.mirror = NewMirror(openFileSized(t, p.priPath, p.size), p.dirty, nil, nil)
+	p.mirror = New(openFileSized(t, p.priPath, p.size), p.dirty, nil, nil)
 	if err := p.mirror.SetAsync(AsyncConfig{Journal: j}); err != nil {
 		t.Fatal(err)
 	}
@@ -710,7 +715,7 @@ func TestAsyncCatchUpInterrupted(t *testing.T) {
 	if err := <-failed; !errors.Is(err, transport.ErrDisconnected) {
 		t.Fatalf("interrupted catch-up = %v, want ErrDisconnected", err)
 	}
-	waitUntil(t, func() bool { return !p.mirror.Status().Connected })
+	poll.Until(t, 5*time.Second, "the condition", func() bool { return !p.mirror.Status().Connected })
 	applied := p.replica.Status().JournalApplied
 	p.connect()
 	p.catchUp()
@@ -781,8 +786,8 @@ func benchmarkAsyncWrite(b *testing.B, size, depth int) {
 	dir := b.TempDir()
 	pri, sec := newFileSized(b, "a.img", volSize), newFileSized(b, "b.img", volSize)
 	secDev := openFileSized(b, sec, volSize)
-	replica := NewReplica(secDev, 4096, nil)
-	secCfg, priCfg := testConfigs()
+	replica := replica.New(secDev, 4096, nil)
+	secCfg, priCfg := peertest.Configs(volSize)
 	ln, err := transport.Listen("127.0.0.1:0", secCfg)
 	if err != nil {
 		b.Fatal(err)
@@ -795,7 +800,7 @@ func benchmarkAsyncWrite(b *testing.B, size, depth int) {
 		b.Fatal(err)
 	}
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := NewMirror(openFileSized(b, pri, volSize), dirty, nil, nil)
+	m := New(openFileSized(b, pri, volSize), dirty, nil, nil)
 	if err := m.SetAsync(AsyncConfig{Journal: j}); err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package blockdev
+package export
 
 import (
 	"errors"
@@ -10,31 +10,33 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/ldmirror/ldmirror/blockdev"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
-// ExportFileName is the name of the single file a FUSE export shows.
-const ExportFileName = "volume"
+// FileName is the name of the single file a FUSE export shows.
+const FileName = "volume"
 
 const (
 	rootNode = fuse.FUSE_ROOT_ID
 	fileNode = 2
 )
 
-// Export serves a Device as the single regular file ExportFileName in a
+// FUSE serves a blockdev.Device as the single regular file FileName in a
 // FUSE mount. It uses go-fuse's raw API: the node API takes a global lock per
 // request, which would serialize the I/O the loop device issues in parallel.
-type Export struct {
+type FUSE struct {
 	fuse.RawFileSystem
-	dev    Device
+	dev    blockdev.Device
 	log    *slog.Logger
 	server *fuse.Server
 	dir    string
 }
 
 // Mount exports dev under the directory dir, which is created if missing.
-func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
+func Mount(dev blockdev.Device, dir string, log *slog.Logger) (*FUSE, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -48,7 +50,7 @@ func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	e := &Export{RawFileSystem: fuse.NewDefaultRawFileSystem(), dev: dev, log: log, dir: dir}
+	e := &FUSE{RawFileSystem: fuse.NewDefaultRawFileSystem(), dev: dev, log: log, dir: dir}
 	srv, err := fuse.NewServer(e, dir, &fuse.MountOptions{
 		FsName:        "ldmirror",
 		Name:          "ldmirror",
@@ -80,11 +82,11 @@ func Mount(dev Device, dir string, log *slog.Logger) (*Export, error) {
 }
 
 // Path is the path of the exported file.
-func (e *Export) Path() string { return filepath.Join(e.dir, ExportFileName) }
+func (e *FUSE) Path() string { return filepath.Join(e.dir, FileName) }
 
 // Unmount removes the mount; it fails with EBUSY while a loop device or a
 // process holds the file open.
-func (e *Export) Unmount() error {
+func (e *FUSE) Unmount() error {
 	err := e.server.Unmount()
 	if err == nil {
 		e.server.Wait()
@@ -93,7 +95,7 @@ func (e *Export) Unmount() error {
 }
 
 // UnmountLazy detaches the mount even if it is busy (umount -l).
-func (e *Export) UnmountLazy() error {
+func (e *FUSE) UnmountLazy() error {
 	if err := e.Unmount(); err == nil {
 		return nil
 	}
@@ -101,9 +103,9 @@ func (e *Export) UnmountLazy() error {
 }
 
 // String names the filesystem in go-fuse's logs.
-func (e *Export) String() string { return "ldmirror" }
+func (e *FUSE) String() string { return "ldmirror" }
 
-func (e *Export) fileAttr(out *fuse.Attr) {
+func (e *FUSE) fileAttr(out *fuse.Attr) {
 	size := uint64(e.dev.Size())
 	*out = fuse.Attr{
 		Ino:     fileNode,
@@ -120,8 +122,8 @@ func rootAttr(out *fuse.Attr) {
 }
 
 // Lookup finds the volume file in the root directory.
-func (e *Export) Lookup(_ <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
-	if h.NodeId != rootNode || name != ExportFileName {
+func (e *FUSE) Lookup(_ <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	if h.NodeId != rootNode || name != FileName {
 		return fuse.ENOENT
 	}
 	out.NodeId = fileNode
@@ -132,7 +134,7 @@ func (e *Export) Lookup(_ <-chan struct{}, h *fuse.InHeader, name string, out *f
 }
 
 // GetAttr reports the root directory or the volume file.
-func (e *Export) GetAttr(_ <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+func (e *FUSE) GetAttr(_ <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
 	switch in.NodeId {
 	case rootNode:
 		rootAttr(&out.Attr)
@@ -147,7 +149,7 @@ func (e *Export) GetAttr(_ <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOu
 
 // SetAttr refuses to change the volume's size; mode and time changes are
 // ignored.
-func (e *Export) SetAttr(_ <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
+func (e *FUSE) SetAttr(_ <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
 	if in.NodeId != fileNode {
 		return fuse.EPERM
 	}
@@ -161,7 +163,7 @@ func (e *Export) SetAttr(_ <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOu
 
 // Open opens the volume file with direct I/O, so no page cache sits between
 // the loop device and the mirror, and with parallel direct writes.
-func (e *Export) Open(_ <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+func (e *FUSE) Open(_ <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	if in.NodeId != fileNode {
 		return fuse.EISDIR
 	}
@@ -173,7 +175,7 @@ func (e *Export) Open(_ <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fus
 }
 
 // OpenDir opens the root directory.
-func (e *Export) OpenDir(_ <-chan struct{}, in *fuse.OpenIn, _ *fuse.OpenOut) fuse.Status {
+func (e *FUSE) OpenDir(_ <-chan struct{}, in *fuse.OpenIn, _ *fuse.OpenOut) fuse.Status {
 	if in.NodeId != rootNode {
 		return fuse.ENOTDIR
 	}
@@ -181,15 +183,15 @@ func (e *Export) OpenDir(_ <-chan struct{}, in *fuse.OpenIn, _ *fuse.OpenOut) fu
 }
 
 // ReadDir lists the volume file.
-func (e *Export) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+func (e *FUSE) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
 	if in.Offset == 0 {
-		out.AddDirEntry(fuse.DirEntry{Name: ExportFileName, Ino: fileNode, Mode: syscall.S_IFREG})
+		out.AddDirEntry(fuse.DirEntry{Name: FileName, Ino: fileNode, Mode: syscall.S_IFREG})
 	}
 	return fuse.OK
 }
 
 // Read reads the volume.
-func (e *Export) Read(_ <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+func (e *FUSE) Read(_ <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	size := e.dev.Size()
 	off := int64(in.Offset)
 	if off >= size {
@@ -205,7 +207,7 @@ func (e *Export) Read(_ <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Read
 }
 
 // Write writes through the device (the Mirror on a primary).
-func (e *Export) Write(_ <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+func (e *FUSE) Write(_ <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
 	n, err := e.dev.WriteAt(data, int64(in.Offset))
 	if err != nil {
 		return uint32(n), e.errno("write", int64(in.Offset), int64(len(data)), err)
@@ -216,7 +218,7 @@ func (e *Export) Write(_ <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32
 // Fsync flushes both hosts. It must never answer ENOSYS: the kernel would
 // then skip every later fsync on the mount, and an application's fsync
 // would return without anything made durable.
-func (e *Export) Fsync(_ <-chan struct{}, _ *fuse.FsyncIn) fuse.Status {
+func (e *FUSE) Fsync(_ <-chan struct{}, _ *fuse.FsyncIn) fuse.Status {
 	if err := e.dev.Flush(); err != nil {
 		return e.errno("flush", 0, 0, err)
 	}
@@ -224,13 +226,13 @@ func (e *Export) Fsync(_ <-chan struct{}, _ *fuse.FsyncIn) fuse.Status {
 }
 
 // Flush is called on close(2); durability is Fsync's job.
-func (e *Export) Flush(_ <-chan struct{}, _ *fuse.FlushIn) fuse.Status { return fuse.OK }
+func (e *FUSE) Flush(_ <-chan struct{}, _ *fuse.FlushIn) fuse.Status { return fuse.OK }
 
 // Fallocate turns a hole punch (a discard from the loop device) into a Trim.
 // Plain allocation inside the volume is a no-op: the file already has its size.
-func (e *Export) Fallocate(_ <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
+func (e *FUSE) Fallocate(_ <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
 	off, n := int64(in.Offset), int64(in.Length)
-	if err := checkRange(off, n, e.dev.Size()); err != nil {
+	if err := blockdev.CheckRange(off, n, e.dev.Size()); err != nil {
 		return fuse.Status(syscall.EFBIG)
 	}
 	switch in.Mode {
@@ -246,7 +248,7 @@ func (e *Export) Fallocate(_ <-chan struct{}, in *fuse.FallocateIn) fuse.Status 
 }
 
 // StatFs reports a filesystem holding just the volume.
-func (e *Export) StatFs(_ <-chan struct{}, _ *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+func (e *FUSE) StatFs(_ <-chan struct{}, _ *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
 	out.Bsize = 4096
 	out.Blocks = uint64(e.dev.Size()) / 4096
 	out.Files = 1
@@ -255,14 +257,14 @@ func (e *Export) StatFs(_ <-chan struct{}, _ *fuse.InHeader, out *fuse.StatfsOut
 }
 
 // Access allows everything the mode bits allow; the mount is root's.
-func (e *Export) Access(_ <-chan struct{}, _ *fuse.AccessIn) fuse.Status { return fuse.OK }
+func (e *FUSE) Access(_ <-chan struct{}, _ *fuse.AccessIn) fuse.Status { return fuse.OK }
 
-func (e *Export) errno(op string, off, n int64, err error) fuse.Status {
+func (e *FUSE) errno(op string, off, n int64, err error) fuse.Status {
 	e.log.Error(op+" failed", "offset", off, "bytes", n, "err", err)
 	switch {
-	case errors.Is(err, ErrOutOfRange):
+	case errors.Is(err, blockdev.ErrOutOfRange):
 		return fuse.Status(syscall.EFBIG)
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, blockdev.ErrClosed):
 		return fuse.Status(syscall.ESHUTDOWN)
 	case errors.Is(err, syscall.ENOSPC):
 		return fuse.Status(syscall.ENOSPC)

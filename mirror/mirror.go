@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -10,14 +10,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ldmirror/ldmirror/blockdev"
+
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/transport"
 )
-
-// ErrClosed reports I/O on a Mirror that was closed.
-var ErrClosed = errors.New("volume is closed")
 
 // Replication states shown by status.
 const (
@@ -50,12 +49,12 @@ const progressInterval = time.Second
 // resyncDepth is how many runs of blocks a resync keeps in flight.
 const resyncDepth = 16
 
-// Mirror is the primary's view of the volume: a Device whose writes are
+// Mirror is the primary's view of the volume: a blockdev.Device whose writes are
 // mirrored to the peer through a transport.Session, in sync mode or, after
 // SetAsync, in async mode through a journal. Without a peer it keeps
 // serving and leaves the blocks it writes dirty.
 type Mirror struct {
-	local  Device
+	local  blockdev.Device
 	dirty  *bitmap.Set
 	intent WriteIntent // nil: dirty blocks are known in memory only
 	locks  *rangeLock
@@ -111,9 +110,9 @@ func (m *Mirror) SetResyncRate(bytesPerSecond int64) { m.resyncRate.Store(bytesP
 // application writes (0: never), and run at the full rate when it does not.
 func (m *Mirror) SetResyncMinRate(bytesPerSecond int64) { m.resyncMinRate.Store(bytesPerSecond) }
 
-// NewMirror returns a Mirror over local that tracks dirty blocks in dirty
+// New returns a Mirror over local that tracks dirty blocks in dirty
 // and, if intent is not nil, durably in intent.
-func NewMirror(local Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Logger) *Mirror {
+func New(local blockdev.Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Logger) *Mirror {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -145,7 +144,7 @@ func (m *Mirror) Size() int64 { return m.local.Size() }
 // completed and the write is in the journal; its blocks stay dirty until
 // the peer acknowledged it.
 func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
-	if err := checkRange(off, int64(len(p)), m.local.Size()); err != nil {
+	if err := blockdev.CheckRange(off, int64(len(p)), m.local.Size()); err != nil {
 		return 0, err
 	}
 	m.appIO.Add(1)
@@ -171,7 +170,7 @@ func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
 
 // Trim discards n bytes at off on both hosts.
 func (m *Mirror) Trim(off, n int64) error {
-	if err := checkRange(off, n, m.local.Size()); err != nil {
+	if err := blockdev.CheckRange(off, n, m.local.Size()); err != nil {
 		return err
 	}
 	m.appIO.Add(1)
@@ -192,7 +191,7 @@ func (m *Mirror) Trim(off, n int64) error {
 // apply locally at once, wait for the ack, then clear (or keep) the bits.
 func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transport.Session) (*transport.Call, error)) error {
 	if !m.begin() {
-		return ErrClosed
+		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
 	e := m.dirty.ExtentOf(off, n)
@@ -253,7 +252,7 @@ func (m *Mirror) Flush() error {
 		return m.async.flush()
 	}
 	if !m.begin() {
-		return ErrClosed
+		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
 	l, s := m.joinLink()
@@ -399,7 +398,7 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 
 func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte, checksum bool, target func() error) error {
 	if !m.begin() {
-		return ErrClosed
+		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
 	m.locks.lock(e)
@@ -410,7 +409,7 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 	var sums *transport.Call
 	var key *[transport.ChecksumKeySize]byte
 	if checksum {
-		key = newChecksumKey() // after the lock: see digestsOf
+		key = transport.NewChecksumKey() // after the lock: see transport.BlockDigests
 		var err error
 		if sums, err = s.SubmitChecksum(off, n, key); err != nil {
 			m.peerLost(s, err)
@@ -430,7 +429,7 @@ func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte,
 			m.peerLost(s, err)
 			return err
 		}
-		differ = differingRuns(e, digestsOf(buf[:n], bs, key), peer)
+		differ = differingRuns(e, transport.BlockDigests(buf[:n], bs, key), peer)
 		m.resyncSkipped.Add(e.Blocks() - extentsBlocks(differ))
 	}
 	if len(differ) > 0 {
@@ -479,11 +478,11 @@ func differingRuns(e bitmap.Extent, local, peer []byte) []bitmap.Extent {
 		return []bitmap.Extent{e}
 	}
 	var runs []bitmap.Extent
-	for i := 0; i < len(local); i += digestSize {
-		if bytes.Equal(local[i:i+digestSize], peer[i:i+digestSize]) {
+	for i := 0; i < len(local); i += transport.ChecksumDigestSize {
+		if bytes.Equal(local[i:i+transport.ChecksumDigestSize], peer[i:i+transport.ChecksumDigestSize]) {
 			continue
 		}
-		b := e.First + uint32(i/digestSize)
+		b := e.First + uint32(i/transport.ChecksumDigestSize)
 		if k := len(runs); k > 0 && runs[k-1].Last+1 == b {
 			runs[k-1].Last = b
 		} else {
@@ -522,8 +521,8 @@ func (m *Mirror) Close() error {
 	return errors.Join(jerr, err, m.local.Close())
 }
 
-// MirrorStatus is a snapshot of the primary's replication state.
-type MirrorStatus struct {
+// Status is a snapshot of the primary's replication state.
+type Status struct {
 	Connected   bool
 	Suspended   bool // writes wait for the control plane to mark the peer outdated
 	Fenced      bool // the control plane refused to: writes the peer lacks fail
@@ -569,13 +568,13 @@ type MirrorStatus struct {
 }
 
 // Status returns a snapshot of the replication state.
-func (m *Mirror) Status() MirrorStatus {
+func (m *Mirror) Status() Status {
 	m.mu.Lock()
 	peer := m.link.s
 	if m.link.lost {
 		peer = nil
 	}
-	st := MirrorStatus{
+	st := Status{
 		Connected:   peer != nil,
 		LastError:   m.lastErr,
 		Writes:      m.past.Writes,

@@ -1,10 +1,12 @@
-package blockdev
+package mirror
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/ldmirror/ldmirror/blockdev"
 
 	"github.com/ldmirror/ldmirror/journal"
 )
@@ -52,7 +54,7 @@ var ErrRedo = errors.New("redo the journal onto the local disk")
 // with the journal open (not closed, and booted since), records and local
 // writes that were not durable may be lost, and the resumed journal gets
 // no authority: the peer needs a bitmap resync first.
-func OpenJournal(ctx context.Context, path string, dev Device, opt JournalOptions) (JournalStart, error) {
+func OpenJournal(ctx context.Context, path string, dev blockdev.Device, opt JournalOptions) (JournalStart, error) {
 	var st JournalStart
 	capacity := opt.Capacity
 	if capacity == 0 {
@@ -112,7 +114,7 @@ func OpenJournal(ctx context.Context, path string, dev Device, opt JournalOption
 // in the end every block holds its newest record, which is what the local
 // disk holds once every journaled write completed. It is wrong for a
 // stopped journal, whose records may be older than unjournaled writes.
-func Redo(ctx context.Context, j *journal.Journal, dev Device) (uint64, error) {
+func Redo(ctx context.Context, j *journal.Journal, dev blockdev.Device) (uint64, error) {
 	from, to := j.Oldest(), j.Next()
 	if from == to {
 		return 0, nil

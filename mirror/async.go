@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"cmp"
@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
@@ -88,7 +90,7 @@ func ParseFullPolicy(s string) (FullPolicy, error) {
 // peer that returned.
 const StateCatchUp = "journal-catchup"
 
-// How the last reconnect brought the peer up to date (MirrorStatus.LastCatchUp).
+// How the last reconnect brought the peer up to date (Status.LastCatchUp).
 const (
 	CatchUpJournal = "journal"
 	CatchUpBitmap  = "bitmap"
@@ -328,7 +330,7 @@ func (a *asyncMirror) foreignEvent(why string) error {
 func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	m := a.m
 	if !m.begin() {
-		return ErrClosed
+		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
 	e := m.dirty.ExtentOf(rec.Offset, rec.Length)
@@ -509,7 +511,7 @@ func (a *asyncMirror) stopJournal(cause error) {
 func (a *asyncMirror) flush() error {
 	m := a.m
 	if !m.begin() {
-		return ErrClosed
+		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
 	var err error
@@ -1152,7 +1154,7 @@ func (a *asyncMirror) cleared(done *roaring.Bitmap) {
 }
 
 // status fills the async fields of st.
-func (a *asyncMirror) status(st *MirrorStatus) {
+func (a *asyncMirror) status(st *Status) {
 	js := a.j.Stats()
 	st.Mode = ModeAsync.String()
 	st.OnFull = a.policy.String()

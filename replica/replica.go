@@ -1,4 +1,4 @@
-package blockdev
+package replica
 
 import (
 	"encoding/binary"
@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+
+	"github.com/ldmirror/ldmirror/blockdev"
 
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/transport"
@@ -36,7 +38,7 @@ import (
 // AppliedFile, if set) and answers the flush with it, 16 bytes: journal id
 // and seq, big-endian. It implements transport.Handler.
 type Replica struct {
-	dev       Device
+	dev       blockdev.Device
 	blockSize int
 	log       *slog.Logger
 
@@ -93,9 +95,9 @@ func (op *applyOp) barrier() bool { return op.kind == transport.KindFlush || op.
 // opPool recycles applyOps: they leave pending in order, after they finished.
 var opPool = sync.Pool{New: func() any { return new(applyOp) }}
 
-// NewReplica returns a Replica applying to dev, whose checksum replies
+// New returns a Replica applying to dev, whose checksum replies
 // cover blocks of blockSize bytes.
-func NewReplica(dev Device, blockSize int, log *slog.Logger) *Replica {
+func New(dev blockdev.Device, blockSize int, log *slog.Logger) *Replica {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -176,7 +178,10 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 	var reply []byte
 	switch req.Kind {
 	case transport.KindChecksum:
-		reply, err = BlockDigests(r.dev, req.Offset, req.Length, r.blockSize, &req.Key)
+		buf := make([]byte, req.Length)
+		if _, err = r.dev.ReadAt(buf, req.Offset); err == nil {
+			reply = transport.BlockDigests(buf, r.blockSize, &req.Key)
+		}
 	case transport.KindWrite:
 		_, err = r.dev.WriteAt(req.Data, req.Offset)
 		if err == nil {
@@ -257,6 +262,12 @@ func (r *Replica) flushed(op *applyOp) (journal.Position, error) {
 	return pos, nil
 }
 
+// ApplyUnordered makes the replica apply every request on its own
+// goroutine, ignoring dependencies and the ordered flag. That is wrong: it
+// exists so that the tests of write order can show they fail without it.
+// Call it before the first request.
+func (r *Replica) ApplyUnordered() { r.parallel = true }
+
 // SetAppliedFile makes the Replica start from the applied position f holds
 // and persist it there at every flush. Call it before the first request.
 func (r *Replica) SetAppliedFile(f *journal.AppliedFile) {
@@ -294,8 +305,8 @@ func (r *Replica) Persist() error {
 	return nil
 }
 
-// ReplicaStatus is a snapshot of the secondary's apply counters.
-type ReplicaStatus struct {
+// Status is a snapshot of the secondary's apply counters.
+type Status struct {
 	AppliedSeq uint64 // highest frame sequence (this connection) applied with all before it
 	// JournalID, JournalApplied: the primary's journal and the last record
 	// of it applied with every request before it (async mode).
@@ -312,7 +323,7 @@ type ReplicaStatus struct {
 }
 
 // Status returns the apply counters.
-func (r *Replica) Status() ReplicaStatus {
+func (r *Replica) Status() Status {
 	r.mu.Lock()
 	pending, applied := len(r.pending), r.applied
 	r.mu.Unlock()
@@ -322,7 +333,7 @@ func (r *Replica) Status() ReplicaStatus {
 	if applied.Seq == 0 {
 		applied = durable
 	}
-	return ReplicaStatus{
+	return Status{
 		JournalID:      applied.ID,
 		JournalApplied: applied.Seq,
 		JournalDurable: durable.Seq,

@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -8,12 +8,15 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/poll"
 )
 
 // afterReadDevice runs a hook after each read, with the data already read:
 // the test holds a resync there, between reading a block and sending it.
 type afterReadDevice struct {
-	Device
+	blockdev.Device
 	after atomic.Pointer[func(p []byte, off int64)]
 }
 
@@ -84,7 +87,7 @@ func TestResyncNeverOverwritesANewerWrite(t *testing.T) {
 	go func() { _, err := p.mirror.WriteAt(newer, x*4096); wrote <- err }()
 	var werr error
 	finished := false
-	waitUntil(t, func() bool {
+	poll.Until(t, 5*time.Second, "the condition", func() bool {
 		select {
 		case werr = <-wrote:
 			finished = true

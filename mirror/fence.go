@@ -1,10 +1,12 @@
-package blockdev
+package mirror
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/ldmirror/ldmirror/blockdev"
 
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -112,7 +114,7 @@ func (m *Mirror) ensureFenced(loss uint64) error {
 			m.refused.Store(true)
 			return m.fenceErr
 		}
-		return fmt.Errorf("%w: closing before the peer was marked outdated", ErrClosed)
+		return fmt.Errorf("%w: closing before the peer was marked outdated", blockdev.ErrClosed)
 	}
 	m.fencedLoss = current
 	return nil

@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/blockdev"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
@@ -71,7 +73,7 @@ func (p *asyncPair) restart(jrnl, disk string, recovered *roaring.Bitmap, opt Jo
 	}
 	p.dirty, _ = bitmap.New(p.size, 4096)
 	p.dirty.MarkOutOfSync(recovered)
-	p.mirror = NewMirror(dev, p.dirty, nil, nil)
+	p.mirror = New(dev, p.dirty, nil, nil)
 	if err := p.mirror.SetAsync(AsyncConfig{Journal: st.Journal, Discarded: st.Discarded, DiscardedID: st.DiscardedID}); err != nil {
 		p.t.Fatal(err)
 	}
@@ -203,7 +205,7 @@ func TestAsyncRestartDecision(t *testing.T) {
 
 // heldDevice holds the local write at one offset until released.
 type heldDevice struct {
-	Device
+	blockdev.Device
 	at      int64
 	entered chan struct{}
 	release chan struct{}
@@ -226,7 +228,7 @@ func (d *heldDevice) WriteAt(b []byte, off int64) (int, error) {
 func TestAsyncAppendBeforeLocalWrite(t *testing.T) {
 	const gatedBlock = 7
 	var g *heldDevice
-	p := newAsyncPair(t, asyncOptions{local: func(d Device) Device {
+	p := newAsyncPair(t, asyncOptions{local: func(d blockdev.Device) blockdev.Device {
 		g = &heldDevice{Device: d, at: gatedBlock * 4096, entered: make(chan struct{}), release: make(chan struct{})}
 		return g
 	}})
@@ -384,7 +386,7 @@ func TestAsyncAuthorityIsDurable(t *testing.T) {
 
 // brokenAtDevice fails the local writes at one offset.
 type brokenAtDevice struct {
-	Device
+	blockdev.Device
 	at int64
 }
 
@@ -400,7 +402,7 @@ func (d *brokenAtDevice) WriteAt(b []byte, off int64) (int, error) {
 // loses its authority before the write returns, and the next catch-up
 // resyncs by bitmap, which makes the peer match this disk again.
 func TestAsyncLocalWriteFailureTakesAuthority(t *testing.T) {
-	p := newAsyncPair(t, asyncOptions{local: func(d Device) Device { return &brokenAtDevice{Device: d, at: 3 * 4096} }})
+	p := newAsyncPair(t, asyncOptions{local: func(d blockdev.Device) blockdev.Device { return &brokenAtDevice{Device: d, at: 3 * 4096} }})
 	p.connect()
 	p.catchUp()
 	if auth, _ := p.jrnl.Authority(); auth == journal.NoAuthority {
@@ -481,7 +483,7 @@ func TestRedo(t *testing.T) {
 	if _, err := j.TryAppend(journal.Record{Kind: journal.KindWrite, Offset: size, Data: []byte{1}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Redo(context.Background(), j, dev); !errors.Is(err, ErrRedo) || !errors.Is(err, ErrOutOfRange) {
-		t.Fatalf("redo of a record past the device = %v; want ErrRedo, ErrOutOfRange", err)
+	if _, err := Redo(context.Background(), j, dev); !errors.Is(err, ErrRedo) || !errors.Is(err, blockdev.ErrOutOfRange) {
+		t.Fatalf("redo of a record past the device = %v; want ErrRedo, blockdev.ErrOutOfRange", err)
 	}
 }

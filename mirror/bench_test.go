@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bufio"
@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/ldmirror/ldmirror/internal/peertest"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
@@ -66,14 +68,14 @@ func BenchmarkMirrorWrite4KQD16Process(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	_, pri := testConfigs()
+	_, pri := peertest.Configs(volSize)
 	sess, err := transport.Dial(context.Background(), strings.TrimSpace(addr), pri)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer sess.Close()
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := NewMirror(openFile(b, newFile(b, "a.img")), dirty, nil, nil)
+	m := New(openFile(b, newFile(b, "a.img")), dirty, nil, nil)
 	defer m.Close()
 	m.SetPeer(sess)
 	var next atomic.Int64

@@ -1,4 +1,4 @@
-package blockdev
+package mirror
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/ldmirror/ldmirror/export"
 )
 
 // requireRoot skips tests that need root, FUSE and loop devices.
@@ -38,17 +40,17 @@ func TestExportThroughLoopAndExt4(t *testing.T) {
 		t.Skip("needs mkfs.ext4 (e2fsprogs)")
 	}
 	p := newPair(t)
-	exp, err := Mount(p.mirror, filepath.Join(t.TempDir(), "export"), nil)
+	exp, err := export.Mount(p.mirror, filepath.Join(t.TempDir(), "export"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer exp.UnmountLazy()
-	dev, err := AttachLoop(exp.Path())
+	dev, err := export.AttachLoop(exp.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer DetachLoop(dev)
-	if got := LoopDevicesOf(exp.Path()); len(got) != 1 || got[0] != dev {
+	defer export.DetachLoop(dev)
+	if got := export.LoopDevicesOf(exp.Path()); len(got) != 1 || got[0] != dev {
 		t.Fatalf("LoopDevicesOf = %v, want [%s]", got, dev)
 	}
 	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", dev)
@@ -78,7 +80,7 @@ func TestExportThroughLoopAndExt4(t *testing.T) {
 	}
 	run(t, "umount", mnt)
 	mounted = false
-	if deferred, err := DetachLoop(dev); err != nil || deferred {
+	if deferred, err := export.DetachLoop(dev); err != nil || deferred {
 		t.Fatalf("DetachLoop after umount = deferred %v, %v; want done", deferred, err)
 	}
 	if err := p.mirror.Flush(); err != nil {
@@ -101,7 +103,7 @@ func TestExportThroughLoopAndExt4(t *testing.T) {
 func TestExportNotInheritedByChildren(t *testing.T) {
 	requireRoot(t)
 	p := newPair(t)
-	exp, err := Mount(p.mirror, filepath.Join(t.TempDir(), "export"), nil)
+	exp, err := export.Mount(p.mirror, filepath.Join(t.TempDir(), "export"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package blockdev
+package replica
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ func (h *requestHarness) journal(seq uint64, op transport.JournalOp) {
 func TestReplicaOrderedRequestsRunAlone(t *testing.T) {
 	for _, ordered := range []bool{true, false} {
 		dev := newGatedDevice(1 << 20)
-		r := NewReplica(dev, 4096, nil)
+		r := New(dev, 4096, nil)
 		h := newRequestHarness(t, r)
 		// A slow request first, which none of the records overlaps: a
 		// checksum held in its read.
@@ -64,7 +64,7 @@ func TestReplicaPersistsAppliedPosition(t *testing.T) {
 	}
 	defer af.Close()
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, 4096, nil)
+	r := New(dev, 4096, nil)
 	r.SetAppliedFile(af)
 	h := newRequestHarness(t, r)
 	for i := range uint64(5) {
@@ -99,7 +99,7 @@ func TestReplicaPersistsAppliedPosition(t *testing.T) {
 	if reply, err = c.WaitReply(); err != nil || binary.BigEndian.Uint64(reply[8:]) != 45 {
 		t.Fatalf("journal flush reply %x, %v", reply, err)
 	}
-	r2 := NewReplica(newGatedDevice(1<<20), 4096, nil)
+	r2 := New(newGatedDevice(1<<20), 4096, nil)
 	r2.SetAppliedFile(af)
 	if st := r2.Status(); st.JournalID != 8 || st.JournalDurable != 45 || st.JournalApplied != 45 {
 		t.Fatalf("a new replica on the file: %+v", st)
@@ -117,7 +117,7 @@ func TestReplicaPersistAtStop(t *testing.T) {
 	}
 	defer af.Close()
 	dev := newGatedDevice(1 << 20)
-	r := NewReplica(dev, 4096, nil)
+	r := New(dev, 4096, nil)
 	r.SetAppliedFile(af)
 	if err := r.Persist(); err != nil || af.Position() != (journal.Position{}) {
 		t.Fatalf("persist with nothing applied: %+v, %v", af.Position(), err)
