@@ -141,6 +141,10 @@ type readiness struct {
 	detail string
 }
 
+// detailSwapping is the readiness detail of a primary whose agent runs a
+// swap: its peer's agent does not fail over meanwhile.
+const detailSwapping = taskSwap + " in progress"
+
 type target struct {
 	gen  uint64
 	kind string
@@ -595,6 +599,14 @@ func (a *Agent) failoverHold() string {
 	case now.Sub(a.lastChange) < msi:
 		return fmt.Sprintf("the last role change (epoch %d) was less than min_swap_interval (%v) ago", st.Epoch, msi)
 	}
+	if p, ok := st.Host(st.Primary); ok && !p.Ready && p.ReadyDetail == detailSwapping {
+		// Its directory server is down because it hands the role over; a
+		// swap that takes longer than swap_timeout (plus the probes that
+		// notice) has failed, and the failover goes on.
+		if since := now.Sub(p.ReadySince); since < a.cfg.SwapTimeout+a.cfg.ControlTimeout {
+			return fmt.Sprintf("%s is handing the role over (swap in progress for %v)", st.Primary, since.Round(time.Second))
+		}
+	}
 	return ""
 }
 
@@ -777,6 +789,8 @@ func (a *Agent) readiness() (r readiness, known bool) {
 	switch {
 	case a.failure != nil:
 		return readiness{false, fmt.Sprintf("agent failed: %s hook %q: %s", a.failure.Sequence, a.failure.Hook, a.failure.Error)}, true
+	case a.task != nil && a.task.kind == taskSwap:
+		return readiness{false, detailSwapping}, true
 	case a.task != nil && a.task.kind != taskFailover:
 		return readiness{false, a.task.kind + " in progress"}, true
 	case a.st.Primary == a.node:

@@ -666,3 +666,30 @@ func TestNewRefusesBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestNoFailoverDuringPeerSwap: while the primary's agent reports a swap
+// in progress (its demote hooks stop its directory server), the peer's
+// agent does not take the failing probes for a failure; once the swap has
+// taken longer than swap_timeout it fails over as usual.
+func TestNoFailoverDuringPeerSwap(t *testing.T) {
+	e := newEnv(t, "a")
+	p := &stepProbe{calls: make(chan stepCall)}
+	b := e.start("b", p.Check, nil)
+	e.waitHooks(0, demoteSeq("b", 1)...)
+	b.waitState(t, StateSecondaryWatching)
+	e.clock.Advance(testMinSwap)
+	e.cp.set(func(*cluster.VolumeState) {
+		h := e.cp.host("a")
+		h.Ready, h.ReadyDetail, h.ReadySince = false, detailSwapping, e.clock.Now()
+	})
+	for range 4 {
+		p.answer(t, "ldap://a", false)
+	}
+	c := p.next(t, "ldap://a")
+	if s := b.a.Status(); len(e.cp.failoverCalls()) != 0 || !strings.Contains(s.Hold, "swap in progress") {
+		t.Fatalf("while a swaps: failover calls %v, hold %q; want none, held for the swap", e.cp.failoverCalls(), s.Hold)
+	}
+	e.clock.Advance(DefaultSwapTimeout + DefaultControlTimeout)
+	c.reply <- failResult()
+	poll.Until(t, 10*time.Second, "b to fail over once the swap took too long", func() bool { return len(e.cp.failoverCalls()) == 1 })
+}

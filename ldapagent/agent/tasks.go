@@ -246,6 +246,15 @@ func (a *Agent) startSwap(reason string, auto bool) *task {
 
 func (a *Agent) swap(t *task, awaitCtx context.Context, env hookEnv) swapResult {
 	var r swapResult
+	// Tell the peer's agent first: while the demote hooks stop the
+	// directory server here, its probes fail, and it must not take that
+	// for a failure (failoverHold). Without quorum the swap cannot commit
+	// anyway; it goes on and fails there.
+	rctx, rcancel := context.WithTimeout(a.ctx, a.cfg.ControlTimeout)
+	if err := a.cp.ReportReady(rctx, a.node, false, detailSwapping); err != nil {
+		a.log.Warn("agent: could not tell the control plane that a swap starts", "err", err)
+	}
+	rcancel()
 	r.demote, _, r.demoteErr = runSequence(a.ctx, a.log, SeqDemote, a.cfg.Demote, env, nil)
 	if r.demoteErr == nil {
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.SwapTimeout)
