@@ -244,9 +244,7 @@ func (m *Mirror) SetAsync(cfg AsyncConfig) error {
 	if cfg.Discarded != "" {
 		a.fallback = "the journal of the previous run was discarded: " + cfg.Discarded
 	}
-	if m.intent != nil {
-		m.intent = asyncIntent{WriteIntent: m.intent, a: a}
-	}
+	m.intent = asyncIntent{WriteIntent: m.intent, a: a}
 	m.async = a
 	return nil
 }
@@ -276,9 +274,7 @@ func (m *Mirror) MarkOutOfSync(blocks *roaring.Bitmap, why string) error {
 		}
 	}
 	m.dirty.MarkOutOfSync(blocks)
-	if m.intent != nil {
-		m.intent.MarkOutOfSync(blocks)
-	}
+	m.intent.MarkOutOfSync(blocks)
 	return nil
 }
 
@@ -336,10 +332,8 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 	e := m.dirty.ExtentOf(rec.Offset, rec.Length)
 	m.locks.lock(e)
 	defer m.locks.unlock(e)
-	if m.intent != nil {
-		if err := m.intent.BeginWrite(context.Background(), e); err != nil {
-			return fmt.Errorf("activity log: %w", err)
-		}
+	if err := m.intent.BeginWrite(context.Background(), e); err != nil {
+		return fmt.Errorf("activity log: %w", err)
 	}
 	m.dirty.Mark(e)
 	var p *period
@@ -438,9 +432,7 @@ func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) bool {
 
 func (a *asyncMirror) ackExtent(e bitmap.Extent) {
 	a.m.dirty.Ack(e)
-	if a.m.intent != nil {
-		a.m.intent.EndWrite(e, true)
-	}
+	a.m.intent.EndWrite(e, true)
 }
 
 // fail makes e's blocks out of sync: because of a journaled write the peer
@@ -458,9 +450,7 @@ func (a *asyncMirror) fail(e bitmap.Extent, journaled bool, why string) {
 		a.foreign.AddRange(uint64(e.First), uint64(e.Last)+1)
 	}
 	a.mu.Unlock()
-	if a.m.intent != nil {
-		a.m.intent.EndWrite(e, false)
-	}
+	a.m.intent.EndWrite(e, false)
 }
 
 // stopJournal stops journaling after an append failed: from now on writes
@@ -768,9 +758,7 @@ func (a *asyncMirror) checkCaughtUp(p *period) {
 	done := a.oosJournal.Clone()
 	done.AndNot(a.foreign)
 	a.m.dirty.ClearOutOfSync(done)
-	if a.m.intent != nil {
-		a.m.intent.ClearOutOfSync(done)
-	}
+	a.m.intent.ClearOutOfSync(done)
 	a.oosJournal.Clear()
 	a.m.log.Info("journal catch-up finished", "from", p.catchFrom, "to", p.catchTo, "blocks", done.GetCardinality())
 	close(p.caughtUp)

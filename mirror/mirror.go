@@ -1,16 +1,15 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/resync"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
@@ -24,6 +23,16 @@ const (
 	StateLogging     = "logging"
 	StateResyncing   = "resyncing"
 )
+
+// noIntent is the write intent of a mirror that keeps the dirty blocks in
+// memory only (tests, and the passthrough baseline).
+type noIntent struct{}
+
+func (noIntent) BeginWrite(context.Context, bitmap.Extent) error { return nil }
+func (noIntent) EndWrite(bitmap.Extent, bool)                    {}
+func (noIntent) ClearOutOfSync(*roaring.Bitmap)                  {}
+func (noIntent) MarkOutOfSync(*roaring.Bitmap)                   {}
+func (noIntent) Sync(context.Context) error                      { return nil }
 
 // WriteIntent is the durable record of the blocks that may differ on the
 // peer (the scoreboard with its activity log). The Mirror announces every
@@ -42,12 +51,6 @@ type WriteIntent interface {
 	// as it goes, so an interrupted resync resumes where it was.
 	Sync(ctx context.Context) error
 }
-
-// progressInterval is how often a resync persists what it copied.
-const progressInterval = time.Second
-
-// resyncDepth is how many runs of blocks a resync keeps in flight.
-const resyncDepth = 16
 
 // Mirror is the primary's view of the volume: a blockdev.Device whose writes are
 // mirrored to the peer through a transport.Session, in sync mode or, after
@@ -74,19 +77,12 @@ type Mirror struct {
 	// totals of sessions that ended; the live session adds its own
 	past transport.SessionStats
 
-	resyncDone  atomic.Uint64
-	resyncTotal atomic.Uint64
-	resyncStart atomic.Int64 // unix nanoseconds
-	resyncRate  atomic.Int64 // bytes per second; 0: unlimited
+	progress   resync.Progress
+	resyncRate atomic.Int64 // bytes per second; 0: unlimited
 	// resyncMinRate is the rate a resync yields to while the application
 	// writes (0: never yield); appIO counts application writes.
-	resyncMinRate  atomic.Int64
-	appIO          atomic.Uint64
-	resyncYielding atomic.Bool
-	// resyncSkipped counts blocks a checksum resync found equal and did not send.
-	resyncSkipped atomic.Uint64
-	// resyncSent counts blocks a resync sent to the peer.
-	resyncSent atomic.Uint64
+	resyncMinRate atomic.Int64
+	appIO         atomic.Uint64
 
 	fence      Fence
 	markTarget ResyncStart
@@ -115,6 +111,9 @@ func (m *Mirror) SetResyncMinRate(bytesPerSecond int64) { m.resyncMinRate.Store(
 func New(local blockdev.Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Logger) *Mirror {
 	if log == nil {
 		log = slog.Default()
+	}
+	if intent == nil {
+		intent = noIntent{}
 	}
 	closing, stop := context.WithCancel(context.Background())
 	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log, closing: closing, stop: stop,
@@ -198,12 +197,10 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 	m.locks.lock(e)
 	defer m.locks.unlock(e)
 
-	if m.intent != nil {
-		// Background: the activity log always drains as writes end, and
-		// Close waits for this write rather than cancelling it.
-		if err := m.intent.BeginWrite(context.Background(), e); err != nil {
-			return fmt.Errorf("activity log: %w", err)
-		}
+	// Background: the activity log always drains as writes end, and Close
+	// waits for this write rather than cancelling it.
+	if err := m.intent.BeginWrite(context.Background(), e); err != nil {
+		return fmt.Errorf("activity log: %w", err)
 	}
 	m.dirty.Mark(e)
 	l, s := m.joinLink()
@@ -232,9 +229,7 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 	} else {
 		m.dirty.Fail(e)
 	}
-	if m.intent != nil {
-		m.intent.EndWrite(e, inSync)
-	}
+	m.intent.EndWrite(e, inSync)
 	loss := m.lossCount()
 	l.io.Done()
 	if !inSync && lerr == nil {
@@ -311,7 +306,6 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 		}
 		defer func() { end(err) }()
 	}
-	oos := m.dirty.OutOfSync()
 	m.mu.Lock()
 	m.resyncing = true
 	m.mu.Unlock()
@@ -320,184 +314,45 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 		m.resyncing = false
 		m.mu.Unlock()
 	}()
-	m.resyncTotal.Store(oos.GetCardinality())
-	m.resyncDone.Store(0)
-	m.resyncStart.Store(time.Now().UnixNano())
-	bs := int64(m.dirty.BlockSize())
-	maxRun := uint32(transport.MaxWrite / bs)
-	// Up to resyncDepth runs are in flight, each with its own buffer and
-	// range lock, so scattered blocks do not pay a round trip each.
-	bufs := make(chan []byte, resyncDepth)
-	for range resyncDepth {
-		bufs <- make([]byte, transport.MaxWrite)
-	}
-	var (
-		wg      sync.WaitGroup
-		errMu   sync.Mutex
-		firstEr error
-	)
-	failed := func() error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		return firstEr
-	}
-	start := time.Now()
-	lastSync := start
-	// The peer turns inconsistent with the first block sent, not before:
-	// a checksum resync may find nothing to send.
-	target := sync.OnceValue(func() error { return m.markResyncTarget(ctx) })
-	pacer := &resyncPacer{max: m.resyncRate.Load(), min: m.resyncMinRate.Load(), appIO: m.appIO.Load, now: time.Now,
-		yielding: m.resyncYielding.Store}
-	defer m.resyncYielding.Store(false)
-	it := oos.Iterator()
-	for it.HasNext() && failed() == nil {
-		if err := ctx.Err(); err != nil {
-			wg.Wait()
-			return err
-		}
-		first := it.Next()
-		last := first
-		for it.HasNext() && it.PeekNext() == last+1 && last-first+1 < maxRun {
-			last = it.Next()
-		}
-		e := bitmap.Extent{First: first, Last: last}
-		buf := <-bufs
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { bufs <- buf }()
-			if err := m.resyncExtent(s, e, buf, checksum, target); err != nil {
-				errMu.Lock()
-				if firstEr == nil {
-					firstEr = err
-				}
-				errMu.Unlock()
-				return
-			}
-			m.resyncDone.Add(e.Blocks())
-		}()
-		if m.intent != nil && time.Since(lastSync) >= progressInterval {
-			if err := m.intent.Sync(ctx); err != nil {
-				wg.Wait()
-				return fmt.Errorf("resync: persist progress: %w", err)
-			}
-			lastSync = time.Now()
-		}
-		if err := wait(ctx, pacer.delay(int64(e.Blocks())*bs)); err != nil {
-			wg.Wait()
-			return err
-		}
-	}
-	wg.Wait()
-	if err := failed(); err != nil {
-		return fmt.Errorf("resync: %w", err)
-	}
-	m.log.Info("resync finished", "blocks", oos.GetCardinality(), "elapsed", time.Since(start).Round(time.Millisecond))
-	return nil
+	return resync.Run(ctx, resyncSource{m}, s, resync.Options{
+		Checksum: checksum, Rate: m.resyncRate.Load(), MinRate: m.resyncMinRate.Load(), Log: m.log,
+	}, &m.progress)
 }
 
-func (m *Mirror) resyncExtent(s *transport.Session, e bitmap.Extent, buf []byte, checksum bool, target func() error) error {
-	if !m.begin() {
-		return blockdev.ErrClosed
+// resyncSource is the Mirror as the resync and verify of package resync
+// see it.
+type resyncSource struct{ *Mirror }
+
+func (r resyncSource) Lock(e bitmap.Extent) (func(), error) {
+	if !r.begin() {
+		return nil, blockdev.ErrClosed
 	}
-	defer m.inflight.Done()
-	m.locks.lock(e)
-	defer m.locks.unlock(e)
-	bs := m.dirty.BlockSize()
-	off := int64(e.First) * int64(bs)
-	n := min(int64(e.Blocks())*int64(bs), m.local.Size()-off)
-	var sums *transport.Call
-	var key *[transport.ChecksumKeySize]byte
-	if checksum {
-		key = transport.NewChecksumKey() // after the lock: see transport.BlockDigests
-		var err error
-		if sums, err = s.SubmitChecksum(off, n, key); err != nil {
-			m.peerLost(s, err)
-			return err
-		}
-	}
-	if _, err := m.local.ReadAt(buf[:n], off); err != nil {
-		if sums != nil {
-			_ = sums.Wait()
-		}
-		return fmt.Errorf("read block %d: %w", e.First, err)
-	}
-	differ := []bitmap.Extent{e}
-	if sums != nil {
-		peer, err := sums.WaitReply()
-		if err != nil {
-			m.peerLost(s, err)
-			return err
-		}
-		differ = differingRuns(e, transport.BlockDigests(buf[:n], bs, key), peer)
-		m.resyncSkipped.Add(e.Blocks() - extentsBlocks(differ))
-	}
-	if len(differ) > 0 {
-		if err := target(); err != nil {
-			return err
-		}
-	}
-	calls := make([]*transport.Call, 0, len(differ))
-	var err error
-	for _, d := range differ {
-		lo, hi := int64(d.First-e.First)*int64(bs), min(int64(d.Last-e.First+1)*int64(bs), n)
-		c, serr := s.SubmitWrite(off+lo, buf[lo:hi])
-		if serr != nil {
-			err = serr
-			break
-		}
-		calls = append(calls, c)
-	}
-	for _, c := range calls {
-		if werr := c.Wait(); werr != nil && err == nil {
-			err = werr
-		}
-	}
-	if err != nil {
-		m.peerLost(s, err)
-		return err
-	}
-	m.resyncSent.Add(extentsBlocks(differ))
-	// Cleared under the range lock: a later write to these blocks that fails
-	// marks them again, after this.
-	done := bitmapOf(e)
-	m.dirty.ClearOutOfSync(done)
-	if m.intent != nil {
-		m.intent.ClearOutOfSync(done)
-	}
-	if m.async != nil {
-		m.async.cleared(done)
-	}
-	return nil
+	r.locks.lock(e)
+	return func() { r.locks.unlock(e); r.inflight.Done() }, nil
 }
 
-// differingRuns returns the runs of blocks of e whose local and peer
-// digests differ (all of e if the peer's answer has the wrong length).
-func differingRuns(e bitmap.Extent, local, peer []byte) []bitmap.Extent {
-	if len(local) != len(peer) {
-		return []bitmap.Extent{e}
-	}
-	var runs []bitmap.Extent
-	for i := 0; i < len(local); i += transport.ChecksumDigestSize {
-		if bytes.Equal(local[i:i+transport.ChecksumDigestSize], peer[i:i+transport.ChecksumDigestSize]) {
-			continue
-		}
-		b := e.First + uint32(i/transport.ChecksumDigestSize)
-		if k := len(runs); k > 0 && runs[k-1].Last+1 == b {
-			runs[k-1].Last = b
-		} else {
-			runs = append(runs, bitmap.Extent{First: b, Last: b})
-		}
-	}
-	return runs
+func (r resyncSource) BlockSize() int             { return r.dirty.BlockSize() }
+func (r resyncSource) OutOfSync() *roaring.Bitmap { return r.dirty.OutOfSync() }
+func (r resyncSource) AppWrites() uint64          { return r.appIO.Load() }
+func (r resyncSource) Persist(ctx context.Context) error {
+	return r.intent.Sync(ctx)
+}
+func (r resyncSource) MarkTarget(ctx context.Context) error { return r.markResyncTarget(ctx) }
+func (r resyncSource) PeerLost(s *transport.Session, err error) {
+	r.peerLost(s, err)
 }
 
-func extentsBlocks(es []bitmap.Extent) uint64 {
-	var n uint64
-	for _, e := range es {
-		n += e.Blocks()
+func (r resyncSource) Copied(done *roaring.Bitmap) {
+	r.dirty.ClearOutOfSync(done)
+	r.intent.ClearOutOfSync(done)
+	if r.async != nil {
+		r.async.cleared(done)
 	}
-	return n
+}
+
+func (r resyncSource) Differ(blocks *roaring.Bitmap) {
+	r.dirty.MarkOutOfSync(blocks)
+	r.intent.MarkOutOfSync(blocks)
 }
 
 // Close waits for I/O in flight to complete (acknowledged by the peer or
@@ -523,27 +378,20 @@ func (m *Mirror) Close() error {
 
 // Status is a snapshot of the primary's replication state.
 type Status struct {
-	Connected   bool
-	Suspended   bool // writes wait for the control plane to mark the peer outdated
-	Fenced      bool // the control plane refused to: writes the peer lacks fail
-	Replication string
-	LastError   string
-	DirtyBlocks uint64
-	InFlight    int
-	Window      int
-	Writes      uint64 // writes and trims acknowledged by the peer
-	Bytes       uint64 // bytes acknowledged by the peer
-	Flushes     uint64
-	ResyncDone  uint64 // blocks
-	ResyncTotal uint64 // blocks
-	ResyncStart time.Time
-	ResyncSkip  uint64 // blocks found equal by checksum and not sent, since start
-	ResyncSent  uint64 // blocks a resync sent to the peer, since start
-	// ResyncYielding: the resync runs at its minimum rate because the
-	// application writes.
-	ResyncYielding bool
-	BlockSize      int
-	BitmapMemory   uint64 // bytes
+	Connected    bool
+	Suspended    bool // writes wait for the control plane to mark the peer outdated
+	Fenced       bool // the control plane refused to: writes the peer lacks fail
+	Replication  string
+	LastError    string
+	DirtyBlocks  uint64
+	InFlight     int
+	Window       int
+	Writes       uint64 // writes and trims acknowledged by the peer
+	Bytes        uint64 // bytes acknowledged by the peer
+	Flushes      uint64
+	Resync       resync.Counts // of the running (or last) resync
+	BlockSize    int
+	BitmapMemory uint64 // bytes
 
 	Mode string // "sync" or "async"
 	// Async mode only.
@@ -597,11 +445,7 @@ func (m *Mirror) Status() Status {
 	st.DirtyBlocks = m.dirty.Dirty()
 	st.BlockSize = m.dirty.BlockSize()
 	st.BitmapMemory = m.dirty.SizeInBytes()
-	st.ResyncDone, st.ResyncTotal = m.resyncDone.Load(), m.resyncTotal.Load()
-	st.ResyncStart = time.Unix(0, m.resyncStart.Load())
-	st.ResyncSkip = m.resyncSkipped.Load()
-	st.ResyncSent = m.resyncSent.Load()
-	st.ResyncYielding = m.resyncYielding.Load()
+	st.Resync = m.progress.Counts()
 	st.Suspended = m.suspended.Load()
 	st.Fenced = m.refused.Load()
 	st.Mode = ModeSync.String()

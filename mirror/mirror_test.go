@@ -454,8 +454,8 @@ func TestChecksumResyncSendsOnlyDifferingBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := p.mirror.Status()
-	if sent := st.Bytes - before; sent != 3*4096 || st.ResyncSent != 3 || st.ResyncSkip != 61 || st.DirtyBlocks != 0 {
-		t.Fatalf("sent %d bytes (%d blocks counted), skipped %d blocks, %d dirty; want 3 blocks sent, 61 skipped, 0 dirty", sent, st.ResyncSent, st.ResyncSkip, st.DirtyBlocks)
+	if sent := st.Bytes - before; sent != 3*4096 || st.Resync.Sent != 3 || st.Resync.Skipped != 61 || st.DirtyBlocks != 0 {
+		t.Fatalf("sent %d bytes (%d blocks counted), skipped %d blocks, %d dirty; want 3 blocks sent, 61 skipped, 0 dirty", sent, st.Resync.Sent, st.Resync.Skipped, st.DirtyBlocks)
 	}
 	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
 		t.Fatal("files differ after the checksum resync")

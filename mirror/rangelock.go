@@ -3,7 +3,6 @@ package mirror
 import (
 	"sync"
 
-	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 )
 
@@ -55,11 +54,4 @@ func (l *rangeLock) unlock(e bitmap.Extent) {
 	}
 	l.mu.Unlock()
 	l.cond.Broadcast()
-}
-
-// bitmapOf returns the blocks of e as a roaring bitmap.
-func bitmapOf(e bitmap.Extent) *roaring.Bitmap {
-	b := roaring.New()
-	b.AddRange(uint64(e.First), uint64(e.Last)+1)
-	return b
 }

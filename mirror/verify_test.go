@@ -91,8 +91,8 @@ func TestExt4MetadataChangeFoundAndRepaired(t *testing.T) {
 			if !bytes.Equal(pri, sec) {
 				t.Fatal("backing files differ after the checksum resync")
 			}
-			if st := p.mirror.Status(); st.ResyncSent != 1 || st.DirtyBlocks != 0 {
-				t.Fatalf("resync sent %d blocks, %d dirty after; want 1 sent, 0 dirty", st.ResyncSent, st.DirtyBlocks)
+			if st := p.mirror.Status(); st.Resync.Sent != 1 || st.DirtyBlocks != 0 {
+				t.Fatalf("resync sent %d blocks, %d dirty after; want 1 sent, 0 dirty", st.Resync.Sent, st.DirtyBlocks)
 			}
 		})
 	}

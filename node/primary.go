@@ -472,56 +472,70 @@ func (n *Node) splitBrain(peerID string, local, peer resync.Generations) error {
 }
 
 // admit decides, from the generations, whether this primary may bring the
-// peer up to date, and closes the session if not.
+// peer up to date (resync.Admit), and closes the session if not.
 func (n *Node) admit(s *transport.Session, mr *mirror.Mirror) error {
 	local, peer := n.generations(), resync.Unpack(s.Peer().Generations)
-	switch d := resync.Decide(local, peer); d {
-	case resync.InSync, resync.LocalSource:
-		return nil
-	case resync.LocalSourceFull:
+	full, err := resync.Admit(local, peer)
+	switch {
+	case errors.Is(err, resync.ErrSplitBrain):
+		s.Close()
+		return fmt.Errorf("%w: %w", ErrPeerRefused, n.splitBrain(s.Peer().NodeID, local, peer))
+	case err != nil:
+		s.Close()
+		return fmt.Errorf("%w: %w (generations local %v, peer %v)", ErrPeerRefused, err, local, peer)
+	case full:
 		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
 		if err := n.markAllOutOfSync(mr, "the peer is older than the changes tracked here: whole volume resynced"); err != nil {
 			s.Close()
 			return err
 		}
-		return nil
-	case resync.SplitBrain:
-		s.Close()
-		return fmt.Errorf("%w: %w", ErrPeerRefused, n.splitBrain(s.Peer().NodeID, local, peer))
-	default:
-		s.Close()
-		return fmt.Errorf("%w: %v (generations local %v, peer %v)", ErrPeerRefused, d, local, peer)
 	}
+	return nil
 }
 
-// addPeerBehind adds to the resync the blocks the peer knows may differ
-// (what it wrote as primary and this host may lack) and reports whether
-// there were any.
-func (n *Node) addPeerBehind(s *transport.Session, mr *mirror.Mirror) (bool, error) {
+// peerBehind asks the peer for the blocks it knows may differ: what it
+// wrote as primary and this host may lack.
+func (n *Node) peerBehind(s *transport.Session) (resync.Behind, error) {
 	call, err := s.SubmitOutOfSync()
 	if err != nil {
-		return false, err
+		return resync.Behind{}, err
 	}
 	body, err := call.WaitReply()
+	if errors.Is(err, transport.ErrReplyTooLarge) {
+		return resync.Behind{TooLarge: true}, nil
+	}
 	if err != nil {
-		if errors.Is(err, transport.ErrRemoteIO) && strings.Contains(err.Error(), errBehindTooLarge.Error()) {
-			n.log.Warn("the peer's out-of-sync set is too large to send: resyncing the whole volume, comparing checksums")
-			return true, n.markAllOutOfSync(mr, "the peer's out-of-sync blocks are too many to send: whole volume resynced")
-		}
-		return false, fmt.Errorf("ask the peer for its out-of-sync blocks: %w", err)
+		return resync.Behind{}, fmt.Errorf("ask the peer for its out-of-sync blocks: %w", err)
 	}
 	b := roaring.New()
 	if err := b.UnmarshalBinary(body); err != nil {
-		return false, fmt.Errorf("the peer's out-of-sync blocks: %w", err)
+		return resync.Behind{}, fmt.Errorf("the peer's out-of-sync blocks: %w", err)
 	}
-	if b.IsEmpty() {
-		return false, nil
+	if !b.IsEmpty() {
+		if blocks := n.dirty.Blocks(); uint64(b.Maximum()) >= blocks {
+			return resync.Behind{}, fmt.Errorf("the peer's out-of-sync blocks go up to block %d, the volume has %d", b.Maximum(), blocks)
+		}
 	}
-	if blocks := n.dirty.Blocks(); uint64(b.Maximum()) >= blocks {
-		return false, fmt.Errorf("the peer's out-of-sync blocks go up to block %d, the volume has %d", b.Maximum(), blocks)
+	return resync.Behind{Blocks: b}, nil
+}
+
+// planCatchUp asks the peer what it is behind by, plans the catch-up and
+// marks the blocks it adds out of sync, durably.
+func (n *Node) planCatchUp(s *transport.Session, mr *mirror.Mirror) (resync.CatchUp, error) {
+	behind, err := n.peerBehind(s)
+	if err != nil {
+		return resync.CatchUp{}, err
 	}
-	n.log.Info("the peer wrote blocks as primary that may differ here: adding them to the resync", "blocks", b.GetCardinality())
-	return true, n.markOutOfSync(mr, b, "the peer wrote blocks as primary that may differ here")
+	plan := resync.PlanCatchUp(behind, n.crashed, n.cfg.ResyncChecksum)
+	switch {
+	case plan.Full:
+		n.log.Warn("the peer's out-of-sync set is too large to send: resyncing the whole volume, comparing checksums")
+		err = n.markAllOutOfSync(mr, "the peer's out-of-sync blocks are too many to send: whole volume resynced")
+	case plan.Extra != nil:
+		n.log.Info("the peer wrote blocks as primary that may differ here: adding them to the resync", "blocks", plan.Extra.GetCardinality())
+		err = n.markOutOfSync(mr, plan.Extra, "the peer wrote blocks as primary that may differ here")
+	}
+	return plan, err
 }
 
 // catchUp copies the out-of-sync blocks to the peer and, once it holds
@@ -529,13 +543,14 @@ func (n *Node) addPeerBehind(s *transport.Session, mr *mirror.Mirror) (bool, err
 func (n *Node) catchUp(ctx context.Context, s *transport.Session, mr *mirror.Mirror) {
 	n.resyncMu.Lock()
 	defer n.resyncMu.Unlock()
-	peerBehind, err := n.addPeerBehind(s, mr)
+	plan, err := n.planCatchUp(s, mr)
 	if err != nil {
 		n.log.Warn("resync not started", "err", err)
 		s.Close()
 		return
 	}
-	if err := n.catchUpRetrying(ctx, s, mr, n.crashed || peerBehind || n.cfg.ResyncChecksum); err != nil {
+	peerBehind := plan.Full || plan.Extra != nil
+	if err := n.catchUpRetrying(ctx, s, mr, plan.Checksum); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}
@@ -559,7 +574,7 @@ var errGenerationMoved = errors.New("this host's generation changed meanwhile")
 func (n *Node) peerInSync(ctx context.Context, mr *mirror.Mirror, s *transport.Session, behind bool) {
 	for {
 		local := n.generations()
-		handoff := local.Bitmap != 0 || local != n.peerGenerations() || behind
+		handoff := resync.NeedsHandOff(local, n.peerGenerations(), behind)
 		if handoff {
 			if err := mr.Drain(ctx); err != nil { // async: the peer holds the journal
 				n.log.Warn("could not drain the journal to the peer after the resync", "err", err)
@@ -751,13 +766,13 @@ func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, e
 		}
 	}
 	start := time.Now()
-	skipped := mr.Status().ResyncSkip
+	skipped := mr.Status().Resync.Skipped
 	res.Blocks = dirty.OutOfSync().GetCardinality()
 	err = mr.Resync(ctx, checksum)
 	if s := mr.Session(); err == nil && s != nil {
 		n.peerInSync(ctx, mr, s, false)
 	}
-	res.Skipped = mr.Status().ResyncSkip - skipped
+	res.Skipped = mr.Status().Resync.Skipped - skipped
 	res.Seconds = time.Since(start).Seconds()
 	n.log.Info("resync requested by the operator finished", "full", full, "checksum", checksum, "blocks", res.Blocks, "skipped", res.Skipped, "err", err)
 	return res, err

@@ -15,10 +15,6 @@ import (
 	"github.com/ldmirror/ldmirror/transport"
 )
 
-// errBehindTooLarge refuses an out-of-sync set that does not fit in one
-// reply; the primary then resyncs the whole volume with checksums.
-var errBehindTooLarge = errors.New("out-of-sync set too large for one reply")
-
 // prepareSecondary sets up a secondary term: the replica, the listener, and
 // the blocks this host's own scoreboard says may differ from the primary.
 func (n *Node) prepareSecondary() error {
@@ -178,7 +174,8 @@ func (n *Node) Handle(req *transport.Request) {
 	case transport.KindOutOfSync:
 		b, err := behind.ToBytes()
 		if err == nil && len(b) > transport.MaxPayload-64 {
-			err = fmt.Errorf("%w: %d bytes", errBehindTooLarge, len(b))
+			// The primary then resyncs the whole volume, comparing digests.
+			err = fmt.Errorf("%w: the out-of-sync set is %d bytes", transport.ErrReplyTooLarge, len(b))
 		}
 		req.Reply(b, err)
 	case transport.KindGeneration:

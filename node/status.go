@@ -221,12 +221,12 @@ func (n *Node) localStatus() Status {
 	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
 	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
 	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
-	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped, st.ResyncSent = ms.ResyncDone, ms.ResyncTotal, ms.ResyncSkip, ms.ResyncSent
-	st.ResyncYielding = ms.ResyncYielding
+	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped, st.ResyncSent = ms.Resync.Done, ms.Resync.Total, ms.Resync.Skipped, ms.Resync.Sent
+	st.ResyncYielding = ms.Resync.Yielding
 	if ms.Replication == mirror.StateResyncing {
-		if secs := time.Since(ms.ResyncStart).Seconds(); secs > 0 && ms.ResyncDone > 0 {
-			st.ResyncRate = float64(ms.ResyncDone*uint64(ms.BlockSize)) / secs
-			st.ResyncETASec = float64((ms.ResyncTotal-ms.ResyncDone)*uint64(ms.BlockSize)) / st.ResyncRate
+		if secs := time.Since(ms.Resync.Start).Seconds(); secs > 0 && ms.Resync.Done > 0 {
+			st.ResyncRate = float64(ms.Resync.Done*uint64(ms.BlockSize)) / secs
+			st.ResyncETASec = float64((ms.Resync.Total-ms.Resync.Done)*uint64(ms.BlockSize)) / st.ResyncRate
 		}
 	}
 	st.BitmapBytes = ms.BitmapMemory

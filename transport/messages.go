@@ -78,6 +78,8 @@ const (
 	AckOK uint32 = iota
 	AckIOError
 	AckOutOfRange
+	// AckTooLarge: the reply would not fit in one frame (ErrReplyTooLarge).
+	AckTooLarge
 )
 
 // ackPayload encodes an Ack: a status code, then for a failure its message

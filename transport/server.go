@@ -325,7 +325,10 @@ func (s *ServerSession) fail(err error) {
 
 func (s *ServerSession) ack(seq uint64, body []byte, err error) {
 	status := uint32(AckOK)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrReplyTooLarge):
+		status, body = AckTooLarge, errorPayload(err.Error())
+	case err != nil:
 		status, body = AckIOError, errorPayload(err.Error())
 	}
 	var p [4 + maxErrorText]byte

@@ -18,7 +18,10 @@ var (
 	ErrAckTimeout   = errors.New("no ack from peer within the timeout")
 	ErrPeerSilent   = errors.New("peer sent nothing within the timeout")
 	ErrRemoteIO     = errors.New("peer failed to apply the request")
-	ErrClosed       = errors.New("session closed")
+	// ErrReplyTooLarge: the peer's reply to a request would not fit in
+	// one frame (a handler returns it, the primary gets it back).
+	ErrReplyTooLarge = errors.New("reply too large for one frame")
+	ErrClosed        = errors.New("session closed")
 )
 
 // Call is one request in flight on a Session. Wait must be called exactly
@@ -442,7 +445,12 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 		return fmt.Errorf("%w: ack for seq %d that is not in flight", ErrUnexpected, seq)
 	}
 	<-s.window
-	if status != AckOK {
+	switch status {
+	case AckOK:
+	case AckTooLarge:
+		c.result <- fmt.Errorf("%w: seq %d: %s", ErrReplyTooLarge, seq, body)
+		return nil
+	default:
 		c.result <- fmt.Errorf("%w: seq %d: %s", ErrRemoteIO, seq, body)
 		return nil
 	}

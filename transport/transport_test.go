@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/ldmirror/ldmirror/internal/poll"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/internal/poll"
 
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 )

@@ -1,4 +1,4 @@
-package mirror
+package resync
 
 import (
 	"context"
@@ -9,11 +9,11 @@ import (
 // yield to it.
 const appWindow = 100 * time.Millisecond
 
-// resyncPacer spaces a resync's traffic: at most the maximum rate, and only
+// pacer spaces a resync's traffic: at most the maximum rate, and only
 // the minimum rate while the application writes (DRBD's c-min-rate): the
 // resync yields the link and the disks to the writes users wait for, and
 // takes them all when the volume is idle.
-type resyncPacer struct {
+type pacer struct {
 	max, min int64         // bytes per second; 0: unlimited / never yield
 	appIO    func() uint64 // application writes so far
 	now      func() time.Time
@@ -26,7 +26,7 @@ type resyncPacer struct {
 }
 
 // delay reserves n bytes and returns how long to wait before sending them.
-func (p *resyncPacer) delay(n int64) time.Duration {
+func (p *pacer) delay(n int64) time.Duration {
 	now := p.now()
 	if p.lastCheck.IsZero() || now.Sub(p.lastCheck) >= appWindow {
 		io := p.appIO()

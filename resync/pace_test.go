@@ -1,4 +1,4 @@
-package mirror
+package resync
 
 import (
 	"testing"
@@ -27,7 +27,7 @@ func TestResyncPacer(t *testing.T) {
 			clock := time.Unix(1000, 0)
 			var io uint64
 			var yielding bool
-			p := &resyncPacer{max: tc.max, min: tc.min, appIO: func() uint64 { return io },
+			p := &pacer{max: tc.max, min: tc.min, appIO: func() uint64 { return io },
 				now: func() time.Time { return clock }, yielding: func(y bool) { yielding = y }}
 			p.delay(0) // first look at the application's writes
 			clock = clock.Add(appWindow)
@@ -51,7 +51,7 @@ func TestResyncPacer(t *testing.T) {
 func TestResyncPacerStopsYielding(t *testing.T) {
 	clock := time.Unix(1000, 0)
 	var io uint64
-	p := &resyncPacer{min: 64 << 10, appIO: func() uint64 { return io }, now: func() time.Time { return clock }}
+	p := &pacer{min: 64 << 10, appIO: func() uint64 { return io }, now: func() time.Time { return clock }}
 	p.delay(0)
 	clock, io = clock.Add(appWindow), io+1
 	if p.delay(64 << 10); p.delay(64<<10) == 0 {
