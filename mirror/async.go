@@ -96,7 +96,7 @@ const (
 	CatchUpBitmap  = "bitmap"
 )
 
-// AsyncConfig turns on async mode (see Mirror.SetAsync).
+// AsyncConfig is async mode (Config.Async).
 type AsyncConfig struct {
 	// Journal is the open journal; the Mirror closes it in Close.
 	Journal *journal.Journal
@@ -190,28 +190,19 @@ type period struct {
 	autoResync bool
 }
 
-// SetAsync switches the Mirror to async mode with cfg.Journal (see
-// OpenJournal). Call it before SetPeer and before any I/O, with the dirty
-// set holding what the write intent log recovered. From then on a write
-// returns once it is appended to the journal and written locally; a
-// shipper sends the journal to the peer in order and clears a write's
-// dirty bits when the peer acknowledged it. After SetPeer, CatchUp must
-// run: shipping starts only then, and with the Throttle policy writers
-// wait for it once the journal is full.
+// startAsync puts a new Mirror in async mode with cfg.Journal (see
+// OpenJournal); the dirty set holds what the write intent log recovered.
+// From then on a write returns once it is appended to the journal and
+// written locally; a shipper sends the journal to the peer in order and
+// clears a write's dirty bits when the peer acknowledged it. After SetPeer,
+// CatchUp must run: shipping starts only then, and with the Throttle
+// policy writers wait for it once the journal is full.
 //
 // If the journal has an authority (a resumed one, after a bitmap resync
 // completed in it), every block out of sync now is covered by its records
 // after the authority (docs/journal.md), so a peer at or past it catches
 // up from the journal; otherwise they are resynced by bitmap.
-func (m *Mirror) SetAsync(cfg AsyncConfig) error {
-	if cfg.Journal == nil {
-		return fmt.Errorf("%w: no journal", ErrAsync)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.async != nil || m.link.s != nil || m.closed {
-		return fmt.Errorf("%w: SetAsync must come once, before SetPeer", ErrAsync)
-	}
+func (m *Mirror) startAsync(cfg AsyncConfig) {
 	a := &asyncMirror{
 		m:          m,
 		j:          cfg.Journal,
@@ -246,7 +237,6 @@ func (m *Mirror) SetAsync(cfg AsyncConfig) error {
 	}
 	m.intent = asyncIntent{WriteIntent: m.intent, a: a}
 	m.async = a
-	return nil
 }
 
 // asyncIntent is the write intent log in async mode: blocks marked out of

@@ -73,10 +73,7 @@ func (p *asyncPair) restart(jrnl, disk string, recovered *roaring.Bitmap, opt Jo
 	}
 	p.dirty, _ = bitmap.New(p.size, 4096)
 	p.dirty.MarkOutOfSync(recovered)
-	p.mirror = New(dev, p.dirty, nil, nil)
-	if err := p.mirror.SetAsync(AsyncConfig{Journal: st.Journal, Discarded: st.Discarded, DiscardedID: st.DiscardedID}); err != nil {
-		p.t.Fatal(err)
-	}
+	p.mirror = mustNew(p.t, dev, Config{Dirty: p.dirty, Async: &AsyncConfig{Journal: st.Journal, Discarded: st.Discarded, DiscardedID: st.DiscardedID}})
 	p.jrnl, p.jrnlPath, p.priPath = st.Journal, jrnl, disk
 	return st
 }

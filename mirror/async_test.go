@@ -98,6 +98,7 @@ type asyncOptions struct {
 	timeout  time.Duration
 	resynced func(context.Context)
 	local    func(blockdev.Device) blockdev.Device // wraps the primary's device
+	fence    Fence
 }
 
 func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
@@ -140,10 +141,8 @@ func newAsyncPair(t *testing.T, o asyncOptions) *asyncPair {
 	if o.local != nil {
 		local = o.local(local)
 	}
-	p.mirror = New(local, p.dirty, nil, nil)
-	if err := p.mirror.SetAsync(AsyncConfig{Journal: p.jrnl, OnFull: o.onFull, Resynced: o.resynced}); err != nil {
-		t.Fatal(err)
-	}
+	p.mirror = mustNew(t, local, Config{Dirty: p.dirty, Fence: o.fence,
+		Async: &AsyncConfig{Journal: p.jrnl, OnFull: o.onFull, Resynced: o.resynced}})
 	t.Cleanup(func() {
 		p.mirror.Close()
 		if p.sess != nil {
@@ -615,9 +614,15 @@ func TestAsyncFullJournalFallsBackToLogging(t *testing.T) {
 // TestAsyncFence: a journaled write that cannot reach the peer now is
 // acknowledged only after the fence; shipped writes never call it.
 func TestAsyncFence(t *testing.T) {
-	p := newAsyncPair(t, asyncOptions{})
 	var calls atomic.Int32
-	p.mirror.SetFence(func(context.Context) error { calls.Add(1); return nil })
+	var answer atomic.Pointer[error] // what the fence answers; nil: it commits
+	p := newAsyncPair(t, asyncOptions{fence: func(context.Context) error {
+		calls.Add(1)
+		if e := answer.Load(); e != nil {
+			return *e
+		}
+		return nil
+	}})
 	p.connect()
 	p.catchUp()
 	if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); err != nil || calls.Load() != 0 {
@@ -635,7 +640,7 @@ func TestAsyncFence(t *testing.T) {
 	refused := errors.New("no quorum")
 	p.connect()
 	p.catchUp()
-	p.mirror.SetFence(func(context.Context) error { return refused })
+	answer.Store(&refused)
 	p.disconnect()
 	if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); !errors.Is(err, ErrFenced) {
 		t.Fatalf("write with the fence refusing = %v, want ErrFenced", err)
@@ -674,10 +679,7 @@ func TestAsyncTrimAndRestart(t *testing.T) {
 		t.Fatalf("reopened journal continues at %d, want %d", j.Next(), next)
 	}
 	p.jrnl = j
-	p.mirror = New(openFileSized(t, p.priPath, p.size), p.dirty, nil, nil)
-	if err := p.mirror.SetAsync(AsyncConfig{Journal: j}); err != nil {
-		t.Fatal(err)
-	}
+	p.mirror = mustNew(t, openFileSized(t, p.priPath, p.size), Config{Dirty: p.dirty, Async: &AsyncConfig{Journal: j}})
 	p.connect()
 	p.catchUp()
 	if st := p.mirror.Status(); st.LastCatchUp != CatchUpJournal {
@@ -800,10 +802,7 @@ func benchmarkAsyncWrite(b *testing.B, size, depth int) {
 		b.Fatal(err)
 	}
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := New(openFileSized(b, pri, volSize), dirty, nil, nil)
-	if err := m.SetAsync(AsyncConfig{Journal: j}); err != nil {
-		b.Fatal(err)
-	}
+	m := mustNew(b, openFileSized(b, pri, volSize), Config{Dirty: dirty, Async: &AsyncConfig{Journal: j}})
 	sess, err := transport.Dial(ctx, ln.Addr().String(), priCfg)
 	if err != nil {
 		b.Fatal(err)

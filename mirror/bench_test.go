@@ -75,7 +75,7 @@ func BenchmarkMirrorWrite4KQD16Process(b *testing.B) {
 	}
 	defer sess.Close()
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := New(openFile(b, newFile(b, "a.img")), dirty, nil, nil)
+	m := mustNew(b, openFile(b, newFile(b, "a.img")), Config{Dirty: dirty})
 	defer m.Close()
 	m.SetPeer(sess)
 	var next atomic.Int64

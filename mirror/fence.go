@@ -51,21 +51,6 @@ type link struct {
 	io   sync.WaitGroup     // writes and flushes begun in this link
 }
 
-// SetFence installs the fence; without one a write that cannot be shipped
-// is acknowledged at once (no control plane: no split-brain protection).
-func (m *Mirror) SetFence(f Fence) {
-	m.fenceMu.Lock()
-	defer m.fenceMu.Unlock()
-	m.fence = f
-}
-
-// SetResyncStart installs the commit a resync makes before its first block.
-func (m *Mirror) SetResyncStart(f ResyncStart) {
-	m.fenceMu.Lock()
-	defer m.fenceMu.Unlock()
-	m.markTarget = f
-}
-
 // joinLink registers an I/O with the current link and returns the link
 // and its session (nil when there is none or it was lost). The caller
 // calls l.io.Done once the I/O settled.
@@ -143,13 +128,10 @@ func (m *Mirror) CommitInSync(ctx context.Context, commit func(context.Context) 
 
 // markResyncTarget makes the resync start commit, if there is one.
 func (m *Mirror) markResyncTarget(ctx context.Context) error {
-	m.fenceMu.Lock()
-	f := m.markTarget
-	m.fenceMu.Unlock()
-	if f == nil {
+	if m.markTarget == nil {
 		return nil
 	}
-	if err := f(ctx); err != nil {
+	if err := m.markTarget(ctx); err != nil {
 		return fmt.Errorf("%w: %w", ErrTargetNotMarked, err)
 	}
 	return nil

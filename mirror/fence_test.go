@@ -57,11 +57,9 @@ func writeBlock(t *testing.T, m *Mirror, blk int64) {
 // TestFenceSuspendsUnshippedWrites: without its peer, a write is not
 // acknowledged until the fence committed; once per disconnection.
 func TestFenceSuspendsUnshippedWrites(t *testing.T) {
-	p := newPair(t)
-	sess := p.sess
 	var calls atomic.Int32
 	release := make(chan struct{})
-	p.mirror.SetFence(func(ctx context.Context) error {
+	p := newPairWith(t, volSize, Config{Fence: func(ctx context.Context) error {
 		calls.Add(1)
 		select {
 		case <-release:
@@ -69,7 +67,8 @@ func TestFenceSuspendsUnshippedWrites(t *testing.T) {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	})
+	}})
+	sess := p.sess
 	// Connected: writes ship and never fence.
 	if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); err != nil || calls.Load() != 0 {
 		t.Fatalf("connected write: %v, %d fence calls", err, calls.Load())
@@ -102,10 +101,9 @@ func TestFenceSuspendsUnshippedWrites(t *testing.T) {
 }
 
 func TestFenceRefusalFailsWrites(t *testing.T) {
-	p := newPair(t)
 	var calls atomic.Int32
 	lost := errors.New("stale epoch")
-	p.mirror.SetFence(func(context.Context) error { calls.Add(1); return lost })
+	p := newPairWith(t, volSize, Config{Fence: func(context.Context) error { calls.Add(1); return lost }})
 	p.mirror.SetPeer(nil)
 	for i := range 2 {
 		if _, err := p.mirror.WriteAt(make([]byte, 4096), 0); !errors.Is(err, ErrFenced) || !errors.Is(err, lost) {
@@ -121,9 +119,8 @@ func TestFenceRefusalFailsWrites(t *testing.T) {
 }
 
 func TestCloseCancelsASuspendedWrite(t *testing.T) {
-	p := newPair(t)
 	entered := make(chan struct{})
-	p.mirror.SetFence(func(ctx context.Context) error { close(entered); <-ctx.Done(); return ctx.Err() })
+	p := newPairWith(t, volSize, Config{Fence: func(ctx context.Context) error { close(entered); <-ctx.Done(); return ctx.Err() }})
 	p.mirror.SetPeer(nil)
 	done := make(chan error, 1)
 	go func() { _, err := p.mirror.WriteAt(make([]byte, 4096), 0); done <- err }()
@@ -142,9 +139,8 @@ func TestCloseCancelsASuspendedWrite(t *testing.T) {
 // peer; a reconnect does not carry an earlier commit over to the next
 // loss. Each step's expected total of commits is exact.
 func TestFenceOncePerLoss(t *testing.T) {
-	p := newPair(t)
 	var log fenceLog
-	p.mirror.SetFence(func(context.Context) error { log.add("fence"); return nil })
+	p := newPairWith(t, volSize, Config{Fence: func(context.Context) error { log.add("fence"); return nil }})
 	steps := []struct {
 		name   string
 		do     func()
@@ -178,16 +174,15 @@ func TestFenceOncePerLoss(t *testing.T) {
 // (The code before the fix kept a "fenced" flag that the reconnect cleared
 // and the late commit set again for the live session.)
 func TestFenceCommittedWithLiveSessionCoversNothingLater(t *testing.T) {
-	p := newPair(t)
 	var log fenceLog
 	release := make(chan struct{})
-	p.mirror.SetFence(func(ctx context.Context) error {
+	p := newPairWith(t, volSize, Config{Fence: func(ctx context.Context) error {
 		log.add("fence")
 		if log.count("fence") == 1 {
 			<-release // no quorum until the test says so
 		}
 		return nil
-	})
+	}})
 	p.mirror.SetPeer(nil)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
@@ -234,9 +229,8 @@ func TestFenceCommittedWithLiveSessionCoversNothingLater(t *testing.T) {
 // and nothing out of sync, and a loss of the session during that commit
 // is fenced after it, never before.
 func TestCommitInSync(t *testing.T) {
-	p := newPair(t)
 	var log fenceLog
-	p.mirror.SetFence(func(context.Context) error { log.add("fence"); return nil })
+	p := newPairWith(t, volSize, Config{Fence: func(context.Context) error { log.add("fence"); return nil }})
 	commit := func(context.Context) error { log.add("uptodate"); return nil }
 	ctx := context.Background()
 
@@ -294,7 +288,8 @@ func TestResyncMarksTargetBeforeFirstBlock(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPair(t)
+			var marks fenceLog
+			p := newPairWith(t, volSize, Config{ResyncStart: func(context.Context) error { marks.add("inconsistent"); return tc.refuse }})
 			for i := range 64 {
 				writeBlock(t, p.mirror, int64(i))
 			}
@@ -314,8 +309,6 @@ func TestResyncMarksTargetBeforeFirstBlock(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var marks fenceLog
-			p.mirror.SetResyncStart(func(context.Context) error { marks.add("inconsistent"); return tc.refuse })
 			all := roaring.New()
 			all.AddRange(0, 64)
 			p.dirty.MarkOutOfSync(all)

@@ -54,7 +54,7 @@ type WriteIntent interface {
 
 // Mirror is the primary's view of the volume: a blockdev.Device whose writes are
 // mirrored to the peer through a transport.Session, in sync mode or, after
-// SetAsync, in async mode through a journal. Without a peer it keeps
+// Config.Async, in async mode through a journal. Without a peer it keeps
 // serving and leaves the blocks it writes dirty.
 type Mirror struct {
 	local  blockdev.Device
@@ -98,26 +98,67 @@ type Mirror struct {
 	stop      context.CancelFunc
 }
 
-// SetResyncRate limits resync traffic to bytesPerSecond (0: no limit), so
-// that application writes keep most of the link.
-func (m *Mirror) SetResyncRate(bytesPerSecond int64) { m.resyncRate.Store(bytesPerSecond) }
+// Config is how a Mirror runs. New checks it once; only the resync rates
+// change later (SetResyncRates).
+type Config struct {
+	// Dirty is the set of blocks that may differ on the peer (required),
+	// holding at start what the write intent log recovered.
+	Dirty *bitmap.Set
+	// Intent records durably the blocks that may differ (the scoreboard
+	// with its activity log); nil keeps them in memory only.
+	Intent WriteIntent
+	// Fence commits "peer outdated" before a write the peer lacks is
+	// acknowledged; nil (no control plane) acknowledges it at once, with
+	// no protection against two primaries.
+	Fence Fence
+	// ResyncStart commits "peer inconsistent" before a resync's first block.
+	ResyncStart ResyncStart
+	// ResyncRate and ResyncMinRate: see SetResyncRates.
+	ResyncRate, ResyncMinRate int64
+	// Async, if not nil, is async mode (see AsyncConfig); nil is sync mode.
+	Async *AsyncConfig
+	Log   *slog.Logger
+}
 
-// SetResyncMinRate makes a resync slow down to bytesPerSecond while the
-// application writes (0: never), and run at the full rate when it does not.
-func (m *Mirror) SetResyncMinRate(bytesPerSecond int64) { m.resyncMinRate.Store(bytesPerSecond) }
+// ErrConfig reports a Config New refuses.
+var ErrConfig = errors.New("mirror config")
 
-// New returns a Mirror over local that tracks dirty blocks in dirty
-// and, if intent is not nil, durably in intent.
-func New(local blockdev.Device, dirty *bitmap.Set, intent WriteIntent, log *slog.Logger) *Mirror {
-	if log == nil {
-		log = slog.Default()
+// New returns a Mirror over local, without a peer yet (SetPeer).
+func New(local blockdev.Device, cfg Config) (*Mirror, error) {
+	switch {
+	case cfg.Dirty == nil:
+		return nil, fmt.Errorf("%w: no dirty set", ErrConfig)
+	case uint64(local.Size()) > cfg.Dirty.Blocks()*uint64(cfg.Dirty.BlockSize()):
+		return nil, fmt.Errorf("%w: the dirty set covers %d blocks of %d bytes, the device is %d bytes",
+			ErrConfig, cfg.Dirty.Blocks(), cfg.Dirty.BlockSize(), local.Size())
+	case cfg.ResyncRate < 0 || cfg.ResyncMinRate < 0:
+		return nil, fmt.Errorf("%w: resync rates %d and %d bytes/s: must not be negative", ErrConfig, cfg.ResyncRate, cfg.ResyncMinRate)
+	case cfg.Async != nil && cfg.Async.Journal == nil:
+		return nil, fmt.Errorf("%w: async mode without a journal", ErrConfig)
 	}
-	if intent == nil {
-		intent = noIntent{}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Intent == nil {
+		cfg.Intent = noIntent{}
 	}
 	closing, stop := context.WithCancel(context.Background())
-	return &Mirror{local: local, dirty: dirty, intent: intent, locks: newRangeLock(), log: log, closing: closing, stop: stop,
-		link: &link{}, losses: 1}
+	m := &Mirror{local: local, dirty: cfg.Dirty, intent: cfg.Intent, locks: newRangeLock(), log: cfg.Log,
+		fence: cfg.Fence, markTarget: cfg.ResyncStart, closing: closing, stop: stop, link: &link{}, losses: 1}
+	m.SetResyncRates(cfg.ResyncRate, cfg.ResyncMinRate)
+	if cfg.Async != nil {
+		m.startAsync(*cfg.Async)
+	}
+	return m, nil
+}
+
+// SetResyncRates limits resync traffic to rate bytes per second (0: no
+// limit), so that application writes keep most of the link, and makes a
+// resync slow down to minRate while the application writes (0: never).
+// It applies from the next resync on.
+func (m *Mirror) SetResyncRates(rate, minRate int64) {
+	m.resyncRate.Store(rate)
+	m.resyncMinRate.Store(minRate)
 }
 
 // begin registers an I/O so that Close waits for it.

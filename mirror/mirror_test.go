@@ -111,10 +111,28 @@ func (p *pair) dial(t testing.TB) *transport.Session {
 }
 
 // newPair runs a primary Mirror and an in-process secondary on 127.0.0.1.
-func newPair(t testing.TB) *pair { return newPairSized(t, volSize) }
+func newPair(t testing.TB) *pair { return newPairWith(t, volSize, Config{}) }
 
 // newPairSized is newPair with volumes of size bytes.
-func newPairSized(t testing.TB, size int64) *pair {
+func newPairSized(t testing.TB, size int64) *pair { return newPairWith(t, size, Config{}) }
+
+// mustNew is New that fails the test on error; cfg.Dirty, if nil, is a new
+// set for a volume of dev's size.
+func mustNew(t testing.TB, dev blockdev.Device, cfg Config) *Mirror {
+	t.Helper()
+	if cfg.Dirty == nil {
+		cfg.Dirty, _ = bitmap.New(dev.Size(), 4096)
+	}
+	m, err := New(dev, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// newPairWith is newPair with volumes of size bytes and the mirror built
+// with cfg (its dirty set made here).
+func newPairWith(t testing.TB, size int64, cfg Config) *pair {
 	t.Helper()
 	p := &pair{priPath: newFileSized(t, "a.img", size), secPath: newFileSized(t, "b.img", size)}
 	p.primary = &countingDevice{Device: openFileSized(t, p.priPath, size)}
@@ -134,7 +152,8 @@ func newPairSized(t testing.TB, size int64) *pair {
 		t.Fatal(err)
 	}
 	p.dirty, _ = bitmap.New(size, 4096)
-	p.mirror = New(p.primary, p.dirty, nil, nil)
+	cfg.Dirty = p.dirty
+	p.mirror = mustNew(t, p.primary, cfg)
 	p.mirror.SetPeer(p.sess)
 	t.Cleanup(func() {
 		p.mirror.Close()
@@ -299,7 +318,7 @@ func TestSecondaryKilled(t *testing.T) {
 	defer sess.Close()
 	priDev := openFile(t, newFile(t, "a.img"))
 	dirty, _ := bitmap.New(volSize, 4096)
-	m := New(priDev, dirty, nil, nil)
+	m := mustNew(t, priDev, Config{Dirty: dirty})
 	defer m.Close()
 	m.SetPeer(sess)
 

@@ -49,26 +49,43 @@ func (n *Node) preparePrimary() error {
 			return err
 		}
 	}
-	if n.cfg.Passthrough {
-		mr = mirror.New(local, dirty, nil, n.log)
-	} else {
+	cfg := mirror.Config{Dirty: dirty, Log: n.log}
+	if !n.cfg.Passthrough {
 		discard, err := n.startPrimary()
 		if err != nil {
 			return err
 		}
-		var intent mirror.WriteIntent = n.sb
+		cfg.Intent = n.sb
 		if n.cfg.NoActivityLog {
-			intent = outOfSyncOnly{n.sb}
+			cfg.Intent = outOfSyncOnly{n.sb}
 			n.log.Warn("activity log off: after a crash of this primary, blocks written just before it may differ on the peer without being resynced")
 		}
-		mr = mirror.New(local, dirty, intent, n.log)
-		mr.SetResyncRate(n.cfg.ResyncRate)
-		mr.SetResyncMinRate(n.cfg.ResyncMinRate)
+		cfg.ResyncRate, cfg.ResyncMinRate = n.cfg.ResyncRate, n.cfg.ResyncMinRate
+		if n.cfg.ControlPlane != nil {
+			n.tcfg.Epoch = uint64(n.epoch)
+			cfg.Fence, cfg.ResyncStart = n.fencePeer(n.epoch), n.markPeerInconsistent(n.epoch)
+		}
 		if n.cfg.Mode == mirror.ModeAsync {
-			if err := n.startAsync(mr, discard); err != nil {
+			ac, err := n.openJournal(discard)
+			if err != nil {
 				return errors.Join(err, n.stopPrimary())
 			}
+			ac.Resynced = func(ctx context.Context) {
+				if s := mr.Session(); s != nil {
+					n.peerInSync(ctx, mr, s, false)
+				}
+			}
+			cfg.Async = &ac
 		}
+	}
+	if mr, err = mirror.New(local, cfg); err != nil {
+		if cfg.Async != nil {
+			cfg.Async.Journal.Close()
+		}
+		if !n.cfg.Passthrough {
+			err = errors.Join(err, n.stopPrimary())
+		}
+		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -80,34 +97,24 @@ func (n *Node) preparePrimary() error {
 	return nil
 }
 
-// startAsync opens the journal for this primary term (resuming the one of
-// the previous run, redone onto the backing file, unless it cannot be:
-// see mirror.OpenJournal, and discard says why not) and puts the mirror
-// in async mode. Only the journal of this host's own primary terms goes
-// on: a secondary term discards it (prepareSecondary), and this term
-// forgets the position this host applied in its peer's journal.
-func (n *Node) startAsync(mr *mirror.Mirror, discard string) error {
+// openJournal opens the journal for this primary term in async mode
+// (resuming the one of the previous run, redone onto the backing file,
+// unless it cannot be: see mirror.OpenJournal, and discard says why not).
+// Only the journal of this host's own primary terms goes on: a secondary
+// term discards it (prepareSecondary), and this term forgets the position
+// this host applied in its peer's journal.
+func (n *Node) openJournal(discard string) (mirror.AsyncConfig, error) {
 	first, err := n.forgetApplied()
 	if err != nil {
-		return err
+		return mirror.AsyncConfig{}, err
 	}
 	path := filepath.Join(n.cfg.Dir, JournalFile)
 	st, err := mirror.OpenJournal(context.Background(), path, n.dev,
 		mirror.JournalOptions{Capacity: n.cfg.JournalSize, FirstSeq: first, Discard: discard})
 	if err != nil {
-		return fmt.Errorf("journal: %w", err)
+		return mirror.AsyncConfig{}, fmt.Errorf("journal: %w", err)
 	}
 	j := st.Journal
-	err = mr.SetAsync(mirror.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Discarded: st.Discarded, DiscardedID: st.DiscardedID,
-		Resynced: func(ctx context.Context) {
-			if s := mr.Session(); s != nil {
-				n.peerInSync(ctx, mr, s, false)
-			}
-		}})
-	if err != nil {
-		j.Close()
-		return err
-	}
 	authority, why := j.Authority()
 	switch {
 	case st.Resumed && authority != journal.NoAuthority:
@@ -123,7 +130,7 @@ func (n *Node) startAsync(mr *mirror.Mirror, discard string) error {
 		n.log.Info("async mode: new journal", "journal", path, "first_seq", j.Next())
 	}
 	n.log.Info("async mode: writes return once in the journal", "journal", path, "capacity", j.Capacity(), "on_full", n.cfg.OnFull)
-	return nil
+	return mirror.AsyncConfig{Journal: j, OnFull: n.cfg.OnFull, Discarded: st.Discarded, DiscardedID: st.DiscardedID}, nil
 }
 
 // forgetApplied makes this host forget the position it applied, as a
@@ -284,11 +291,6 @@ func (n *Node) runPrimary(ctx context.Context, lost <-chan struct{}) error {
 	n.mu.Lock()
 	mr, gate := n.mirror, n.gate
 	n.mu.Unlock()
-	if n.cfg.ControlPlane != nil && !n.cfg.Passthrough {
-		n.tcfg.Epoch = uint64(n.epoch)
-		mr.SetFence(n.fencePeer(n.epoch))
-		mr.SetResyncStart(n.markPeerInconsistent(n.epoch))
-	}
 	var dev blockdev.Device = gate
 	if n.cfg.Passthrough {
 		dev = keepOpen{n.dev}
