@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ldmirror/ldmirror/blockdev"
-
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/journal"
@@ -236,7 +234,7 @@ func (m *Mirror) startAsync(cfg AsyncConfig) {
 		a.fallback = "the journal of the previous run was discarded: " + cfg.Discarded
 	}
 	m.intent = asyncIntent{WriteIntent: m.intent, a: a}
-	m.async = a
+	m.rep = a
 }
 
 // asyncIntent is the write intent log in async mode: blocks marked out of
@@ -258,10 +256,8 @@ func (w asyncIntent) MarkOutOfSync(blocks *roaring.Bitmap) {
 // caught up from the journal until a bitmap resync copied them, and that
 // is made durable first.
 func (m *Mirror) MarkOutOfSync(blocks *roaring.Bitmap, why string) error {
-	if a := m.async; a != nil {
-		if err := a.markForeign(blocks, why); err != nil {
-			return err
-		}
+	if err := m.rep.markForeign(blocks, why); err != nil {
+		return err
 	}
 	m.dirty.MarkOutOfSync(blocks)
 	m.intent.MarkOutOfSync(blocks)
@@ -313,19 +309,12 @@ func (a *asyncMirror) foreignEvent(why string) error {
 // ended: it is neither shipped nor truncated before. rw is not held during
 // the local write, so that a slow disk does not hold up the link's state
 // changes; register checks that the period is still the one appended in.
-func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
+func (a *asyncMirror) replicate(o op, e bitmap.Extent) error {
 	m := a.m
-	if !m.begin() {
-		return blockdev.ErrClosed
+	rec := journal.Record{Kind: journal.KindWrite, Offset: o.off, Length: o.n, Data: o.data}
+	if o.data == nil {
+		rec.Kind = journal.KindTrim
 	}
-	defer m.inflight.Done()
-	e := m.dirty.ExtentOf(rec.Offset, rec.Length)
-	m.locks.lock(e)
-	defer m.locks.unlock(e)
-	if err := m.intent.BeginWrite(context.Background(), e); err != nil {
-		return fmt.Errorf("activity log: %w", err)
-	}
-	m.dirty.Mark(e)
 	var p *period
 	var seq uint64
 	journaled := false
@@ -348,7 +337,7 @@ func (a *asyncMirror) replicate(rec journal.Record, local func() error) error {
 		a.rw.RLock()
 	}
 	a.rw.RUnlock()
-	lerr := local()
+	lerr := o.apply(m.local)
 	if !journaled {
 		// Journaling stopped, durably, before this write: a restart will
 		// not redo the journal over it.
@@ -490,10 +479,6 @@ func (a *asyncMirror) stopJournal(cause error) {
 // and the journal's, not the peer's.
 func (a *asyncMirror) flush() error {
 	m := a.m
-	if !m.begin() {
-		return blockdev.ErrClosed
-	}
-	defer m.inflight.Done()
 	var err error
 	a.rw.RLock()
 	if !a.stopped.Load() && a.broken == nil {
@@ -872,10 +857,12 @@ var errNoPosition = errors.New("the peer reports no position in this journal")
 // of the primary's writes throughout), else it resyncs the out-of-sync
 // blocks (Resync). In sync mode it is Resync. Call it after every SetPeer.
 func (m *Mirror) CatchUp(ctx context.Context, checksum bool) error {
-	a := m.async
-	if a == nil {
-		return m.Resync(ctx, checksum)
-	}
+	return m.rep.catchUp(ctx, checksum)
+}
+
+// catchUp is CatchUp in async mode.
+func (a *asyncMirror) catchUp(ctx context.Context, checksum bool) error {
+	m := a.m
 	a.mu.Lock()
 	p := a.cur
 	started := p != nil && p.started
@@ -984,11 +971,10 @@ func (a *asyncMirror) waitCaughtUp(ctx context.Context, p *period) error {
 
 // Drain waits until the peer acknowledged every record journaled before
 // the call (async mode; in sync mode it returns at once).
-func (m *Mirror) Drain(ctx context.Context) error {
-	a := m.async
-	if a == nil {
-		return nil
-	}
+func (m *Mirror) Drain(ctx context.Context) error { return m.rep.drain(ctx) }
+
+// drain is Drain in async mode.
+func (a *asyncMirror) drain(ctx context.Context) error {
 	target := a.j.Next() - 1
 	for {
 		a.mu.Lock()

@@ -144,9 +144,7 @@ func (m *Mirror) markResyncTarget(ctx context.Context) error {
 // In async mode the journal starts shipping to s only once CatchUp decided
 // from where; until then writes are journaled and wait.
 func (m *Mirror) SetPeer(s *transport.Session) {
-	if m.async != nil {
-		m.async.setPeer(s)
-	}
+	m.rep.setPeer(s)
 	m.mu.Lock()
 	old := m.link
 	if old.s != nil && !old.lost {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
-	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -62,7 +61,7 @@ type Mirror struct {
 	intent WriteIntent // nil: dirty blocks are known in memory only
 	locks  *rangeLock
 	log    *slog.Logger
-	async  *asyncMirror // nil in sync mode; set once before any I/O
+	rep    replicator // sync, or the async journal; set by New
 
 	resyncMu sync.Mutex // one Resync at a time
 
@@ -146,6 +145,7 @@ func New(local blockdev.Device, cfg Config) (*Mirror, error) {
 	m := &Mirror{local: local, dirty: cfg.Dirty, intent: cfg.Intent, locks: newRangeLock(), log: cfg.Log,
 		fence: cfg.Fence, markTarget: cfg.ResyncStart, closing: closing, stop: stop, link: &link{}, losses: 1}
 	m.SetResyncRates(cfg.ResyncRate, cfg.ResyncMinRate)
+	m.rep = syncReplicator{m}
 	if cfg.Async != nil {
 		m.startAsync(*cfg.Async)
 	}
@@ -190,17 +190,7 @@ func (m *Mirror) WriteAt(p []byte, off int64) (int, error) {
 	m.appIO.Add(1)
 	for done := 0; done < len(p); {
 		chunk := p[done:min(len(p), done+transport.MaxWrite)]
-		at := off + int64(done)
-		var err error
-		if a := m.async; a != nil {
-			err = a.replicate(journal.Record{Kind: journal.KindWrite, Offset: at, Length: int64(len(chunk)), Data: chunk},
-				func() error { _, err := m.local.WriteAt(chunk, at); return err })
-		} else {
-			err = m.replicate(at, int64(len(chunk)),
-				func() error { _, err := m.local.WriteAt(chunk, at); return err },
-				func(s *transport.Session) (*transport.Call, error) { return s.SubmitWrite(at, chunk) })
-		}
-		if err != nil {
+		if err := m.write(op{off: off + int64(done), n: int64(len(chunk)), data: chunk}); err != nil {
 			return done, err
 		}
 		done += len(chunk)
@@ -217,44 +207,72 @@ func (m *Mirror) Trim(off, n int64) error {
 	if n == 0 {
 		return nil
 	}
-	if a := m.async; a != nil {
-		return a.replicate(journal.Record{Kind: journal.KindTrim, Offset: off, Length: n},
-			func() error { return m.local.Trim(off, n) })
-	}
-	return m.replicate(off, n,
-		func() error { return m.local.Trim(off, n) },
-		func(s *transport.Session) (*transport.Call, error) { return s.SubmitTrim(off, n) })
+	return m.write(op{off: off, n: n})
 }
 
-// replicate runs the write path (docs/design.md) for one I/O of n bytes at
-// off: mark, ship and
-// apply locally at once, wait for the ack, then clear (or keep) the bits.
-func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transport.Session) (*transport.Call, error)) error {
+// op is one write (data) or trim (no data) of the application.
+type op struct {
+	off, n int64
+	data   []byte
+}
+
+// apply runs o on dev.
+func (o op) apply(dev blockdev.Device) error {
+	if o.data == nil {
+		return dev.Trim(o.off, o.n)
+	}
+	_, err := dev.WriteAt(o.data, o.off)
+	return err
+}
+
+// submit sends o to the peer of s.
+func (o op) submit(s *transport.Session) (*transport.Call, error) {
+	if o.data == nil {
+		return s.SubmitTrim(o.off, o.n)
+	}
+	return s.SubmitWrite(o.off, o.data)
+}
+
+// write is the write path (docs/design.md) common to both modes: the
+// blocks of o are locked against overlapping writes, announced to the
+// write intent log and marked dirty before the replicator ships o and
+// applies it locally (docs/invariants.md, invariant 2).
+func (m *Mirror) write(o op) error {
 	if !m.begin() {
 		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
-	e := m.dirty.ExtentOf(off, n)
+	e := m.dirty.ExtentOf(o.off, o.n)
 	m.locks.lock(e)
 	defer m.locks.unlock(e)
-
 	// Background: the activity log always drains as writes end, and Close
 	// waits for this write rather than cancelling it.
 	if err := m.intent.BeginWrite(context.Background(), e); err != nil {
 		return fmt.Errorf("activity log: %w", err)
 	}
 	m.dirty.Mark(e)
+	return m.rep.replicate(o, e)
+}
+
+// syncReplicator is sync mode: a write returns once the peer acknowledged
+// it, or once the peer counts as outdated.
+type syncReplicator struct{ m *Mirror }
+
+// replicate ships o and applies it locally at once, waits for the ack,
+// then clears (or keeps) the bits of e.
+func (r syncReplicator) replicate(o op, e bitmap.Extent) error {
+	m := r.m
 	l, s := m.joinLink()
 	var call *transport.Call
 	if s != nil {
-		c, err := ship(s)
+		c, err := o.submit(s)
 		if err != nil {
 			m.peerLost(s, err)
 		} else {
 			call = c
 		}
 	}
-	lerr := local()
+	lerr := o.apply(m.local)
 	shipped := false
 	if call != nil {
 		if err := call.Wait(); err != nil {
@@ -284,13 +302,17 @@ func (m *Mirror) replicate(off, n int64, local func() error, ship func(*transpor
 // local device flushes. In async mode it makes them durable here, locally
 // and in the journal, and journals a barrier that the peer applies in turn.
 func (m *Mirror) Flush() error {
-	if m.async != nil {
-		return m.async.flush()
-	}
 	if !m.begin() {
 		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
+	return m.rep.flush()
+}
+
+// flush sends the peer a barrier that it acknowledges after its own flush,
+// while the local device flushes.
+func (r syncReplicator) flush() error {
+	m := r.m
 	l, s := m.joinLink()
 	unflushed := m.unflushed.Load()
 	var call *transport.Call
@@ -340,13 +362,11 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 	if s == nil {
 		return fmt.Errorf("resync: %w", transport.ErrDisconnected)
 	}
-	if a := m.async; a != nil {
-		end, err := a.beginResync(ctx)
-		if err != nil {
-			return err
-		}
-		defer func() { end(err) }()
+	end, err := m.rep.beginResync(ctx)
+	if err != nil {
+		return err
 	}
+	defer func() { end(err) }()
 	m.mu.Lock()
 	m.resyncing = true
 	m.mu.Unlock()
@@ -386,9 +406,7 @@ func (r resyncSource) PeerLost(s *transport.Session, err error) {
 func (r resyncSource) Copied(done *roaring.Bitmap) {
 	r.dirty.ClearOutOfSync(done)
 	r.intent.ClearOutOfSync(done)
-	if r.async != nil {
-		r.async.cleared(done)
-	}
+	r.rep.cleared(done)
 }
 
 func (r resyncSource) Differ(blocks *roaring.Bitmap) {
@@ -409,12 +427,9 @@ func (m *Mirror) Close() error {
 	m.mu.Unlock()
 	m.stop() // a write suspended in the fence fails rather than hang the shutdown
 	m.inflight.Wait()
-	var jerr error
-	if m.async != nil {
-		jerr = m.async.close()
-	}
+	rerr := m.rep.close()
 	err := m.local.Flush()
-	return errors.Join(jerr, err, m.local.Close())
+	return errors.Join(rerr, err, m.local.Close())
 }
 
 // Status is a snapshot of the primary's replication state.
@@ -489,9 +504,6 @@ func (m *Mirror) Status() Status {
 	st.Resync = m.progress.Counts()
 	st.Suspended = m.suspended.Load()
 	st.Fenced = m.refused.Load()
-	st.Mode = ModeSync.String()
-	if m.async != nil {
-		m.async.status(&st)
-	}
+	m.rep.status(&st)
 	return st
 }
