@@ -24,9 +24,9 @@ type fakeCP struct {
 	watchers map[chan cluster.VolumeState]struct{}
 }
 
-// volume is the state of data hosts a and b, both uptodate, and witness w,
+// stateOf is the state of data hosts a and b, both uptodate, and witness w,
 // with primary in epoch at raft index.
-func volume(primary string, epoch cluster.Epoch, index uint64) cluster.VolumeState {
+func stateOf(primary string, epoch cluster.Epoch, index uint64) cluster.VolumeState {
 	return cluster.VolumeState{Primary: primary, Epoch: epoch, EpochIndex: index, Index: index, Hosts: []cluster.HostState{
 		{ID: "a", Disk: cluster.DiskUpToDate},
 		{ID: "b", Disk: cluster.DiskUpToDate},

@@ -23,7 +23,7 @@ import (
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
-	"golang.org/x/sys/unix"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // Roles.
@@ -122,7 +122,7 @@ func (c *Config) check() error {
 		return errors.New("a node id is needed (--node-id)")
 	}
 	if c.MountDir == "" {
-		c.MountDir = filepath.Join(c.Dir, ExportDir)
+		c.MountDir = filepath.Join(c.Dir, volume.ExportDir)
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
@@ -138,7 +138,7 @@ func (c *Config) check() error {
 // term otherwise (see role.go); without one it keeps Config.Role.
 type Node struct {
 	cfg  Config
-	meta Meta
+	meta volume.Meta
 	log  *slog.Logger
 	tcfg transport.Config // Epoch is set at the start of each primary term
 
@@ -228,14 +228,14 @@ func Open(cfg Config) (*Node, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	if _, err := LoadMeta(cfg.Dir); err != nil {
+	if _, err := volume.Load(cfg.Dir); err != nil {
 		return nil, err
 	}
-	lock, err := lockVolume(cfg.Dir)
+	lock, err := volume.Lock(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
-	meta, err := LoadMeta(cfg.Dir) // again: another daemon may have changed it
+	meta, err := volume.Load(cfg.Dir) // again: another daemon may have changed it
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -258,7 +258,7 @@ func Open(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("shared secret is %d bytes, need at least %d (--secret-file)", len(cfg.Secret), transport.MinSecretLen)
 		}
 	}
-	n.dev, err = blockdev.OpenFile(filepath.Join(cfg.Dir, BackingFile), meta.Size)
+	n.dev, err = blockdev.OpenFile(filepath.Join(cfg.Dir, volume.BackingFile), meta.Size)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -282,23 +282,6 @@ func (n *Node) prepare(role string) error {
 	return n.preparePrimary()
 }
 
-// lockVolume takes the volume directory for this process, so that a second
-// daemon started on it fails before it touches anything.
-func lockVolume(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("volume %s is in use by another ldmirror daemon", dir)
-		}
-		return nil, fmt.Errorf("lock volume %s: %w", dir, err)
-	}
-	return f, nil
-}
-
 // generations returns the host's current generation identifiers.
 func (n *Node) generations() resync.Generations {
 	n.mu.Lock()
@@ -312,7 +295,7 @@ func (n *Node) setGenerations(g resync.Generations) error {
 	defer n.mu.Unlock()
 	old := n.meta.Generations
 	n.meta.Generations = g
-	if err := writeMeta(n.cfg.Dir, n.meta); err != nil {
+	if err := volume.Save(n.cfg.Dir, n.meta); err != nil {
 		n.meta.Generations = old
 		return fmt.Errorf("persist generations: %w", err)
 	}

@@ -17,56 +17,14 @@ import (
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/mirror"
+	"github.com/ldmirror/ldmirror/volume"
 )
-
-func TestCreateAndLoadVolume(t *testing.T) {
-	dir := t.TempDir()
-	id := uuid.New()
-	m, err := CreateVolume(dir, 1<<20, 4096, id, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := LoadMeta(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.VolumeUUID != id || got.Size != 1<<20 || got.BlockSize != 4096 || !got.Created.Equal(m.Created) {
-		t.Fatalf("loaded %+v, created %+v", got, m)
-	}
-	st, err := os.Stat(filepath.Join(dir, BackingFile))
-	if err != nil || st.Size() != 1<<20 {
-		t.Fatalf("backing file: %v, %v", st, err)
-	}
-	if _, err := CreateVolume(dir, 1<<20, 4096, id, false); err == nil || !strings.Contains(err.Error(), "already holds a volume") {
-		t.Fatalf("second create in the same dir: %v", err)
-	}
-}
-
-func TestCreateVolumeRejects(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		size      int64
-		blockSize int
-		want      string
-	}{
-		{"size not a multiple of the block size", 1<<20 + 1, 4096, "not a positive multiple"},
-		{"zero size", 0, 4096, "not a positive multiple"},
-		{"bad block size", 1 << 20, 1000, "power of two"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := CreateVolume(t.TempDir(), tc.size, tc.blockSize, uuid.Nil, false)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want one containing %q", err, tc.want)
-			}
-		})
-	}
-}
 
 func TestOpenRejects(t *testing.T) {
 	secret := []byte("node-test-secret-0123456789")
 	vol := func(t *testing.T) string {
 		dir := t.TempDir()
-		if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+		if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 			t.Fatal(err)
 		}
 		return dir
@@ -78,20 +36,20 @@ func TestOpenRejects(t *testing.T) {
 		want   string
 		wantIs error
 	}{
-		{"no volume", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, MetaFile)) },
-			Config{Role: RolePrimary, NodeID: "a"}, "run ldmirror init", ErrNoVolume},
+		{"no volume", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, volume.MetaFile)) },
+			Config{Role: RolePrimary, NodeID: "a"}, "run ldmirror init", volume.ErrNoVolume},
 		{"backing file of the wrong size", func(t *testing.T, dir string) {
-			if err := os.Truncate(filepath.Join(dir, BackingFile), 1<<19); err != nil {
+			if err := os.Truncate(filepath.Join(dir, volume.BackingFile), 1<<19); err != nil {
 				t.Fatal(err)
 			}
 		}, Config{Role: RolePrimary, NodeID: "a"}, "is 524288 bytes, the volume is 1048576 bytes", blockdev.ErrWrongSize},
 		{"corrupt metadata", func(t *testing.T, dir string) {
-			if err := os.WriteFile(filepath.Join(dir, MetaFile), []byte("{not json"), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, volume.MetaFile), []byte("{not json"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}, Config{Role: RolePrimary, NodeID: "a"}, "meta.json", nil},
 		{"metadata from a newer version", func(t *testing.T, dir string) {
-			if err := os.WriteFile(filepath.Join(dir, MetaFile), []byte(`{"version":9,"size_bytes":1048576,"block_size_bytes":4096}`), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, volume.MetaFile), []byte(`{"version":9,"size_bytes":1048576,"block_size_bytes":4096}`), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}, Config{Role: RolePrimary, NodeID: "a"}, "metadata version 9, this ldmirror reads version 1", nil},
@@ -125,7 +83,7 @@ func TestOpenRejects(t *testing.T) {
 
 func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a"}
@@ -137,11 +95,11 @@ func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 	if !n.Status().NoControlPlane {
 		t.Error("status of a node without a control plane does not say so")
 	}
-	before, _ := os.ReadFile(filepath.Join(dir, MetaFile))
+	before, _ := os.ReadFile(filepath.Join(dir, volume.MetaFile))
 	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "in use by another ldmirror daemon") {
 		t.Fatalf("second Open = %v, want the volume reported in use", err)
 	}
-	after, _ := os.ReadFile(filepath.Join(dir, MetaFile))
+	after, _ := os.ReadFile(filepath.Join(dir, volume.MetaFile))
 	if string(before) != string(after) {
 		t.Fatal("the second daemon changed the metadata")
 	}
@@ -149,10 +107,10 @@ func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 
 func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
-	initial, _ := LoadMeta(dir)
+	initial, _ := volume.Load(dir)
 	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
 
 	// A primary that is not stopped cleanly leaves primary_active set.
@@ -160,7 +118,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, _ := LoadMeta(dir); !m.PrimaryActive || m.Generations != initial.Generations {
+	if m, _ := volume.Load(dir); !m.PrimaryActive || m.Generations != initial.Generations {
 		t.Fatalf("after start: %+v", m)
 	}
 	// Two blocks written while the peer is unreachable stay out of sync.
@@ -173,7 +131,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := LoadMeta(dir)
+	m, _ := volume.Load(dir)
 	if m.Generations.Bitmap != initial.Generations.Current || m.Generations.Current == initial.Generations.Current {
 		t.Fatalf("after a crash the primary must start a new generation: %v -> %v", initial.Generations, m.Generations)
 	}
@@ -185,7 +143,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Close()
-	if m2, _ := LoadMeta(dir); m2.PrimaryActive || m2.Generations != m.Generations {
+	if m2, _ := volume.Load(dir); m2.PrimaryActive || m2.Generations != m.Generations {
 		t.Fatalf("after a clean stop: %+v", m2)
 	}
 }
@@ -237,12 +195,12 @@ func TestStatusText(t *testing.T) {
 // until a resync copied it.
 func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
-	m, _ := LoadMeta(dir)
+	m, _ := volume.Load(dir)
 	m.PrimaryActive = true
-	if err := writeMeta(dir, m); err != nil {
+	if err := volume.Save(dir, m); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
@@ -263,7 +221,7 @@ func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 func TestProbeHealthInStatus(t *testing.T) {
 	srv := slapdtest.Start(t, slapdtest.Options{})
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	logs := &logbuf.Buffer{}
@@ -317,14 +275,14 @@ func TestProbeHealthInStatus(t *testing.T) {
 // journal but keeps the numbering.
 func TestJournalAcrossTerms(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	secret := []byte("node-test-secret-0123456789")
 	logs := &logbuf.Buffer{}
 	primary := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: mirror.ModeAsync,
 		JournalSize: journal.MinCapacity * 4, Logger: slog.New(slog.NewTextHandler(logs, nil))}
-	jpath := filepath.Join(dir, JournalFile)
+	jpath := filepath.Join(dir, volume.JournalFile)
 	journalState := func() (id, next uint64, stopped bool, why string) {
 		t.Helper()
 		j, err := journal.Open(jpath)
@@ -337,7 +295,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	}
 
 	// A position applied as a secondary in the peer's journal.
-	af, err := journal.OpenAppliedFile(filepath.Join(dir, AppliedFile))
+	af, err := journal.OpenAppliedFile(filepath.Join(dir, volume.AppliedFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +308,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	af, err = journal.OpenAppliedFile(filepath.Join(dir, AppliedFile))
+	af, err = journal.OpenAppliedFile(filepath.Join(dir, volume.AppliedFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,10 +376,10 @@ func TestJournalAcrossTerms(t *testing.T) {
 // resyncs here.
 func TestDiscardLocalStopsJournal(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, JournalFile)
+	path := filepath.Join(dir, volume.JournalFile)
 	j, err := journal.Create(path, journal.Options{Capacity: journal.MinCapacity})
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // preparePrimary sets up a primary term: the dirty set, the scoreboard and
@@ -108,7 +109,7 @@ func (n *Node) openJournal(discard string) (mirror.AsyncConfig, error) {
 	if err != nil {
 		return mirror.AsyncConfig{}, err
 	}
-	path := filepath.Join(n.cfg.Dir, JournalFile)
+	path := filepath.Join(n.cfg.Dir, volume.JournalFile)
 	st, err := mirror.OpenJournal(context.Background(), path, n.dev,
 		mirror.JournalOptions{Capacity: n.cfg.JournalSize, FirstSeq: first, Discard: discard})
 	if err != nil {
@@ -138,7 +139,7 @@ func (n *Node) openJournal(discard string) (mirror.AsyncConfig, error) {
 // journal numbers from at least. A host that writes as primary must not
 // later claim that position: its disk no longer holds what it says.
 func (n *Node) forgetApplied() (uint64, error) {
-	path := filepath.Join(n.cfg.Dir, AppliedFile)
+	path := filepath.Join(n.cfg.Dir, volume.AppliedFile)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return 1, nil
 	}
@@ -159,7 +160,7 @@ func (n *Node) forgetApplied() (uint64, error) {
 // there is one, before this host writes, or takes writes, that it does not
 // hold: why says which.
 func (n *Node) leaveJournal(why string) error {
-	done, err := journal.Discard(filepath.Join(n.cfg.Dir, JournalFile), why)
+	done, err := journal.Discard(filepath.Join(n.cfg.Dir, volume.JournalFile), why)
 	if err != nil {
 		return fmt.Errorf("discard the journal: %w", err)
 	}
@@ -222,7 +223,7 @@ func (n *Node) startPrimary() (fullResync string, err error) {
 		m.Generations.StartTracking()
 	}
 	m.PrimaryActive = true
-	if err := writeMeta(n.cfg.Dir, *m); err != nil {
+	if err := volume.Save(n.cfg.Dir, *m); err != nil {
 		sb.Close()
 		return "", err
 	}
@@ -232,7 +233,7 @@ func (n *Node) startPrimary() (fullResync string, err error) {
 // openScoreboard opens the volume's scoreboard, creating it if there is none.
 func (n *Node) openScoreboard() (sb *scoreboard.Scoreboard, created bool, err error) {
 	geom := scoreboard.Geometry{VolumeSize: n.meta.Size, BlockSize: n.meta.BlockSize}
-	path := filepath.Join(n.cfg.Dir, ScoreboardFile)
+	path := filepath.Join(n.cfg.Dir, volume.ScoreboardFile)
 	sb, err = scoreboard.Open(path, geom, scoreboard.Options{})
 	if errors.Is(err, os.ErrNotExist) {
 		sb, err = scoreboard.Create(path, geom, scoreboard.Options{})
@@ -281,7 +282,7 @@ func (n *Node) stopPrimary() error {
 		n.meta.Generations.StartTracking()
 	}
 	n.meta.PrimaryActive = false
-	return writeMeta(n.cfg.Dir, n.meta)
+	return volume.Save(n.cfg.Dir, n.meta)
 }
 
 // runPrimary serves the volume as primary until ctx ends or, with a control

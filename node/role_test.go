@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/cluster"
@@ -37,7 +38,7 @@ type follower struct {
 func startFollower(t *testing.T, id string, cp *fakeCP) *follower {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := CreateVolume(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
+	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
 	notDir := filepath.Join(t.TempDir(), "file")
@@ -103,7 +104,7 @@ func (f *follower) waitSecondary(t *testing.T) {
 // leader to check; the promotion that follows, confirmed by the leader,
 // ends the secondary term once and starts the primary term of its epoch.
 func TestReplayedStatesIgnored(t *testing.T) {
-	snapshot, confirmed := volume("b", 2, 15), volume("a", 11, 31)
+	snapshot, confirmed := stateOf("b", 2, 15), stateOf("a", 11, 31)
 	for _, tc := range []struct {
 		name   string
 		local  cluster.VolumeState   // b's copy at start
@@ -111,11 +112,11 @@ func TestReplayedStatesIgnored(t *testing.T) {
 	}{
 		{"the snapshot names this host primary", snapshot, nil},
 		{"the log replays epochs in which this host was primary", snapshot, []cluster.VolumeState{
-			volume("b", 2, 16), volume("", 3, 17), volume("a", 4, 18), volume("b", 5, 19), volume("b", 5, 22),
-			volume("a", 6, 23), volume("b", 10, 29), volume("a", 11, 31)}},
-		{"the current epoch below the confirmed index", confirmed, []cluster.VolumeState{volume("b", 11, 30)}},
-		{"an older epoch at a higher index", confirmed, []cluster.VolumeState{volume("b", 10, 40)}},
-		{"a newer state that keeps the primary", confirmed, []cluster.VolumeState{volume("a", 11, 32)}},
+			stateOf("b", 2, 16), stateOf("", 3, 17), stateOf("a", 4, 18), stateOf("b", 5, 19), stateOf("b", 5, 22),
+			stateOf("a", 6, 23), stateOf("b", 10, 29), stateOf("a", 11, 31)}},
+		{"the current epoch below the confirmed index", confirmed, []cluster.VolumeState{stateOf("b", 11, 30)}},
+		{"an older epoch at a higher index", confirmed, []cluster.VolumeState{stateOf("b", 10, 40)}},
+		{"a newer state that keeps the primary", confirmed, []cluster.VolumeState{stateOf("a", 11, 32)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := startFollower(t, "b", newFakeCP(tc.local, confirmed))
@@ -130,15 +131,15 @@ func TestReplayedStatesIgnored(t *testing.T) {
 			// Two newer states that keep a primary: once every watcher has
 			// taken the second, the node has handled all the states before
 			// the first (watchControl hands each on before taking the next).
-			f.cp.apply(volume("a", 11, 100))
-			f.cp.apply(volume("a", 11, 101))
+			f.cp.apply(stateOf("a", 11, 100))
+			f.cp.apply(stateOf("a", 11, 101))
 			poll.Until(t, 10*time.Second, "b to take every state", func() bool { return f.cp.drained() })
 			reads, _ := f.cp.counts()
 			if terms, n := f.terms(), f.lines("named primary: closing the session"); !slices.Equal(terms, []string{"secondary@11"}) || n > 0 || reads != 1 {
 				t.Fatalf("after the replay: terms %v, %d secondary terms ended for a promotion, %d reads through the leader; "+
 					"want the first secondary term only, and the one read at start", terms, n, reads)
 			}
-			f.cp.commit(volume("b", 12, 102))
+			f.cp.commit(stateOf("b", 12, 102))
 			poll.Until(t, 10*time.Second, "a primary term", func() bool {
 				return slices.ContainsFunc(f.terms(), func(s string) bool { return strings.HasPrefix(s, "primary") })
 			})
@@ -172,7 +173,7 @@ func TestConfirmWaitsForQuorum(t *testing.T) {
 		{"promotion", false, "waiting for the control plane to confirm the promotion of this host (no quorum)", []string{"secondary@11", "primary@12"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cp := newFakeCP(volume("a", 11, 31), volume("a", 11, 31))
+			cp := newFakeCP(stateOf("a", 11, 31), stateOf("a", 11, 31))
 			var f *follower
 			if tc.atStart {
 				cp.setQuorum(false)
@@ -181,7 +182,7 @@ func TestConfirmWaitsForQuorum(t *testing.T) {
 				f = startFollower(t, "b", cp)
 				f.waitSecondary(t)
 				cp.setQuorum(false)
-				cp.commit(volume("b", 12, 33))
+				cp.commit(stateOf("b", 12, 33))
 			}
 			_, from := cp.counts()
 			poll.Until(t, 10*time.Second, "status to say what b waits for, after 2 attempts", func() bool {
@@ -207,7 +208,7 @@ func TestConfirmWaitsForQuorum(t *testing.T) {
 // fires on the state that demotes it, not on the older states its copy
 // replays, in which it does not hold its epoch either.
 func TestLostRoleIgnoresReplayedStates(t *testing.T) {
-	cp := newFakeCP(volume("b", 2, 15), volume("a", 11, 31))
+	cp := newFakeCP(stateOf("b", 2, 15), stateOf("a", 11, 31))
 	n := &Node{cfg: Config{NodeID: "a", ControlPlane: cp}, log: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -224,10 +225,10 @@ func TestLostRoleIgnoresReplayedStates(t *testing.T) {
 	}, "")
 	defer stop()
 	poll.Until(t, 10*time.Second, "the trigger to watch the control plane", func() bool { return cp.watching() == 1 })
-	for _, s := range []cluster.VolumeState{volume("b", 2, 16), volume("", 3, 17), volume("a", 4, 18), volume("", 10, 29), volume("a", 11, 32)} {
+	for _, s := range []cluster.VolumeState{stateOf("b", 2, 16), stateOf("", 3, 17), stateOf("a", 4, 18), stateOf("", 10, 29), stateOf("a", 11, 32)} {
 		cp.apply(s)
 	}
-	cp.commit(volume("", 12, 33))
+	cp.commit(stateOf("", 12, 33))
 	select {
 	case <-lost:
 	case <-ctx.Done():
@@ -243,17 +244,17 @@ func TestLostRoleIgnoresReplayedStates(t *testing.T) {
 // TestControlState: what the host acts on is its member's copy unless that
 // is older than the confirmed state.
 func TestControlState(t *testing.T) {
-	confirmed := volume("a", 11, 31)
+	confirmed := stateOf("a", 11, 31)
 	for _, tc := range []struct {
 		name  string
 		local cluster.VolumeState
 		want  cluster.VolumeState
 	}{
-		{"old snapshot", volume("b", 2, 15), confirmed},
-		{"lower index", volume("b", 11, 30), confirmed},
-		{"lower epoch", volume("b", 10, 40), confirmed},
+		{"old snapshot", stateOf("b", 2, 15), confirmed},
+		{"lower index", stateOf("b", 11, 30), confirmed},
+		{"lower epoch", stateOf("b", 10, 40), confirmed},
 		{"the confirmed state", confirmed, confirmed},
-		{"newer", volume("b", 12, 33), volume("b", 12, 33)},
+		{"newer", stateOf("b", 12, 33), stateOf("b", 12, 33)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := &Node{cfg: Config{ControlPlane: newFakeCP(tc.local, confirmed)}, confirmed: confirmed}

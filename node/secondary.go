@@ -13,6 +13,7 @@ import (
 	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/transport"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // prepareSecondary sets up a secondary term: the replica, the listener, and
@@ -35,7 +36,7 @@ func (n *Node) prepareSecondary() error {
 	}
 	replica := replica.New(n.dev, n.meta.BlockSize, n.log)
 	if n.cfg.Mode == mirror.ModeAsync {
-		af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, AppliedFile))
+		af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, volume.AppliedFile))
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("journal position: %w", err)
@@ -57,7 +58,7 @@ func (n *Node) prepareSecondary() error {
 // log's hot extents. It records them as out of sync, so that they survive
 // until the primary resynced them, and clears the crash mark.
 func (n *Node) loadBehind() (*roaring.Bitmap, error) {
-	if _, err := os.Stat(filepath.Join(n.cfg.Dir, ScoreboardFile)); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(n.cfg.Dir, volume.ScoreboardFile)); errors.Is(err, os.ErrNotExist) {
 		return roaring.New(), nil // never was primary here
 	}
 	sb, _, err := n.openScoreboard()
@@ -78,7 +79,7 @@ func (n *Node) loadBehind() (*roaring.Bitmap, error) {
 	defer n.mu.Unlock()
 	if n.meta.PrimaryActive {
 		n.meta.PrimaryActive = false
-		if err := writeMeta(n.cfg.Dir, n.meta); err != nil {
+		if err := volume.Save(n.cfg.Dir, n.meta); err != nil {
 			return nil, err
 		}
 	}

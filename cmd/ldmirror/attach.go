@@ -10,6 +10,7 @@ import (
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
 
@@ -29,7 +30,7 @@ func controlPath(c *cli.Context) (string, error) {
 		return p, nil
 	}
 	if d := c.String("dir"); d != "" {
-		return filepath.Join(d, node.ControlFile), nil
+		return filepath.Join(d, volume.ControlFile), nil
 	}
 	return "", errors.New("say which volume: --dir DIR or --control PATH")
 }

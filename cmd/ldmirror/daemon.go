@@ -17,6 +17,7 @@ import (
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 )
@@ -211,7 +212,7 @@ func runDaemon(c *cli.Context) error {
 	if agentCfg != nil {
 		mount := c.String("mount")
 		if mount == "" {
-			mount = filepath.Join(c.String("dir"), node.ExportDir)
+			mount = filepath.Join(c.String("dir"), volume.ExportDir)
 		}
 		ag, err := agent.New(*agentCfg, agent.Deps{
 			NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, export.FileName),
@@ -238,7 +239,7 @@ func runDaemon(c *cli.Context) error {
 	if member != nil {
 		routes = member.c
 	}
-	sock, err := ctl.Serve(filepath.Join(c.String("dir"), node.ControlFile), ctl.Handler(n, routes))
+	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(n, routes))
 	if err != nil {
 		n.Close()
 		return err

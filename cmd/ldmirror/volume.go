@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
 
@@ -43,7 +44,7 @@ func initCommand() *cli.Command {
 					return fmt.Errorf("--volume-uuid %q: %w", s, err)
 				}
 			}
-			m, err := node.CreateVolume(c.String("dir"), size, c.Int("block-size"), id, c.Bool("sparse"))
+			m, err := volume.Create(c.String("dir"), size, c.Int("block-size"), id, c.Bool("sparse"))
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -156,7 +157,7 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 		return err == nil && st.Link != node.LinkConnected
 	})
 	t.Logf("a lost b %v after the cut; %d writes acknowledged in between", time.Since(cut).Round(time.Millisecond), ws.acked()-atCut)
-	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput(); err != nil {
 		t.Fatalf("promote b (uptodate, b and w a quorum): %v %s", err, out)
 	}
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
@@ -218,7 +219,7 @@ func TestHalfResyncedPeerNotPromoted(t *testing.T) {
 	<-tr.daemon["a"].done
 	t.Logf("a killed at %d of %d resync blocks", st.ResyncDone, st.ResyncTotal)
 
-	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput()
+	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput()
 	if err == nil {
 		t.Fatalf("promote b succeeded although b is half resynced and lacks writes a acknowledged: %s", out)
 	}
@@ -356,7 +357,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 					return logLines(t, a, "peer marked outdated") > fences && ws.acked() > at+100
 				})
 				tr.waitPeerDisk("b", "outdated")
-				if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err == nil {
+				if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput(); err == nil {
 					t.Fatalf("promote b succeeded while b is outdated: %s", out)
 				}
 				tr.lab.Heal("a", "b")
@@ -385,7 +386,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 			if !async && suspendedAt-atCut > 1 {
 				t.Fatalf("a acknowledged %d writes after the cut; at most the one in flight may be", suspendedAt-atCut)
 			}
-			if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+			if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput(); err != nil {
 				t.Fatalf("promote b: %v %s", err, out)
 			}
 			poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
@@ -455,7 +456,7 @@ func TestAsyncBitmapResyncTargetNotPromoted(t *testing.T) {
 	if d := tr.peerDiskFrom("b", "b"); d != "uptodate" {
 		t.Fatalf("b is %s after a crashed while connected; want uptodate (async: it holds a prefix)", d)
 	}
-	if err := os.Remove(filepath.Join(a, node.JournalFile)); err != nil {
+	if err := os.Remove(filepath.Join(a, volume.JournalFile)); err != nil {
 		t.Fatal(err)
 	}
 	tr.start("a")
@@ -468,7 +469,7 @@ func TestAsyncBitmapResyncTargetNotPromoted(t *testing.T) {
 	<-tr.daemon["a"].done
 	t.Logf("a killed at %d of %d resync blocks (catch-up by %s: %s)", st.ResyncDone, st.ResyncTotal, st.LastCatchUp, st.FallbackReason)
 
-	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput()
+	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput()
 	if err == nil {
 		t.Fatalf("promote b succeeded although b is the target of an unfinished bitmap resync: %s", out)
 	}

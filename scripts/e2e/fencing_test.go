@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -64,7 +65,7 @@ type clusterView struct {
 func clusterState(t *testing.T, dir string) (clusterView, error) {
 	t.Helper()
 	var v clusterView
-	out, err := exec.Command(binary, "cluster", "status", "--json", "--control", filepath.Join(dir, node.ControlFile)).Output()
+	out, err := exec.Command(binary, "cluster", "status", "--json", "--control", filepath.Join(dir, volume.ControlFile)).Output()
 	if err != nil {
 		return v, err
 	}
@@ -124,7 +125,7 @@ func TestWitnessThenPeerDown(t *testing.T) {
 	// quorum, here a and b.
 	poll.Until(t, 20*time.Second, "a read through the raft leader, with w down", func() bool {
 		return exec.Command(binary, "cluster", "status", "--consistent", "--timeout", "2s",
-			"--control", filepath.Join(a, node.ControlFile)).Run() == nil
+			"--control", filepath.Join(a, volume.ControlFile)).Run() == nil
 	})
 	writeBlocks(t, a, 0, 10)
 	waitInSync(t, a, b)
@@ -221,7 +222,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	// was lost is refused, not applied twice.
 	poll.Until(t, 20*time.Second, "b and w to demote a", func() bool {
 		_ = exec.Command(binary, "demote", "a", "--epoch", strconv.FormatUint(old, 10),
-			"--control", filepath.Join(b, node.ControlFile)).Run()
+			"--control", filepath.Join(b, volume.ControlFile)).Run()
 		v, err := clusterState(t, b)
 		return err == nil && v.Volume.Primary == "" && v.Volume.Epoch == old+1
 	})
@@ -257,7 +258,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	// No write a acknowledged is missing on b.
 	w.check(t, filepath.Join(b, "volume.img"))
 
-	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput(); err != nil {
 		t.Fatalf("promote b (uptodate: a never marked it outdated): %v %s", err, out)
 	}
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
@@ -266,7 +267,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	})
 	writeBlocks(t, b, 2048, 64)
 	// A reader keeps a's export busy, as a directory server would.
-	held, err := os.Open(filepath.Join(a, node.ExportDir, "volume"))
+	held, err := os.Open(filepath.Join(a, volume.ExportDir, "volume"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +328,7 @@ func TestPartitionBetweenDataHosts(t *testing.T) {
 		v, err := clusterState(t, a)
 		return err == nil && v.disk("b") == "outdated"
 	})
-	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput()
+	out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "uptodate") {
 		t.Fatalf("promote b while outdated: %v %s; want a refusal saying b is not uptodate", err, out)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
@@ -134,7 +135,7 @@ func startDaemonIn(t *testing.T, prefix []string, dir string, args ...string) *d
 		d.kill()
 		<-d.done
 		// A killed primary leaves a dead FUSE mount behind.
-		_ = syscall.Unmount(filepath.Join(dir, node.ExportDir), syscall.MNT_DETACH)
+		_ = syscall.Unmount(filepath.Join(dir, volume.ExportDir), syscall.MNT_DETACH)
 		for _, dev := range loops { // a mounted one detaches at its umount
 			_ = exec.Command("losetup", "-d", dev).Run()
 		}
@@ -171,7 +172,7 @@ func (d *daemon) stop(t *testing.T) {
 // only while a daemon serves the export: once the FUSE mount is gone their
 // backing file has lost its path.
 func exportLoops(dir string) []string {
-	out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(dir, node.ExportDir, "volume")).Output()
+	out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(dir, volume.ExportDir, "volume")).Output()
 	return strings.Fields(string(out))
 }
 
@@ -182,7 +183,7 @@ func (d *daemon) kill() {
 func status(dir string) (node.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return ctl.NewClient(filepath.Join(dir, node.ControlFile)).Status(ctx)
+	return ctl.NewClient(filepath.Join(dir, volume.ControlFile)).Status(ctx)
 }
 
 // statusJSON runs `ldmirror status --json`, as an operator would.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/ldmirror/ldmirror/node"
@@ -74,7 +75,7 @@ func (d *directoryHost) hookEnv() string {
 // runHook runs one step of the hook script in d's host, as its agent would.
 func (d *directoryHost) runHook(t *testing.T, tr *trio, step string) {
 	t.Helper()
-	env := d.hookEnv() + " LDMIRROR_EXPORT=" + filepath.Join(d.dir, node.ExportDir, "volume") + " LDMIRROR_DIR=" + d.dir
+	env := d.hookEnv() + " LDMIRROR_EXPORT=" + filepath.Join(d.dir, volume.ExportDir, "volume") + " LDMIRROR_DIR=" + d.dir
 	run(t, tr.in(d.host)[0], append(tr.in(d.host)[1:], "sh", "-c", env+" sh "+hookScript(t)+" "+step)...)
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/node"
@@ -22,7 +23,7 @@ import (
 // read through the leader.
 func volumeState(dir string, consistent bool) (cluster.VolumeState, error) {
 	var st clusterStatusJSON
-	args := []string{"cluster", "status", "--json", "--timeout", "2s", "--control", filepath.Join(dir, node.ControlFile)}
+	args := []string{"cluster", "status", "--json", "--timeout", "2s", "--control", filepath.Join(dir, volume.ControlFile)}
 	if consistent {
 		args = append(args, "--consistent")
 	}
@@ -37,7 +38,7 @@ func volumeState(dir string, consistent bool) (cluster.VolumeState, error) {
 // dir and fails the test if it fails.
 func operate(t *testing.T, dir string, args ...string) string {
 	t.Helper()
-	return ldmirror(t, append(args, "--control", filepath.Join(dir, node.ControlFile))...)
+	return ldmirror(t, append(args, "--control", filepath.Join(dir, volume.ControlFile))...)
 }
 
 // statusSampler records a daemon's status every 20 ms until stopped: what

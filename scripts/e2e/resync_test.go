@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -25,7 +26,7 @@ const blockSize = 4096
 // the primary's export file and fsyncs.
 func writeBlocks(t *testing.T, a string, first, n int) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(a, volume.ExportDir, "volume"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ type writeStream struct {
 
 func startWriteStream(t *testing.T, a string, writers int, size, span int64, rng *mrand.Rand) *writeStream {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(a, volume.ExportDir, "volume"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +350,7 @@ func TestVerifyRepairsFlippedBits(t *testing.T) {
 // writeRange fills n bytes at off of the primary's export with random data.
 func writeRange(t *testing.T, a string, off, n int64) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(a, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(a, volume.ExportDir, "volume"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

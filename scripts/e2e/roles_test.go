@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/internal/netns"
 	"github.com/ldmirror/ldmirror/node"
@@ -68,7 +69,7 @@ func (tr *trio) promoteFirst() {
 	tr.t.Helper()
 	poll.Until(tr.t, 20*time.Second, "the members to join and a to be promoted", func() bool {
 		return exec.Command(binary, "promote", "a", "--force", "--reason", "initial sync source",
-			"--control", filepath.Join(tr.dir["a"], node.ControlFile)).Run() == nil
+			"--control", filepath.Join(tr.dir["a"], volume.ControlFile)).Run() == nil
 	})
 }
 
@@ -137,7 +138,7 @@ func (w *recordWriter) ackedCount() int {
 // stopped). It reports through its result, not t, so that it can run off
 // the test's goroutine.
 func (w *recordWriter) run(dir string, stop <-chan struct{}) error {
-	f, err := os.OpenFile(filepath.Join(dir, node.ExportDir, "volume"), os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(dir, volume.ExportDir, "volume"), os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
@@ -233,7 +234,7 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	if n := suspendedAt - atCut; n > 1 {
 		t.Fatalf("a acknowledged %d writes after its link went down; at most the one in flight at the cut may be", n)
 	}
-	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, node.ControlFile)).CombinedOutput(); err != nil {
+	if out, err := exec.Command(binary, "promote", "b", "--control", filepath.Join(b, volume.ControlFile)).CombinedOutput(); err != nil {
 		t.Fatalf("promote b (uptodate: a never marked it outdated): %v %s", err, out)
 	}
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // setup brings a configuration up and returns the device to measure and
@@ -94,7 +95,7 @@ func (b *bench) daemon(dir string, args ...string) (*proc, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		st, err := ctl.NewClient(filepath.Join(dir, node.ControlFile)).Status(ctx)
+		st, err := ctl.NewClient(filepath.Join(dir, volume.ControlFile)).Status(ctx)
 		return err == nil && (st.Link == node.LinkConnected || st.Link == node.LinkStandalone || st.Role == node.RoleSecondary)
 	})
 	if !p.running() {
@@ -221,7 +222,7 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	if slices.Equal(both, asyncFlags) {
 		want = "async"
 	}
-	ctl := filepath.Join(a, node.ControlFile)
+	ctl := filepath.Join(a, volume.ControlFile)
 	if st, err := b.status(ctl); err != nil || st.Mode != want {
 		pri.stop()
 		sec.stop()

@@ -1,4 +1,4 @@
-package node
+package volume
 
 import (
 	"encoding/json"
@@ -11,8 +11,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
-	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/resync"
+	"golang.org/x/sys/unix"
 )
 
 // Files in a volume directory.
@@ -51,10 +51,10 @@ type Meta struct {
 	PrimaryActive bool `json:"primary_active"`
 }
 
-// CreateVolume makes a new volume in dir: a backing file of size bytes,
+// Create makes a new volume in dir: a backing file of size bytes,
 // preallocated unless sparse, and its metadata. A nil id creates a new
 // volume identity; the second host of a pair is given the first host's id.
-func CreateVolume(dir string, size int64, blockSize int, id uuid.UUID, sparse bool) (Meta, error) {
+func Create(dir string, size int64, blockSize int, id uuid.UUID, sparse bool) (Meta, error) {
 	if _, err := bitmap.New(size, blockSize); err != nil {
 		return Meta{}, err
 	}
@@ -81,12 +81,12 @@ func CreateVolume(dir string, size int64, blockSize int, id uuid.UUID, sparse bo
 	if err := blockdev.CreateFile(filepath.Join(dir, BackingFile), size, sparse); err != nil {
 		return m, fmt.Errorf("create backing file: %w", err)
 	}
-	return m, writeMeta(dir, m)
+	return m, Save(dir, m)
 }
 
-// writeMeta replaces meta.json atomically: write a temporary file, fsync it,
+// Save replaces meta.json atomically: write a temporary file, fsync it,
 // rename it over the old one, fsync the directory.
-func writeMeta(dir string, m Meta) error {
+func Save(dir string, m Meta) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
@@ -118,8 +118,8 @@ func writeMeta(dir string, m Meta) error {
 	return d.Sync()
 }
 
-// LoadMeta reads and checks dir's metadata.
-func LoadMeta(dir string) (Meta, error) {
+// Load reads and checks dir's metadata.
+func Load(dir string) (Meta, error) {
 	var m Meta
 	b, err := os.ReadFile(filepath.Join(dir, MetaFile))
 	if errors.Is(err, os.ErrNotExist) {
@@ -140,31 +140,20 @@ func LoadMeta(dir string) (Meta, error) {
 	return m, nil
 }
 
-// DiscardLocal resolves a split brain on this host: it gives up the data
-// written here since the hosts last agreed. The daemon must not run. At the
-// next connection the peer, as primary, copies the whole volume here.
-func DiscardLocal(dir string) (Meta, error) {
-	m, err := LoadMeta(dir)
+// Lock takes the volume directory for this process, so that a second
+// daemon started on it fails before it touches anything. Closing the file
+// releases it.
+func Lock(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return m, err
+		return nil, err
 	}
-	lock, err := lockVolume(dir)
-	if err != nil {
-		return m, err
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("volume %s is in use by another ldmirror daemon", dir)
+		}
+		return nil, fmt.Errorf("lock volume %s: %w", dir, err)
 	}
-	defer lock.Close()
-	if m, err = LoadMeta(dir); err != nil {
-		return m, err
-	}
-	m.Generations.Discard()
-	m.PrimaryActive = false
-	// Its out-of-sync map and its journal describe data that no longer
-	// counts.
-	if err := os.Remove(filepath.Join(dir, ScoreboardFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return m, err
-	}
-	if _, err := journal.Discard(filepath.Join(dir, JournalFile), "the local data was discarded (ldmirror resolve --discard-local)"); err != nil {
-		return m, err
-	}
-	return m, writeMeta(dir, m)
+	return f, nil
 }
