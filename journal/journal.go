@@ -2,14 +2,9 @@ package journal
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -112,203 +107,6 @@ type writing struct {
 // smallRecord is the largest record written with one system call from a
 // pooled buffer; larger ones write the header and the data separately.
 const smallRecord = HeaderSize + 64<<10
-
-// Create makes a new journal at path, which must not exist.
-func Create(path string, opt Options) (*Journal, error) {
-	capacity := opt.Capacity
-	if capacity == 0 {
-		capacity = DefaultCapacity
-	}
-	if capacity < MinCapacity || capacity > 1<<40 {
-		return nil, fmt.Errorf("journal capacity %d bytes: must be %d to %d", capacity, MinCapacity, int64(1)<<40)
-	}
-	first := opt.FirstSeq
-	if first == 0 {
-		first = 1
-	}
-	var idb [8]byte
-	if _, err := rand.Read(idb[:]); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	fail := func(err error) (*Journal, error) {
-		f.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("create journal %s: %w", path, err)
-	}
-	if err := f.Truncate(RingStart + capacity); err != nil {
-		return fail(err)
-	}
-	sb := superblock{gen: 1, id: binary.BigEndian.Uint64(idb[:]) | 1, capacity: uint64(capacity), tailSeq: first, durable: first - 1,
-		clean: true, authority: NoAuthority, boot: bootID(), reason: "new journal: no bitmap resync completed in it yet"}
-	var b [superSize]byte
-	sb.encode(b[:])
-	if _, err := f.WriteAt(b[:], 0); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := syncDir(path); err != nil {
-		return fail(err)
-	}
-	f.Close()
-	return Open(path)
-}
-
-func syncDir(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// Open opens the journal at path and finds its records: sequence numbers
-// continue after the last valid one. A torn record at the end is dropped
-// (see Recovered); a damaged record before it is an ErrCorrupt error.
-func Open(path string) (*Journal, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
-	}
-	j, err := openFile(f)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
-	}
-	return j, nil
-}
-
-func openFile(f *os.File) (*Journal, error) {
-	var slots [2][superSize]byte
-	var sbs [2]superblock
-	var errs [2]error
-	for i := range slots {
-		if _, err := f.ReadAt(slots[i][:], int64(i)*SlotSize); err != nil {
-			errs[i] = err
-			continue
-		}
-		sbs[i], errs[i] = decodeSuper(slots[i][:])
-	}
-	pick := -1
-	for i := range sbs {
-		if errs[i] == nil && (pick < 0 || sbs[i].gen > sbs[pick].gen) {
-			pick = i
-		}
-	}
-	if pick < 0 {
-		return nil, fmt.Errorf("%w: slot 0: %v; slot 1: %v", ErrNotJournal, errs[0], errs[1])
-	}
-	sb := sbs[pick]
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Size() != RingStart+int64(sb.capacity) {
-		return nil, fmt.Errorf("%w: file is %d bytes, the superblock says %d", ErrCorrupt, st.Size(), RingStart+int64(sb.capacity))
-	}
-	boot := bootID()
-	j := &Journal{
-		f:         f,
-		id:        sb.id,
-		seed:      idSum(sb.id),
-		capacity:  sb.capacity,
-		open:      sb.open + 1,
-		tailSeq:   sb.tailSeq,
-		tailPos:   sb.tailPos,
-		sbGen:     sb.gen,
-		safeSlot:  pick,
-		synced:    make(chan struct{}),
-		authority: sb.authority,
-		stopped:   sb.stopped,
-		reason:    sb.reason,
-		boot:      boot,
-	}
-	j.recovery.Clean = sb.clean
-	j.recovery.Rebooted = boot == [16]byte{} || sb.boot != boot
-	j.bufs.New = func() any { b := make([]byte, smallRecord); return &b }
-	if err := j.scan(sb.durable); err != nil {
-		return nil, err
-	}
-	// What the scan found is now made durable, and the new open counter
-	// recorded, before any record of this session is written: a record
-	// left behind by an earlier session after a torn one carries a lower
-	// counter than the records that will follow it here. The superblock
-	// also records this boot and that the journal is open (not clean).
-	if err := unix.Fdatasync(int(f.Fd())); err != nil {
-		return nil, err
-	}
-	j.written, j.durable = j.nextSeq-1, j.nextSeq-1
-	if err := j.writeSuper(j.tailSeq, j.tailPos, true); err != nil {
-		return nil, err
-	}
-	return j, nil
-}
-
-// scan walks the records from the tail and sets the head.
-func (j *Journal) scan(durable uint64) error {
-	seq, pos := j.tailSeq, j.tailPos
-	var hdr [HeaderSize]byte
-	var data []byte
-	var lastOpen uint32
-	for {
-		if pos-j.tailPos+HeaderSize > j.capacity {
-			break // the ring is full up to here
-		}
-		if err := j.readRing(hdr[:], pos); err != nil {
-			return err
-		}
-		reason, torn := "", true
-		h, err := decodeHeader(hdr[:])
-		switch {
-		case err != nil:
-			reason = err.Error()
-			torn = hdr != [HeaderSize]byte{} // zeros: never written
-		case h.seq != seq:
-			reason = fmt.Sprintf("sequence number %d, expected %d", h.seq, seq)
-			torn = h.seq > seq // lower: a record of an earlier lap of the ring
-		case h.open < lastOpen || h.open >= j.open:
-			reason = fmt.Sprintf("written by open %d after a record of open %d", h.open, lastOpen)
-		case pos-j.tailPos+h.size() > j.capacity:
-			reason = fmt.Sprintf("%d bytes do not fit in the ring", h.size())
-		}
-		if reason == "" {
-			n := h.dataLen()
-			if int64(cap(data)) < n {
-				data = make([]byte, n)
-			}
-			data = data[:n]
-			if err := j.readRing(data, pos+HeaderSize); err != nil {
-				return err
-			}
-			if !verify(j.seed, &h, hdr[:], data) {
-				reason = "checksum mismatch"
-			}
-		}
-		if reason != "" {
-			off := RingStart + int64(pos%j.capacity)
-			if seq <= durable {
-				return fmt.Errorf("%w: record seq %d at file offset %d: %s (records up to %d were durable)", ErrCorrupt, seq, off, reason, durable)
-			}
-			if torn {
-				j.recovery.TornTail, j.recovery.TornOffset, j.recovery.TornReason = true, off, reason
-			}
-			break
-		}
-		j.positions.push(pos)
-		lastOpen = h.open
-		seq++
-		pos += h.size()
-		j.recovery.Records++
-	}
-	j.nextSeq, j.headPos = seq, pos
-	return nil
-}
 
 // Recovered says what Open found.
 func (j *Journal) Recovered() Recovery { return j.recovery }
@@ -433,23 +231,34 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 	if size > j.capacity {
 		return 0, fmt.Errorf("%w: a record of %d bytes is larger than the %d-byte ring", ErrBadRecord, size, j.capacity)
 	}
+	seq, pos, err := j.reserve(ctx, size, wait, hold)
+	if err != nil {
+		return 0, err
+	}
+	if err := j.finish(seq, hold, j.writeRecord(seq, pos, &r)); err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+// reserve gives the next record of size bytes its sequence number and
+// ring position, once the ring has room for it (or fails with ErrFull if
+// not wait).
+func (j *Journal) reserve(ctx context.Context, size uint64, wait, hold bool) (seq, pos uint64, err error) {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	for {
 		if j.closed {
-			j.mu.Unlock()
-			return 0, ErrClosed
+			return 0, 0, ErrClosed
 		}
 		if j.err != nil {
-			err := j.err
-			j.mu.Unlock()
-			return 0, err
+			return 0, 0, j.err
 		}
 		if j.headPos+size-j.tailPos <= j.capacity {
 			break
 		}
 		if !wait {
-			j.mu.Unlock()
-			return 0, ErrFull
+			return 0, 0, ErrFull
 		}
 		if j.freed == nil {
 			j.freed = make(chan struct{})
@@ -460,15 +269,15 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			j.mu.Lock()
-			j.waiting--
-			j.mu.Unlock()
-			return 0, fmt.Errorf("%w: %w", ErrFull, ctx.Err())
+			err = fmt.Errorf("%w: %w", ErrFull, ctx.Err())
 		}
 		j.mu.Lock()
 		j.waiting--
+		if err != nil {
+			return 0, 0, err
+		}
 	}
-	seq, pos := j.nextSeq, j.headPos
+	seq, pos = j.nextSeq, j.headPos
 	j.nextSeq++
 	j.headPos += size
 	j.positions.push(pos)
@@ -476,14 +285,17 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 	if hold {
 		j.held = append(j.held, writing{seq: seq})
 	}
-	j.mu.Unlock()
+	return seq, pos, nil
+}
 
-	err := j.writeRecord(seq, pos, &r)
-
+// finish records that the write of record seq ended with werr and, if it
+// succeeded, waits until every record before it is written too (see
+// Append).
+func (j *Journal) finish(seq uint64, hold bool, werr error) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if err != nil && j.err == nil {
-		j.poison(fmt.Errorf("journal write of seq %d: %w", seq, err))
+	if werr != nil && j.err == nil {
+		j.poison(fmt.Errorf("journal write of seq %d: %w", seq, werr))
 	}
 	j.maxDone = max(j.maxDone, seq)
 	for i := range j.writing {
@@ -504,14 +316,7 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 			j.appended = nil
 		}
 	}
-	if err != nil {
-		if hold {
-			j.releaseLocked(seq)
-		}
-		return 0, j.err
-	}
-	// Wait for the appends before this one: see Append.
-	for j.written < seq && j.err == nil && !j.closed {
+	for werr == nil && j.written < seq && j.err == nil && !j.closed {
 		if j.appended == nil {
 			j.appended = make(chan struct{})
 		}
@@ -520,16 +325,16 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 		<-ch
 		j.mu.Lock()
 	}
-	if j.written < seq {
-		if hold {
-			j.releaseLocked(seq)
-		}
-		if j.err != nil {
-			return 0, j.err
-		}
-		return 0, ErrClosed
+	if j.written >= seq && werr == nil {
+		return nil
 	}
-	return seq, nil
+	if hold {
+		j.releaseLocked(seq)
+	}
+	if j.err != nil {
+		return j.err
+	}
+	return ErrClosed
 }
 
 // poison makes every later append and sync fail with err and wakes the
@@ -542,53 +347,6 @@ func (j *Journal) poison(err error) {
 		}
 	}
 	j.freed, j.appended = nil, nil
-}
-
-// writeRecord writes record r as seq at ring position pos.
-func (j *Journal) writeRecord(seq, pos uint64, r *Record) error {
-	bp := j.bufs.Get().(*[]byte)
-	defer j.bufs.Put(bp)
-	b := *bp
-	putHeader(b, r.Kind, j.open, seq, r.Offset, r.Length)
-	sum := recordSum(j.seed, b[:HeaderSize], r.Data)
-	binary.BigEndian.PutUint32(b[12:16], sum)
-	if HeaderSize+len(r.Data) <= len(b) {
-		n := copy(b[HeaderSize:], r.Data)
-		return j.writeRing(b[:HeaderSize+n], pos)
-	}
-	if err := j.writeRing(b[:HeaderSize], pos); err != nil {
-		return err
-	}
-	return j.writeRing(r.Data, pos+HeaderSize)
-}
-
-// writeRing writes b at logical ring position pos, wrapping at the end.
-func (j *Journal) writeRing(b []byte, pos uint64) error {
-	phys := pos % j.capacity
-	n := min(uint64(len(b)), j.capacity-phys)
-	if _, err := j.f.WriteAt(b[:n], RingStart+int64(phys)); err != nil {
-		return err
-	}
-	if n < uint64(len(b)) {
-		_, err := j.f.WriteAt(b[n:], RingStart)
-		return err
-	}
-	return nil
-}
-
-// readRing reads b from logical ring position pos, wrapping at the end.
-func (j *Journal) readRing(b []byte, pos uint64) error {
-	phys := pos % j.capacity
-	n := min(uint64(len(b)), j.capacity-phys)
-	if _, err := j.f.ReadAt(b[:n], RingStart+int64(phys)); err != nil {
-		return fmt.Errorf("journal read at file offset %d: %w", RingStart+int64(phys), err)
-	}
-	if n < uint64(len(b)) {
-		if _, err := j.f.ReadAt(b[n:], RingStart); err != nil {
-			return fmt.Errorf("journal read at file offset %d: %w", RingStart, err)
-		}
-	}
-	return nil
 }
 
 // Sync makes every append that returned before the call durable, and
@@ -659,49 +417,6 @@ func (j *Journal) Sync(ctx context.Context) error {
 	return err
 }
 
-// writeSuperCurrent writes the superblock with the current tail, without
-// waiting for it to be durable.
-func (j *Journal) writeSuperCurrent() error {
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	j.mu.Lock()
-	tailSeq, tailPos := j.tailSeq, j.tailPos
-	j.mu.Unlock()
-	return j.writeSuperLocked(tailSeq, tailPos, false)
-}
-
-func (j *Journal) writeSuper(tailSeq, tailPos uint64, sync bool) error {
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	return j.writeSuperLocked(tailSeq, tailPos, sync)
-}
-
-// writeSuperLocked writes the slot that does not hold the last durable
-// superblock, so that a torn write leaves that one; with sync it then
-// becomes the durable one. sbMu is held.
-func (j *Journal) writeSuperLocked(tailSeq, tailPos uint64, sync bool) error {
-	j.mu.Lock()
-	durable := j.durable
-	j.mu.Unlock()
-	j.sbGen++
-	sb := superblock{gen: j.sbGen, id: j.id, capacity: j.capacity, tailSeq: tailSeq, tailPos: tailPos, durable: durable, open: j.open,
-		stopped: j.stopped, clean: j.clean, authority: j.authority, boot: j.boot, reason: j.reason}
-	slot := 1 - j.safeSlot
-	var b [superSize]byte
-	sb.encode(b[:])
-	if _, err := j.f.WriteAt(b[:], int64(slot)*SlotSize); err != nil {
-		return err
-	}
-	if !sync {
-		return nil
-	}
-	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
-		return err
-	}
-	j.safeSlot = slot
-	return nil
-}
-
 // Truncate frees every record up to and including seq (clamped to the
 // records written so far). The new oldest record is made durable in the
 // superblock before the room can be reused.
@@ -749,180 +464,6 @@ func (j *Journal) Truncate(seq uint64) error {
 	return nil
 }
 
-// Authority is the oldest position from which a peer may be caught up:
-// a peer whose durable position in this journal is at or past it holds
-// the volume as it was after that record, so the records after its
-// position are all it lacks. NoAuthority: no peer may be caught up from
-// this journal before a bitmap resync set the authority again; why says
-// why. A new journal has none. The journal only stores the authority; its
-// user keeps the promise (docs/journal.md).
-func (j *Journal) Authority() (seq uint64, why string) {
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	if j.authority == NoAuthority {
-		return NoAuthority, j.reason
-	}
-	return j.authority, ""
-}
-
-// SetAuthority makes seq the authority, durably. Setting NoAuthority, with
-// why, never fails silently into the old authority: if the superblock
-// cannot be written, the journal is poisoned and its file removed, so that
-// no later Open finds it; it returns an error only if that fails too. A
-// stopped journal has no authority until Resume.
-func (j *Journal) SetAuthority(seq uint64, why string) error {
-	if seq != NoAuthority {
-		why = ""
-	}
-	return j.changeSuper(seq == NoAuthority, func() error {
-		if j.stopped && seq != NoAuthority {
-			return fmt.Errorf("journal: authority %d for a stopped journal", seq)
-		}
-		j.authority = seq
-		if !j.stopped {
-			j.reason = why
-		}
-		return nil
-	})
-}
-
-// Stop records durably that journaling stopped: from now on the local disk
-// may receive writes that no record holds, so the records must never be
-// redone onto it, and no peer may be caught up from them (the authority
-// becomes NoAuthority). The first reason given is kept. Like SetAuthority
-// to NoAuthority, it removes the file if the superblock cannot be written,
-// and fails only if that fails too.
-func (j *Journal) Stop(why string) error {
-	return j.changeSuper(true, func() error {
-		if !j.stopped {
-			j.stopped, j.reason = true, why
-		}
-		j.authority = NoAuthority
-		return nil
-	})
-}
-
-// Stopped reports whether journaling stopped (Stop), and why.
-func (j *Journal) Stopped() (bool, string) {
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	return j.stopped, j.reason
-}
-
-// changeSuper changes the superblock's state with change and writes it
-// durably. If that fails, the journal is poisoned and, for a conservative
-// change (one that only takes promises back), the file is removed: a
-// journal that is not found is never resumed.
-func (j *Journal) changeSuper(conservative bool, change func() error) error {
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	j.mu.Lock()
-	if j.closed {
-		j.mu.Unlock()
-		return ErrClosed
-	}
-	tailSeq, tailPos := j.tailSeq, j.tailPos
-	j.mu.Unlock()
-	if err := change(); err != nil {
-		return err
-	}
-	err := j.writeSuperLocked(tailSeq, tailPos, true)
-	if err == nil {
-		return nil
-	}
-	err = fmt.Errorf("journal superblock: %w", err)
-	rerr := os.Remove(j.f.Name())
-	if rerr == nil {
-		rerr = syncDir(j.f.Name())
-	}
-	j.mu.Lock()
-	if j.err == nil {
-		if rerr == nil {
-			j.poison(fmt.Errorf("%w; the journal file was removed", err))
-		} else {
-			j.poison(err)
-		}
-	}
-	j.mu.Unlock()
-	if conservative && rerr == nil {
-		return nil
-	}
-	return errors.Join(err, rerr)
-}
-
-// Resume clears a Stop: it frees every record (they must never be redone:
-// the local disk may hold newer writes) and journaling starts again from
-// the next sequence number, with NoAuthority until a bitmap resync sets
-// one. No append may be in progress.
-func (j *Journal) Resume() error {
-	j.truncMu.Lock()
-	defer j.truncMu.Unlock()
-	j.mu.Lock()
-	if j.closed || j.err != nil {
-		err := j.err
-		j.mu.Unlock()
-		if err == nil {
-			err = ErrClosed
-		}
-		return err
-	}
-	if j.written != j.nextSeq-1 || len(j.held) > 0 {
-		j.mu.Unlock()
-		return errors.New("journal: Resume with appends in progress")
-	}
-	newTail, newPos := j.nextSeq, j.headPos
-	j.mu.Unlock()
-
-	j.sbMu.Lock()
-	defer j.sbMu.Unlock()
-	if !j.stopped {
-		return nil
-	}
-	j.stopped, j.authority = false, NoAuthority
-	j.reason = "journaling resumed after it stopped: no bitmap resync completed since"
-	if err := j.writeSuperLocked(newTail, newPos, true); err != nil {
-		// The slot written last before this one still says stopped.
-		j.stopped = true
-		j.mu.Lock()
-		if j.err == nil {
-			j.poison(fmt.Errorf("journal superblock: %w", err))
-		}
-		j.mu.Unlock()
-		return err
-	}
-	j.mu.Lock()
-	j.positions.drop(int(newTail - j.tailSeq))
-	j.tailSeq, j.tailPos = newTail, newPos
-	if j.freed != nil {
-		close(j.freed)
-		j.freed = nil
-	}
-	j.mu.Unlock()
-	return nil
-}
-
-// Discard stops the journal at path (see Stop), if there is one, so that
-// it is never resumed: its host is about to write, or to receive writes,
-// that it does not hold. Its numbering is kept. A journal that cannot be
-// read is removed. It reports whether it stopped or removed a journal.
-func Discard(path, why string) (bool, error) {
-	j, err := Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		if rerr := os.Remove(path); rerr != nil {
-			return false, errors.Join(err, rerr)
-		}
-		return true, syncDir(path)
-	}
-	stopped, _ := j.Stopped()
-	if stopped {
-		return false, j.Close()
-	}
-	return true, errors.Join(j.Stop(why), j.Close())
-}
-
 // Close makes the journal durable and closes the file. Appends waiting for
 // room fail with ErrClosed. The next Open finds it Clean, unless it was
 // poisoned.
@@ -951,50 +492,4 @@ func (j *Journal) Close() error {
 		j.sbMu.Unlock()
 	}
 	return errors.Join(err, j.f.Close())
-}
-
-// bootID identifies this boot of the host (zero if unknown): a journal
-// opened again in the same boot after its process died still has every
-// record its appends wrote, in the page cache.
-func bootID() [16]byte {
-	var id [16]byte
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return id
-	}
-	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", ""))
-	if err != nil || len(h) != len(id) {
-		return id
-	}
-	copy(id[:], h)
-	return id
-}
-
-// posRing is a FIFO of ring positions that grows by doubling.
-type posRing struct {
-	buf  []uint64
-	head int
-	n    int
-}
-
-func (r *posRing) push(v uint64) {
-	if r.n == len(r.buf) {
-		nb := make([]uint64, max(64, 2*len(r.buf)))
-		for i := range r.n {
-			nb[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
-		}
-		r.buf, r.head = nb, 0
-	}
-	r.buf[(r.head+r.n)&(len(r.buf)-1)] = v
-	r.n++
-}
-
-func (r *posRing) at(i int) uint64 { return r.buf[(r.head+i)&(len(r.buf)-1)] }
-
-func (r *posRing) drop(k int) {
-	if k <= 0 {
-		return
-	}
-	r.head = (r.head + k) & (len(r.buf) - 1)
-	r.n -= k
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/ldmirror/ldmirror/internal/peertest"
+	"github.com/ldmirror/ldmirror/journal"
+	"github.com/ldmirror/ldmirror/replica"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
@@ -163,3 +165,54 @@ func BenchmarkFullCopyTCP(b *testing.B) {
 		}
 	}
 }
+
+// benchmarkAsyncWrite is benchmarkMirrorWrite in async mode: a write
+// returns after the local write and the journal append. Writers outrun the
+// shipper here, so once the 64 MiB journal is full this measures the
+// shipping rate (the writers are throttled), on a loopback link where the
+// two ends share the CPUs.
+func benchmarkAsyncWrite(b *testing.B, size, depth int) {
+	dir := b.TempDir()
+	pri, sec := newFileSized(b, "a.img", volSize), newFileSized(b, "b.img", volSize)
+	secDev := openFileSized(b, sec, volSize)
+	replica := replica.New(secDev, 4096, nil)
+	secCfg, priCfg := peertest.Configs(volSize)
+	ln, err := transport.Listen("127.0.0.1:0", secCfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = ln.Serve(ctx, replica) }()
+	j, err := journal.Create(filepath.Join(dir, "journal"), journal.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dirty, _ := bitmap.New(volSize, 4096)
+	m := mustNew(b, openFileSized(b, pri, volSize), Config{Dirty: dirty, Async: &AsyncConfig{Journal: j}})
+	sess, err := transport.Dial(ctx, ln.Addr().String(), priCfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m.SetPeer(sess)
+	if err := m.CatchUp(ctx, false); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		m.Close()
+		sess.Close()
+		cancel()
+		<-served
+		replica.Wait()
+		secDev.Close()
+	}()
+	parallelWrites(b, m, size, depth)
+	b.StopTimer()
+	if err := m.Drain(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func BenchmarkMirrorWriteAsync4KQD16(b *testing.B) { benchmarkAsyncWrite(b, 4096, 8) }
+
+func BenchmarkMirrorWriteAsync1MQD4(b *testing.B) { benchmarkAsyncWrite(b, 1<<20, 2) }
