@@ -201,3 +201,13 @@ func validNodeID(id string) error {
 	}
 	return nil
 }
+
+// Role is what a data host does in an epoch: the primary the control plane
+// names takes the writes, the other host applies them.
+type Role string
+
+// Roles, named as status and the agent's hooks (LDMIRROR_ROLE) show them.
+const (
+	RolePrimary   Role = "primary"
+	RoleSecondary Role = "secondary"
+)

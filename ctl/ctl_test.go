@@ -19,7 +19,7 @@ type fakeHost struct {
 	full bool // the last Resync's full argument
 }
 
-func (h *fakeHost) Status() node.Status { return node.Status{Node: "a", Role: node.RolePrimary} }
+func (h *fakeHost) Status() node.Status { return node.Status{Node: "a", Role: cluster.RolePrimary} }
 func (h *fakeHost) Verify(context.Context) (node.VerifyResult, error) {
 	return node.VerifyResult{Blocks: 10, OutOfSync: 1}, h.err
 }

@@ -16,11 +16,21 @@ import (
 	"github.com/ldmirror/ldmirror/transport"
 )
 
-// Replication states shown by status.
+// State is the replication state status shows.
+type State string
+
+// Replication states of a primary's mirror.
 const (
-	StateReplicating = "replicating"
-	StateLogging     = "logging"
-	StateResyncing   = "resyncing"
+	// StateReplicating: every write reaches the peer (or its journal
+	// ships in order).
+	StateReplicating State = "replicating"
+	// StateLogging: no peer (or the journal overflowed): writes go on and
+	// their blocks stay dirty.
+	StateLogging State = "logging"
+	// StateResyncing: the out-of-sync blocks are being copied to the peer.
+	StateResyncing State = "resyncing"
+	// StateCatchUp: the journal is replayed to a peer that returned.
+	StateCatchUp State = "journal-catchup"
 )
 
 // noIntent is the write intent of a mirror that keeps the dirty blocks in
@@ -437,7 +447,7 @@ type Status struct {
 	Connected    bool
 	Suspended    bool // writes wait for the control plane to mark the peer outdated
 	Fenced       bool // the control plane refused to: writes the peer lacks fail
-	Replication  string
+	Replication  State
 	LastError    string
 	DirtyBlocks  uint64
 	InFlight     int

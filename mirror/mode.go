@@ -70,10 +70,6 @@ func ParseFullPolicy(s string) (FullPolicy, error) {
 	return 0, fmt.Errorf("journal-full policy %q: want throttle or logging", s)
 }
 
-// StateCatchUp is the replication state while the journal is replayed to a
-// peer that returned.
-const StateCatchUp = "journal-catchup"
-
 // How the last reconnect brought the peer up to date (Status.LastCatchUp).
 const (
 	CatchUpJournal = "journal"

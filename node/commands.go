@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -14,7 +15,7 @@ import (
 func (n *Node) primaryParts() (*mirror.Mirror, *bitmap.Set, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.role != RolePrimary || n.mirror == nil || n.cfg.Passthrough {
+	if n.role != cluster.RolePrimary || n.mirror == nil || n.cfg.Passthrough {
 		return nil, nil, ErrNotPrimary
 	}
 	return n.mirror, n.dirty, nil

@@ -26,24 +26,21 @@ import (
 	"github.com/ldmirror/ldmirror/volume"
 )
 
-// Roles.
-const (
-	RolePrimary   = "primary"
-	RoleSecondary = "secondary"
-)
+// Link is the state of the link to the peer, as status shows it.
+type Link string
 
-// Link states shown by status.
+// Link states.
 const (
-	LinkConnected    = "connected"
-	LinkConnecting   = "connecting"
-	LinkDisconnected = "disconnected"
-	LinkStandalone   = "standalone"
+	LinkConnected    Link = "connected"
+	LinkConnecting   Link = "connecting"
+	LinkDisconnected Link = "disconnected"
+	LinkStandalone   Link = "standalone"
 )
 
 // Config is how one host runs its volume.
 type Config struct {
-	Dir    string // volume directory (meta.json, volume.img)
-	Role   string // RolePrimary or RoleSecondary; ignored with a control plane, which names the role
+	Dir    string       // volume directory (meta.json, volume.img)
+	Role   cluster.Role // cluster.RolePrimary or cluster.RoleSecondary; ignored with a control plane, which names the role
 	NodeID string
 	Listen string // address the secondary accepts the primary on
 	Peer   string // address the primary dials; empty: standalone
@@ -101,8 +98,8 @@ func (c *Config) check() error {
 		if c.Passthrough {
 			return errors.New("--passthrough is a benchmark baseline: run it without a control plane")
 		}
-	case c.Role == RolePrimary:
-	case c.Role == RoleSecondary:
+	case c.Role == cluster.RolePrimary:
+	case c.Role == cluster.RoleSecondary:
 		if c.Listen == "" {
 			return errors.New("a secondary needs --listen, the address the primary connects to")
 		}
@@ -110,7 +107,7 @@ func (c *Config) check() error {
 			return errors.New("--passthrough is for a primary without a peer")
 		}
 	default:
-		return fmt.Errorf("role must be %q or %q, got %q", RolePrimary, RoleSecondary, c.Role)
+		return fmt.Errorf("role must be %q or %q, got %q", cluster.RolePrimary, cluster.RoleSecondary, c.Role)
 	}
 	if c.Passthrough && c.Mode == mirror.ModeAsync {
 		return errors.New("--passthrough has no peer to be asynchronous with: drop --mode async")
@@ -149,7 +146,7 @@ type Node struct {
 	mu sync.Mutex // guards meta's mutable fields, the link state and the term's parts
 	// role is the role of the current term; epoch the control plane's epoch
 	// of a primary term (0 without a control plane).
-	role  string
+	role  cluster.Role
 	epoch cluster.Epoch
 	// transition says what a role change waits for, for status.
 	transition string
@@ -175,7 +172,7 @@ type Node struct {
 	// primary asks for them (KindOutOfSync) and resyncs them too.
 	behind *roaring.Bitmap
 
-	link      string
+	link      Link
 	peerNode  string
 	peerGen   resync.Generations // what the connected peer holds (its Hello, then each hand-off)
 	refused   string             // why the last peer was refused, for status
@@ -252,7 +249,7 @@ func Open(cfg Config) (*Node, error) {
 		Logger:     cfg.Logger,
 	}
 	n.tcfg.Generations = func() [4]uint64 { return n.generations().Pack() }
-	if cfg.Role == RoleSecondary || cfg.Peer != "" {
+	if cfg.Role == cluster.RoleSecondary || cfg.Peer != "" {
 		if len(cfg.Secret) < transport.MinSecretLen {
 			lock.Close()
 			return nil, fmt.Errorf("shared secret is %d bytes, need at least %d (--secret-file)", len(cfg.Secret), transport.MinSecretLen)
@@ -275,8 +272,8 @@ func Open(cfg Config) (*Node, error) {
 }
 
 // prepare sets up the parts of a term in role.
-func (n *Node) prepare(role string) error {
-	if role == RoleSecondary {
+func (n *Node) prepare(role cluster.Role) error {
+	if role == cluster.RoleSecondary {
 		return n.prepareSecondary()
 	}
 	return n.preparePrimary()
@@ -325,7 +322,7 @@ func (n *Node) setRefused(err error) {
 	}
 }
 
-func (n *Node) setLink(state, peer string) {
+func (n *Node) setLink(state Link, peer string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.link, n.peerNode = state, peer
@@ -369,7 +366,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return errors.Join(n.followControlPlane(ctx), n.dev.Close())
 	}
 	var err error
-	if n.cfg.Role == RoleSecondary {
+	if n.cfg.Role == cluster.RoleSecondary {
 		err = n.runSecondary(ctx, nil)
 	} else {
 		err = n.runPrimary(ctx, nil)
@@ -393,7 +390,7 @@ func (n *Node) Close() {
 }
 
 // Role is the role of the host's current term.
-func (n *Node) Role() string {
+func (n *Node) Role() cluster.Role {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.role

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 	"github.com/ldmirror/ldmirror/journal"
@@ -37,27 +38,27 @@ func TestOpenRejects(t *testing.T) {
 		wantIs error
 	}{
 		{"no volume", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, volume.MetaFile)) },
-			Config{Role: RolePrimary, NodeID: "a"}, "run ldmirror init", volume.ErrNoVolume},
+			Config{Role: cluster.RolePrimary, NodeID: "a"}, "run ldmirror init", volume.ErrNoVolume},
 		{"backing file of the wrong size", func(t *testing.T, dir string) {
 			if err := os.Truncate(filepath.Join(dir, volume.BackingFile), 1<<19); err != nil {
 				t.Fatal(err)
 			}
-		}, Config{Role: RolePrimary, NodeID: "a"}, "is 524288 bytes, the volume is 1048576 bytes", blockdev.ErrWrongSize},
+		}, Config{Role: cluster.RolePrimary, NodeID: "a"}, "is 524288 bytes, the volume is 1048576 bytes", blockdev.ErrWrongSize},
 		{"corrupt metadata", func(t *testing.T, dir string) {
 			if err := os.WriteFile(filepath.Join(dir, volume.MetaFile), []byte("{not json"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, Config{Role: RolePrimary, NodeID: "a"}, "meta.json", nil},
+		}, Config{Role: cluster.RolePrimary, NodeID: "a"}, "meta.json", nil},
 		{"metadata from a newer version", func(t *testing.T, dir string) {
 			if err := os.WriteFile(filepath.Join(dir, volume.MetaFile), []byte(`{"version":9,"size_bytes":1048576,"block_size_bytes":4096}`), 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, Config{Role: RolePrimary, NodeID: "a"}, "metadata version 9, this ldmirror reads version 1", nil},
+		}, Config{Role: cluster.RolePrimary, NodeID: "a"}, "metadata version 9, this ldmirror reads version 1", nil},
 		{"unknown role", nil, Config{Role: "leader", NodeID: "a"}, `role must be "primary" or "secondary", got "leader"`, nil},
-		{"secondary without listen", nil, Config{Role: RoleSecondary, NodeID: "b", Secret: secret}, "needs --listen", nil},
-		{"no node id", nil, Config{Role: RolePrimary}, "node id", nil},
-		{"short secret", nil, Config{Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("short")}, "shared secret is 5 bytes, need at least 16", nil},
-		{"passthrough with a peer", nil, Config{Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Passthrough: true}, "drop --peer", nil},
+		{"secondary without listen", nil, Config{Role: cluster.RoleSecondary, NodeID: "b", Secret: secret}, "needs --listen", nil},
+		{"no node id", nil, Config{Role: cluster.RolePrimary}, "node id", nil},
+		{"short secret", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("short")}, "shared secret is 5 bytes, need at least 16", nil},
+		{"passthrough with a peer", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Passthrough: true}, "drop --peer", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := vol(t)
@@ -86,7 +87,7 @@ func TestSecondDaemonOnAVolumeIsRefused(t *testing.T) {
 	if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a"}
+	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a"}
 	n, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +112,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 		t.Fatal(err)
 	}
 	initial, _ := volume.Load(dir)
-	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
+	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
 
 	// A primary that is not stopped cleanly leaves primary_active set.
 	n, err := Open(cfg)
@@ -148,48 +149,6 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 	}
 }
 
-func TestBytes(t *testing.T) {
-	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 256 << 20: "256.0 MiB", 3 << 40: "3.0 TiB"} {
-		if got := Bytes(n); got != want {
-			t.Errorf("Bytes(%d) = %q, want %q", n, got, want)
-		}
-	}
-}
-
-func TestStatusText(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		st   Status
-		want []string
-	}{
-		{"resyncing", Status{Role: RolePrimary, Link: LinkConnected, Replication: "resyncing", ResyncDone: 256, ResyncTotal: 1024,
-			ResyncRate: 100 << 20, ResyncETASec: 3, BlockSize: 4096},
-			[]string{"resyncing 25.0% (256 of 1024 blocks), 100.0 MiB/s, ETA 3 s"}},
-		{"verifying", Status{Role: RolePrimary, Link: LinkConnected, Replication: "replicating", Mode: "sync", VerifyDone: 10, VerifyTotal: 40},
-			[]string{"replicating (sync)", "verify       25.0% (10 of 40 blocks)"}},
-		{"logging", Status{Role: RolePrimary, Link: LinkDisconnected, Peer: "b:7789", Replication: "logging", DirtyBlocks: 3, DirtyBytes: 12288, LastError: "peer link lost"},
-			[]string{"disconnected to b:7789", "dirty        3 blocks (12.0 KiB)", "last error   peer link lost"}},
-		{"no control plane", Status{Role: RolePrimary, NoControlPlane: true},
-			[]string{"control      NONE: role from --role only, no split-brain protection"}},
-		{"deposed primary", Status{Role: RolePrimary, Link: LinkConnected, Replication: ReplicationFenced, Epoch: 7, ServingEpoch: 5, NamedPrimary: "b", RaftLeader: "w"},
-			[]string{"replication  fenced: writes refused", "control      epoch 7 (this host still serves epoch 5: deposed, stepping down), primary b, raft leader w"}},
-		{"primary in its epoch", Status{Role: RolePrimary, Link: LinkConnected, Replication: ReplicationSuspended, Epoch: 7, ServingEpoch: 7, NamedPrimary: "a"},
-			[]string{"replication  suspended", "control      epoch 7, primary a, raft leader none (no quorum?)"}},
-		{"secondary", Status{Role: RoleSecondary, Link: LinkConnected, PeerNode: "a", Replication: "replicating", WritesApplied: 5, AppliedSeq: 9},
-			[]string{"(node a)", "applied      5 writes, 0 B, up to seq 9"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var b strings.Builder
-			tc.st.WriteText(&b)
-			for _, w := range tc.want {
-				if !strings.Contains(b.String(), w) {
-					t.Errorf("status text lacks %q:\n%s", w, b.String())
-				}
-			}
-		})
-	}
-}
-
 // A primary that crashed before the scoreboard existed does not know what
 // its peer misses: everything is out of sync, and stays so across a restart
 // until a resync copied it.
@@ -203,7 +162,7 @@ func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 	if err := volume.Save(dir, m); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
+	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
 	for run := range 2 {
 		n, err := Open(cfg)
 		if err != nil {
@@ -226,7 +185,7 @@ func TestProbeHealthInStatus(t *testing.T) {
 	}
 	logs := &logbuf.Buffer{}
 	n, err := Open(Config{
-		Dir: dir, Role: RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789"),
+		Dir: dir, Role: cluster.RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789"),
 		Probe:  probe.Config{URL: srv.URL, Interval: 50 * time.Millisecond, Threshold: 2},
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
@@ -280,7 +239,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	}
 	secret := []byte("node-test-secret-0123456789")
 	logs := &logbuf.Buffer{}
-	primary := Config{Dir: dir, Role: RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: mirror.ModeAsync,
+	primary := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: mirror.ModeAsync,
 		JournalSize: journal.MinCapacity * 4, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	jpath := filepath.Join(dir, volume.JournalFile)
 	journalState := func() (id, next uint64, stopped bool, why string) {
@@ -336,7 +295,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	id, _, _, _ := journalState()
 
 	secondary := primary
-	secondary.Role, secondary.Peer, secondary.Listen = RoleSecondary, "", "127.0.0.1:0"
+	secondary.Role, secondary.Peer, secondary.Listen = cluster.RoleSecondary, "", "127.0.0.1:0"
 	n, err = Open(secondary)
 	if err != nil {
 		t.Fatal(err)

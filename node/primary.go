@@ -13,6 +13,7 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/scoreboard"
@@ -86,7 +87,7 @@ func (n *Node) preparePrimary() error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.role, n.mirror, n.gate = RolePrimary, mr, &writeGate{Device: mr}
+	n.role, n.mirror, n.gate = cluster.RolePrimary, mr, &writeGate{Device: mr}
 	n.link = LinkStandalone
 	if n.cfg.Peer != "" {
 		n.link = LinkConnecting

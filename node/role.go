@@ -26,12 +26,12 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 	me := n.cfg.NodeID
 	for ctx.Err() == nil {
 		var err error
-		role := RoleSecondary
+		role := cluster.RoleSecondary
 		if st.Primary == me {
-			role = RolePrimary
+			role = cluster.RolePrimary
 		}
 		n.log.Debug("starting a term", "role", role, "epoch", st.Epoch, "index", st.Index)
-		if role == RolePrimary {
+		if role == cluster.RolePrimary {
 			epoch := st.Epoch
 			n.mu.Lock()
 			n.epoch = epoch
@@ -49,7 +49,7 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 			stop()
 		}
 		if err != nil && ctx.Err() == nil {
-			n.log.Error("the "+role+" term failed; retrying in 1 s", "err", err)
+			n.log.Error("the "+string(role)+" term failed; retrying in 1 s", "err", err)
 			n.setRefused(err)
 			select {
 			case <-ctx.Done():
@@ -226,7 +226,7 @@ func (n *Node) AwaitPrimary(ctx context.Context, e cluster.Epoch) (string, error
 	defer t.Stop()
 	for {
 		n.mu.Lock()
-		if n.role == RolePrimary && n.epoch == e && n.export != nil {
+		if n.role == cluster.RolePrimary && n.epoch == e && n.export != nil {
 			path := n.export.Path()
 			n.mu.Unlock()
 			return path, nil
@@ -269,7 +269,7 @@ func (n *Node) Swap(ctx context.Context) (cluster.Epoch, error) {
 	}
 	n.mu.Lock()
 	mr, gate, epoch := n.mirror, n.gate, n.epoch
-	primary := n.role == RolePrimary && gate != nil
+	primary := n.role == cluster.RolePrimary && gate != nil
 	n.mu.Unlock()
 	if !primary {
 		return 0, ErrNotPrimary

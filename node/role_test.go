@@ -121,7 +121,7 @@ func TestReplayedStatesIgnored(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := startFollower(t, "b", newFakeCP(tc.local, confirmed))
 			f.waitSecondary(t)
-			if st := f.n.Status(); st.Role != RoleSecondary || st.Epoch != 11 || st.NamedPrimary != "a" {
+			if st := f.n.Status(); st.Role != cluster.RoleSecondary || st.Epoch != 11 || st.NamedPrimary != "a" {
 				t.Fatalf("b after its restart: %s, control plane epoch %d, primary %q; want secondary, epoch 11, a",
 					st.Role, st.Epoch, st.NamedPrimary)
 			}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/replica"
@@ -46,7 +47,7 @@ func (n *Node) prepareSecondary() error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.role, n.epoch = RoleSecondary, 0
+	n.role, n.epoch = cluster.RoleSecondary, 0
 	n.replica = replica
 	n.ln, n.behind = ln, behind
 	n.link = LinkConnecting

@@ -1,11 +1,9 @@
 package node
 
 import (
-	"fmt"
-	"io"
-	"strings"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
@@ -15,23 +13,23 @@ import (
 
 // Status is what `ldmirror status` shows. Sizes are bytes, times seconds.
 type Status struct {
-	Node        string `json:"node"`
-	Role        string `json:"role"`
-	VolumeUUID  string `json:"volume_uuid"`
-	SizeBytes   int64  `json:"size_bytes"`
-	BlockSize   int    `json:"block_size_bytes"`
-	Mode        string `json:"mode"`
-	Link        string `json:"link"`
-	Peer        string `json:"peer,omitempty"`
-	PeerNode    string `json:"peer_node,omitempty"`
-	Replication string `json:"replication"`
+	Node        string       `json:"node"`
+	Role        cluster.Role `json:"role"`
+	VolumeUUID  string       `json:"volume_uuid"`
+	SizeBytes   int64        `json:"size_bytes"`
+	BlockSize   int          `json:"block_size_bytes"`
+	Mode        string       `json:"mode"`
+	Link        Link         `json:"link"`
+	Peer        string       `json:"peer,omitempty"`
+	PeerNode    string       `json:"peer_node,omitempty"`
+	Replication mirror.State `json:"replication"`
 	// Transition says what a role change waits for, e.g. a loop device to
 	// be detached after this host lost the primary role.
-	Transition  string  `json:"transition,omitempty"`
-	Disk        string  `json:"disk"`
-	PeerDisk    string  `json:"peer_disk,omitempty"`
-	UptimeSec   float64 `json:"uptime_seconds"`
-	Generations string  `json:"generations"`
+	Transition  string            `json:"transition,omitempty"`
+	Disk        cluster.DiskState `json:"disk"`
+	PeerDisk    cluster.DiskState `json:"peer_disk,omitempty"`
+	UptimeSec   float64           `json:"uptime_seconds"`
+	Generations string            `json:"generations"`
 	// With a control plane: the newest epoch this host's copy of the
 	// control plane knows, the epoch its primary term serves in (it
 	// differs from Epoch only for a deposed primary about to step down),
@@ -96,15 +94,22 @@ type Status struct {
 	BehindBlocks uint64 `json:"behind_blocks,omitempty"`
 }
 
-// Replication states of a primary that cannot replicate, beside the
-// mirror's own (mirror.StateReplicating and the others).
+// Replication states status shows beside the mirror's own
+// (mirror.StateReplicating and the others).
 const (
 	// ReplicationSuspended: writes the peer lacks wait for the control
 	// plane to mark it outdated (no quorum yet).
-	ReplicationSuspended = "suspended"
+	ReplicationSuspended mirror.State = "suspended"
 	// ReplicationFenced: the control plane refused to mark the peer
 	// outdated, because this host is no longer primary: such writes fail.
-	ReplicationFenced = "fenced: writes refused"
+	ReplicationFenced mirror.State = "fenced: writes refused"
+	// ReplicationNoTerm: the host waits for the control plane to name its
+	// role.
+	ReplicationNoTerm mirror.State = "waiting for the control plane"
+	// ReplicationNoPrimary: a secondary without a primary connected.
+	ReplicationNoPrimary mirror.State = "waiting for primary"
+	// ReplicationNone: a passthrough primary replicates nothing.
+	ReplicationNone mirror.State = "none"
 )
 
 // LDAPHealth is the directory server probe's view.
@@ -139,11 +144,11 @@ func (n *Node) Status() Status {
 		switch {
 		case h.Witness:
 		case h.ID == n.cfg.NodeID:
-			if st.Disk == "uptodate" { // a local failure stays shown
-				st.Disk = string(h.Disk)
+			if st.Disk == cluster.DiskUpToDate { // a local failure stays shown
+				st.Disk = h.Disk
 			}
 		default:
-			st.PeerDisk = string(h.Disk)
+			st.PeerDisk = h.Disk
 		}
 	}
 	return st
@@ -157,12 +162,12 @@ func (n *Node) localStatus() Status {
 		BlockSize:  n.meta.BlockSize,
 		Mode:       "sync",
 		Peer:       n.cfg.Peer,
-		Disk:       "uptodate",
+		Disk:       cluster.DiskUpToDate,
 		UptimeSec:  time.Since(n.started).Seconds(),
 	}
 	n.mu.Lock()
 	st.Role, st.Transition = n.role, n.transition
-	if n.role == RolePrimary {
+	if n.role == cluster.RolePrimary {
 		st.ServingEpoch = uint64(n.epoch)
 	}
 	mr, exp, ln, replica := n.mirror, n.export, n.ln, n.replica
@@ -190,11 +195,11 @@ func (n *Node) localStatus() Status {
 	case ln != nil:
 		secondaryStatus(&st, ln, replica)
 		if n.generations().Discarded() {
-			st.Disk = "inconsistent" // resolve --discard-local: until the full resync ends
+			st.Disk = cluster.DiskInconsistent // resolve --discard-local: until the full resync ends
 		}
 		return st
 	case mr == nil:
-		st.Replication = "waiting for the control plane"
+		st.Replication = ReplicationNoTerm
 		return st
 	}
 	if exp != nil {
@@ -202,7 +207,7 @@ func (n *Node) localStatus() Status {
 		st.LoopDevices = export.LoopDevicesOf(st.Export)
 	}
 	if n.cfg.Passthrough {
-		st.Mode, st.Replication = "passthrough", "none"
+		st.Mode, st.Replication = "passthrough", ReplicationNone
 		return st
 	}
 	ms := mr.Status()
@@ -234,9 +239,9 @@ func (n *Node) localStatus() Status {
 		st.LastError = ms.LastError
 	}
 	if n.cfg.Peer != "" {
-		st.PeerDisk = "uptodate"
+		st.PeerDisk = cluster.DiskUpToDate
 		if ms.DirtyBlocks > 0 || !ms.Connected {
-			st.PeerDisk = "outdated"
+			st.PeerDisk = cluster.DiskOutdated
 		}
 	}
 	if st.Link == LinkConnected && !ms.Connected {
@@ -246,143 +251,19 @@ func (n *Node) localStatus() Status {
 }
 
 func secondaryStatus(st *Status, ln *transport.Listener, replica *replica.Replica) {
-	st.Replication = "replicating"
+	st.Replication = mirror.StateReplicating
 	st.Link = LinkConnecting
 	if s := ln.Active(); s != nil {
 		st.Link = LinkConnected
 		st.PeerNode = s.Peer().NodeID
 	} else {
-		st.Replication = "waiting for primary"
+		st.Replication = ReplicationNoPrimary
 	}
 	rs := replica.Status()
 	st.AppliedSeq, st.WritesApplied, st.BytesApplied = rs.AppliedSeq, rs.Writes, rs.Bytes
 	st.ApplyFailures, st.ApplyPending = rs.Failures, rs.Pending
 	st.RejectedConns = ln.Rejected()
 	if rs.Failures > 0 {
-		st.Disk = "inconsistent" // writes failed to apply here
+		st.Disk = cluster.DiskInconsistent // writes failed to apply here
 	}
-}
-
-// WriteText prints st for an operator.
-func (st *Status) WriteText(w io.Writer) {
-	row := func(k, format string, a ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, a...)) }
-	row("node", "%s (%s)", st.Node, st.Role)
-	row("volume", "%s, %s, %d B blocks", st.VolumeUUID, Bytes(uint64(st.SizeBytes)), st.BlockSize)
-	link := st.Link
-	if st.Peer != "" {
-		link += " to " + st.Peer
-	}
-	if st.PeerNode != "" {
-		link += " (node " + st.PeerNode + ")"
-	}
-	row("link", "%s", link)
-	repl := st.Replication
-	if st.Replication == "replicating" {
-		repl += " (" + st.Mode + ")"
-	}
-	if st.ResyncTotal > 0 && st.Replication == mirror.StateResyncing {
-		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
-		if st.ResyncRate > 0 {
-			repl += fmt.Sprintf(", %s/s, ETA %.0f s", Bytes(uint64(st.ResyncRate)), st.ResyncETASec)
-		}
-		if st.ResyncYielding {
-			repl += ", slowed to the minimum rate: the application writes"
-		}
-	}
-	if st.Replication == mirror.StateCatchUp {
-		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
-	}
-	row("replication", "%s", repl)
-	if st.JournalCapacity > 0 {
-		j := fmt.Sprintf("%s of %s used, %d records behind, newest %d, peer durable up to %d",
-			Bytes(uint64(st.JournalUsed)), Bytes(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
-		if st.Throttled > 0 {
-			j += fmt.Sprintf(", %d writers waiting for room", st.Throttled)
-		}
-		row("journal", "%s", j)
-		if st.LastCatchUp != "" {
-			row("catch-up", "last by %s", st.LastCatchUp)
-		}
-		if st.JournalOverflow || st.FallbackReason != "" {
-			row("fallback", "%s", st.FallbackReason)
-		}
-	}
-	if st.Transition != "" {
-		row("transition", "%s", st.Transition)
-	}
-	if st.VerifyTotal > 0 {
-		row("verify", "%.1f%% (%d of %d blocks)", 100*float64(st.VerifyDone)/float64(st.VerifyTotal), st.VerifyDone, st.VerifyTotal)
-	}
-	disk := st.Disk
-	if st.PeerDisk != "" {
-		disk += ", peer " + st.PeerDisk
-	}
-	row("disk", "%s", disk)
-	row("generation", "%s", st.Generations)
-	if st.NamedPrimary != "" || st.Epoch != 0 {
-		leader := st.RaftLeader
-		if leader == "" {
-			leader = "none (no quorum?)"
-		}
-		epoch := fmt.Sprintf("epoch %d", st.Epoch)
-		if st.ServingEpoch != 0 && st.ServingEpoch != st.Epoch {
-			epoch += fmt.Sprintf(" (this host still serves epoch %d: deposed, stepping down)", st.ServingEpoch)
-		}
-		row("control", "%s, primary %s, raft leader %s", epoch, st.NamedPrimary, leader)
-	}
-	if st.NoControlPlane {
-		row("control", "NONE: role from --role only, no split-brain protection")
-	}
-	if st.Role == RolePrimary {
-		row("dirty", "%d blocks (%s)", st.DirtyBlocks, Bytes(st.DirtyBytes))
-		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, Bytes(st.BytesShipped), st.FlushesShipped)
-		row("window", "%d of %d writes in flight", st.WindowInUse, st.WindowSize)
-		if st.Export != "" {
-			row("export", "%s", st.Export)
-		}
-		if len(st.LoopDevices) > 0 {
-			row("loop", "%s", strings.Join(st.LoopDevices, ", "))
-		}
-	} else {
-		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, Bytes(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
-		if st.ApplyFailures > 0 {
-			row("failures", "%d writes failed to apply", st.ApplyFailures)
-		}
-		if st.BehindBlocks > 0 {
-			row("behind", "%d blocks written here as primary may differ; the primary resyncs them", st.BehindBlocks)
-		}
-		if st.RejectedConns > 0 {
-			row("rejected", "%d connections (see the log)", st.RejectedConns)
-		}
-	}
-	if st.LastError != "" {
-		row("last error", "%s", st.LastError)
-	}
-	if l := st.LDAP; l != nil {
-		switch {
-		case !l.Known:
-			row("ldap", "%s: not probed yet", l.URL)
-		case l.Up:
-			row("ldap", "%s up, last probe %.1f ms", l.URL, l.LastLatencyMs)
-		default:
-			row("ldap", "%s DOWN after %d failed probes: %s", l.URL, l.ConsecutiveFailures, l.LastError)
-		}
-	}
-	if st.Agent != nil {
-		st.Agent.WriteText(w)
-	}
-}
-
-// Bytes formats n with a binary unit.
-func Bytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/node"
@@ -64,7 +65,7 @@ func attachCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if st.Role != node.RolePrimary || st.Export == "" {
+			if st.Role != cluster.RolePrimary || st.Export == "" {
 				return fmt.Errorf("node %s is %s: only the primary exports the volume", st.Node, st.Role)
 			}
 			if len(st.LoopDevices) > 0 {

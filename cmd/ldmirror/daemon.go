@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
@@ -92,7 +93,7 @@ func runDaemon(c *cli.Context) error {
 		if secret, err = readSecretFile(f); err != nil {
 			return err
 		}
-	} else if c.String("peer") != "" || c.String("role") == node.RoleSecondary || c.String("cluster-bind") != "" {
+	} else if c.String("peer") != "" || cluster.Role(c.String("role")) == cluster.RoleSecondary || c.String("cluster-bind") != "" {
 		return fmt.Errorf("--secret-file is required to talk to a peer")
 	}
 	// A FUSE server that memory reclaim waits on must not itself wait for
@@ -186,7 +187,7 @@ func runDaemon(c *cli.Context) error {
 	}
 	n, err := node.Open(node.Config{
 		Dir:            c.String("dir"),
-		Role:           c.String("role"),
+		Role:           cluster.Role(c.String("role")),
 		NodeID:         id,
 		Listen:         c.String("listen"),
 		Peer:           c.String("peer"),

@@ -44,7 +44,7 @@ brain shows in "last error" with the command that ends it.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			st.WriteText(os.Stdout)
+			writeStatus(os.Stdout, st)
 			return nil
 		},
 	}

@@ -113,7 +113,7 @@ func agentCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("agent retry: %w", err)
 				}
-				st.WriteText(os.Stdout)
+				writeAgentStatus(os.Stdout, st)
 				return nil
 			},
 		}},

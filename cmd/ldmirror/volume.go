@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
-	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
@@ -48,7 +47,7 @@ func initCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, node.Bytes(uint64(m.Size)), m.BlockSize, c.String("dir"))
+			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, sizeText(uint64(m.Size)), m.BlockSize, c.String("dir"))
 			return nil
 		},
 	}

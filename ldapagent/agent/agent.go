@@ -69,12 +69,6 @@ type Deps struct {
 	Now func() time.Time
 }
 
-// Roles, as LDMIRROR_ROLE and Status.Role give them.
-const (
-	RolePrimary   = "primary"
-	RoleSecondary = "secondary"
-)
-
 // Errors callers act on.
 var (
 	// ErrHookFailed is wrapped by a *HookError.
@@ -553,9 +547,9 @@ func (a *Agent) publish() {
 	switch {
 	case !a.haveState:
 	case st.Primary == a.node:
-		s.Role = RolePrimary
+		s.Role = cluster.RolePrimary
 	default:
-		s.Role = RoleSecondary
+		s.Role = cluster.RoleSecondary
 	}
 	if a.svc == svcUp {
 		s.ServingEpoch = a.svcEpoch
@@ -575,7 +569,7 @@ func (a *Agent) publish() {
 	a.mu.Unlock()
 }
 
-func (a *Agent) env(e cluster.Epoch, role string) hookEnv {
+func (a *Agent) env(e cluster.Epoch, role cluster.Role) hookEnv {
 	export := a.export
 	if export == "" {
 		export = a.defaultExport

@@ -185,10 +185,10 @@ func TestPromoteHookFails(t *testing.T) {
 		f.Error != "exit status 1" || len(f.Tail) != 1 || f.Tail[0] != "start-slapd: simulated failure" {
 		t.Fatalf("failure %+v", f)
 	}
-	if !strings.Contains(s.Hold, `failed: promote hook "start-slapd"`) || s.Role != RolePrimary || s.ServingEpoch != 0 {
+	if !strings.Contains(s.Hold, `failed: promote hook "start-slapd"`) || s.Role != cluster.RolePrimary || s.ServingEpoch != 0 {
 		t.Fatalf("status %+v", s)
 	}
-	lines := e.waitHooks(0, seq("b", SeqPromote, 2, RolePrimary, "/export/b", "attach", "mount")...)
+	lines := e.waitHooks(0, seq("b", SeqPromote, 2, cluster.RolePrimary, "/export/b", "attach", "mount")...)
 	poll.Until(t, 10*time.Second, "b reported not ready", func() bool {
 		r := e.cp.reportsOf("b")
 		return len(r) > 0 && strings.HasPrefix(r[len(r)-1], `b false agent failed: promote hook "start-slapd"`)
@@ -253,7 +253,7 @@ func TestDemoteOnRoleLoss(t *testing.T) {
 	e.cp.promote("b")
 	e.waitHooks(n, demoteSeq("a", 2)...)
 	s := a.waitState(t, StateSecondaryWatching)
-	if s.ServingEpoch != 0 || s.Role != RoleSecondary {
+	if s.ServingEpoch != 0 || s.Role != cluster.RoleSecondary {
 		t.Fatalf("status %+v", s)
 	}
 }
@@ -306,12 +306,12 @@ func TestRoleLostWhilePromoting(t *testing.T) {
 		// mount says it started, then waits until the test opens the gate.
 		c.Promote[1].Command = `touch '` + waiting + `'; while [ ! -e '` + gate + `' ]; do sleep 0.01; done; ` + c.Promote[1].Command
 	})
-	n := e.waitHooks(0, seq("a", SeqPromote, 1, RolePrimary, "/export/a", "attach")...)
+	n := e.waitHooks(0, seq("a", SeqPromote, 1, cluster.RolePrimary, "/export/a", "attach")...)
 	poll.Until(t, 10*time.Second, "mount to start", func() bool { _, err := os.Stat(waiting); return err == nil })
 	e.cp.promote("b")
 	poll.Until(t, 10*time.Second, "the agent to see the role move", func() bool { return strings.Contains(a.logs.String(), "the role moved while promoting") })
 	appendLine(gate, "")
-	n = e.waitHooks(n, seq("a", SeqPromote, 1, RolePrimary, "/export/a", "mount")...)
+	n = e.waitHooks(n, seq("a", SeqPromote, 1, cluster.RolePrimary, "/export/a", "mount")...)
 	e.waitHooks(n, demoteSeq("a", 2)...)
 	a.waitState(t, StateSecondaryWatching)
 	for _, l := range e.hookLines() {
@@ -458,14 +458,6 @@ func TestStatusOutput(t *testing.T) {
 		`"failure":{`, `"hook":"start-slapd"`, `"exit_code":1`, `"last_hooks":[`, `"min_swap_interval_ms":60000`} {
 		if !strings.Contains(string(b), key) {
 			t.Fatalf("status JSON lacks %s: %s", key, b)
-		}
-	}
-	var out strings.Builder
-	s.WriteText(&out)
-	for _, want := range []string{"agent        failed (primary, epoch 1", `FAILED       promote hook "start-slapd": exit status 1`,
-		"| start-slapd: simulated failure", "hook         promote/start-slapd: exit status 1"} {
-		if !strings.Contains(out.String(), want) {
-			t.Fatalf("text status lacks %q:\n%s", want, out.String())
 		}
 	}
 }

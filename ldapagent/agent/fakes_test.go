@@ -504,7 +504,7 @@ func (e *env) waitHooks(from int, want ...string) int {
 }
 
 // seq is the hook log lines of a whole sequence on node.
-func seq(node, sequence string, epoch cluster.Epoch, role, export string, hooks ...string) []string {
+func seq(node, sequence string, epoch cluster.Epoch, role cluster.Role, export string, hooks ...string) []string {
 	var out []string
 	for _, h := range hooks {
 		out = append(out, fmt.Sprintf("%s_%s_%s_%d_%s_%s", node, sequence, h, epoch, role, export))
@@ -513,9 +513,9 @@ func seq(node, sequence string, epoch cluster.Epoch, role, export string, hooks 
 }
 
 func promoteSeq(node string, epoch cluster.Epoch) []string {
-	return seq(node, SeqPromote, epoch, RolePrimary, "/export/"+node, "attach", "mount", "start-slapd")
+	return seq(node, SeqPromote, epoch, cluster.RolePrimary, "/export/"+node, "attach", "mount", "start-slapd")
 }
 
 func demoteSeq(node string, epoch cluster.Epoch) []string {
-	return seq(node, SeqDemote, epoch, RoleSecondary, "/export/"+node, "stop-slapd", "umount", "detach")
+	return seq(node, SeqDemote, epoch, cluster.RoleSecondary, "/export/"+node, "stop-slapd", "umount", "detach")
 }

@@ -75,7 +75,7 @@ func (e *HookError) Unwrap() error { return ErrHookFailed }
 type hookEnv struct {
 	node, peer, dir, export string
 	epoch                   cluster.Epoch
-	role                    string // the role being entered
+	role                    cluster.Role // the role being entered
 }
 
 func (e hookEnv) vars(seq, name string) []string {
@@ -83,7 +83,7 @@ func (e hookEnv) vars(seq, name string) []string {
 		"LDMIRROR_NODE=" + e.node,
 		"LDMIRROR_PEER=" + e.peer,
 		"LDMIRROR_EPOCH=" + strconv.FormatUint(uint64(e.epoch), 10),
-		"LDMIRROR_ROLE=" + e.role,
+		"LDMIRROR_ROLE=" + string(e.role),
 		"LDMIRROR_EXPORT=" + e.export,
 		"LDMIRROR_DIR=" + e.dir,
 		"LDMIRROR_SEQUENCE=" + seq,

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/poll"
 
 	"github.com/ldmirror/ldmirror/internal/logbuf"
@@ -77,7 +78,7 @@ func TestHookOutputAndEnv(t *testing.T) {
 		i=1; while [ $i -le 30 ]; do echo "line $i"; i=$((i+1)); done
 		printf 'no newline' >&2
 		exit 3`}
-	env := hookEnv{node: "b", peer: "a", dir: "/var/lib/ldmirror", export: "/var/lib/ldmirror/export/volume", epoch: 7, role: RolePrimary}
+	env := hookEnv{node: "b", peer: "a", dir: "/var/lib/ldmirror", export: "/var/lib/ldmirror/export/volume", epoch: 7, role: cluster.RolePrimary}
 	r := runHook(context.Background(), log, SeqPromote, h, env)
 	if r.OK() || r.ExitCode != 3 || r.Error != "exit status 3" || r.TimedOut {
 		t.Fatalf("result %+v", r)

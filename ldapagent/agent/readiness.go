@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/ldmirror/ldmirror/cluster"
 )
 
 type readiness struct {
@@ -23,7 +25,7 @@ func (a *Agent) maybeReadyCheck() {
 	}
 	a.readyChecking = true
 	a.readyCheckAt = a.now()
-	env := a.env(a.st.Epoch, RoleSecondary)
+	env := a.env(a.st.Epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		r := runHook(a.ctx, a.log, SeqReadyCheck, *rc, env)
 		a.send(func() {

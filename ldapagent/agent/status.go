@@ -1,9 +1,6 @@
 package agent
 
 import (
-	"fmt"
-	"io"
-	"strings"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
@@ -48,7 +45,7 @@ type Status struct {
 	StateSince time.Time `json:"state_since"`
 	// Role is "primary" or "secondary" as the control plane names this
 	// host; Primary and Epoch are the control plane's.
-	Role    string        `json:"role"`
+	Role    cluster.Role  `json:"role"`
 	Primary string        `json:"primary,omitempty"`
 	Epoch   cluster.Epoch `json:"epoch"`
 	// ServingEpoch is the epoch in which the promote hooks completed here;
@@ -127,66 +124,4 @@ type Failure struct {
 	Error    string        `json:"error"`
 	Tail     []string      `json:"tail,omitempty"`
 	Epoch    cluster.Epoch `json:"epoch"`
-}
-
-// WriteText prints st for an operator, in the style of `ldmirror status`.
-func (st *Status) WriteText(w io.Writer) {
-	row := func(k, format string, a ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, a...)) }
-	row("agent", "%s (%s, epoch %d, primary %q)", st.State, st.Role, st.Epoch, st.Primary)
-	if st.Hold != "" {
-		row("hold", "%s", st.Hold)
-	}
-	if st.Service.URL != "" {
-		s := "down"
-		switch {
-		case !st.Service.Known:
-			s = "unknown"
-		case st.Service.Up:
-			s = "up"
-		}
-		line := fmt.Sprintf("%s %s: %s, %d failed in a row, %.1f ms", st.Service.Target, st.Service.URL, s,
-			st.Service.ConsecutiveFailures, st.Service.LastLatencyMs)
-		if st.Service.LastError != "" && !st.Service.Up {
-			line += " (" + st.Service.LastError + ")"
-		}
-		row("service", "%s", line)
-	}
-	ready := "not ready"
-	if st.Ready {
-		ready = "ready"
-	}
-	if !st.ReadyReported {
-		ready += " (not yet reported)"
-	}
-	row("readiness", "%s: %s", ready, st.ReadyDetail)
-	fb := st.Failback
-	if st.Preferred != "" {
-		fb += " to " + st.Preferred
-	}
-	row("failback", "%s", fb)
-	change := func(k string, n uint64, c *RoleChange) {
-		if c == nil {
-			return
-		}
-		s := fmt.Sprintf("%d; last %s→%s at %s: %s", n, c.From, c.To, c.At.Format(time.RFC3339), c.Reason)
-		if c.Error != "" {
-			s += " — failed: " + c.Error
-		}
-		row(k, "%s", s)
-	}
-	change("failovers", st.Failovers, st.LastFailover)
-	change("swaps", st.Swaps, st.LastSwap)
-	for _, h := range st.LastHooks {
-		res := "ok"
-		if !h.OK() {
-			res = h.Error
-		}
-		row("hook", "%s/%s: %s (%.0f ms)", h.Sequence, h.Name, res, h.DurationMs)
-	}
-	if f := st.Failure; f != nil {
-		row("FAILED", "%s hook %q: %s (epoch %d); fix the cause, then retry the agent", f.Sequence, f.Hook, f.Error, f.Epoch)
-		for _, l := range f.Tail {
-			row("", "| %s", strings.TrimRight(l, " "))
-		}
-	}
 }

@@ -73,7 +73,7 @@ func (a *Agent) startPromote(e cluster.Epoch) {
 	t.cancelAwait = cancel
 	a.setState(StatePromoting)
 	a.log.Info("agent: this host is primary: waiting for the volume, then running the promote hooks", "epoch", e)
-	env := a.env(e, RolePrimary)
+	env := a.env(e, cluster.RolePrimary)
 	a.spawn(func() {
 		defer cancel()
 		r := a.promote(t, awaitCtx, env)
@@ -131,7 +131,7 @@ func (a *Agent) startDemote(reason string) {
 	t := a.startTask(SeqDemote, 0)
 	a.setState(StateDemoting)
 	a.log.Info("agent: running the demote hooks", "reason", reason, "epoch", a.st.Epoch)
-	env := a.env(a.st.Epoch, RoleSecondary)
+	env := a.env(a.st.Epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		res, _, err := runSequence(a.ctx, a.log, SeqDemote, a.cfg.Demote, env, nil)
 		a.send(func() { a.finishDemote(t, reason, res, err) })
@@ -164,7 +164,7 @@ func (a *Agent) startFailover(failed string, epoch cluster.Epoch, reason string)
 	t := a.startTask(taskFailover, 0)
 	a.setState(StateFailingOver)
 	a.log.Warn("agent: failing over to this host", "from", failed, "epoch", epoch, "reason", reason)
-	env := a.env(epoch, RoleSecondary)
+	env := a.env(epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		var rc *HookResult
 		if a.cfg.ReadyCheck != nil {
@@ -235,7 +235,7 @@ func (a *Agent) startSwap(reason string, auto bool) *task {
 	a.setState(StateSwapping)
 	peer := a.peerID()
 	a.log.Warn("agent: swapping the primary role", "to", peer, "epoch", t.epoch, "reason", reason)
-	env := a.env(t.epoch, RoleSecondary)
+	env := a.env(t.epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		defer cancel()
 		r := a.swap(t, awaitCtx, env)
@@ -275,7 +275,7 @@ func (a *Agent) swap(t *task, awaitCtx context.Context, env hookEnv) swapResult 
 	a.log.Warn("agent: restoring the service on this host after the failed swap", "epoch", t.epoch)
 	ctx, cancel := context.WithTimeout(awaitCtx, a.cfg.SwapTimeout)
 	defer cancel()
-	env.role = RolePrimary
+	env.role = cluster.RolePrimary
 	r.restore, r.restored = a.promote(t, ctx, env), true
 	return r
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/mirror"
 
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -62,7 +63,7 @@ func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	writeBlocks(t, a, 1000, 1024)
 	poll.Until(t, 10*time.Second, "status to report the journal overflow", func() bool {
 		st, err := status(a)
-		return err == nil && st.JournalOverflow && st.FallbackReason != "" && st.Replication == "logging"
+		return err == nil && st.JournalOverflow && st.FallbackReason != "" && st.Replication == mirror.StateLogging
 	})
 	t.Logf("overflow reported: %s", statusJSON(t, a).FallbackReason)
 	startDaemon(t, b, secArgs...)

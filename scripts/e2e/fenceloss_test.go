@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/node"
@@ -113,7 +115,7 @@ func fenceWithLiveSession(t *testing.T, tr *trio, ws *writers, late *recordWrite
 	lab.BlockPort("a", "w", raftPort)
 	poll.Until(t, 20*time.Second, "a to suspend its writes (no peer, no quorum)", func() bool {
 		st, err := status(a)
-		return err == nil && st.Replication == "suspended"
+		return err == nil && st.Replication == node.ReplicationSuspended
 	})
 	acked := ws.acked()
 	connects := logLines(t, a, "peer connected")
@@ -123,12 +125,18 @@ func fenceWithLiveSession(t *testing.T, tr *trio, ws *writers, late *recordWrite
 	})
 	ws.start(late)
 	fences := logLines(t, a, "peer marked outdated")
+	uptodate := logLines(t, a, "peer recorded uptodate")
 	lab.UnblockPort("a", "b", raftPort)
 	lab.UnblockPort("a", "w", raftPort)
 	poll.Until(t, 20*time.Second, "a's fence to commit", func() bool {
 		return logLines(t, a, "peer marked outdated") > fences
 	})
-	poll.Until(t, 30*time.Second, "b to be uptodate again after the resync", func() bool {
+	// The record that follows the resync, not the one from before the
+	// fence that a's copy of the state may still show.
+	poll.Until(t, 30*time.Second, "b to be recorded uptodate again after the resync", func() bool {
+		return logLines(t, a, "peer recorded uptodate") > uptodate
+	})
+	poll.Until(t, 30*time.Second, "a's copy to show b uptodate", func() bool {
 		v, err := clusterState(t, a)
 		st, serr := status(a)
 		return err == nil && serr == nil && v.disk("b") == "uptodate" && st.Link == node.LinkConnected
@@ -162,7 +170,7 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 	}
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
-		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+		return err == nil && st.Role == cluster.RolePrimary && st.Export != ""
 	})
 	// Each writer may have had one write acknowledged by b just before the
 	// cut and counted just after it; no later one can be.
@@ -170,7 +178,7 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 		t.Fatalf("a acknowledged %d writes after it was cut from b and w; at most the %d in flight at the cut may be", n, len(ws.all))
 	}
 	ws.check(t, filepath.Join(b, "volume.img"))
-	if st, err := status(a); err != nil || st.Replication != "suspended" {
+	if st, err := status(a); err != nil || st.Replication != node.ReplicationSuspended {
 		t.Fatalf("a, cut from b and w: replication %q (%v); want suspended", st.Replication, err)
 	}
 
@@ -178,7 +186,7 @@ func TestIsolatedPrimaryAfterLiveFence(t *testing.T) {
 	ws.failed(t, 30*time.Second, "a's demotion")
 	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RoleSecondary
+		return err == nil && st.Role == cluster.RoleSecondary
 	})
 	waitInSync(t, b, a)
 	ws.check(t, filepath.Join(a, "volume.img"))
@@ -212,7 +220,7 @@ func TestHalfResyncedPeerNotPromoted(t *testing.T) {
 	tr.start("b")
 	poll.Until(t, 30*time.Second, "a to resync b past 30%", func() bool {
 		st, err := status(a)
-		return err == nil && st.Replication == "resyncing" && st.ResyncTotal > 0 && st.ResyncDone*10 >= st.ResyncTotal*3
+		return err == nil && st.Replication == mirror.StateResyncing && st.ResyncTotal > 0 && st.ResyncDone*10 >= st.ResyncTotal*3
 	})
 	st, _ := status(a)
 	tr.daemon["a"].kill()
@@ -304,7 +312,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 			tr.lab.Heal("a", "b")
 			poll.Until(t, 30*time.Second, "the resync to b to pass 20%", func() bool {
 				st, err := status(tr.dir["a"])
-				return err == nil && st.Replication == "resyncing" && st.ResyncTotal > 0 && st.ResyncDone*5 >= st.ResyncTotal
+				return err == nil && st.Replication == mirror.StateResyncing && st.ResyncTotal > 0 && st.ResyncDone*5 >= st.ResyncTotal
 			})
 			tr.lab.Partition("a", "b")
 			poll.Until(t, 20*time.Second, "a to lose b mid-resync", func() bool {
@@ -375,7 +383,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 			atCut := ws.acked()
 			poll.Until(t, 20*time.Second, "a to suspend its writes", func() bool {
 				st, err := status(a)
-				return err == nil && st.Replication == "suspended"
+				return err == nil && st.Replication == node.ReplicationSuspended
 			})
 			suspendedAt := ws.acked()
 			t.Logf("a suspended %v after the cut (--timeout %v); %d writes acknowledged in between; journal lag at the cut %d records",
@@ -391,7 +399,7 @@ func TestFenceAfterPeerUptodateAgain(t *testing.T) {
 			}
 			poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 				st, err := status(b)
-				return err == nil && st.Role == node.RolePrimary && st.Export != ""
+				return err == nil && st.Role == cluster.RolePrimary && st.Export != ""
 			})
 			if n := ws.acked(); n != suspendedAt {
 				t.Fatalf("a acknowledged %d writes while suspended", n-suspendedAt)
@@ -462,7 +470,7 @@ func TestAsyncBitmapResyncTargetNotPromoted(t *testing.T) {
 	tr.start("a")
 	poll.Until(t, 30*time.Second, "a to resync b by bitmap past 10%", func() bool {
 		st, err := status(a)
-		return err == nil && st.Replication == "resyncing" && st.ResyncTotal > 0 && st.ResyncDone*10 >= st.ResyncTotal && st.ResyncSent > 0
+		return err == nil && st.Replication == mirror.StateResyncing && st.ResyncTotal > 0 && st.ResyncDone*10 >= st.ResyncTotal && st.ResyncSent > 0
 	})
 	st := statusJSON(t, a)
 	tr.daemon["a"].kill()

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/poll"
-	"github.com/ldmirror/ldmirror/volume"
-
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // startWitnessIn runs `ldmirror witness` in dir under prefix (see
@@ -138,7 +138,7 @@ func TestWitnessThenPeerDown(t *testing.T) {
 	lab.LinkDown("b")
 	poll.Until(t, 20*time.Second, "a to suspend I/O", func() bool {
 		st, err := status(a)
-		return err == nil && st.Replication == "suspended"
+		return err == nil && st.Replication == node.ReplicationSuspended
 	})
 	suspendedAt := w.ackedCount()
 	poll.Until(t, 10*time.Second, "a to know no raft leader", func() bool {
@@ -153,7 +153,7 @@ func TestWitnessThenPeerDown(t *testing.T) {
 		}
 		st, err := status(a)
 		v, cerr := clusterState(t, a)
-		if err != nil || cerr != nil || st.Replication != "suspended" || v.Leader != "" {
+		if err != nil || cerr != nil || st.Replication != node.ReplicationSuspended || v.Leader != "" {
 			return fmt.Errorf("a alone: replication %q, raft leader %q (%v, %v); want suspended with no leader", st.Replication, v.Leader, err, cerr)
 		}
 		return nil
@@ -236,7 +236,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Role != node.RolePrimary || st.Epoch != old || st.DirtyBlocks == 0 {
+	if st.Role != cluster.RolePrimary || st.Epoch != old || st.DirtyBlocks == 0 {
 		t.Fatalf("a: %s in epoch %d with %d dirty blocks; want a stale primary of epoch %d holding writes b lacks",
 			st.Role, st.Epoch, st.DirtyBlocks, old)
 	}
@@ -252,7 +252,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	if n := w.ackedCount(); n != acked {
 		t.Fatalf("the stale primary acknowledged %d writes after b refused it", n-acked)
 	}
-	if st, err := status(a); err != nil || st.Role != node.RolePrimary || st.Epoch != old || st.Replication != "suspended" {
+	if st, err := status(a); err != nil || st.Role != cluster.RolePrimary || st.Epoch != old || st.Replication != node.ReplicationSuspended {
 		t.Fatalf("a: %+v (%v); want it still primary in epoch %d, suspended", st, err, old)
 	}
 	// No write a acknowledged is missing on b.
@@ -263,7 +263,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	}
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
-		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+		return err == nil && st.Role == cluster.RolePrimary && st.Export != ""
 	})
 	writeBlocks(t, b, 2048, 64)
 	// A reader keeps a's export busy, as a directory server would.
@@ -294,7 +294,7 @@ func TestStalePrimaryRefused(t *testing.T) {
 	held.Close()
 	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RoleSecondary
+		return err == nil && st.Role == cluster.RoleSecondary
 	})
 	waitInSync(t, b, a)
 	tr.waitServing("b", "a")

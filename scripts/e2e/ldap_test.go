@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/go-ldap/ldap/v3"
-	"github.com/ldmirror/ldmirror/node"
 )
 
 const (
@@ -465,7 +465,7 @@ func waitAgentReady(t *testing.T, tr *trio, host string) {
 func checkOrderlyStop(t *testing.T, tr *trio, dirs map[string]*directoryHost, host, peer string, acked int) {
 	t.Helper()
 	tr.daemon[peer].stop(t)
-	if st := statusJSON(t, tr.dir[host]); st.Role != node.RolePrimary {
+	if st := statusJSON(t, tr.dir[host]); st.Role != cluster.RolePrimary {
 		t.Fatalf("%s is %s, want primary", host, st.Role)
 	}
 	dirs[host].slapcat(t, acked)
@@ -543,13 +543,13 @@ func TestLDAPFailover(t *testing.T) {
 		f.recov(t, tr, dirs["a"])
 		poll.Until(t, 60*time.Second, "a to turn secondary", func() bool {
 			st, err := status(a)
-			return err == nil && st.Role == node.RoleSecondary
+			return err == nil && st.Role == cluster.RoleSecondary
 		})
 		tr.waitServing("b", "a")
 		st := statusJSON(t, b)
 		sent := st.ResyncSent - sentBefore
-		reportf(t, "round %d (%s): fault %v after 30 adds, failover %v, resync sent %d blocks (%s) of %d compared, %d adds while a was away",
-			round, f.name, delay.Round(time.Millisecond), took.Round(time.Millisecond), sent, node.Bytes(sent*uint64(st.BlockSize)), st.ResyncTotal, c.count()-atFault)
+		reportf(t, "round %d (%s): fault %v after 30 adds, failover %v, resync sent %d blocks (%.1f MiB) of %d compared, %d adds while a was away",
+			round, f.name, delay.Round(time.Millisecond), took.Round(time.Millisecond), sent, float64(sent*uint64(st.BlockSize))/(1<<20), st.ResyncTotal, c.count()-atFault)
 		if sent > min(st.ResyncTotal, maxResyncSent) {
 			t.Fatalf("b sent %d blocks to a in its resync (%d compared, at most %d allowed): not only what differs", sent, st.ResyncTotal, maxResyncSent)
 		}
@@ -636,7 +636,7 @@ func TestLDAPAgentAntiFlap(t *testing.T) {
 	// minimum interval: a's agent must not swap back.
 	poll.Until(t, 60*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RoleSecondary
+		return err == nil && st.Role == cluster.RoleSecondary
 	})
 	tr.waitServing("b", "a")
 	killSlapd(t, dirs["b"])
@@ -677,7 +677,7 @@ func TestLDAPAgentFailedHook(t *testing.T) {
 	// never started.
 	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RoleSecondary
+		return err == nil && st.Role == cluster.RoleSecondary
 	})
 	unchanged := func(when string) {
 		t.Helper()
@@ -685,7 +685,7 @@ func TestLDAPAgentFailedHook(t *testing.T) {
 		if sa.Epoch != epoch+1 || sb.Epoch != epoch+1 {
 			t.Fatalf("%s: epoch %d on a, %d on b, want %d (no further role change)", when, sa.Epoch, sb.Epoch, epoch+1)
 		}
-		if sa.Role != node.RoleSecondary || sb.Role != node.RolePrimary {
+		if sa.Role != cluster.RoleSecondary || sb.Role != cluster.RolePrimary {
 			t.Fatalf("%s: a is %s and b %s, want secondary and primary", when, sa.Role, sb.Role)
 		}
 		if sb.Agent == nil || sb.Agent.State != "failed" {

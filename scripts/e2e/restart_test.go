@@ -178,7 +178,7 @@ func TestRestartOnStaleCopy(t *testing.T) {
 	}
 	poll.Until(t, 30*time.Second, "a to serve as primary again", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RolePrimary && st.Export != "" && st.Epoch == uint64(now.Epoch)
+		return err == nil && st.Role == cluster.RolePrimary && st.Export != "" && st.Epoch == uint64(now.Epoch)
 	})
 	// While b is down the raft leader doubles its wait after each failed
 	// attempt to replicate to it (10 ms × 2^(n-2) after n failures), but
@@ -196,7 +196,7 @@ func TestRestartOnStaleCopy(t *testing.T) {
 	lostBefore, connectedBefore := logLines(t, a, "peer link lost"), logLines(t, a, `msg="peer connected"`)
 
 	sampler := sampleStatus(b, func(st node.Status) error {
-		if st.Role == node.RolePrimary {
+		if st.Role == cluster.RolePrimary {
 			return fmt.Errorf("b is primary in epoch %d (the cluster is at %d): %s", st.Epoch, now.Epoch, st.Transition)
 		}
 		return nil
@@ -225,7 +225,7 @@ func TestRestartOnStaleCopy(t *testing.T) {
 	if n := logLines(t, a, `msg="peer connected"`) - connectedBefore; n != 1 {
 		t.Errorf("a connected to b %d times after b restarted; want once", n)
 	}
-	if st, err := status(b); err != nil || st.Role != node.RoleSecondary || st.Epoch != uint64(now.Epoch) {
+	if st, err := status(b); err != nil || st.Role != cluster.RoleSecondary || st.Epoch != uint64(now.Epoch) {
 		t.Errorf("b after it caught up: %+v, %v; want secondary in epoch %d", st, err, now.Epoch)
 	}
 }

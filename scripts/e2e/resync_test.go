@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/volume"
 
 	"github.com/ldmirror/ldmirror/node"
@@ -64,7 +66,7 @@ func waitClean(t *testing.T, a, b string) node.Status {
 		st, err = status(a)
 		sb, errb = status(b)
 		if err == nil && errb == nil && st.Link == node.LinkConnected && st.DirtyBlocks == 0 &&
-			st.Replication == "replicating" && st.Generations == sb.Generations {
+			st.Replication == mirror.StateReplicating && st.Generations == sb.Generations {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -243,7 +245,7 @@ func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 
 	st := statusJSON(t, a)
 	dirty := int64(st.DirtyBlocks)
-	if st.Replication != "logging" || dirty < more/blockSize || dirty > more/blockSize+streamed {
+	if st.Replication != mirror.StateLogging || dirty < more/blockSize || dirty > more/blockSize+streamed {
 		t.Fatalf("before the restart: replication %s, %d dirty blocks; want logging and %d to %d (50 MiB plus the %d stream writes since the kill)",
 			st.Replication, dirty, more/blockSize, more/blockSize+streamed, streamed)
 	}
@@ -304,7 +306,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	ldmirror(t, "resolve", "--dir", b, "--discard-local")
 	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	st := waitInSync(t, a, b)
-	if sb := statusJSON(t, b); sb.Disk != "uptodate" || sb.LastError != "" {
+	if sb := statusJSON(t, b); sb.Disk != cluster.DiskUpToDate || sb.LastError != "" {
 		t.Fatalf("b after the full resync: disk %s, last error %q; want uptodate and none", sb.Disk, sb.LastError)
 	}
 	if st.BytesShipped < 16<<20 {
@@ -398,7 +400,7 @@ func TestResyncInterruptedAndResumed(t *testing.T) {
 	poll.Until(t, 30*time.Second, "the resync to pass 60%", func() bool {
 		st, err := status(a)
 		doneAtKill = st.ResyncDone
-		return err == nil && st.Replication == "resyncing" && st.ResyncDone*10 >= st.ResyncTotal*6
+		return err == nil && st.Replication == mirror.StateResyncing && st.ResyncDone*10 >= st.ResyncTotal*6
 	})
 	pri.kill()
 	<-pri.done

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/volume"
 
@@ -99,7 +100,7 @@ func (tr *trio) waitServing(primary, secondary string) {
 	poll.Until(tr.t, 30*time.Second, primary+" to serve and "+secondary+" to be uptodate", func() bool {
 		st, err := status(tr.dir[primary])
 		v, cerr := clusterState(tr.t, tr.dir[primary])
-		return err == nil && cerr == nil && st.Role == node.RolePrimary && st.Export != "" &&
+		return err == nil && cerr == nil && st.Role == cluster.RolePrimary && st.Export != "" &&
 			st.Link == node.LinkConnected && v.disk(secondary) == "uptodate"
 	})
 }
@@ -217,7 +218,7 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	atCut := w.ackedCount()
 	poll.Until(t, 20*time.Second, "a to suspend I/O", func() bool {
 		st, err := status(a)
-		return err == nil && st.Replication == "suspended"
+		return err == nil && st.Replication == node.ReplicationSuspended
 	})
 	took := time.Since(cut)
 	suspendedAt := w.ackedCount()
@@ -239,7 +240,7 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	}
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
-		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+		return err == nil && st.Role == cluster.RolePrimary && st.Export != ""
 	})
 	if n := w.ackedCount(); n != suspendedAt {
 		t.Fatalf("a acknowledged %d writes while suspended", n-suspendedAt)
@@ -264,7 +265,7 @@ func TestPrimaryPartitionedFailsOver(t *testing.T) {
 	}
 	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RoleSecondary
+		return err == nil && st.Role == cluster.RoleSecondary
 	})
 	waitInSync(t, b, a)
 	tr.waitServing("b", "a")
@@ -305,7 +306,7 @@ func TestSwapUnderLoad(t *testing.T) {
 	onA := w.ackedCount()
 	poll.Until(t, 20*time.Second, "b to serve as primary", func() bool {
 		st, err := status(b)
-		return err == nil && st.Role == node.RolePrimary && st.Export != ""
+		return err == nil && st.Role == cluster.RolePrimary && st.Export != ""
 	})
 	go func() { werr <- w.run(b, stop) }()
 	poll.Until(t, 20*time.Second, "500 more records acknowledged on b", func() bool { return w.ackedCount() >= onA+500 })
@@ -325,7 +326,7 @@ func TestSwapUnderLoad(t *testing.T) {
 	w.check(t, filepath.Join(b, "volume.img"))
 	poll.Until(t, 30*time.Second, "a to turn secondary", func() bool {
 		st, err := status(a)
-		return err == nil && st.Role == node.RoleSecondary
+		return err == nil && st.Role == cluster.RoleSecondary
 	})
 	waitInSync(t, b, a)
 	w.check(t, filepath.Join(a, "volume.img"))

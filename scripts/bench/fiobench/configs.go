@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/volume"
@@ -96,7 +97,7 @@ func (b *bench) daemon(dir string, args ...string) (*proc, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		st, err := ctl.NewClient(filepath.Join(dir, volume.ControlFile)).Status(ctx)
-		return err == nil && (st.Link == node.LinkConnected || st.Link == node.LinkStandalone || st.Role == node.RoleSecondary)
+		return err == nil && (st.Link == node.LinkConnected || st.Link == node.LinkStandalone || st.Role == cluster.RoleSecondary)
 	})
 	if !p.running() {
 		log, _ := os.ReadFile(logPath)
