@@ -31,7 +31,6 @@ var codes = []struct {
 	{"invalid-command", cluster.ErrInvalidCommand, http.StatusBadRequest},
 	{"auth", cluster.ErrAuth, http.StatusForbidden},
 	{"closed", cluster.ErrClosed, http.StatusServiceUnavailable},
-	{"host-not-primary", node.ErrNotPrimary, http.StatusConflict},
 	{"peer-not-in-sync", node.ErrPeerNotInSync, http.StatusConflict},
 	{"role-moved", node.ErrRoleMoved, http.StatusConflict},
 	{"no-agent", node.ErrNoAgent, http.StatusConflict},

@@ -16,7 +16,7 @@ func (n *Node) primaryParts() (*mirror.Mirror, *bitmap.Set, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.role != cluster.RolePrimary || n.mirror == nil || n.cfg.Passthrough {
-		return nil, nil, ErrNotPrimary
+		return nil, nil, fmt.Errorf("%w: only the primary can do this", cluster.ErrNotPrimary)
 	}
 	return n.mirror, n.dirty, nil
 }

@@ -337,8 +337,6 @@ const DefaultTimeout = 5 * time.Second
 // Errors of the operator's commands, which the control socket carries
 // to the CLI by code (package ctl).
 var (
-	// ErrNotPrimary reports a command only the primary can run.
-	ErrNotPrimary = errors.New("only the primary can do this")
 	// ErrNoAgent reports a command for the LDAP agent on a host without one.
 	ErrNoAgent = errors.New("no LDAP agent runs on this host (daemon --agent-config)")
 	// ErrBusy reports a command that is already running.

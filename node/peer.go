@@ -29,7 +29,7 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 			}
 			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
 			switch {
-			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerRefused):
+			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerNotAdmitted):
 				// Wrong secret, another volume, a split brain: retrying
 				// alone does not fix these.
 				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
@@ -89,10 +89,10 @@ func (n *Node) admit(s *transport.Session, mr *mirror.Mirror) error {
 	switch {
 	case errors.Is(err, resync.ErrSplitBrain):
 		s.Close()
-		return fmt.Errorf("%w: %w", ErrPeerRefused, n.splitBrain(s.Peer().NodeID, local, peer))
+		return fmt.Errorf("%w: %w", ErrPeerNotAdmitted, n.splitBrain(s.Peer().NodeID, local, peer))
 	case err != nil:
 		s.Close()
-		return fmt.Errorf("%w: %w (generations local %v, peer %v)", ErrPeerRefused, err, local, peer)
+		return fmt.Errorf("%w: %w (generations local %v, peer %v)", ErrPeerNotAdmitted, err, local, peer)
 	case full:
 		n.log.Warn("the peer is older than the changes tracked here: resyncing the whole volume", "local", local, "peer", peer)
 		if err := n.markAllOutOfSync(mr, "the peer is older than the changes tracked here: whole volume resynced"); err != nil {

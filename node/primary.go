@@ -327,9 +327,9 @@ func (n *Node) endTerm() {
 	n.link, n.peerNode, n.transition = LinkStandalone, "", ""
 }
 
-// ErrPeerRefused reports a peer this primary will not replicate to: its
+// ErrPeerNotAdmitted reports a peer this primary will not replicate to: its
 // data is newer, diverged (split brain), or unrelated.
-var ErrPeerRefused = errors.New("peer refused")
+var ErrPeerNotAdmitted = errors.New("peer not admitted")
 
 // outOfSyncOnly is the scoreboard without its activity log: writes are not
 // announced, only those that failed to reach the peer are recorded.

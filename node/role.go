@@ -272,7 +272,7 @@ func (n *Node) Swap(ctx context.Context) (cluster.Epoch, error) {
 	primary := n.role == cluster.RolePrimary && gate != nil
 	n.mu.Unlock()
 	if !primary {
-		return 0, ErrNotPrimary
+		return 0, fmt.Errorf("%w: only the primary can swap", cluster.ErrNotPrimary)
 	}
 	peer := n.peerID()
 	if peer == "" {

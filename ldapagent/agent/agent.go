@@ -77,9 +77,6 @@ var (
 	ErrNotFailed = errors.New("the agent has not failed: nothing to retry")
 	// ErrBusy: a sequence (promote, demote, failover, swap) is running.
 	ErrBusy = errors.New("the agent is busy")
-	// ErrNotPrimary: Swap was called on a host the control plane does not
-	// name primary.
-	ErrNotPrimary = errors.New("this host is not the primary")
 	// ErrPeerNotReady: Swap was refused because the peer does not report
 	// itself ready (or there is no peer).
 	ErrPeerNotReady = errors.New("the peer is not ready")
@@ -330,7 +327,7 @@ func (a *Agent) Swap(ctx context.Context) (cluster.Epoch, error) {
 		// The member's own state, which the watched copy may trail.
 		st := a.cp.State()
 		if !a.haveState || st.Primary != a.node || a.st.Primary != a.node {
-			return nil, fmt.Errorf("%w: the control plane names %q primary in epoch %d", ErrNotPrimary, st.Primary, st.Epoch)
+			return nil, fmt.Errorf("%w: the control plane names %q primary in epoch %d", cluster.ErrNotPrimary, st.Primary, st.Epoch)
 		}
 		if err := peerAccepts(st, a.node); err != nil {
 			return nil, err

@@ -76,7 +76,7 @@ func TestSwap(t *testing.T) {
 		t.Fatalf("a after the swap: %+v", s.LastSwap)
 	}
 	// An operator's swap does not wait for min_swap_interval: swap back.
-	if _, err := a.a.Swap(ctxFor(t)); !errors.Is(err, ErrNotPrimary) {
+	if _, err := a.a.Swap(ctxFor(t)); !errors.Is(err, cluster.ErrNotPrimary) {
 		t.Fatalf("swap on the secondary: %v, want ErrNotPrimary", err)
 	}
 	poll.Until(t, 10*time.Second, "a to report ready", func() bool { h, _ := e.cp.State().Host("a"); return h.Ready })
