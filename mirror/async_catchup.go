@@ -2,7 +2,6 @@ package mirror
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -49,8 +48,8 @@ func (a *asyncMirror) catchUp(ctx context.Context, checksum bool) error {
 		return fmt.Errorf("catch-up: ask the peer for its position: %w", err)
 	}
 	var pos journal.Position
-	if len(reply) == 16 {
-		pos = journal.Position{ID: binary.BigEndian.Uint64(reply), Seq: binary.BigEndian.Uint64(reply[8:])}
+	if id, seq, ok := transport.ParsePosition(reply); ok {
+		pos = journal.Position{ID: id, Seq: seq}
 	}
 	oos := m.dirty.OutOfSync()
 	oldest := a.j.Oldest()

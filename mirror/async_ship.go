@@ -2,7 +2,6 @@ package mirror
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -229,8 +228,8 @@ func (a *asyncMirror) ackLoop(p *period, acks <-chan shipped, trunc chan uint64,
 			continue
 		}
 		if it.seq == 0 || it.kind == journal.KindFlush {
-			if len(reply) == 16 {
-				pos := journal.Position{ID: binary.BigEndian.Uint64(reply), Seq: binary.BigEndian.Uint64(reply[8:])}
+			if id, seq, ok := transport.ParsePosition(reply); ok {
+				pos := journal.Position{ID: id, Seq: seq}
 				if pos.ID == a.id {
 					a.mu.Lock()
 					a.peerPos = pos

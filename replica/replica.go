@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -199,7 +198,7 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 			r.flushes.Add(1)
 			var pos journal.Position
 			if pos, err = r.flushed(op); err == nil {
-				reply = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), pos.ID), pos.Seq)
+				reply = transport.AppendPosition(make([]byte, 0, transport.PositionSize), pos.ID, pos.Seq)
 			}
 		}
 	}

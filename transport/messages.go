@@ -127,3 +127,22 @@ func errorPayload(msg string) []byte {
 	}
 	return []byte(msg)
 }
+
+// PositionSize is the size of a journal position in a flush's ack.
+const PositionSize = 16
+
+// AppendPosition appends a journal position, the journal's ID and a
+// sequence number, as the ack of a flush carries the secondary's durable
+// applied position.
+func AppendPosition(b []byte, id, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(b, id), seq)
+}
+
+// ParsePosition reads a position AppendPosition wrote; ok is false if body
+// is not one (a secondary in sync mode sends none).
+func ParsePosition(body []byte) (id, seq uint64, ok bool) {
+	if len(body) != PositionSize {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint64(body), binary.BigEndian.Uint64(body[8:]), true
+}
