@@ -102,6 +102,23 @@ func (a *asyncMirror) ship(p *period, from uint64) error {
 	return err
 }
 
+// journalOp is record rec as it ships in period p.
+func (a *asyncMirror) journalOp(p *period, rec journal.Record) transport.JournalOp {
+	op := transport.JournalOp{ID: a.id, Seq: rec.Seq, Offset: rec.Offset, Data: rec.Data}
+	switch rec.Kind {
+	case journal.KindWrite:
+		op.Kind = transport.KindWrite
+	case journal.KindTrim:
+		op.Kind, op.Length = transport.KindTrim, rec.Length
+	case journal.KindFlush:
+		op.Kind = transport.KindFlush
+	}
+	// The catch-up's records go one at a time (catchTo is set before
+	// shipping starts); later ones are live writes with their barriers.
+	op.Ordered = rec.Seq <= p.catchTo && p.catchFrom != 0
+	return op
+}
+
 func (a *asyncMirror) sendLoop(p *period, cur *journal.Cursor, acks chan<- shipped, recycle <-chan []byte) error {
 	var free [][]byte // data buffers back from the acker
 	var sinceFlush int64
@@ -163,20 +180,10 @@ func (a *asyncMirror) sendLoop(p *period, cur *journal.Cursor, acks chan<- shipp
 				return err
 			}
 		}
-		op := transport.JournalOp{ID: a.id, Seq: rec.Seq, Offset: rec.Offset, Data: rec.Data}
-		switch rec.Kind {
-		case journal.KindWrite:
-			op.Kind = transport.KindWrite
+		if rec.Kind == journal.KindWrite {
 			buf = rec.Data[:0] // may have been grown by Next
-		case journal.KindTrim:
-			op.Kind, op.Length = transport.KindTrim, rec.Length
-		case journal.KindFlush:
-			op.Kind = transport.KindFlush
 		}
-		// The catch-up's records go one at a time (catchTo is set before
-		// shipping starts); later ones are live writes with their barriers.
-		op.Ordered = rec.Seq <= p.catchTo && p.catchFrom != 0
-		c, err := p.s.SubmitJournal(op)
+		c, err := p.s.SubmitJournal(a.journalOp(p, rec))
 		if err != nil {
 			return err
 		}

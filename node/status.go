@@ -211,30 +211,7 @@ func (n *Node) localStatus() Status {
 		return st
 	}
 	ms := mr.Status()
-	st.Mode, st.Replication = ms.Mode, ms.Replication
-	st.JournalUsed, st.JournalCapacity, st.JournalLag = ms.JournalUsed, ms.JournalCapacity, ms.JournalLag
-	st.JournalNewest, st.PeerDurableSeq, st.Throttled = ms.JournalNewest, ms.PeerDurable, ms.Throttled
-	st.CatchUpFrom, st.CatchUpTo, st.LastCatchUp = ms.CatchUpFrom, ms.CatchUpTo, ms.LastCatchUp
-	st.JournalOverflow, st.FallbackReason = ms.JournalOverflow, ms.FallbackReason
-	switch {
-	case ms.Fenced:
-		st.Replication = ReplicationFenced
-	case ms.Suspended:
-		st.Replication = ReplicationSuspended
-	}
-	st.DirtyBlocks = ms.DirtyBlocks
-	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
-	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
-	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
-	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped, st.ResyncSent = ms.Resync.Done, ms.Resync.Total, ms.Resync.Skipped, ms.Resync.Sent
-	st.ResyncYielding = ms.Resync.Yielding
-	if ms.Replication == mirror.StateResyncing {
-		if secs := time.Since(ms.Resync.Start).Seconds(); secs > 0 && ms.Resync.Done > 0 {
-			st.ResyncRate = float64(ms.Resync.Done*uint64(ms.BlockSize)) / secs
-			st.ResyncETASec = float64((ms.Resync.Total-ms.Resync.Done)*uint64(ms.BlockSize)) / st.ResyncRate
-		}
-	}
-	st.BitmapBytes = ms.BitmapMemory
+	mirrorStatus(&st, ms)
 	if refused == "" {
 		st.LastError = ms.LastError
 	}
@@ -266,4 +243,33 @@ func secondaryStatus(st *Status, ln *transport.Listener, replica *replica.Replic
 	if rs.Failures > 0 {
 		st.Disk = cluster.DiskInconsistent // writes failed to apply here
 	}
+}
+
+// mirrorStatus copies a primary's mirror status into st, under the names
+// and units of the status operators read (docs/operations.md).
+func mirrorStatus(st *Status, ms mirror.Status) {
+	st.Mode, st.Replication = ms.Mode, ms.Replication
+	st.JournalUsed, st.JournalCapacity, st.JournalLag = ms.JournalUsed, ms.JournalCapacity, ms.JournalLag
+	st.JournalNewest, st.PeerDurableSeq, st.Throttled = ms.JournalNewest, ms.PeerDurable, ms.Throttled
+	st.CatchUpFrom, st.CatchUpTo, st.LastCatchUp = ms.CatchUpFrom, ms.CatchUpTo, ms.LastCatchUp
+	st.JournalOverflow, st.FallbackReason = ms.JournalOverflow, ms.FallbackReason
+	switch {
+	case ms.Fenced:
+		st.Replication = ReplicationFenced
+	case ms.Suspended:
+		st.Replication = ReplicationSuspended
+	}
+	st.DirtyBlocks = ms.DirtyBlocks
+	st.DirtyBytes = ms.DirtyBlocks * uint64(ms.BlockSize)
+	st.WritesShipped, st.BytesShipped, st.FlushesShipped = ms.Writes, ms.Bytes, ms.Flushes
+	st.WindowInUse, st.WindowSize = ms.InFlight, ms.Window
+	st.ResyncDone, st.ResyncTotal, st.ResyncSkipped, st.ResyncSent = ms.Resync.Done, ms.Resync.Total, ms.Resync.Skipped, ms.Resync.Sent
+	st.ResyncYielding = ms.Resync.Yielding
+	if ms.Replication == mirror.StateResyncing {
+		if secs := time.Since(ms.Resync.Start).Seconds(); secs > 0 && ms.Resync.Done > 0 {
+			st.ResyncRate = float64(ms.Resync.Done*uint64(ms.BlockSize)) / secs
+			st.ResyncETASec = float64((ms.Resync.Total-ms.Resync.Done)*uint64(ms.BlockSize)) / st.ResyncRate
+		}
+	}
+	st.BitmapBytes = ms.BitmapMemory
 }

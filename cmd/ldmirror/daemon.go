@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -88,44 +89,101 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var secret []byte
-	if f := c.String("secret-file"); f != "" {
-		if secret, err = readSecretFile(f); err != nil {
-			return err
-		}
-	} else if c.String("peer") != "" || cluster.Role(c.String("role")) == cluster.RoleSecondary || c.String("cluster-bind") != "" {
-		return fmt.Errorf("--secret-file is required to talk to a peer")
+	secret, err := daemonSecret(c)
+	if err != nil {
+		return err
 	}
 	// A FUSE server that memory reclaim waits on must not itself wait for
 	// reclaim (libfuse#700).
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
 		log.Warn("could not mark the daemon as an I/O flusher", "err", err)
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	agentCfg, err := loadAgentConfig(c)
+	if err != nil {
+		return err
+	}
+	member, err := daemonMember(c, id, secret, log)
+	if err != nil {
+		return err
+	}
+	var cp node.ControlPlane // a nil *cluster.Cluster must not become a non-nil interface
+	var routes ctl.Member
+	if member != nil {
+		defer member.Close()
+		cp, routes = member.c, member.c
+		go func() {
+			select {
+			case err := <-member.Fatal():
+				log.Error("control plane member failed; stopping", "err", err)
+				stop()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	cfg, err := nodeConfig(c, id, secret, cp, log)
+	if err != nil {
+		return err
+	}
+	n, err := node.Open(cfg)
+	if err != nil {
+		return err
+	}
+	if agentCfg != nil {
+		ag, err := startAgent(c, *agentCfg, id, member.c, n, log)
+		if err != nil {
+			return err
+		}
+		defer ag.Close()
+		n.SetAgent(ag)
+	}
+	stopProfile, err := startProfile(c.String("cpu-profile"))
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(n, routes))
+	if err != nil {
+		n.Close()
+		return err
+	}
+	defer sock.Close()
+	if err := n.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// nodeConfig is the node's configuration from c's flags.
+func nodeConfig(c *cli.Context, id string, secret []byte, cp node.ControlPlane, log *slog.Logger) (node.Config, error) {
+	var cfg node.Config
 	var rate int64
 	if r := c.String("resync-rate"); r != "" {
 		var err error
 		if rate, err = parseSize(r); err != nil {
-			return fmt.Errorf("--resync-rate: %w", err)
+			return cfg, fmt.Errorf("--resync-rate: %w", err)
 		}
 	}
 	var minRate int64
 	if r := c.String("resync-min-rate"); r != "0" {
 		var err error
 		if minRate, err = parseSize(r); err != nil {
-			return fmt.Errorf("--resync-min-rate: %w", err)
+			return cfg, fmt.Errorf("--resync-min-rate: %w", err)
 		}
 	}
 	mode, err := mirror.ParseMode(c.String("mode"))
 	if err != nil {
-		return fmt.Errorf("--mode: %w", err)
+		return cfg, fmt.Errorf("--mode: %w", err)
 	}
 	onFull, err := mirror.ParseFullPolicy(c.String("journal-full"))
 	if err != nil {
-		return fmt.Errorf("--journal-full: %w", err)
+		return cfg, fmt.Errorf("--journal-full: %w", err)
 	}
 	journalSize, err := parseSize(c.String("journal-size"))
 	if err != nil {
-		return fmt.Errorf("--journal-size: %w", err)
+		return cfg, fmt.Errorf("--journal-size: %w", err)
 	}
 	pcfg := probe.Config{
 		URL:       c.String("probe-url"),
@@ -139,53 +197,11 @@ func runDaemon(c *cli.Context) error {
 	if f := c.String("probe-password-file"); f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return fmt.Errorf("--probe-password-file: %w", err)
+			return cfg, fmt.Errorf("--probe-password-file: %w", err)
 		}
 		pcfg.Password = strings.TrimRight(string(b), "\r\n")
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	var agentCfg *agent.Config
-	if f := c.String("agent-config"); f != "" {
-		if c.String("cluster-bind") == "" {
-			return fmt.Errorf("--agent-config needs the control plane (--cluster-bind): the agent moves the role through it")
-		}
-		cfg, err := agent.LoadConfig(f)
-		if err != nil {
-			return err
-		}
-		agentCfg = &cfg
-	}
-	var member *member
-	var cp node.ControlPlane
-	if c.String("cluster-bind") != "" {
-		if secret == nil {
-			return fmt.Errorf("--secret-file is required with --cluster-bind")
-		}
-		m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), secret, false, log)
-		if err != nil {
-			return fmt.Errorf("control plane: %w", err)
-		}
-		defer m.Close()
-		member, cp = m, m.c
-		go func() {
-			select {
-			case err := <-m.Fatal():
-				log.Error("control plane member failed; stopping", "err", err)
-				stop()
-			case <-ctx.Done():
-			}
-		}()
-		if c.String("role") != "" {
-			log.Warn("--role is ignored: the control plane names the role", "role", c.String("role"))
-		}
-	} else {
-		if c.String("role") == "" {
-			return fmt.Errorf("--role primary|secondary is needed without a control plane (--cluster-bind)")
-		}
-		log.Warn("no control plane (--cluster-bind not set): the role comes from --role alone and NOTHING prevents two primaries (split brain)")
-	}
-	n, err := node.Open(node.Config{
+	return node.Config{
 		Dir:            c.String("dir"),
 		Role:           cluster.Role(c.String("role")),
 		NodeID:         id,
@@ -206,49 +222,89 @@ func runDaemon(c *cli.Context) error {
 		Probe:          pcfg,
 		ControlPlane:   cp,
 		Logger:         log,
+	}, nil
+}
+
+// startAgent starts the LDAP agent of node n.
+func startAgent(c *cli.Context, cfg agent.Config, id string, cp *cluster.Cluster, n *node.Node, log *slog.Logger) (*agent.Agent, error) {
+	mount := c.String("mount")
+	if mount == "" {
+		mount = filepath.Join(c.String("dir"), volume.ExportDir)
+	}
+	ag, err := agent.New(cfg, agent.Deps{
+		NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, export.FileName),
+		ControlPlane: cp, Volume: n, Logger: log.With("part", "agent"),
 	})
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("LDAP agent: %w", err)
 	}
-	if agentCfg != nil {
-		mount := c.String("mount")
-		if mount == "" {
-			mount = filepath.Join(c.String("dir"), volume.ExportDir)
-		}
-		ag, err := agent.New(*agentCfg, agent.Deps{
-			NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, export.FileName),
-			ControlPlane: member.c, Volume: n, Logger: log.With("part", "agent"),
-		})
-		if err != nil {
-			return fmt.Errorf("LDAP agent: %w", err)
-		}
-		defer ag.Close()
-		n.SetAgent(ag)
+	return ag, nil
+}
+
+// startProfile starts a CPU profile of the whole run into path, if set;
+// the returned func ends it.
+func startProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
 	}
-	if p := c.String("cpu-profile"); p != "" {
-		f, err := os.Create(p)
-		if err != nil {
-			return fmt.Errorf("--cpu-profile: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("--cpu-profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-	}
-	var routes ctl.Member // a nil *cluster.Cluster must not become a non-nil interface
-	if member != nil {
-		routes = member.c
-	}
-	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(n, routes))
+	f, err := os.Create(path)
 	if err != nil {
-		n.Close()
-		return err
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
 	}
-	defer sock.Close()
-	if err := n.Run(ctx); err != nil {
-		return err
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
 	}
-	log.Info("stopped")
-	return nil
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// daemonMember starts the control-plane member the daemon embeds with
+// --cluster-bind; without it, there is none (nil) and --role names the role.
+func daemonMember(c *cli.Context, id string, secret []byte, log *slog.Logger) (*member, error) {
+	if c.String("cluster-bind") == "" {
+		if c.String("role") == "" {
+			return nil, fmt.Errorf("--role primary|secondary is needed without a control plane (--cluster-bind)")
+		}
+		log.Warn("no control plane (--cluster-bind not set): the role comes from --role alone and NOTHING prevents two primaries (split brain)")
+		return nil, nil
+	}
+	if secret == nil {
+		return nil, fmt.Errorf("--secret-file is required with --cluster-bind")
+	}
+	m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), secret, false, log)
+	if err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	if c.String("role") != "" {
+		log.Warn("--role is ignored: the control plane names the role", "role", c.String("role"))
+	}
+	return m, nil
+}
+
+// daemonSecret reads --secret-file, which a daemon that talks to a peer
+// or a control plane needs.
+func daemonSecret(c *cli.Context) ([]byte, error) {
+	if f := c.String("secret-file"); f != "" {
+		return readSecretFile(f)
+	}
+	if c.String("peer") != "" || cluster.Role(c.String("role")) == cluster.RoleSecondary || c.String("cluster-bind") != "" {
+		return nil, fmt.Errorf("--secret-file is required to talk to a peer")
+	}
+	return nil, nil
+}
+
+// loadAgentConfig reads --agent-config, if set (nil if not).
+func loadAgentConfig(c *cli.Context) (*agent.Config, error) {
+	f := c.String("agent-config")
+	if f == "" {
+		return nil, nil
+	}
+	if c.String("cluster-bind") == "" {
+		return nil, fmt.Errorf("--agent-config needs the control plane (--cluster-bind): the agent moves the role through it")
+	}
+	cfg, err := agent.LoadConfig(f)
+	if err != nil {
+		return nil, err
+	}
+	return &cfg, nil
 }

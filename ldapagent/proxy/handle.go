@@ -42,10 +42,20 @@ func (c *clientConn) run(req *request) {
 		c.reply(req, result{code: codeOther, message: err.Error()}, nil)
 		return
 	}
-	var (
-		r        result
-		controls []ldap.Control
-	)
+	if req.tag == tagExtended {
+		c.runExtended(ctx, sess, req)
+		return
+	}
+	r, controls, ok := c.call(ctx, sess, req)
+	if !ok || ctx.Err() != nil {
+		return // abandoned, or the client is gone
+	}
+	c.reply(req, r, controls)
+}
+
+// call relays req (anything but an extended operation) through sess; ok
+// is false if the client could not be written to.
+func (c *clientConn) call(ctx context.Context, sess *retrier.Session, req *request) (r result, controls []ldap.Control, ok bool) {
 	switch req.tag {
 	case tagBind:
 		switch {
@@ -63,7 +73,7 @@ func (c *clientConn) run(req *request) {
 		if res != nil {
 			for _, ref := range res.Referrals {
 				if err := c.write(message(req.id, referenceOp([]string{ref}), nil)); err != nil {
-					return
+					return r, nil, false
 				}
 			}
 			controls = res.Controls
@@ -86,31 +96,30 @@ func (c *clientConn) run(req *request) {
 				r.code = codeCompareTrue
 			}
 		}
-	case tagExtended:
-		x := &ldap.ExtendedRequest{Name: req.extended.name, Controls: req.controls}
-		if req.extended.hasValue {
-			x.Value = ber.NewString(ber.ClassContext, ber.TypePrimitive, 1, string(req.extended.value), "requestValue")
-		}
-		resp, err := sess.Extended(ctx, x)
-		r = resultOf(err)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil || resp == nil {
-			_ = c.write(message(req.id, extendedOp(r, "", nil, false), nil))
-			return
-		}
-		var value []byte
-		if resp.Value != nil {
-			value = resp.Value.Data.Bytes()
-		}
-		_ = c.write(message(req.id, extendedOp(r, resp.Name, value, resp.Value != nil), resp.Controls))
+	}
+	return r, controls, true
+}
+
+// runExtended relays an extended operation and writes its response.
+func (c *clientConn) runExtended(ctx context.Context, sess *retrier.Session, req *request) {
+	x := &ldap.ExtendedRequest{Name: req.extended.name, Controls: req.controls}
+	if req.extended.hasValue {
+		x.Value = ber.NewString(ber.ClassContext, ber.TypePrimitive, 1, string(req.extended.value), "requestValue")
+	}
+	resp, err := sess.Extended(ctx, x)
+	r := resultOf(err)
+	if ctx.Err() != nil {
 		return
 	}
-	if ctx.Err() != nil {
-		return // abandoned
+	if err != nil || resp == nil {
+		_ = c.write(message(req.id, extendedOp(r, "", nil, false), nil))
+		return
 	}
-	c.reply(req, r, controls)
+	var value []byte
+	if resp.Value != nil {
+		value = resp.Value.Data.Bytes()
+	}
+	_ = c.write(message(req.id, extendedOp(r, resp.Name, value, resp.Value != nil), resp.Controls))
 }
 
 // responseTag maps a request tag to its response tag.
