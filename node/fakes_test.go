@@ -22,6 +22,11 @@ type fakeCP struct {
 	reads    int                 // Consistent calls that answered
 	attempts int                 // every Consistent call
 	watchers map[chan cluster.VolumeState]struct{}
+
+	// The commits a data host makes, answered from these and recorded.
+	outdate  []error  // MarkPeerOutdated answers these in turn, then nil
+	commits  []string // "outdated b@5", "uptodate b@5", "transfer a>b@5", ...
+	transfer error    // TransferPrimary's answer; nil: the role moves
 }
 
 // stateOf is the state of data hosts a and b, both uptodate, and witness w,
@@ -130,15 +135,40 @@ func (f *fakeCP) counts() (reads, attempts int) {
 }
 
 func (f *fakeCP) MarkPeerOutdated(ctx context.Context, epoch cluster.Epoch, peer string) error {
-	return nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var err error
+	if len(f.outdate) > 0 {
+		err, f.outdate = f.outdate[0], f.outdate[1:]
+	}
+	if err == nil {
+		f.commits = append(f.commits, fmt.Sprintf("outdated %s@%d", peer, epoch))
+	}
+	return err
 }
 
 func (f *fakeCP) SetDiskState(ctx context.Context, node string, d cluster.DiskState, epoch cluster.Epoch) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.commits = append(f.commits, fmt.Sprintf("%s %s@%d", d, node, epoch))
 	return nil
 }
 
 func (f *fakeCP) TransferPrimary(ctx context.Context, from, to string, epoch cluster.Epoch) (cluster.Epoch, error) {
-	return 0, cluster.ErrNotPrimary
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.transfer != nil {
+		return 0, f.transfer
+	}
+	f.commits = append(f.commits, fmt.Sprintf("transfer %s>%s@%d", from, to, epoch))
+	return epoch + 1, nil
+}
+
+// committed lists the commits made so far.
+func (f *fakeCP) committed() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.commits)
 }
 
 func (f *fakeCP) Leader() (id, addr string) { return "w", "127.0.0.1:1" }
