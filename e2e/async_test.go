@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/peertest"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/mirror"
 
@@ -33,7 +34,7 @@ import (
 func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	requireE2E(t)
 	a, b, secret := pairDirs(t, "64MiB")
-	addr := freePort(t)
+	addr := peertest.FreeAddr(t)
 	async := []string{"--mode", "async", "--journal-size", "1MiB", "--secret-file", secret, "--timeout", "1s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
@@ -333,7 +334,7 @@ func signal(t *testing.T, d *daemon, sig syscall.Signal) {
 func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 	requireE2E(t, "mkfs.ext4", "e2fsck", "mount", "losetup")
 	a, b, secret := pairDirs(t, "256MiB")
-	addr := freePort(t)
+	addr := peertest.FreeAddr(t)
 	// A long timeout: a frozen secondary keeps its session.
 	async := []string{"--mode", "async", "--journal-size", "96MiB", "--secret-file", secret, "--timeout", "20s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
@@ -434,7 +435,7 @@ func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 func TestAsyncPrimaryKilledAfterOverflow(t *testing.T) {
 	requireE2E(t)
 	a, b, secret := pairDirs(t, "64MiB")
-	addr := freePort(t)
+	addr := peertest.FreeAddr(t)
 	async := []string{"--mode", "async", "--journal-size", "1MiB", "--secret-file", secret, "--timeout", "1s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)

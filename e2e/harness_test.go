@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/peertest"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/volume"
 
@@ -88,16 +88,6 @@ func run(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // daemon is one running `ldmirror daemon` process.
@@ -232,7 +222,7 @@ func pairDirs(t *testing.T, size string) (a, b, secret string) {
 // mirroredPair starts a secondary in b and a primary in a, connected.
 func mirroredPair(t *testing.T, a, b, secret string, extra ...string) (pri, sec *daemon) {
 	t.Helper()
-	addr := freePort(t)
+	addr := peertest.FreeAddr(t)
 	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
 	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
 	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {

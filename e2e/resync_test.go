@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/internal/peertest"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/volume"
@@ -268,7 +269,7 @@ func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	requireE2E(t)
 	a, b, secret := pairDirs(t, "16MiB")
-	addr := freePort(t)
+	addr := peertest.FreeAddr(t)
 
 	// b runs alone as primary and writes: its data is now newer than a's.
 	alone := startDaemon(t, b, "--role", "primary", "--node-id", "b")

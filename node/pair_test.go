@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/logbuf"
+	"github.com/ldmirror/ldmirror/internal/peertest"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/volume"
 )
@@ -38,7 +38,7 @@ func openPair(t *testing.T, cp *fakeCP) (a, b *pairHost) {
 	t.Helper()
 	root := t.TempDir()
 	id := uuid.New()
-	addr := map[string]string{"a": freeAddr(t), "b": freeAddr(t)}
+	addr := map[string]string{"a": peertest.FreeAddr(t), "b": peertest.FreeAddr(t)}
 	open := func(name, peer string) *pairHost {
 		dir := filepath.Join(root, name)
 		if _, err := volume.Create(dir, pairSize, 4096, id, false); err != nil {
@@ -62,16 +62,6 @@ func openPair(t *testing.T, cp *fakeCP) (a, b *pairHost) {
 		return &pairHost{n: n, logs: logs}
 	}
 	return open("a", "b"), open("b", "a")
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // serveSecondary runs b's secondary term until the test ends.

@@ -4,6 +4,8 @@ package peertest
 
 import (
 	"context"
+	"net"
+	"testing"
 	"time"
 
 	"github.com/ldmirror/ldmirror/transport"
@@ -38,4 +40,16 @@ func ContextUntil(stop <-chan struct{}) (context.Context, context.CancelFunc) {
 		}
 	}()
 	return ctx, cancel
+}
+
+// FreeAddr returns a 127.0.0.1 address with a port that was free a moment
+// ago, for a listener a test starts later.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
