@@ -34,7 +34,7 @@ const (
 func hookScript(t *testing.T) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	p, err := filepath.Abs(filepath.Join(filepath.Dir(file), "..", "hooks", "slapd.sh"))
+	p, err := filepath.Abs(filepath.Join(filepath.Dir(file), "..", "scripts", "hooks", "slapd.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
