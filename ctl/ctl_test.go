@@ -27,8 +27,9 @@ func (h *fakeHost) Resync(_ context.Context, full, _ bool) (node.ResyncResult, e
 	h.full = full
 	return node.ResyncResult{Blocks: 3}, h.err
 }
-func (h *fakeHost) RequestSwap(context.Context) (cluster.Epoch, error) { return 7, h.err }
-func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)   { return agent.Status{}, h.err }
+func (h *fakeHost) RequestSwap(context.Context, bool) (cluster.Epoch, error) { return 7, h.err }
+func (h *fakeHost) CheckDemote(string, bool) error                           { return h.err }
+func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)         { return agent.Status{}, h.err }
 
 // fakeMember answers the cluster routes; Promote refuses with err.
 type fakeMember struct {
@@ -101,7 +102,7 @@ func TestHostRoutes(t *testing.T) {
 	if res, err := cl.Resync(ctx, true, false); err != nil || res.Blocks != 3 || !h.full {
 		t.Fatalf("resync = %+v, %v (full passed: %v)", res, err, h.full)
 	}
-	if res, err := cl.Swap(ctx); err != nil || res.Epoch != 7 {
+	if res, err := cl.Swap(ctx, false); err != nil || res.Epoch != 7 {
 		t.Fatalf("swap = %+v, %v", res, err)
 	}
 	if _, err := cl.Cluster(ctx, false, time.Second); err == nil {
@@ -123,7 +124,7 @@ func TestMemberRoutes(t *testing.T) {
 	if m.deadline <= 0 || m.deadline > 3*time.Second {
 		t.Fatalf("promote ran with %v left, want the request's 3 s", m.deadline)
 	}
-	if e, err := cl.Demote(ctx, "a", 0, time.Second); err != nil || e != 5 || m.demoted != 4 {
+	if e, err := cl.Demote(ctx, "a", 0, false, time.Second); err != nil || e != 5 || m.demoted != 4 {
 		t.Fatalf("demote in the current epoch = %d, %v (named %d, want 4)", e, err, m.demoted)
 	}
 	if _, err := cl.Promote(ctx, "b", true, " ", time.Second); !errors.Is(err, cluster.ErrInvalidCommand) {

@@ -34,6 +34,7 @@ var codes = []struct {
 	{"peer-not-in-sync", node.ErrPeerNotInSync, http.StatusConflict},
 	{"role-moved", node.ErrRoleMoved, http.StatusConflict},
 	{"no-agent", node.ErrNoAgent, http.StatusConflict},
+	{"in-use", node.ErrInUse, http.StatusConflict},
 	{"busy", node.ErrBusy, http.StatusConflict},
 	{"no-control-plane", node.ErrNoControlPlane, http.StatusConflict},
 	{"disconnected", transport.ErrDisconnected, http.StatusConflict},

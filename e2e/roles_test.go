@@ -334,3 +334,37 @@ func TestSwapUnderLoad(t *testing.T) {
 		t.Fatalf("a swap outdated a host: %+v", after.Volume.Hosts)
 	}
 }
+
+// TestSwapDemoteRefusedWhileMounted is an operator defect of issue 17:
+// `ldmirror swap` (without an agent) and `ldmirror demote` of the primary
+// through its own socket are refused while its volume is mounted, saying
+// what holds it and how to release it; with the file system unmounted and
+// the loop device detached, the swap goes through.
+func TestSwapDemoteRefusedWhileMounted(t *testing.T) {
+	requireE2E(t, "nsenter", "mkfs.ext4")
+	tr := startTrio(t, "64MiB")
+	a := tr.dir["a"]
+	dev, mnt := mountVolume(t, a)
+	before, err := clusterState(t, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"swap", "--dir", a},
+		{"demote", "a", "--control", filepath.Join(a, volume.ControlFile)},
+	} {
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "in use") || !strings.Contains(string(out), dev) || !strings.Contains(string(out), "--force") {
+			t.Fatalf("ldmirror %s with the volume mounted: %v %s; want a refusal naming %s and --force", strings.Join(args, " "), err, out, dev)
+		}
+	}
+	if v, err := clusterState(t, a); err != nil || v.Volume.Primary != "a" || v.Volume.Epoch != before.Volume.Epoch {
+		t.Fatalf("after the refusals the control plane names %q in epoch %d (%v); want a in epoch %d", v.Volume.Primary, v.Volume.Epoch, err, before.Volume.Epoch)
+	}
+	run(t, "umount", mnt)
+	run(t, binary, "detach", dev)
+	if out, err := exec.Command(binary, "swap", "--dir", a).CombinedOutput(); err != nil {
+		t.Fatalf("swap with the volume released: %v %s", err, out)
+	}
+	tr.waitServing("b", "a")
+}

@@ -203,8 +203,21 @@ type Agent interface {
 func (n *Node) SetAgent(a Agent) { n.agent = a }
 
 // RequestSwap is `ldmirror swap`: through the LDAP agent if there is one
-// (it stops the directory service first, then calls Swap), else Swap.
-func (n *Node) RequestSwap(ctx context.Context) (cluster.Epoch, error) { return n.swap(ctx) }
+// (it stops the directory service first, then calls Swap), else Swap,
+// refused while the volume is in use here unless force (ErrInUse).
+func (n *Node) RequestSwap(ctx context.Context, force bool) (cluster.Epoch, error) {
+	return n.swap(ctx, force)
+}
+
+// CheckDemote refuses to demote this host while its volume is in use,
+// unless force (ErrInUse); any other host, and a host that is not
+// primary, may be demoted.
+func (n *Node) CheckDemote(node string, force bool) error {
+	if node != n.cfg.NodeID || n.Role() != cluster.RolePrimary {
+		return nil
+	}
+	return n.refuseInUse("demote", force)
+}
 
 // RetryAgent runs the LDAP agent's failed hook sequence again and returns
 // the agent's state.

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/export"
 )
 
 // followControlPlane runs one term after the other, in the role the
@@ -245,11 +247,46 @@ func (n *Node) AwaitPrimary(ctx context.Context, e cluster.Epoch) (string, error
 	}
 }
 
+// ErrInUse refuses to give up the role while the volume is in use here.
+var ErrInUse = errors.New("the volume is in use on this host")
+
+// inUse says what holds the primary's export, or "" if nothing does.
+func (n *Node) inUse() string {
+	n.mu.Lock()
+	exp := n.export
+	n.mu.Unlock()
+	if exp == nil {
+		return ""
+	}
+	if devs := export.LoopDevicesOf(exp.Path()); len(devs) > 0 {
+		return "loop device " + strings.Join(devs, ", ") + " is attached to the export"
+	}
+	return ""
+}
+
+// refuseInUse fails verb while the volume is in use here, unless force:
+// once the role is gone the mounted file system's writes fail with I/O
+// errors, and the host stays demoted until the loop device is released.
+func (n *Node) refuseInUse(verb string, force bool) error {
+	if force {
+		return nil
+	}
+	if what := n.inUse(); what != "" {
+		return fmt.Errorf("%w: %s; stop the directory server, umount the file system and run ldmirror detach first (or %s --force: the mounted file system's writes then fail)",
+			ErrInUse, what, verb)
+	}
+	return nil
+}
+
 // swap runs the swap an operator asked for: through the agent if there is
-// one (it stops the directory service first, and calls Swap), else Swap.
-func (n *Node) swap(ctx context.Context) (cluster.Epoch, error) {
+// one (it stops the directory service first, and calls Swap), else Swap,
+// which is refused while the volume is in use here unless force.
+func (n *Node) swap(ctx context.Context, force bool) (cluster.Epoch, error) {
 	if n.agent != nil {
 		return n.agent.Swap(ctx)
+	}
+	if err := n.refuseInUse("swap", force); err != nil {
+		return 0, err
 	}
 	return n.Swap(ctx)
 }
