@@ -368,3 +368,45 @@ func TestSwapDemoteRefusedWhileMounted(t *testing.T) {
 	}
 	tr.waitServing("b", "a")
 }
+
+// TestDetachAfterDaemonKilled is an operator defect of issue 17: after a
+// kill -9 of the primary's daemon, status says what is left over (the
+// loop device, the mounted file system, the dead FUSE export) and the
+// commands that clear it, and `ldmirror detach --dir` clears it without
+// the daemon; the daemon then starts again in the same directory.
+func TestDetachAfterDaemonKilled(t *testing.T) {
+	requireE2E(t, "mkfs.ext4")
+	a, b, secret := pairDirs(t, "64MiB")
+	pri, _ := mirroredPair(t, a, b, secret)
+	dev, mnt := mountVolume(t, a)
+	pri.kill()
+	<-pri.done
+	out, err := exec.Command(binary, "status", "--dir", a).CombinedOutput()
+	if err == nil {
+		t.Fatalf("status with the daemon dead succeeded: %s", out)
+	}
+	for _, want := range []string{"no daemon runs on " + a, "loop device " + dev, "mounted on " + mnt, "dead FUSE export", "umount " + mnt, "ldmirror detach --dir " + a} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("status with the daemon dead lacks %q:\n%s", want, out)
+		}
+	}
+	if out, err := exec.Command(binary, "detach", "--dir", a).CombinedOutput(); err == nil || !strings.Contains(string(out), "umount it first") {
+		t.Fatalf("detach with the file system still mounted: %v %s; want a refusal saying to umount first", err, out)
+	}
+	_ = exec.Command("umount", mnt).Run() // the file system's last writes fail: its daemon is dead
+	out, err = exec.Command(binary, "detach", "--dir", a).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "detached "+dev) || !strings.Contains(string(out), "unmounted the dead export") {
+		t.Fatalf("detach with the daemon dead: %v %s", err, out)
+	}
+	if l := exportLoops(a); len(l) != 0 {
+		t.Fatalf("loop devices still bound after detach: %v", l)
+	}
+	if out, err := exec.Command(binary, "status", "--dir", a).CombinedOutput(); strings.Contains(string(out), "left over") {
+		t.Fatalf("status after the cleanup still lists leftovers (%v):\n%s", err, out)
+	}
+	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--secret-file", secret)
+	poll.Until(t, 10*time.Second, "the restarted daemon to serve its export", func() bool {
+		st, err := status(a)
+		return err == nil && st.Export != ""
+	})
+}
