@@ -199,7 +199,7 @@ func checkVolume(own, peer *Hello) error {
 	case own.BlockSize != peer.BlockSize:
 		return fmt.Errorf("%w: block size local %d bytes, peer %d bytes", ErrVolumeMismatch, own.BlockSize, peer.BlockSize)
 	case own.NodeID == peer.NodeID:
-		return fmt.Errorf("%w: both sides call themselves %q", ErrVolumeMismatch, own.NodeID)
+		return fmt.Errorf("%w: both hosts use node ID %q; node IDs must differ", ErrVolumeMismatch, own.NodeID)
 	}
 	return nil
 }

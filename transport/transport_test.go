@@ -239,7 +239,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		{"other volume uuid", func(c *Config) { c.VolumeUUID[0] = 9 }, ErrVolumeMismatch, "volume uuid local"},
 		{"other size", func(c *Config) { c.Size = 2 * testSize }, ErrVolumeMismatch, "size local 1048576 bytes, peer 2097152 bytes"},
 		{"other block size", func(c *Config) { c.BlockSize = 8192 }, ErrVolumeMismatch, "block size local 4096 bytes, peer 8192 bytes"},
-		{"same node id", func(c *Config) { c.NodeID = "b" }, ErrVolumeMismatch, "both sides call themselves"},
+		{"same node id", func(c *Config) { c.NodeID = "b" }, ErrVolumeMismatch, "node IDs must differ"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startSecondary(t)
