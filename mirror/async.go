@@ -11,6 +11,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -258,6 +259,9 @@ func (a *asyncMirror) replicate(o op, e bitmap.Extent) error {
 		a.rw.RLock()
 	}
 	a.rw.RUnlock()
+	if journaled {
+		failpoint.Crash("journal-appended-before-ship") // held: not shipped yet
+	}
 	lerr := o.apply(m.local)
 	if !journaled {
 		// Journaling stopped, durably, before this write: a restart will

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 	"github.com/ldmirror/ldmirror/resync"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -273,6 +274,10 @@ type syncReplicator struct{ m *Mirror }
 func (r syncReplicator) replicate(o op, e bitmap.Extent) error {
 	m := r.m
 	l, s := m.joinLink()
+	if failpoint.Reached("mirror-written-before-send") {
+		_ = o.apply(m.local) // o is on this disk, and never reaches the peer
+		failpoint.Kill("mirror-written-before-send")
+	}
 	var call *transport.Call
 	if s != nil {
 		c, err := o.submit(s)
@@ -293,6 +298,7 @@ func (r syncReplicator) replicate(o op, e bitmap.Extent) error {
 	}
 	inSync := shipped && lerr == nil
 	if inSync {
+		failpoint.Crash("mirror-acked-before-clear")
 		m.dirty.Ack(e)
 		m.unflushed.Add(1)
 	} else {

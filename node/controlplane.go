@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/transport"
 )
@@ -64,6 +65,7 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 			cancel()
 			switch {
 			case err == nil:
+				failpoint.Crash("node-fenced-before-generation")
 				// From here on this host writes what the peer lacks: a
 				// new generation, durably, before any such write is
 				// acknowledged.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 )
 
 // followControlPlane runs one term after the other, in the role the
@@ -38,6 +39,7 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 			n.mu.Lock()
 			n.epoch = epoch
 			n.mu.Unlock()
+			failpoint.Crash("node-promoted-before-primary-term")
 			if err = n.preparePrimary(); err == nil {
 				lost, stop := n.watchRole(ctx, func(s cluster.VolumeState) bool { return !s.Holds(me, epoch) }, "")
 				err = n.runPrimary(ctx, lost)
