@@ -16,11 +16,12 @@ func testConfigs() (sec, pri transport.Config) { return testConfigsSized(volSize
 // testConfigsSized is testConfigs for a volume of size bytes.
 func testConfigsSized(size int64) (sec, pri transport.Config) {
 	base := transport.Config{
-		Secret:     testSecret,
-		VolumeUUID: [16]byte{7},
-		Size:       uint64(size),
-		BlockSize:  4096,
-		Timeout:    2 * time.Second,
+		InsecurePlaintext: true,
+		Secret:            testSecret,
+		VolumeUUID:        [16]byte{7},
+		Size:              uint64(size),
+		BlockSize:         4096,
+		Timeout:           2 * time.Second,
 	}
 	sec, pri = base, base
 	sec.NodeID, pri.NodeID = "b", "a"

@@ -332,7 +332,7 @@ func (n *Node) endTerm() {
 func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		s, err := transport.Dial(ctx, n.cfg.Peer, n.tcfg)
+		s, err := transport.Dial(ctx, n.cfg.Peer, n.dialConfig())
 		if err == nil {
 			err = n.admit(s)
 		}
@@ -342,9 +342,9 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 			}
 			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
 			switch {
-			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerRefused):
-				// Wrong secret, another volume, a split brain: retrying
-				// alone does not fix these.
+			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrIdentity) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerRefused):
+				// A certificate refused, another host, another volume, a
+				// split brain: retrying alone does not fix these.
 				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
 				n.setRefused(err)
 				backoff = 5 * time.Second
@@ -368,7 +368,7 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 		backoff = 100 * time.Millisecond
 		n.setRefused(nil)
 		n.setLink(LinkConnected, s.Peer().NodeID)
-		n.log.Info("peer connected", "peer", n.cfg.Peer, "node", s.Peer().NodeID)
+		n.log.Info("peer connected", append([]any{"peer", n.cfg.Peer, "node", s.Peer().NodeID}, s.SecurityAttrs()...)...)
 		mirror.SetPeer(s)
 		n.catchUp(ctx, s, mirror)
 		select {

@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -67,7 +69,8 @@ type SessionStats struct {
 // which may arrive out of order.
 type Session struct {
 	cfg  Config
-	conn net.Conn
+	conn net.Conn // the TLS connection, or raw on a plaintext link
+	raw  net.Conn
 	fr   *FrameReader
 	peer Hello
 
@@ -95,21 +98,30 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !c.InsecurePlaintext && c.ClientTLS == nil {
+		return nil, errors.New("dial: no client TLS configuration")
+	}
 	d := net.Dialer{Timeout: c.Timeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	tuneConn(conn)
-	fr := NewFrameReader(conn)
-	peer, err := handshake(conn, fr, &c, true)
+	tuneConn(raw)
+	conn, certID, err := secure(ctx, raw, &c, true)
 	if err != nil {
-		conn.Close()
+		raw.Close()
+		return nil, err
+	}
+	fr := NewFrameReader(conn)
+	peer, err := handshake(conn, fr, &c, true, certID)
+	if err != nil {
+		raw.Close()
 		return nil, err
 	}
 	s := &Session{
 		cfg:      c,
 		conn:     conn,
+		raw:      raw,
 		fr:       fr,
 		peer:     peer,
 		window:   make(chan struct{}, c.Window),
@@ -133,6 +145,13 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
 
 // Peer is the Hello the peer sent.
 func (s *Session) Peer() Hello { return s.peer }
+
+// TLS returns the session's TLS state; false on a plaintext link.
+func (s *Session) TLS() (tls.ConnectionState, bool) { return connState(s.conn) }
+
+// SecurityAttrs are the session's TLS version, cipher suite and the peer
+// certificate's serial, as log attributes; "tls off" on a plaintext link.
+func (s *Session) SecurityAttrs() []any { return securityAttrs(s.conn) }
 
 // Done is closed when the session broke or was closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -342,7 +361,7 @@ func (s *Session) fail(err error) {
 	s.err = err
 	close(s.done)
 	s.mu.Unlock()
-	s.conn.Close()
+	s.raw.Close() // see ServerSession.fail
 }
 
 // failPending runs after every worker exited, so no goroutine still reads a
@@ -361,6 +380,13 @@ func (s *Session) failPending() {
 
 func (s *Session) writeLoop() {
 	defer s.workers.Done()
+	// On a TLS link a batch goes through one buffer: written buffer by
+	// buffer, each frame header would become a TLS record and a send of
+	// its own.
+	var bw *bufio.Writer
+	if _, ok := s.conn.(*tls.Conn); ok {
+		bw = bufio.NewWriterSize(s.conn, tlsWriteBuffer)
+	}
 	bufs := make(net.Buffers, 0, 2*s.cfg.Window)
 	ping := AppendFrame(nil, Header{Type: TypePing, Epoch: s.cfg.Epoch}, nil)
 	idle := time.NewTicker(s.cfg.Timeout / 3)
@@ -384,14 +410,32 @@ func (s *Session) writeLoop() {
 		case <-s.done:
 			return
 		}
-		// WriteTo consumes the slice it is given: hand it a copy so that
-		// bufs keeps its array for the next batch.
-		out := bufs
-		if _, err := out.WriteTo(s.conn); err != nil {
-			s.fail(fmt.Errorf("send to peer: %w", err))
+		if err := s.send(bw, bufs); err != nil {
+			s.fail(fmt.Errorf("send to peer: %w", linkError(err)))
 			return
 		}
 	}
+}
+
+// tlsWriteBuffer is the batch buffer of a TLS link: 16 full TLS records.
+const tlsWriteBuffer = 256 << 10
+
+// send writes one batch: with one writev on a plaintext link, through bw
+// on a TLS link.
+func (s *Session) send(bw *bufio.Writer, bufs net.Buffers) error {
+	if bw == nil {
+		// WriteTo consumes the slice it is given: hand it a copy so that
+		// bufs keeps its array for the next batch.
+		out := bufs
+		_, err := out.WriteTo(s.conn)
+		return err
+	}
+	for _, b := range bufs {
+		if _, err := bw.Write(b); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
 }
 
 func appendCall(bufs net.Buffers, c *Call) net.Buffers {
@@ -408,7 +452,7 @@ func (s *Session) readLoop() {
 	for {
 		h, p, err := s.fr.ReadFrame(buf)
 		if err != nil {
-			s.fail(fmt.Errorf("read from peer: %w", err))
+			s.fail(fmt.Errorf("read from peer: %w", linkError(err)))
 			return
 		}
 		s.lastRecv.Store(time.Now().UnixNano())
