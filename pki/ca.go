@@ -104,7 +104,9 @@ func Issue(dir, id string, role Role, validity time.Duration) (*x509.Certificate
 	if role != RoleData && role != RoleWitness {
 		return nil, fmt.Errorf("role %q: want %s or %s", role, RoleData, RoleWitness)
 	}
-	if err := fileperm.CheckPrivateDir(dir); err != nil {
+	if err := fileperm.CheckPrivateDir(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no CA in %s (create one with ldmirror pki init): %w", dir, err)
+	} else if err != nil {
 		return nil, err
 	}
 	ca, caKey, err := loadCA(dir)
@@ -166,8 +168,10 @@ func privateDir(dir string) error {
 
 func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
 	keyPath, certPath := filepath.Join(dir, CAKeyFile), filepath.Join(dir, CACertFile)
-	if err := fileperm.CheckPrivate(keyPath); err != nil {
-		return nil, nil, fmt.Errorf("CA key: %w (is %s a pki directory? create one with ldmirror pki init)", err, dir)
+	if err := fileperm.CheckPrivate(keyPath); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("no CA in %s (create one with ldmirror pki init): %w", dir, err)
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("CA key: %w", err)
 	}
 	kb, err := os.ReadFile(keyPath)
 	if err != nil {

@@ -50,6 +50,14 @@ func (i Identity) Witness() bool { return i.Role == RoleWitness }
 
 func (i Identity) String() string { return string(i.Role) + " " + i.ID }
 
+// Describe names the role for people: "data host" or "witness".
+func (r Role) Describe() string {
+	if r == RoleData {
+		return "data host"
+	}
+	return string(r)
+}
+
 // URI is the SAN that names id in role.
 func URI(id string, role Role) *url.URL {
 	return &url.URL{Scheme: URIScheme, Host: string(role), Path: "/" + id}

@@ -36,7 +36,6 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "node-id", Usage: "this host's name (default: the hostname)"},
 			&cli.StringFlag{Name: "listen", Usage: "`ADDR` this host accepts the primary on while secondary, e.g. 0.0.0.0:7789"},
 			&cli.StringFlag{Name: "peer", Usage: "`ADDR` the peer listens on, dialled while primary (none: standalone, writes stay dirty)"},
-			&cli.StringFlag{Name: "secret-file", Usage: "`FILE` holding the shared secret (>= 16 bytes) both hosts authenticate with"},
 			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
@@ -59,7 +58,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "agent-config", Usage: "`FILE` (JSON) of the LDAP agent that fails the directory service over (docs/agent.md); needs --cluster-bind"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
-		}, memberFlags("cluster-")...),
+		}, append(memberFlags("cluster-"), tlsFlags(true)...)...),
 		Action: runDaemon,
 	}
 }
@@ -85,14 +84,11 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var secret []byte
-	if f := c.String("secret-file"); f != "" {
-		if secret, err = readSecretFile(f); err != nil {
-			return err
-		}
-	} else if c.String("peer") != "" || c.String("role") == node.RoleSecondary || c.String("cluster-bind") != "" {
-		return fmt.Errorf("--secret-file is required to talk to a peer")
+	creds, err := daemonCredentials(c, id, log)
+	if err != nil {
+		return err
 	}
+	defer creds.Close()
 	// A FUSE server that memory reclaim waits on must not itself wait for
 	// reclaim (libfuse#700).
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
@@ -156,10 +152,7 @@ func runDaemon(c *cli.Context) error {
 	var member *member
 	var cp node.ControlPlane
 	if c.String("cluster-bind") != "" {
-		if secret == nil {
-			return fmt.Errorf("--secret-file is required with --cluster-bind")
-		}
-		m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), secret, false, log)
+		m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), creds.tls, false, log)
 		if err != nil {
 			return fmt.Errorf("control plane: %w", err)
 		}
@@ -182,13 +175,12 @@ func runDaemon(c *cli.Context) error {
 		}
 		log.Warn("no control plane (--cluster-bind not set): the role comes from --role alone and NOTHING prevents two primaries (split brain)")
 	}
-	n, err := node.Open(node.Config{
+	n, err := node.Open(creds.link(node.Config{
 		Dir:            c.String("dir"),
 		Role:           c.String("role"),
 		NodeID:         id,
 		Listen:         c.String("listen"),
 		Peer:           c.String("peer"),
-		Secret:         secret,
 		MountDir:       c.String("mount"),
 		Timeout:        c.Duration("timeout"),
 		Window:         c.Int("window"),
@@ -203,7 +195,7 @@ func runDaemon(c *cli.Context) error {
 		Probe:          pcfg,
 		ControlPlane:   cp,
 		Logger:         log,
-	})
+	}))
 	if err != nil {
 		return err
 	}

@@ -16,9 +16,9 @@ import (
 // secondary between two applied writes.)
 func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "64MiB")
+	a, b, creds := pairDirs(t, "64MiB")
 	addr := freePort(t)
-	async := []string{"--mode", "async", "--journal-size", "1MiB", "--secret-file", secret, "--timeout", "1s"}
+	async := []string{"--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
 	startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)...)
