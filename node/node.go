@@ -177,6 +177,7 @@ type Node struct {
 
 	link      string
 	peerNode  string
+	security  string // how the primary's link is protected, for status
 	refused   string // why the last peer was refused, for status
 	verifying bool
 	verified  [2]uint64 // blocks done, total of the running verify

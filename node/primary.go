@@ -368,6 +368,7 @@ func (n *Node) connectLoop(ctx context.Context, mirror *blockdev.Mirror) {
 		backoff = 100 * time.Millisecond
 		n.setRefused(nil)
 		n.setLink(LinkConnected, s.Peer().NodeID)
+		n.setSecurity(s.Security())
 		n.log.Info("peer connected", append([]any{"peer", n.cfg.Peer, "node", s.Peer().NodeID}, s.SecurityAttrs()...)...)
 		mirror.SetPeer(s)
 		n.catchUp(ctx, s, mirror)

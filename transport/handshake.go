@@ -413,6 +413,15 @@ func connState(conn net.Conn) (tls.ConnectionState, bool) {
 	return tls.ConnectionState{}, false
 }
 
+// security describes conn's protection for status.
+func security(conn net.Conn) string {
+	cs, ok := connState(conn)
+	if !ok {
+		return "plaintext (insecure: --insecure-plaintext-link)"
+	}
+	return tls.VersionName(cs.Version) + " " + tls.CipherSuiteName(cs.CipherSuite)
+}
+
 // securityAttrs describe conn's protection for a log line.
 func securityAttrs(conn net.Conn) []any {
 	cs, ok := connState(conn)

@@ -354,6 +354,9 @@ type ServerSession struct {
 // Peer is the Hello the primary sent.
 func (s *ServerSession) Peer() Hello { return s.peer }
 
+// Security describes the session's protection (see Session.Security).
+func (s *ServerSession) Security() string { return security(s.conn) }
+
 // TLS returns the session's TLS state; false on a plaintext link.
 func (s *ServerSession) TLS() (tls.ConnectionState, bool) { return connState(s.conn) }
 

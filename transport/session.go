@@ -149,6 +149,10 @@ func (s *Session) Peer() Hello { return s.peer }
 // TLS returns the session's TLS state; false on a plaintext link.
 func (s *Session) TLS() (tls.ConnectionState, bool) { return connState(s.conn) }
 
+// Security describes the session's protection: the TLS version and
+// cipher suite, or that the link is plaintext.
+func (s *Session) Security() string { return security(s.conn) }
+
 // SecurityAttrs are the session's TLS version, cipher suite and the peer
 // certificate's serial, as log attributes; "tls off" on a plaintext link.
 func (s *Session) SecurityAttrs() []any { return securityAttrs(s.conn) }
