@@ -236,6 +236,9 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 			if j := b.journalNote(); j != "" && err == nil {
 				res.note = strings.TrimSpace(res.note + " " + j)
 			}
+			if l := b.linkNote(); l != "" && err == nil {
+				res.note = strings.TrimSpace(res.note + "; " + l)
+			}
 			if err == nil {
 				break
 			}
