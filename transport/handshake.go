@@ -149,10 +149,11 @@ func secure(ctx context.Context, raw net.Conn, cfg *Config, initiator bool) (net
 		return raw, "", nil
 	}
 	var tc *tls.Conn
+	lc := newLinkConn(raw)
 	if initiator {
-		tc = tls.Client(raw, cfg.ClientTLS)
+		tc = tls.Client(lc, cfg.ClientTLS)
 	} else {
-		tc = tls.Server(raw, cfg.ServerTLS)
+		tc = tls.Server(lc, cfg.ServerTLS)
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()

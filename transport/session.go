@@ -384,12 +384,14 @@ func (s *Session) failPending() {
 
 func (s *Session) writeLoop() {
 	defer s.workers.Done()
-	// On a TLS link a batch goes through one buffer: written buffer by
-	// buffer, each frame header would become a TLS record and a send of
-	// its own.
+	// On a TLS link a batch goes through one buffer, so that frame
+	// headers and data fill whole records, and the link is corked while
+	// TLS writes them, so that they leave in a few sends.
 	var bw *bufio.Writer
-	if _, ok := s.conn.(*tls.Conn); ok {
+	var lc *linkConn
+	if tc, ok := s.conn.(*tls.Conn); ok {
 		bw = bufio.NewWriterSize(s.conn, tlsWriteBuffer)
+		lc, _ = tc.NetConn().(*linkConn)
 	}
 	bufs := make(net.Buffers, 0, 2*s.cfg.Window)
 	ping := AppendFrame(nil, Header{Type: TypePing, Epoch: s.cfg.Epoch}, nil)
@@ -414,7 +416,7 @@ func (s *Session) writeLoop() {
 		case <-s.done:
 			return
 		}
-		if err := s.send(bw, bufs); err != nil {
+		if err := s.send(bw, lc, bufs); err != nil {
 			s.fail(fmt.Errorf("send to peer: %w", linkError(err)))
 			return
 		}
@@ -425,8 +427,8 @@ func (s *Session) writeLoop() {
 const tlsWriteBuffer = 256 << 10
 
 // send writes one batch: with one writev on a plaintext link, through bw
-// on a TLS link.
-func (s *Session) send(bw *bufio.Writer, bufs net.Buffers) error {
+// and corked lc on a TLS link.
+func (s *Session) send(bw *bufio.Writer, lc *linkConn, bufs net.Buffers) error {
 	if bw == nil {
 		// WriteTo consumes the slice it is given: hand it a copy so that
 		// bufs keeps its array for the next batch.
@@ -434,12 +436,21 @@ func (s *Session) send(bw *bufio.Writer, bufs net.Buffers) error {
 		_, err := out.WriteTo(s.conn)
 		return err
 	}
+	if lc != nil {
+		lc.cork()
+	}
 	for _, b := range bufs {
 		if _, err := bw.Write(b); err != nil {
 			return err
 		}
 	}
-	return bw.Flush()
+	err := bw.Flush()
+	if lc != nil {
+		if uerr := lc.uncork(); err == nil {
+			err = uerr
+		}
+	}
+	return err
 }
 
 func appendCall(bufs net.Buffers, c *Call) net.Buffers {
