@@ -208,6 +208,7 @@ func Open(cfg Config) (_ *Cluster, err error) {
 	}
 	c.mux = newMux(ln, c.advertise, cfg.TLS, cfg.DialTimeout, cfg.Logger)
 	c.mux.rpc = c.serveRPC
+	c.mux.raftPeer = c.raftPeer
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftLayer{c.mux},
 		MaxPool: 3,
@@ -265,6 +266,21 @@ func (c *Cluster) NodeID() string { return c.cfg.NodeID }
 func (c *Cluster) Addr() string { return c.advertise }
 
 func (c *Cluster) isLeader() bool { return c.raft.State() == raft.Leader }
+
+// raftPeer reports whether the member id may talk raft with this one: a
+// server of the raft configuration, so that a removed member's certificate
+// no longer can; or, while this member has no configuration yet (it is
+// being added, and the leader's first append brings one), any member of
+// the CA.
+func (c *Cluster) raftPeer(id pki.Identity) bool {
+	servers := c.raft.GetConfiguration().Configuration().Servers // no wait: raft keeps it at hand
+	for _, s := range servers {
+		if string(s.ID) == id.ID {
+			return true
+		}
+	}
+	return len(servers) == 0
+}
 
 // self is the identity this member's own commands are stamped with: the one
 // its certificate names (Open checked that they agree).

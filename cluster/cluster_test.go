@@ -850,6 +850,16 @@ func TestSenderIdentity(t *testing.T) {
 	if err := rawCall(t, c, leader(), rpcRequest{Op: rpcApply, Command: forged, Forwarded: true}); !errors.Is(err, ErrNotAuthorized) {
 		t.Fatalf("c marks b outdated in a's name: %v, want ErrNotAuthorized", err)
 	}
+	// Nor may c talk raft: it is not in the configuration.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := newMux(ln, ln.Addr().String(), c, 2*time.Second, testLogger())
+	defer cm.close()
+	if _, err := cm.dial(ctx, a.Addr(), chanRaft); !errors.Is(err, ErrAuth) {
+		t.Fatalf("raft connection from c: %v, want ErrAuth", err)
+	}
 	cfg := testConfig(t, ms["a"].ca, "b", false)
 	cfg.TLS = c
 	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "names data c, this member is data b") {

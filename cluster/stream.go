@@ -52,6 +52,9 @@ type mux struct {
 	serverTLS *tls.Config
 	clientTLS *tls.Config
 	rpc       func(net.Conn, pki.Identity)
+	// raftPeer says whether the member a certificate names may talk raft
+	// here; nil: every member of the CA.
+	raftPeer func(pki.Identity) bool
 
 	slots    chan struct{} // one per handshake in progress
 	shed     atomic.Uint64
@@ -195,6 +198,9 @@ func (m *mux) accept(conn *trackedConn) (byte, pki.Identity, error) {
 		return 0, peer, fmt.Errorf("read hello: %w", err)
 	}
 	ch, err := parsePreamble(hdr)
+	if err == nil && ch == chanRaft && m.raftPeer != nil && !m.raftPeer(peer) {
+		err = fmt.Errorf("%w: %s is not in the raft configuration", ErrAuth, peer)
+	}
 	if err != nil {
 		_, _ = conn.Write([]byte{authRefused})
 		return 0, peer, err
