@@ -273,6 +273,9 @@ func (l *Listener) serveConn(ctx context.Context, raw net.Conn, h Handler) {
 		peer, err = handshake(conn, fr, &l.cfg, false, certID)
 	}
 	<-l.slots
+	if err == nil {
+		fr.sealed = !l.cfg.InsecurePlaintext
+	}
 	if err != nil {
 		l.rejected.Add(1)
 		l.log.Warn("peer connection rejected", "remote", remote, "err", err)
