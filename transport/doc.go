@@ -9,7 +9,9 @@
 //	5  flags   must be 0
 //	6  reserved, must be 0
 //	8  length  payload bytes, at most MaxPayload
-//	12 crc32c  Castagnoli, over the payload and then the header (this field zero)
+//	12 crc32c  Castagnoli, over the payload and then the header (this field
+//	           zero); on a TLS link after the handshake always zero and not
+//	           checked: TLS authenticates every record
 //	16 seq     sequence number of the request (or of the request an Ack answers)
 //	24 epoch   the sender's epoch: frames from an older epoch are refused
 //
@@ -20,7 +22,7 @@
 // confidentiality: a record altered, dropped, reordered, replayed or
 // injected on the way fails TLS's authentication, and the session ends
 // with ErrIntegrity; a replay of a recorded session fails the TLS
-// handshake. The frame CRC then only guards against bugs.
+// handshake. Frames then carry no checksum of their own.
 //
 // Inside TLS a connection starts with a handshake: both sides send Hello
 // (protocol version, node identity, volume identity and geometry, a random
