@@ -12,6 +12,7 @@ import (
 )
 
 type report struct {
+	abba      bool // every second round in reverse order
 	configs   []string
 	workloads []workload
 	results   []result
@@ -158,6 +159,9 @@ func (r report) markdown() string {
 	fmt.Fprintf(&sb, "Medians of %d rounds, configurations alternating in the order %s; %d MiB volumes; "+
 		"fio libaio direct=1 on the device, %s after a %s ramp; directory load: %d entries.\n\n",
 		r.rounds, strings.Join(order, ", "), r.sizeMiB, r.runtime, r.ramp, r.entries)
+	if r.abba {
+		sb.WriteString("Every second round ran the configurations in reverse order (-abba).\n\n")
+	}
 
 	sb.WriteString("| workload | configuration | IOPS | MB/s | write p50 µs | write p99 µs | fsync p50 µs | fsync p99 µs | entries/s | spread |\n")
 	sb.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
