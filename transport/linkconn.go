@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bufio"
+	"encoding/binary"
 	"net"
 	"sync"
 )
@@ -12,9 +13,15 @@ import (
 // large buffer, and while corked it collects the records TLS writes and
 // sends them in sends of up to corkLimit bytes, so the session's writer
 // sends a batch of frames in a few syscalls (see Session.writeLoop).
+//
+// Reads stop at record boundaries, so that TLS never holds a record it
+// has not decrypted yet: whether the next record can be read without
+// waiting is then known here (ready), which the secondary asks before it
+// sends the acks of the frames read so far (ServerSession.readLoop).
 type linkConn struct {
 	net.Conn
-	r *bufio.Reader
+	r    *bufio.Reader
+	left int // bytes of the current record not yet read
 
 	mu     sync.Mutex
 	corked bool
@@ -31,7 +38,44 @@ func newLinkConn(c net.Conn) *linkConn {
 	return &linkConn{Conn: c, r: bufio.NewReaderSize(c, linkReadBuffer)}
 }
 
-func (c *linkConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+// Read reads at most to the end of the current TLS record.
+func (c *linkConn) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		hdr, err := c.r.Peek(recordHeader)
+		if err != nil {
+			if len(hdr) > 0 && len(p) > 0 {
+				// Hand TLS what there is: it reports the cut itself.
+				return c.r.Read(p[:min(len(p), len(hdr))])
+			}
+			return 0, err
+		}
+		c.left = recordHeader + int(binary.BigEndian.Uint16(hdr[3:5]))
+	}
+	if len(p) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= n
+	return n, err
+}
+
+// recordHeader is the size of a TLS record's header (RFC 8446 §5.1):
+// type, legacy version, 16-bit length.
+const recordHeader = 5
+
+// ready reports whether a whole TLS record is buffered: the next read of
+// the connection's TLS layer will not wait for the network.
+func (c *linkConn) ready() bool {
+	b := c.r.Buffered()
+	if c.left > 0 {
+		return b >= c.left
+	}
+	if b < recordHeader {
+		return false
+	}
+	hdr, _ := c.r.Peek(recordHeader) // buffered: does not block
+	return b >= recordHeader+int(binary.BigEndian.Uint16(hdr[3:5]))
+}
 
 // Write sends p, or while corked adds it to the batch, sending the batch
 // once it reaches corkLimit.

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"testing"
 )
@@ -54,5 +55,41 @@ func TestLinkConnCork(t *testing.T) {
 	}
 	if len(corked) != 4 {
 		t.Fatalf("%d sends for a batch of %d bytes, want 4: %v", len(corked), 100*(16<<10+22), corked)
+	}
+}
+
+// readerConn is a net.Conn that reads from r.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// TestLinkConnRecords: reads stop at TLS record boundaries, and ready says
+// whether a whole record is buffered.
+func TestLinkConnRecords(t *testing.T) {
+	var stream []byte
+	for i := range 3 {
+		stream = append(stream, 23, 3, 3, 0, byte(10+i))
+		stream = append(stream, bytes.Repeat([]byte{byte(i)}, 10+i)...)
+	}
+	stream = append(stream, 23, 3, 3, 0, 100, 1, 2) // a record cut short
+	lc := newLinkConn(readerConn{r: bytes.NewReader(stream)})
+	buf := make([]byte, 1024)
+	for i := range 3 {
+		n, err := lc.Read(buf)
+		if err != nil || n != 5+10+i {
+			t.Fatalf("read %d: %d bytes, %v; want the record of %d", i, n, err, 5+10+i)
+		}
+		if want := i < 2; lc.ready() != want {
+			t.Fatalf("after record %d: ready %t, want %t", i, !want, want)
+		}
+	}
+	if n, err := lc.Read(buf); err != nil || n != 7 {
+		t.Fatalf("the cut record: %d bytes, %v; want the 7 there are", n, err)
+	}
+	if n, err := lc.Read(buf); err != io.EOF || n != 0 {
+		t.Fatalf("after the stream: %d, %v; want EOF", n, err)
 	}
 }

@@ -439,8 +439,12 @@ func (s *ServerSession) run(h Handler) error {
 
 func (s *ServerSession) readLoop(h Handler) {
 	s.lastRecv.Store(time.Now().UnixNano())
+	var lc *linkConn
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		lc, _ = tc.NetConn().(*linkConn)
+	}
 	for {
-		if s.fr.Buffered() == 0 {
+		if s.fr.Buffered() == 0 && (lc == nil || !lc.ready()) {
 			// About to wait: send what the requests read so far produced.
 			// After the store, acks that come later kick the writeLoop.
 			s.draining.Store(false)

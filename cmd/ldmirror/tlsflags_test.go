@@ -1,11 +1,17 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/ldmirror/ldmirror/internal/logbuf"
+	"github.com/ldmirror/ldmirror/internal/pkitest"
+	"github.com/ldmirror/ldmirror/pki"
 	"github.com/urfave/cli/v2"
 )
 
@@ -75,5 +81,48 @@ func TestPKICommands(t *testing.T) {
 		"--tls-ca", filepath.Join(d, "ca.crt"), "--tls-cert", filepath.Join(d, "a.crt"), "--tls-key", filepath.Join(d, "a.key"))
 	if err == nil || !strings.Contains(err.Error(), "names data a, this member is witness w") {
 		t.Fatalf("witness w with a's certificate: %v", err)
+	}
+}
+
+// TestReloadOnSIGHUP: the reloader takes a reissued key pair on SIGHUP,
+// and keeps the current one when the new files do not load.
+func TestReloadOnSIGHUP(t *testing.T) {
+	ca := pkitest.New(t)
+	src := ca.Source("w", pki.RoleWitness)
+	logs := &logbuf.Buffer{}
+	r := startReloader(src, slog.New(slog.NewTextHandler(logs, nil)))
+	defer r.Close()
+	old := src.Certificate().SerialNumber
+	ca.Issue("w", pki.RoleWitness)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the reload", func() bool { return src.Certificate().SerialNumber.Cmp(old) != 0 })
+	if !strings.Contains(logs.String(), "TLS certificate reloaded") {
+		t.Fatalf("log:\n%s", logs)
+	}
+	cur := src.Certificate().SerialNumber
+	if err := os.WriteFile(src.Files().Cert, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the refusal to be logged", func() bool {
+		return strings.Contains(logs.String(), "TLS certificate not reloaded: keeping the current one")
+	})
+	if src.Certificate().SerialNumber.Cmp(cur) != 0 {
+		t.Fatal("a failed reload changed the certificate")
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
