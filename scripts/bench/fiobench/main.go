@@ -245,7 +245,7 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 				res.note = strings.TrimSpace(res.note + " " + j)
 			}
 			if l := b.linkNote(); l != "" && err == nil {
-				res.note = strings.TrimSpace(res.note + "; " + l)
+				res.note = strings.TrimPrefix(strings.TrimSpace(res.note+"; "+l), "; ")
 			}
 			if err == nil {
 				break
