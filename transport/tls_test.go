@@ -533,3 +533,33 @@ func TestHandshakeSlots(t *testing.T) {
 	waitFor(t, "the idle handshakes to end", func() bool { return s.ln.Rejected() == rejected+2 })
 	writeThrough(t, s)
 }
+
+// TestHelloNodeID: a Hello's node ID must be 1 to 64 of A-Z a-z 0-9 . _ -,
+// on the way out and on the way in.
+func TestHelloNodeID(t *testing.T) {
+	for _, id := range []string{"a", "host-1.example_x"} {
+		b, err := (&Hello{Version: ProtocolVersion, NodeID: id}).MarshalBinary()
+		if err != nil {
+			t.Fatalf("%q: %v", id, err)
+		}
+		var h Hello
+		if err := h.UnmarshalBinary(b); err != nil || h.NodeID != id {
+			t.Fatalf("%q: %v, %q", id, err, h.NodeID)
+		}
+	}
+	good, _ := (&Hello{Version: ProtocolVersion, NodeID: "abc"}).MarshalBinary()
+	for _, id := range []string{"a b", "a/b", "é.", "a\x00c"} {
+		if _, err := (&Hello{NodeID: id}).MarshalBinary(); err == nil {
+			t.Errorf("%q marshaled", id)
+		}
+		if len(id) != 3 {
+			continue
+		}
+		b := bytes.Clone(good)
+		copy(b[3:6], id) // the same length, other bytes
+		var h Hello
+		if err := h.UnmarshalBinary(b); !errors.Is(err, ErrMalformed) {
+			t.Errorf("hello from %q: %v, want ErrMalformed", id, err)
+		}
+	}
+}
