@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/ldmirror/ldmirror/pki"
 )
 
 // The forwarding RPC. Raft applies commands only on the leader, so a member
@@ -49,6 +51,9 @@ type rpcRequest struct {
 }
 
 type rpcResponse struct {
+	// Leader is the leader's address, with errNotLeader from a member
+	// asked directly (not forwarded) that does not lead.
+	Leader  string       `json:"leader,omitempty"`
 	Epoch   Epoch        `json:"epoch"`
 	Primary string       `json:"primary,omitempty"`
 	State   *VolumeState `json:"state,omitempty"`
@@ -81,6 +86,7 @@ var errorCodes = map[string]error{
 	"is-primary":      ErrIsPrimary,
 	"cluster-full":    ErrClusterFull,
 	"invalid-command": ErrInvalidCommand,
+	"not-authorized":  ErrNotAuthorized,
 	"closed":          ErrClosed,
 	"not-leader":      errNotLeader,
 	"no-leader":       errNoLeader,
@@ -172,8 +178,8 @@ func (c *Cluster) call(ctx context.Context, addr string, req rpcRequest) (rpcRes
 	return resp, decodeError(resp.Code, resp.Err)
 }
 
-// serveRPC answers one request on an authenticated connection.
-func (c *Cluster) serveRPC(conn net.Conn) {
+// serveRPC answers one request on a connection from the member from.
+func (c *Cluster) serveRPC(conn net.Conn, from pki.Identity) {
 	var req rpcRequest
 	if err := conn.SetReadDeadline(time.Now().Add(c.cfg.DialTimeout)); err != nil {
 		return
@@ -185,7 +191,7 @@ func (c *Cluster) serveRPC(conn net.Conn) {
 	timeout := min(time.Duration(req.TimeoutMS)*time.Millisecond, maxRPCTimeout)
 	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	defer cancel()
-	resp, err := c.handleRPC(ctx, req)
+	resp, err := c.handleRPC(ctx, req, from)
 	resp.Code, resp.Err = encodeError(err)
 	_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.DialTimeout))
 	if err := writeMsg(conn, resp); err != nil {
@@ -193,17 +199,22 @@ func (c *Cluster) serveRPC(conn net.Conn) {
 	}
 }
 
-func (c *Cluster) handleRPC(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+// handleRPC serves req from the member from. Only the leader serves a
+// request, for the member that sent it: a member never relays another's
+// request, since the leader could then not tell who sent it. A member
+// that does not lead answers errNotLeader, naming the leader for a host
+// that asked it directly (a joining host, which knows no leader yet).
+func (c *Cluster) handleRPC(ctx context.Context, req rpcRequest, from pki.Identity) (rpcResponse, error) {
 	if req.Op == rpcPing {
 		return rpcResponse{}, nil
 	}
-	if req.Forwarded {
-		if !c.isLeader() {
-			return rpcResponse{}, errNotLeader
+	if !c.isLeader() {
+		var resp rpcResponse
+		if !req.Forwarded {
+			addr, _ := c.raft.LeaderWithID()
+			resp.Leader = string(addr)
 		}
-		return c.leaderDo(ctx, req)
+		return resp, errNotLeader
 	}
-	// A request from a member that does not know the leader (a joining
-	// host) is forwarded like a local call.
-	return c.onLeader(ctx, req)
+	return c.leaderDo(ctx, req, from)
 }

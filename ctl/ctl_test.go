@@ -4,9 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
@@ -158,5 +164,59 @@ func TestSocketInUse(t *testing.T) {
 	defer s.Close()
 	if _, err := Serve(path, Handler(&fakeHost{}, nil)); err == nil {
 		t.Fatal("a second server took a live socket")
+	}
+}
+
+// TestSocketNeverWide: the control socket appears at its path only by a
+// rename, already mode 0600, even under umask 0; nothing else is left in
+// the directory.
+func TestSocketNeverWide(t *testing.T) {
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	dir := t.TempDir()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Skipf("inotify: %v", err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "control.sock")
+	srv, err := Serve(path, Handler(&fakeHost{}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("control socket mode %v, %v; want a 0600 socket", fi.Mode(), err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created, moved []string
+	for off := 0; off < n; {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+		name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+		if ev.Mask&unix.IN_CREATE != 0 {
+			created = append(created, name)
+		}
+		if ev.Mask&unix.IN_MOVED_TO != 0 {
+			moved = append(moved, name)
+		}
+		off += unix.SizeofInotifyEvent + int(ev.Len)
+	}
+	if slices.Contains(created, "control.sock") || !slices.Contains(moved, "control.sock") {
+		t.Fatalf("created %v, moved in %v: the socket must only be moved into place", created, moved)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("directory holds %d entries, want the socket alone", len(entries))
+	}
+	if _, err := NewClient(path).Status(context.Background()); err != nil {
+		t.Fatalf("status through the socket: %v", err)
 	}
 }

@@ -202,8 +202,22 @@ func fileSHA256(t *testing.T, path string) string {
 
 var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
 
-// pairDirs creates two volume directories of one volume and a secret file.
-func pairDirs(t *testing.T, size string) (a, b, secret string) {
+// issueCerts makes a CA in dir/pki with `ldmirror pki` and issues
+// certificates for data hosts a and b and witness w; it returns the pki
+// directory, which each node's --tls-dir names.
+func issueCerts(t *testing.T, dir string) string {
+	t.Helper()
+	d := filepath.Join(dir, "pki")
+	ldmirror(t, "pki", "init", "--dir", d)
+	ldmirror(t, "pki", "issue", "--dir", d, "a")
+	ldmirror(t, "pki", "issue", "--dir", d, "b")
+	ldmirror(t, "pki", "issue", "--dir", d, "--witness", "w")
+	return d
+}
+
+// pairDirs creates two volume directories of one volume and the
+// certificates of a, b and w (see issueCerts).
+func pairDirs(t *testing.T, size string) (a, b, creds string) {
 	t.Helper()
 	root := t.TempDir()
 	a, b = filepath.Join(root, "a"), filepath.Join(root, "b")
@@ -212,19 +226,15 @@ func pairDirs(t *testing.T, size string) (a, b, secret string) {
 		t.Fatal("init printed no volume uuid")
 	}
 	ldmirror(t, "init", "--dir", b, "--size", size, "--volume-uuid", id)
-	secret = filepath.Join(root, "secret")
-	if err := os.WriteFile(secret, []byte("e2e-shared-secret-0123456789abcdef\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return a, b, secret
+	return a, b, issueCerts(t, root)
 }
 
 // mirroredPair starts a secondary in b and a primary in a, connected.
-func mirroredPair(t *testing.T, a, b, secret string, extra ...string) (pri, sec *daemon) {
+func mirroredPair(t *testing.T, a, b, creds string, extra ...string) (pri, sec *daemon) {
 	t.Helper()
 	addr := peertest.FreeAddr(t)
-	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
-	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
+	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--tls-dir", creds)
+	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--tls-dir", creds}, extra...)...)
 	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkConnected

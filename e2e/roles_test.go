@@ -33,8 +33,8 @@ type trio struct {
 	t      *testing.T
 	lab    *netns.Lab
 	dir    map[string]string // volume (or witness data) directory per host
-	secret string
-	extra  []string // more daemon flags, for every data host
+	creds  string            // pki directory with a's, b's and w's certificates
+	extra  []string          // more daemon flags, for every data host
 	daemon map[string]*daemon
 }
 
@@ -56,10 +56,10 @@ func startTrio(t *testing.T, size string, extra ...string) *trio {
 func newTrio(t *testing.T, size string, extra ...string) *trio {
 	t.Helper()
 	lab := netns.NewLab(t, "a", "b", "w", "c")
-	a, b, secret := pairDirs(t, size)
-	tr := &trio{t: t, lab: lab, secret: secret, extra: extra, daemon: map[string]*daemon{},
+	a, b, creds := pairDirs(t, size)
+	tr := &trio{t: t, lab: lab, creds: creds, extra: extra, daemon: map[string]*daemon{},
 		dir: map[string]string{"a": a, "b": b, "w": filepath.Join(filepath.Dir(a), "w")}}
-	startWitnessIn(t, tr.in("w"), tr.dir["w"], "--node-id", "w", "--bind", tr.port("w", "7400"), "--secret-file", secret,
+	startWitnessIn(t, tr.in("w"), tr.dir["w"], "--node-id", "w", "--bind", tr.port("w", "7400"), "--tls-dir", creds,
 		"--raft-timeout", "300ms", "--bootstrap")
 	return tr
 }
@@ -86,7 +86,7 @@ func (tr *trio) start(host string, more ...string) *daemon {
 	peer := map[string]string{"a": "b", "b": "a"}[host]
 	args := append([]string{"--node-id", host, "--listen", tr.port(host, "7789"), "--peer", tr.port(peer, "7789"),
 		"--cluster-bind", tr.port(host, "7400"), "--cluster-join", tr.port("w", "7400"),
-		"--secret-file", tr.secret, "--cluster-raft-timeout", "300ms", "--timeout", daemonTimeout.String()}, tr.extra...)
+		"--tls-dir", tr.creds, "--cluster-raft-timeout", "300ms", "--timeout", daemonTimeout.String()}, tr.extra...)
 	args = append(args, more...)
 	d := startDaemonIn(tr.t, tr.in(host), tr.dir[host], args...)
 	tr.daemon[host] = d
@@ -376,8 +376,8 @@ func TestSwapDemoteRefusedWhileMounted(t *testing.T) {
 // the daemon; the daemon then starts again in the same directory.
 func TestDetachAfterDaemonKilled(t *testing.T) {
 	requireE2E(t, "mkfs.ext4")
-	a, b, secret := pairDirs(t, "64MiB")
-	pri, _ := mirroredPair(t, a, b, secret)
+	a, b, creds := pairDirs(t, "64MiB")
+	pri, _ := mirroredPair(t, a, b, creds)
 	dev, mnt := mountVolume(t, a)
 	pri.kill()
 	<-pri.done
@@ -404,7 +404,7 @@ func TestDetachAfterDaemonKilled(t *testing.T) {
 	if out, err := exec.Command(binary, "status", "--dir", a).CombinedOutput(); strings.Contains(string(out), "left over") {
 		t.Fatalf("status after the cleanup still lists leftovers (%v):\n%s", err, out)
 	}
-	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--secret-file", secret)
+	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--tls-dir", creds)
 	poll.Until(t, 10*time.Second, "the restarted daemon to serve its export", func() bool {
 		st, err := status(a)
 		return err == nil && st.Export != ""

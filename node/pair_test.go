@@ -46,7 +46,7 @@ func openPair(t *testing.T, cp *fakeCP) (a, b *pairHost) {
 		}
 		logs := &logbuf.Buffer{}
 		n, err := Open(Config{
-			Dir: dir, NodeID: name, Listen: addr[name], Peer: addr[peer], Secret: []byte("node-test-secret-0123456789"),
+			Dir: dir, NodeID: name, Listen: addr[name], Peer: addr[peer], Secret: []byte("node-test-secret-0123456789"), InsecurePlaintext: true,
 			ControlPlane: cp, Timeout: 2 * time.Second,
 			Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		})

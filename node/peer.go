@@ -19,7 +19,7 @@ import (
 func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		s, err := transport.Dial(ctx, n.cfg.Peer, n.tcfg)
+		s, err := transport.Dial(ctx, n.cfg.Peer, n.dialConfig())
 		if err == nil {
 			err = n.admit(s, mr)
 		}
@@ -29,9 +29,9 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 			}
 			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
 			switch {
-			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerNotAdmitted):
-				// Wrong secret, another volume, a split brain: retrying
-				// alone does not fix these.
+			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrIdentity) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerNotAdmitted):
+				// A certificate refused, another host, another volume, a
+				// split brain: retrying alone does not fix these.
 				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
 				n.setRefused(err)
 				backoff = 5 * time.Second
@@ -56,7 +56,8 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 		n.setRefused(nil)
 		n.setPeerGenerations(resync.Unpack(s.Peer().Generations))
 		n.setLink(LinkConnected, s.Peer().NodeID)
-		n.log.Info("peer connected", "peer", n.cfg.Peer, "node", s.Peer().NodeID)
+		n.setSecurity(s.Security())
+		n.log.Info("peer connected", append([]any{"peer", n.cfg.Peer, "node", s.Peer().NodeID}, s.SecurityAttrs()...)...)
 		mr.SetPeer(s)
 		n.catchUp(ctx, s, mr)
 		select {

@@ -25,12 +25,13 @@ const testSize = 1 << 20
 
 func testConfig(node string) Config {
 	return Config{
-		NodeID:     node,
-		Secret:     []byte("0123456789abcdef-test-secret"),
-		VolumeUUID: [16]byte{1, 2, 3, 4},
-		Size:       testSize,
-		BlockSize:  4096,
-		Timeout:    2 * time.Second,
+		NodeID:            node,
+		InsecurePlaintext: true,
+		Secret:            []byte("0123456789abcdef-test-secret"),
+		VolumeUUID:        [16]byte{1, 2, 3, 4},
+		Size:              testSize,
+		BlockSize:         4096,
+		Timeout:           2 * time.Second,
 	}
 }
 
@@ -279,7 +280,7 @@ func authenticatedConn(t *testing.T, addr string) net.Conn {
 		t.Fatal(err)
 	}
 	cfg := defaulted(testConfig("a"))
-	if _, err := handshake(conn, NewFrameReader(conn), &cfg, true); err != nil {
+	if _, err := handshake(conn, NewFrameReader(conn), &cfg, true, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
@@ -395,7 +396,7 @@ func TestHostileFrames(t *testing.T) {
 			b := bytes.Clone(good[:HeaderSize])
 			binary.BigEndian.PutUint32(b[8:12], MaxPayload+1)
 			return b
-		}, fmt.Sprintf("frame larger than the maximum: %d bytes, maximum %d", MaxPayload+1, MaxPayload)},
+		}, fmt.Sprintf("frame larger than the maximum: write of %d bytes, maximum %d here", MaxPayload+1, MaxPayload)},
 		{"truncated frame", true, func() []byte { return good[:HeaderSize+1000] }, "truncated frame: write payload cut short"},
 		{"unknown type", true, func() []byte { b := bytes.Clone(good); b[4] = 200; return b }, "unknown frame type: 200"},
 		{"write outside the volume", true, func() []byte { return writeFrameBytes(testSize-100, make([]byte, 4096)) }, "outside the 1048576-byte volume"},
@@ -454,7 +455,7 @@ func TestPeerDeathFailsPendingCalls(t *testing.T) {
 		}
 		cfg := defaulted(testConfig("b"))
 		fr := NewFrameReader(conn)
-		if _, err := handshake(conn, fr, &cfg, false); err != nil {
+		if _, err := handshake(conn, fr, &cfg, false, ""); err != nil {
 			conn.Close()
 			return
 		}
@@ -495,7 +496,7 @@ func TestAckTimeout(t *testing.T) {
 		defer conn.Close()
 		cfg := defaulted(testConfig("b"))
 		fr := NewFrameReader(conn)
-		if _, err := handshake(conn, fr, &cfg, false); err != nil {
+		if _, err := handshake(conn, fr, &cfg, false, ""); err != nil {
 			return
 		}
 		for {

@@ -29,6 +29,7 @@ func main() {
 			demoteCommand(),
 			swapCommand(),
 			agentCommand(),
+			pkiCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {

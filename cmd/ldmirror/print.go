@@ -27,6 +27,9 @@ func writeStatus(w io.Writer, st node.Status) {
 	if st.PeerNode != "" {
 		link += " (node " + st.PeerNode + ")"
 	}
+	if st.LinkSecurity != "" {
+		link += ", " + st.LinkSecurity
+	}
 	row("link", "%s", link)
 	repl := string(st.Replication)
 	if st.Replication == mirror.StateReplicating {
