@@ -407,7 +407,6 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 	}
 	c.primary = r.final
 	res.Final = r.final
-	res.ToServing = r.servedAt.Sub(r.injected)
 	res.Recovery = r.redundantAt.Sub(r.injected)
 	res.MovedBy = r.movedBy
 	for _, f := range r.refusals {

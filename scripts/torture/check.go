@@ -287,6 +287,20 @@ func (c *campaign) judge(r *roundRun, res *roundResult) {
 	res.LossAllowed = c.opt.mode == "async" && r.final != r.P && r.movedBy == "promote"
 	res.Bound = -1
 	if res.LossAllowed {
+		// docs/journal.md: what the primary acknowledged "until it
+		// noticed the loss (at most --timeout)". Count the lost writes
+		// acknowledged later than that, whatever the count bound says.
+		in := r.afterLoss()
+		for _, w := range res.writers {
+			for _, a := range w.hist.Acks[w.Lost1st:] {
+				if a.At.After(r.injected) && !in(a.At) {
+					res.LateLost++
+				}
+			}
+		}
+		if res.LateLost > 0 {
+			r.notef("%d lost writes were acknowledged more than --timeout (%v) after the primary lost its peer", res.LateLost, daemonTimeout)
+		}
 		res.Bound, res.boundNote = c.lossBound(r, res)
 		r.notef("async loss bound %d: %s", res.Bound, res.boundNote)
 		if res.Lost > res.Bound {
@@ -343,12 +357,8 @@ func (c *campaign) lossBound(r *roundRun, res *roundResult) (int, string) {
 		ts = r.injected
 		note = "no status sample of the primary before the fault: lag taken as 0; "
 	}
-	in := func(t time.Time) bool {
-		if t.After(ts) && !t.After(r.injected.Add(daemonTimeout)) {
-			return true
-		}
-		return !r.resumed.IsZero() && !t.Before(r.resumed) && !t.After(r.resumed.Add(daemonTimeout))
-	}
+	after := r.afterLoss()
+	in := func(t time.Time) bool { return t.After(ts) && !t.After(r.injected) || after(t) }
 	n := 0
 	for _, w := range res.writers {
 		for _, a := range w.hist.Acks {
@@ -359,6 +369,18 @@ func (c *campaign) lossBound(r *roundRun, res *roundResult) (int, string) {
 	}
 	return int(lag) + n + len(res.writers), note + fmt.Sprintf("journal lag %d records %v before the fault, %d writes acknowledged in the window, %d in flight",
 		lag, r.injected.Sub(ts).Round(time.Millisecond), n, len(res.writers))
+}
+
+// afterLoss reports whether t is within one --timeout after the primary
+// lost its peer: after the fault, or, for a stopped primary, after it
+// resumed (it notices the loss only when it runs again).
+func (r *roundRun) afterLoss() func(time.Time) bool {
+	return func(t time.Time) bool {
+		if !t.Before(r.injected) && !t.After(r.injected.Add(daemonTimeout)) {
+			return true
+		}
+		return !r.resumed.IsZero() && !t.Before(r.resumed) && !t.After(r.resumed.Add(daemonTimeout))
+	}
 }
 
 // firstLines returns at most n lines of s.

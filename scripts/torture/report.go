@@ -18,12 +18,14 @@ type roundResult struct {
 	Acked, Lost int
 	Bound       int // docs/journal.md's bound when a loss is allowed, else -1
 	LossAllowed bool
-	Holes       int // writers whose records on the volume are no prefix of their writes
-	ToServing   time.Duration
+	Holes       int           // writers whose records on the volume are no prefix of their writes
 	Recovery    time.Duration // fault → a primary serves with its peer uptodate and replicating
 	DiffBlocks  int
 	GenMismatch bool // in sync by every other account, but the generations differed
 	Refusals    int  // the primary refused its peer: resolved by discarding the peer
+	// LateLost are lost writes acknowledged more than --timeout after the
+	// primary lost its peer (async).
+	LateLost int
 	// SuspendedPartition: an a-b partition during which the primary,
 	// still reaching the witness, acknowledged nothing.
 	SuspendedPartition bool
@@ -85,6 +87,7 @@ type summary struct {
 	GenMismatch              int
 	Refusals                 int
 	SuspendedPartitions      int
+	LateLost, LateRounds     int
 	Aborted                  bool
 	Recovery                 []time.Duration
 	FailedRounds             []int
@@ -121,6 +124,10 @@ func summarize(results []*roundResult) summary {
 			s.GenMismatch++
 		}
 		s.Refusals += r.Refusals
+		s.LateLost += r.LateLost
+		if r.LateLost > 0 {
+			s.LateRounds++
+		}
 		if r.SuspendedPartition {
 			s.SuspendedPartitions++
 		}
@@ -155,7 +162,8 @@ func (s summary) write(w io.Writer, mode string) {
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 	lost := fmt.Sprint(s.Lost)
 	if mode == "async" {
-		lost = fmt.Sprintf("%d (in %d rounds with a failover; %d beyond the bound)", s.Lost, s.LostAllowedRounds, s.BeyondBound)
+		lost = fmt.Sprintf("%d (in %d rounds with a failover; %d rounds beyond the bound; %d writes in %d rounds acknowledged more than --timeout after the loss)",
+			s.Lost, s.LostAllowedRounds, s.BeyondBound, s.LateLost, s.LateRounds)
 	}
 	rounds := fmt.Sprint(s.Rounds)
 	if s.Aborted || s.Rounds < s.Planned {
