@@ -478,7 +478,7 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 	err := waitFor(ctx, settleLimit, "a primary serving with its peer uptodate and in sync", func() bool {
 		sts := map[string]node.Status{}
 		newest := uint64(0)
-		for _, h := range dataHosts {
+		for _, h := range dataHosts() {
 			st, err := c.h.status(ctx, h)
 			if err != nil {
 				last = fmt.Sprintf("%s: %v", h, err)
@@ -589,7 +589,7 @@ func (c *campaign) discardPeer(ctx context.Context, r *roundRun, primary, why st
 // leader, from whichever data host answers.
 func (c *campaign) consistentState(ctx context.Context) (clusterView, error) {
 	var errs []error
-	for _, h := range dataHosts {
+	for _, h := range dataHosts() {
 		out, err := c.h.cli(ctx, 10*time.Second, "cluster", "status", "--json", "--consistent", "--timeout", "3s", "--control", c.h.control(h))
 		if err != nil {
 			errs = append(errs, err)

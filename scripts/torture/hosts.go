@@ -31,7 +31,7 @@ const (
 )
 
 // dataHosts are the two hosts with a volume; "w" is the witness.
-var dataHosts = [2]string{"a", "b"}
+func dataHosts() [2]string { return [2]string{"a", "b"} }
 
 // other is the data host that is not h.
 func other(h string) string {
@@ -202,7 +202,7 @@ func (h *hosts) Close() {
 			h.procs[host] = nil
 		}
 	}
-	for _, host := range dataHosts {
+	for _, host := range dataHosts() {
 		_ = unix.Unmount(filepath.Join(h.dir[host], node.ExportDir), unix.MNT_DETACH)
 	}
 }

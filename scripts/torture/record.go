@@ -12,7 +12,7 @@ const recordSize = 4096
 
 // recordMagic starts every record, so that a block read back is known to
 // hold a record at all before its checksum is looked at.
-var recordMagic = [4]byte{'L', 'D', 'T', 'R'}
+const recordMagic = "LDTR"
 
 // Record layout, big endian:
 //
@@ -44,7 +44,7 @@ func (id recordID) String() string { return fmt.Sprintf("w%d#%d", id.Writer, id.
 
 // encodeRecord fills b (recordSize bytes) with record k of writer w.
 func encodeRecord(b []byte, w uint32, k uint64, round int) {
-	copy(b, recordMagic[:])
+	copy(b, recordMagic)
 	be.BigEndian.PutUint32(b[offWriter:], w)
 	be.BigEndian.PutUint64(b[offK:], k)
 	be.BigEndian.PutUint32(b[offRound:], uint32(round))
@@ -65,7 +65,7 @@ func encodeRecord(b []byte, w uint32, k uint64, round int) {
 
 // decodeRecord reports which record b holds, if b is an intact record.
 func decodeRecord(b []byte) (id recordID, round int, ok bool) {
-	if len(b) < recordSize || !bytes.Equal(b[:4], recordMagic[:]) {
+	if len(b) < recordSize || string(b[:len(recordMagic)]) != recordMagic {
 		return recordID{}, 0, false
 	}
 	sum := sha256.Sum256(b[:offSum])

@@ -72,8 +72,8 @@ func (s *sampler) run() {
 		// Both hosts at once: one that does not answer (stopped) must not
 		// delay the other's sample.
 		var wg sync.WaitGroup
-		got := make([]sample, len(dataHosts))
-		for i, h := range dataHosts {
+		var got [2]sample
+		for i, h := range dataHosts() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -81,7 +81,7 @@ func (s *sampler) run() {
 			}()
 		}
 		wg.Wait()
-		s.add(got...)
+		s.add(got[:]...)
 	}
 }
 

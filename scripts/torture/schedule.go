@@ -52,35 +52,37 @@ type kind struct {
 	doc     string
 }
 
-// kinds is the nemesis's repertoire. Every kind comes once in each cycle of
-// len(kinds) rounds, in a seeded order, so that a short campaign covers
-// them all. New kinds (failpoint crashes, disk faults) add an action in
-// faults.go and an entry here.
-var kinds = []kind{
-	{"kill-primary", "kill", []string{"primary"}, dur(0, 0), dur(0, 0),
-		"kill -9 of the primary's daemon, restarted at once"},
-	{"kill-primary-failover", "kill", []string{"primary"}, dur(200, 1500), dur(0, 3000),
-		"kill -9 of the primary; the operator promotes the secondary (runbook: manual failover), then restarts the old primary"},
-	{"kill-secondary", "kill", []string{"secondary"}, dur(0, 0), dur(0, 3000),
-		"kill -9 of the secondary, restarted after the hold"},
-	{"kill-witness", "kill", []string{"witness"}, dur(0, 0), dur(0, 3000),
-		"kill -9 of the witness, restarted after the hold"},
-	{"kill-all", "kill", []string{"all"}, dur(0, 0), dur(0, 2000),
-		"kill -9 of both daemons and the witness, restarted after the hold (witness first)"},
-	{"restart-delayed", "kill", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(2000, 6000),
-		"kill -9 of one process, restarted only after 2 to 6 s, no failover"},
-	{"partition-ab", "partition", []string{""}, dur(0, 0), dur(500, 5000),
-		"a and b drop each other's packets (both still reach w), healed after the hold"},
-	{"isolate-primary-failover", "isolate", []string{"primary"}, dur(1000, 2500), dur(0, 3000),
-		"the primary's link down (cut from b and w); the operator promotes the secondary; the link comes back after the hold"},
-	{"isolate-heal", "isolate", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(200, 5000),
-		"one host's link down for 0.2 to 5 s, no operator action"},
-	{"stop-primary", "stop", []string{"primary"}, dur(0, 0), dur(200, 4000),
-		"SIGSTOP of the primary's daemon for 0.2 to 4 s, then SIGCONT"},
-	{"stop-primary-failover", "stop", []string{"primary"}, dur(500, 2000), dur(0, 2000),
-		"SIGSTOP of the primary; the operator promotes the secondary; SIGCONT after the hold (the paused-primary case)"},
-	{"swap", "swap", []string{""}, dur(0, 0), dur(0, 0),
-		"the runbook's swap: stop the file system's writer, umount, detach, `ldmirror swap` while the raw writer writes"},
+// repertoire is the nemesis's kinds of fault. Every kind comes once in each
+// cycle of len(repertoire()) rounds, in a seeded order, so that a short
+// campaign covers them all. New kinds (failpoint crashes, disk faults) add
+// an action in faults.go and an entry here.
+func repertoire() []kind {
+	return []kind{
+		{"kill-primary", "kill", []string{"primary"}, dur(0, 0), dur(0, 0),
+			"kill -9 of the primary's daemon, restarted at once"},
+		{"kill-primary-failover", "kill", []string{"primary"}, dur(200, 1500), dur(0, 3000),
+			"kill -9 of the primary; the operator promotes the secondary (runbook: manual failover), then restarts the old primary"},
+		{"kill-secondary", "kill", []string{"secondary"}, dur(0, 0), dur(0, 3000),
+			"kill -9 of the secondary, restarted after the hold"},
+		{"kill-witness", "kill", []string{"witness"}, dur(0, 0), dur(0, 3000),
+			"kill -9 of the witness, restarted after the hold"},
+		{"kill-all", "kill", []string{"all"}, dur(0, 0), dur(0, 2000),
+			"kill -9 of both daemons and the witness, restarted after the hold (witness first)"},
+		{"restart-delayed", "kill", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(2000, 6000),
+			"kill -9 of one process, restarted only after 2 to 6 s, no failover"},
+		{"partition-ab", "partition", []string{""}, dur(0, 0), dur(500, 5000),
+			"a and b drop each other's packets (both still reach w), healed after the hold"},
+		{"isolate-primary-failover", "isolate", []string{"primary"}, dur(1000, 2500), dur(0, 3000),
+			"the primary's link down (cut from b and w); the operator promotes the secondary; the link comes back after the hold"},
+		{"isolate-heal", "isolate", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(200, 5000),
+			"one host's link down for 0.2 to 5 s, no operator action"},
+		{"stop-primary", "stop", []string{"primary"}, dur(0, 0), dur(200, 4000),
+			"SIGSTOP of the primary's daemon for 0.2 to 4 s, then SIGCONT"},
+		{"stop-primary-failover", "stop", []string{"primary"}, dur(500, 2000), dur(0, 2000),
+			"SIGSTOP of the primary; the operator promotes the secondary; SIGCONT after the hold (the paused-primary case)"},
+		{"swap", "swap", []string{""}, dur(0, 0), dur(0, 0),
+			"the runbook's swap: stop the file system's writer, umount, detach, `ldmirror swap` while the raw writer writes"},
+	}
 }
 
 // dur is a range of durations given in milliseconds.
@@ -89,7 +91,7 @@ func dur(lo, hi int) [2]time.Duration {
 }
 
 func kindOf(name string) kind {
-	for _, k := range kinds {
+	for _, k := range repertoire() {
 		if k.name == name {
 			return k
 		}
@@ -102,6 +104,7 @@ func kindOf(name string) kind {
 // longer one with the same seed.
 func schedule(seed uint64, rounds int) []faultSpec {
 	out := make([]faultSpec, 0, rounds)
+	kinds := repertoire()
 	var order []int
 	for r := 1; r <= rounds; r++ {
 		cycle := (r - 1) / len(kinds)

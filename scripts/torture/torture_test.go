@@ -139,6 +139,7 @@ func TestScheduleIsSeededAndCoversEveryKind(t *testing.T) {
 	if reflect.DeepEqual(a, schedule(43, 30)) {
 		t.Fatal("seeds 42 and 43 gave the same schedule")
 	}
+	kinds := repertoire()
 	seen := map[string]bool{}
 	for _, f := range a[:len(kinds)] {
 		seen[f.Kind] = true
