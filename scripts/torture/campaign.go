@@ -66,7 +66,8 @@ type campaign struct {
 
 	primary string // the primary at the end of the last round
 	mnt     string
-	dev     string // loop device the campaign attached, "" if none
+	dev     string   // loop device the campaign attached, "" if none
+	devFile *os.File // dev held open, so that no one else's detach takes it
 	mounted bool
 	// wl is the last round's workload: after an abort, main waits for its
 	// writers once the daemons are gone.
@@ -202,13 +203,35 @@ func buildBinary(ctx context.Context, out string) error {
 }
 
 // attach binds host's export to a loop device (ldmirror attach).
+//
+// The campaign keeps the device open until it detaches it. Other test
+// runs on the machine attach and detach loop devices too, and one that
+// detaches a device by a number it remembered (scripts/e2e's mountVolume
+// cleanup does) may hit ours once the number was reused: the kernel then
+// detaches it when its last user closes it, which, between an umount and
+// e2fsck, made e2fsck find no file system on it (sync campaign, seed
+// 152046, round 174). Held open, it stays ours until the campaign lets go.
 func (c *campaign) attach(ctx context.Context, host string) error {
-	out, err := c.h.cli(ctx, 20*time.Second, "attach", "--dir", c.h.dir[host])
-	if err != nil {
-		return err
+	var errs []error
+	for range 3 {
+		out, err := c.h.cli(ctx, 20*time.Second, "attach", "--dir", c.h.dir[host])
+		if err != nil {
+			return err
+		}
+		dev := strings.TrimSpace(out)
+		f, err := os.Open(dev)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+		if err == nil && strings.TrimSpace(string(b)) == c.exportFile(host) {
+			c.dev, c.devFile = dev, f
+			return nil
+		}
+		f.Close()
+		errs = append(errs, fmt.Errorf("%s is not bound to %s after attach (backing file %q, %v)", dev, c.exportFile(host), strings.TrimSpace(string(b)), err))
 	}
-	c.dev = strings.TrimSpace(out)
-	return nil
+	return errors.Join(errs...)
 }
 
 // mount mounts the attached loop device on the campaign's mount point.
@@ -236,6 +259,7 @@ func (c *campaign) releaseMount(ctx context.Context) []string {
 		if _, err := c.h.cli(ctx, 20*time.Second, "detach", c.dev); err != nil {
 			notes = append(notes, fmt.Sprintf("detach %s: %v", c.dev, err))
 		}
+		c.devFile.Close()
 		// A device still open (udev probes it after the umount) detaches
 		// when its last user closes it: until then attach finds it.
 		backing := filepath.Join("/sys/block", filepath.Base(c.dev), "loop", "backing_file")
