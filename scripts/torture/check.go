@@ -333,6 +333,10 @@ func (c *campaign) judge(r *roundRun, res *roundResult) {
 			}
 		}
 	}
+	if res.StaleAcks > 0 {
+		r.notef("%s acknowledged %d writes issued after %s was seen serving a later epoch (at %s)",
+			r.P, res.StaleAcks, r.final, deposed.Format("15:04:05.000"))
+	}
 	if res.StaleAcks > 0 && c.opt.mode == "sync" {
 		res.fail("split-brain writes: %s acknowledged %d writes issued after %s was seen serving a later epoch (at %s)",
 			r.P, res.StaleAcks, r.final, deposed.Format("15:04:05.000"))
