@@ -184,7 +184,7 @@ func (s summary) write(w io.Writer, mode string) {
 		{"rounds ending in sync with different generations", fmt.Sprint(s.GenMismatch)},
 		{"peer refused by the primary (resolved by resolve --discard-local)", fmt.Sprint(s.Refusals)},
 		{"two primaries in one epoch", fmt.Sprint(s.SplitBrain)},
-		{"a-b partitions (over 3 s) in which the primary acknowledged nothing", fmt.Sprintf("%d of %d", s.SuspendedPartitions, s.Faults["partition-ab"])},
+		{"a-b partitions in which the primary acknowledged nothing after the first 3 s (of all a-b partitions)", fmt.Sprintf("%d of %d", s.SuspendedPartitions, s.Faults["partition-ab"])},
 		{"writes acknowledged by a deposed primary after its successor served", fmt.Sprint(s.StaleAcks)},
 		{"recovery (fault to primary serving, peer uptodate) p50 / p99 / max",
 			fmt.Sprintf("%s / %s / %s", sec(percentile(s.Recovery, 50)), sec(percentile(s.Recovery, 99)), sec(percentile(s.Recovery, 100)))},
