@@ -134,7 +134,10 @@ func realMain() int {
 		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
 		return exitAborted
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// A closed terminal or pipe must not kill the runner before its
+	// cleanups: the lab's daemons, mounts and loop devices would stay.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 
 	root := filepath.Join(opt.dir, fmt.Sprintf("%s-%s-seed%d", time.Now().Format("20060102-150405"), opt.mode, opt.seed))
@@ -151,7 +154,7 @@ func realMain() int {
 		return exitAborted
 	}
 	defer logFile.Close()
-	c := &campaign{opt: opt, root: root, logs: logs, mnt: filepath.Join(root, "mnt"), logw: io.MultiWriter(os.Stdout, logFile)}
+	c := &campaign{opt: opt, root: root, logs: logs, mnt: filepath.Join(root, "mnt"), logw: tee{logFile, os.Stdout}}
 	c.o = &owner{logf: c.logf}
 	if c.ledger, err = openLedger(filepath.Join(logs, "ledger.tsv.gz")); err != nil {
 		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
@@ -272,6 +275,18 @@ func (c *campaign) run(ctx context.Context, sched []faultSpec) (err error) {
 		}
 	}
 	return nil
+}
+
+// tee writes to a file and, as far as it can, to a terminal: unlike
+// io.MultiWriter it goes on writing the log when stdout is gone.
+type tee struct {
+	log  io.Writer
+	term io.Writer
+}
+
+func (t tee) Write(b []byte) (int, error) {
+	_, _ = t.term.Write(b)
+	return t.log.Write(b)
 }
 
 // replayCommand is the command line that plays the same schedule up to
