@@ -206,11 +206,11 @@ func buildBinary(ctx context.Context, out string) error {
 //
 // The campaign keeps the device open until it detaches it. Other test
 // runs on the machine attach and detach loop devices too, and one that
-// detaches a device by a number it remembered (scripts/e2e's mountVolume
-// cleanup does) may hit ours once the number was reused: the kernel then
-// detaches it when its last user closes it, which, between an umount and
-// e2fsck, made e2fsck find no file system on it (sync campaign, seed
-// 152046, round 174). Held open, it stays ours until the campaign lets go.
+// detaches a device by a number it remembered may hit ours once the number
+// was reused: the kernel then detaches it when its last user closes it,
+// which, between an umount and e2fsck, left e2fsck no device
+// (docs/reliability.md, "Found in the runner and the environment"). Held
+// open, it stays ours until the campaign lets go.
 func (c *campaign) attach(ctx context.Context, host string) error {
 	var errs []error
 	for range 3 {

@@ -19,8 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The daemons' settings, as scripts/e2e runs them (roles_test.go): short
-// timeouts keep a round short, and --timeout is also the time docs/journal.md
+// The daemons' settings, as the end-to-end tests run them: short timeouts
+// keep a round short, and --timeout is also the time docs/journal.md
 // bounds an async primary's unshipped acknowledgements by.
 const (
 	daemonTimeout = time.Second

@@ -23,7 +23,7 @@ import (
 // closing a FUSE file sends FUSE_FLUSH to the daemon and waits for its
 // answer. With the primary's daemon stopped (SIGSTOP) every command the
 // runner started (`ldmirror promote`, mount) hung in execve, before it
-// could be killed by its deadline.
+// could be killed by its deadline (docs/reliability.md, "The workload").
 const helperArg = "raw-writer-helper"
 
 // Lines the helper writes on stdout, one per write:
