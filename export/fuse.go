@@ -50,7 +50,7 @@ func Mount(dev blockdev.Device, dir string, log *slog.Logger) (*FUSE, error) {
 		log = slog.Default()
 	}
 	// A daemon killed while serving leaves a dead FUSE mount behind.
-	if _, err := os.Stat(dir); errors.Is(err, syscall.ENOTCONN) {
+	if deadMount(dir) {
 		log.Warn("removing the dead FUSE mount of a previous run", "dir", dir)
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
 			return nil, fmt.Errorf("remove dead mount %s: %w", dir, err)

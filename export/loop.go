@@ -112,11 +112,17 @@ func LeftoversOf(dir string) Leftovers {
 	for _, d := range l.Loops {
 		l.Mounts = append(l.Mounts, mountPointsOf(d)...)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(dir, &st); errors.Is(err, unix.ENOTCONN) {
-		l.DeadMount = true
-	}
+	l.DeadMount = deadMount(dir)
 	return l
+}
+
+// deadMount reports whether dir is the FUSE mount of a server that died.
+// It asks with statfs, not stat: stat may answer from the kernel's
+// attribute cache (the export mounts with default_permissions), statfs
+// always asks the server.
+func deadMount(dir string) bool {
+	var st unix.Statfs_t
+	return errors.Is(unix.Statfs(dir, &st), unix.ENOTCONN)
 }
 
 // mountPointsOf lists where the block device dev is mounted.
