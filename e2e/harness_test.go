@@ -26,7 +26,8 @@ import (
 	"github.com/ldmirror/ldmirror/node"
 )
 
-// binary is the ldmirror built once for the package's tests.
+// binary is the ldmirror built once for the package's tests, with the
+// crash points of package failpoint.
 var binary string
 
 func TestMain(m *testing.M) {
@@ -38,7 +39,9 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binary = filepath.Join(dir, "ldmirror")
-		out, err := exec.Command("go", "build", "-o", binary, "github.com/ldmirror/ldmirror/cmd/ldmirror").CombinedOutput()
+		// With the crash points compiled in: they stay off unless a test
+		// arms one (armed), so the other tests run the shipped code paths.
+		out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", binary, "github.com/ldmirror/ldmirror/cmd/ldmirror").CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build ldmirror: %v\n%s", err, out)
 			return 1
@@ -246,7 +249,13 @@ func mirroredPair(t *testing.T, a, b, creds string, extra ...string) (pri, sec *
 func mountVolume(t *testing.T, a string) (dev, mnt string) {
 	t.Helper()
 	dev = strings.TrimSpace(ldmirror(t, "attach", "--dir", a))
-	t.Cleanup(func() { exec.Command(binary, "detach", dev).Run() })
+	t.Cleanup(func() {
+		// By number only while it is still this export's: once detached,
+		// the number may be another run's loop device.
+		if slices.Contains(exportLoops(a), dev) {
+			exec.Command(binary, "detach", dev).Run()
+		}
+	})
 	run(t, "mkfs.ext4", "-q", "-F", dev)
 	mnt = t.TempDir()
 	run(t, "mount", dev, mnt)
