@@ -82,13 +82,16 @@ func (tr *trio) in(host string) []string {
 func (tr *trio) port(host, p string) string { return tr.lab.Addr(host) + ":" + p }
 
 // start (re)starts host's daemon.
-func (tr *trio) start(host string, more ...string) *daemon {
+func (tr *trio) start(host string, more ...string) *daemon { return tr.startArmed(host, "", more...) }
+
+// startArmed is start with the crash points in points armed (see armed).
+func (tr *trio) startArmed(host, points string, more ...string) *daemon {
 	peer := map[string]string{"a": "b", "b": "a"}[host]
 	args := append([]string{"--node-id", host, "--listen", tr.port(host, "7789"), "--peer", tr.port(peer, "7789"),
 		"--cluster-bind", tr.port(host, "7400"), "--cluster-join", tr.port("w", "7400"),
 		"--tls-dir", tr.creds, "--cluster-raft-timeout", "300ms", "--timeout", daemonTimeout.String()}, tr.extra...)
 	args = append(args, more...)
-	d := startDaemonIn(tr.t, tr.in(host), tr.dir[host], args...)
+	d := startDaemonIn(tr.t, append(armed(points), tr.in(host)...), tr.dir[host], args...)
 	tr.daemon[host] = d
 	return d
 }
