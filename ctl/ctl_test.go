@@ -36,6 +36,7 @@ func (h *fakeHost) Resync(_ context.Context, full, _ bool) (node.ResyncResult, e
 func (h *fakeHost) RequestSwap(context.Context, bool) (cluster.Epoch, error) { return 7, h.err }
 func (h *fakeHost) CheckDemote(string, bool) error                           { return h.err }
 func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)         { return agent.Status{}, h.err }
+func (h *fakeHost) AttachDisk(context.Context, bool) error                   { return h.err }
 
 // fakeMember answers the cluster routes; Promote refuses with err.
 type fakeMember struct {

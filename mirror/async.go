@@ -263,6 +263,7 @@ func (a *asyncMirror) replicate(o op, e bitmap.Extent) error {
 		failpoint.Crash("journal-appended-before-ship") // held: not shipped yet
 	}
 	lerr := o.apply(m.local)
+	m.localFailed(lerr)
 	if !journaled {
 		// Journaling stopped, durably, before this write: a restart will
 		// not redo the journal over it.

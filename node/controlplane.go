@@ -14,7 +14,8 @@ import (
 
 // ControlPlane is what a host needs of the raft control plane
 // (*cluster.Cluster): who is primary in which epoch, the commits that fence
-// a lost peer and record a caught-up one, and the hand-over of a swap.
+// a lost peer and record a caught-up one, the hand-over of a swap, and the
+// failover away from a host whose disk failed.
 type ControlPlane interface {
 	State() cluster.VolumeState
 	Consistent(ctx context.Context) (cluster.VolumeState, error)
@@ -22,6 +23,7 @@ type ControlPlane interface {
 	MarkPeerOutdated(ctx context.Context, epoch cluster.Epoch, peer string) error
 	SetDiskState(ctx context.Context, node string, d cluster.DiskState, epoch cluster.Epoch) error
 	TransferPrimary(ctx context.Context, from, to string, epoch cluster.Epoch) (cluster.Epoch, error)
+	Failover(ctx context.Context, failed string, epoch cluster.Epoch) (string, cluster.Epoch, error)
 	Leader() (id, addr string)
 }
 

@@ -18,6 +18,7 @@ func main() {
 			daemonCommand(),
 			attachCommand(),
 			detachCommand(),
+			attachDiskCommand(),
 			statusCommand(),
 			resolveCommand(),
 			verifyCommand(),
