@@ -180,7 +180,7 @@ type Agent struct {
 	// freshFrom is health.Probes when the primary last changed or
 	// reported itself ready again: a failed probe before it says nothing
 	// about the primary now.
-	freshFrom uint64
+	freshFrom   uint64
 	attemptHold string // why the last attempt did not succeed
 
 	readyCheck     *HookResult
