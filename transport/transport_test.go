@@ -523,3 +523,97 @@ func TestAckTimeout(t *testing.T) {
 		t.Fatalf("Wait = %v, want ErrAckTimeout", err)
 	}
 }
+
+// TestWatchdogBreaksAtTheTimeout: a session breaks once the peer has been
+// silent for the timeout, or a request has waited that long for its ack,
+// at that moment and not up to a polling period later (docs/journal.md
+// bounds what an async primary acknowledges after a loss by it). The last
+// frame, or the request, comes just after a quarter of the timeout, where
+// a watchdog that looked every quarter broke a quarter late.
+func TestWatchdogBreaksAtTheTimeout(t *testing.T) {
+	const timeout = time.Second
+	const late = timeout / 8 // scheduling on a loaded machine; a poll every timeout/4 was up to 250 ms late
+	for _, tc := range []struct {
+		name string
+		want error
+	}{
+		{"peer silent", ErrPeerSilent},
+		{"ack overdue", ErrAckTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			ready := make(chan net.Conn, 1)
+			// A secondary that authenticates and never acks; it answers
+			// pings only when the ack is what should time out.
+			go func() {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				cfg := defaulted(testConfig("b"))
+				fr := NewFrameReader(conn)
+				if _, err := handshake(conn, fr, &cfg, false, ""); err != nil {
+					conn.Close()
+					return
+				}
+				ready <- conn
+				for {
+					h, _, err := fr.ReadFrame(nil)
+					if err != nil {
+						return
+					}
+					if h.Type == TypePing && tc.want == ErrAckTimeout {
+						_ = writeFrame(conn, TypePong, 0, 0, nil)
+					}
+				}
+			}()
+			cfg := testConfig("a")
+			cfg.Timeout = timeout
+			sess, err := Dial(context.Background(), ln.Addr().String(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Close()
+			start := time.Now()
+			conn := <-ready
+			defer conn.Close()
+			time.Sleep(time.Until(start.Add(timeout/4 + 20*time.Millisecond))) // the moment under test, not a synchronization
+			var from time.Time
+			var c *Call
+			if tc.want == ErrPeerSilent {
+				if err := writeFrame(conn, TypePong, 0, 0, nil); err != nil {
+					t.Fatal(err)
+				}
+				from = time.Now() // the primary read it after this, at the earliest
+			} else {
+				from = time.Now()
+				if c, err = sess.SubmitWrite(0, make([]byte, 4096)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case <-sess.Done():
+			case <-time.After(3 * timeout):
+				t.Fatal("the session did not break")
+			}
+			broke := time.Since(from)
+			if !errors.Is(sess.Err(), tc.want) {
+				t.Fatalf("session error %v, want %v", sess.Err(), tc.want)
+			}
+			if c != nil {
+				if err := c.Wait(); !errors.Is(err, tc.want) {
+					t.Fatalf("the write's error %v, want %v", err, tc.want)
+				}
+			}
+			t.Logf("broke %v after the last frame or the request (timeout %v)", broke, timeout)
+			if broke < timeout-10*time.Millisecond || broke > timeout+late {
+				t.Fatalf("the session broke %v after the last frame or the request; want the timeout, %v, within %v", broke, timeout, late)
+			}
+		})
+	}
+}
