@@ -260,6 +260,12 @@ func (l *Listener) serveConn(ctx context.Context, raw net.Conn, seq uint64, h Ha
 	if err == nil {
 		fr.sealed = !l.cfg.InsecurePlaintext
 	}
+	if errors.Is(err, ErrNotReady) {
+		// Not an error of the peer's: it is told to come back soon.
+		l.log.Info("peer connection refused: not ready yet", "remote", remote, "node", peer.NodeID, "err", err)
+		raw.Close()
+		return
+	}
 	if err != nil {
 		l.rejected.Add(1)
 		l.log.Warn("peer connection rejected", "remote", remote, "err", err)

@@ -382,6 +382,32 @@ func TestAdmitRefusesStaleEpoch(t *testing.T) {
 	s.Close()
 }
 
+// TestAdmitNotReady: a refusal because the secondary cannot decide yet
+// reaches the primary as ErrNotReady (and ErrPeerRefused), with its reason,
+// and the secondary does not count it as a rejected connection.
+func TestAdmitNotReady(t *testing.T) {
+	cfg := testConfig("b")
+	cfg.Admit = func(Hello) error {
+		return fmt.Errorf("%w: this host has not read the control plane's state", ErrNotReady)
+	}
+	sec := startSecondaryWith(t, cfg)
+	_, err := Dial(context.Background(), sec.ln.Addr().String(), testConfig("a"))
+	if !errors.Is(err, ErrNotReady) || !errors.Is(err, ErrPeerRefused) || !strings.Contains(err.Error(), "control plane's state") {
+		t.Fatalf("Dial = %v, want ErrNotReady and ErrPeerRefused with the reason", err)
+	}
+	if n := sec.ln.Rejected(); n != 0 {
+		t.Fatalf("%d rejected connections, want 0: not ready is not an error of the peer's", n)
+	}
+	// Any other refusal is not ErrNotReady, even if its text says so later.
+	cfg.Admit = func(Hello) error {
+		return fmt.Errorf("%w: a is not the primary (not ready yet)", ErrStaleEpoch)
+	}
+	sec = startSecondaryWith(t, cfg)
+	if _, err := Dial(context.Background(), sec.ln.Addr().String(), testConfig("a")); !errors.Is(err, ErrPeerRefused) || errors.Is(err, ErrNotReady) {
+		t.Fatalf("Dial = %v, want ErrPeerRefused only", err)
+	}
+}
+
 func TestHostileFrames(t *testing.T) {
 	good := writeFrameBytes(0, bytes.Repeat([]byte{0xEE}, 4096))
 	for _, tc := range []struct {
