@@ -240,6 +240,7 @@ func (c *Cluster) callLeader(ctx context.Context, addr string, req rpcRequest) (
 				label := addr
 				if d.via != "" {
 					label = "the leader through " + d.via
+					c.log.Info("cluster: leader not reachable directly: request sent through a tunnel", "via", d.via, "leader", addr, "op", req.Op)
 				}
 				return c.callOn(ctx, d.conn, label, req)
 			}
