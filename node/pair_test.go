@@ -224,8 +224,8 @@ func TestRestartedSecondaryNotReady(t *testing.T) {
 	// Each retry comes 0.2 s after the last, not after a backoff that
 	// grows (a host that is down) nor after 5 s (a refusal).
 	poll.Until(t, 10*time.Second, "a to retry four times", func() bool { return refusals() >= 5 })
-	if took := time.Since(first); took > 2*time.Second {
-		t.Fatalf("a retried four times in %v; want about 0.8 s", took)
+	if took := time.Since(first); took > 4*time.Second {
+		t.Fatalf("a retried four times in %v; want about 0.8 s (after a refusal it waits 5 s each time)", took)
 	}
 	if a.n.mirror.Session() != nil {
 		t.Fatal("a connected before b read the control plane's state")
@@ -234,7 +234,7 @@ func TestRestartedSecondaryNotReady(t *testing.T) {
 	cp.setQuorum(true)
 	poll.Until(t, 10*time.Second, "a to connect to b", func() bool { return a.n.mirror.Session() != nil })
 	// b reads the state within 0.25 s, a retries within 0.2 s.
-	if took := time.Since(readable); took > 1500*time.Millisecond {
+	if took := time.Since(readable); took > 3*time.Second {
 		t.Fatalf("a connected %v after b could read the control plane's state", took)
 	}
 	if strings.Contains(a.logs.String(), "peer refused the connection; retrying") {
