@@ -34,7 +34,7 @@ var setups = map[string]setup{
 	"sync-noal":      func(b *bench) (string, func(), error) { return b.mirrored(nil, []string{"--activity-log=false"}) },
 	// Both hosts of a pair run the same --mode: the secondary keeps its
 	// applied journal position only in async mode.
-	"async":       func(b *bench) (string, func(), error) { return b.mirrored(asyncFlags, asyncFlags) },
+	"async":       func(b *bench) (string, func(), error) { return b.mirrored(b.asyncFlags(), nil) },
 	"qemu-quorum": (*bench).qemuQuorum,
 	"raw":         (*bench).raw,
 }
@@ -215,30 +215,35 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	pri, err := b.daemon(a, append(append(append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, creds...), both...), primary...)...)
+	link, closeLink, err := b.link(addr)
 	if err != nil {
 		sec.stop()
 		return "", nil, err
 	}
+	pri, err := b.daemon(a, append(append(append([]string{"--role", "primary", "--node-id", "a", "--peer", link}, creds...), both...), primary...)...)
+	if err != nil {
+		closeLink()
+		sec.stop()
+		return "", nil, err
+	}
+	stop := func() { pri.stop(); closeLink(); sec.stop() }
 	// A daemon that ignored --mode would measure sync under async's name.
 	want := "sync"
-	if slices.Equal(both, asyncFlags) {
+	if slices.Contains(both, "--mode") {
 		want = "async"
 	}
 	ctl := filepath.Join(a, volume.ControlFile)
 	if st, err := b.status(ctl); err != nil || st.Mode != want {
-		pri.stop()
-		sec.stop()
+		stop()
 		return "", nil, fmt.Errorf("primary runs in mode %q, want %q (%v)", st.Mode, want, err)
 	}
 	dev, err := b.attach(a)
 	if err != nil {
-		pri.stop()
-		sec.stop()
+		stop()
 		return "", nil, err
 	}
 	b.primaryCtl = ctl
-	return dev, func() { b.primaryCtl = ""; b.detach(dev); pri.stop(); sec.stop(); os.RemoveAll(root) }, nil
+	return dev, func() { b.primaryCtl = ""; b.detach(dev); stop(); os.RemoveAll(root) }, nil
 }
 
 // plaintextFlags run the pair's data link without TLS (both daemons).

@@ -19,9 +19,15 @@ type fioDir struct {
 
 // fio runs one job on dev and returns its figures.
 func (b *bench) fio(dev string, w workload) (result, error) {
-	args := append([]string{"--name=" + w.name, "--filename=" + dev, "--ioengine=libaio", "--direct=1",
-		"--time_based", fmt.Sprintf("--runtime=%dms", b.runtime.Milliseconds()),
-		fmt.Sprintf("--ramp_time=%dms", b.ramp.Milliseconds()), "--output-format=json"}, w.args...)
+	args := []string{"--name=" + w.name, "--filename=" + dev, "--ioengine=libaio", "--direct=1",
+		fmt.Sprintf("--runtime=%dms", b.runtime.Milliseconds()), "--output-format=json"}
+	if b.ioSize != "" {
+		// A burst: what a writer gets while the async journal has room.
+		args = append(args, "--io_size="+b.ioSize)
+	} else {
+		args = append(args, "--time_based", fmt.Sprintf("--ramp_time=%dms", b.ramp.Milliseconds()))
+	}
+	args = append(args, w.args...)
 	cmd := exec.Command("fio", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
