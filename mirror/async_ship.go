@@ -173,13 +173,10 @@ func (a *asyncMirror) sendLoop(p *period, cur *journal.Cursor, acks chan<- shipp
 			}
 			return err
 		}
-		if rec.Seq > a.j.Durable() {
-			// Only durable records leave: the peer never holds a record
-			// that a crash here could take back and number again.
-			if err := a.j.Sync(p.ctx); err != nil {
-				return err
-			}
-		}
+		// A record ships once written, durable or not (docs/journal.md,
+		// "What a crash loses"): a crash of this process keeps it in the
+		// page cache, and a crash of the host discards the journal, so
+		// that no record the peer holds is ever numbered again.
 		if rec.Kind == journal.KindWrite {
 			buf = rec.Data[:0] // may have been grown by Next
 		}

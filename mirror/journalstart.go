@@ -52,8 +52,8 @@ var ErrRedo = errors.New("redo the journal onto the local disk")
 // appended before it is written locally, so the records complete the
 // local writes a crash interrupted (docs/journal.md). If the host went down
 // with the journal open (not closed, and booted since), records and local
-// writes that were not durable may be lost, and the resumed journal gets
-// no authority: the peer needs a bitmap resync first.
+// writes that were not durable may be lost, and the journal is redone and
+// then discarded: the peer needs a bitmap resync.
 func OpenJournal(ctx context.Context, path string, dev blockdev.Device, opt JournalOptions) (JournalStart, error) {
 	var st JournalStart
 	capacity := opt.Capacity
@@ -76,21 +76,19 @@ func OpenJournal(ctx context.Context, path string, dev blockdev.Device, opt Jour
 				old.Close()
 				return st, err
 			}
-			switch {
+			switch rec := old.Recovered(); {
 			case opt.Discard != "":
 				st.Discarded = opt.Discard
 			case old.Capacity() != capacity:
 				st.Discarded = fmt.Sprintf("the journal size changed from %d to %d bytes", old.Capacity(), capacity)
+			case !rec.Clean && rec.Rebooted:
+				// Records ship before they are durable here, so the peer
+				// may hold records this journal lost and would number
+				// again: a new journal, whose numbers it cannot confuse.
+				st.Discarded = "the host went down with the journal open: writes that were not yet durable may be lost on either side"
 			}
 		}
 		if st.Discarded == "" {
-			if rec := old.Recovered(); !rec.Clean && rec.Rebooted {
-				why := "the host went down with the journal open: writes that were not yet durable may be lost on either side"
-				if err := old.SetAuthority(journal.NoAuthority, why); err != nil {
-					old.Close()
-					return st, fmt.Errorf("journal: %w", err)
-				}
-			}
 			st.Journal, st.Resumed, st.DiscardedID = old, true, 0
 			return st, nil
 		}
