@@ -199,6 +199,7 @@ func (j *Journal) Resume() error {
 	j.mu.Lock()
 	j.positions.drop(int(newTail - j.tailSeq))
 	j.tailSeq, j.tailPos = newTail, newPos
+	j.handoff.dropBelow(newTail) // to the garbage collector
 	if j.freed != nil {
 		close(j.freed)
 		j.freed = nil

@@ -57,7 +57,8 @@ type shipped struct {
 	call   *transport.Call
 	seq    uint64 // 0: a truncation flush
 	kind   journal.Kind
-	buf    []byte // to recycle once acked
+	buf    []byte         // the shipper's read buffer, to recycle once acked
+	rec    journal.Record // to give back to the journal once acked, if handed off
 	marked bool
 }
 
@@ -177,14 +178,15 @@ func (a *asyncMirror) sendLoop(p *period, cur *journal.Cursor, acks chan<- shipp
 		// "What a crash loses"): a crash of this process keeps it in the
 		// page cache, and a crash of the host discards the journal, so
 		// that no record the peer holds is ever numbered again.
-		if rec.Kind == journal.KindWrite {
+		if rec.Kind == journal.KindWrite && !rec.Handed() {
 			buf = rec.Data[:0] // may have been grown by Next
 		}
 		c, err := p.s.SubmitJournal(a.journalOp(p, rec))
 		if err != nil {
+			a.j.Recycle(rec)
 			return err
 		}
-		acks <- shipped{call: c, seq: rec.Seq, kind: rec.Kind, buf: buf, marked: rec.Seq >= p.markedLo}
+		acks <- shipped{call: c, seq: rec.Seq, kind: rec.Kind, buf: buf, rec: rec, marked: rec.Seq >= p.markedLo}
 		sinceFlush += journal.HeaderSize + int64(len(rec.Data))
 		if sinceFlush >= a.flushEvery {
 			if err := flush(); err != nil {
@@ -217,6 +219,7 @@ func (a *asyncMirror) ackLoop(p *period, acks <-chan shipped, trunc chan uint64,
 	var first error
 	for it := range acks {
 		reply, err := it.call.WaitReply()
+		a.j.Recycle(it.rec)
 		if it.buf != nil {
 			select {
 			case recycle <- it.buf:

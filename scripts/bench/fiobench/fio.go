@@ -12,6 +12,7 @@ type fioLat struct {
 }
 
 type fioDir struct {
+	IOs  float64 `json:"total_ios"`
 	IOPS float64 `json:"iops"`
 	BW   float64 `json:"bw_bytes"`
 	Clat fioLat  `json:"clat_ns"`
@@ -54,6 +55,7 @@ func (b *bench) fio(dev string, w workload) (result, error) {
 	us := func(l fioLat, p string) float64 { return l.Percentile[p] / 1e3 }
 	return result{
 		IOPS:      j.Read.IOPS + j.Write.IOPS,
+		ops:       j.Read.IOs + j.Write.IOs,
 		MBps:      (j.Read.BW + j.Write.BW) / 1e6,
 		P50us:     us(j.Write.Clat, "50.000000"),
 		P99us:     us(j.Write.Clat, "99.000000"),

@@ -53,6 +53,8 @@ type result struct {
 	note                 string  // about the figure
 	cut                  bool    // the directory load hit its time limit
 	elapsed              time.Duration
+	ops                  float64    // writes (and reads) or entries done
+	cpuUs                [2]float64 // CPU time of the primary and secondary daemon per op, µs
 }
 
 // value is the figure ratios are taken of: throughput, higher is better.
@@ -75,6 +77,7 @@ type bench struct {
 	slapdLimit time.Duration
 
 	primaryCtl string // control socket of the mirrored primary being measured
+	daemons    []int  // pids of the primary and secondary daemons being measured
 
 	// The data link of the configuration being set up (see link.go).
 	rtt         time.Duration
@@ -267,6 +270,7 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 		retried := false
 		for try := 1; ; try++ {
 			start := time.Now()
+			cpu0 := b.daemonCPU()
 			var err error
 			res = result{}
 			switch {
@@ -283,6 +287,11 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 			}
 			if l := b.linkNote(); l != "" && err == nil {
 				res.note = strings.TrimPrefix(strings.TrimSpace(res.note+"; "+l), "; ")
+			}
+			b.drainJournal(2 * time.Minute)
+			res.cpuUs = perOp(cpu0, b.daemonCPU(), res.ops)
+			if res.cpuUs[0] > 0 {
+				res.note = strings.TrimSpace(fmt.Sprintf("%s; CPU per op %.1f µs primary, %.1f µs secondary", res.note, res.cpuUs[0], res.cpuUs[1]))
 			}
 			if err == nil {
 				break

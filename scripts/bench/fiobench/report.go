@@ -263,10 +263,10 @@ func optional(v float64) string {
 // csv is every round's figures.
 func (r report) csv() string {
 	var sb strings.Builder
-	sb.WriteString("round,config,workload,iops,mb_per_s,write_p50_us,write_p99_us,fsync_p50_us,fsync_p99_us,entries_per_s,seconds,note\n")
+	sb.WriteString("round,config,workload,iops,mb_per_s,write_p50_us,write_p99_us,fsync_p50_us,fsync_p99_us,entries_per_s,seconds,primary_cpu_us_per_op,secondary_cpu_us_per_op,note\n")
 	for _, x := range r.results {
-		fmt.Fprintf(&sb, "%d,%s,%s,%.1f,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%q\n", x.round, x.config, x.load,
-			x.IOPS, x.MBps, x.P50us, x.P99us, x.SyncP50us, x.SyncP99us, x.Entries, x.elapsed.Seconds(),
+		fmt.Fprintf(&sb, "%d,%s,%s,%.1f,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%q\n", x.round, x.config, x.load,
+			x.IOPS, x.MBps, x.P50us, x.P99us, x.SyncP50us, x.SyncP99us, x.Entries, x.elapsed.Seconds(), x.cpuUs[0], x.cpuUs[1],
 			strings.ReplaceAll(strings.TrimSpace(x.skipped+" "+x.note), "\n", " "))
 	}
 	return sb.String()
