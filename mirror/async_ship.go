@@ -68,7 +68,9 @@ func (a *asyncMirror) ship(p *period, from uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	acks := make(chan shipped, 256)
+	// As many records in flight as the link's window allows: on a distant
+	// link the window, not this queue, bounds the shipping rate.
+	acks := make(chan shipped, max(256, p.s.Stats().Window))
 	trunc := make(chan uint64, 1)
 	recycle := make(chan []byte, 256)
 	var helpers sync.WaitGroup

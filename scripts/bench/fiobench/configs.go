@@ -257,6 +257,9 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
+	if b.window > 0 {
+		creds = append(creds, "--window", strconv.Itoa(b.window))
+	}
 	addr, err := freeAddr()
 	if err != nil {
 		return "", nil, err

@@ -84,6 +84,7 @@ type bench struct {
 	jitter      time.Duration
 	bandwidth   int64 // bytes/s each way; 0: no cap
 	journalSize string
+	window      int
 	ioSize      string // fio's bytes per job (a burst); "": time-based
 
 	mu       sync.Mutex
@@ -122,6 +123,7 @@ func main() {
 	bw := flag.String("bandwidth", "1Gbit", "with -rtt: cap of the relayed link, each way (0: none)")
 	flag.DurationVar(&b.jitter, "jitter", 0, "with -rtt: the most a chunk's one-way delay varies, up or down")
 	flag.StringVar(&b.journalSize, "journal-size", "", "async: --journal-size of both daemons (default: the daemon's)")
+	flag.IntVar(&b.window, "window", 0, "--window of both mirrored daemons, writes in flight to the peer (0: the daemon's default); a distant link needs its bandwidth-delay product")
 	flag.StringVar(&b.ioSize, "io-size", "", "fio writes this much per job and stops (a burst; -runtime still caps it, -ramp is not used), instead of running for -runtime: e.g. 1g")
 	flag.Parse()
 	if *startedUnix > 0 {
@@ -208,7 +210,7 @@ func main() {
 		}
 	}
 	wall := time.Since(started)
-	rep := report{abba: *abba, rtts: rtts, link: b.linkDesc(), ioSize: b.ioSize, journalSize: b.journalSize, configs: names, workloads: workloads, results: results, rounds: *rounds,
+	rep := report{abba: *abba, rtts: rtts, link: b.linkDesc(), ioSize: b.ioSize, journalSize: b.journalSize, window: b.window, configs: names, workloads: workloads, results: results, rounds: *rounds,
 		machine: mach, wall: wall, runtime: b.runtime, ramp: b.ramp, sizeMiB: b.sizeMiB, entries: b.entries}
 	table := rep.markdown() + rep.rttMarkdown()
 	fmt.Print(table)

@@ -17,6 +17,7 @@ type report struct {
 	link        string   // how the delayed link is made
 	ioSize      string   // fio's burst size, if not time-based
 	journalSize string   // async's journal, if not the default
+	window      int      // the daemons' --window, if not the default
 	configs     []string
 	workloads   []workload
 	results     []result
@@ -171,6 +172,9 @@ func (r report) markdown() string {
 	fmt.Fprintf(&sb, "Medians of %d rounds, configurations alternating in the order %s; %d MiB volumes; "+
 		"fio libaio direct=1 on the device, %s; directory load: %d entries.\n\n",
 		r.rounds, strings.Join(order, ", "), r.sizeMiB, r.fioDesc(), r.entries)
+	if r.window > 0 {
+		fmt.Fprintf(&sb, "Mirrored daemons: --window %d.\n\n", r.window)
+	}
 	if r.journalSize != "" {
 		fmt.Fprintf(&sb, "Async: journal of %s on both hosts.\n\n", r.journalSize)
 	}
