@@ -57,13 +57,14 @@ type handed struct {
 // handoff holds recently written records by sequence number (under
 // Journal.mu).
 type handoff struct {
-	recs  map[uint64]handed
-	bytes int
+	recs   map[uint64]handed
+	bytes  int
+	budget int // handoffBudget; 0 turns the handoff off (benchmarks)
 }
 
 // room reports whether a buffer of n bytes may be handed off now. j.mu is
 // held.
-func (h *handoff) room(n int) bool { return h.bytes+n <= handoffBudget }
+func (h *handoff) room(n int) bool { return h.bytes+n <= h.budget }
 
 func (h *handoff) add(seq uint64, bp *[]byte, rec Record) {
 	if h.recs == nil {

@@ -132,6 +132,7 @@ func openFile(f *os.File) (*Journal, error) {
 	j.recovery.Clean = sb.clean
 	j.recovery.Rebooted = boot == [16]byte{} || sb.boot != boot
 	j.bufs.init()
+	j.handoff.budget = handoffBudget
 	if err := j.scan(sb.durable); err != nil {
 		return nil, err
 	}
