@@ -186,7 +186,10 @@ func (c *campaign) setup(ctx context.Context) error {
 	return nil
 }
 
-// buildBinary builds cmd/ldmirror of the module the runner belongs to.
+// buildBinary builds cmd/ldmirror of the module the runner belongs to, with
+// the crash points compiled in (-tags failpoints): none is armed unless a
+// run's environment names it (hosts.startArmed), and an unarmed point is
+// one map lookup (internal/failpoint).
 func buildBinary(ctx context.Context, out string) error {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -196,10 +199,10 @@ func buildBinary(ctx context.Context, out string) error {
 	if err != nil || strings.TrimSpace(string(mod)) == "" || strings.TrimSpace(string(mod)) == os.DevNull {
 		return fmt.Errorf("run from the ldmirror module (go env GOMOD: %q, %v)", strings.TrimSpace(string(mod)), err)
 	}
-	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, "./cmd/ldmirror")
+	cmd := exec.CommandContext(ctx, goTool, "build", "-tags", "failpoints", "-o", out, "./cmd/ldmirror")
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(mod)))
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/ldmirror: %w\n%s", err, b)
+		return fmt.Errorf("go build -tags failpoints ./cmd/ldmirror: %w\n%s", err, b)
 	}
 	return nil
 }
@@ -393,19 +396,38 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 	if err != nil {
 		return err
 	}
-	if err := c.prepare(ctx, r); err != nil {
-		return fmt.Errorf("start the writers on %s: %w", r.P, err)
+	if a, ok := f.(armer); ok {
+		if err := a.arm(ctx, r); err != nil {
+			return fmt.Errorf("arm %s: %w", r.spec.Kind, err)
+		}
 	}
-	if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
-		return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
-	}); err != nil {
-		return err
-	}
-	if fails := r.wl.failures(); len(fails) > 0 {
-		return fmt.Errorf("a writer failed before the fault: %v", fails)
-	}
-	if err := hold(ctx, r.spec.Lead); err != nil {
-		return err
+	cf, _ := f.(*crashFault)
+	if cf != nil && cf.died(r) {
+		// The armed daemon crashed before the writers could start: the
+		// round is its recovery alone.
+		r.notef("%s died before the writers started", cf.host)
+		c.raw.begin(r.n, r.P)
+		c.ext4.begin(r.n, r.P)
+		r.wl = startWorkload()
+		c.wl = r.wl
+	} else {
+		if err := c.prepare(ctx, r); err != nil {
+			return fmt.Errorf("start the writers on %s: %w", r.P, err)
+		}
+		if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
+			return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
+		}); err != nil {
+			return err
+		}
+		if fails := r.wl.failures(); len(fails) > 0 {
+			if cf == nil || !cf.died(r) {
+				return fmt.Errorf("a writer failed before the fault: %v", fails)
+			}
+			r.notef("the armed %s crashed in the writers' warm-up: %v", cf.host, fails)
+		}
+		if err := hold(ctx, r.spec.Lead); err != nil {
+			return err
+		}
 	}
 	r.injected = time.Now()
 	if err := f.inject(ctx, r); err != nil {
@@ -425,6 +447,12 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 		return fmt.Errorf("undo %s: %w", r.spec.Kind, err)
 	}
 	r.undone = time.Now()
+	if cf != nil {
+		res.Crash = cf.outcome
+		if cf.outcome == crashElsewhere {
+			res.fail("%s", cf.detail)
+		}
+	}
 	if err := c.settle(ctx, r); err != nil {
 		return err
 	}

@@ -12,11 +12,16 @@ import (
 // the fault is in place; undo ends it as the runbook says (restart what was
 // killed, heal the network, continue what was stopped). What the operator
 // does in between (a failover) and after (waiting for the pair to serve
-// and resync) is the runbook's, not the fault's. Failpoint crashes and
-// disk faults are further implementations.
+// and resync) is the runbook's, not the fault's.
 type fault interface {
 	inject(ctx context.Context, r *roundRun) error
 	undo(ctx context.Context, r *roundRun) error
+}
+
+// armer is a fault that prepares the pair before the round's writers
+// start (a crash-point round restarts a daemon with its point armed).
+type armer interface {
+	arm(ctx context.Context, r *roundRun) error
 }
 
 // newFault returns the action of spec's kind.
@@ -32,6 +37,8 @@ func newFault(spec faultSpec) (fault, error) {
 		return stopFault{}, nil
 	case "swap":
 		return swapFault{}, nil
+	case "crash":
+		return &crashFault{}, nil
 	}
 	return nil, fmt.Errorf("no fault of kind %q", spec.Kind)
 }

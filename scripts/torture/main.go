@@ -44,6 +44,7 @@ type options struct {
 	rawRate     int
 	keep        bool
 	daemonArgs  listFlag
+	only        []string // --kinds: the fault kinds to play, all if empty
 }
 
 // listFlag is a repeatable string flag.
@@ -70,11 +71,20 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.rawRate, "raw-rate", 1000, "writes per second of the raw writer (0: as fast as it can)")
 	fs.Var(&o.daemonArgs, "daemon-arg", "one more flag for both daemons, repeatable; e.g. --daemon-arg=--activity-log=false (unsafe) shows that the checker catches a divergence")
 	fs.BoolVar(&o.keep, "keep", false, "keep the volumes after a campaign without failures (the logs are always kept)")
+	kinds := fs.String("kinds", "", "`KIND,...`: play only these kinds of fault (default: all; see docs/reliability.md, \"The faults\")")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *kinds != "" {
+		for _, k := range strings.Split(*kinds, ",") {
+			if kindOf(k).action == "" {
+				return o, fmt.Errorf("--kinds: no fault kind %q", k)
+			}
+			o.only = append(o.only, k)
+		}
 	}
 	if *seed != "" {
 		if _, err := fmt.Sscan(*seed, &o.seed); err != nil {
@@ -162,7 +172,7 @@ func realMain() int {
 	}
 	defer c.ledger.Close()
 
-	sched := schedule(opt.seed, opt.rounds)
+	sched := schedule(opt.seed, opt.rounds, opt.mode, opt.only)
 	commit := gitCommit()
 	c.logf("ldmirror torture: seed %d, mode %s, %d rounds, recovery %s, commit %s, load average %s",
 		opt.seed, opt.mode, opt.rounds, opt.recovery, commit, loadAverage())
@@ -301,6 +311,9 @@ func replayCommand(opt options, rounds int) string {
 	}
 	if opt.mode == "async" && opt.journalSize != "8MiB" {
 		cmd += " --journal-size " + opt.journalSize
+	}
+	if len(opt.only) > 0 {
+		cmd += " --kinds " + strings.Join(opt.only, ",")
 	}
 	for _, a := range opt.daemonArgs {
 		cmd += " --daemon-arg=" + a

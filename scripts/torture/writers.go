@@ -186,8 +186,12 @@ func startWorkload(ws ...writer) *workload {
 	return l
 }
 
-// stopOne stops the writer called name and waits until it returned.
+// stopOne stops the writer called name, if the workload has one, and
+// waits until it returned.
 func (l *workload) stopOne(ctx context.Context, name string) error {
+	if l.stops[name] == nil {
+		return nil
+	}
 	select {
 	case <-l.stops[name]:
 	default:
