@@ -37,6 +37,11 @@ const (
 	// (last_error "peer refused") before it applies docs/operations.md's
 	// remedy.
 	refusalGrace = 10 * time.Second
+	// unlinkedGrace is how long, once the fault is undone, a serving
+	// primary may stay without its running peer, which neither refuses it
+	// nor has a failed disk, before the operator restarts the peer's
+	// daemon: more than the runbook (docs/reliability.md, Findings).
+	unlinkedGrace = 20 * time.Second
 	// keepRounds is how many rounds' directories of record files stay on
 	// the file system, re-verified every round.
 	keepRounds = 3
@@ -58,19 +63,23 @@ type campaign struct {
 	ledger *ledgerFile
 	raw    *rawWriter
 	ext4   *fileWriter
-	// rawBase is the record number each slot of the raw region held after
-	// the last check (noRecord: none).
-	rawBase []int64
+	// grow writes the growth region in disk-full rounds only (disk.go).
+	grow *rawWriter
 	// retained are the record files of earlier rounds still on the file
 	// system, checked again every round.
 	retained map[int][]uint64
 	fsBlocks int // the file system's size in 4 KiB blocks; the raw region follows
 
 	primary string // the primary at the end of the last round
-	mnt     string
-	dev     string   // loop device the campaign attached, "" if none
-	devFile *os.File // dev held open, so that no one else's detach takes it
-	mounted bool
+	// disks are the data hosts' volume file systems (disk.go).
+	disks map[string]disk
+	// keepVolumes: copy the volumes off the disks before they are
+	// unmounted (a failure, --keep).
+	keepVolumes bool
+	mnt         string
+	dev         string   // loop device the campaign attached, "" if none
+	devFile     *os.File // dev held open, so that no one else's detach takes it
+	mounted     bool
 	// wl is the last round's workload: after an abort, main waits for its
 	// writers once the daemons are gone.
 	wl *workload
@@ -101,6 +110,17 @@ type roundRun struct {
 	// refusals are the times the primary refused its peer and the runbook
 	// discarded the peer's data to go on.
 	refusals []string
+	// restarts are the times the primary could not reach its running
+	// peer and the operator restarted the peer's daemon.
+	restarts []string
+	// A disk-full round: the host whose disk was filled, whether its disk
+	// failed, whether it was the primary's (which hands the role over).
+	diskHost             string
+	diskFailed, handOver bool
+	// strayDisk: a disk failed that the round did not fill.
+	strayDisk   bool
+	attachTried map[string]time.Time
+	attached    []string // hosts attach-disk took back
 }
 
 func (r *roundRun) notef(format string, args ...any) {
@@ -128,13 +148,17 @@ func (c *campaign) setup(ctx context.Context) error {
 		return err
 	}
 	c.lab = netns.NewLab(c.o, "a", "b", "w")
+	if err := c.mountDisks(ctx, c.opt.size+c.opt.headroom); err != nil {
+		return err
+	}
 	var daemonX []string
 	daemonX = append(daemonX, "--mode", c.opt.mode)
 	if c.opt.mode == "async" {
 		daemonX = append(daemonX, "--journal-size", c.opt.journalSize)
 	}
 	daemonX = append(daemonX, c.opt.daemonArgs...)
-	h, err := newHosts(ctx, c.lab, bin, filepath.Join(c.root, "vol"), c.logs, strconv.FormatInt(c.opt.size, 10), daemonX, c.logf)
+	dirs := map[string]string{"a": c.disks["a"].volDir(), "b": c.disks["b"].volDir(), "w": filepath.Join(c.root, "w")}
+	h, err := newHosts(ctx, c.lab, bin, c.root, c.logs, strconv.FormatInt(c.opt.size, 10), dirs, daemonX, c.logf)
 	if err != nil {
 		return err
 	}
@@ -162,11 +186,14 @@ func (c *campaign) setup(ctx context.Context) error {
 	}
 	blocks := int(c.opt.size / recordSize)
 	c.fsBlocks = blocks * 3 / 4
-	if c.raw, err = newRawWriter(c.ledger, c.fsBlocks, blocks-c.fsBlocks, c.opt.rawRate); err != nil {
+	growFirst := blocks - growBlocks
+	if c.raw, err = newRawWriter(c.ledger, rawWriterID, "raw", c.fsBlocks, growFirst-c.fsBlocks, c.opt.rawRate); err != nil {
+		return err
+	}
+	if c.grow, err = newRawWriter(c.ledger, growWriterID, "grow", growFirst, growBlocks, growRate); err != nil {
 		return err
 	}
 	c.ext4 = newFileWriter(c.ledger)
-	c.rawBase = slices.Repeat([]int64{noRecord}, blocks-c.fsBlocks)
 	c.retained = map[int][]uint64{}
 	if err := c.attach(ctx, "a"); err != nil {
 		return err
@@ -182,7 +209,8 @@ func (c *campaign) setup(ctx context.Context) error {
 		return err
 	}
 	c.smp.drain()
-	c.logf("setup: a primary, b in sync; ext4 on blocks 0-%d, raw records on blocks %d-%d", c.fsBlocks-1, c.fsBlocks, blocks-1)
+	c.logf("setup: a primary, b in sync; ext4 on blocks 0-%d, raw records on blocks %d-%d, the growth region on blocks %d-%d",
+		c.fsBlocks-1, c.fsBlocks, growFirst-1, growFirst, blocks-1)
 	return nil
 }
 
@@ -312,6 +340,9 @@ func (r *roundRun) teardown(ctx context.Context) error {
 	return nil
 }
 
+// slotWriters are the writers of records to fixed regions of the volume.
+func (c *campaign) slotWriters() []*rawWriter { return []*rawWriter{c.raw, c.grow} }
+
 // roundDir is the directory of round n's record files.
 func (c *campaign) roundDir(n int) string { return filepath.Join(c.mnt, fmt.Sprintf("r%04d", n)) }
 
@@ -348,6 +379,7 @@ func (c *campaign) prepare(ctx context.Context, r *roundRun) error {
 		return err
 	}
 	c.raw.beginOn(r.n, r.P, c.exportFile(r.P))
+	c.grow.beginOn(r.n, r.P, c.exportFile(r.P))
 	c.ext4.beginIn(r.n, r.P, dir)
 	r.wl = startWorkload(c.raw, c.ext4)
 	c.wl = r.wl
@@ -407,6 +439,7 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 		// round is its recovery alone.
 		r.notef("%s died before the writers started", cf.host)
 		c.raw.begin(r.n, r.P)
+		c.grow.begin(r.n, r.P)
 		c.ext4.begin(r.n, r.P)
 		r.wl = startWorkload()
 		c.wl = r.wl
@@ -461,10 +494,15 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 	}
 	c.primary = r.final
 	res.Final = r.final
+	res.DiskFailed, res.StrayDisk, res.Attached = r.diskFailed, r.strayDisk, len(r.attached)
 	res.Recovery = r.redundantAt.Sub(r.injected)
 	res.MovedBy = r.movedBy
 	for _, f := range r.refusals {
 		res.Refusals++
+		res.fail("recovery needed more than the runbook: %s", f)
+	}
+	for _, f := range r.restarts {
+		res.Restarts++
 		res.fail("recovery needed more than the runbook: %s", f)
 	}
 	note, err := c.quiesce(ctx, r.final)
@@ -528,7 +566,7 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 	var last string
 	var cv *clusterView // the leader's state, refetched when a host knows a newer epoch
 	var stuck error     // the deposed primary's writers did not return
-	var refused time.Time
+	var refused, unlinked time.Time
 	err := waitFor(ctx, settleLimit, "a primary serving with its peer uptodate and in sync", func() bool {
 		sts := map[string]node.Status{}
 		newest := uint64(0)
@@ -540,6 +578,7 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 			}
 			sts[h] = st
 			newest = max(newest, st.Epoch)
+			c.attachDisks(ctx, r, h, nodeDisk{disk: st.Disk, primary: st.Role == cluster.RolePrimary, lastError: st.LastError})
 		}
 		if cv == nil || newest > cv.Volume.Epoch {
 			v, err := c.consistentState(ctx)
@@ -589,7 +628,22 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 		if !(p.Link == node.LinkConnected && p.Replication == "replicating" && p.PeerDisk == "uptodate" &&
 			sok && s.Role == cluster.RoleSecondary && s.Epoch >= epoch) {
 			last = fmt.Sprintf("%s serves; %s: %s; %s: %s", named, named, brief(p), other(named), brief(s))
-			if p.Link == node.LinkConnected || !strings.Contains(p.LastError, "peer refused") {
+			// A peer whose disk failed refuses the primary until the
+			// runbook's attach-disk (attachDisks), not a split brain.
+			peerDiskFailed := sok && s.Disk == cluster.DiskFailed
+			if p.Link != node.LinkConnected && sok && !peerDiskFailed && !strings.Contains(p.LastError, "peer refused") {
+				if unlinked.IsZero() {
+					unlinked = time.Now()
+				} else if time.Since(unlinked) > unlinkedGrace {
+					if stuck = c.restartPeer(ctx, r, named, p.LastError, s); stuck != nil {
+						return true
+					}
+					unlinked = time.Time{}
+				}
+			} else {
+				unlinked = time.Time{}
+			}
+			if p.Link == node.LinkConnected || peerDiskFailed || !strings.Contains(p.LastError, "peer refused") {
 				refused = time.Time{}
 				return false
 			}
@@ -615,6 +669,11 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 	}
 	if r.final != r.P && r.movedBy == "" {
 		r.movedBy = "promote"
+		if r.handOver {
+			// docs/operations.md: the primary whose disk failed hands the
+			// role to a peer that holds every acknowledged write.
+			r.movedBy = "hand-over"
+		}
 	}
 	return nil
 }
@@ -636,6 +695,21 @@ func (c *campaign) discardPeer(ctx context.Context, r *roundRun, primary, why st
 		return err
 	}
 	r.notef("%s", strings.TrimSpace(out))
+	return c.h.start(ctx, peer, r.n)
+}
+
+// restartPeer is what an operator tries when the primary stays without
+// its peer although the peer's daemon runs and neither refuses it nor
+// reports a failed disk: restart the peer's daemon (SIGTERM, start). The
+// round fails: the runbook has no such step.
+func (c *campaign) restartPeer(ctx context.Context, r *roundRun, primary, why string, st node.Status) error {
+	peer := other(primary)
+	r.restarts = append(r.restarts, fmt.Sprintf("%s stayed without its running peer %s for %v after the fault was undone (%s; %s: %s): restarted %s's daemon",
+		primary, peer, unlinkedGrace, why, peer, brief(st), peer))
+	r.notef("operator: %s stays without %s (%s; %s: %s); restarting %s's daemon", primary, peer, why, peer, brief(st), peer)
+	if err := c.h.stop(ctx, peer); err != nil {
+		return err
+	}
 	return c.h.start(ctx, peer, r.n)
 }
 

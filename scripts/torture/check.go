@@ -28,16 +28,19 @@ type writerVerdict struct {
 func (c *campaign) check(ctx context.Context, r *roundRun, res *roundResult) error {
 	p := r.final
 	res.samples = sortedSamples(c.smp.drain())
-	rawH, fileH := c.raw.history(), c.ext4.history()
+	fileH := c.ext4.history()
 
-	obs, foreign, err := c.readRaw(filepath.Join(c.h.dir[p], "volume.img"))
-	if err != nil {
-		return err
+	for _, w := range c.slotWriters() {
+		h := w.history()
+		obs, foreign, err := readSlots(filepath.Join(c.h.dir[p], "volume.img"), w)
+		if err != nil {
+			return err
+		}
+		v := writerVerdict{Name: w.name(), prefixResult: checkSlots(w.base, obs, h), hist: h}
+		v.Errors = append(v.Errors, foreign...)
+		w.base = obs
+		res.writers = append(res.writers, v)
 	}
-	rv := writerVerdict{Name: c.raw.name(), prefixResult: checkSlots(c.rawBase, obs, rawH), hist: rawH}
-	rv.Errors = append(rv.Errors, foreign...)
-	c.rawBase = obs
-	res.writers = append(res.writers, rv)
 
 	fv, err := c.checkFS(ctx, r, res, fileH)
 	if err != nil {
@@ -64,28 +67,28 @@ func (c *campaign) check(ctx context.Context, r *roundRun, res *roundResult) err
 	return c.ledger.flush()
 }
 
-// readRaw reads the raw region of a backing file: the record number of the
-// raw writer in each slot (noRecord if the block holds none), and an
-// error for every block that holds another writer's record.
-func (c *campaign) readRaw(path string) ([]int64, []error, error) {
+// readSlots reads w's region of a backing file: the record number of w in
+// each slot (noRecord if the block holds none), and an error for every
+// block that holds another writer's record.
+func readSlots(path string, w *rawWriter) ([]int64, []error, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
-	buf := make([]byte, c.raw.slots*recordSize)
-	if _, err := f.ReadAt(buf, int64(c.raw.first)*recordSize); err != nil {
-		return nil, nil, fmt.Errorf("read the raw region of %s: %w", path, err)
+	buf := make([]byte, w.slots*recordSize)
+	if _, err := f.ReadAt(buf, int64(w.first)*recordSize); err != nil {
+		return nil, nil, fmt.Errorf("read the %s region of %s: %w", w.name(), path, err)
 	}
-	obs := make([]int64, c.raw.slots)
+	obs := make([]int64, w.slots)
 	var foreign []error
 	for s := range obs {
 		obs[s] = noRecord
 		id, _, ok := decodeRecord(buf[s*recordSize:])
 		switch {
 		case !ok:
-		case id.Writer != c.raw.id:
-			foreign = append(foreign, fmt.Errorf("slot %d holds %s, a record of another writer", s, id))
+		case id.Writer != w.id:
+			foreign = append(foreign, fmt.Errorf("slot %d of the %s region holds %s, a record of another writer", s, w.name(), id))
 		default:
 			obs[s] = int64(id.K)
 		}

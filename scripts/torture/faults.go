@@ -39,6 +39,8 @@ func newFault(spec faultSpec) (fault, error) {
 		return swapFault{}, nil
 	case "crash":
 		return &crashFault{}, nil
+	case "disk":
+		return &diskFault{}, nil
 	}
 	return nil, fmt.Errorf("no fault of kind %q", spec.Kind)
 }

@@ -72,11 +72,13 @@ type hosts struct {
 	logf    func(format string, args ...any)
 }
 
-// newHosts creates the volumes (size each) and the certificates under root.
-func newHosts(ctx context.Context, lab *netns.Lab, bin, root, logDir, size string, daemonX []string, logf func(string, ...any)) (*hosts, error) {
-	h := &hosts{lab: lab, bin: bin, logDir: logDir, daemonX: daemonX, procs: map[string]*proc{}, runs: map[string]int{}, logf: logf,
-		dir: map[string]string{"a": filepath.Join(root, "a"), "b": filepath.Join(root, "b"), "w": filepath.Join(root, "w")}}
-	out, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["a"], "--size", size)
+// newHosts creates sparse volumes (size each) in dirs["a"] and dirs["b"]
+// (docs/operations.md, "A failing disk": a sparse backing file meets a
+// full file system as ENOSPC), the witness's directory dirs["w"] and the
+// certificates under root.
+func newHosts(ctx context.Context, lab *netns.Lab, bin, root, logDir, size string, dirs map[string]string, daemonX []string, logf func(string, ...any)) (*hosts, error) {
+	h := &hosts{lab: lab, bin: bin, logDir: logDir, daemonX: daemonX, procs: map[string]*proc{}, runs: map[string]int{}, logf: logf, dir: dirs}
+	out, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["a"], "--size", size, "--sparse")
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +86,7 @@ func newHosts(ctx context.Context, lab *netns.Lab, bin, root, logDir, size strin
 	if id == "" {
 		return nil, fmt.Errorf("ldmirror init printed no volume uuid: %q", out)
 	}
-	if _, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["b"], "--size", size, "--volume-uuid", id); err != nil {
+	if _, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["b"], "--size", size, "--volume-uuid", id, "--sparse"); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(h.dir["w"], 0o700); err != nil {

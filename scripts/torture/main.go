@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +41,7 @@ type options struct {
 	recovery    string
 	dir         string
 	size        int64 // bytes
+	headroom    int64 // bytes of each data host's file system beyond the volume
 	journalSize string
 	rawRate     int
 	keep        bool
@@ -66,7 +68,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.mode, "mode", "sync", "replication mode of both daemons: sync or async")
 	fs.StringVar(&o.recovery, "recovery", "runbook", "who recovers: runbook (the operator of docs/cluster.md); agent is not implemented")
 	fs.StringVar(&o.dir, "dir", "/var/tmp/ldmirror-torture", "`DIR` under which each campaign gets a directory of its own")
-	sizeMiB := fs.Int("size-mib", 128, "volume size in MiB (ext4 on the first 3/4, raw records on the rest)")
+	sizeMiB := fs.Int("size-mib", 128, "volume size in MiB (ext4 on the first 3/4, raw records on the rest but the last MiB, the growth region)")
+	headroomMiB := fs.Int("disk-headroom-mib", 48, "each data host's file system (a tmpfs) is this much larger than the volume: room for its metadata, raft log and journal, which a disk-full round takes")
 	fs.StringVar(&o.journalSize, "journal-size", "8MiB", "async: the journal size (small, so that catch-up and overflow both happen)")
 	fs.IntVar(&o.rawRate, "raw-rate", 1000, "writes per second of the raw writer (0: as fast as it can)")
 	fs.Var(&o.daemonArgs, "daemon-arg", "one more flag for both daemons, repeatable; e.g. --daemon-arg=--activity-log=false (unsafe) shows that the checker catches a divergence")
@@ -108,7 +111,10 @@ func parseFlags(args []string) (options, error) {
 	case *sizeMiB < 32 || *sizeMiB%4 != 0:
 		return o, fmt.Errorf("--size-mib %d: want a multiple of 4, at least 32", *sizeMiB)
 	}
-	o.size = int64(*sizeMiB) << 20
+	if *headroomMiB < 16 {
+		return o, fmt.Errorf("--disk-headroom-mib %d: want at least 16 (the metadata, the raft log, an async journal)", *headroomMiB)
+	}
+	o.size, o.headroom = int64(*sizeMiB)<<20, int64(*headroomMiB)<<20
 	return o, nil
 }
 
@@ -191,6 +197,7 @@ func realMain() int {
 
 	start := time.Now()
 	runErr := c.run(ctx, sched)
+	c.keepVolumes = opt.keep || runErr != nil || slices.ContainsFunc(c.results, (*roundResult).failed)
 	c.o.runCleanups()
 	if c.wl != nil {
 		// With the daemons gone every write returns: wait for the writers.
@@ -309,6 +316,9 @@ func replayCommand(opt options, rounds int) string {
 	if opt.size != 128<<20 {
 		cmd += fmt.Sprintf(" --size-mib %d", opt.size>>20)
 	}
+	if opt.headroom != 48<<20 {
+		cmd += fmt.Sprintf(" --disk-headroom-mib %d", opt.headroom>>20)
+	}
 	if opt.mode == "async" && opt.journalSize != "8MiB" {
 		cmd += " --journal-size " + opt.journalSize
 	}
@@ -326,7 +336,7 @@ func preflight() error {
 	if err := netns.Available(); err != nil {
 		return err
 	}
-	for _, tool := range []string{"nsenter", "mkfs.ext4", "e2fsck", "mount", "umount"} {
+	for _, tool := range []string{"nsenter", "mkfs.ext4", "e2fsck", "mount", "umount", "fallocate", "cp"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("needs %s: %w", tool, err)
 		}

@@ -23,6 +23,7 @@ type roundResult struct {
 	DiffBlocks  int
 	GenMismatch bool // in sync by every other account, but the generations differed
 	Refusals    int  // the primary refused its peer: resolved by discarding the peer
+	Restarts    int  // the primary stayed without its running peer: the peer's daemon restarted
 	// LateLost are lost writes acknowledged more than --timeout after the
 	// primary lost its peer (async).
 	LateLost int
@@ -31,15 +32,20 @@ type roundResult struct {
 	SuspendedPartition bool
 	FsckFailed         bool
 	// Crash is what became of a crash-point round's armed point.
-	Crash           crashOutcome
-	SplitBrains     []string
-	StaleAcks       int // writes the deposed primary acknowledged after its successor served
-	Failures, Notes []string
-	Aborted         bool
-	writers         []writerVerdict
-	samples         []sample
-	lossNotes       []string
-	boundNote       string
+	Crash crashOutcome
+	// DiskFailed: the disk a disk-full round filled failed; StrayDisk: a
+	// disk the round did not fill failed; Attached: attach-disk runs that
+	// took a disk back.
+	DiskFailed, StrayDisk bool
+	Attached              int
+	SplitBrains           []string
+	StaleAcks             int // writes the deposed primary acknowledged after its successor served
+	Failures, Notes       []string
+	Aborted               bool
+	writers               []writerVerdict
+	samples               []sample
+	lossNotes             []string
+	boundNote             string
 }
 
 func (r *roundResult) fail(format string, args ...any) {
@@ -90,9 +96,11 @@ type summary struct {
 	Divergent, Fsck          int
 	SplitBrain, StaleAcks    int
 	GenMismatch              int
-	Refusals                 int
+	Refusals, Restarts       int
 	SuspendedPartitions      int
 	LateLost, LateRounds     int
+	DiskRounds, DiskFailed   int
+	StrayDisks, Attached     int
 	// Points counts the crash-point rounds by point and outcome.
 	Points       map[string]map[crashOutcome]int
 	Aborted      bool
@@ -105,6 +113,16 @@ func summarize(results []*roundResult) summary {
 	for _, r := range results {
 		s.Rounds++
 		s.Faults[r.Spec.Kind]++
+		if kindOf(r.Spec.Kind).action == "disk" {
+			s.DiskRounds++
+		}
+		if r.DiskFailed {
+			s.DiskFailed++
+		}
+		if r.StrayDisk {
+			s.StrayDisks++
+		}
+		s.Attached += r.Attached
 		if r.Crash != "" {
 			if s.Points[r.Spec.Point] == nil {
 				s.Points[r.Spec.Point] = map[crashOutcome]int{}
@@ -137,6 +155,7 @@ func summarize(results []*roundResult) summary {
 			s.GenMismatch++
 		}
 		s.Refusals += r.Refusals
+		s.Restarts += r.Restarts
 		s.LateLost += r.LateLost
 		if r.LateLost > 0 {
 			s.LateRounds++
@@ -216,8 +235,10 @@ func (s summary) write(w io.Writer, mode string) {
 		{"e2fsck failures", fmt.Sprint(s.Fsck)},
 		{"rounds ending in sync with different generations", fmt.Sprint(s.GenMismatch)},
 		{"peer refused by the primary (resolved by resolve --discard-local)", fmt.Sprint(s.Refusals)},
+		{"primary without its running peer for 20 s after the fault was undone (resolved by restarting the peer)", fmt.Sprint(s.Restarts)},
 		{"two primaries in one epoch", fmt.Sprint(s.SplitBrain)},
 		{"crash points reached (of those armed; not reached is no failure)", crashes},
+		{"disks failed in disk-full rounds (of those rounds); attach-disk runs; disks failed in other rounds", fmt.Sprintf("%d of %d; %d; %d", s.DiskFailed, s.DiskRounds, s.Attached, s.StrayDisks)},
 		{"a-b partitions in which the primary acknowledged nothing after the first 3 s (of all a-b partitions)", fmt.Sprintf("%d of %d", s.SuspendedPartitions, s.Faults["partition-ab"])},
 		{"writes acknowledged by a deposed primary after its successor served", fmt.Sprint(s.StaleAcks)},
 		{"recovery (fault to primary serving, peer uptodate) p50 / p99 / max",

@@ -59,7 +59,7 @@ func (f faultSpec) String() string {
 // drawn from.
 type kind struct {
 	name    string
-	action  string   // kill, partition, isolate, stop, swap, crash
+	action  string   // kill, partition, isolate, stop, swap, crash, disk
 	targets []string // one is drawn
 	react   [2]time.Duration
 	hold    [2]time.Duration
@@ -98,6 +98,10 @@ func repertoire() []kind {
 			"the runbook's swap: stop the file system's writer, umount, detach, `ldmirror swap` while the raw writer writes"},
 		{"crash-point", "crash", []string{""}, dur(0, 0), dur(0, 2000),
 			"a daemon restarted with one crash point armed dies there (the writers, a peer loss, a resync or a swap lead it there); restarted unarmed after the hold"},
+		{"disk-full-secondary", "disk", []string{"secondary"}, dur(0, 0), dur(500, 3000),
+			"the secondary's file system filled, writes to blocks it has no space for: its disk fails (ENOSPC); the runbook frees the space and runs attach-disk"},
+		{"disk-full-primary", "disk", []string{"primary"}, dur(0, 0), dur(500, 3000),
+			"the primary's file system filled, writes to blocks it has no space for: its disk fails, it hands the role over; the runbook frees the space and runs attach-disk"},
 	}
 }
 
