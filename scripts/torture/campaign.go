@@ -65,6 +65,13 @@ type campaign struct {
 	ext4   *fileWriter
 	// grow writes the growth region in disk-full rounds only (disk.go).
 	grow *rawWriter
+	// dir is slapd and the retrier proxy, ldapw the writer through them
+	// (ldap.go); nil with --ldap-rate 0.
+	dir   *directory
+	ldapw *ldapWriter
+	// ldapKept are the adds of earlier rounds that were on the volume
+	// after their round: each round checks them again.
+	ldapKept []uint64
 	// retained are the record files of earlier rounds still on the file
 	// system, checked again every round.
 	retained map[int][]uint64
@@ -147,7 +154,8 @@ func (c *campaign) setup(ctx context.Context) error {
 	if err := buildBinary(ctx, bin); err != nil {
 		return err
 	}
-	c.lab = netns.NewLab(c.o, "a", "b", "w")
+	// c is the directory's client host: the retrier proxy runs there.
+	c.lab = netns.NewLab(c.o, "a", "b", "w", "c")
 	if err := c.mountDisks(ctx, c.opt.size+c.opt.headroom); err != nil {
 		return err
 	}
@@ -203,6 +211,15 @@ func (c *campaign) setup(ctx context.Context) error {
 	if _, err := run(ctx, 120*time.Second, "mkfs.ext4", "-q", "-F", "-b", "4096",
 		"-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", c.dev, strconv.Itoa(c.fsBlocks)); err != nil {
 		return err
+	}
+	if c.ldapEnabled() {
+		if err := c.mount(ctx); err != nil {
+			return err
+		}
+		if err := c.setupDirectory(ctx); err != nil {
+			return err
+		}
+		c.ldapw = newLDAPWriter(c.ledger, c.dir, c.opt.ldapRate)
 	}
 	c.releaseMount(ctx)
 	if _, err := c.quiesce(ctx, "a"); err != nil {
@@ -307,17 +324,35 @@ func (c *campaign) releaseMount(ctx context.Context) []string {
 	return notes
 }
 
-// releaseFS stops the file system's writer and releases the file system.
+// releaseFS stops the writers that use the file system (the ext4 writer,
+// the directory's client) and slapd, and releases the file system.
 func (r *roundRun) releaseFS(ctx context.Context) error {
 	wctx, cancel := context.WithTimeout(ctx, writerLimit)
 	defer cancel()
 	if err := r.wl.stopOne(wctx, r.c.ext4.name()); err != nil {
 		return err
 	}
+	if r.c.ldapw != nil {
+		if err := r.wl.stopOne(wctx, r.c.ldapw.name()); err != nil {
+			return err
+		}
+	}
+	r.stopSlapd()
 	for _, n := range r.c.releaseMount(ctx) {
 		r.notef("%s", n)
 	}
 	return nil
+}
+
+// stopSlapd stops the directory server, if one runs, before its file
+// system is released.
+func (r *roundRun) stopSlapd() {
+	if r.c.dir == nil {
+		return
+	}
+	if err := r.c.dir.stopSlapd(); err != nil {
+		r.notef("%v", err)
+	}
 }
 
 // teardown stops the writers and releases the file system, once.
@@ -334,6 +369,7 @@ func (r *roundRun) teardown(ctx context.Context) error {
 	for w, err := range r.wl.failures() {
 		r.notef("writer %s on %s ended: %v", w, r.P, err)
 	}
+	r.stopSlapd()
 	for _, n := range r.c.releaseMount(ctx) {
 		r.notef("%s", n)
 	}
@@ -381,7 +417,15 @@ func (c *campaign) prepare(ctx context.Context, r *roundRun) error {
 	c.raw.beginOn(r.n, r.P, c.exportFile(r.P))
 	c.grow.beginOn(r.n, r.P, c.exportFile(r.P))
 	c.ext4.beginIn(r.n, r.P, dir)
-	r.wl = startWorkload(c.raw, c.ext4)
+	ws := []writer{c.raw, c.ext4}
+	if c.ldapw != nil {
+		if err := c.dir.startSlapd(ctx, r.P); err != nil {
+			return err
+		}
+		c.ldapw.begin(r.n, r.P)
+		ws = append(ws, c.ldapw)
+	}
+	r.wl = startWorkload(ws...)
 	c.wl = r.wl
 	return nil
 }
@@ -441,6 +485,9 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 		c.raw.begin(r.n, r.P)
 		c.grow.begin(r.n, r.P)
 		c.ext4.begin(r.n, r.P)
+		if c.ldapw != nil {
+			c.ldapw.begin(r.n, r.P)
+		}
 		r.wl = startWorkload()
 		c.wl = r.wl
 	} else {

@@ -42,11 +42,14 @@ func (c *campaign) check(ctx context.Context, r *roundRun, res *roundResult) err
 		res.writers = append(res.writers, v)
 	}
 
-	fv, err := c.checkFS(ctx, r, res, fileH)
+	fv, lv, err := c.checkFS(ctx, r, res, fileH)
 	if err != nil {
 		return err
 	}
 	res.writers = append(res.writers, fv)
+	if c.ldapw != nil {
+		res.writers = append(res.writers, lv)
+	}
 
 	// mount and e2fsck wrote to the volume: wait until the peer has it all.
 	if _, err := c.quiesce(ctx, p); err != nil {
@@ -98,20 +101,32 @@ func readSlots(path string, w *rawWriter) ([]int64, []error, error) {
 
 // checkFS mounts the file system on the primary (which replays its
 // journal, as a directory server's restart would), checks the record files
-// of this round and of the rounds kept, unmounts it and runs e2fsck -fn.
-func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h history) (writerVerdict, error) {
-	v := writerVerdict{Name: c.ext4.name(), hist: h}
+// of this round and of the rounds kept and the directory's entries,
+// unmounts it and runs e2fsck -fn.
+func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h history) (v, lv writerVerdict, err error) {
+	v = writerVerdict{Name: c.ext4.name(), hist: h}
+	var lh history
+	if c.ldapw != nil {
+		lh = c.ldapw.history()
+		lv = writerVerdict{Name: c.ldapw.name(), hist: lh}
+	}
 	if err := c.attach(ctx, r.final); err != nil {
-		return v, err
+		return v, lv, err
 	}
 	defer c.releaseMount(ctx)
 	if err := c.mount(ctx); err != nil {
 		res.fail("mount of the file system on %s: %v", r.final, err)
 		v.prefixResult = checkFiles(h, func(uint64) bool { return false })
+		lv.prefixResult = checkFiles(lh, func(uint64) bool { return false })
 	} else {
 		v.prefixResult = c.verifyFiles(r, h)
+		if c.ldapw != nil {
+			if lv, err = c.checkLDAP(ctx, r, lh); err != nil {
+				return v, lv, err
+			}
+		}
 		if _, err := run(ctx, 60*time.Second, "umount", c.mnt); err != nil {
-			return v, err
+			return v, lv, err
 		}
 		c.mounted = false
 	}
@@ -120,7 +135,7 @@ func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h
 	_ = os.MkdirAll(dir, 0o755)
 	_ = os.WriteFile(filepath.Join(dir, "fsck.txt"), []byte(out), 0o644)
 	if err == nil {
-		return v, nil
+		return v, lv, nil
 	}
 	res.FsckFailed = true
 	res.fail("e2fsck -fn on %s's file system: %v", r.final, firstLines(err.Error(), 8))
@@ -130,15 +145,25 @@ func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h
 	_ = os.WriteFile(filepath.Join(dir, "fsck-repair.txt"), []byte(fix), 0o644)
 	if _, err := run(ctx, 300*time.Second, "e2fsck", "-fn", c.dev); err == nil {
 		r.notef("e2fsck -fy repaired the file system (%v)", ferr)
-		return v, nil
+		return v, lv, nil
 	}
 	if _, err := run(ctx, 120*time.Second, "mkfs.ext4", "-q", "-F", "-b", "4096",
 		"-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", c.dev, strconv.Itoa(c.fsBlocks)); err != nil {
-		return v, err
+		return v, lv, err
 	}
 	clear(c.retained)
 	r.notef("e2fsck -fy could not repair the file system: made a new one")
-	return v, nil
+	if c.dir != nil {
+		// The directory starts again, empty.
+		c.ldapKept = nil
+		if err := c.mount(ctx); err != nil {
+			return v, lv, err
+		}
+		if err := c.dir.seed(ctx); err != nil {
+			return v, lv, err
+		}
+	}
+	return v, lv, nil
 }
 
 // verifyFiles checks the record files on the mounted file system: this

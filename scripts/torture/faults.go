@@ -41,6 +41,8 @@ func newFault(spec faultSpec) (fault, error) {
 		return &crashFault{}, nil
 	case "disk":
 		return &diskFault{}, nil
+	case "slapd":
+		return slapdFault{}, nil
 	}
 	return nil, fmt.Errorf("no fault of kind %q", spec.Kind)
 }
@@ -152,3 +154,33 @@ func (swapFault) inject(ctx context.Context, r *roundRun) error {
 }
 
 func (swapFault) undo(context.Context, *roundRun) error { return nil }
+
+// slapdFault: kill -9 of slapd on the primary; the runbook starts it again
+// on the same file system at undo (LMDB needs no recovery: every commit
+// is durable or not there).
+type slapdFault struct{}
+
+func (slapdFault) inject(_ context.Context, r *roundRun) error {
+	if r.c.dir == nil || r.c.dir.slapd == nil {
+		r.notef("no slapd runs: nothing to kill")
+		return nil
+	}
+	host := r.c.dir.host
+	if err := r.c.dir.killSlapd(); err != nil {
+		return err
+	}
+	r.notef("killed slapd on %s", host)
+	return nil
+}
+
+func (slapdFault) undo(ctx context.Context, r *roundRun) error {
+	if r.c.dir == nil || !r.c.mounted || r.tornDown {
+		return nil
+	}
+	if err := r.c.dir.startSlapd(ctx, r.P); err != nil {
+		r.notef("slapd did not start again on %s: %v", r.P, err)
+		return nil
+	}
+	r.notef("started slapd on %s again", r.P)
+	return nil
+}

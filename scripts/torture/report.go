@@ -91,6 +91,7 @@ type summary struct {
 	Elapsed                  time.Duration
 	Faults                   map[string]int
 	Acked, AckedRaw, AckedFS int
+	AckedLDAP                int
 	Lost, LostAllowedRounds  int
 	BeyondBound, Holes       int
 	Divergent, Fsck          int
@@ -131,9 +132,12 @@ func summarize(results []*roundResult) summary {
 		}
 		s.Acked += r.Acked
 		for _, w := range r.writers {
-			if w.Name == "raw" {
+			switch w.Name {
+			case "raw", "grow":
 				s.AckedRaw += w.Acked
-			} else {
+			case "ldap":
+				s.AckedLDAP += w.Acked
+			default:
 				s.AckedFS += w.Acked
 			}
 		}
@@ -228,7 +232,7 @@ func (s summary) write(w io.Writer, mode string) {
 		{"rounds", rounds},
 		{"elapsed", s.Elapsed.Round(time.Second).String()},
 		{"faults by kind", strings.Join(fk, ", ")},
-		{"acknowledged writes", fmt.Sprintf("%d (raw %d, ext4 files %d)", s.Acked, s.AckedRaw, s.AckedFS)},
+		{"acknowledged writes", fmt.Sprintf("%d (raw %d, ext4 files %d, LDAP adds %d)", s.Acked, s.AckedRaw, s.AckedFS, s.AckedLDAP)},
 		{"lost acknowledged writes", lost},
 		{"writers whose records are no prefix", fmt.Sprint(s.Holes)},
 		{"divergent volumes (rounds)", fmt.Sprint(s.Divergent)},

@@ -59,7 +59,7 @@ func (f faultSpec) String() string {
 // drawn from.
 type kind struct {
 	name    string
-	action  string   // kill, partition, isolate, stop, swap, crash, disk
+	action  string   // kill, partition, isolate, stop, swap, crash, disk, slapd
 	targets []string // one is drawn
 	react   [2]time.Duration
 	hold    [2]time.Duration
@@ -102,6 +102,8 @@ func repertoire() []kind {
 			"the secondary's file system filled, writes to blocks it has no space for: its disk fails (ENOSPC); the runbook frees the space and runs attach-disk"},
 		{"disk-full-primary", "disk", []string{"primary"}, dur(0, 0), dur(500, 3000),
 			"the primary's file system filled, writes to blocks it has no space for: its disk fails, it hands the role over; the runbook frees the space and runs attach-disk"},
+		{"kill-slapd", "slapd", []string{"primary"}, dur(0, 0), dur(0, 3000),
+			"kill -9 of slapd on the primary; the operator starts it again after the hold"},
 	}
 }
 
