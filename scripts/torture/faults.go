@@ -43,6 +43,8 @@ func newFault(spec faultSpec) (fault, error) {
 		return &diskFault{}, nil
 	case "slapd":
 		return slapdFault{}, nil
+	case "oneway":
+		return &onewayFault{}, nil
 	}
 	return nil, fmt.Errorf("no fault of kind %q", spec.Kind)
 }
@@ -97,6 +99,23 @@ func (partitionFault) inject(_ context.Context, r *roundRun) error {
 
 func (partitionFault) undo(_ context.Context, r *roundRun) error {
 	r.c.lab.Heal("a", "b")
+	return nil
+}
+
+// onewayFault: the packets of one host to another are dropped, one way
+// only (netns.Lab.DropFrom); the target is "from>to" in roles.
+type onewayFault struct{ from, to string }
+
+func (f *onewayFault) inject(_ context.Context, r *roundRun) error {
+	from, to, _ := strings.Cut(r.spec.Target, ">")
+	f.from, f.to = r.hostsOf(from)[0], r.hostsOf(to)[0]
+	r.c.lab.DropFrom(f.from, f.to)
+	r.notef("%s drops what %s sends", f.to, f.from)
+	return nil
+}
+
+func (f *onewayFault) undo(_ context.Context, r *roundRun) error {
+	r.c.lab.UndropFrom(f.from, f.to)
 	return nil
 }
 

@@ -15,7 +15,7 @@ import (
 type faultSpec struct {
 	Round  int
 	Kind   string
-	Target string        // primary, secondary, witness, all; "" for partition-ab and swap
+	Target string        // primary, secondary, witness, all, from>to (one way); "" for partition-ab and swap
 	Lead   time.Duration // the writers run this long (after a warm-up) before the fault
 	// React is how long the operator takes, in a failover kind, to notice
 	// that the primary is gone and promote its peer.
@@ -59,7 +59,7 @@ func (f faultSpec) String() string {
 // drawn from.
 type kind struct {
 	name    string
-	action  string   // kill, partition, isolate, stop, swap, crash, disk, slapd
+	action  string   // kill, partition, oneway, isolate, stop, swap, crash, disk, slapd
 	targets []string // one is drawn
 	react   [2]time.Duration
 	hold    [2]time.Duration
@@ -86,6 +86,8 @@ func repertoire() []kind {
 			"kill -9 of one process, restarted only after 2 to 6 s, no failover"},
 		{"partition-ab", "partition", []string{""}, dur(0, 0), dur(500, 5000),
 			"a and b drop each other's packets (both still reach w), healed after the hold"},
+		{"partition-oneway", "oneway", []string{"primary>secondary", "secondary>primary", "primary>witness", "witness>primary"}, dur(0, 0), dur(500, 5000),
+			"one host drops what another sends (nftables, one direction only), healed after the hold"},
 		{"isolate-primary-failover", "isolate", []string{"primary"}, dur(1000, 2500), dur(0, 3000),
 			"the primary's link down (cut from b and w); the operator promotes the secondary; the link comes back after the hold"},
 		{"isolate-heal", "isolate", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(200, 5000),
