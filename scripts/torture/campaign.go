@@ -202,6 +202,19 @@ func (c *campaign) roundDir(n int) string { return filepath.Join(c.mnt, fmt.Spri
 
 // prepare mounts the file system on the round's primary, removes the
 // record files of rounds no longer kept, and starts the writers.
+// withoutWriters begins the round with no writer: the armed daemon crashed
+// before they could start, so the round is its recovery alone.
+func (c *campaign) withoutWriters(r *roundRun) {
+	c.raw.begin(r.n, r.P)
+	c.grow.begin(r.n, r.P)
+	c.ext4.begin(r.n, r.P)
+	if c.ldapw != nil {
+		c.ldapw.begin(r.n, r.P)
+	}
+	r.wl = startWorkload()
+	c.wl = r.wl
+}
+
 func (c *campaign) prepare(ctx context.Context, r *roundRun) error {
 	if err := c.attach(ctx, r.P); err != nil {
 		return err
@@ -297,21 +310,24 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 	}
 	cf, _ := f.(*crashFault)
 	if cf != nil && cf.died(r) {
-		// The armed daemon crashed before the writers could start: the
-		// round is its recovery alone.
 		r.notef("%s died before the writers started", cf.host)
-		c.raw.begin(r.n, r.P)
-		c.grow.begin(r.n, r.P)
-		c.ext4.begin(r.n, r.P)
-		if c.ldapw != nil {
-			c.ldapw.begin(r.n, r.P)
-		}
-		r.wl = startWorkload()
-		c.wl = r.wl
+		c.withoutWriters(r)
 	} else {
 		if err := c.prepare(ctx, r); err != nil {
-			return fmt.Errorf("start the writers on %s: %w", r.P, err)
+			if cf == nil || !cf.diedSoon(ctx, r) {
+				return fmt.Errorf("start the writers on %s: %w", r.P, err)
+			}
+			// The mount's own writes reached the point (an activity
+			// log's first extent): the armed daemon crashed while the
+			// writers started, which is what the round is for.
+			r.notef("%s died while the writers started: %v", cf.host, err)
+			for _, n := range c.releaseMount(ctx) {
+				r.notef("%s", n)
+			}
+			c.withoutWriters(r)
 		}
+	}
+	if len(r.wl.writers) > 0 {
 		if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
 			return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
 		}); err != nil {
