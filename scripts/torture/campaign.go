@@ -202,6 +202,43 @@ func (c *campaign) roundDir(n int) string { return filepath.Join(c.mnt, fmt.Spri
 
 // prepare mounts the file system on the round's primary, removes the
 // record files of rounds no longer kept, and starts the writers.
+// startWriters starts the round's writers on the primary and waits for
+// their warm-up and the spec's lead; cf, the round's crash fault or nil,
+// may have crashed the primary before or while they start.
+func (c *campaign) startWriters(ctx context.Context, r *roundRun, cf *crashFault) error {
+	if cf != nil && cf.died(r) {
+		r.notef("%s died before the writers started", cf.host)
+		c.withoutWriters(r)
+		return nil
+	}
+	if err := c.prepare(ctx, r); err != nil {
+		if cf == nil || !cf.diedSoon(ctx, r) {
+			return fmt.Errorf("start the writers on %s: %w", r.P, err)
+		}
+		// The mount's own writes reached the point (an activity log's
+		// first extent): the armed daemon crashed while the writers
+		// started, which is what the round is for.
+		r.notef("%s died while the writers started: %v", cf.host, err)
+		for _, n := range c.releaseMount(ctx) {
+			r.notef("%s", n)
+		}
+		c.withoutWriters(r)
+		return nil
+	}
+	if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
+		return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
+	}); err != nil {
+		return err
+	}
+	if fails := r.wl.failures(); len(fails) > 0 {
+		if cf == nil || !cf.died(r) {
+			return fmt.Errorf("a writer failed before the fault: %v", fails)
+		}
+		r.notef("the armed %s crashed in the writers' warm-up: %v", cf.host, fails)
+	}
+	return hold(ctx, r.spec.Lead)
+}
+
 // withoutWriters begins the round with no writer: the armed daemon crashed
 // before they could start, so the round is its recovery alone.
 func (c *campaign) withoutWriters(r *roundRun) {
@@ -309,39 +346,8 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 		}
 	}
 	cf, _ := f.(*crashFault)
-	if cf != nil && cf.died(r) {
-		r.notef("%s died before the writers started", cf.host)
-		c.withoutWriters(r)
-	} else {
-		if err := c.prepare(ctx, r); err != nil {
-			if cf == nil || !cf.diedSoon(ctx, r) {
-				return fmt.Errorf("start the writers on %s: %w", r.P, err)
-			}
-			// The mount's own writes reached the point (an activity
-			// log's first extent): the armed daemon crashed while the
-			// writers started, which is what the round is for.
-			r.notef("%s died while the writers started: %v", cf.host, err)
-			for _, n := range c.releaseMount(ctx) {
-				r.notef("%s", n)
-			}
-			c.withoutWriters(r)
-		}
-	}
-	if len(r.wl.writers) > 0 {
-		if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
-			return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
-		}); err != nil {
-			return err
-		}
-		if fails := r.wl.failures(); len(fails) > 0 {
-			if cf == nil || !cf.died(r) {
-				return fmt.Errorf("a writer failed before the fault: %v", fails)
-			}
-			r.notef("the armed %s crashed in the writers' warm-up: %v", cf.host, fails)
-		}
-		if err := hold(ctx, r.spec.Lead); err != nil {
-			return err
-		}
+	if err := c.startWriters(ctx, r, cf); err != nil {
+		return err
 	}
 	r.injected = time.Now()
 	if err := f.inject(ctx, r); err != nil {

@@ -58,110 +58,13 @@ func (c *campaign) failover(ctx context.Context, r *roundRun, from, to string) {
 // right after a swap both hosts' copies may still name the old primary.
 func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 	start := time.Now()
-	var noPrimary, notServing time.Time
-	var last string
-	var cv *clusterView // the leader's state, refetched when a host knows a newer epoch
-	var stuck error     // the deposed primary's writers did not return
-	var refused, unlinked time.Time
-	err := waitFor(ctx, settleLimit, "a primary serving with its peer uptodate and in sync", func() bool {
-		sts := map[string]node.Status{}
-		newest := uint64(0)
-		for _, h := range dataHosts() {
-			st, err := c.h.status(ctx, h)
-			if err != nil {
-				last = fmt.Sprintf("%s: %v", h, err)
-				continue
-			}
-			sts[h] = st
-			newest = max(newest, st.Epoch)
-			c.attachDisks(ctx, r, h, nodeDisk{disk: st.Disk, primary: st.Role == cluster.RolePrimary, lastError: st.LastError})
-		}
-		if cv == nil || newest > cv.Volume.Epoch {
-			v, err := c.consistentState(ctx)
-			if err != nil {
-				last = err.Error()
-				return false
-			}
-			cv = &v
-		}
-		named, epoch := cv.Volume.Primary, cv.Volume.Epoch
-		if named != "" && named != r.P && !r.tornDown {
-			// The writers' primary was deposed: its writes fail, and it
-			// turns secondary only once its export is released.
-			if stuck = r.teardown(ctx); stuck != nil {
-				return true
-			}
-		}
-		if named == "" {
-			if noPrimary.IsZero() {
-				noPrimary = time.Now()
-			} else if time.Since(noPrimary) > 5*time.Second {
-				c.promoteUptodate(ctx, r)
-				noPrimary, cv = time.Time{}, nil
-			}
-			last = fmt.Sprintf("no primary named (epoch %d)", epoch)
-			return false
-		}
-		noPrimary = time.Time{}
-		p, pok := sts[named]
-		s, sok := sts[other(named)]
-		serving := pok && p.Role == cluster.RolePrimary && p.Export != "" && p.ServingEpoch == p.Epoch && p.Epoch >= epoch
-		if !serving {
-			if notServing.IsZero() {
-				notServing = time.Now()
-			} else if time.Since(notServing) > notServingGrace {
-				r.notef("runbook: %s is named primary but has not served for %v", named, notServingGrace)
-				c.failover(ctx, r, named, other(named))
-				notServing, cv = time.Time{}, nil
-			}
-			last = fmt.Sprintf("%s named primary in epoch %d, not serving: %s", named, epoch, brief(p))
-			return false
-		}
-		notServing = time.Time{}
-		if r.servedAt.IsZero() {
-			r.servedAt = time.Now()
-		}
-		if !(p.Link == node.LinkConnected && p.Replication == "replicating" && p.PeerDisk == "uptodate" &&
-			sok && s.Role == cluster.RoleSecondary && s.Epoch >= epoch) {
-			last = fmt.Sprintf("%s serves; %s: %s; %s: %s", named, named, brief(p), other(named), brief(s))
-			// A peer whose disk failed refuses the primary until the
-			// runbook's attach-disk (attachDisks), not a split brain.
-			peerDiskFailed := sok && s.Disk == cluster.DiskFailed
-			if p.Link != node.LinkConnected && sok && !peerDiskFailed && !strings.Contains(p.LastError, "peer refused") {
-				if unlinked.IsZero() {
-					unlinked = time.Now()
-				} else if time.Since(unlinked) > unlinkedGrace {
-					if stuck = c.restartPeer(ctx, r, named, p.LastError, s); stuck != nil {
-						return true
-					}
-					unlinked = time.Time{}
-				}
-			} else {
-				unlinked = time.Time{}
-			}
-			if p.Link == node.LinkConnected || peerDiskFailed || !strings.Contains(p.LastError, "peer refused") {
-				refused = time.Time{}
-				return false
-			}
-			if refused.IsZero() {
-				refused = time.Now()
-			} else if time.Since(refused) > refusalGrace {
-				if stuck = c.discardPeer(ctx, r, named, p.LastError); stuck != nil {
-					return true
-				}
-				refused = time.Time{}
-			}
-			return false
-		}
-		r.final = named
-		r.redundantAt = time.Now()
-		return true
-	})
+	st := &settler{c: c, r: r}
+	err := waitFor(ctx, settleLimit, "a primary serving with its peer uptodate and in sync", func() bool { return st.poll(ctx) })
 	if err != nil {
-		return fmt.Errorf("%w after %v; last: %s", err, time.Since(start).Round(time.Millisecond), last)
+		return fmt.Errorf("%w after %v; last: %s", err, time.Since(start).Round(time.Millisecond), st.last)
 	}
-	if stuck != nil {
-		return stuck
+	if st.stuck != nil {
+		return st.stuck
 	}
 	if r.final != r.P && r.movedBy == "" {
 		r.movedBy = "promote"
@@ -172,6 +75,127 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 		}
 	}
 	return nil
+}
+
+// settler is the runbook's operator between a fault's undo and a
+// redundant pair: it polls both data hosts and acts when a condition
+// lasts past its grace.
+type settler struct {
+	c *campaign
+	r *roundRun
+
+	last  string       // what the last poll saw, for the timeout's message
+	cv    *clusterView // the leader's state, refetched when a host knows a newer epoch
+	stuck error        // the deposed primary's writers did not return
+
+	// when each condition began; zero while it does not hold
+	noPrimary, notServing, refused, unlinked time.Time
+}
+
+// lasted reports whether the condition that *since tracks has held for
+// longer than grace, starting its clock when it begins to hold.
+func lasted(since *time.Time, grace time.Duration) bool {
+	if since.IsZero() {
+		*since = time.Now()
+		return false
+	}
+	return time.Since(*since) > grace
+}
+
+// poll looks once; true ends the wait (redundant, or stuck).
+func (st *settler) poll(ctx context.Context) bool {
+	c, r := st.c, st.r
+	sts := map[string]node.Status{}
+	newest := uint64(0)
+	for _, h := range dataHosts() {
+		s, err := c.h.status(ctx, h)
+		if err != nil {
+			st.last = fmt.Sprintf("%s: %v", h, err)
+			continue
+		}
+		sts[h] = s
+		newest = max(newest, s.Epoch)
+		c.attachDisks(ctx, r, h, nodeDisk{disk: s.Disk, primary: s.Role == cluster.RolePrimary, lastError: s.LastError})
+	}
+	if st.cv == nil || newest > st.cv.Volume.Epoch {
+		v, err := c.consistentState(ctx)
+		if err != nil {
+			st.last = err.Error()
+			return false
+		}
+		st.cv = &v
+	}
+	named, epoch := st.cv.Volume.Primary, st.cv.Volume.Epoch
+	if named != "" && named != r.P && !r.tornDown {
+		// The writers' primary was deposed: its writes fail, and it
+		// turns secondary only once its export is released.
+		if st.stuck = r.teardown(ctx); st.stuck != nil {
+			return true
+		}
+	}
+	if named == "" {
+		if lasted(&st.noPrimary, 5*time.Second) {
+			c.promoteUptodate(ctx, r)
+			st.noPrimary, st.cv = time.Time{}, nil
+		}
+		st.last = fmt.Sprintf("no primary named (epoch %d)", epoch)
+		return false
+	}
+	st.noPrimary = time.Time{}
+	p, pok := sts[named]
+	s, sok := sts[other(named)]
+	if !(pok && p.Role == cluster.RolePrimary && p.Export != "" && p.ServingEpoch == p.Epoch && p.Epoch >= epoch) {
+		if lasted(&st.notServing, notServingGrace) {
+			r.notef("runbook: %s is named primary but has not served for %v", named, notServingGrace)
+			c.failover(ctx, r, named, other(named))
+			st.notServing, st.cv = time.Time{}, nil
+		}
+		st.last = fmt.Sprintf("%s named primary in epoch %d, not serving: %s", named, epoch, brief(p))
+		return false
+	}
+	st.notServing = time.Time{}
+	if r.servedAt.IsZero() {
+		r.servedAt = time.Now()
+	}
+	if !(p.Link == node.LinkConnected && p.Replication == "replicating" && p.PeerDisk == "uptodate" &&
+		sok && s.Role == cluster.RoleSecondary && s.Epoch >= epoch) {
+		st.last = fmt.Sprintf("%s serves; %s: %s; %s: %s", named, named, brief(p), other(named), brief(s))
+		return st.peerNotInSync(ctx, named, p, s, sok)
+	}
+	r.final = named
+	r.redundantAt = time.Now()
+	return true
+}
+
+// peerNotInSync handles a serving primary whose peer is not in sync: a
+// peer unlinked for long is restarted, one refused for long is discarded
+// (resolve --discard-local), as the runbook says.
+func (st *settler) peerNotInSync(ctx context.Context, named string, p, s node.Status, sok bool) bool {
+	// A peer whose disk failed refuses the primary until the runbook's
+	// attach-disk (attachDisks), not a split brain.
+	peerDiskFailed := sok && s.Disk == cluster.DiskFailed
+	refusedPeer := strings.Contains(p.LastError, "peer refused")
+	if p.Link != node.LinkConnected && sok && !peerDiskFailed && !refusedPeer {
+		if lasted(&st.unlinked, unlinkedGrace) {
+			if st.stuck = st.c.restartPeer(ctx, st.r, named, p.LastError, s); st.stuck != nil {
+				return true
+			}
+			st.unlinked = time.Time{}
+		}
+	} else {
+		st.unlinked = time.Time{}
+	}
+	if p.Link == node.LinkConnected || peerDiskFailed || !refusedPeer {
+		st.refused = time.Time{}
+		return false
+	}
+	if lasted(&st.refused, refusalGrace) {
+		if st.stuck = st.c.discardPeer(ctx, st.r, named, p.LastError); st.stuck != nil {
+			return true
+		}
+		st.refused = time.Time{}
+	}
+	return false
 }
 
 // discardPeer is docs/operations.md's remedy for a peer the primary
