@@ -54,7 +54,10 @@ func (c *Cluster) Join(ctx context.Context, addr string) error {
 			// connection: a relay cannot vouch for another's identity.
 			via = resp.Leader
 		}
-		if !retryable(err) {
+		// Joining is idempotent (a second register and AddVoter of a
+		// member change nothing), so a join the leader lost before it
+		// committed (ErrNoQuorum) is tried again until ctx ends.
+		if !retryable(err) && !errors.Is(err, ErrNoQuorum) {
 			if err != nil {
 				return fmt.Errorf("join via %s: %w", addr, err)
 			}
