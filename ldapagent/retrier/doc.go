@@ -10,8 +10,10 @@
 // unchanged and never retried.
 //
 // A retried write may already have been applied by the server that failed, so
-// retried writes are idempotent: an add whose entry exists overwrites it, a
-// delete of a missing entry and a rename of a missing source succeed.
+// retried writes are idempotent: an add that finds its own entry (the
+// attributes it sends), a delete of a missing entry and a rename of a
+// missing source succeed. An add that finds an entry someone else wrote
+// fails with entryAlreadyExists and leaves it alone.
 // Config.IdempotentWrites applies the same rules to every write.
 //
 // With Config.HoldSignals the session catches those signals while calls are

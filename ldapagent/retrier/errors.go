@@ -18,9 +18,6 @@ var (
 	ErrClosed = errors.New("retrier: session closed")
 	// ErrDraining: a held signal is pending; no new calls are accepted.
 	ErrDraining = errors.New("retrier: draining for a signal")
-	// ErrCannotOverwrite: an idempotent add found the entry but could not
-	// overwrite it (its structural class differs and it has children).
-	ErrCannotOverwrite = errors.New("retrier: cannot overwrite existing entry")
 )
 
 // LDAP result codes the retrier treats as "server not available".

@@ -122,15 +122,21 @@ func (e *finalError) Error() string { return e.err.Error() }
 func (e *finalError) Unwrap() error { return e.err }
 
 // Add adds an entry. If it is retried, or with Config.IdempotentWrites, an
-// entry that already exists is overwritten with req's attributes (docs/retrier.md, idempotent writes):
-// by a modify that replaces every attribute, or, when the structural object
-// class differs, by delete and add. An existing entry with children whose
-// structural class differs cannot be overwritten: ErrCannotOverwrite.
+// entry that already exists with exactly req's attributes is what an
+// earlier attempt added, and the add succeeds; an entry that differs was
+// written by someone else and the add fails with entryAlreadyExists (68),
+// leaving it unchanged (docs/retrier.md, idempotent writes).
 func (s *Session) Add(ctx context.Context, req *ldap.AddRequest) error {
 	return s.do(ctx, "add", true, func(_ context.Context, c *ldap.Conn, retried bool) error {
 		err := c.Add(req)
 		if ldap.IsErrorWithCode(err, ldap.LDAPResultEntryAlreadyExists) && s.idempotent(retried) {
-			return overwrite(c, req)
+			same, serr := sameAsAdded(c, req)
+			if serr != nil {
+				return serr
+			}
+			if same {
+				return nil
+			}
 		}
 		return err
 	})
