@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -25,7 +26,7 @@ func retrierCommand() *cli.Command {
 		Name:  "retrier",
 		Usage: "LDAP proxy that retries failed calls on the secondary server (see docs/retrier.md)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Value: "ldap://127.0.0.1:3890", Usage: "`URL` to accept clients on (ldap:// or ldaps://)"},
+			&cli.StringFlag{Name: "listen", Value: "ldap://127.0.0.1:3890", Usage: "`URL` to accept clients on: ldap://, ldaps:// or ldapi:// (a unix socket, path escaped: ldapi://%2Frun%2Fldmirror%2Fldapi)"},
 			&cli.StringFlag{Name: "primary", Required: true, Usage: "primary server `URL` (ldap://, ldaps://, ldapi://)"},
 			&cli.StringFlag{Name: "secondary", Usage: "secondary server `URL`"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate `file` for ldaps:// and StartTLS on the listening side"},
@@ -129,8 +130,13 @@ func runRetrier(cc *cli.Context) error {
 	}
 }
 
-// listen opens the listening socket for an ldap:// or ldaps:// URL.
+// listen opens the listening socket for an ldap://, ldaps:// or ldapi://
+// URL. An ldapi URL names a unix socket by its %2F-escaped path, as
+// slapd's -h does.
 func listen(raw string, serverTLS *tls.Config) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(raw, "ldapi://"); ok {
+		return listenUnix(raw, path)
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
@@ -156,5 +162,36 @@ func listen(raw string, serverTLS *tls.Config) (net.Listener, error) {
 		}
 		return tls.NewListener(l, serverTLS), nil
 	}
-	return nil, fmt.Errorf("--listen %s: scheme must be ldap or ldaps", raw)
+	return nil, fmt.Errorf("--listen %s: the scheme must be ldap://, ldaps:// or ldapi://", raw)
+}
+
+// listenUnix listens on the socket of an ldapi URL whose host part is
+// escaped. A socket left by a proxy that died is removed; one that
+// answers is in use. The socket is writable by everyone, like slapd's:
+// clients authenticate by binding, and a directory that must not be
+// reachable by every local user holds the socket in a restricted directory.
+func listenUnix(raw, escaped string) (net.Listener, error) {
+	escaped, _, _ = strings.Cut(escaped, "/")
+	path, err := url.PathUnescape(escaped)
+	if err != nil || path == "" {
+		return nil, fmt.Errorf("--listen %s: want ldapi:// and the socket's path with / written %%2F, e.g. ldapi://%%2Frun%%2Fldmirror%%2Fldapi", raw)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("--listen %s: %s is in use", raw, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("--listen %s: remove stale socket: %w", raw, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w", raw, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("--listen %s: %w", raw, err)
+	}
+	return l, nil
 }

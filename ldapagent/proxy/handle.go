@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
@@ -62,7 +63,7 @@ func (c *clientConn) call(ctx context.Context, sess *retrier.Session, req *reque
 		case req.bind.version != 3:
 			r = result{code: codeProtocolError, message: "only LDAPv3 is supported"}
 		case req.bind.sasl:
-			r = result{code: codeAuthMethodNotSupport, message: "only simple bind is relayed"}
+			r = result{code: codeAuthMethodNotSupport, message: saslRefusal(req.bind.mech)}
 		default:
 			r = resultOf(sess.Bind(ctx, req.bind.name, req.bind.password))
 		}
@@ -98,6 +99,19 @@ func (c *clientConn) call(ctx context.Context, sess *retrier.Session, req *reque
 		}
 	}
 	return r, controls, true
+}
+
+// saslRefusal says why a SASL bind is refused. The proxy replays a
+// client's bind on every backend connection it opens, which needs the
+// credentials; SASL mechanisms either do not give them to the proxy
+// (EXTERNAL: the server would see the proxy's own socket credentials or
+// certificate, not the client's) or bind them to one connection
+// (DIGEST-MD5, GSSAPI, SCRAM).
+func saslRefusal(mech string) string {
+	if mech == "EXTERNAL" {
+		return "SASL EXTERNAL is not relayed: the server would authenticate the proxy, not the client; bind with a DN and password"
+	}
+	return fmt.Sprintf("SASL %s is not relayed: the proxy replays a simple bind on each server; bind with a DN and password", mech)
 }
 
 // runExtended relays an extended operation and writes its response.

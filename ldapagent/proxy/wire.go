@@ -104,7 +104,8 @@ type bindRequest struct {
 	version  int64
 	name     string
 	password string
-	sasl     bool // SASL (not relayed)
+	sasl     bool   // SASL (not relayed)
+	mech     string // the SASL mechanism
 }
 
 type compareRequest struct{ dn, attribute, value string }
@@ -250,6 +251,9 @@ func decodeBind(op *ber.Packet) (*bindRequest, error) {
 		b.password, err = str(c[2])
 	case c[2].ClassType == ber.ClassContext && c[2].Tag == 3:
 		b.sasl = true
+		if m, cerr := children(c[2], 1, 2); cerr == nil {
+			b.mech, err = str(m[0])
+		}
 	default:
 		err = errors.New("unknown authentication choice")
 	}
