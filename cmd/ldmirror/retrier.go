@@ -33,6 +33,7 @@ func retrierCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key `file` for --tls-cert"},
 			&cli.StringFlag{Name: "backend-ca", Usage: "PEM CA `file` to verify the servers' certificates (default: system roots)"},
 			&cli.BoolFlag{Name: "backend-starttls", Usage: "use StartTLS on ldap:// connections to the servers"},
+			&cli.StringFlag{Name: "backend-server-name", Usage: "`name` the servers' certificates must carry (default: the host of each server's URL)"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: retrier.DefaultDialTimeout, Usage: "bound on one connection attempt to a server"},
 			&cli.DurationFlag{Name: "attempt-timeout", Value: retrier.DefaultAttemptTimeout, Usage: "bound on one request to one server"},
 			&cli.DurationFlag{Name: "call-timeout", Value: retrier.DefaultCallTimeout, Usage: "bound on a whole call, retries included; then the client gets unavailable (52)"},
@@ -69,17 +70,11 @@ func runRetrier(cc *cli.Context) error {
 		IdempotentWrites: cc.Bool("idempotent-writes"),
 		Logger:           log,
 	}
-	if ca := cc.String("backend-ca"); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return fmt.Errorf("--backend-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--backend-ca: no certificate in %s", ca)
-		}
-		backend.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tc, err := backendTLS(cc)
+	if err != nil {
+		return err
 	}
+	backend.TLS = tc
 	var serverTLS *tls.Config
 	if cert, key := cc.String("tls-cert"), cc.String("tls-key"); cert != "" || key != "" {
 		pair, err := tls.LoadX509KeyPair(cert, key)
@@ -128,6 +123,27 @@ func runRetrier(cc *cli.Context) error {
 		log.Info("retrier stopped")
 		return nil
 	}
+}
+
+// backendTLS is the TLS configuration for the servers: --backend-ca and
+// --backend-server-name, or nil (system roots, each URL's host).
+func backendTLS(cc *cli.Context) (*tls.Config, error) {
+	ca, name := cc.String("backend-ca"), cc.String("backend-server-name")
+	if ca == "" && name == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("--backend-ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--backend-ca: no certificate in %s", ca)
+		}
+	}
+	return tc, nil
 }
 
 // listen opens the listening socket for an ldap://, ldaps:// or ldapi://

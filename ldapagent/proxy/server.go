@@ -79,6 +79,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Backend.Logger == nil {
 		cfg.Backend.Logger = cfg.Logger
 	}
+	if cfg.Backend.Group == nil {
+		// One failover state for all client sessions: after one fails
+		// over, new clients go straight to the server that answers.
+		cfg.Backend.Group = &retrier.Group{}
+	}
 	return &Server{cfg: cfg, log: cfg.Logger, listeners: map[net.Listener]bool{}, conns: map[*clientConn]bool{}}, nil
 }
 

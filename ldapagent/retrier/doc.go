@@ -19,5 +19,8 @@
 // With Config.HoldSignals the session catches those signals while calls are
 // in flight and handles them only after the calls complete (docs/retrier.md).
 //
-// Built on github.com/go-ldap/ldap/v3; requests and results are its types.
+// Requests and results are the types of github.com/go-ldap/ldap/v3; the
+// connections to the servers are the retrier's own (conn.go says why),
+// framed by package wire and encoded with github.com/go-asn1-ber/asn1-ber.
+// Relay runs an operation that is already encoded, for the proxy.
 package retrier

@@ -1,6 +1,7 @@
 package retrier
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -19,9 +20,9 @@ import (
 // with a base search whose filter asserts every value of the request: the
 // server applies the attributes' matching rules (case, spaces in DNs) and
 // their other names (surname for sn).
-func sameAsAdded(c *ldap.Conn, req *ldap.AddRequest) (bool, error) {
+func (s *Session) sameAsAdded(ctx context.Context, c *conn, req *ldap.AddRequest) (bool, error) {
 	want := withRDNValues(req)
-	old, err := readEntry(c, req.DN)
+	old, err := s.readEntry(ctx, c, req.DN)
 	if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 		return false, nil // deleted meanwhile: the 68 stands
 	}
@@ -38,7 +39,7 @@ func sameAsAdded(c *ldap.Conn, req *ldap.AddRequest) (bool, error) {
 	if _, err := ldap.CompileFilter(filter); err != nil {
 		return false, nil // an attribute type no filter can name: not provably ours
 	}
-	res, err := c.Search(ldap.NewSearchRequest(req.DN, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+	entries, err := s.searchOn(ctx, c, ldap.NewSearchRequest(req.DN, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
 		1, 0, false, filter, []string{"1.1"}, nil))
 	if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 		return false, nil
@@ -46,7 +47,7 @@ func sameAsAdded(c *ldap.Conn, req *ldap.AddRequest) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return len(res.Entries) == 1, nil
+	return len(entries) == 1, nil
 }
 
 // addedEntry is the entry an add of attrs creates.
@@ -101,31 +102,52 @@ func withRDNValues(req *ldap.AddRequest) []ldap.Attribute {
 	return attrs
 }
 
-// readEntry reads the user attributes of dn.
-func readEntry(c *ldap.Conn, dn string) (*ldap.Entry, error) {
-	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+// readEntry reads the user attributes of dn on c.
+func (s *Session) readEntry(ctx context.Context, c *conn, dn string) (*ldap.Entry, error) {
+	entries, err := s.searchOn(ctx, c, ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
 		1, 0, false, "(objectClass=*)", []string{"*"}, nil))
 	if err != nil {
 		return nil, err
 	}
-	if len(res.Entries) != 1 {
-		return nil, ldap.NewError(ldap.LDAPResultNoSuchObject, fmt.Errorf("%s: %d entries", dn, len(res.Entries)))
+	if len(entries) != 1 {
+		return nil, ldap.NewError(ldap.LDAPResultNoSuchObject, fmt.Errorf("%s: %d entries", dn, len(entries)))
 	}
-	return res.Entries[0], nil
+	return entries[0], nil
+}
+
+// searchOn runs a search on c, within an attempt of a call.
+func (s *Session) searchOn(ctx context.Context, c *conn, req *ldap.SearchRequest) ([]*ldap.Entry, error) {
+	r, err := searchRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	var entries []*ldap.Entry
+	var seen map[string]struct{}
+	res := &ldap.SearchResult{}
+	final, err := s.exchange(ctx, c, r, false, &seen, func(msg []byte, _ bool) error {
+		return collect(msg, res, func(e *ldap.Entry) error {
+			entries = append(entries, e)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return entries, resultError(final)
 }
 
 // sameAsTarget reports whether the target of rename req exists with the same
 // attributes as its source, apart from the naming attributes of both RDNs.
-func sameAsTarget(c *ldap.Conn, req *ldap.ModifyDNRequest) (bool, error) {
+func (s *Session) sameAsTarget(ctx context.Context, c *conn, req *ldap.ModifyDNRequest) (bool, error) {
 	target, err := targetDN(req)
 	if err != nil {
 		return false, err
 	}
-	src, err := readEntry(c, req.DN)
+	src, err := s.readEntry(ctx, c, req.DN)
 	if err != nil {
 		return false, err
 	}
-	dst, err := readEntry(c, target)
+	dst, err := s.readEntry(ctx, c, target)
 	if err != nil {
 		return false, err
 	}
