@@ -15,93 +15,75 @@ import (
 
 // Limits of a server connection.
 const (
-	// respBuffer is how many responses of one operation wait for the
-	// caller. When they are not taken, the connection stops reading from
-	// the server, and TCP slows the server down: a slow consumer (a proxy
-	// client that reads slowly) costs at most this many messages of
-	// memory, not the whole result (docs/retrier.md, bounds).
+	// respBuffer is how many responses of one operation, read by another
+	// operation's call, wait for their caller. When they are not taken, the
+	// connection is not read any further and TCP slows the server down: a
+	// slow consumer (a proxy client that reads slowly) costs at most this
+	// many messages of memory, not the whole result (docs/retrier.md,
+	// bounds).
 	respBuffer = 16
 	// maxResponse is the largest response accepted from a server.
 	maxResponse = 256 << 20
 	// abandonTimeout bounds the write of an Abandon request.
 	abandonTimeout = 5 * time.Second
-	maxMessageID   = 1<<31 - 1
+	// staleAfter is how long a connection may have gone unread before a
+	// request is sent on it: longer, and it is checked first for an end
+	// (the server closed it, or sent a Notice of Disconnection) that nobody
+	// read.
+	staleAfter   = time.Second
+	maxMessageID = 1<<31 - 1
 )
 
 // errConnClosed ends a connection the session closed.
 var errConnClosed = errors.New("connection closed")
 
 // conn is one connection to an LDAP server. Requests are written whole
-// under wmu; one reader goroutine routes every response to its operation
-// by message ID. go-ldap's Conn is not used: it cannot bound connecting
-// and binding by a context (issue 18, defect 1), it hides the type of a
-// StartTLS certificate error (defect 3), it never abandons a cancelled
-// search on the server, it drops a response its reader cannot hand over
-// within the request timeout, and its three goroutine hops per response
-// were most of the proxy's cost per operation (docs/benchmarks.md).
+// under wmu. There is no reader goroutine: a call waiting for a response
+// reads the connection itself, and routes any response for another
+// operation to that operation's buffer (read.go). With one operation at a
+// time, the usual case for a proxy client, the response goes from the
+// socket to its caller without waking another goroutine.
+//
+// go-ldap's Conn is not used: it cannot bound connecting and binding by a
+// context (issue 18, defect 1), it hides the type of a StartTLS
+// certificate error (defect 3), it never abandons a cancelled search on
+// the server, it drops a response its reader cannot hand over within the
+// request timeout, and its three goroutine hops per response were most of
+// the proxy's cost per operation (docs/benchmarks.md).
 type conn struct {
 	nc  net.Conn
 	url string
+	br  *bufio.Reader // read by the exchange that holds reading
 
 	wmu  sync.Mutex // serialises writes; guards wbuf
 	wbuf []byte
 
-	mu     sync.Mutex
-	lastID int64
-	ops    map[int64]*exchange
-	err    error         // why the connection is unusable; set once
-	dead   chan struct{} // closed when err is set
-	ended  chan struct{} // closed when the reader has returned
+	mu            sync.Mutex
+	lastID        int64
+	ops           map[int64]*exchange
+	reading       bool          // an exchange reads the connection
+	interruptible bool          // the reader waits for a first byte (read.go)
+	lastRead      time.Time     // when reading last stopped
+	waiters       int           // exchanges waiting for the reading
+	turn          chan struct{} // closed when reading is free, if waiters > 0
+	err           error         // why the connection is unusable; set once
+	dead          chan struct{} // closed when err is set
 }
 
 // exchange is one operation in flight on a conn.
 type exchange struct {
 	id    int64
-	resp  chan []byte   // responses, whole LDAPMessages
+	resp  chan []byte   // responses routed by another exchange's read
 	done  chan struct{} // closed by finish: no response is wanted any more
-	timer *time.Timer   // idle timeout of recv, created on first use
+	more  bool          // another response was waiting when recv returned
+	timer *time.Timer   // wait of a caller that does not read, created on first use
 }
 
-// newConn starts the reader of a connection whose first lastID message
-// IDs are used (by StartTLS).
+// newConn returns a connection whose first lastID message IDs are used
+// (by StartTLS).
 func newConn(nc net.Conn, url string, lastID int64) *conn {
-	c := &conn{nc: nc, url: url, lastID: lastID, ops: map[int64]*exchange{},
-		dead: make(chan struct{}), ended: make(chan struct{})}
-	go c.readLoop()
-	return c
-}
-
-func (c *conn) readLoop() {
-	defer close(c.ended)
-	r := bufio.NewReader(c.nc)
-	for {
-		msg, err := wire.Read(r, maxResponse)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		m, err := wire.Split(msg)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		if m.ID == 0 { // unsolicited: a Notice of Disconnection (RFC 4511 4.4.1)
-			c.fail(unsolicited(m))
-			return
-		}
-		c.mu.Lock()
-		x := c.ops[m.ID]
-		c.mu.Unlock()
-		if x == nil {
-			continue // abandoned or finished
-		}
-		select {
-		case x.resp <- msg:
-		case <-x.done:
-		case <-c.dead:
-			return
-		}
-	}
+	return &conn{nc: nc, url: url, br: bufio.NewReader(nc), lastID: lastID, ops: map[int64]*exchange{},
+		lastRead: time.Now(), turn: make(chan struct{}), dead: make(chan struct{})}
 }
 
 func unsolicited(m wire.Message) error {
@@ -123,11 +105,8 @@ func (c *conn) fail(err error) {
 	_ = c.nc.Close()
 }
 
-// close closes the connection and waits for its reader.
-func (c *conn) close() {
-	c.fail(errConnClosed)
-	<-c.ended
-}
+// close closes the connection; a call reading it gets an error.
+func (c *conn) close() { c.fail(errConnClosed) }
 
 // alive reports whether the connection can take requests.
 func (c *conn) alive() bool {
@@ -149,6 +128,9 @@ func (c *conn) netError(err error) error {
 // send writes an operation (its protocolOp and controls elements) with a
 // new message ID; the write is bounded by ctx.
 func (c *conn) send(ctx context.Context, op, controls []byte) (*exchange, error) {
+	if err := c.checkStale(); err != nil {
+		return nil, err
+	}
 	x := &exchange{resp: make(chan []byte, respBuffer), done: make(chan struct{})}
 	c.mu.Lock()
 	if c.err != nil {
@@ -195,43 +177,6 @@ func (c *conn) write(ctx context.Context, id int64, op, controls []byte) error {
 	}
 	return nil
 }
-
-// recv returns the next response of x. It waits at most idle for it: a
-// server that does not answer an operation for that long is taken as
-// sick, whatever the call's deadline.
-func (c *conn) recv(ctx context.Context, x *exchange, idle time.Duration) ([]byte, error) {
-	select {
-	case m := <-x.resp:
-		return m, nil
-	default:
-	}
-	if x.timer == nil {
-		x.timer = time.NewTimer(idle)
-	} else {
-		x.timer.Reset(idle)
-	}
-	select {
-	case m := <-x.resp:
-		return m, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%s: %w", c.url, ctx.Err())
-	case <-x.timer.C:
-		return nil, c.netError(fmt.Errorf("no response in %v", idle))
-	case <-c.dead:
-		select {
-		case m := <-x.resp: // delivered before the connection ended
-			return m, nil
-		default:
-		}
-		c.mu.Lock()
-		err := c.err
-		c.mu.Unlock()
-		return nil, c.netError(err)
-	}
-}
-
-// pending reports whether another response of x is waiting.
-func (x *exchange) pending() bool { return len(x.resp) > 0 }
 
 // finish ends x. With abandon (the final response did not arrive) the
 // server is told to stop working on it (RFC 4511 4.11); responses that

@@ -13,6 +13,7 @@ import (
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
+	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/ldapagent/retrier/wire"
 )
 
@@ -155,44 +156,62 @@ func TestCancelAbandonsOnServer(t *testing.T) {
 	}
 }
 
-// TestResponsesBackPressure: responses that the caller does not take stop
-// the connection's reader after respBuffer of them, so the server's writes
-// block instead of the responses filling memory. net.Pipe has no buffer:
-// each server write completes only when the reader has read it.
+// TestResponsesBackPressure: responses of an operation whose caller does
+// not take them wait in its buffer while another operation's call reads
+// the connection; when the buffer is full, the connection is not read
+// further, so the server's writes block instead of the responses filling
+// memory. net.Pipe has no buffer: each server write completes only when
+// it has been read.
 func TestResponsesBackPressure(t *testing.T) {
 	client, server := net.Pipe()
 	c := newConn(client, "pipe", 0)
 	defer c.close()
-	done := make(chan int, 1)
+	written := make(chan int, 1)
 	go func() {
 		r := bufio.NewReader(server)
-		msg, err := wire.Read(r, 1<<20)
-		if err != nil {
-			done <- -1
-			return
+		var ids []int64
+		for range 2 {
+			msg, err := wire.Read(r, 1<<20)
+			if err != nil {
+				written <- -1
+				return
+			}
+			m, _ := wire.Split(msg)
+			ids = append(ids, m.ID)
 		}
-		m, _ := wire.Split(msg)
 		n := 0
 		for ; n < 1000; n++ {
-			// How long a write may wait for the reader before the server
-			// counts it as stopped.
+			// How long a write may wait for a reader before the server
+			// counts the connection as stopped.
 			_ = server.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-			if _, err := server.Write(wire.Append(nil, m.ID, entryOp(fmt.Sprintf("cn=e%d", n)), nil)); err != nil {
+			if _, err := server.Write(wire.Append(nil, ids[0], entryOp(fmt.Sprintf("cn=e%d", n)), nil)); err != nil {
 				break
 			}
 		}
-		done <- n
+		written <- n
 	}()
-	x, err := c.send(context.Background(), resultOp(ldap.ApplicationSearchRequest, 0), nil)
+	ctx := context.Background()
+	slow, err := c.send(ctx, resultOp(ldap.ApplicationSearchRequest, 0), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := <-done
-	if n < 0 || n > respBuffer+2 {
-		t.Fatalf("the server wrote %d responses nobody took; want at most %d", n, respBuffer+2)
+	other, err := c.send(ctx, resultOp(ldap.ApplicationCompareRequest, 0), nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i := range min(n, respBuffer) {
-		msg, err := c.recv(context.Background(), x, time.Second)
+	// other's call reads, and routes slow's entries until slow's buffer
+	// is full; then it waits, and the server cannot write.
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := c.recv(ctx, other, 30*time.Second)
+		readErr <- err
+	}()
+	n := <-written
+	if n < respBuffer || n > respBuffer+2 {
+		t.Fatalf("the server wrote %d responses nobody took; want %d to %d", n, respBuffer, respBuffer+2)
+	}
+	for i := range respBuffer {
+		msg, err := c.recv(ctx, slow, time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +220,11 @@ func TestResponsesBackPressure(t *testing.T) {
 			t.Fatalf("response %d is %s", i, dn)
 		}
 	}
-	c.finish(x, false)
+	c.finish(slow, false)
+	c.close()
+	if err := <-readErr; err == nil {
+		t.Fatal("the other call got a response from a closed connection")
+	}
 }
 
 // TestNoticeOfDisconnection: an unsolicited notice ends the connection;
@@ -211,18 +234,54 @@ func TestNoticeOfDisconnection(t *testing.T) {
 	client, server := net.Pipe()
 	c := newConn(client, "pipe", 0)
 	defer c.close()
-	x, err := func() (*exchange, error) {
-		go func() {
-			_, _ = wire.Read(bufio.NewReader(server), 1<<20)
-			_, _ = server.Write(wire.Append(nil, 0, resultOp(ldap.ApplicationExtendedResponse, ldap.LDAPResultUnavailable), nil))
-		}()
-		return c.send(context.Background(), resultOp(ldap.ApplicationSearchRequest, 0), nil)
+	go func() {
+		_, _ = wire.Read(bufio.NewReader(server), 1<<20)
+		_, _ = server.Write(wire.Append(nil, 0, resultOp(ldap.ApplicationExtendedResponse, ldap.LDAPResultUnavailable), nil))
 	}()
+	x, err := c.send(context.Background(), resultOp(ldap.ApplicationSearchRequest, 0), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.recv(context.Background(), x, 10*time.Second)
 	if !connectionError(err) || !Retryable(err, true) {
 		t.Fatalf("err = %v, want a retryable connection error", err)
+	}
+	if c.alive() {
+		t.Fatal("connection alive after a Notice of Disconnection")
+	}
+}
+
+// TestStaleConnectionNoticed: a connection the server closed while nobody
+// read it is found dead before a request is sent on it, so the request
+// does not cost an attempt (and a failover) on it.
+func TestStaleConnectionNoticed(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	nc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newConn(nc, "tcp", 0)
+	defer c.close()
+	c.mu.Lock()
+	c.lastRead = time.Now().Add(-2 * staleAfter)
+	c.mu.Unlock()
+	if err := c.checkStale(); err != nil || !c.alive() {
+		t.Fatalf("sound idle connection: %v, alive %v", err, c.alive())
+	}
+	srv.Close() // as a server's idle timeout does
+	c.mu.Lock()
+	c.lastRead = time.Now().Add(-2 * staleAfter)
+	c.mu.Unlock()
+	poll.Until(t, 5*time.Second, "the close to be noticed", func() bool { return c.checkStale() != nil })
+	if c.alive() {
+		t.Fatal("connection alive after the server closed it")
 	}
 }

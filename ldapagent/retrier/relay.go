@@ -114,7 +114,7 @@ func (s *Session) exchange(ctx context.Context, c *conn, req *Request, retried b
 				continue
 			}
 			if each != nil {
-				if err := each(msg, x.pending()); err != nil {
+				if err := each(msg, x.more); err != nil {
 					return nil, &finalError{err}
 				}
 			}
@@ -160,7 +160,7 @@ func (s *Session) final(ctx context.Context, c *conn, req *Request, retried bool
 		return nil, err
 	}
 	if done {
-		return successMessage(m.ID, ldapResponseTag(m.Op[0])), nil
+		return successMessage(m.ID, ldapResponseTag(req.Op[0])), nil
 	}
 	return msg, nil
 }

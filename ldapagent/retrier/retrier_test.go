@@ -552,3 +552,41 @@ func TestIdempotentAddKeepsAnotherClientsEntry(t *testing.T) {
 	again.Attribute("CN", []string{"x"})
 	wantOK(t, s.Add(ctx, again))
 }
+
+// TestPasswordZeroed: the session's copy of a bind password is zeroed
+// when another bind replaces it and when the session closes
+// (docs/retrier.md, credentials).
+func TestPasswordZeroed(t *testing.T) {
+	srv := slapdtest.Start(t, slapdtest.Options{})
+	s, err := OpenLazy(Config{Primary: srv.URL, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := func() []byte {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.identity.password
+	}
+	zero := func(b []byte) bool { return len(b) > 0 && strings.Trim(string(b), "\x00") == "" }
+	pw := []byte(srv.RootPW)
+	if err := s.BindBytes(context.Background(), srv.RootDN, pw); err != nil {
+		t.Fatal(err)
+	}
+	first := kept()
+	if err := s.BindBytes(context.Background(), srv.RootDN, pw); err != nil {
+		t.Fatal(err)
+	}
+	if !zero(first) {
+		t.Fatalf("the replaced password is %q, want zeroes", first)
+	}
+	second := kept()
+	if string(second) != srv.RootPW || string(pw) != srv.RootPW {
+		t.Fatal("the session's copy or the caller's password changed before Close")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !zero(second) {
+		t.Fatalf("the password after Close is %q, want zeroes", second)
+	}
+}
