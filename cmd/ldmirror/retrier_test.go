@@ -1,12 +1,24 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ldmirror/ldmirror/ldapagent/proxy"
+	"github.com/urfave/cli/v2"
 )
 
 // TestListenLDAPI (issue 18, defect 5): --listen ldapi://<escaped path>
@@ -62,4 +74,65 @@ func TestListenLDAPIStaleSocket(t *testing.T) {
 		t.Fatalf("listen over a stale socket: %v", err)
 	}
 	l.Close()
+}
+
+// TestRequireTLSForBindDefault: on when the proxy has a certificate,
+// unless the flag says otherwise.
+func TestRequireTLSForBindDefault(t *testing.T) {
+	cert, key := writeCertificate(t)
+	cases := []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--tls-cert", cert, "--tls-key", key}, true},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--require-tls-for-bind=false"}, false},
+		{[]string{"--require-tls-for-bind"}, true},
+	}
+	for _, c := range cases {
+		cmd := retrierCommand()
+		var got proxy.Config
+		cmd.Action = func(cc *cli.Context) error {
+			var err error
+			got, err = proxyConfig(cc, slog.New(slog.DiscardHandler))
+			return err
+		}
+		app := &cli.App{Commands: []*cli.Command{cmd}}
+		args := append([]string{"ldmirror", "retrier", "--primary", "ldap://127.0.0.1:1"}, c.args...)
+		if err := app.Run(args); err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if got.RequireTLSForBind != c.want {
+			t.Errorf("%v: RequireTLSForBind = %v, want %v", c.args, got.RequireTLSForBind, c.want)
+		}
+	}
+}
+
+// writeCertificate writes a self-signed certificate and its key as PEM
+// files and returns their paths.
+func writeCertificate(t *testing.T) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "proxy"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
 }

@@ -10,6 +10,7 @@ import (
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
+	"github.com/ldmirror/ldmirror/ldapagent/retrier/wire"
 )
 
 // rawClient is a synchronous LDAP client that frames messages itself, so
@@ -39,7 +40,7 @@ func (c *rawClient) do(tb testing.TB, op *ber.Packet) []*ber.Packet {
 	}
 	var out []*ber.Packet
 	for {
-		msg, err := readMessage(c.r, 1<<20)
+		msg, err := wire.Read(c.r, 1<<20)
 		if err != nil {
 			tb.Fatal(err)
 		}
