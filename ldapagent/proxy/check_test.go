@@ -26,7 +26,9 @@ func TestCheckFilter(t *testing.T) {
 			t.Errorf("%s: rejected: %v", f, err)
 		}
 	}
-	str := func(tag ber.Tag, s string) *ber.Packet { return ber.NewString(ber.ClassContext, ber.TypePrimitive, tag, s, "") }
+	str := func(tag ber.Tag, s string) *ber.Packet {
+		return ber.NewString(ber.ClassContext, ber.TypePrimitive, tag, s, "")
+	}
 	ctx := func(tag ber.Tag, kids ...*ber.Packet) *ber.Packet {
 		p := ber.Encode(ber.ClassContext, ber.TypeConstructed, tag, nil, "")
 		for _, k := range kids {

@@ -49,14 +49,19 @@ func main() {
 	bin := flag.String("ldmirror", "", "ldmirror binary (default: built from the working tree)")
 	nosync := flag.Bool("nosync", false, "slapd without fsync (dbnosync): writes cost CPU only")
 	only := flag.String("loads", "", "comma-separated loads to run (default all: search-1,search-4,modify-4,add-4)")
+	profile := flag.String("cpuprofile", "", "write the proxy's CPU profile to `file`")
 	flag.Parse()
-	if err := run(*rounds, *duration, *out, *bin, *nosync, *only); err != nil {
+	var extra []string
+	if *profile != "" {
+		extra = []string{"--cpu-profile", *profile}
+	}
+	if err := run(*rounds, *duration, *out, *bin, *nosync, *only, extra); err != nil {
 		fmt.Fprintln(os.Stderr, "retrier bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rounds int, d time.Duration, out, bin string, nosync bool, only string) error {
+func run(rounds int, d time.Duration, out, bin string, nosync bool, only string, proxyArgs []string) error {
 	if _, err := os.Stat(slapdBinary); err != nil {
 		return errors.New("needs slapd (apt-get install slapd)")
 	}
@@ -86,7 +91,7 @@ func run(rounds int, d time.Duration, out, bin string, nosync bool, only string)
 		return err
 	}
 	defer slapd.stop()
-	proxy, proxyAddr, err := startProxy(bin, dir, slapdAddr)
+	proxy, proxyAddr, err := startProxy(bin, dir, slapdAddr, proxyArgs...)
 	if err != nil {
 		return err
 	}

@@ -175,14 +175,15 @@ func startSlapd(dir string, entries int, nosync bool) (*proc, string, error) {
 	return p, addr, nil
 }
 
-// startProxy runs `ldmirror retrier` in front of the slapd at backend.
-func startProxy(bin, dir, backend string) (*proc, string, error) {
+// startProxy runs `ldmirror retrier` in front of the slapd at backend,
+// with extra arguments.
+func startProxy(bin, dir, backend string, extra ...string) (*proc, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := start(filepath.Join(dir, "retrier.log"), bin, "retrier",
-		"--listen", "ldap://"+addr, "--primary", "ldap://"+backend, "--log-level", "warn")
+	args := append([]string{"retrier", "--listen", "ldap://" + addr, "--primary", "ldap://" + backend, "--log-level", "warn"}, extra...)
+	p, err := start(filepath.Join(dir, "retrier.log"), bin, args...)
 	if err != nil {
 		return nil, "", err
 	}
