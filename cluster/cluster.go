@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
+	"github.com/ldmirror/ldmirror/pki"
 )
 
 // Files under Config.DataDir.
@@ -40,8 +41,11 @@ type Config struct {
 	AdvertiseAddr string
 	// DataDir holds the raft store and snapshots; it survives restarts.
 	DataDir string
-	// Secret is shared by all members; at least MinSecretLen bytes.
-	Secret []byte
+	// TLS is this member's certificate and the pair's CA (package pki):
+	// members authenticate each other with them, and a command is
+	// authorized by the member whose certificate sent it. The certificate
+	// must name NodeID, as a witness if Witness is set.
+	TLS *pki.Source
 	// Witness members vote but hold no volume: the FSM never makes them
 	// primary, and a witness that leads hands leadership to a data host.
 	Witness bool
@@ -67,8 +71,15 @@ func (c Config) withDefaults() (Config, error) {
 	if err := validNodeID(c.NodeID); err != nil {
 		return c, fmt.Errorf("cluster config: %w", err)
 	}
-	if len(c.Secret) < MinSecretLen {
-		return c, fmt.Errorf("cluster config: shared secret is %d bytes, need at least %d", len(c.Secret), MinSecretLen)
+	if c.TLS == nil {
+		return c, errors.New("cluster config: no TLS certificate (ldmirror pki issue)")
+	}
+	if id := c.TLS.Identity(); id.ID != c.NodeID || id.Witness() != c.Witness {
+		want := pki.Identity{ID: c.NodeID, Role: pki.RoleData}
+		if c.Witness {
+			want.Role = pki.RoleWitness
+		}
+		return c, fmt.Errorf("cluster config: the TLS certificate %s names %s, this member is %s", c.TLS.Files().Cert, id, want)
 	}
 	if c.DataDir == "" {
 		return c, errors.New("cluster config: no data directory")
@@ -195,12 +206,10 @@ func Open(cfg Config) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("cluster config: bind address %s is unspecified; set an advertise address peers can dial", cfg.BindAddr)
 		}
 	}
-	c.mux, err = newMux(ln, c.advertise, cfg.NodeID, cfg.Secret, cfg.DialTimeout, cfg.Logger)
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
+	c.mux = newMux(ln, c.advertise, cfg.TLS, cfg.DialTimeout, cfg.Logger)
 	c.mux.rpc = c.serveRPC
+	c.mux.raftPeer = c.raftPeer
+	c.mux.tunnelTo = c.tunnelTo
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftLayer{c.mux},
 		MaxPool: 3,
@@ -258,6 +267,25 @@ func (c *Cluster) NodeID() string { return c.cfg.NodeID }
 func (c *Cluster) Addr() string { return c.advertise }
 
 func (c *Cluster) isLeader() bool { return c.raft.State() == raft.Leader }
+
+// raftPeer reports whether the member id may talk raft with this one: a
+// server of the raft configuration, so that a removed member's certificate
+// no longer can; or, while this member has no configuration yet (it is
+// being added, and the leader's first append brings one), any member of
+// the CA.
+func (c *Cluster) raftPeer(id pki.Identity) bool {
+	servers := c.raft.GetConfiguration().Configuration().Servers // no wait: raft keeps it at hand
+	for _, s := range servers {
+		if string(s.ID) == id.ID {
+			return true
+		}
+	}
+	return len(servers) == 0
+}
+
+// self is the identity this member's own commands are stamped with: the one
+// its certificate names (Open checked that they agree).
+func (c *Cluster) self() pki.Identity { return c.cfg.TLS.Identity() }
 
 // remaining is what raft's timeout arguments get: the context's time left.
 func remaining(ctx context.Context) time.Duration {
@@ -322,14 +350,17 @@ func (c *Cluster) onLeader(ctx context.Context, req rpcRequest) (rpcResponse, er
 		}
 		var resp rpcResponse
 		var err error
+		fwd := req
+		fwd.Forwarded = true
 		if c.isLeader() {
-			resp, err = c.leaderDo(ctx, req)
+			resp, err = c.leaderDo(ctx, req, c.self())
 		} else if addr, id := c.raft.LeaderWithID(); addr != "" && string(id) != c.cfg.NodeID {
-			fwd := req
-			fwd.Forwarded = true
-			resp, err = c.call(ctx, string(addr), fwd)
+			resp, err = c.callLeader(ctx, string(addr), fwd)
 		} else {
-			err = errNoLeader
+			// No leader known here (an election, or none of this member's
+			// own while it cannot hear the leader): the others may know
+			// one and reach it.
+			resp, err = c.callLeader(ctx, "", fwd)
 		}
 		if !retryable(err) {
 			return resp, err
@@ -345,11 +376,12 @@ func (c *Cluster) onLeader(ctx context.Context, req rpcRequest) (rpcResponse, er
 	}
 }
 
-// leaderDo serves req on this member, which believes it leads.
-func (c *Cluster) leaderDo(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+// leaderDo serves req from the member from (this one, or the one whose
+// certificate sent it) on this member, which believes it leads.
+func (c *Cluster) leaderDo(ctx context.Context, req rpcRequest, from pki.Identity) (rpcResponse, error) {
 	switch req.Op {
 	case rpcApply:
-		return c.applyLocal(ctx, req.Command)
+		return c.applyLocal(ctx, req.Command, from)
 	case rpcRead:
 		if err := c.wait(ctx, c.raft.Barrier(remaining(ctx))); err != nil {
 			return rpcResponse{}, err
@@ -357,17 +389,25 @@ func (c *Cluster) leaderDo(ctx context.Context, req rpcRequest) (rpcResponse, er
 		s := c.fsm.current()
 		return rpcResponse{Epoch: s.Epoch, Primary: s.Primary, State: &s}, nil
 	case rpcJoin:
-		return rpcResponse{}, c.addMember(ctx, req.Member)
+		return rpcResponse{}, c.addMember(ctx, req.Member, from)
 	case rpcRemove:
-		return rpcResponse{}, c.removeMember(ctx, req.Node)
+		return rpcResponse{}, c.removeMember(ctx, req.Node, from)
 	case rpcPing:
 		return rpcResponse{}, nil
 	}
 	return rpcResponse{}, fmt.Errorf("%w: unknown rpc %q", ErrInvalidCommand, req.Op)
 }
 
-func (c *Cluster) applyLocal(ctx context.Context, data []byte) (rpcResponse, error) {
-	if _, err := decodeCommand(data); err != nil {
+// applyLocal commits the command data on behalf of from: whatever sender
+// the data names is replaced with from, whose certificate sent it, and the
+// FSM authorizes the command by it.
+func (c *Cluster) applyLocal(ctx context.Context, data []byte, from pki.Identity) (rpcResponse, error) {
+	cmd, err := decodeCommand(data)
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	cmd.Sender, cmd.SenderWitness = from.ID, from.Witness()
+	if data, err = cmd.encode(); err != nil {
 		return rpcResponse{}, err
 	}
 	f := c.raft.Apply(data, remaining(ctx))
@@ -408,14 +448,21 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 	return nil
 }
 
-// Join asks the member at addr (any member: it forwards to the leader) to
-// register this host and add it as a voter. This host must share the
-// secret; it receives the log once the leader has added it.
+// Join asks the member at addr (any member: one that does not lead names
+// the leader, which this host then asks) to register this host and add it
+// as a voter. This host's certificate must be of the cluster's CA; it
+// receives the log once the leader has added it.
 func (c *Cluster) Join(ctx context.Context, addr string) error {
 	req := rpcRequest{Op: rpcJoin, Member: Member{ID: c.cfg.NodeID, Addr: c.advertise, Witness: c.cfg.Witness}}
 	backoff := 20 * time.Millisecond
+	via := addr
 	for {
-		_, err := c.call(ctx, addr, req)
+		resp, err := c.call(ctx, via, req)
+		if resp.Leader != "" && errors.Is(err, errNotLeader) {
+			// Only the leader admits a member, authenticated by its own
+			// connection: a relay cannot vouch for another's identity.
+			via = resp.Leader
+		}
 		if !retryable(err) {
 			if err != nil {
 				return fmt.Errorf("join via %s: %w", addr, err)
@@ -436,9 +483,13 @@ func (c *Cluster) Join(ctx context.Context, addr string) error {
 // addMember registers m in the FSM, then adds it to raft. Registering first
 // lets the FSM refuse (a third data host, a changed kind) before raft is
 // touched; both steps are idempotent, so a failed join is retried whole.
-func (c *Cluster) addMember(ctx context.Context, m Member) error {
+// Only m itself may ask, as the role its certificate names.
+func (c *Cluster) addMember(ctx context.Context, m Member, from pki.Identity) error {
 	if err := validNodeID(m.ID); err != nil {
 		return err
+	}
+	if from.ID != m.ID || from.Witness() != m.Witness {
+		return fmt.Errorf("%w: %s asked to add member %s (witness %t): a host joins as itself, in the role its certificate names", ErrNotAuthorized, from, m.ID, m.Witness)
 	}
 	if m.Addr == "" {
 		return fmt.Errorf("%w: member %s has no address", ErrInvalidCommand, m.ID)
@@ -447,7 +498,7 @@ func (c *Cluster) addMember(ctx context.Context, m Member) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.applyLocal(ctx, data); err != nil {
+	if _, err := c.applyLocal(ctx, data, from); err != nil {
 		return err
 	}
 	if err := c.wait(ctx, c.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), 0, remaining(ctx))); err != nil {
@@ -468,7 +519,7 @@ func (c *Cluster) Remove(ctx context.Context, id string) error {
 	return nil
 }
 
-func (c *Cluster) removeMember(ctx context.Context, id string) error {
+func (c *Cluster) removeMember(ctx context.Context, id string, from pki.Identity) error {
 	cf := c.raft.GetConfiguration()
 	if err := c.wait(ctx, cf); err != nil {
 		return err
@@ -485,7 +536,7 @@ func (c *Cluster) removeMember(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.applyLocal(ctx, data); err != nil {
+	if _, err := c.applyLocal(ctx, data, from); err != nil {
 		return err
 	}
 	if inRaft {

@@ -5,22 +5,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ldmirror/ldmirror/internal/poll"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ldmirror/ldmirror/internal/poll"
+
+	"github.com/ldmirror/ldmirror/internal/pkitest"
+	"github.com/ldmirror/ldmirror/pki"
 )
 
 // These tests run real raft members on 127.0.0.1, each with its own
 // listener and bolt store in a temporary directory. Timings are a fifth of
 // raft's defaults: quick, but with room for a loaded 2-core machine.
-
-var testSecret = []byte("0123456789abcdef-test-secret")
 
 func testLogger() *slog.Logger {
 	if os.Getenv("LDMIRROR_TEST_LOG") != "" {
@@ -29,12 +32,17 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func testConfig(t *testing.T, id string, witness bool) Config {
+// testConfig is member id's configuration, with a certificate from ca.
+func testConfig(t *testing.T, ca *pkitest.CA, id string, witness bool) Config {
+	role := pki.RoleData
+	if witness {
+		role = pki.RoleWitness
+	}
 	return Config{
 		NodeID:             id,
 		BindAddr:           "127.0.0.1:0",
 		DataDir:            filepath.Join(t.TempDir(), id),
-		Secret:             testSecret,
+		TLS:                ca.Source(id, role),
 		Witness:            witness,
 		Logger:             testLogger().With("node", id),
 		HeartbeatTimeout:   200 * time.Millisecond,
@@ -51,6 +59,7 @@ type member struct {
 	t   *testing.T
 	cfg Config
 	c   *Cluster
+	ca  *pkitest.CA // the CA of its certificate
 }
 
 func startMember(t *testing.T, cfg Config) *member {
@@ -93,6 +102,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 // them, so joins exercise forwarding from a follower.
 func startTrio(t *testing.T, first string, tweak func(*Config)) map[string]*member {
 	t.Helper()
+	ca := pkitest.New(t)
 	ms := map[string]*member{}
 	order := []string{first}
 	for _, id := range []string{"a", "b", "w"} {
@@ -101,11 +111,12 @@ func startTrio(t *testing.T, first string, tweak func(*Config)) map[string]*memb
 		}
 	}
 	for i, id := range order {
-		cfg := testConfig(t, id, id == "w")
+		cfg := testConfig(t, ca, id, id == "w")
 		if tweak != nil {
 			tweak(&cfg)
 		}
 		m := startMember(t, cfg)
+		m.ca = ca
 		ms[id] = m
 		ctx := ctxFor(t, 10*time.Second)
 		if i == 0 {
@@ -135,16 +146,17 @@ func converged(t *testing.T, ms map[string]*member, want func(VolumeState) bool)
 	}
 }
 
-// makePrimary marks both data hosts uptodate and promotes node: epoch 1.
-func makePrimary(t *testing.T, ctx context.Context, c *Cluster, node string) {
+// makePrimary makes node primary in epoch 1, as an operator does a fresh
+// pair's first (forced) promotion through member c, and node then records
+// its peer uptodate, as it does after the first resync.
+func makePrimary(t *testing.T, ctx context.Context, ms map[string]*member, c *Cluster, node string) {
 	t.Helper()
-	for _, id := range []string{"a", "b"} {
-		if err := c.SetDiskState(ctx, id, DiskUpToDate, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if e, err := c.Promote(ctx, node, false, ""); err != nil || e != 1 {
+	if e, err := c.Promote(ctx, node, true, "first primary"); err != nil || e != 1 {
 		t.Fatalf("promote %s: epoch %d, %v; want 1", node, e, err)
+	}
+	peer := map[string]string{"a": "b", "b": "a"}[node]
+	if err := ms[node].c.SetDiskState(ctx, peer, DiskUpToDate, 1); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -225,13 +237,10 @@ func TestRolesAndEpochs(t *testing.T) {
 	if s := <-watch; s.Epoch != 0 {
 		t.Fatalf("watch starts at epoch %d", s.Epoch)
 	}
-	if err := w.SetDiskState(ctx, "a", DiskUpToDate, 0); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := w.Promote(ctx, "b", false, ""); !errors.Is(err, ErrNotUpToDate) {
 		t.Fatalf("promote of inconsistent b: %v, want ErrNotUpToDate", err)
 	}
-	e, err := b.Promote(ctx, "a", false, "")
+	e, err := b.Promote(ctx, "a", true, "first primary")
 	if err != nil || e != 1 {
 		t.Fatalf("promote a: epoch %d, %v; want 1", e, err)
 	}
@@ -256,7 +265,7 @@ func TestRolesAndEpochs(t *testing.T) {
 	if e, err = b.Demote(ctx, "b", 2); err != nil || e != 3 {
 		t.Fatalf("demote b: epoch %d, %v; want 3", e, err)
 	}
-	p, e, err := w.Failover(ctx, "", 3)
+	p, e, err := w.Failover(ctx, "", 3) // an operator's move: the witness may
 	if err != nil || p != "a" || e != 4 {
 		t.Fatalf("failover: %q epoch %d, %v; want a, 4", p, e, err)
 	}
@@ -293,7 +302,7 @@ func TestForcedPromotion(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
 	a, b := ms["a"].c, ms["b"].c
-	makePrimary(t, ctx, a, "a")
+	makePrimary(t, ctx, ms, a, "a")
 	if err := a.MarkPeerOutdated(ctx, 1, "b"); err != nil {
 		t.Fatalf("mark b outdated: %v", err)
 	}
@@ -318,7 +327,7 @@ func TestForcedPromotion(t *testing.T) {
 		t.Fatal(err)
 	}
 	lf := s.LastForced
-	if s.Primary != "b" || s.ForcedPromotions != 1 || lf.Node != "b" || lf.Reason != "site A burned down" ||
+	if s.Primary != "b" || s.ForcedPromotions != 2 || lf.Node != "b" || lf.Reason != "site A burned down" ||
 		lf.Disk != DiskOutdated || lf.Epoch != 2 || lf.Index != s.EpochIndex || lf.At.IsZero() {
 		t.Fatalf("forced promotion not recorded: %+v", s)
 	}
@@ -331,33 +340,25 @@ func TestForcedPromotion(t *testing.T) {
 	}
 }
 
-// TestReportReady: readiness reports submitted on followers are forwarded
-// to the leader, refusals keep their sentinel across the forward, and every
-// member records the same report and time.
+// TestReportReady: a host's readiness report, submitted on a follower, is
+// forwarded to the leader; refusals keep their sentinel across the
+// forward; every member records the same report and time.
 func TestReportReady(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
-	poll.Until(t, 5*time.Second, "a leader", func() bool { id, _ := ms["a"].c.Leader(); return id != "" })
-	var followers []*Cluster
-	for _, m := range ms {
-		if !m.c.isLeader() {
-			followers = append(followers, m.c)
-		}
-	}
-	if len(followers) < 2 {
-		t.Fatalf("%d followers, want 2", len(followers))
-	}
+	// b reports its own readiness, from a follower.
+	poll.Until(t, 5*time.Second, "a to lead", func() bool { return ms["a"].c.isLeader() })
 	// "é" is 2 bytes, so the cut at MaxReadyDetail would split one: the
 	// detail is shortened to the rune boundary before it.
 	long := "x" + strings.Repeat("é", MaxReadyDetail)
-	if err := followers[0].ReportReady(ctx, "b", true, long); err != nil {
-		t.Fatalf("report ready via follower %s: %v", followers[0].NodeID(), err)
+	if err := ms["b"].c.ReportReady(ctx, "b", true, long); err != nil {
+		t.Fatalf("b's report via a follower: %v", err)
 	}
-	if err := followers[1].ReportReady(ctx, "w", true, ""); !errors.Is(err, ErrWitness) {
-		t.Fatalf("witness readiness via follower %s: %v, want ErrWitness", followers[1].NodeID(), err)
+	if err := ms["w"].c.ReportReady(ctx, "w", true, ""); !errors.Is(err, ErrWitness) {
+		t.Fatalf("witness readiness: %v, want ErrWitness", err)
 	}
-	if err := followers[1].ReportReady(ctx, "zz", true, ""); !errors.Is(err, ErrUnknownNode) {
-		t.Fatalf("unknown host's readiness: %v, want ErrUnknownNode", err)
+	if err := ms["w"].c.ReportReady(ctx, "b", false, "forged"); !errors.Is(err, ErrNotAuthorized) {
+		t.Fatalf("b's readiness reported by w: %v, want ErrNotAuthorized", err)
 	}
 	converged(t, ms, func(s VolumeState) bool { h, _ := s.Host("b"); return h.Ready })
 	ref, _ := ms["a"].c.State().Host("b")
@@ -380,7 +381,7 @@ func TestOneMemberDown(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 30*time.Second)
 	a := ms["a"].c
-	makePrimary(t, ctx, a, "a")
+	makePrimary(t, ctx, ms, a, "a")
 
 	// Witness down: the pair still commits.
 	ms["w"].stop()
@@ -398,7 +399,7 @@ func TestOneMemberDown(t *testing.T) {
 	ms["b"].start()
 	b := ms["b"].c
 	converged(t, ms, func(s VolumeState) bool { h, _ := s.Host("b"); return h.Disk == DiskOutdated })
-	if err := b.SetDiskState(ctx, "b", DiskUpToDate, 1); err != nil {
+	if err := a.SetDiskState(ctx, "b", DiskUpToDate, 1); err != nil {
 		t.Fatalf("resync done: %v", err)
 	}
 
@@ -427,7 +428,7 @@ func TestConsistentAfterRestart(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
 	a, b := ms["a"].c, ms["b"].c
-	makePrimary(t, ctx, a, "a")
+	makePrimary(t, ctx, ms, a, "a")
 	if _, err := a.TransferPrimary(ctx, "a", "b", 1); err != nil {
 		t.Fatal(err)
 	}
@@ -477,7 +478,7 @@ func TestConsistentWaitsForOwnCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	makePrimary(t, ctx, a, "a")
+	makePrimary(t, ctx, ms, a, "a")
 	leader, err := a.Consistent(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -520,7 +521,7 @@ func TestNoQuorum(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 30*time.Second)
 	a := ms["a"].c
-	makePrimary(t, ctx, a, "a")
+	makePrimary(t, ctx, ms, a, "a")
 	ms["b"].stop()
 	ms["w"].stop()
 
@@ -569,9 +570,9 @@ func TestRestartAll(t *testing.T) {
 	ms := startTrio(t, "a", func(c *Config) { c.SnapshotThreshold, c.TrailingLogs = 8, 4 })
 	ctx := ctxFor(t, 30*time.Second)
 	a := ms["a"].c
-	makePrimary(t, ctx, ms["b"].c, "a") // submitted on a follower
+	makePrimary(t, ctx, ms, ms["b"].c, "a") // submitted on a follower
 	for seq := uint64(1); seq <= 30; seq++ {
-		if err := ms["w"].c.AckSeq(ctx, "b", 1, seq); err != nil {
+		if err := ms["b"].c.AckSeq(ctx, "b", 1, seq); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -617,7 +618,7 @@ func TestRestartAll(t *testing.T) {
 	if fmt.Sprintf("%+v", stripIndex(after)) != fmt.Sprintf("%+v", stripIndex(before)) {
 		t.Fatalf("state changed across restart:\nbefore %+v\n after %+v", before, after)
 	}
-	if after.Epoch != 2 || after.ForcedPromotions != 1 {
+	if after.Epoch != 2 || after.ForcedPromotions != 2 {
 		t.Fatalf("restored state %+v", after)
 	}
 	converged(t, ms, func(s VolumeState) bool {
@@ -637,13 +638,13 @@ func TestCorruptStore(t *testing.T) {
 	}
 	// seed makes a one-member cluster with some entries and a snapshot.
 	seed := func(t *testing.T) Config {
-		cfg := testConfig(t, "a", false)
+		cfg := testConfig(t, pkitest.New(t), "a", false)
 		m := startMember(t, cfg)
 		ctx := ctxFor(t, 10*time.Second)
 		if err := m.c.Bootstrap(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.c.SetDiskState(ctx, "a", DiskUpToDate, 0); err != nil {
+		if _, err := m.c.Promote(ctx, "a", true, "seed"); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.c.Snapshot(ctx); err != nil {
@@ -691,9 +692,9 @@ func TestCorruptStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := bytes.Index(b, []byte("\x01{\"op\":\"set-disk\""))
+		i := bytes.Index(b, []byte("\x01{\"op\":\"promote\""))
 		if i < 0 {
-			t.Fatal("no set-disk command found in the store")
+			t.Fatal("no promote command found in the store")
 		}
 		damage(t, path, int64(i+1), 1) // the JSON no longer parses
 		_, err = Open(cfg)
@@ -745,7 +746,7 @@ func TestCorruptStore(t *testing.T) {
 		})
 	})
 	t.Run("empty store file is a fresh store", func(t *testing.T) {
-		cfg := testConfig(t, "a", false)
+		cfg := testConfig(t, pkitest.New(t), "a", false)
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -768,24 +769,23 @@ func TestCorruptStore(t *testing.T) {
 	})
 }
 
-// TestWrongSecret: a host without the secret cannot join, and nothing it
-// sent is applied.
-func TestWrongSecret(t *testing.T) {
+// TestForeignCA: a host with a certificate of another CA cannot join, and
+// nothing it sent is applied.
+func TestForeignCA(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 10*time.Second)
 	before, err := ms["a"].c.Consistent(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, "x", true)
-	cfg.Secret = []byte("another-secret-of-enough-length")
+	cfg := testConfig(t, pkitest.New(t), "x", true)
 	x := startMember(t, cfg)
 	if err := x.c.Bootstrap(ctxFor(t, 5*time.Second)); err != nil {
 		t.Fatalf("intruder's own bootstrap: %v", err)
 	}
 	err = x.c.Join(ctx, ms["b"].c.Addr())
 	if !errors.Is(err, ErrAuth) {
-		t.Fatalf("join with the wrong secret: %v, want ErrAuth", err)
+		t.Fatalf("join with another CA's certificate: %v, want ErrAuth", err)
 	}
 	after, err := ms["a"].c.Consistent(ctx)
 	if err != nil {
@@ -826,7 +826,7 @@ func TestRemoveAndReplaceWitness(t *testing.T) {
 	ms := startTrio(t, "a", nil)
 	ctx := ctxFor(t, 20*time.Second)
 	a, b := ms["a"].c, ms["b"].c
-	makePrimary(t, ctx, a, "a")
+	makePrimary(t, ctx, ms, a, "a")
 	if err := b.Remove(ctx, "a"); !errors.Is(err, ErrIsPrimary) {
 		t.Fatalf("remove primary: %v, want ErrIsPrimary", err)
 	}
@@ -844,7 +844,7 @@ func TestRemoveAndReplaceWitness(t *testing.T) {
 	delete(ms, "w")
 	converged(t, ms, func(s VolumeState) bool { _, ok := s.Host("w"); return !ok })
 
-	w2 := startMember(t, testConfig(t, "w2", true))
+	w2 := startMember(t, testConfig(t, ms["a"].ca, "w2", true))
 	ms["w2"] = w2
 	if err := w2.c.Join(ctx, b.Addr()); err != nil {
 		t.Fatalf("replacement witness join: %v", err)
@@ -863,5 +863,101 @@ func TestRemoveAndReplaceWitness(t *testing.T) {
 	}
 	if h, ok := s.Host("w2"); !ok || !h.Witness {
 		t.Fatalf("w2 not registered as witness: %+v", s)
+	}
+}
+
+// rawCall sends req to the member at addr as the node creds names, over
+// the cluster port's RPC channel, and returns the member's answer.
+func rawCall(t *testing.T, creds *pki.Source, addr string, req rpcRequest) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMux(ln, ln.Addr().String(), creds, 2*time.Second, testLogger())
+	defer m.close()
+	conn, err := m.dial(ctxFor(t, 5*time.Second), addr, chanRPC)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	req.TimeoutMS = 5000
+	if err := writeMsg(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	var resp rpcResponse
+	if err := readMsg(conn, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return decodeError(resp.Code, resp.Err)
+}
+
+// TestSenderIdentity: the witness cannot submit data-host state in a data
+// host's name (mark-outdated, transfer, set-disk, ack-seq, report-ready),
+// nor can a node whose certificate names another node join or act as it;
+// a member whose certificate names another node does not start. The state
+// is what the data hosts made it.
+func TestSenderIdentity(t *testing.T) {
+	ms := startTrio(t, "a", nil)
+	ctx := ctxFor(t, 30*time.Second)
+	a, w := ms["a"].c, ms["w"].c
+	makePrimary(t, ctx, ms, a, "a")
+	before, err := a.Consistent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []command{
+		{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 1},
+		{Op: opTransfer, By: "a", Node: "b", Epoch: 1},
+		{Op: opSetDisk, Node: "b", Disk: DiskOutdated, Epoch: 1},
+		{Op: opAckSeq, Node: "b", Seq: 7, Epoch: 1},
+		{Op: opReportReady, Node: "a", Ready: false, Detail: "forged"},
+		// Claiming to be a in the stamp itself: the leader overwrites it.
+		{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 1, Sender: "a"},
+	} {
+		if _, err := w.submit(ctx, cmd); !errors.Is(err, ErrNotAuthorized) {
+			t.Fatalf("witness submits %s in a's name: %v, want ErrNotAuthorized", cmd.Op, err)
+		}
+	}
+
+	// c holds a data-host certificate of the cluster's CA, for c.
+	c := ms["a"].ca.Source("c", pki.RoleData)
+	leader := func() string { _, addr := a.Leader(); return addr }
+	if err := rawCall(t, c, leader(), rpcRequest{Op: rpcJoin, Member: Member{ID: "b", Addr: "127.0.0.1:1"}}); !errors.Is(err, ErrNotAuthorized) {
+		t.Fatalf("c joins as b: %v, want ErrNotAuthorized", err)
+	}
+	forged, err := command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 1}.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rawCall(t, c, leader(), rpcRequest{Op: rpcApply, Command: forged, Forwarded: true}); !errors.Is(err, ErrNotAuthorized) {
+		t.Fatalf("c marks b outdated in a's name: %v, want ErrNotAuthorized", err)
+	}
+	// Nor may c talk raft: it is not in the configuration.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := newMux(ln, ln.Addr().String(), c, 2*time.Second, testLogger())
+	defer cm.close()
+	if _, err := cm.dial(ctx, a.Addr(), chanRaft); !errors.Is(err, ErrAuth) {
+		t.Fatalf("raft connection from c: %v, want ErrAuth", err)
+	}
+	cfg := testConfig(t, ms["a"].ca, "b", false)
+	cfg.TLS = c
+	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "names data c, this member is data b") {
+		t.Fatalf("member b with c's certificate: %v", err)
+	}
+
+	after, err := a.Consistent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(stripIndex(after)) != fmt.Sprint(stripIndex(before)) {
+		t.Fatalf("refused commands changed the state:\nbefore %+v\n after %+v", before, after)
+	}
+	// The witness still does what an operator may.
+	if _, err := w.Demote(ctx, "a", 1); err != nil {
+		t.Fatalf("demote through the witness: %v", err)
 	}
 }

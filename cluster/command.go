@@ -43,6 +43,12 @@ type command struct {
 	Seq     uint64    `json:"seq,omitempty"`
 	Ready   bool      `json:"ready,omitempty"`
 	Detail  string    `json:"detail,omitempty"`
+	// Sender is the member whose certificate sent the command, stamped
+	// by the leader that committed it (never taken from the submitter),
+	// and SenderWitness its role; authorize checks the command against
+	// them. Entries committed before senders were stamped have none.
+	Sender        string `json:"sender,omitempty"`
+	SenderWitness bool   `json:"sender_witness,omitempty"`
 }
 
 // encode returns the log entry for c: one version byte, then JSON. JSON keeps
@@ -76,27 +82,28 @@ func decodeCommand(b []byte) (command, error) {
 // change. It must depend on nothing but s and its arguments, because every
 // member runs it and they must agree.
 func (s *VolumeState) apply(c command, index uint64, at time.Time) (Epoch, error) {
-	var err error
-	switch c.Op {
-	case opRegister:
+	err := s.authorize(c)
+	switch {
+	case err != nil:
+	case c.Op == opRegister:
 		err = s.register(c)
-	case opRemove:
+	case c.Op == opRemove:
 		err = s.remove(c)
-	case opPromote:
+	case c.Op == opPromote:
 		err = s.promote(c, index, at)
-	case opDemote:
+	case c.Op == opDemote:
 		err = s.demote(c, index)
-	case opTransfer:
+	case c.Op == opTransfer:
 		err = s.transfer(c, index)
-	case opFailover:
+	case c.Op == opFailover:
 		err = s.failover(c, index)
-	case opMarkOutdated:
+	case c.Op == opMarkOutdated:
 		err = s.markOutdated(c)
-	case opSetDisk:
+	case c.Op == opSetDisk:
 		err = s.setDisk(c)
-	case opAckSeq:
+	case c.Op == opAckSeq:
 		err = s.ackSeq(c)
-	case opReportReady:
+	case c.Op == opReportReady:
 		err = s.reportReady(c, at)
 	default:
 		err = fmt.Errorf("%w: unknown op %q", ErrInvalidCommand, c.Op)
@@ -109,6 +116,67 @@ func (s *VolumeState) apply(c command, index uint64, at time.Time) (Epoch, error
 		return s.Epoch, fmt.Errorf("%s %s: %w", c.Op, subject, err)
 	}
 	return s.Epoch, nil
+}
+
+// authorize checks that the member that sent c may give it
+// (docs/design.md, "Security"): a host joins as itself in the role its
+// certificate names; only a member may act; the operator's commands
+// (promote, demote, remove, and a failover, which only chooses the
+// uptodate host) may come from any member, the witness too; a command a
+// primary gives (mark-outdated, transfer, set-disk) only from that
+// primary; a report about a host (readiness; an acknowledged sequence
+// number, which the primary may also report) only from that host. So a
+// witness never speaks for a data host. Entries without a sender predate
+// the stamping and are applied as they were.
+func (s *VolumeState) authorize(c command) error {
+	from := c.Sender
+	if from == "" {
+		return nil
+	}
+	deny := func(why string) error {
+		role := "data host"
+		if c.SenderWitness {
+			role = "witness"
+		}
+		return fmt.Errorf("%w: %s %s %s", ErrNotAuthorized, role, from, why)
+	}
+	if c.Op == opRegister {
+		if c.Node != from || c.Witness != c.SenderWitness {
+			return deny(fmt.Sprintf("may not register %q (witness %t): a host joins as itself, in its certificate's role", c.Node, c.Witness))
+		}
+		return nil
+	}
+	i, ok := s.find(from)
+	if !ok {
+		return deny("is not a member")
+	}
+	if s.Hosts[i].Witness != c.SenderWitness {
+		return deny(fmt.Sprintf("is registered with witness=%t", s.Hosts[i].Witness))
+	}
+	switch c.Op {
+	case opPromote, opDemote, opRemove, opFailover:
+		return nil
+	case opMarkOutdated, opTransfer:
+		if c.By != from {
+			return deny(fmt.Sprintf("may not act for primary %q", c.By))
+		}
+	case opSetDisk:
+		if err := s.checkEpoch(c.Epoch); err != nil {
+			return err
+		}
+		if from != s.Primary {
+			return deny(fmt.Sprintf("may not report disk states: only the primary of epoch %d (%q) does", s.Epoch, s.Primary))
+		}
+	case opAckSeq:
+		if c.Node != from && (from != s.Primary || c.Epoch != s.Epoch) {
+			return deny(fmt.Sprintf("may not report what %q acknowledged: only that host or the primary does", c.Node))
+		}
+	case opReportReady:
+		if c.Node != from {
+			return deny(fmt.Sprintf("may not report %q's readiness", c.Node))
+		}
+	}
+	return nil
 }
 
 // dataHost returns the index of the data host id.

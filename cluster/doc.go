@@ -27,12 +27,18 @@
 // primary cut off from both its peer and the witness gets ErrNoQuorum and
 // must suspend I/O instead of diverging.
 //
-// Raft traffic runs over TLS 1.3 on one TCP port per member; before any raft
-// byte moves, both ends prove knowledge of the shared secret with an HMAC
-// over the TLS session's exported keying material (see stream.go), so a
-// host without the secret can neither join nor talk raft, and a
-// man-in-the-middle cannot relay the proof. Commands submitted on a follower
-// are forwarded to the leader over the same authenticated port.
+// Raft traffic runs over TLS 1.3 on one TCP port per member, mutually
+// authenticated: every member presents its own certificate of the pair's
+// CA (package pki), which names its node ID and role (see stream.go), so a
+// host without one can neither join nor talk raft. Commands submitted on a
+// follower are forwarded to the leader over the same port; the leader
+// stamps each command with the member whose certificate sent it, and the
+// FSM authorizes the command by that sender (command.go, authorize): a
+// member speaks only for itself, the primary also for its peer's disk, and
+// a witness never for a data host — it votes and passes on its operator's
+// promote, demote, remove and failover. Raft itself trusts its voters to
+// follow the protocol: see docs/design.md, "Security", for what a member
+// whose host is compromised can still do.
 //
 // A Cluster is opened with Open, bootstraps a new group with Bootstrap or
 // joins one with Join, and is closed with Close, which waits for every

@@ -583,3 +583,84 @@ func TestHolds(t *testing.T) {
 		t.Error("no primary: Holds(\"\", 3) = true")
 	}
 }
+
+// TestAuthorize: a command stamped with its sender is applied only if the
+// sender may give it; a witness never speaks for a data host.
+func TestAuthorize(t *testing.T) {
+	from := func(id string, c command) command { c.Sender, c.SenderWitness = id, id == "w" || id == "x"; return c }
+	tests := []struct {
+		name    string
+		cmd     command
+		wantErr error // nil: applied
+	}{
+		{"primary outdates its peer", from("a", command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3}), nil},
+		{"witness outdates b in a's name", from("w", command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3}), ErrNotAuthorized},
+		{"secondary outdates b in a's name", from("b", command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3}), ErrNotAuthorized},
+		{"witness in its own name is no primary", from("w", command{Op: opMarkOutdated, By: "w", Node: "b", Epoch: 3}), ErrNotPrimary},
+		{"witness transfers a's role", from("w", command{Op: opTransfer, By: "a", Node: "b", Epoch: 3}), ErrNotAuthorized},
+		{"primary transfers its role", from("a", command{Op: opTransfer, By: "a", Node: "b", Epoch: 3}), nil},
+		{"primary reports its peer's disk", from("a", command{Op: opSetDisk, Node: "b", Disk: DiskInconsistent, Epoch: 3}), nil},
+		{"witness reports b's disk", from("w", command{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 3}), ErrNotAuthorized},
+		{"secondary reports its own disk", from("b", command{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 3}), ErrNotAuthorized},
+		{"deposed primary's report is stale", from("a", command{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 2}), ErrStaleEpoch},
+		{"host reports its own ack", from("b", command{Op: opAckSeq, Node: "b", Seq: 9, Epoch: 3}), nil},
+		{"primary reports its peer's ack", from("a", command{Op: opAckSeq, Node: "b", Seq: 9, Epoch: 3}), nil},
+		{"witness reports b's ack", from("w", command{Op: opAckSeq, Node: "b", Seq: 9, Epoch: 3}), ErrNotAuthorized},
+		{"secondary reports the primary's ack", from("b", command{Op: opAckSeq, Node: "a", Seq: 9, Epoch: 3}), ErrNotAuthorized},
+		{"host reports its readiness", from("b", command{Op: opReportReady, Node: "b", Ready: true}), nil},
+		{"witness reports b's readiness", from("w", command{Op: opReportReady, Node: "b", Ready: true}), ErrNotAuthorized},
+		{"primary reports b's readiness", from("a", command{Op: opReportReady, Node: "b"}), ErrNotAuthorized},
+		{"witness registers as data host a", from("w", command{Op: opRegister, Node: "a"}), ErrNotAuthorized},
+		{"witness registers itself as a data host", from("w", command{Op: opRegister, Node: "w"}), ErrNotAuthorized},
+		{"new witness registers itself", from("x", command{Op: opRegister, Node: "x", Witness: true}), nil},
+		{"witness promotes (operator)", from("w", command{Op: opPromote, Node: "b"}), nil},
+		{"witness demotes (operator)", from("w", command{Op: opDemote, Node: "a", Epoch: 3}), nil},
+		{"witness fails over (operator)", from("w", command{Op: opFailover, By: "a", Epoch: 3}), nil},
+		{"witness removes b (operator)", from("w", command{Op: opRemove, Node: "b"}), nil},
+		{"a non-member promotes", command{Op: opPromote, Node: "b", Sender: "z"}, ErrNotAuthorized},
+		{"a data host's name with a witness certificate", command{Op: opReportReady, Node: "a", Ready: true, Sender: "a", SenderWitness: true}, ErrNotAuthorized},
+		{"an entry from before stamping", command{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := pair()
+			before := s.clone()
+			_, err := s.apply(tc.cmd, 100, at)
+			if !errors.Is(err, tc.wantErr) || (err == nil) != (tc.wantErr == nil) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err != nil && !reflect.DeepEqual(s, before) {
+				t.Fatalf("refused command changed the state: %+v", s)
+			}
+		})
+	}
+}
+
+// FuzzApply decodes arbitrary log entries and applies them to the usual
+// state: no panic, and a refused command leaves the state as it was.
+func FuzzApply(f *testing.F) {
+	for _, c := range []command{
+		{Op: opMarkOutdated, By: "a", Node: "b", Epoch: 3, Sender: "w", SenderWitness: true},
+		{Op: opSetDisk, Node: "b", Disk: DiskUpToDate, Epoch: 3, Sender: "a"},
+		{Op: opRegister, Node: "x", Witness: true, Sender: "x", SenderWitness: true},
+		{Op: opReportReady, Node: "b", Ready: true, Detail: "ok", Sender: "b"},
+		{Op: opPromote, Node: "b", Force: true, Reason: "r", Sender: "w", SenderWitness: true},
+	} {
+		b, err := c.encode()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decodeCommand(b)
+		if err != nil {
+			return
+		}
+		s := pair()
+		before := s.clone()
+		if _, err := s.apply(c, 100, at); err != nil && !reflect.DeepEqual(s, before) {
+			t.Fatalf("refused %+v changed the state", c)
+		}
+	})
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/ldmirror/ldmirror/pki"
 )
 
 // Errors returned by the FSM and the API. They survive forwarding to the
@@ -39,8 +41,13 @@ var (
 	ErrClusterFull = errors.New("the cluster already has two data hosts")
 	// ErrInvalidCommand reports a malformed or unsupported command.
 	ErrInvalidCommand = errors.New("invalid command")
-	// ErrAuth reports a peer that failed the shared-secret authentication.
-	ErrAuth = errors.New("cluster peer authentication failed (wrong shared secret?)")
+	// ErrAuth reports a peer whose certificate was refused, or that
+	// refused ours (another CA, expired, not a member's).
+	ErrAuth = errors.New("cluster peer authentication failed")
+	// ErrNotAuthorized refuses a command its sender may not give: a
+	// member speaks only for itself (its own readiness, its own join) or,
+	// as primary, for its peer's disk; a witness never for a data host.
+	ErrNotAuthorized = errors.New("sender not authorized")
 	// ErrCorruptStore reports a raft log, stable store or snapshot that
 	// cannot be read; the message names the file.
 	ErrCorruptStore = errors.New("corrupt raft store")
@@ -67,6 +74,10 @@ const (
 	DiskInconsistent DiskState = "inconsistent"
 	// DiskDiskless: a witness, which holds no copy.
 	DiskDiskless DiskState = "diskless"
+	// DiskFailed: the host's own disk failed an I/O and the host stopped
+	// using it. Only the host itself shows it; the control plane records
+	// such a host outdated (its peer fenced it).
+	DiskFailed DiskState = "failed"
 )
 
 func (d DiskState) valid() bool {
@@ -186,18 +197,12 @@ func (s *VolumeState) clone() VolumeState {
 	return c
 }
 
-// maxNodeID bounds node IDs; they appear in logs, status and raft's
+// validNodeID checks a node ID as certificates name them (pki): 1 to 64
+// of A-Z a-z 0-9 . _ -. IDs appear in logs, status and raft's
 // configuration.
-const maxNodeID = 64
-
 func validNodeID(id string) error {
-	if id == "" || len(id) > maxNodeID {
-		return fmt.Errorf("%w: node id must be 1 to %d bytes, got %q", ErrInvalidCommand, maxNodeID, id)
-	}
-	for _, r := range id {
-		if r <= ' ' || r == 0x7f {
-			return fmt.Errorf("%w: node id %q has a space or control character", ErrInvalidCommand, id)
-		}
+	if err := pki.ValidNodeID(id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidCommand, err)
 	}
 	return nil
 }

@@ -67,9 +67,24 @@ func (c *Client) Resync(ctx context.Context, full, checksum bool) (node.ResyncRe
 }
 
 // Swap hands the primary role to the peer.
-func (c *Client) Swap(ctx context.Context) (SwapResult, error) {
+// force swaps although the volume is in use on the primary.
+func (c *Client) Swap(ctx context.Context, force bool) (SwapResult, error) {
+	route := "/swap"
+	if force {
+		route += "?force=1"
+	}
 	var res SwapResult
-	return res, c.do(ctx, http.MethodPost, "/swap", nil, &res)
+	return res, c.do(ctx, http.MethodPost, route, nil, &res)
+}
+
+// AttachDisk takes back the host's disk after it failed and was repaired;
+// full has the primary resync every block.
+func (c *Client) AttachDisk(ctx context.Context, full bool) error {
+	route := "/attach-disk"
+	if full {
+		route += "?full=1"
+	}
+	return c.do(ctx, http.MethodPost, route, nil, &struct{}{})
 }
 
 // RetryAgent runs the LDAP agent's failed hook sequence again and returns
@@ -116,8 +131,10 @@ func (c *Client) Promote(ctx context.Context, node string, force bool, reason st
 
 // Demote ends node's tenure as primary of epoch (0: the current one) and
 // returns the new epoch.
-func (c *Client) Demote(ctx context.Context, node string, epoch cluster.Epoch, timeout time.Duration) (cluster.Epoch, error) {
-	r, err := c.command(ctx, "/cluster/demote", Request{Node: node, Epoch: epoch}, timeout)
+// force demotes a host whose volume is in use (a data host's own socket
+// checks that of itself).
+func (c *Client) Demote(ctx context.Context, node string, epoch cluster.Epoch, force bool, timeout time.Duration) (cluster.Epoch, error) {
+	r, err := c.command(ctx, "/cluster/demote", Request{Node: node, Epoch: epoch, Force: force}, timeout)
 	return r.Epoch, err
 }
 

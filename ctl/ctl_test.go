@@ -4,9 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
@@ -27,8 +33,10 @@ func (h *fakeHost) Resync(_ context.Context, full, _ bool) (node.ResyncResult, e
 	h.full = full
 	return node.ResyncResult{Blocks: 3}, h.err
 }
-func (h *fakeHost) RequestSwap(context.Context) (cluster.Epoch, error) { return 7, h.err }
-func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)   { return agent.Status{}, h.err }
+func (h *fakeHost) RequestSwap(context.Context, bool) (cluster.Epoch, error) { return 7, h.err }
+func (h *fakeHost) CheckDemote(string, bool) error                           { return h.err }
+func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)         { return agent.Status{}, h.err }
+func (h *fakeHost) AttachDisk(context.Context, bool) error                   { return h.err }
 
 // fakeMember answers the cluster routes; Promote refuses with err.
 type fakeMember struct {
@@ -101,7 +109,7 @@ func TestHostRoutes(t *testing.T) {
 	if res, err := cl.Resync(ctx, true, false); err != nil || res.Blocks != 3 || !h.full {
 		t.Fatalf("resync = %+v, %v (full passed: %v)", res, err, h.full)
 	}
-	if res, err := cl.Swap(ctx); err != nil || res.Epoch != 7 {
+	if res, err := cl.Swap(ctx, false); err != nil || res.Epoch != 7 {
 		t.Fatalf("swap = %+v, %v", res, err)
 	}
 	if _, err := cl.Cluster(ctx, false, time.Second); err == nil {
@@ -123,7 +131,7 @@ func TestMemberRoutes(t *testing.T) {
 	if m.deadline <= 0 || m.deadline > 3*time.Second {
 		t.Fatalf("promote ran with %v left, want the request's 3 s", m.deadline)
 	}
-	if e, err := cl.Demote(ctx, "a", 0, time.Second); err != nil || e != 5 || m.demoted != 4 {
+	if e, err := cl.Demote(ctx, "a", 0, false, time.Second); err != nil || e != 5 || m.demoted != 4 {
 		t.Fatalf("demote in the current epoch = %d, %v (named %d, want 4)", e, err, m.demoted)
 	}
 	if _, err := cl.Promote(ctx, "b", true, " ", time.Second); !errors.Is(err, cluster.ErrInvalidCommand) {
@@ -157,5 +165,59 @@ func TestSocketInUse(t *testing.T) {
 	defer s.Close()
 	if _, err := Serve(path, Handler(&fakeHost{}, nil)); err == nil {
 		t.Fatal("a second server took a live socket")
+	}
+}
+
+// TestSocketNeverWide: the control socket appears at its path only by a
+// rename, already mode 0600, even under umask 0; nothing else is left in
+// the directory.
+func TestSocketNeverWide(t *testing.T) {
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	dir := t.TempDir()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Skipf("inotify: %v", err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "control.sock")
+	srv, err := Serve(path, Handler(&fakeHost{}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("control socket mode %v, %v; want a 0600 socket", fi.Mode(), err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created, moved []string
+	for off := 0; off < n; {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+		name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+		if ev.Mask&unix.IN_CREATE != 0 {
+			created = append(created, name)
+		}
+		if ev.Mask&unix.IN_MOVED_TO != 0 {
+			moved = append(moved, name)
+		}
+		off += unix.SizeofInotifyEvent + int(ev.Len)
+	}
+	if slices.Contains(created, "control.sock") || !slices.Contains(moved, "control.sock") {
+		t.Fatalf("created %v, moved in %v: the socket must only be moved into place", created, moved)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("directory holds %d entries, want the socket alone", len(entries))
+	}
+	if _, err := NewClient(path).Status(context.Background()); err != nil {
+		t.Fatalf("status through the socket: %v", err)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/transport"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // codes carry sentinel errors across the socket: the server answers with
@@ -34,9 +36,12 @@ var codes = []struct {
 	{"peer-not-in-sync", node.ErrPeerNotInSync, http.StatusConflict},
 	{"role-moved", node.ErrRoleMoved, http.StatusConflict},
 	{"no-agent", node.ErrNoAgent, http.StatusConflict},
+	{"in-use", node.ErrInUse, http.StatusConflict},
 	{"busy", node.ErrBusy, http.StatusConflict},
 	{"no-control-plane", node.ErrNoControlPlane, http.StatusConflict},
 	{"disconnected", transport.ErrDisconnected, http.StatusConflict},
+	{"disk-failed", blockdev.ErrDiskFailed, http.StatusConflict},
+	{"disk-not-failed", volume.ErrDiskNotFailed, http.StatusConflict},
 }
 
 // Error is a refusal the other end of the socket answered. It unwraps to

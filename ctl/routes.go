@@ -25,9 +25,16 @@ type Host interface {
 	Verify(ctx context.Context) (node.VerifyResult, error)
 	Resync(ctx context.Context, full, checksum bool) (node.ResyncResult, error)
 	// RequestSwap hands the primary role to the peer, through the LDAP
-	// agent when one runs (it stops the directory service first).
-	RequestSwap(ctx context.Context) (cluster.Epoch, error)
+	// agent when one runs (it stops the directory service first); without
+	// one it is refused while the volume is in use here, unless force.
+	RequestSwap(ctx context.Context, force bool) (cluster.Epoch, error)
+	// CheckDemote refuses to demote node if it is this host and its
+	// volume is in use, unless force.
+	CheckDemote(node string, force bool) error
 	RetryAgent(ctx context.Context) (agent.Status, error)
+	// AttachDisk takes back a disk that failed, once repaired; full has
+	// the primary resync every block (a replaced disk).
+	AttachDisk(ctx context.Context, full bool) error
 }
 
 // Member is the control-plane member behind a control socket
@@ -45,8 +52,11 @@ type Member interface {
 
 // Handler serves the routes of h (if not nil) and of m (if not nil).
 func Handler(h Host, m Member) http.Handler {
+	if h == nil {
+		h = noHost{}
+	}
 	mux := http.NewServeMux()
-	if h != nil {
+	if _, none := h.(noHost); !none {
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Status()) })
 		mux.HandleFunc("POST /verify", func(w http.ResponseWriter, r *http.Request) {
 			res, err := h.Verify(r.Context())
@@ -58,8 +68,11 @@ func Handler(h Host, m Member) http.Handler {
 			respond(w, res, err)
 		})
 		mux.HandleFunc("POST /swap", func(w http.ResponseWriter, r *http.Request) {
-			e, err := h.RequestSwap(r.Context())
+			e, err := h.RequestSwap(r.Context(), r.URL.Query().Get("force") == "1")
 			respond(w, SwapResult{Epoch: uint64(e)}, err)
+		})
+		mux.HandleFunc("POST /attach-disk", func(w http.ResponseWriter, r *http.Request) {
+			respond(w, struct{}{}, h.AttachDisk(r.Context(), r.URL.Query().Get("full") == "1"))
 		})
 		mux.HandleFunc("POST /agent/retry", func(w http.ResponseWriter, r *http.Request) {
 			st, err := h.RetryAgent(r.Context())
@@ -88,6 +101,9 @@ func Handler(h Host, m Member) http.Handler {
 			return Reply{Epoch: e, Primary: r.Node}, err
 		}))
 		mux.HandleFunc("POST /cluster/demote", command(func(ctx context.Context, r Request) (Reply, error) {
+			if err := h.CheckDemote(r.Node, r.Force); err != nil {
+				return Reply{}, err
+			}
 			epoch := r.Epoch
 			if epoch == 0 {
 				s, err := m.Consistent(ctx)
@@ -191,3 +207,9 @@ func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// noHost is the Host of a member without a volume (the witness): it
+// serves no host routes and refuses no demotion.
+type noHost struct{ Host }
+
+func (noHost) CheckDemote(string, bool) error { return nil }

@@ -33,9 +33,9 @@ import (
 // secondary between two applied writes.)
 func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "64MiB")
+	a, b, creds := pairDirs(t, "64MiB")
 	addr := peertest.FreeAddr(t)
-	async := []string{"--mode", "async", "--journal-size", "1MiB", "--secret-file", secret, "--timeout", "1s"}
+	async := []string{"--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
 	startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)...)
@@ -333,10 +333,10 @@ func signal(t *testing.T, d *daemon, sig syscall.Signal) {
 // kill.
 func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 	requireE2E(t, "mkfs.ext4", "e2fsck", "mount", "losetup")
-	a, b, secret := pairDirs(t, "256MiB")
+	a, b, creds := pairDirs(t, "256MiB")
 	addr := peertest.FreeAddr(t)
 	// A long timeout: a frozen secondary keeps its session.
-	async := []string{"--mode", "async", "--journal-size", "96MiB", "--secret-file", secret, "--timeout", "20s"}
+	async := []string{"--mode", "async", "--journal-size", "96MiB", "--tls-dir", creds, "--timeout", "20s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)
@@ -434,9 +434,9 @@ func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 // says why in its log and status, and the reconnect resyncs the bitmap.
 func TestAsyncPrimaryKilledAfterOverflow(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "64MiB")
+	a, b, creds := pairDirs(t, "64MiB")
 	addr := peertest.FreeAddr(t)
-	async := []string{"--mode", "async", "--journal-size", "1MiB", "--secret-file", secret, "--timeout", "1s"}
+	async := []string{"--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s"}
 	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
 	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)
 	sec := startDaemon(t, b, secArgs...)

@@ -57,6 +57,7 @@ type raftMember struct {
 type clusterLab struct {
 	t       *testing.T
 	lab     *netns.Lab
+	creds   string // pki directory (issueCerts)
 	members map[string]*raftMember
 }
 
@@ -70,18 +71,15 @@ func newClusterLab(t *testing.T, extra ...string) *clusterLab {
 	}
 	lab := netns.NewLab(t, "a", "b", "w")
 	root := t.TempDir()
-	secret := filepath.Join(root, "secret")
-	if err := os.WriteFile(secret, []byte("e2e-cluster-secret-0123456789abcdef\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cl := &clusterLab{t: t, lab: lab, members: map[string]*raftMember{}}
+	creds := issueCerts(t, root)
+	cl := &clusterLab{t: t, lab: lab, creds: creds, members: map[string]*raftMember{}}
 	for _, h := range []string{"a", "b", "w"} {
 		args := []string{"cluster", "member"}
 		if h == "w" {
 			args = []string{"witness"}
 		}
 		args = append(args, "--data-dir", filepath.Join(root, h), "--node-id", h,
-			"--bind", lab.Addr(h)+":"+clusterPort, "--secret-file", secret, "--raft-timeout", raftTimeout)
+			"--bind", lab.Addr(h)+":"+clusterPort, "--tls-dir", creds, "--raft-timeout", raftTimeout)
 		args = append(args, extra...)
 		if h == "a" {
 			args = append(args, "--bootstrap")
@@ -228,8 +226,9 @@ func (cl *clusterLab) promoteInitial() {
 
 // TestClusterBootstrapJoin: a bootstraps, b and w join; status shows three
 // voters, a leader and the roles; a forced promotion of a opens epoch 1 and
-// is shown in status on every member; a host with the wrong secret is
-// refused and its member exits saying so.
+// is shown in status on every member; a host with a certificate of another
+// CA is refused and its member exits saying so, and so is one whose
+// certificate names another node than it claims to be.
 func TestClusterBootstrapJoin(t *testing.T) {
 	cl := newClusterLab(t)
 	st, err := cl.status("w")
@@ -251,15 +250,22 @@ func TestClusterBootstrapJoin(t *testing.T) {
 			t.Fatalf("status on %s: forced promotions %d, last %+v", h, v.ForcedPromotions, v.LastForced)
 		}
 	}
-	// A host without the secret cannot join; the member says why and exits.
-	bad := filepath.Join(t.TempDir(), "bad-secret")
-	if err := os.WriteFile(bad, []byte("not-the-cluster-secret-0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// A host with another CA's certificate cannot join; the member says
+	// why and exits.
+	other := t.TempDir()
+	ldmirror(t, "pki", "init", "--dir", filepath.Join(other, "pki"))
+	ldmirror(t, "pki", "issue", "--dir", filepath.Join(other, "pki"), "--witness", "x")
 	intruder := cl.lab.Command("w", binary, "witness", "--data-dir", t.TempDir(), "--node-id", "x",
-		"--bind", cl.lab.Addr("w")+":7401", "--secret-file", bad, "--join", cl.lab.Addr("a")+":"+clusterPort)
+		"--bind", cl.lab.Addr("w")+":7401", "--tls-dir", filepath.Join(other, "pki"), "--join", cl.lab.Addr("a")+":"+clusterPort)
 	if out, err := waitExit(t, intruder, 20*time.Second); err == nil || !strings.Contains(out, "authentication failed") {
-		t.Fatalf("member with a wrong secret: exit %v, output:\n%s", err, out)
+		t.Fatalf("member with another CA's certificate: exit %v, output:\n%s", err, out)
+	}
+	// A host that claims to be x with w's certificate does not start.
+	impostor := cl.lab.Command("w", binary, "witness", "--data-dir", t.TempDir(), "--node-id", "x",
+		"--bind", cl.lab.Addr("w")+":7401", "--tls-ca", filepath.Join(cl.creds, "ca.crt"),
+		"--tls-cert", filepath.Join(cl.creds, "w.crt"), "--tls-key", filepath.Join(cl.creds, "w.key"), "--join", cl.lab.Addr("a")+":"+clusterPort)
+	if out, err := waitExit(t, impostor, 20*time.Second); err == nil || !strings.Contains(out, "names witness w, this member is witness x") {
+		t.Fatalf("member x with w's certificate: exit %v, output:\n%s", err, out)
 	}
 	if st, err := cl.status("a"); err != nil || len(st.Members) != 3 || len(st.Volume.Hosts) != 3 {
 		t.Fatalf("after a refused join: members %+v, hosts %+v, %v", st.Members, st.Volume.Hosts, err)

@@ -26,7 +26,8 @@ import (
 	"github.com/ldmirror/ldmirror/node"
 )
 
-// binary is the ldmirror built once for the package's tests.
+// binary is the ldmirror built once for the package's tests, with the
+// crash points of package failpoint.
 var binary string
 
 func TestMain(m *testing.M) {
@@ -38,7 +39,9 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binary = filepath.Join(dir, "ldmirror")
-		out, err := exec.Command("go", "build", "-o", binary, "github.com/ldmirror/ldmirror/cmd/ldmirror").CombinedOutput()
+		// With the crash points compiled in: they stay off unless a test
+		// arms one (armed), so the other tests run the shipped code paths.
+		out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", binary, "github.com/ldmirror/ldmirror/cmd/ldmirror").CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build ldmirror: %v\n%s", err, out)
 			return 1
@@ -202,8 +205,22 @@ func fileSHA256(t *testing.T, path string) string {
 
 var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
 
-// pairDirs creates two volume directories of one volume and a secret file.
-func pairDirs(t *testing.T, size string) (a, b, secret string) {
+// issueCerts makes a CA in dir/pki with `ldmirror pki` and issues
+// certificates for data hosts a and b and witness w; it returns the pki
+// directory, which each node's --tls-dir names.
+func issueCerts(t *testing.T, dir string) string {
+	t.Helper()
+	d := filepath.Join(dir, "pki")
+	ldmirror(t, "pki", "init", "--dir", d)
+	ldmirror(t, "pki", "issue", "--dir", d, "a")
+	ldmirror(t, "pki", "issue", "--dir", d, "b")
+	ldmirror(t, "pki", "issue", "--dir", d, "--witness", "w")
+	return d
+}
+
+// pairDirs creates two volume directories of one volume and the
+// certificates of a, b and w (see issueCerts).
+func pairDirs(t *testing.T, size string) (a, b, creds string) {
 	t.Helper()
 	root := t.TempDir()
 	a, b = filepath.Join(root, "a"), filepath.Join(root, "b")
@@ -212,19 +229,15 @@ func pairDirs(t *testing.T, size string) (a, b, secret string) {
 		t.Fatal("init printed no volume uuid")
 	}
 	ldmirror(t, "init", "--dir", b, "--size", size, "--volume-uuid", id)
-	secret = filepath.Join(root, "secret")
-	if err := os.WriteFile(secret, []byte("e2e-shared-secret-0123456789abcdef\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return a, b, secret
+	return a, b, issueCerts(t, root)
 }
 
 // mirroredPair starts a secondary in b and a primary in a, connected.
-func mirroredPair(t *testing.T, a, b, secret string, extra ...string) (pri, sec *daemon) {
+func mirroredPair(t *testing.T, a, b, creds string, extra ...string) (pri, sec *daemon) {
 	t.Helper()
 	addr := peertest.FreeAddr(t)
-	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
-	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, extra...)...)
+	sec = startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--tls-dir", creds)
+	pri = startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--tls-dir", creds}, extra...)...)
 	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
 		st, err := status(a)
 		return err == nil && st.Link == node.LinkConnected
@@ -236,7 +249,13 @@ func mirroredPair(t *testing.T, a, b, secret string, extra ...string) (pri, sec 
 func mountVolume(t *testing.T, a string) (dev, mnt string) {
 	t.Helper()
 	dev = strings.TrimSpace(ldmirror(t, "attach", "--dir", a))
-	t.Cleanup(func() { exec.Command(binary, "detach", dev).Run() })
+	t.Cleanup(func() {
+		// By number only while it is still this export's: once detached,
+		// the number may be another run's loop device.
+		if slices.Contains(exportLoops(a), dev) {
+			exec.Command(binary, "detach", dev).Run()
+		}
+	})
 	run(t, "mkfs.ext4", "-q", "-F", dev)
 	mnt = t.TempDir()
 	run(t, "mount", dev, mnt)

@@ -153,8 +153,8 @@ func crashWhileWriting(t *testing.T, a string, pri *daemon, rng *mrand.Rand) *da
 // identical.
 func TestPrimaryKilledDuringWrites(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "256MiB")
-	pri, _ := mirroredPair(t, a, b, secret)
+	a, b, creds := pairDirs(t, "256MiB")
+	pri, _ := mirroredPair(t, a, b, creds)
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	for kill := range 20 {
 		pri = crashWhileWriting(t, a, pri, rng)
@@ -172,42 +172,6 @@ func TestPrimaryKilledDuringWrites(t *testing.T) {
 	}
 }
 
-// TestPrimaryKilledWithoutActivityLogDiverges proves the test above can
-// fail: with the activity log off, writes in flight at a crash reached the
-// primary's disk but not the secondary's, and nothing resyncs them. Each
-// divergence is then found and repaired by `ldmirror verify`.
-//
-// A kill leaves a write on one host only when it lands between the local
-// write and the frame's send (on loopback a sent frame arrives even from a
-// dead process): one kill in five to seven here, fewer on a loaded
-// machine, where 20 kills once found none. So it kills up to 60 times and
-// stops at the second divergence.
-func TestPrimaryKilledWithoutActivityLogDiverges(t *testing.T) {
-	requireE2E(t)
-	a, b, secret := pairDirs(t, "256MiB")
-	pri, _ := mirroredPair(t, a, b, secret, "--activity-log=false")
-	rng := mrand.New(mrand.NewPCG(5, 6))
-	diverged, kills := 0, 0
-	for kills < 60 && diverged < 2 {
-		kills++
-		pri = crashWhileWriting(t, a, pri, rng)
-		waitClean(t, a, b)
-		if fileSHA256(t, filepath.Join(a, "volume.img")) == fileSHA256(t, filepath.Join(b, "volume.img")) {
-			continue
-		}
-		diverged++
-		out := ldmirror(t, "verify", "--dir", a)
-		if strings.Contains(out, ": 0 out of sync") || !strings.Contains(out, "resynced") {
-			t.Fatalf("kill %d: the files differ but verify says %q", kills, out)
-		}
-		waitInSync(t, a, b)
-	}
-	if diverged == 0 {
-		t.Fatalf("%d crashes without the activity log and the hosts never diverged: the crash test cannot tell", kills)
-	}
-	t.Logf("%d of %d crashes left the hosts diverged without the activity log", diverged, kills)
-}
-
 // TestSecondaryKilledResyncsOnlyDirtyBlocks is issue 4's scenario 1: the
 // secondary is SIGKILLed during a write stream, 50 MiB more are written,
 // and after its restart only the dirty blocks travel, not the volume.
@@ -222,8 +186,8 @@ func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 		// primary did not crash and the secondary never was primary.
 		hot = 0
 	)
-	a, b, secret := pairDirs(t, "256MiB")
-	_, sec := mirroredPair(t, a, b, secret)
+	a, b, creds := pairDirs(t, "256MiB")
+	_, sec := mirroredPair(t, a, b, creds)
 	args := sec.cmd.Args[4:]
 
 	s := startWriteStream(t, a, 4, blockSize, span, mrand.New(mrand.NewPCG(7, 8)))
@@ -268,7 +232,7 @@ func TestSecondaryKilledResyncsOnlyDirtyBlocks(t *testing.T) {
 // that side is resynced in full (issue 4, scenario 5).
 func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "16MiB")
+	a, b, creds := pairDirs(t, "16MiB")
 	addr := peertest.FreeAddr(t)
 
 	// b runs alone as primary and writes: its data is now newer than a's.
@@ -277,8 +241,8 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	alone.stop(t)
 	bSum := fileSHA256(t, filepath.Join(b, "volume.img"))
 
-	sec := startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
-	pri := startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
+	sec := startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--tls-dir", creds)
+	pri := startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--tls-dir", creds)
 	poll.Until(t, 15*time.Second, "a to refuse b", func() bool {
 		st, err := status(a)
 		return err == nil && strings.Contains(st.LastError, "peer is the resync source")
@@ -286,7 +250,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	// a wrote too: now both diverged.
 	writeBlocks(t, a, 100, 10)
 	pri.stop(t)
-	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret)
+	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--peer", addr, "--tls-dir", creds)
 	// Both hosts say so, with the remedy: an operator may look at either.
 	for _, dir := range []string{a, b} {
 		poll.Until(t, 15*time.Second, dir+" to report split brain and its remedy", func() bool {
@@ -305,7 +269,7 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 	// Resolve: b gives up its changes.
 	sec.stop(t)
 	ldmirror(t, "resolve", "--dir", b, "--discard-local")
-	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret)
+	startDaemon(t, b, "--role", "secondary", "--node-id", "b", "--listen", addr, "--tls-dir", creds)
 	st := waitInSync(t, a, b)
 	if sb := statusJSON(t, b); sb.Disk != cluster.DiskUpToDate || sb.LastError != "" {
 		t.Fatalf("b after the full resync: disk %s, last error %q; want uptodate and none", sb.Disk, sb.LastError)
@@ -323,8 +287,8 @@ func TestPeerWithNewerOrDivergedDataIsRefused(t *testing.T) {
 // block and resyncs it.
 func TestVerifyRepairsFlippedBits(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "64MiB")
-	mirroredPair(t, a, b, secret)
+	a, b, creds := pairDirs(t, "64MiB")
+	mirroredPair(t, a, b, creds)
 	writeBlocks(t, a, 0, 256)
 	waitInSync(t, a, b)
 	const bad = 77
@@ -380,8 +344,8 @@ func TestResyncInterruptedAndResumed(t *testing.T) {
 	requireE2E(t)
 	const rate = 16 << 20 // bytes per second
 	const dirty = 96 << 20
-	a, b, secret := pairDirs(t, "256MiB")
-	pri, sec := mirroredPair(t, a, b, secret, "--resync-rate", "16MiB")
+	a, b, creds := pairDirs(t, "256MiB")
+	pri, sec := mirroredPair(t, a, b, creds, "--resync-rate", "16MiB")
 	priArgs, secArgs := pri.cmd.Args[4:], sec.cmd.Args[4:]
 	sec.kill()
 	<-sec.done
@@ -419,8 +383,8 @@ func TestResyncInterruptedAndResumed(t *testing.T) {
 // with --checksum, identical blocks are compared and not sent.
 func TestOperatorResync(t *testing.T) {
 	requireE2E(t)
-	a, b, secret := pairDirs(t, "16MiB")
-	mirroredPair(t, a, b, secret)
+	a, b, creds := pairDirs(t, "16MiB")
+	mirroredPair(t, a, b, creds)
 	writeBlocks(t, a, 0, 100)
 	before := waitInSync(t, a, b)
 	const blocks = 16 << 20 / blockSize

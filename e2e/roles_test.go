@@ -33,8 +33,8 @@ type trio struct {
 	t      *testing.T
 	lab    *netns.Lab
 	dir    map[string]string // volume (or witness data) directory per host
-	secret string
-	extra  []string // more daemon flags, for every data host
+	creds  string            // pki directory with a's, b's and w's certificates
+	extra  []string          // more daemon flags, for every data host
 	daemon map[string]*daemon
 }
 
@@ -56,10 +56,10 @@ func startTrio(t *testing.T, size string, extra ...string) *trio {
 func newTrio(t *testing.T, size string, extra ...string) *trio {
 	t.Helper()
 	lab := netns.NewLab(t, "a", "b", "w", "c")
-	a, b, secret := pairDirs(t, size)
-	tr := &trio{t: t, lab: lab, secret: secret, extra: extra, daemon: map[string]*daemon{},
+	a, b, creds := pairDirs(t, size)
+	tr := &trio{t: t, lab: lab, creds: creds, extra: extra, daemon: map[string]*daemon{},
 		dir: map[string]string{"a": a, "b": b, "w": filepath.Join(filepath.Dir(a), "w")}}
-	startWitnessIn(t, tr.in("w"), tr.dir["w"], "--node-id", "w", "--bind", tr.port("w", "7400"), "--secret-file", secret,
+	startWitnessIn(t, tr.in("w"), tr.dir["w"], "--node-id", "w", "--bind", tr.port("w", "7400"), "--tls-dir", creds,
 		"--raft-timeout", "300ms", "--bootstrap")
 	return tr
 }
@@ -82,13 +82,16 @@ func (tr *trio) in(host string) []string {
 func (tr *trio) port(host, p string) string { return tr.lab.Addr(host) + ":" + p }
 
 // start (re)starts host's daemon.
-func (tr *trio) start(host string, more ...string) *daemon {
+func (tr *trio) start(host string, more ...string) *daemon { return tr.startArmed(host, "", more...) }
+
+// startArmed is start with the crash points in points armed (see armed).
+func (tr *trio) startArmed(host, points string, more ...string) *daemon {
 	peer := map[string]string{"a": "b", "b": "a"}[host]
 	args := append([]string{"--node-id", host, "--listen", tr.port(host, "7789"), "--peer", tr.port(peer, "7789"),
 		"--cluster-bind", tr.port(host, "7400"), "--cluster-join", tr.port("w", "7400"),
-		"--secret-file", tr.secret, "--cluster-raft-timeout", "300ms", "--timeout", daemonTimeout.String()}, tr.extra...)
+		"--tls-dir", tr.creds, "--cluster-raft-timeout", "300ms", "--timeout", daemonTimeout.String()}, tr.extra...)
 	args = append(args, more...)
-	d := startDaemonIn(tr.t, tr.in(host), tr.dir[host], args...)
+	d := startDaemonIn(tr.t, append(armed(points), tr.in(host)...), tr.dir[host], args...)
 	tr.daemon[host] = d
 	return d
 }
@@ -333,4 +336,80 @@ func TestSwapUnderLoad(t *testing.T) {
 	if slices.Contains([]string{after.disk("a"), after.disk("b")}, "outdated") {
 		t.Fatalf("a swap outdated a host: %+v", after.Volume.Hosts)
 	}
+}
+
+// TestSwapDemoteRefusedWhileMounted is an operator defect of issue 17:
+// `ldmirror swap` (without an agent) and `ldmirror demote` of the primary
+// through its own socket are refused while its volume is mounted, saying
+// what holds it and how to release it; with the file system unmounted and
+// the loop device detached, the swap goes through.
+func TestSwapDemoteRefusedWhileMounted(t *testing.T) {
+	requireE2E(t, "nsenter", "mkfs.ext4")
+	tr := startTrio(t, "64MiB")
+	a := tr.dir["a"]
+	dev, mnt := mountVolume(t, a)
+	before, err := clusterState(t, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"swap", "--dir", a},
+		{"demote", "a", "--control", filepath.Join(a, volume.ControlFile)},
+	} {
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "in use") || !strings.Contains(string(out), dev) || !strings.Contains(string(out), "--force") {
+			t.Fatalf("ldmirror %s with the volume mounted: %v %s; want a refusal naming %s and --force", strings.Join(args, " "), err, out, dev)
+		}
+	}
+	if v, err := clusterState(t, a); err != nil || v.Volume.Primary != "a" || v.Volume.Epoch != before.Volume.Epoch {
+		t.Fatalf("after the refusals the control plane names %q in epoch %d (%v); want a in epoch %d", v.Volume.Primary, v.Volume.Epoch, err, before.Volume.Epoch)
+	}
+	run(t, "umount", mnt)
+	run(t, binary, "detach", dev)
+	if out, err := exec.Command(binary, "swap", "--dir", a).CombinedOutput(); err != nil {
+		t.Fatalf("swap with the volume released: %v %s", err, out)
+	}
+	tr.waitServing("b", "a")
+}
+
+// TestDetachAfterDaemonKilled is an operator defect of issue 17: after a
+// kill -9 of the primary's daemon, status says what is left over (the
+// loop device, the mounted file system, the dead FUSE export) and the
+// commands that clear it, and `ldmirror detach --dir` clears it without
+// the daemon; the daemon then starts again in the same directory.
+func TestDetachAfterDaemonKilled(t *testing.T) {
+	requireE2E(t, "mkfs.ext4")
+	a, b, creds := pairDirs(t, "64MiB")
+	pri, _ := mirroredPair(t, a, b, creds)
+	dev, mnt := mountVolume(t, a)
+	pri.kill()
+	<-pri.done
+	out, err := exec.Command(binary, "status", "--dir", a).CombinedOutput()
+	if err == nil {
+		t.Fatalf("status with the daemon dead succeeded: %s", out)
+	}
+	for _, want := range []string{"no daemon runs on " + a, "loop device " + dev, "mounted on " + mnt, "dead FUSE export", "umount " + mnt, "ldmirror detach --dir " + a} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("status with the daemon dead lacks %q:\n%s", want, out)
+		}
+	}
+	if out, err := exec.Command(binary, "detach", "--dir", a).CombinedOutput(); err == nil || !strings.Contains(string(out), "umount it first") {
+		t.Fatalf("detach with the file system still mounted: %v %s; want a refusal saying to umount first", err, out)
+	}
+	_ = exec.Command("umount", mnt).Run() // the file system's last writes fail: its daemon is dead
+	out, err = exec.Command(binary, "detach", "--dir", a).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "detached "+dev) || !strings.Contains(string(out), "unmounted the dead export") {
+		t.Fatalf("detach with the daemon dead: %v %s", err, out)
+	}
+	if l := exportLoops(a); len(l) != 0 {
+		t.Fatalf("loop devices still bound after detach: %v", l)
+	}
+	if out, err := exec.Command(binary, "status", "--dir", a).CombinedOutput(); strings.Contains(string(out), "left over") {
+		t.Fatalf("status after the cleanup still lists leftovers (%v):\n%s", err, out)
+	}
+	startDaemon(t, a, "--role", "primary", "--node-id", "a", "--tls-dir", creds)
+	poll.Until(t, 10*time.Second, "the restarted daemon to serve its export", func() bool {
+		st, err := status(a)
+		return err == nil && st.Export != ""
+	})
 }

@@ -14,8 +14,8 @@ import (
 // backing files are identical and status is clean.
 func TestMirroredExt4(t *testing.T) {
 	requireE2E(t, "mkfs.ext4", "fio", "mount")
-	a, b, secret := pairDirs(t, "256MiB")
-	pri, sec := mirroredPair(t, a, b, secret)
+	a, b, creds := pairDirs(t, "256MiB")
+	pri, sec := mirroredPair(t, a, b, creds)
 	dev, mnt := mountVolume(t, a)
 
 	rng := rand.New(rand.NewPCG(1, 2))

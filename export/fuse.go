@@ -35,19 +35,31 @@ type FUSE struct {
 	dir    string
 }
 
-// Mount exports dev under the directory dir, which is created if missing.
+// ErrMountReachable refuses a mount directory that users other than the
+// daemon's may enter, or replace through a parent they can write to.
+var ErrMountReachable = errors.New("mount directory reachable by other users")
+
+// Mount exports dev under the directory dir, which is created (mode 0700)
+// if missing. The kernel checks the export's modes (default_permissions):
+// its root directory is 0700 and the file 0600, both root's, so only root
+// reads or writes the volume, although the mount allows other users (the
+// loop device's I/O must pass). dir itself must be private (see
+// checkMountDir).
 func Mount(dev blockdev.Device, dir string, log *slog.Logger) (*FUSE, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	// A daemon killed while serving leaves a dead FUSE mount behind.
-	if _, err := os.Stat(dir); errors.Is(err, syscall.ENOTCONN) {
+	if deadMount(dir) {
 		log.Warn("removing the dead FUSE mount of a previous run", "dir", dir)
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
 			return nil, fmt.Errorf("remove dead mount %s: %w", dir, err)
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := checkMountDir(dir); err != nil {
 		return nil, err
 	}
 	e := &FUSE{RawFileSystem: fuse.NewDefaultRawFileSystem(), dev: dev, log: log, dir: dir}
@@ -58,6 +70,9 @@ func Mount(dev blockdev.Device, dir string, log *slog.Logger) (*FUSE, error) {
 		MaxBackground: 64,
 		DirectMount:   true,
 		AllowOther:    true,
+		// The kernel enforces the modes fileAttr and rootAttr report;
+		// without it allow_other lets every user read and write the volume.
+		Options:       []string{"default_permissions"},
 		DisableXAttrs: true,
 		// Without async direct I/O the kernel turns the loop device's
 		// asynchronous writes into synchronous ones, which the loop worker
@@ -79,6 +94,51 @@ func Mount(dev blockdev.Device, dir string, log *slog.Logger) (*FUSE, error) {
 		return nil, fmt.Errorf("fuse mount on %s: %w", dir, err)
 	}
 	return e, nil
+}
+
+// checkMountDir refuses dir unless it is a directory of the daemon's user
+// that grants nothing to others, and no user but root and the daemon's
+// could replace it: every parent is theirs and writable by no one else
+// (or sticky, like /tmp).
+func checkMountDir(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("mount %s: not a directory", dir)
+	case !ok:
+		return fmt.Errorf("mount %s: no owner information", dir)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%w: %s belongs to uid %d; give it to uid %d (chown)", ErrMountReachable, dir, st.Uid, os.Geteuid())
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("%w: %s has mode %04o; run: chmod 700 %s", ErrMountReachable, dir, fi.Mode().Perm(), dir)
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		pfi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		pst, ok := pfi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("mount %s: no owner information for %s", dir, p)
+		}
+		if pst.Uid != 0 && int(pst.Uid) != os.Geteuid() {
+			return fmt.Errorf("%w: %s is in %s, which belongs to uid %d: that user can replace it; mount elsewhere", ErrMountReachable, dir, p, pst.Uid)
+		}
+		if pfi.Mode().Perm()&0o022 != 0 && pfi.Mode()&os.ModeSticky == 0 {
+			return fmt.Errorf("%w: %s is in %s (mode %04o), which other users may write: they can replace it; mount elsewhere", ErrMountReachable, dir, p, pfi.Mode().Perm())
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
 }
 
 // Path is the path of the exported file.

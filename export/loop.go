@@ -90,3 +90,61 @@ func LoopDevicesOf(path string) []string {
 	}
 	return devs
 }
+
+// Leftovers is what a daemon killed while it served an export leaves in
+// its volume directory.
+type Leftovers struct {
+	// Loops are the loop devices still bound to the export file, and
+	// Mounts the mount points of those that carry a mounted file system.
+	Loops, Mounts []string
+	// DeadMount: the export directory is a FUSE mount nothing serves.
+	DeadMount bool
+}
+
+// Empty reports whether nothing is left over.
+func (l Leftovers) Empty() bool { return len(l.Loops) == 0 && !l.DeadMount }
+
+// LeftoversOf finds what is left over at the export directory dir when no
+// daemon serves it.
+func LeftoversOf(dir string) Leftovers {
+	var l Leftovers
+	l.Loops = LoopDevicesOf(filepath.Join(dir, FileName))
+	for _, d := range l.Loops {
+		l.Mounts = append(l.Mounts, mountPointsOf(d)...)
+	}
+	l.DeadMount = deadMount(dir)
+	return l
+}
+
+// deadMount reports whether dir is the FUSE mount of a server that died.
+// It asks with statfs, not stat: stat may answer from the kernel's
+// attribute cache (the export mounts with default_permissions), statfs
+// always asks the server.
+func deadMount(dir string) bool {
+	var st unix.Statfs_t
+	return errors.Is(unix.Statfs(dir, &st), unix.ENOTCONN)
+}
+
+// mountPointsOf lists where the block device dev is mounted.
+func mountPointsOf(dev string) []string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == dev {
+			out = append(out, f[1])
+		}
+	}
+	return out
+}
+
+// ClearDeadMount detaches the dead FUSE mount at dir lazily, so that a
+// restarted daemon can mount its export there again.
+func ClearDeadMount(dir string) error {
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount the dead export %s: %w", dir, err)
+	}
+	return nil
+}

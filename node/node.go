@@ -19,6 +19,7 @@ import (
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/mirror"
+	"github.com/ldmirror/ldmirror/pki"
 	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
@@ -44,7 +45,13 @@ type Config struct {
 	NodeID string
 	Listen string // address the secondary accepts the primary on
 	Peer   string // address the primary dials; empty: standalone
-	Secret []byte
+	// TLS is this host's key pair and the pair's CA (package pki): the
+	// data link runs inside TLS 1.3, both hosts authenticated by their
+	// certificates. Without it the link runs in plaintext, which
+	// InsecurePlaintext must ask for, authenticated by Secret alone.
+	TLS               *pki.Source
+	InsecurePlaintext bool
+	Secret            []byte
 	// MountDir is where the primary's FUSE export is mounted (default Dir/export).
 	MountDir string
 	// Timeout bounds handshakes, acks and peer silence (default DefaultTimeout).
@@ -175,6 +182,7 @@ type Node struct {
 	link      Link
 	peerNode  string
 	peerGen   resync.Generations // what the connected peer holds (its Hello, then each hand-off)
+	security  string             // how the primary's link is protected, for status
 	refused   string             // why the last peer was refused, for status
 	verifying bool
 	verified  [2]uint64 // blocks done, total of the running verify
@@ -203,8 +211,21 @@ type Agent interface {
 func (n *Node) SetAgent(a Agent) { n.agent = a }
 
 // RequestSwap is `ldmirror swap`: through the LDAP agent if there is one
-// (it stops the directory service first, then calls Swap), else Swap.
-func (n *Node) RequestSwap(ctx context.Context) (cluster.Epoch, error) { return n.swap(ctx) }
+// (it stops the directory service first, then calls Swap), else Swap,
+// refused while the volume is in use here unless force (ErrInUse).
+func (n *Node) RequestSwap(ctx context.Context, force bool) (cluster.Epoch, error) {
+	return n.swap(ctx, force)
+}
+
+// CheckDemote refuses to demote this host while its volume is in use,
+// unless force (ErrInUse); any other host, and a host that is not
+// primary, may be demoted.
+func (n *Node) CheckDemote(node string, force bool) error {
+	if node != n.cfg.NodeID || n.Role() != cluster.RolePrimary {
+		return nil
+	}
+	return n.refuseInUse("demote", force)
+}
 
 // RetryAgent runs the LDAP agent's failed hook sequence again and returns
 // the agent's state.
@@ -240,7 +261,6 @@ func Open(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, meta: meta, log: cfg.Logger, started: time.Now(), lock: lock, termStart: make(chan struct{})}
 	n.tcfg = transport.Config{
 		NodeID:     cfg.NodeID,
-		Secret:     cfg.Secret,
 		VolumeUUID: meta.VolumeUUID,
 		Size:       uint64(meta.Size),
 		BlockSize:  uint32(meta.BlockSize),
@@ -249,11 +269,9 @@ func Open(cfg Config) (*Node, error) {
 		Logger:     cfg.Logger,
 	}
 	n.tcfg.Generations = func() [4]uint64 { return n.generations().Pack() }
-	if cfg.Role == cluster.RoleSecondary || cfg.Peer != "" {
-		if len(cfg.Secret) < transport.MinSecretLen {
-			lock.Close()
-			return nil, fmt.Errorf("shared secret is %d bytes, need at least %d (--secret-file)", len(cfg.Secret), transport.MinSecretLen)
-		}
+	if err := n.linkSecurity(); err != nil {
+		lock.Close()
+		return nil, err
 	}
 	n.dev, err = blockdev.OpenFile(filepath.Join(cfg.Dir, volume.BackingFile), meta.Size)
 	if err != nil {
@@ -269,6 +287,46 @@ func Open(cfg Config) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// linkSecurity sets how the data link authenticates and protects its
+// frames: TLS with this host's certificate, or, if asked for, plaintext
+// with the shared secret.
+func (n *Node) linkSecurity() error {
+	cfg := &n.cfg
+	switch {
+	case cfg.TLS != nil && cfg.InsecurePlaintext:
+		return errors.New("a TLS certificate and --insecure-plaintext-link exclude each other")
+	case cfg.TLS != nil:
+		id := cfg.TLS.Identity()
+		if id.ID != cfg.NodeID || id.Role != pki.RoleData {
+			return fmt.Errorf("the TLS certificate %s names %s; this host is data host %s (issue it one: ldmirror pki issue %s)", cfg.TLS.Files().Cert, id, cfg.NodeID, cfg.NodeID)
+		}
+		n.tcfg.ServerTLS, n.tcfg.ClientTLS, n.tcfg.PeerID = cfg.TLS.ServerConfig(), cfg.TLS.ClientConfig(), pki.DataHostID
+	case cfg.InsecurePlaintext:
+		if len(cfg.Secret) < transport.MinSecretLen {
+			return fmt.Errorf("shared secret is %d bytes, need at least %d (--secret-file)", len(cfg.Secret), transport.MinSecretLen)
+		}
+		n.tcfg.InsecurePlaintext, n.tcfg.Secret = true, cfg.Secret
+	case cfg.Role == cluster.RoleSecondary || cfg.Peer != "" || cfg.ControlPlane != nil:
+		return errors.New("the data link needs this host's TLS certificate (ldmirror pki issue; docs/operations.md), or --insecure-plaintext-link with --secret-file")
+	}
+	return nil
+}
+
+// dialConfig is the link configuration the primary dials with: with a
+// control plane, the secondary must be the other data host it knows.
+func (n *Node) dialConfig() transport.Config {
+	c := n.tcfg
+	if n.cfg.ControlPlane != nil {
+		c.Admit = func(peer transport.Hello) error {
+			if want := n.peerID(); want != "" && peer.NodeID != want {
+				return fmt.Errorf("%w: the host at %s is %s; the control plane knows %s as this volume's other data host", transport.ErrIdentity, n.cfg.Peer, peer.NodeID, want)
+			}
+			return nil
+		}
+	}
+	return c
 }
 
 // prepare sets up the parts of a term in role.
@@ -313,13 +371,17 @@ func (n *Node) setPeerGenerations(g resync.Generations) {
 	n.peerGen = g
 }
 
-func (n *Node) setRefused(err error) {
+// setRefused records why the peer refused (nil: it did not) for status,
+// and reports whether that changed.
+func (n *Node) setRefused(err error) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	old := n.refused
 	n.refused = ""
 	if err != nil {
 		n.refused = err.Error()
 	}
+	return n.refused != old
 }
 
 func (n *Node) setLink(state Link, peer string) {

@@ -14,15 +14,19 @@ import (
 	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/internal/logbuf"
+	"github.com/ldmirror/ldmirror/internal/pkitest"
 	"github.com/ldmirror/ldmirror/internal/slapdtest"
 	"github.com/ldmirror/ldmirror/journal"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/mirror"
+	"github.com/ldmirror/ldmirror/pki"
 	"github.com/ldmirror/ldmirror/volume"
 )
 
 func TestOpenRejects(t *testing.T) {
 	secret := []byte("node-test-secret-0123456789")
+	ca := pkitest.New(t)
+	certB, certW := ca.Source("b", pki.RoleData), ca.Source("w", pki.RoleWitness)
 	vol := func(t *testing.T) string {
 		dir := t.TempDir()
 		if _, err := volume.Create(dir, 1<<20, 4096, uuid.Nil, false); err != nil {
@@ -55,10 +59,14 @@ func TestOpenRejects(t *testing.T) {
 			}
 		}, Config{Role: cluster.RolePrimary, NodeID: "a"}, "metadata version 9, this ldmirror reads version 1", nil},
 		{"unknown role", nil, Config{Role: "leader", NodeID: "a"}, `role must be "primary" or "secondary", got "leader"`, nil},
-		{"secondary without listen", nil, Config{Role: cluster.RoleSecondary, NodeID: "b", Secret: secret}, "needs --listen", nil},
+		{"secondary without listen", nil, Config{Role: cluster.RoleSecondary, NodeID: "b", Secret: secret, InsecurePlaintext: true}, "needs --listen", nil},
 		{"no node id", nil, Config{Role: cluster.RolePrimary}, "node id", nil},
-		{"short secret", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("short")}, "shared secret is 5 bytes, need at least 16", nil},
-		{"passthrough with a peer", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Passthrough: true}, "drop --peer", nil},
+		{"short secret", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("short"), InsecurePlaintext: true}, "shared secret is 5 bytes, need at least 16", nil},
+		{"no certificate and no plaintext", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1"}, "needs this host's TLS certificate", nil},
+		{"another node's certificate", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", TLS: certB}, "names data b; this host is data host a", nil},
+		{"a witness's certificate", nil, Config{Role: cluster.RoleSecondary, NodeID: "w", Listen: "127.0.0.1:0", TLS: certW}, "names witness w; this host is data host w", nil},
+		{"certificate and plaintext", nil, Config{Role: cluster.RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", TLS: certB, InsecurePlaintext: true, Secret: secret}, "exclude each other", nil},
+		{"passthrough with a peer", nil, Config{Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, InsecurePlaintext: true, Passthrough: true}, "drop --peer", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := vol(t)
@@ -112,7 +120,7 @@ func TestGenerationsAcrossPrimaryLife(t *testing.T) {
 		t.Fatal(err)
 	}
 	initial, _ := volume.Load(dir)
-	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
+	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789"), InsecurePlaintext: true}
 
 	// A primary that is not stopped cleanly leaves primary_active set.
 	n, err := Open(cfg)
@@ -162,7 +170,7 @@ func TestCrashWithoutScoreboardResyncsEverything(t *testing.T) {
 	if err := volume.Save(dir, m); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789")}
+	cfg := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789"), InsecurePlaintext: true}
 	for run := range 2 {
 		n, err := Open(cfg)
 		if err != nil {
@@ -185,7 +193,7 @@ func TestProbeHealthInStatus(t *testing.T) {
 	}
 	logs := &logbuf.Buffer{}
 	n, err := Open(Config{
-		Dir: dir, Role: cluster.RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789"),
+		Dir: dir, Role: cluster.RoleSecondary, NodeID: "b", Listen: "127.0.0.1:0", Secret: []byte("node-test-secret-0123456789"), InsecurePlaintext: true,
 		Probe:  probe.Config{URL: srv.URL, Interval: 50 * time.Millisecond, Threshold: 2},
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
@@ -239,7 +247,7 @@ func TestJournalAcrossTerms(t *testing.T) {
 	}
 	secret := []byte("node-test-secret-0123456789")
 	logs := &logbuf.Buffer{}
-	primary := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, Mode: mirror.ModeAsync,
+	primary := Config{Dir: dir, Role: cluster.RolePrimary, NodeID: "a", Peer: "127.0.0.1:1", Secret: secret, InsecurePlaintext: true, Mode: mirror.ModeAsync,
 		JournalSize: journal.MinCapacity * 4, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	jpath := filepath.Join(dir, volume.JournalFile)
 	journalState := func() (id, next uint64, stopped bool, why string) {

@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
+	"github.com/ldmirror/ldmirror/transport"
 )
 
 // followControlPlane runs one term after the other, in the role the
@@ -19,7 +23,9 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 	// At start this member's copy may be far behind: a restarted member
 	// restores an old snapshot and replays the log after it (docs/cluster.md,
 	// "Fencing"), naming primaries of long-gone epochs on the way.
+	early := n.listenNotReady()
 	st, err := n.confirmState(ctx, "who is primary")
+	early()
 	if err != nil {
 		return nil // stopped before the control plane answered
 	}
@@ -36,6 +42,7 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 			n.mu.Lock()
 			n.epoch = epoch
 			n.mu.Unlock()
+			failpoint.Crash("node-promoted-before-primary-term")
 			if err = n.preparePrimary(); err == nil {
 				lost, stop := n.watchRole(ctx, func(s cluster.VolumeState) bool { return !s.Holds(me, epoch) }, "")
 				err = n.runPrimary(ctx, lost)
@@ -64,6 +71,36 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// listenNotReady answers the primary on --listen until the returned func
+// is called: that this host is not ready yet, so that the primary retries
+// in a moment (and not after its backoff for a host that is down) while
+// this one reads the control plane's state. The term that follows listens
+// on its own; a failure to listen here is left for it to report.
+func (n *Node) listenNotReady() (stop func()) {
+	if n.cfg.Listen == "" {
+		return func() {}
+	}
+	cfg := n.tcfg
+	cfg.Admit = func(transport.Hello) error {
+		return fmt.Errorf("%w: this host has not read the control plane's state since it started", transport.ErrNotReady)
+	}
+	ln, err := transport.Listen(n.cfg.Listen, cfg)
+	if err != nil {
+		n.log.Debug("cannot answer the primary while reading the control plane's state", "listen", n.cfg.Listen, "err", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ln.Serve(ctx, n) // admits no one: n never handles a request
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // confirmAttempt bounds one read through the leader, so that status and the
@@ -245,11 +282,46 @@ func (n *Node) AwaitPrimary(ctx context.Context, e cluster.Epoch) (string, error
 	}
 }
 
+// ErrInUse refuses to give up the role while the volume is in use here.
+var ErrInUse = errors.New("the volume is in use on this host")
+
+// inUse says what holds the primary's export, or "" if nothing does.
+func (n *Node) inUse() string {
+	n.mu.Lock()
+	exp := n.export
+	n.mu.Unlock()
+	if exp == nil {
+		return ""
+	}
+	if devs := export.LoopDevicesOf(exp.Path()); len(devs) > 0 {
+		return "loop device " + strings.Join(devs, ", ") + " is attached to the export"
+	}
+	return ""
+}
+
+// refuseInUse fails verb while the volume is in use here, unless force:
+// once the role is gone the mounted file system's writes fail with I/O
+// errors, and the host stays demoted until the loop device is released.
+func (n *Node) refuseInUse(verb string, force bool) error {
+	if force {
+		return nil
+	}
+	if what := n.inUse(); what != "" {
+		return fmt.Errorf("%w: %s; stop the directory server, umount the file system and run ldmirror detach first (or %s --force: the mounted file system's writes then fail)",
+			ErrInUse, what, verb)
+	}
+	return nil
+}
+
 // swap runs the swap an operator asked for: through the agent if there is
-// one (it stops the directory service first, and calls Swap), else Swap.
-func (n *Node) swap(ctx context.Context) (cluster.Epoch, error) {
+// one (it stops the directory service first, and calls Swap), else Swap,
+// which is refused while the volume is in use here unless force.
+func (n *Node) swap(ctx context.Context, force bool) (cluster.Epoch, error) {
 	if n.agent != nil {
 		return n.agent.Swap(ctx)
+	}
+	if err := n.refuseInUse("swap", force); err != nil {
+		return 0, err
 	}
 	return n.Swap(ctx)
 }

@@ -47,7 +47,7 @@ func startFollower(t *testing.T, id string, cp *fakeCP) *follower {
 	}
 	logs := &logbuf.Buffer{}
 	n, err := Open(Config{
-		Dir: dir, NodeID: id, Listen: "127.0.0.1:0", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789"),
+		Dir: dir, NodeID: id, Listen: "127.0.0.1:0", Peer: "127.0.0.1:1", Secret: []byte("node-test-secret-0123456789"), InsecurePlaintext: true,
 		MountDir: filepath.Join(notDir, "export"), ControlPlane: cp,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

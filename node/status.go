@@ -42,6 +42,10 @@ type Status struct {
 	// a second primary (development mode).
 	NoControlPlane bool `json:"no_control_plane,omitempty"`
 
+	// LinkSecurity is how the connected link is protected: the TLS
+	// version and cipher suite, or plaintext.
+	LinkSecurity string `json:"link_security,omitempty"`
+
 	// Directory server health, with a probe configured.
 	LDAP *LDAPHealth `json:"ldap,omitempty"`
 	// Agent is the LDAP agent's state, when one runs.
@@ -128,6 +132,9 @@ type LDAPHealth struct {
 // states are the control plane's: what promotion decisions go by.
 func (n *Node) Status() Status {
 	st := n.localStatus()
+	if err := n.diskFailure(); err != nil {
+		st.Disk, st.LastError = cluster.DiskFailed, err.Error()
+	}
 	if n.agent != nil {
 		as := n.agent.Status()
 		st.Agent = &as
@@ -172,6 +179,9 @@ func (n *Node) localStatus() Status {
 	}
 	mr, exp, ln, replica := n.mirror, n.export, n.ln, n.replica
 	st.Link, st.PeerNode = n.link, n.peerNode
+	if n.link == LinkConnected {
+		st.LinkSecurity = n.security
+	}
 	st.Generations = n.meta.Generations.String()
 	refused := n.refused
 	if n.behind != nil {
@@ -222,9 +232,16 @@ func (n *Node) localStatus() Status {
 		}
 	}
 	if st.Link == LinkConnected && !ms.Connected {
-		st.Link = LinkDisconnected
+		st.Link, st.LinkSecurity = LinkDisconnected, ""
 	}
 	return st
+}
+
+// setSecurity records how the primary's new session is protected.
+func (n *Node) setSecurity(s string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.security = s
 }
 
 func secondaryStatus(st *Status, ln *transport.Listener, replica *replica.Replica) {
@@ -233,6 +250,7 @@ func secondaryStatus(st *Status, ln *transport.Listener, replica *replica.Replic
 	if s := ln.Active(); s != nil {
 		st.Link = LinkConnected
 		st.PeerNode = s.Peer().NodeID
+		st.LinkSecurity = s.Security()
 	} else {
 		st.Replication = ReplicationNoPrimary
 	}

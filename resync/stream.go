@@ -10,6 +10,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 	"github.com/ldmirror/ldmirror/transport"
 )
 
@@ -183,6 +184,13 @@ func (r runCopy) copy(e bitmap.Extent, buf []byte) error {
 func (r runCopy) send(differ []bitmap.Extent, e bitmap.Extent, buf []byte, n int64) error {
 	bs := int64(r.src.BlockSize())
 	off := int64(e.First) * bs
+	if failpoint.Reached("resync-mid-extent") {
+		// The peer acknowledges the first half of e; this host dies.
+		if c, err := r.s.SubmitWrite(off, buf[:n/2/bs*bs]); err == nil {
+			_ = c.Wait()
+		}
+		failpoint.Kill("resync-mid-extent")
+	}
 	calls := make([]*transport.Call, 0, len(differ))
 	var err error
 	for _, d := range differ {

@@ -3,6 +3,8 @@ package scoreboard
 import (
 	"fmt"
 	"slices"
+
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 )
 
 // The activity log's committer. BeginWrite calls that find an extent not
@@ -95,6 +97,10 @@ func (s *Scoreboard) commit() bool {
 // slot overwritten is always one older than the newest durable one.
 func (s *Scoreboard) writeTxn(number uint64) error {
 	off := s.layout.alOff + pageSize*int64(number%uint64(s.layout.alSlots))
+	if failpoint.Reached("activitylog-torn-write") {
+		_, _ = s.store.WriteAt(s.txnBuf[:len(s.txnBuf)/2], off)
+		failpoint.Kill("activitylog-torn-write")
+	}
 	if _, err := s.store.WriteAt(s.txnBuf, off); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 )
 
 // The cleaner persists the out-of-sync map: every CleanInterval if it
@@ -74,6 +75,10 @@ func (s *Scoreboard) writeMap(snap *roaring.Bitmap, gen uint64) error {
 		s.mapBuf = buf[:0]
 	} else {
 		s.mapBuf = nil
+	}
+	if failpoint.Reached("scoreboard-map-torn-write") {
+		_, _ = s.store.WriteAt(buf[:len(buf)/2], s.layout.slotOffs[gen%2])
+		failpoint.Kill("scoreboard-map-torn-write")
 	}
 	if _, err := s.store.WriteAt(buf, s.layout.slotOffs[gen%2]); err != nil {
 		return err

@@ -9,6 +9,7 @@
 # what differs, and `ldmirror swap` fails back. Prints a summary with
 # timings. Run as root on Debian; cleans up after itself, even on failure.
 set -euo pipefail
+umask 077 # keys, the agent's configuration (root hooks, a password) and the logs: root's only
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 export PATH="$PATH:/usr/local/go/bin"
@@ -82,7 +83,17 @@ done
 step "volumes: 256 MiB on a and its twin on b, ext4 with an LMDB directory"
 id=$("$bin" init --dir "$work/a" --size 256MiB | grep -oE '[0-9a-f-]{36}' | head -n1)
 "$bin" init --dir "$work/b" --size 256MiB --volume-uuid "$id" >/dev/null
-head -c 32 /dev/urandom | base64 >"$work/secret"
+
+step "certificates: a CA for the pair and a key pair per host (ldmirror pki)"
+"$bin" pki init --dir "$work/pki"
+for h in a b; do "$bin" pki issue --dir "$work/pki" "$h"; done
+"$bin" pki issue --dir "$work/pki" --witness w
+# Each host gets the CA certificate and its own pair, nothing else: the CA
+# key stays in $work/pki, and w holds no key that opens the data link.
+for h in a b w; do
+  install -d -m 700 "$work/tls-$h"
+  install -m 600 "$work/pki/ca.crt" "$work/pki/$h.crt" "$work/pki/$h.key" "$work/tls-$h/"
+done
 for h in a b; do
   cat >"$work/$h/slapd.conf" <<EOF
 include /etc/ldap/schema/core.schema
@@ -152,11 +163,11 @@ start_daemon() {
   # mount namespace of its own, and the ext4 its hooks mount would then be
   # unmounted (and synced through the export) by the dying daemon itself.
   nsenter --net="/run/netns/$ns-$h" "$bin" daemon --dir "$work/$h" --node-id "$h" --listen "${addr[$h]}:7789" --peer "${addr[$peer]}:7789" \
-    --secret-file "$work/secret" --cluster-bind "${addr[$h]}:7400" --cluster-join "${addr[w]}:7400" \
+    --tls-dir "$work/tls-$h" --cluster-bind "${addr[$h]}:7400" --cluster-join "${addr[w]}:7400" \
     --cluster-raft-timeout 300ms --timeout 1s --agent-config "$work/$h/agent.json" 2>>"$work/$h.log" &
   pid[$h]=$!
 }
-nsenter --net="/run/netns/$ns-w" "$bin" witness --data-dir "$work/w" --node-id w --bind "${addr[w]}:7400" --secret-file "$work/secret" \
+nsenter --net="/run/netns/$ns-w" "$bin" witness --data-dir "$work/w" --node-id w --bind "${addr[w]}:7400" --tls-dir "$work/tls-w" \
   --raft-timeout 300ms --bootstrap 2>"$work/w.log" &
 pid[w]=$!
 start_daemon b

@@ -9,17 +9,42 @@
 //	5  flags   must be 0
 //	6  reserved, must be 0
 //	8  length  payload bytes, at most MaxPayload
-//	12 crc32c  Castagnoli, over the payload and then the header (this field zero)
+//	12 crc32c  Castagnoli, over the payload and then the header (this field
+//	           zero); on a TLS link after the handshake always zero and not
+//	           checked: TLS authenticates every record
 //	16 seq     sequence number of the request (or of the request an Ack answers)
 //	24 epoch   the sender's epoch: frames from an older epoch are refused
 //
-// A connection starts with a handshake: both sides send Hello (protocol
-// version, node identity, volume identity and geometry, a random nonce), then
-// Auth, an HMAC-SHA256 over both Hellos keyed with the shared secret. No data
-// frame is accepted before both Auths verified and the volumes matched; the
-// acceptor then sends Ready (or an Error saying why it refuses). A peer
-// whose Hello has another protocol version is refused with an Error naming
-// both versions; this is version 2 (version 1's checksum reply was CRC32C).
+// The link runs inside TLS 1.3 with mutual authentication (Config's
+// ServerTLS and ClientTLS, from package pki): each host presents its own
+// certificate, verified against the pair's CA, and PeerID returns the node
+// ID the peer's certificate names. TLS gives every frame integrity and
+// confidentiality: a record altered, dropped, reordered, replayed or
+// injected on the way fails TLS's authentication, and the session ends
+// with ErrIntegrity; a replay of a recorded session fails the TLS
+// handshake. Frames then carry no checksum of their own.
+//
+// Inside TLS a connection starts with a handshake: both sides send Hello
+// (protocol version, node identity, volume identity and geometry, a random
+// nonce); a Hello whose node ID is not the one the sender's certificate
+// names is refused (ErrIdentity), so a host cannot claim another's ID.
+// Both sides then check that they mirror the same volume and ask Admit
+// (the secondary: is the peer the primary of the current epoch?); the
+// acceptor sends Ready (or an Error saying why it refuses). A peer whose
+// Hello has another protocol version is refused with an Error naming both
+// versions; this is version 2 (version 1's checksum reply was CRC32C).
+//
+// With Config.InsecurePlaintext (an explicit choice, for measurement) the
+// frames travel in clear and the handshake is authenticated by a shared
+// secret instead: after the Hellos the initiator sends Auth, an
+// HMAC-SHA256 over both Hellos keyed with the secret; the acceptor
+// verifies it before it sends its own Auth, so an unauthenticated client
+// learns nothing to guess the secret from offline. After it, nothing
+// protects the frames: an on-path attacker can read and rewrite them.
+//
+// Before the peer is authenticated, the largest frame accepted is a Hello
+// (167 bytes), and a Listener authenticates at most MaxHandshakes
+// connections at once: more are closed as soon as they are accepted.
 //
 // After the handshake the primary's Session pipelines Write, Trim and Flush
 // requests with a bounded window of outstanding frames; the secondary's

@@ -115,14 +115,24 @@ func AppendFrame(dst []byte, h Header, payload []byte) []byte {
 
 // FrameReader decodes frames from a stream.
 type FrameReader struct {
-	r   *bufio.Reader
-	hdr [HeaderSize]byte
+	r     *bufio.Reader
+	hdr   [HeaderSize]byte
+	limit uint32
+	// sealed: the stream is a TLS link, whose records TLS authenticates;
+	// frames carry no checksum (see Session.enqueue) and none is checked.
+	sealed bool
 }
 
-// NewFrameReader returns a reader of frames from r.
+// NewFrameReader returns a reader of frames from r, of payloads up to
+// MaxPayload.
 func NewFrameReader(r io.Reader) *FrameReader {
-	return &FrameReader{r: bufio.NewReaderSize(r, 64<<10)}
+	return &FrameReader{r: bufio.NewReaderSize(r, 64<<10), limit: MaxPayload}
 }
+
+// SetLimit sets the largest payload accepted from here on (at most
+// MaxPayload): a handshake lowers it to a Hello's size until the peer is
+// authenticated.
+func (fr *FrameReader) SetLimit(n uint32) { fr.limit = min(n, MaxPayload) }
 
 // ReadHeader reads and validates the next frame header. The payload must be
 // read with ReadPayload before the next ReadHeader.
@@ -149,8 +159,8 @@ func (fr *FrameReader) ReadHeader() (Header, error) {
 	if b[5] != 0 || b[6] != 0 || b[7] != 0 {
 		return Header{}, fmt.Errorf("%w: reserved header bytes are not zero", ErrMalformed)
 	}
-	if h.Length > MaxPayload {
-		return Header{}, fmt.Errorf("%w: %d bytes, maximum %d", ErrFrameTooLarge, h.Length, MaxPayload)
+	if h.Length > fr.limit {
+		return Header{}, fmt.Errorf("%w: %s of %d bytes, maximum %d here", ErrFrameTooLarge, h.Type, h.Length, fr.limit)
 	}
 	return h, nil
 }
@@ -168,6 +178,9 @@ func (fr *FrameReader) ReadPayload(h Header, buf []byte) error {
 			return fmt.Errorf("%w: %s payload cut short", ErrTruncated, h.Type)
 		}
 		return err
+	}
+	if fr.sealed {
+		return nil
 	}
 	want := binary.BigEndian.Uint32(fr.hdr[12:16])
 	binary.BigEndian.PutUint32(fr.hdr[12:16], 0)

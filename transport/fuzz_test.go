@@ -3,7 +3,9 @@ package transport
 import (
 	"bytes"
 	"encoding/binary"
+	"net"
 	"testing"
+	"time"
 )
 
 // FuzzReadFrame feeds arbitrary bytes to the frame decoder and the payload
@@ -105,4 +107,49 @@ func BenchmarkDecodeWriteFrame(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// pipeConn is a net.Conn that reads in and records what is written.
+type pipeConn struct {
+	in  *bytes.Reader
+	out bytes.Buffer
+}
+
+func (c *pipeConn) Read(p []byte) (int, error)       { return c.in.Read(p) }
+func (c *pipeConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
+func (c *pipeConn) Close() error                     { return nil }
+func (c *pipeConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *pipeConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *pipeConn) SetDeadline(time.Time) error      { return nil }
+func (c *pipeConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *pipeConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzHandshake plays arbitrary bytes as an unauthenticated initiator to a
+// plaintext acceptor: the handshake must fail without a panic, and the
+// acceptor must send nothing but its Hello and an Error (no MAC: the input
+// cannot prove the secret), each at most a Hello's size.
+func FuzzHandshake(f *testing.F) {
+	hello, _ := (&Hello{Version: ProtocolVersion, NodeID: "a", VolumeUUID: [16]byte{1, 2, 3, 4}, Size: testSize, BlockSize: 4096}).MarshalBinary()
+	hf := AppendFrame(nil, Header{Type: TypeHello}, hello)
+	f.Add(hf)
+	f.Add(append(bytes.Clone(hf), AppendFrame(nil, Header{Type: TypeAuth}, make([]byte, 32))...))
+	f.Add(AppendFrame(nil, Header{Type: TypeHello}, make([]byte, maxHelloPayload+1))[:HeaderSize])
+	f.Add(append(bytes.Clone(hf), AppendFrame(nil, Header{Type: TypeWrite, Seq: 1}, make([]byte, 4104))...))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cfg := defaulted(testConfig("b"))
+		conn := &pipeConn{in: bytes.NewReader(in)}
+		if _, err := handshake(conn, NewFrameReader(conn), &cfg, false, ""); err == nil {
+			t.Fatal("a handshake without the secret succeeded")
+		}
+		fr := NewFrameReader(bytes.NewReader(conn.out.Bytes()))
+		for i := 0; ; i++ {
+			h, p, err := fr.ReadFrame(nil)
+			if err != nil {
+				break
+			}
+			if want := []Type{TypeHello, TypeError}[min(i, 1)]; h.Type != want || i > 1 || len(p) > maxHelloPayload {
+				t.Fatalf("frame %d from the acceptor: %s of %d bytes", i, h.Type, len(p))
+			}
+		}
+	})
 }

@@ -29,10 +29,14 @@ type Hello struct {
 
 const helloFixed = 16 + 8 + 4 + 8 + 32 + 32 // after the node id
 
+// maxHelloPayload is the largest Hello: the largest frame a handshake
+// accepts before the peer is authenticated.
+const maxHelloPayload = 3 + maxNodeID + helloFixed
+
 // MarshalBinary encodes the Hello payload.
 func (m *Hello) MarshalBinary() ([]byte, error) {
-	if len(m.NodeID) > maxNodeID {
-		return nil, fmt.Errorf("node id %q longer than %d bytes", m.NodeID, maxNodeID)
+	if err := validNodeID(m.NodeID); err != nil {
+		return nil, err
 	}
 	b := make([]byte, 0, 3+len(m.NodeID)+helloFixed)
 	b = binary.BigEndian.AppendUint16(b, m.Version)
@@ -61,6 +65,9 @@ func (m *Hello) UnmarshalBinary(b []byte) error {
 	}
 	b = b[3:]
 	m.NodeID = string(b[:n])
+	if err := validNodeID(m.NodeID); err != nil {
+		return fmt.Errorf("%w: hello: %w", ErrMalformed, err)
+	}
 	b = b[n:]
 	copy(m.VolumeUUID[:], b)
 	m.Size = binary.BigEndian.Uint64(b[16:])

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ldmirror/ldmirror/internal/ratelog"
 )
 
 // Kind is the kind of a replicated request.
@@ -134,6 +137,12 @@ func putBuf(b *[]byte) {
 // Listener accepts authenticated connections from the primary. Only one
 // session is active at a time: a newly authenticated one replaces the old,
 // so a primary that restarted does not wait for its half-open predecessor.
+//
+// At most Config.MaxHandshakes connections are authenticated at once; a
+// connection beyond that is closed as soon as it is accepted, counted, and
+// logged at most once a second, so a flood of unauthenticated connections
+// costs little and cannot keep the primary out for long (each handshake
+// ends within the timeout).
 type Listener struct {
 	ln  net.Listener
 	cfg Config
@@ -144,7 +153,10 @@ type Listener struct {
 	accepted uint64 // connections accepted so far; guarded by mu
 	wg       sync.WaitGroup
 
+	slots    chan struct{} // one per handshake in progress
+	shedLog  *ratelog.Counter
 	rejected atomic.Uint64
+	shed     atomic.Uint64
 }
 
 // Listen opens a listener on addr.
@@ -153,18 +165,30 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !c.InsecurePlaintext && c.ServerTLS == nil {
+		return nil, errors.New("listen: no server TLS configuration")
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return &Listener{ln: ln, cfg: c, log: c.Logger}, nil
+	return &Listener{
+		ln: ln, cfg: c, log: c.Logger,
+		slots:   make(chan struct{}, c.MaxHandshakes),
+		shedLog: ratelog.New(time.Second),
+	}, nil
 }
 
 // Addr is the address the listener accepts on.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Rejected counts connections closed because of a handshake or protocol error.
+// Rejected counts connections closed because of a handshake or protocol
+// error, or because too many were being authenticated at once.
 func (l *Listener) Rejected() uint64 { return l.rejected.Load() }
+
+// Shed counts connections closed unread because MaxHandshakes others were
+// being authenticated.
+func (l *Listener) Shed() uint64 { return l.shed.Load() }
 
 // Active returns the current session, or nil.
 func (l *Listener) Active() *ServerSession {
@@ -193,6 +217,17 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 			}
 			return err
 		}
+		select {
+		case l.slots <- struct{}{}:
+		default:
+			l.rejected.Add(1) // before the close: a client that sees it sees the count
+			l.shed.Add(1)
+			conn.Close()
+			if n := l.shedLog.Note(); n > 0 {
+				l.log.Warn("too many unauthenticated connections: closed at once", "closed", n, "limit", cap(l.slots), "remote", conn.RemoteAddr().String())
+			}
+			continue
+		}
 		l.mu.Lock()
 		l.accepted++
 		seq := l.accepted
@@ -200,7 +235,7 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			l.serveConn(conn, seq, h)
+			l.serveConn(ctx, conn, seq, h)
 		}()
 	}
 }
@@ -208,22 +243,39 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 // Close stops accepting and ends the active session.
 func (l *Listener) Close() error { return l.ln.Close() }
 
-// serveConn authenticates conn, the seq-th connection accepted, and serves
+// serveConn authenticates raw, the seq-th connection accepted, and serves
 // it until it ends.
-func (l *Listener) serveConn(conn net.Conn, seq uint64, h Handler) {
-	remote := conn.RemoteAddr().String()
-	tuneConn(conn)
-	fr := NewFrameReader(conn)
-	peer, err := handshake(conn, fr, &l.cfg, false)
+func (l *Listener) serveConn(ctx context.Context, raw net.Conn, seq uint64, h Handler) {
+	remote := raw.RemoteAddr().String()
+	tuneConn(raw)
+	_ = raw.SetDeadline(time.Now().Add(l.cfg.Timeout))
+	conn, certID, err := secure(ctx, raw, &l.cfg, false)
+	var peer Hello
+	var fr *FrameReader
+	if err == nil {
+		fr = NewFrameReader(conn)
+		peer, err = handshake(conn, fr, &l.cfg, false, certID)
+	}
+	<-l.slots
+	if err == nil {
+		fr.sealed = !l.cfg.InsecurePlaintext
+	}
+	if errors.Is(err, ErrNotReady) {
+		// Not an error of the peer's: it is told to come back soon.
+		l.log.Info("peer connection refused: not ready yet", "remote", remote, "node", peer.NodeID, "err", err)
+		raw.Close()
+		return
+	}
 	if err != nil {
 		l.rejected.Add(1)
 		l.log.Warn("peer connection rejected", "remote", remote, "err", err)
-		conn.Close()
+		raw.Close()
 		return
 	}
 	s := &ServerSession{
 		cfg:      l.cfg,
 		conn:     conn,
+		raw:      raw,
 		fr:       fr,
 		peer:     peer,
 		kick:     make(chan struct{}, 1),
@@ -246,7 +298,7 @@ func (l *Listener) serveConn(conn net.Conn, seq uint64, h Handler) {
 	if old != nil {
 		old.fail(errors.New("replaced by a new connection from the primary"))
 	}
-	l.log.Info("peer connected", "remote", remote, "node", peer.NodeID)
+	l.log.Info("peer connected", append([]any{"remote", remote, "node", peer.NodeID}, securityAttrs(conn)...)...)
 	err = s.run(h)
 	l.mu.Lock()
 	if l.active == s {
@@ -263,7 +315,7 @@ func (l *Listener) serveConn(conn net.Conn, seq uint64, h Handler) {
 }
 
 func isProtocolError(err error) bool {
-	for _, e := range []error{ErrBadMagic, ErrChecksum, ErrFrameTooLarge, ErrTruncated, ErrUnknownType, ErrMalformed, ErrUnexpected, ErrStaleEpoch} {
+	for _, e := range []error{ErrBadMagic, ErrChecksum, ErrFrameTooLarge, ErrTruncated, ErrUnknownType, ErrMalformed, ErrUnexpected, ErrStaleEpoch, ErrIntegrity} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -274,7 +326,8 @@ func isProtocolError(err error) bool {
 // ServerSession is the secondary's end of a peer connection.
 type ServerSession struct {
 	cfg  Config
-	conn net.Conn
+	conn net.Conn // the TLS connection, or raw on a plaintext link
+	raw  net.Conn
 	fr   *FrameReader
 	peer Hello
 
@@ -304,9 +357,15 @@ type ServerSession struct {
 // Peer is the Hello the primary sent.
 func (s *ServerSession) Peer() Hello { return s.peer }
 
+// Security describes the session's protection (see Session.Security).
+func (s *ServerSession) Security() string { return security(s.conn) }
+
+// TLS returns the session's TLS state; false on a plaintext link.
+func (s *ServerSession) TLS() (tls.ConnectionState, bool) { return connState(s.conn) }
+
 // Close ends the session, telling the primary why.
 func (s *ServerSession) Close(reason error) {
-	s.fail(refuse(s.conn, s.cfg.Epoch, reason))
+	s.fail(refuse(s.conn, s.cfg.Epoch, reason, maxErrorText))
 }
 
 // Received is the number of requests received and acknowledged.
@@ -320,7 +379,9 @@ func (s *ServerSession) fail(err error) {
 	}
 	s.err = err
 	close(s.done)
-	s.conn.Close()
+	// The socket, not the TLS layer: its Close may wait to send a
+	// close_notify to a peer that does not read.
+	s.raw.Close()
 }
 
 func (s *ServerSession) ack(seq uint64, body []byte, err error) {
@@ -364,7 +425,7 @@ func (s *ServerSession) sendAcks() error {
 		return nil
 	}
 	if _, err := s.conn.Write(buf); err != nil {
-		return fmt.Errorf("send to primary: %w", err)
+		return fmt.Errorf("send to primary: %w", linkError(err))
 	}
 	return nil
 }
@@ -381,8 +442,12 @@ func (s *ServerSession) run(h Handler) error {
 
 func (s *ServerSession) readLoop(h Handler) {
 	s.lastRecv.Store(time.Now().UnixNano())
+	var lc *linkConn
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		lc, _ = tc.NetConn().(*linkConn)
+	}
 	for {
-		if s.fr.Buffered() == 0 {
+		if s.fr.Buffered() == 0 && (lc == nil || !lc.ready()) {
 			// About to wait: send what the requests read so far produced.
 			// After the store, acks that come later kick the writeLoop.
 			s.draining.Store(false)
@@ -393,17 +458,17 @@ func (s *ServerSession) readLoop(h Handler) {
 		}
 		hd, err := s.fr.ReadHeader()
 		if err != nil {
-			s.fail(fmt.Errorf("read from primary: %w", err))
+			s.fail(fmt.Errorf("read from primary: %w", linkError(err)))
 			return
 		}
 		s.draining.Store(true)
 		s.lastRecv.Store(time.Now().UnixNano())
 		if hd.Epoch != s.peer.Epoch {
-			s.fail(refuse(s.conn, s.cfg.Epoch, fmt.Errorf("%w: frame epoch %d, session epoch %d", ErrStaleEpoch, hd.Epoch, s.peer.Epoch)))
+			s.fail(refuse(s.conn, s.cfg.Epoch, fmt.Errorf("%w: frame epoch %d, session epoch %d", ErrStaleEpoch, hd.Epoch, s.peer.Epoch), maxErrorText))
 			return
 		}
 		if err := s.readRequest(hd, h); err != nil {
-			s.fail(err)
+			s.fail(linkError(err))
 			return
 		}
 	}
@@ -597,25 +662,41 @@ func (s *ServerSession) watchdog() {
 	watch(s.cfg.Timeout, s.done, &s.lastRecv, nil, s.fail)
 }
 
-// watch calls fail once the peer sent nothing for longer than timeout, or
-// overdue (if not nil) reports the oldest unacknowledged request older than
-// that; it returns then or when done is closed.
-func watch(timeout time.Duration, done <-chan struct{}, lastRecv *atomic.Int64, overdue func(now time.Time) bool, fail func(error)) {
-	t := time.NewTicker(timeout / 4)
+// watch calls fail once the peer has sent nothing for timeout, or oldest
+// (if not nil) reports a request that has waited that long for its ack;
+// it returns then or when done is closed. It sleeps until the earlier of
+// the two deadlines, last frame + timeout and oldest request + timeout,
+// and looks again when it wakes: a frame or an ack that came meanwhile
+// moves the deadline, and a request sent later cannot be due before it.
+// So the session breaks at the timeout, not up to a polling period later
+// (docs/journal.md bounds what an async primary acknowledges by it).
+func watch(timeout time.Duration, done <-chan struct{}, lastRecv *atomic.Int64, oldest func() (time.Time, bool), fail func(error)) {
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
+		now := time.Now()
+		next := time.Unix(0, lastRecv.Load()).Add(timeout)
+		if !now.Before(next) {
+			fail(fmt.Errorf("%w (%v)", ErrPeerSilent, timeout))
+			return
+		}
+		if oldest != nil {
+			if sent, ok := oldest(); ok {
+				due := sent.Add(timeout)
+				if !now.Before(due) {
+					fail(fmt.Errorf("%w (%v)", ErrAckTimeout, timeout))
+					return
+				}
+				if due.Before(next) {
+					next = due
+				}
+			}
+		}
+		t.Reset(next.Sub(now))
 		select {
 		case <-done:
 			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, lastRecv.Load())) > timeout {
-				fail(fmt.Errorf("%w (%v)", ErrPeerSilent, timeout))
-				return
-			}
-			if overdue != nil && overdue(now) {
-				fail(fmt.Errorf("%w (%v)", ErrAckTimeout, timeout))
-				return
-			}
+		case <-t.C:
 		}
 	}
 }

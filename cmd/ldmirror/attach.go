@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
@@ -91,10 +92,12 @@ func detachCommand() *cli.Command {
 			devs := c.Args().Slice()
 			if len(devs) == 0 {
 				st, err := fetchStatus(c)
-				if err != nil {
+				switch {
+				case errors.Is(err, ctl.ErrNoProcess) && c.String("dir") != "":
+					return detachLeftovers(c.String("dir"))
+				case err != nil:
 					return err
-				}
-				if len(st.LoopDevices) == 0 {
+				case len(st.LoopDevices) == 0:
 					return fmt.Errorf("no loop device is attached to %s", st.Export)
 				}
 				devs = st.LoopDevices
@@ -113,4 +116,32 @@ func detachCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// detachLeftovers clears what a daemon killed in dir left: the loop
+// devices bound to its export (once their file systems are unmounted) and
+// the dead FUSE mount.
+func detachLeftovers(dir string) error {
+	exp := filepath.Join(dir, volume.ExportDir)
+	l := export.LeftoversOf(exp)
+	if len(l.Mounts) > 0 {
+		return fmt.Errorf("no daemon runs on %s and its loop device %s is mounted on %s: umount it first",
+			dir, strings.Join(l.Loops, ", "), strings.Join(l.Mounts, ", "))
+	}
+	for _, d := range l.Loops {
+		if _, err := export.DetachLoop(d); err != nil {
+			return err
+		}
+		fmt.Println("detached", d)
+	}
+	if l.DeadMount {
+		if err := export.ClearDeadMount(exp); err != nil {
+			return err
+		}
+		fmt.Println("unmounted the dead export", exp)
+	}
+	if l.Empty() {
+		fmt.Println("no daemon runs on", dir, "and nothing is left over")
+	}
+	return nil
 }

@@ -174,6 +174,7 @@ func demoteCommand() *cli.Command {
 			controlPlaneOnly,
 		Flags: append(memberConnFlags(),
 			&cli.Uint64Flag{Name: "epoch", Usage: "the `EPOCH` NODE is primary in", DefaultText: "the current epoch"},
+			&cli.BoolFlag{Name: "force", Usage: "demote NODE although its volume is mounted (checked when --control is NODE's own socket): its file system's writes then fail with I/O errors and it stays demoted until its loop device is detached"},
 		),
 		Action: func(c *cli.Context) error {
 			node, err := oneArg(c, "the node ID to demote")
@@ -184,7 +185,7 @@ func demoteCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			epoch, err := mc.Demote(c.Context, node, cluster.Epoch(c.Uint64("epoch")), c.Duration("timeout"))
+			epoch, err := mc.Demote(c.Context, node, cluster.Epoch(c.Uint64("epoch")), c.Bool("force"), c.Duration("timeout"))
 			if err != nil {
 				return commandError("demote", node, err)
 			}

@@ -19,6 +19,7 @@ import (
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/pki"
 	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -40,7 +41,6 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "node-id", Usage: "this host's name (default: the hostname)"},
 			&cli.StringFlag{Name: "listen", Usage: "`ADDR` this host accepts the primary on while secondary, e.g. 0.0.0.0:7789"},
 			&cli.StringFlag{Name: "peer", Usage: "`ADDR` the peer listens on, dialled while primary (none: standalone, writes stay dirty)"},
-			&cli.StringFlag{Name: "secret-file", Usage: "`FILE` holding the shared secret (>= 16 bytes) both hosts authenticate with"},
 			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
@@ -63,7 +63,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "agent-config", Usage: "`FILE` (JSON) of the LDAP agent that fails the directory service over (docs/agent.md); needs --cluster-bind"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
-		}, memberFlags("cluster-")...),
+		}, append(memberFlags("cluster-"), tlsFlags(true)...)...),
 		Action: runDaemon,
 	}
 }
@@ -89,10 +89,11 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	secret, err := daemonSecret(c)
+	creds, err := daemonCredentials(c, id, log)
 	if err != nil {
 		return err
 	}
+	defer creds.Close()
 	// A FUSE server that memory reclaim waits on must not itself wait for
 	// reclaim (libfuse#700).
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
@@ -104,7 +105,7 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	member, err := daemonMember(c, id, secret, log)
+	member, err := daemonMember(c, id, creds.tls, log)
 	if err != nil {
 		return err
 	}
@@ -122,11 +123,11 @@ func runDaemon(c *cli.Context) error {
 			}
 		}()
 	}
-	cfg, err := nodeConfig(c, id, secret, cp, log)
+	cfg, err := nodeConfig(c, id, cp, log)
 	if err != nil {
 		return err
 	}
-	n, err := node.Open(cfg)
+	n, err := node.Open(creds.link(cfg))
 	if err != nil {
 		return err
 	}
@@ -157,7 +158,7 @@ func runDaemon(c *cli.Context) error {
 }
 
 // nodeConfig is the node's configuration from c's flags.
-func nodeConfig(c *cli.Context, id string, secret []byte, cp node.ControlPlane, log *slog.Logger) (node.Config, error) {
+func nodeConfig(c *cli.Context, id string, cp node.ControlPlane, log *slog.Logger) (node.Config, error) {
 	var cfg node.Config
 	var rate int64
 	if r := c.String("resync-rate"); r != "" {
@@ -207,7 +208,6 @@ func nodeConfig(c *cli.Context, id string, secret []byte, cp node.ControlPlane, 
 		NodeID:         id,
 		Listen:         c.String("listen"),
 		Peer:           c.String("peer"),
-		Secret:         secret,
 		MountDir:       c.String("mount"),
 		Timeout:        c.Duration("timeout"),
 		Window:         c.Int("window"),
@@ -260,7 +260,7 @@ func startProfile(path string) (func(), error) {
 
 // daemonMember starts the control-plane member the daemon embeds with
 // --cluster-bind; without it, there is none (nil) and --role names the role.
-func daemonMember(c *cli.Context, id string, secret []byte, log *slog.Logger) (*member, error) {
+func daemonMember(c *cli.Context, id string, creds *pki.Source, log *slog.Logger) (*member, error) {
 	if c.String("cluster-bind") == "" {
 		if c.String("role") == "" {
 			return nil, fmt.Errorf("--role primary|secondary is needed without a control plane (--cluster-bind)")
@@ -268,10 +268,7 @@ func daemonMember(c *cli.Context, id string, secret []byte, log *slog.Logger) (*
 		log.Warn("no control plane (--cluster-bind not set): the role comes from --role alone and NOTHING prevents two primaries (split brain)")
 		return nil, nil
 	}
-	if secret == nil {
-		return nil, fmt.Errorf("--secret-file is required with --cluster-bind")
-	}
-	m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), secret, false, log)
+	m, err := startMember(c, "cluster-", id, filepath.Join(c.String("dir"), "raft"), creds, false, log)
 	if err != nil {
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
@@ -279,18 +276,6 @@ func daemonMember(c *cli.Context, id string, secret []byte, log *slog.Logger) (*
 		log.Warn("--role is ignored: the control plane names the role", "role", c.String("role"))
 	}
 	return m, nil
-}
-
-// daemonSecret reads --secret-file, which a daemon that talks to a peer
-// or a control plane needs.
-func daemonSecret(c *cli.Context) ([]byte, error) {
-	if f := c.String("secret-file"); f != "" {
-		return readSecretFile(f)
-	}
-	if c.String("peer") != "" || cluster.Role(c.String("role")) == cluster.RoleSecondary || c.String("cluster-bind") != "" {
-		return nil, fmt.Errorf("--secret-file is required to talk to a peer")
-	}
-	return nil, nil
 }
 
 // loadAgentConfig reads --agent-config, if set (nil if not).

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ldmirror/ldmirror/internal/fileperm"
+	"github.com/ldmirror/ldmirror/pki"
 	"github.com/ldmirror/ldmirror/transport"
 	"github.com/urfave/cli/v2"
 )
@@ -21,14 +23,19 @@ func flagLogger(c *cli.Context) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
 }
 
-// flagNodeID is c's --node-id, or the host name.
+// flagNodeID is c's --node-id, or the host name; either must be a valid
+// node ID (pki.ValidNodeID).
 func flagNodeID(c *cli.Context) (string, error) {
-	if id := c.String("node-id"); id != "" {
-		return id, nil
+	id := c.String("node-id")
+	if id == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("--node-id not set and no hostname: %w", err)
+		}
+		id = h
 	}
-	id, err := os.Hostname()
-	if err != nil {
-		return "", fmt.Errorf("--node-id not set and no hostname: %w", err)
+	if err := pki.ValidNodeID(id); err != nil {
+		return "", fmt.Errorf("--node-id: %w", err)
 	}
 	return id, nil
 }
@@ -36,6 +43,9 @@ func flagNodeID(c *cli.Context) (string, error) {
 // readSecretFile reads a shared secret; surrounding white space is not part
 // of it.
 func readSecretFile(path string) ([]byte, error) {
+	if err := fileperm.CheckPrivate(path); err != nil {
+		return nil, fmt.Errorf("--secret-file: %w", err)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--secret-file: %w", err)

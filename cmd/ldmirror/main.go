@@ -18,6 +18,7 @@ func main() {
 			daemonCommand(),
 			attachCommand(),
 			detachCommand(),
+			attachDiskCommand(),
 			statusCommand(),
 			resolveCommand(),
 			verifyCommand(),
@@ -29,6 +30,7 @@ func main() {
 			demoteCommand(),
 			swapCommand(),
 			agentCommand(),
+			pkiCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/pki"
 	"github.com/urfave/cli/v2"
 )
 
@@ -54,7 +56,7 @@ type member struct {
 // prefix), bootstraps or joins in the background if asked and not done
 // before, and sends on Fatal a refusal that retrying cannot fix (wrong
 // secret, a third data host).
-func startMember(c *cli.Context, prefix, id, dataDir string, secret []byte, witness bool, log *slog.Logger) (*member, error) {
+func startMember(c *cli.Context, prefix, id, dataDir string, creds *pki.Source, witness bool, log *slog.Logger) (*member, error) {
 	boot, join := c.Bool(prefix+"bootstrap"), c.String(prefix+"join")
 	if boot && join != "" {
 		return nil, fmt.Errorf("--%sbootstrap and --%sjoin exclude each other: bootstrap the first member, join the others", prefix, prefix)
@@ -65,7 +67,7 @@ func startMember(c *cli.Context, prefix, id, dataDir string, secret []byte, witn
 		BindAddr:      c.String(prefix + "bind"),
 		AdvertiseAddr: c.String(prefix + "advertise"),
 		DataDir:       dataDir,
-		Secret:        secret,
+		TLS:           creds,
 		Witness:       witness,
 		Logger:        log,
 
@@ -107,9 +109,9 @@ func memberCommand(name, usage, description string, witness bool, hidden bool) *
 	flags := append([]cli.Flag{
 		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the raft log, snapshots and control.sock; it survives restarts", Required: true},
 		&cli.StringFlag{Name: "node-id", Usage: "this member's name `ID`, never reused for another host (default: the hostname)"},
-		&cli.StringFlag{Name: "secret-file", Usage: "`FILE` holding the secret (>= 16 bytes) all members share", Required: true},
+		&cli.StringFlag{Name: "secret-file", Hidden: true}, // refused with a pointer to certificates
 		&cli.StringFlag{Name: "log-level", Usage: "`LEVEL`: debug, info, warn or error", Value: "info"},
-	}, memberFlags("")...)
+	}, append(memberFlags(""), tlsFlags(false)...)...)
 	return &cli.Command{
 		Name: name, Usage: usage, Description: description, Hidden: hidden, Flags: flags,
 		Action: func(c *cli.Context) error { return runMember(c, witness) },
@@ -135,12 +137,16 @@ func runMember(c *cli.Context, witness bool) error {
 	if err != nil {
 		return err
 	}
-	secret, err := readSecretFile(c.String("secret-file"))
+	if c.IsSet("secret-file") {
+		return errors.New("--secret-file: members no longer share a secret; give this one its certificate (--tls-dir; ldmirror pki issue, docs/operations.md)")
+	}
+	creds, err := nodeCredentials(c, id, true, log)
 	if err != nil {
 		return err
 	}
+	defer creds.Close()
 	dir := c.String("data-dir")
-	m, err := startMember(c, "", id, dir, secret, witness, log)
+	m, err := startMember(c, "", id, dir, creds.tls, witness, log)
 	if err != nil {
 		return err
 	}

@@ -3,13 +3,16 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // writeStatus prints a host's status for an operator.
@@ -23,6 +26,9 @@ func writeStatus(w io.Writer, st node.Status) {
 	}
 	if st.PeerNode != "" {
 		link += " (node " + st.PeerNode + ")"
+	}
+	if st.LinkSecurity != "" {
+		link += ", " + st.LinkSecurity
 	}
 	row("link", "%s", link)
 	repl := string(st.Replication)
@@ -196,4 +202,24 @@ func writeAgentStatus(w io.Writer, st agent.Status) {
 			row("", "| %s", strings.TrimRight(l, " "))
 		}
 	}
+}
+
+// writeLeftovers prints what a dead daemon left in dir and the commands
+// that clear it.
+func writeLeftovers(w io.Writer, dir string, l export.Leftovers) {
+	fmt.Fprintf(w, "no daemon runs on %s; left over from the last one:\n", dir)
+	if len(l.Loops) > 0 {
+		fmt.Fprintf(w, "  loop device %s bound to the export\n", strings.Join(l.Loops, ", "))
+	}
+	for _, m := range l.Mounts {
+		fmt.Fprintf(w, "  a file system on it mounted on %s\n", m)
+	}
+	if l.DeadMount {
+		fmt.Fprintf(w, "  the dead FUSE export %s\n", filepath.Join(dir, volume.ExportDir))
+	}
+	fmt.Fprintln(w, "to clear it:")
+	for _, m := range l.Mounts {
+		fmt.Fprintf(w, "  umount %s\n", m)
+	}
+	fmt.Fprintf(w, "  ldmirror detach --dir %s\n", dir)
 }

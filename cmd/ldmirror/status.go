@@ -2,8 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
+	"path/filepath"
 
+	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
 
@@ -36,6 +41,11 @@ brain shows in "last error" with the command that ends it.`,
 		},
 		Action: func(c *cli.Context) error {
 			st, err := fetchStatus(c)
+			if errors.Is(err, ctl.ErrNoProcess) && c.String("dir") != "" {
+				if l := export.LeftoversOf(filepath.Join(c.String("dir"), volume.ExportDir)); !l.Empty() {
+					writeLeftovers(os.Stdout, c.String("dir"), l)
+				}
+			}
 			if err != nil {
 				return err
 			}

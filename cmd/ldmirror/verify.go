@@ -78,13 +78,15 @@ func swapCommand() *cli.Command {
 			"every write does the control plane move the role to it, in a new epoch. With an LDAP agent the\n" +
 			"directory service is stopped first and started on the peer after. Refused while the peer is\n" +
 			"not in sync (status shows it uptodate when it is).\n" + controlPlaneOnly,
-		Flags: []cli.Flag{volumeDirFlag, controlFlag},
+		Flags: []cli.Flag{volumeDirFlag, controlFlag,
+			&cli.BoolFlag{Name: "force", Usage: "swap although the volume is mounted here (without an LDAP agent): the mounted file system's writes then fail with I/O errors and this host stays demoted until its loop device is detached"},
+		},
 		Action: func(c *cli.Context) error {
 			hc, err := hostClient(c)
 			if err != nil {
 				return err
 			}
-			res, err := hc.Swap(c.Context)
+			res, err := hc.Swap(c.Context, c.Bool("force"))
 			if err != nil {
 				return fmt.Errorf("swap: %w", err)
 			}

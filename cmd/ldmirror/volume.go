@@ -31,6 +31,7 @@ func initCommand() *cli.Command {
 			&cli.IntFlag{Name: "block-size", Usage: "dirty-tracking granularity in bytes", Value: bitmap.DefaultBlockSize},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "`UUID` of the volume created on the peer (default: a new volume)"},
 			&cli.BoolFlag{Name: "sparse", Usage: "allocate the backing file's space as it is written, not now: writes fail with ENOSPC if the host's filesystem fills"},
+			&cli.BoolFlag{Name: "repair-metadata", Usage: "rebuild a damaged or lost meta.json beside the existing backing file, as a copy of the peer's volume (--volume-uuid and --size of the peer) that holds none of its data: the peer then resyncs every block here"},
 		},
 		Action: func(c *cli.Context) error {
 			size, err := parseSize(c.String("size"))
@@ -42,6 +43,14 @@ func initCommand() *cli.Command {
 				if id, err = uuid.Parse(s); err != nil {
 					return fmt.Errorf("--volume-uuid %q: %w", s, err)
 				}
+			}
+			if c.Bool("repair-metadata") {
+				m, err := volume.Repair(c.String("dir"), size, c.Int("block-size"), id)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("rebuilt the metadata of volume %s in %s: the peer resyncs every block here when it connects as primary\n", m.VolumeUUID, c.String("dir"))
+				return nil
 			}
 			m, err := volume.Create(c.String("dir"), size, c.Int("block-size"), id, c.Bool("sparse"))
 			if err != nil {

@@ -1,5 +1,7 @@
 // Package netns builds throwaway networks of Linux network namespaces for
-// end-to-end tests: each test host is a namespace with one interface, eth0,
+// end-to-end tests and the fault campaign (scripts/torture, which owns its
+// labs through the TB interface instead of a testing.TB): each test host
+// is a namespace with one interface, eth0,
 // cabled to a bridge that lives in a namespace of its own, so test traffic
 // never touches the machine's own interfaces and only namespaces the lab
 // created receive it.

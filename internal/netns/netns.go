@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -41,10 +40,23 @@ const (
 
 var hostName = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
 
+// TB is what a lab needs from its owner: a test's testing.TB satisfies it,
+// and a program that builds labs outside a test (scripts/torture)
+// implements it. Fatalf and Skipf must not return; Cleanup functions run
+// when the owner is done, last registered first.
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Lab is a set of test hosts on one bridge. Its methods are safe for
 // concurrent use; those that take no error return fail the test.
 type Lab struct {
-	t      testing.TB
+	t      TB
 	id     string
 	subnet int
 	hosts  []string
@@ -72,7 +84,7 @@ func Available() error {
 // NewLab creates one namespace per name (lower-case letters and digits, at
 // most 12) plus the bridge's, cables them and registers Close with
 // t.Cleanup. It skips the test when Available says no.
-func NewLab(t testing.TB, names ...string) *Lab {
+func NewLab(t TB, names ...string) *Lab {
 	t.Helper()
 	if err := Available(); err != nil {
 		t.Skipf("netns lab: %v", err)
@@ -90,7 +102,7 @@ func NewLab(t testing.TB, names ...string) *Lab {
 	}
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
+		t.Fatalf("netns lab: %v", err)
 	}
 	l := &Lab{
 		t: t, id: hex.EncodeToString(b[:3]), subnet: 1 + int(b[3])%254, hosts: slices.Clone(names),
@@ -99,10 +111,10 @@ func NewLab(t testing.TB, names ...string) *Lab {
 	// The owner file comes first, so that a crash at any later point leaves
 	// something Sweep finds.
 	if err := os.MkdirAll(OwnerDir, 0o755); err != nil {
-		t.Fatal(err)
+		t.Fatalf("netns lab: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(OwnerDir, l.id), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		t.Fatal(err)
+		t.Fatalf("netns lab: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := l.Close(); err != nil {

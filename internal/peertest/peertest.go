@@ -18,11 +18,12 @@ var secret = []byte("blockdev-test-secret-0123456789")
 // configs for a volume of size bytes with 4 KiB blocks.
 func Configs(size int64) (sec, pri transport.Config) {
 	base := transport.Config{
-		Secret:     secret,
-		VolumeUUID: [16]byte{7},
-		Size:       uint64(size),
-		BlockSize:  4096,
-		Timeout:    2 * time.Second,
+		InsecurePlaintext: true,
+		Secret:            secret,
+		VolumeUUID:        [16]byte{7},
+		Size:              uint64(size),
+		BlockSize:         4096,
+		Timeout:           2 * time.Second,
 	}
 	sec, pri = base, base
 	sec.NodeID, pri.NodeID = "b", "a"

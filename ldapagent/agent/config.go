@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ldmirror/ldmirror/internal/fileperm"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 )
 
@@ -305,6 +306,10 @@ type fileHook struct {
 // fills in defaults. Unknown keys are refused. Every error wraps ErrConfig
 // and names the file, the key and what to fix.
 func LoadConfig(path string) (Config, error) {
+	// It names commands the agent runs as root and may hold a password.
+	if err := fileperm.CheckPrivate(path); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)

@@ -166,3 +166,16 @@ func TestDocSample(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadConfigRefusesOpenFile: a configuration others may read (it names
+// root hook commands and may hold a password) is refused, with the fix.
+func TestLoadConfigRefusesOpenFile(t *testing.T) {
+	p := writeConfig(t, `{"peer_url": "ldap://10.0.0.2:389"}`)
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadConfig(p)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "chmod 600 "+p) {
+		t.Fatalf("LoadConfig of a 0644 file: %v, want ErrConfig naming chmod 600", err)
+	}
+}

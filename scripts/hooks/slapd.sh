@@ -20,10 +20,30 @@ ldmirror=${LDMIRROR:-ldmirror}
 : "${LDMIRROR_EXPORT:?set by the agent}" "${LDM_MOUNT:?}"
 
 loopdevs() { losetup -n -O NAME -j "$LDMIRROR_EXPORT" 2>/dev/null || true; }
+# slapd_pid prints the pid in SLAPD_PID if slapd runs under it. It returns
+# 1 if slapd is not running (no pidfile, or a stale one whose pid is gone or
+# now another program's, which is left alone), and 2 if the pidfile does
+# not hold a process id: kill reads 0 as its own process group, -1 as every
+# process, and 1 is init. Nothing but a live slapd is ever signalled.
 slapd_pid() {
 	[ -s "$SLAPD_PID" ] || return 1
-	pid=$(cat "$SLAPD_PID")
-	kill -0 "$pid" 2>/dev/null && echo "$pid"
+	pid=$(head -c 32 "$SLAPD_PID" | tr -d ' \t\n')
+	case $pid in
+	'' | *[!0-9]* | 0*)
+		echo "pidfile $SLAPD_PID holds \"$pid\", not a process id: not signalled; check it and remove it" >&2
+		return 2
+		;;
+	esac
+	if [ "$pid" -le 1 ]; then
+		echo "pidfile $SLAPD_PID holds $pid, which is init: not signalled; check it and remove it" >&2
+		return 2
+	fi
+	comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+	if [ "$comm" != slapd ]; then
+		echo "pid $pid in $SLAPD_PID is $comm, not slapd: a stale pidfile; not signalled" >&2
+		return 1
+	fi
+	echo "$pid"
 }
 
 case $step in
@@ -46,10 +66,15 @@ mount)
 	;;
 start)
 	: "${SLAPD_CONF:?}" "${SLAPD_URLS:?}" "${SLAPD_PID:?}"
-	if pid=$(slapd_pid); then
+	rc=0
+	pid=$(slapd_pid) || rc=$?
+	case $rc in
+	0)
 		echo "slapd already running (pid $pid)"
 		exit 0
-	fi
+		;;
+	2) exit 1 ;;
+	esac
 	log=${SLAPD_LOG:-${SLAPD_PID%.pid}.log}
 	# In the foreground (-d none: errors only) in a session of its own rather than
 	# daemonized: its errors land in the log instead of syslog, and a
@@ -71,7 +96,15 @@ start)
 	;;
 stop)
 	: "${SLAPD_PID:?}"
-	pid=$(slapd_pid) || { echo "slapd not running"; exit 0; }
+	rc=0
+	pid=$(slapd_pid) || rc=$?
+	case $rc in
+	1)
+		echo "slapd not running"
+		exit 0
+		;;
+	2) exit 1 ;;
+	esac
 	kill -TERM "$pid"
 	i=0
 	while kill -0 "$pid" 2>/dev/null; do

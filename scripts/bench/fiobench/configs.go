@@ -24,12 +24,14 @@ import (
 // how to tear it all down.
 type setup func(b *bench) (dev string, teardown func(), err error)
 
-var configNames = []string{"passthrough", "sync", "sync-noal", "async", "qemu-quorum", "raw"}
+var configNames = []string{"passthrough", "sync", "sync-plaintext", "sync-noal", "async", "qemu-quorum", "raw"}
 
 var setups = map[string]setup{
 	"passthrough": (*bench).passthrough,
 	"sync":        func(b *bench) (string, func(), error) { return b.mirrored(nil, nil) },
-	"sync-noal":   func(b *bench) (string, func(), error) { return b.mirrored(nil, []string{"--activity-log=false"}) },
+	// The data link without TLS: what TLS costs (issue 15).
+	"sync-plaintext": func(b *bench) (string, func(), error) { return b.mirrored(plaintextFlags, nil) },
+	"sync-noal":      func(b *bench) (string, func(), error) { return b.mirrored(nil, []string{"--activity-log=false"}) },
 	// Both hosts of a pair run the same --mode: the secondary keeps its
 	// applied journal position only in async mode.
 	"async":       func(b *bench) (string, func(), error) { return b.mirrored(asyncFlags, asyncFlags) },
@@ -201,19 +203,19 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	if _, err := b.initVolume(s, id); err != nil {
 		return "", nil, err
 	}
-	secret := filepath.Join(root, "secret")
-	if err := os.WriteFile(secret, []byte("bench-secret-0123456789abcdef"), 0o600); err != nil {
+	creds, err := b.credentials(root, slices.Equal(both, plaintextFlags))
+	if err != nil {
 		return "", nil, err
 	}
 	addr, err := freeAddr()
 	if err != nil {
 		return "", nil, err
 	}
-	sec, err := b.daemon(s, append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr, "--secret-file", secret}, both...)...)
+	sec, err := b.daemon(s, append(append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, creds...), both...)...)
 	if err != nil {
 		return "", nil, err
 	}
-	pri, err := b.daemon(a, append(append([]string{"--role", "primary", "--node-id", "a", "--peer", addr, "--secret-file", secret}, both...), primary...)...)
+	pri, err := b.daemon(a, append(append(append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, creds...), both...), primary...)...)
 	if err != nil {
 		sec.stop()
 		return "", nil, err
@@ -237,6 +239,42 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	}
 	b.primaryCtl = ctl
 	return dev, func() { b.primaryCtl = ""; b.detach(dev); pri.stop(); sec.stop(); os.RemoveAll(root) }, nil
+}
+
+// plaintextFlags run the pair's data link without TLS (both daemons).
+var plaintextFlags = []string{"--insecure-plaintext-link"}
+
+// credentials makes what the pair in root authenticates with and returns
+// the daemons' flags for it: certificates from `ldmirror pki` (a, b), or
+// for a plaintext link a shared secret.
+func (b *bench) credentials(root string, plaintext bool) ([]string, error) {
+	if plaintext {
+		secret := filepath.Join(root, "secret")
+		if err := os.WriteFile(secret, []byte("bench-secret-0123456789abcdef"), 0o600); err != nil {
+			return nil, err
+		}
+		return []string{"--secret-file", secret}, nil
+	}
+	dir := filepath.Join(root, "pki")
+	for _, args := range [][]string{{"init", "--dir", dir}, {"issue", "--dir", dir, "a"}, {"issue", "--dir", dir, "b"}} {
+		if out, err := exec.Command(b.bin, append([]string{"pki"}, args...)...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("pki %s: %v: %s", args[0], err, out)
+		}
+	}
+	return []string{"--tls-dir", dir}, nil
+}
+
+// linkNote says how the measured pair's link is protected (the TLS
+// cipher suite negotiated), from the primary's status.
+func (b *bench) linkNote() string {
+	if b.primaryCtl == "" {
+		return ""
+	}
+	st, err := b.status(b.primaryCtl)
+	if err != nil || st.LinkSecurity == "" {
+		return ""
+	}
+	return "link " + st.LinkSecurity
 }
 
 // raw is configuration (e): fio on a backing file with O_DIRECT, no FUSE,

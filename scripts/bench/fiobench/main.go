@@ -95,6 +95,7 @@ func main() {
 	slapdOn := flag.String("slapd-configs", "auto", "configurations the directory load runs on; auto: all but raw and qemu-quorum")
 	flag.DurationVar(&b.slapdLimit, "slapd-limit", 150*time.Second, "stop a directory load after this long and report the rate so far")
 	rounds := flag.Int("rounds", 3, "rounds; each runs every configuration once, alternating")
+	abba := flag.Bool("abba", false, "run every second round's configurations in reverse order, so that a configuration's place in the round (after which teardown, on which warm caches) does not bias it")
 	configs := flag.String("configs", "passthrough,sync", "configurations, in round order: "+strings.Join(configNames, ", "))
 	loads := flag.String("workloads", "all", "workloads, comma-separated, or all: "+strings.Join(workloadNames(), ", "))
 	out := flag.String("out", "", "write <out>.txt (the table, markdown), <out>.csv (every round) and, with -chart, <out>.png")
@@ -146,6 +147,9 @@ func main() {
 		// 89 to 323 s a round on this machine: with it the run takes more
 		// than the 15 minutes issue 7 allows, and no target needs it.
 		b.slapdSkip["qemu-quorum"] = "skipped by default (slow: add it with -slapd-configs)"
+		// What TLS costs is measured on fio's workloads; the directory
+		// load would add two minutes to the comparison.
+		b.slapdSkip["sync-plaintext"] = "skipped by default (add it with -slapd-configs)"
 	}
 	if slices.ContainsFunc(workloads, func(w workload) bool { return w.slapd }) {
 		if err := b.prepareSlapd(); err != nil {
@@ -156,7 +160,11 @@ func main() {
 
 	var results []result
 	for r := 1; r <= *rounds; r++ {
-		for _, name := range names {
+		order := slices.Clone(names)
+		if *abba && r%2 == 0 {
+			slices.Reverse(order)
+		}
+		for _, name := range order {
 			if why := unavailable[name]; why != "" {
 				for _, w := range workloads {
 					results = append(results, result{round: r, config: name, load: w.name, skipped: why})
@@ -167,7 +175,7 @@ func main() {
 		}
 	}
 	wall := time.Since(started)
-	rep := report{configs: names, workloads: workloads, results: results, rounds: *rounds,
+	rep := report{abba: *abba, configs: names, workloads: workloads, results: results, rounds: *rounds,
 		machine: mach, wall: wall, runtime: b.runtime, ramp: b.ramp, sizeMiB: b.sizeMiB, entries: b.entries}
 	table := rep.markdown()
 	fmt.Print(table)
@@ -235,6 +243,9 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 			res.round, res.config, res.load, res.elapsed = round, name, w.name, time.Since(start)
 			if j := b.journalNote(); j != "" && err == nil {
 				res.note = strings.TrimSpace(res.note + " " + j)
+			}
+			if l := b.linkNote(); l != "" && err == nil {
+				res.note = strings.TrimPrefix(strings.TrimSpace(res.note+"; "+l), "; ")
 			}
 			if err == nil {
 				break

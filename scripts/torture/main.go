@@ -1,0 +1,355 @@
+// Command torture is issue 17's fault campaign: it runs the witness and two
+// ldmirror daemons on network namespaces (a, b, w), writes self-checking
+// records through the primary (raw O_DIRECT|O_DSYNC writes to the export,
+// and files on ext4 over it), breaks something every round (kill -9,
+// partitions, a pulled cable, SIGSTOP, swap), recovers as an operator
+// following docs/cluster.md's runbooks, and checks that no acknowledged
+// write was lost (async: only a suffix within docs/journal.md's bound),
+// that ext4 is clean, that both backing files are byte-identical, and
+// that no two hosts served as primary in one epoch.
+//
+//	go run ./scripts/torture --rounds 20 [--mode async] [--seed S [--replay]]
+//
+// It must run as root. See docs/reliability.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ldmirror/ldmirror/internal/netns"
+)
+
+// options are the command line.
+type options struct {
+	rounds      int
+	seed        uint64
+	seedSet     bool
+	replay      bool
+	mode        string
+	recovery    string
+	dir         string
+	size        int64 // bytes
+	journalSize string
+	rawRate     int
+	keep        bool
+	daemonArgs  listFlag
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, " ") }
+
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("torture", flag.ContinueOnError)
+	fs.IntVar(&o.rounds, "rounds", 20, "rounds to play, one fault each")
+	seed := fs.String("seed", "", "seed of the fault schedule (default: from the clock; printed at start)")
+	fs.BoolVar(&o.replay, "replay", false, "play --seed's schedule again and stop at the first round that fails, printing the schedule first")
+	fs.StringVar(&o.mode, "mode", "sync", "replication mode of both daemons: sync or async")
+	fs.StringVar(&o.recovery, "recovery", "runbook", "who recovers: runbook (the operator of docs/cluster.md); agent is not implemented")
+	fs.StringVar(&o.dir, "dir", "/var/tmp/ldmirror-torture", "`DIR` under which each campaign gets a directory of its own")
+	sizeMiB := fs.Int("size-mib", 128, "volume size in MiB (ext4 on the first 3/4, raw records on the rest)")
+	fs.StringVar(&o.journalSize, "journal-size", "8MiB", "async: the journal size (small, so that catch-up and overflow both happen)")
+	fs.IntVar(&o.rawRate, "raw-rate", 1000, "writes per second of the raw writer (0: as fast as it can)")
+	fs.Var(&o.daemonArgs, "daemon-arg", "one more flag for both daemons, repeatable; e.g. --daemon-arg=--activity-log=false (unsafe) shows that the checker catches a divergence")
+	fs.BoolVar(&o.keep, "keep", false, "keep the volumes after a campaign without failures (the logs are always kept)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *seed != "" {
+		if _, err := fmt.Sscan(*seed, &o.seed); err != nil {
+			return o, fmt.Errorf("--seed %q: want an unsigned integer", *seed)
+		}
+		o.seedSet = true
+	} else {
+		o.seed = uint64(time.Now().UnixNano()) % 1_000_000_000
+	}
+	switch {
+	case o.replay && !o.seedSet:
+		return o, errors.New("--replay needs the --seed of the campaign to replay")
+	case o.rounds < 1:
+		return o, errors.New("--rounds must be at least 1")
+	case o.mode != "sync" && o.mode != "async":
+		return o, fmt.Errorf("--mode %q: want sync or async", o.mode)
+	case o.recovery == "agent":
+		return o, errors.New("--recovery agent is not implemented; only runbook (docs/reliability.md)")
+	case o.recovery != "runbook":
+		return o, fmt.Errorf("--recovery %q: want runbook", o.recovery)
+	case *sizeMiB < 32 || *sizeMiB%4 != 0:
+		return o, fmt.Errorf("--size-mib %d: want a multiple of 4, at least 32", *sizeMiB)
+	}
+	o.size = int64(*sizeMiB) << 20
+	return o, nil
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == helperArg {
+		os.Exit(rawHelperMain(os.Args[2:]))
+	}
+	os.Exit(realMain())
+}
+
+// Exit codes.
+const (
+	exitPass     = 0
+	exitFindings = 1 // the checker found lost writes, divergence, fsck errors or split brain
+	exitAborted  = 2 // the campaign could not run or could not go on
+	exitSignal   = 130
+)
+
+func realMain() int {
+	opt, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return exitPass
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
+		return exitAborted
+	}
+	if uid := os.Geteuid(); uid != 0 {
+		fmt.Fprintf(os.Stderr, "torture: must run as root (euid %d): it creates network namespaces, nftables rules, FUSE mounts, loop devices and ext4 mounts\n", uid)
+		return exitAborted
+	}
+	if err := preflight(); err != nil {
+		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
+		return exitAborted
+	}
+	// A closed terminal or pipe must not kill the runner before its
+	// cleanups: the lab's daemons, mounts and loop devices would stay.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+
+	root := filepath.Join(opt.dir, fmt.Sprintf("%s-%s-seed%d", time.Now().Format("20060102-150405"), opt.mode, opt.seed))
+	logs := filepath.Join(root, "logs")
+	for _, d := range []string{logs, filepath.Join(root, "mnt")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "torture: %v\n", err)
+			return exitAborted
+		}
+	}
+	logFile, err := os.Create(filepath.Join(logs, "campaign.log"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
+		return exitAborted
+	}
+	defer logFile.Close()
+	c := &campaign{opt: opt, root: root, logs: logs, mnt: filepath.Join(root, "mnt"), logw: tee{logFile, os.Stdout}}
+	c.o = &owner{logf: c.logf}
+	if c.ledger, err = openLedger(filepath.Join(logs, "ledger.tsv.gz")); err != nil {
+		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
+		return exitAborted
+	}
+	defer c.ledger.Close()
+
+	sched := schedule(opt.seed, opt.rounds)
+	commit := gitCommit()
+	c.logf("ldmirror torture: seed %d, mode %s, %d rounds, recovery %s, commit %s, load average %s",
+		opt.seed, opt.mode, opt.rounds, opt.recovery, commit, loadAverage())
+	if len(opt.daemonArgs) > 0 {
+		c.logf("extra daemon flags: %s", opt.daemonArgs.String())
+	}
+	c.logf("logs: %s", logs)
+	var sb strings.Builder
+	for _, f := range sched {
+		fmt.Fprintln(&sb, f)
+	}
+	_ = os.WriteFile(filepath.Join(logs, "schedule.txt"), []byte(sb.String()), 0o644)
+	if opt.replay {
+		c.logf("replaying the schedule of seed %d:\n%s", opt.seed, sb.String())
+	}
+
+	start := time.Now()
+	runErr := c.run(ctx, sched)
+	c.o.runCleanups()
+	if c.wl != nil {
+		// With the daemons gone every write returns: wait for the writers.
+		wctx, cancel := context.WithTimeout(context.Background(), writerLimit)
+		if err := c.wl.Close(wctx); err != nil {
+			c.logf("cleanup: %v", err)
+		}
+		cancel()
+	}
+	for _, e := range c.o.errors() {
+		c.logf("cleanup: %s", e)
+	}
+
+	s := summarize(c.results)
+	s.Seed, s.Mode, s.Commit, s.Planned, s.Elapsed = opt.seed, opt.mode, commit, opt.rounds, time.Since(start)
+	var table strings.Builder
+	s.write(&table, opt.mode)
+	c.logf("summary:\n%s", table.String())
+	_ = os.WriteFile(filepath.Join(logs, "summary.md"), []byte(table.String()), 0o644)
+
+	code := exitPass
+	if len(s.FailedRounds) > 0 {
+		code = exitFindings
+		c.logf("FAILED rounds %v. Replay: %s", s.FailedRounds, replayCommand(opt, s.FailedRounds[len(s.FailedRounds)-1]))
+		for _, r := range c.results {
+			if !r.failed() {
+				continue
+			}
+			c.logf("  %s (primary %s -> %s)", r.Spec, r.P, r.Final)
+			for _, f := range r.Failures {
+				c.logf("    %s", f)
+			}
+			c.logf("    logs: %s", filepath.Join(logs, "rounds", fmt.Sprintf("%03d", r.N)))
+		}
+	}
+	switch {
+	case runErr == nil:
+	case ctx.Err() != nil:
+		c.logf("interrupted: %v", runErr)
+		return exitSignal
+	default:
+		c.logf("campaign aborted: %v (seed %d; replay: %s)", runErr, opt.seed, replayCommand(opt, max(len(c.results), 1)))
+		var a abort
+		if errors.As(runErr, &a) && a.skip {
+			return exitAborted
+		}
+		if code == exitPass {
+			code = exitAborted
+		}
+	}
+	if code == exitPass && !opt.keep {
+		if err := os.RemoveAll(filepath.Join(root, "vol")); err != nil {
+			c.logf("remove the volumes: %v", err)
+		}
+	}
+	c.logf("logs kept in %s", logs)
+	return code
+}
+
+// run sets up and plays the rounds. A lab failure (the owner's Fatalf) ends
+// it like an error.
+func (c *campaign) run(ctx context.Context, sched []faultSpec) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			a, ok := v.(abort)
+			if !ok {
+				c.o.runCleanups()
+				panic(v)
+			}
+			err = a
+		}
+	}()
+	if err := c.setup(ctx); err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	for _, spec := range sched {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		res, err := c.runRound(ctx, spec)
+		c.results = append(c.results, res)
+		c.logf("%s", res.line())
+		for _, f := range res.Failures {
+			c.logf("round %d: FAILURE: %s", res.N, f)
+		}
+		if err != nil {
+			return fmt.Errorf("round %d: %w", spec.Round, err)
+		}
+		if c.opt.replay && res.failed() {
+			c.logf("replay: stopping at the first failed round, %d", res.N)
+			return nil
+		}
+	}
+	return nil
+}
+
+// tee writes to a file and, as far as it can, to a terminal: unlike
+// io.MultiWriter it goes on writing the log when stdout is gone.
+type tee struct {
+	log  io.Writer
+	term io.Writer
+}
+
+func (t tee) Write(b []byte) (int, error) {
+	_, _ = t.term.Write(b)
+	return t.log.Write(b)
+}
+
+// replayCommand is the command line that plays the same schedule up to
+// round rounds again.
+func replayCommand(opt options, rounds int) string {
+	cmd := fmt.Sprintf("go run ./scripts/torture --seed %d --mode %s --rounds %d --replay", opt.seed, opt.mode, rounds)
+	if opt.rawRate != 1000 {
+		cmd += fmt.Sprintf(" --raw-rate %d", opt.rawRate)
+	}
+	if opt.size != 128<<20 {
+		cmd += fmt.Sprintf(" --size-mib %d", opt.size>>20)
+	}
+	if opt.mode == "async" && opt.journalSize != "8MiB" {
+		cmd += " --journal-size " + opt.journalSize
+	}
+	for _, a := range opt.daemonArgs {
+		cmd += " --daemon-arg=" + a
+	}
+	return cmd
+}
+
+// preflight checks the tools the campaign runs.
+func preflight() error {
+	if err := netns.Available(); err != nil {
+		return err
+	}
+	for _, tool := range []string{"nsenter", "mkfs.ext4", "e2fsck", "mount", "umount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("needs %s: %w", tool, err)
+		}
+	}
+	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("needs %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// gitCommit names the commit the campaign runs, "-dirty" if the work tree
+// has changes.
+func gitCommit() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		c += "-dirty"
+	}
+	return c
+}
+
+// loadAverage is the machine's 1, 5 and 15 minute load: other work on a
+// shared machine changes the timings.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}

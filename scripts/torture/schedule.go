@@ -1,0 +1,135 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+)
+
+// faultSpec is one round's entry of the schedule: what the nemesis does
+// and with which parameters. Targets are roles at the round's start
+// (primary, secondary), not host names, so that a replay hits the same
+// roles.
+type faultSpec struct {
+	Round  int
+	Kind   string
+	Target string        // primary, secondary, witness, all; "" for partition-ab and swap
+	Lead   time.Duration // the writers run this long (after a warm-up) before the fault
+	// React is how long the operator takes, in a failover kind, to notice
+	// that the primary is gone and promote its peer.
+	React time.Duration
+	// Hold is how long the fault lasts (after the failover, if any)
+	// before the operator undoes it: restarts, heals, continues.
+	Hold time.Duration
+}
+
+// failover reports whether the operator promotes the peer during the fault.
+func (f faultSpec) failover() bool { return kindOf(f.Kind).react[1] > 0 }
+
+func (f faultSpec) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "round %d: %s", f.Round, f.Kind)
+	if f.Target != "" {
+		fmt.Fprintf(&b, " target=%s", f.Target)
+	}
+	fmt.Fprintf(&b, " lead=%v", f.Lead)
+	if f.failover() {
+		fmt.Fprintf(&b, " react=%v", f.React)
+	}
+	fmt.Fprintf(&b, " hold=%v", f.Hold)
+	return b.String()
+}
+
+// kind describes one kind of fault and the ranges its parameters are
+// drawn from.
+type kind struct {
+	name    string
+	action  string   // kill, partition, isolate, stop, swap
+	targets []string // one is drawn
+	react   [2]time.Duration
+	hold    [2]time.Duration
+	doc     string
+}
+
+// repertoire is the nemesis's kinds of fault. Every kind comes once in each
+// cycle of len(repertoire()) rounds, in a seeded order, so that a short
+// campaign covers them all. New kinds (failpoint crashes, disk faults) add
+// an action in faults.go and an entry here.
+func repertoire() []kind {
+	return []kind{
+		{"kill-primary", "kill", []string{"primary"}, dur(0, 0), dur(0, 0),
+			"kill -9 of the primary's daemon, restarted at once"},
+		{"kill-primary-failover", "kill", []string{"primary"}, dur(200, 1500), dur(0, 3000),
+			"kill -9 of the primary; the operator promotes the secondary (runbook: manual failover), then restarts the old primary"},
+		{"kill-secondary", "kill", []string{"secondary"}, dur(0, 0), dur(0, 3000),
+			"kill -9 of the secondary, restarted after the hold"},
+		{"kill-witness", "kill", []string{"witness"}, dur(0, 0), dur(0, 3000),
+			"kill -9 of the witness, restarted after the hold"},
+		{"kill-all", "kill", []string{"all"}, dur(0, 0), dur(0, 2000),
+			"kill -9 of both daemons and the witness, restarted after the hold (witness first)"},
+		{"restart-delayed", "kill", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(2000, 6000),
+			"kill -9 of one process, restarted only after 2 to 6 s, no failover"},
+		{"partition-ab", "partition", []string{""}, dur(0, 0), dur(500, 5000),
+			"a and b drop each other's packets (both still reach w), healed after the hold"},
+		{"isolate-primary-failover", "isolate", []string{"primary"}, dur(1000, 2500), dur(0, 3000),
+			"the primary's link down (cut from b and w); the operator promotes the secondary; the link comes back after the hold"},
+		{"isolate-heal", "isolate", []string{"primary", "secondary", "witness"}, dur(0, 0), dur(200, 5000),
+			"one host's link down for 0.2 to 5 s, no operator action"},
+		{"stop-primary", "stop", []string{"primary"}, dur(0, 0), dur(200, 4000),
+			"SIGSTOP of the primary's daemon for 0.2 to 4 s, then SIGCONT"},
+		{"stop-primary-failover", "stop", []string{"primary"}, dur(500, 2000), dur(0, 2000),
+			"SIGSTOP of the primary; the operator promotes the secondary; SIGCONT after the hold (the paused-primary case)"},
+		{"swap", "swap", []string{""}, dur(0, 0), dur(0, 0),
+			"the runbook's swap: stop the file system's writer, umount, detach, `ldmirror swap` while the raw writer writes"},
+	}
+}
+
+// dur is a range of durations given in milliseconds.
+func dur(lo, hi int) [2]time.Duration {
+	return [2]time.Duration{time.Duration(lo) * time.Millisecond, time.Duration(hi) * time.Millisecond}
+}
+
+func kindOf(name string) kind {
+	for _, k := range repertoire() {
+		if k.name == name {
+			return k
+		}
+	}
+	return kind{name: name}
+}
+
+// schedule returns the faults of rounds 1 to rounds for seed. Round r
+// depends only on seed and r, so a shorter campaign is a prefix of a
+// longer one with the same seed.
+func schedule(seed uint64, rounds int) []faultSpec {
+	out := make([]faultSpec, 0, rounds)
+	kinds := repertoire()
+	var order []int
+	for r := 1; r <= rounds; r++ {
+		cycle := (r - 1) / len(kinds)
+		if (r-1)%len(kinds) == 0 {
+			order = rand.New(rand.NewPCG(seed, uint64(cycle)<<1|1)).Perm(len(kinds))
+		}
+		k := kinds[order[(r-1)%len(kinds)]]
+		rng := rand.New(rand.NewPCG(seed, uint64(r)<<1))
+		out = append(out, faultSpec{
+			Round:  r,
+			Kind:   k.name,
+			Target: k.targets[rng.IntN(len(k.targets))],
+			Lead:   draw(rng, dur(0, 1500)),
+			React:  draw(rng, k.react),
+			Hold:   draw(rng, k.hold),
+		})
+	}
+	return out
+}
+
+// draw picks a duration in [r[0], r[1]], to the millisecond.
+func draw(rng *rand.Rand, r [2]time.Duration) time.Duration {
+	span := int64((r[1] - r[0]) / time.Millisecond)
+	if span <= 0 {
+		return r[0]
+	}
+	return r[0] + time.Duration(rng.Int64N(span+1))*time.Millisecond
+}
