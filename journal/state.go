@@ -222,6 +222,13 @@ func pwriteDurable(f *os.File, b []byte, off int64) error {
 	}); err != nil {
 		return err
 	}
+	if werr == unix.EOPNOTSUPP || werr == unix.EINVAL || werr == unix.ENOSYS {
+		// A kernel or file system without RWF_DSYNC: the whole file then.
+		if _, err := f.WriteAt(b, off); err != nil {
+			return err
+		}
+		return unix.Fdatasync(int(f.Fd()))
+	}
 	if werr != nil {
 		return fmt.Errorf("write at %d: %w", off, werr)
 	}
