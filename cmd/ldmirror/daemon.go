@@ -15,6 +15,7 @@ import (
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
 	"github.com/ldmirror/ldmirror/mirror"
@@ -163,14 +164,14 @@ func nodeConfig(c *cli.Context, id string, cp node.ControlPlane, log *slog.Logge
 	var rate int64
 	if r := c.String("resync-rate"); r != "" {
 		var err error
-		if rate, err = parseSize(r); err != nil {
+		if rate, err = bytesize.Parse(r); err != nil {
 			return cfg, fmt.Errorf("--resync-rate: %w", err)
 		}
 	}
 	var minRate int64
 	if r := c.String("resync-min-rate"); r != "0" {
 		var err error
-		if minRate, err = parseSize(r); err != nil {
+		if minRate, err = bytesize.Parse(r); err != nil {
 			return cfg, fmt.Errorf("--resync-min-rate: %w", err)
 		}
 	}
@@ -182,7 +183,7 @@ func nodeConfig(c *cli.Context, id string, cp node.ControlPlane, log *slog.Logge
 	if err != nil {
 		return cfg, fmt.Errorf("--journal-full: %w", err)
 	}
-	journalSize, err := parseSize(c.String("journal-size"))
+	journalSize, err := bytesize.Parse(c.String("journal-size"))
 	if err != nil {
 		return cfg, fmt.Errorf("--journal-size: %w", err)
 	}

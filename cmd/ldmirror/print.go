@@ -9,6 +9,7 @@ import (
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
@@ -19,7 +20,7 @@ import (
 func writeStatus(w io.Writer, st node.Status) {
 	row := func(k, format string, a ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, a...)) }
 	row("node", "%s (%s)", st.Node, st.Role)
-	row("volume", "%s, %s, %d B blocks", st.VolumeUUID, sizeText(uint64(st.SizeBytes)), st.BlockSize)
+	row("volume", "%s, %s, %d B blocks", st.VolumeUUID, bytesize.Format(uint64(st.SizeBytes)), st.BlockSize)
 	link := string(st.Link)
 	if st.Peer != "" {
 		link += " to " + st.Peer
@@ -38,7 +39,7 @@ func writeStatus(w io.Writer, st node.Status) {
 	if st.ResyncTotal > 0 && st.Replication == mirror.StateResyncing {
 		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
 		if st.ResyncRate > 0 {
-			repl += fmt.Sprintf(", %s/s, ETA %.0f s", sizeText(uint64(st.ResyncRate)), st.ResyncETASec)
+			repl += fmt.Sprintf(", %s/s, ETA %.0f s", bytesize.Format(uint64(st.ResyncRate)), st.ResyncETASec)
 		}
 		if st.ResyncYielding {
 			repl += ", slowed to the minimum rate: the application writes"
@@ -50,7 +51,7 @@ func writeStatus(w io.Writer, st node.Status) {
 	row("replication", "%s", repl)
 	if st.JournalCapacity > 0 {
 		j := fmt.Sprintf("%s of %s used, %d records behind, newest %d, peer durable up to %d",
-			sizeText(uint64(st.JournalUsed)), sizeText(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
+			bytesize.Format(uint64(st.JournalUsed)), bytesize.Format(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
 		if st.Throttled > 0 {
 			j += fmt.Sprintf(", %d writers waiting for room", st.Throttled)
 		}
@@ -89,8 +90,8 @@ func writeStatus(w io.Writer, st node.Status) {
 		row("control", "NONE: role from --role only, no split-brain protection")
 	}
 	if st.Role == cluster.RolePrimary {
-		row("dirty", "%d blocks (%s)", st.DirtyBlocks, sizeText(st.DirtyBytes))
-		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, sizeText(st.BytesShipped), st.FlushesShipped)
+		row("dirty", "%d blocks (%s)", st.DirtyBlocks, bytesize.Format(st.DirtyBytes))
+		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, bytesize.Format(st.BytesShipped), st.FlushesShipped)
 		row("window", "%d of %d writes in flight", st.WindowInUse, st.WindowSize)
 		if st.Export != "" {
 			row("export", "%s", st.Export)
@@ -99,7 +100,7 @@ func writeStatus(w io.Writer, st node.Status) {
 			row("loop", "%s", strings.Join(st.LoopDevices, ", "))
 		}
 	} else {
-		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, sizeText(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
+		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, bytesize.Format(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
 		if st.ApplyFailures > 0 {
 			row("failures", "%d writes failed to apply", st.ApplyFailures)
 		}
@@ -126,20 +127,6 @@ func writeStatus(w io.Writer, st node.Status) {
 	if st.Agent != nil {
 		writeAgentStatus(w, *st.Agent)
 	}
-}
-
-// sizeText formats n bytes with a binary unit.
-func sizeText(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // writeAgentStatus prints the LDAP agent's status, in the style of writeStatus.

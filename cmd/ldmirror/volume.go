@@ -3,11 +3,10 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
 	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
@@ -34,7 +33,7 @@ func initCommand() *cli.Command {
 			&cli.BoolFlag{Name: "repair-metadata", Usage: "rebuild a damaged or lost meta.json beside the existing backing file, as a copy of the peer's volume (--volume-uuid and --size of the peer) that holds none of its data: the peer then resyncs every block here"},
 		},
 		Action: func(c *cli.Context) error {
-			size, err := parseSize(c.String("size"))
+			size, err := bytesize.Parse(c.String("size"))
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
@@ -56,32 +55,8 @@ func initCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, sizeText(uint64(m.Size)), m.BlockSize, c.String("dir"))
+			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, bytesize.Format(uint64(m.Size)), m.BlockSize, c.String("dir"))
 			return nil
 		},
 	}
-}
-
-// parseSize reads a byte count with an optional binary unit (KiB, MiB, GiB,
-// TiB; K, M, G, T mean the same).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size (examples: 268435456, 256MiB, 10GiB)", s)
-	}
-	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return n * mult, nil
 }
