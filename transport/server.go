@@ -35,7 +35,21 @@ const (
 	// last wrote as primary); the Handler answers with Reply, a portable
 	// roaring bitmap of block numbers.
 	KindOutOfSync
+	// KindProgress tells the target of a resync how far it got
+	// (Request.Progress), so that the target's status can show it.
+	KindProgress
 )
+
+// Progress is a resync's progress as its source reports it to the target.
+type Progress struct {
+	DoneBlocks, TotalBlocks uint64
+	RateBytes               uint64 // per second
+	ETA                     time.Duration
+}
+
+func (p Progress) words() []uint64 {
+	return []uint64{p.DoneBlocks, p.TotalBlocks, p.RateBytes, uint64(p.ETA.Milliseconds())}
+}
 
 func (k Kind) String() string {
 	switch k {
@@ -51,6 +65,8 @@ func (k Kind) String() string {
 		return "checksum"
 	case KindOutOfSync:
 		return "outofsync"
+	case KindProgress:
+		return "progress"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -66,6 +82,8 @@ type Request struct {
 	Generations [4]uint64
 	// Key of a KindChecksum request.
 	Key [ChecksumKeySize]byte
+	// Progress of a KindProgress request.
+	Progress Progress
 	// JournalID and JournalSeq place a write, trim or flush that came from
 	// the primary's journal (async mode, a Journal frame); both are 0 for
 	// a request that did not. The handler persists the highest sequence
@@ -491,6 +509,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindChecksum
 	case TypeOutOfSync:
 		kind = KindOutOfSync
+	case TypeProgress:
+		kind = KindProgress
 	case TypeJournal:
 		// the operation's kind is in the payload
 	case TypeError:
@@ -574,6 +594,13 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) 
 		for i := range req.Generations {
 			req.Generations[i] = binary.BigEndian.Uint64(p[8*i:])
 		}
+		return req, nil
+	case KindProgress:
+		if len(p) != 32 {
+			return Request{}, fmt.Errorf("%w: progress frame of %d bytes", ErrMalformed, len(p))
+		}
+		u := func(i int) uint64 { return binary.BigEndian.Uint64(p[8*i:]) }
+		req.Progress = Progress{DoneBlocks: u(0), TotalBlocks: u(1), RateBytes: u(2), ETA: time.Duration(u(3)) * time.Millisecond}
 		return req, nil
 	}
 	end := uint64(req.Offset) + uint64(req.Length)
