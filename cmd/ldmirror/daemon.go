@@ -145,7 +145,7 @@ func runDaemon(c *cli.Context) error {
 		return err
 	}
 	defer stopProfile()
-	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(n, routes))
+	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(ctl.Routes{Host: n, Member: routes}))
 	if err != nil {
 		n.Close()
 		return err

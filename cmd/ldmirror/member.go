@@ -152,7 +152,7 @@ func runMember(c *cli.Context, witness bool) error {
 	}
 	defer m.Close()
 	sockPath := filepath.Join(dir, clusterControlFile)
-	sock, err := ctl.Serve(sockPath, ctl.Handler(nil, m.c))
+	sock, err := ctl.Serve(sockPath, ctl.Handler(ctl.Routes{Member: m.c}))
 	if err != nil {
 		return err
 	}
