@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/events"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
@@ -89,6 +91,29 @@ func (c *Client) RetryAgent(ctx context.Context) (agent.Status, error) {
 func (c *Client) Attach(ctx context.Context) (string, error) {
 	var res AttachResult
 	return res.Device, c.do(ctx, http.MethodPost, "/attach", nil, &res)
+}
+
+// PeerPID is the process ID of the process on the socket (SO_PEERCRED).
+func (c *Client) PeerPID(ctx context.Context) (int, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return 0, fmt.Errorf("%w on %s: %w", ErrNoProcess, c.path, err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, fmt.Errorf("peer of %s: %w", c.path, credErr)
+	}
+	return int(cred.Pid), nil
 }
 
 // Stop makes the process stop, as SIGTERM does; it does not wait for it.

@@ -217,12 +217,13 @@ func Parse(path string, b []byte) (*File, error) {
 }
 
 // Error is one problem in a resource file: the file, its line (0 if not
-// known), the key, and what to do. It wraps ErrInvalid.
+// known), the key, and what to do. It wraps ErrInvalid, and Kind if set.
 type Error struct {
 	File string
 	Line int
 	Key  string
 	Msg  string
+	Kind error
 }
 
 func (e *Error) Error() string {
@@ -236,8 +237,13 @@ func (e *Error) Error() string {
 	return where + ": " + e.Key + ": " + e.Msg
 }
 
-// Unwrap returns ErrInvalid.
-func (e *Error) Unwrap() error { return ErrInvalid }
+// Unwrap returns ErrInvalid and Kind.
+func (e *Error) Unwrap() []error {
+	if e.Kind != nil {
+		return []error{ErrInvalid, e.Kind}
+	}
+	return []error{ErrInvalid}
+}
 
 // errorAt is an *Error about key, at its line.
 func (f *File) errorAt(key, format string, a ...any) *Error {
@@ -264,6 +270,14 @@ type Section struct {
 	Host    Host // RoleData: this host
 	Peer    Host // RoleData: the other data host
 	Witness Witness
+}
+
+// ID is the section's node ID.
+func (s Section) ID() string {
+	if s.Role == RoleWitness {
+		return s.Witness.ID
+	}
+	return s.Host.ID
 }
 
 // IDs are the node IDs of the file: the data hosts, then the witness.
@@ -295,7 +309,8 @@ func (f *File) Section(id string) (Section, error) {
 	ids := f.IDs()
 	e := f.errorAt("host", "no [[host]] or [witness] has id = %q, this node's ID: add its section, or run with --node-id %s or %s",
 		id, strings.Join(ids[:len(ids)-1], ", "), ids[len(ids)-1])
-	return s, fmt.Errorf("%w: %w", ErrNoSection, e)
+	e.Kind = ErrNoSection
+	return s, e
 }
 
 // VolumeDir is host h's volume directory.

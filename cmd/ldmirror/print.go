@@ -32,23 +32,7 @@ func writeStatus(w io.Writer, st node.Status) {
 		link += ", " + st.LinkSecurity
 	}
 	row("link", "%s", link)
-	repl := string(st.Replication)
-	if st.Replication == mirror.StateReplicating {
-		repl += " (" + st.Mode + ")"
-	}
-	if st.ResyncTotal > 0 && st.Replication == mirror.StateResyncing {
-		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
-		if st.ResyncRate > 0 {
-			repl += fmt.Sprintf(", %s/s, ETA %.0f s", bytesize.Format(uint64(st.ResyncRate)), st.ResyncETASec)
-		}
-		if st.ResyncYielding {
-			repl += ", slowed to the minimum rate: the application writes"
-		}
-	}
-	if st.Replication == mirror.StateCatchUp {
-		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
-	}
-	row("replication", "%s", repl)
+	row("replication", "%s", replicationText(st))
 	if st.JournalCapacity > 0 {
 		j := fmt.Sprintf("%s of %s used, %d records behind, newest %d, peer durable up to %d",
 			bytesize.Format(uint64(st.JournalUsed)), bytesize.Format(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
@@ -127,6 +111,52 @@ func writeStatus(w io.Writer, st node.Status) {
 	if st.Agent != nil {
 		writeAgentStatus(w, *st.Agent)
 	}
+}
+
+// replicationText is the replication row: the state, and a resync's
+// progress on its source and its target alike.
+func replicationText(st node.Status) string {
+	repl := string(st.Replication)
+	if st.Replication == mirror.StateReplicating {
+		repl += " (" + st.Mode + ")"
+	}
+	if st.ResyncTotal > 0 && (st.Replication == mirror.StateResyncing || st.Replication == node.ReplicationResyncTarget) {
+		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
+		if st.ResyncRate > 0 {
+			repl += fmt.Sprintf(", %s/s, ETA %.0f s", bytesize.Format(uint64(st.ResyncRate)), st.ResyncETASec)
+		}
+		if st.ResyncYielding {
+			repl += ", slowed to the minimum rate: the application writes"
+		}
+	}
+	if st.Replication == mirror.StateCatchUp {
+		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
+	}
+	return repl
+}
+
+// summaryLine is a host's state in one line: systemd's STATUS=, `status`
+// of every resource, `status --watch` off a terminal.
+func summaryLine(st node.Status) string {
+	role := string(st.Role)
+	if role == "" {
+		role = "no role yet"
+	}
+	line := fmt.Sprintf("%s %s, %s", st.Node, role, st.Link)
+	if st.PeerNode != "" {
+		line += " to " + st.PeerNode
+	}
+	line += ", " + replicationText(st) + ", disk " + string(st.Disk)
+	if st.PeerDisk != "" {
+		line += ", peer " + string(st.PeerDisk)
+	}
+	if st.Epoch != 0 {
+		line += fmt.Sprintf(", epoch %d", st.Epoch)
+	}
+	if st.Transition != "" {
+		line += "; " + st.Transition
+	}
+	return line
 }
 
 // writeAgentStatus prints the LDAP agent's status, in the style of writeStatus.
