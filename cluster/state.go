@@ -74,6 +74,10 @@ const (
 	DiskInconsistent DiskState = "inconsistent"
 	// DiskDiskless: a witness, which holds no copy.
 	DiskDiskless DiskState = "diskless"
+	// DiskFailed: the host's own disk failed an I/O and the host stopped
+	// using it. Only the host itself shows it; the control plane records
+	// such a host outdated (its peer fenced it).
+	DiskFailed DiskState = "failed"
 )
 
 func (d DiskState) valid() bool {

@@ -80,6 +80,16 @@ func (c *Client) Swap(ctx context.Context, force bool) (SwapResult, error) {
 	return res, c.do(ctx, http.MethodPost, route, nil, &res)
 }
 
+// AttachDisk takes back the host's disk after it failed and was repaired;
+// full has the primary resync every block.
+func (c *Client) AttachDisk(ctx context.Context, full bool) error {
+	route := "/attach-disk"
+	if full {
+		route += "?full=1"
+	}
+	return c.do(ctx, http.MethodPost, route, nil, &struct{}{})
+}
+
 // RetryAgent runs the LDAP agent's failed hook sequence again and returns
 // the agent's state.
 func (c *Client) RetryAgent(ctx context.Context) (agent.Status, error) {

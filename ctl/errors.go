@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/ldmirror/ldmirror/blockdev"
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/transport"
+	"github.com/ldmirror/ldmirror/volume"
 )
 
 // codes carry sentinel errors across the socket: the server answers with
@@ -39,6 +41,8 @@ var codes = []struct {
 	{"no-control-plane", node.ErrNoControlPlane, http.StatusConflict},
 	{"not-serving", node.ErrNotServing, http.StatusConflict},
 	{"disconnected", transport.ErrDisconnected, http.StatusConflict},
+	{"disk-failed", blockdev.ErrDiskFailed, http.StatusConflict},
+	{"disk-not-failed", volume.ErrDiskNotFailed, http.StatusConflict},
 }
 
 // Error is a refusal the other end of the socket answered. It unwraps to

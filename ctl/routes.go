@@ -33,6 +33,9 @@ type Host interface {
 	// volume is in use, unless force.
 	CheckDemote(node string, force bool) error
 	RetryAgent(ctx context.Context) (agent.Status, error)
+	// AttachDisk takes back a disk that failed, once repaired; full has
+	// the primary resync every block (a replaced disk).
+	AttachDisk(ctx context.Context, full bool) error
 	// Attach binds the primary's export to a loop device and returns it.
 	Attach() (string, error)
 }
@@ -113,6 +116,9 @@ func Handler(r Routes) http.Handler {
 		mux.HandleFunc("POST /swap", func(w http.ResponseWriter, r *http.Request) {
 			e, err := h.RequestSwap(r.Context(), r.URL.Query().Get("force") == "1")
 			respond(w, SwapResult{Epoch: uint64(e)}, err)
+		})
+		mux.HandleFunc("POST /attach-disk", func(w http.ResponseWriter, r *http.Request) {
+			respond(w, struct{}{}, h.AttachDisk(r.Context(), r.URL.Query().Get("full") == "1"))
 		})
 		mux.HandleFunc("POST /agent/retry", func(w http.ResponseWriter, r *http.Request) {
 			st, err := h.RetryAgent(r.Context())

@@ -67,7 +67,11 @@ type WriteIntent interface {
 // Config.Async, in async mode through a journal. Without a peer it keeps
 // serving and leaves the blocks it writes dirty.
 type Mirror struct {
-	local  blockdev.Device
+	local blockdev.Device
+	// disk latches the local disk's first write error: from then on every
+	// write fails before it is shipped (docs/operations.md, "A failing
+	// disk").
+	disk   *blockdev.Failure
 	dirty  *bitmap.Set
 	intent WriteIntent // nil: dirty blocks are known in memory only
 	locks  *rangeLock
@@ -153,7 +157,7 @@ func New(local blockdev.Device, cfg Config) (*Mirror, error) {
 		cfg.Intent = noIntent{}
 	}
 	closing, stop := context.WithCancel(context.Background())
-	m := &Mirror{local: local, dirty: cfg.Dirty, intent: cfg.Intent, locks: newRangeLock(), log: cfg.Log,
+	m := &Mirror{local: local, disk: blockdev.NewFailure(), dirty: cfg.Dirty, intent: cfg.Intent, locks: newRangeLock(), log: cfg.Log,
 		fence: cfg.Fence, markTarget: cfg.ResyncStart, closing: closing, stop: stop, link: &link{}, losses: 1}
 	m.SetResyncRates(cfg.ResyncRate, cfg.ResyncMinRate)
 	m.rep = syncReplicator{m}
@@ -253,6 +257,9 @@ func (m *Mirror) write(o op) error {
 		return blockdev.ErrClosed
 	}
 	defer m.inflight.Done()
+	if err := m.disk.Err(); err != nil {
+		return err
+	}
 	e := m.dirty.ExtentOf(o.off, o.n)
 	m.locks.lock(e)
 	defer m.locks.unlock(e)
@@ -288,6 +295,7 @@ func (r syncReplicator) replicate(o op, e bitmap.Extent) error {
 		}
 	}
 	lerr := o.apply(m.local)
+	m.localFailed(lerr)
 	shipped := false
 	if call != nil {
 		if err := call.Wait(); err != nil {
@@ -523,3 +531,17 @@ func (m *Mirror) Status() Status {
 	m.rep.status(&st)
 	return st
 }
+
+// localFailed latches err, the local disk's error on a write, as the
+// disk's failure.
+func (m *Mirror) localFailed(err error) {
+	if m.disk.Latch(err) {
+		m.log.Error("this host's disk failed: every write fails from now on", "err", m.disk.Err())
+	}
+}
+
+// DiskFailed is closed once the local disk failed a write.
+func (m *Mirror) DiskFailed() <-chan struct{} { return m.disk.Done() }
+
+// DiskError is the local disk's failure (blockdev.ErrDiskFailed), or nil.
+func (m *Mirror) DiskError() error { return m.disk.Err() }

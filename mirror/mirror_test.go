@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -75,10 +77,19 @@ func openFileSized(t testing.TB, p string, size int64) *blockdev.FileDevice {
 	return d
 }
 
-// countingDevice counts flushes that reached the device.
+// countingDevice counts flushes that reached the device, and fails writes
+// like a failing disk once writeErr is set.
 type countingDevice struct {
 	blockdev.Device
-	flushes atomic.Int64
+	flushes  atomic.Int64
+	writeErr atomic.Pointer[error]
+}
+
+func (d *countingDevice) WriteAt(p []byte, off int64) (int, error) {
+	if err := d.writeErr.Load(); err != nil {
+		return 0, *err
+	}
+	return d.Device.WriteAt(p, off)
 }
 
 func (d *countingDevice) Flush() error {
@@ -478,5 +489,34 @@ func TestChecksumResyncSendsOnlyDifferingBlocks(t *testing.T) {
 	}
 	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
 		t.Fatal("files differ after the checksum resync")
+	}
+}
+
+// TestLocalDiskFailure: once the primary's disk fails a write, that write
+// fails, and so does every later one, before it is shipped: the peer
+// takes nothing the primary's disk did not (docs/operations.md, "A
+// failing disk").
+func TestLocalDiskFailure(t *testing.T) {
+	p := newPair(t)
+	if _, err := p.mirror.WriteAt(pattern(0), 0); err != nil {
+		t.Fatal(err)
+	}
+	eio := error(&os.PathError{Op: "write", Path: p.priPath, Err: syscall.EIO})
+	p.primary.writeErr.Store(&eio)
+	if _, err := p.mirror.WriteAt(pattern(1), 4096); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write on the failing disk: %v, want EIO", err)
+	}
+	select {
+	case <-p.mirror.DiskFailed():
+	default:
+		t.Fatal("DiskFailed not closed after the local write failed")
+	}
+	shipped := p.replica.Status().Writes
+	p.primary.writeErr.Store(nil) // even if the disk answers again
+	if _, err := p.mirror.WriteAt(pattern(2), 8192); !errors.Is(err, blockdev.ErrDiskFailed) || !strings.Contains(err.Error(), "EIO") {
+		t.Fatalf("write after the failure: %v, want ErrDiskFailed naming EIO", err)
+	}
+	if got := p.replica.Status().Writes; got != shipped {
+		t.Fatalf("the peer applied %d writes after the disk failed", got-shipped)
 	}
 }

@@ -14,7 +14,8 @@ import (
 
 // ControlPlane is what a host needs of the raft control plane
 // (*cluster.Cluster): who is primary in which epoch, the commits that fence
-// a lost peer and record a caught-up one, and the hand-over of a swap.
+// a lost peer and record a caught-up one, the hand-over of a swap, and the
+// failover away from a host whose disk failed.
 type ControlPlane interface {
 	State() cluster.VolumeState
 	Consistent(ctx context.Context) (cluster.VolumeState, error)
@@ -22,6 +23,7 @@ type ControlPlane interface {
 	MarkPeerOutdated(ctx context.Context, epoch cluster.Epoch, peer string) error
 	SetDiskState(ctx context.Context, node string, d cluster.DiskState, epoch cluster.Epoch) error
 	TransferPrimary(ctx context.Context, from, to string, epoch cluster.Epoch) (cluster.Epoch, error)
+	Failover(ctx context.Context, failed string, epoch cluster.Epoch) (string, cluster.Epoch, error)
 	Leader() (id, addr string)
 }
 
@@ -94,10 +96,13 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 }
 
 // admitNamedPrimary lets only the primary of the current epoch replicate
-// here.
+// here. A peer that presents a later epoch than this host's copy of the
+// control plane knows is told to come back in a moment: the copy lags.
 func (n *Node) admitNamedPrimary(peer transport.Hello) error {
 	st := n.controlState()
 	switch {
+	case peer.NodeID != st.Primary && cluster.Epoch(peer.Epoch) > st.Epoch:
+		return fmt.Errorf("%w: %s presents epoch %d, this host's copy of the control plane is at epoch %d and names %q", transport.ErrNotReady, peer.NodeID, peer.Epoch, st.Epoch, st.Primary)
 	case peer.NodeID != st.Primary:
 		return fmt.Errorf("%w: %s is not the primary (the control plane names %q in epoch %d)", transport.ErrStaleEpoch, peer.NodeID, st.Primary, st.Epoch)
 	case cluster.Epoch(peer.Epoch) < st.Epoch:

@@ -164,6 +164,14 @@ func (f *fakeCP) TransferPrimary(ctx context.Context, from, to string, epoch clu
 	return epoch + 1, nil
 }
 
+func (f *fakeCP) Failover(ctx context.Context, failed string, epoch cluster.Epoch) (string, cluster.Epoch, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	to := map[string]string{"a": "b", "b": "a"}[failed]
+	f.commits = append(f.commits, fmt.Sprintf("failover %s>%s@%d", failed, to, epoch))
+	return to, epoch + 1, nil
+}
+
 // committed lists the commits made so far.
 func (f *fakeCP) committed() []string {
 	f.mu.Lock()

@@ -23,6 +23,9 @@ import (
 // preparePrimary sets up a primary term: the dirty set, the scoreboard and
 // the mirror over the backing file.
 func (n *Node) preparePrimary() error {
+	if err := n.diskFailure(); err != nil {
+		return err
+	}
 	dirty, err := bitmap.New(n.meta.Size, n.meta.BlockSize)
 	if err != nil {
 		return err
@@ -239,6 +242,8 @@ func (n *Node) runPrimary(ctx context.Context, lost <-chan struct{}) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.connectLoop(linkCtx, mr) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.watchPrimaryDisk(linkCtx, mr) }()
 	released := false
 	select {
 	case <-ctx.Done():

@@ -13,6 +13,7 @@ import (
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/resync"
+	"github.com/ldmirror/ldmirror/scoreboard"
 	"github.com/ldmirror/ldmirror/transport"
 	"github.com/ldmirror/ldmirror/volume"
 )
@@ -66,14 +67,12 @@ func (n *Node) loadBehind() (*roaring.Bitmap, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer sb.Close()
 	behind := sb.Recovered()
 	behind.RunOptimize() // extents: a few runs, a small reply
+	if err := errors.Join(n.recordBehind(sb, behind), sb.Close()); err != nil {
+		return nil, err
+	}
 	if !behind.IsEmpty() {
-		sb.MarkOutOfSync(behind)
-		if err := sb.Sync(context.Background()); err != nil {
-			return nil, fmt.Errorf("record the blocks that may differ from the primary: %w", err)
-		}
 		n.log.Warn("this host wrote as primary blocks that may differ from the new primary: they will be resynced", "blocks", behind.GetCardinality())
 	}
 	n.mu.Lock()
@@ -85,6 +84,31 @@ func (n *Node) loadBehind() (*roaring.Bitmap, error) {
 		}
 	}
 	return behind, nil
+}
+
+// recordBehind records blocks as out of sync in sb, durably, so that they
+// survive until the primary resynced them.
+func (n *Node) recordBehind(sb *scoreboard.Scoreboard, blocks *roaring.Bitmap) error {
+	if blocks.IsEmpty() {
+		return nil
+	}
+	sb.MarkOutOfSync(blocks)
+	if err := sb.Sync(context.Background()); err != nil {
+		return fmt.Errorf("record the blocks that may differ from the primary: %w", err)
+	}
+	return nil
+}
+
+// allBehind records every block as possibly different from the primary
+// (a replaced disk) and returns them.
+func (n *Node) allBehind() (*roaring.Bitmap, error) {
+	all := roaring.New()
+	all.AddRange(0, uint64(n.meta.Size/int64(n.meta.BlockSize)))
+	sb, _, err := n.openScoreboard()
+	if err != nil {
+		return nil, err
+	}
+	return all, errors.Join(n.recordBehind(sb, all), sb.Close())
 }
 
 // clearBehind forgets the blocks that differed once the primary resynced
@@ -110,6 +134,9 @@ func (n *Node) clearBehind() error {
 // reported here too, in status and the log, not only on the primary: the
 // operator may look at either host, and must choose which one to discard.
 func (n *Node) admitPrimary(peer transport.Hello) error {
+	if err := n.diskFailure(); err != nil {
+		return err
+	}
 	if n.cfg.ControlPlane != nil {
 		if err := n.admitNamedPrimary(peer); err != nil {
 			return err
@@ -140,6 +167,8 @@ func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error
 	} else {
 		close(done)
 	}
+	watched := make(chan struct{})
+	go func() { defer close(watched); n.watchSecondaryDisk(serveCtx, ln, replica) }()
 	go func() {
 		select {
 		case <-promoted:
@@ -156,6 +185,7 @@ func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error
 	err := ln.Serve(serveCtx, n)
 	stop()
 	<-done
+	<-watched
 	replica.Wait()
 	if n.applied != nil {
 		err = errors.Join(err, replica.Persist(), n.applied.Close())

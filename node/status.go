@@ -135,6 +135,9 @@ type LDAPHealth struct {
 // states are the control plane's: what promotion decisions go by.
 func (n *Node) Status() Status {
 	st := n.localStatus()
+	if err := n.diskFailure(); err != nil {
+		st.Disk, st.LastError = cluster.DiskFailed, err.Error()
+	}
 	if n.agent != nil {
 		as := n.agent.Status()
 		st.Agent = &as

@@ -37,9 +37,12 @@ import (
 // AppliedFile, if set) and answers the flush with it, 16 bytes: journal id
 // and seq, big-endian. It implements transport.Handler.
 type Replica struct {
-	dev       blockdev.Device
 	blockSize int
 	log       *slog.Logger
+
+	devMu   sync.RWMutex
+	dev     blockdev.Device
+	failure *blockdev.Failure // the disk's first I/O error: from then on nothing touches it
 
 	mu      sync.Mutex
 	pending []*applyOp // in arrival (sequence) order; finished ones are trimmed from the front
@@ -100,7 +103,7 @@ func New(dev blockdev.Device, blockSize int, log *slog.Logger) *Replica {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Replica{dev: dev, blockSize: blockSize, log: log}
+	return &Replica{dev: dev, blockSize: blockSize, log: log, failure: blockdev.NewFailure()}
 }
 
 // Handle applies req, or schedules it after the requests it depends on.
@@ -173,8 +176,25 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 		<-d
 	}
 	req := op.req
-	var err error
-	var reply []byte
+	reply, err := r.applyToDisk(op)
+	if err != nil {
+		r.failures.Add(1)
+		err = fmt.Errorf("%s seq %d at offset %d: %w", req.Kind, req.Seq, req.Offset, err)
+		r.log.Error("apply failed on the secondary", "err", err)
+	}
+	r.finish(op, err)
+	req.Reply(reply, err)
+}
+
+// applyToDisk runs op's request on the device, unless the disk failed
+// before: then it refuses it untouched. The first failure latches.
+func (r *Replica) applyToDisk(op *applyOp) (reply []byte, err error) {
+	r.devMu.RLock()
+	defer r.devMu.RUnlock()
+	if err := r.failure.Err(); err != nil {
+		return nil, err
+	}
+	req := op.req
 	switch req.Kind {
 	case transport.KindChecksum:
 		buf := make([]byte, req.Length)
@@ -202,11 +222,15 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 			}
 		}
 	}
-	if err != nil {
-		r.failures.Add(1)
-		err = fmt.Errorf("%s seq %d at offset %d: %w", req.Kind, req.Seq, req.Offset, err)
-		r.log.Error("apply failed on the secondary", "err", err)
+	if r.failure.Latch(err) {
+		r.log.Error("this host's disk failed: it takes no more writes until an operator attaches it again (ldmirror attach-disk)", "err", r.failure.Err())
 	}
+	return reply, err
+}
+
+// finish records op as applied (or failed) and moves the applied
+// positions past the requests finished in order.
+func (r *Replica) finish(op *applyOp, err error) {
 	r.mu.Lock()
 	op.finished, op.failed, op.req = true, err != nil, nil
 	if op.done != nil {
@@ -234,7 +258,29 @@ func (r *Replica) apply(op *applyOp, deps []chan struct{}) {
 		r.pending = r.pending[:m]
 	}
 	r.mu.Unlock()
-	req.Reply(reply, err)
+}
+
+// DiskFailed is closed once this host's disk failed an I/O.
+func (r *Replica) DiskFailed() <-chan struct{} {
+	r.devMu.RLock()
+	defer r.devMu.RUnlock()
+	return r.failure.Done()
+}
+
+// DiskError is the disk's failure (blockdev.ErrDiskFailed), or nil.
+func (r *Replica) DiskError() error {
+	r.devMu.RLock()
+	defer r.devMu.RUnlock()
+	return r.failure.Err()
+}
+
+// Reattach replaces a failed disk with dev, reopened by the operator's
+// attach-disk, once the requests being applied have finished.
+func (r *Replica) Reattach(dev blockdev.Device) {
+	r.Wait()
+	r.devMu.Lock()
+	defer r.devMu.Unlock()
+	r.dev, r.failure = dev, blockdev.NewFailure()
 }
 
 // flushed records, after the device flush of op, that the applied position
@@ -294,7 +340,10 @@ func (r *Replica) Persist() error {
 	if r.file == nil || pos.Seq == 0 || pos == r.durable {
 		return nil
 	}
-	if err := r.dev.Flush(); err != nil {
+	r.devMu.RLock()
+	err := r.dev.Flush()
+	r.devMu.RUnlock()
+	if err != nil {
 		return fmt.Errorf("flush before persisting the applied journal position: %w", err)
 	}
 	if err := r.file.Store(pos); err != nil {

@@ -167,16 +167,16 @@ func (d failingDevice) WriteAt(p []byte, off int64) (int, error) {
 	return d.gatedDevice.WriteAt(p, off)
 }
 
-// TestReplicaReportsAFailedWrite: a write the secondary's device refuses
-// (applied on the reader, like every independent write) is answered with an
-// error that names it and the device's error, counted as a failure, and
-// the requests after it are still applied.
-func TestReplicaReportsAFailedWrite(t *testing.T) {
+// TestReplicaDetachesAFailedDisk: a write the secondary's device refuses
+// is answered with an error that names it and the device's error; from
+// then on the disk is failed (docs/operations.md, "A failing disk"): later
+// requests are refused without touching it, until Reattach gives it back.
+func TestReplicaDetachesAFailedDisk(t *testing.T) {
 	dev := failingDevice{gatedDevice: newGatedDevice(1 << 20), at: 8192, err: syscall.ENOSPC}
 	r := New(dev, 4096, nil)
 	h := newRequestHarness(t, r)
 	h.write(1, 0, make([]byte, 4096))
-	h.write(2, 8192, make([]byte, 4096)) // refused
+	h.write(2, 8192, make([]byte, 4096)) // refused by the device
 	h.write(3, 16384, make([]byte, 4096))
 	h.waitFor(t, func() bool {
 		h.mu.Lock()
@@ -184,16 +184,30 @@ func TestReplicaReportsAFailedWrite(t *testing.T) {
 		return len(h.done) == 3
 	})
 	h.mu.Lock()
-	err2 := h.done[2]
+	err2, err3 := h.done[2], h.done[3]
 	h.mu.Unlock()
-	if !h.acked(1) || !h.acked(3) {
-		t.Fatal("the writes around the failed one were not acknowledged")
+	if !h.acked(1) {
+		t.Fatal("the write before the failure was not acknowledged")
 	}
 	if !errors.Is(err2, transport.ErrRemoteIO) || !strings.Contains(err2.Error(), "offset 8192") || !strings.Contains(err2.Error(), "no space left on device") {
 		t.Fatalf("failed write: %v; want ErrRemoteIO naming offset 8192 and ENOSPC", err2)
 	}
-	if st := r.Status(); st.Failures != 1 || st.Writes != 2 || st.AppliedSeq != 3 {
-		t.Fatalf("status %+v, want 1 failure, 2 writes, applied through seq 3", st)
+	if !errors.Is(err3, transport.ErrRemoteIO) || !strings.Contains(err3.Error(), "disk failed") || !strings.Contains(err3.Error(), "ENOSPC") {
+		t.Fatalf("write after the failure: %v; want a refusal naming the failed disk and ENOSPC", err3)
+	}
+	select {
+	case <-r.DiskFailed():
+	default:
+		t.Fatal("DiskFailed not closed")
+	}
+	if st := r.Status(); st.Failures != 2 || st.Writes != 1 {
+		t.Fatalf("status %+v, want 2 failures and 1 write: nothing applied after the failure", st)
+	}
+	r.Reattach(newGatedDevice(1 << 20))
+	h.write(4, 16384, make([]byte, 4096))
+	h.waitFor(t, func() bool { return h.acked(4) })
+	if r.DiskError() != nil {
+		t.Fatalf("after Reattach the disk still counts as failed: %v", r.DiskError())
 	}
 }
 

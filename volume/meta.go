@@ -51,6 +51,10 @@ type Meta struct {
 	// cleared when it stops cleanly: found set at start, the primary crashed
 	// and writes in flight then may differ on the peer.
 	PrimaryActive bool `json:"primary_active"`
+	// DiskFailed, if set, is the I/O error after which this host stopped
+	// using its disk (docs/operations.md, "A failing disk"): it takes no
+	// writes and serves no term until `ldmirror attach-disk` clears it.
+	DiskFailed string `json:"disk_failed,omitempty"`
 	// Checksum is SHA-256 of the file's JSON with this field empty (hex):
 	// the generation identifiers decide resync direction and detect split
 	// brain, so a changed byte must be found, not acted on.

@@ -42,6 +42,7 @@ func newApp() *cli.App {
 			daemonCommand(),
 			attachCommand(),
 			detachCommand(),
+			attachDiskCommand(),
 			resolveCommand(),
 			verifyCommand(),
 			resyncCommand(),
