@@ -238,12 +238,14 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 		select {
 		case l.slots <- struct{}{}:
 		default:
-			l.rejected.Add(1) // before the close: a client that sees it sees the count
+			// Counted and logged before the close: a client that sees the
+			// close sees both, at the clock of its own connection.
+			l.rejected.Add(1)
 			l.shed.Add(1)
-			conn.Close()
 			if n := l.shedLog.Note(); n > 0 {
 				l.log.Warn("too many unauthenticated connections: closed at once", "closed", n, "limit", cap(l.slots), "remote", conn.RemoteAddr().String())
 			}
+			conn.Close()
 			continue
 		}
 		l.mu.Lock()
