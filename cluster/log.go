@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -39,6 +41,9 @@ func toSlog(level hclog.Level) slog.Level {
 
 func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 	lv := toSlog(level)
+	if lv == slog.LevelError && closedConn(args) {
+		lv = slog.LevelDebug
+	}
 	if lv < h.level.Level() || !h.l.Enabled(context.Background(), lv) {
 		return
 	}
@@ -46,6 +51,20 @@ func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 		msg = h.name + ": " + msg
 	}
 	h.l.Log(context.Background(), lv, msg, append(h.args[:len(h.args):len(h.args)], args...)...)
+}
+
+// closedConn reports whether raft's record is about a connection this
+// process closed: its transport reports every read cut short by its own
+// Close, or by the listener's, as an error, so that a clean stop would
+// log errors. Raft's decoder may wrap the error without Unwrap: its text
+// tells.
+func closedConn(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && (errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), net.ErrClosed.Error())) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *hclogger) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }
