@@ -49,7 +49,12 @@ func upCommand() *cli.Command {
 			if s.Role == resource.RoleWitness {
 				name = "witness"
 			}
-			return c.App.Command(name).Run(cli.NewContext(c.App, nil, c), append([]string{name}, args...)...)
+			// Command.Run leaves the context's Command to its caller: the
+			// daemon's reload and flag handling read their definitions there.
+			cmd := c.App.Command(name)
+			ctx := cli.NewContext(c.App, nil, c)
+			ctx.Command = cmd
+			return cmd.Run(ctx, append([]string{name}, args...)...)
 		},
 	}
 }
