@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
@@ -142,7 +143,13 @@ func Diff(prev, cur node.Status, now time.Time) []Event {
 	change(WhatPrimary, p.Primary, c.Primary)
 	change(WhatLink, p.Link, c.Link)
 	change(WhatReplication, p.Replication, c.Replication)
-	change(WhatDisk, p.Disk, c.Disk)
+	if p.Disk != c.Disk {
+		e := Event{Kind: KindChange, What: WhatDisk, From: p.Disk, To: c.Disk}
+		if cur.Disk == cluster.DiskFailed {
+			e.Error = cur.LastError // the I/O error that took the disk out
+		}
+		ev(e)
+	}
 	change(WhatPeerDisk, p.PeerDisk, c.PeerDisk)
 	change(WhatTransition, p.Transition, c.Transition)
 	if strings.HasPrefix(cur.LastError, splitBrainPrefix) && cur.LastError != prev.LastError {

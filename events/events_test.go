@@ -80,6 +80,23 @@ func TestDiffAgentAndSplitBrain(t *testing.T) {
 	}
 }
 
+// TestDiffDiskFailed: a disk that failed is a disk event that carries
+// the I/O error; its repair (attach-disk) another.
+func TestDiffDiskFailed(t *testing.T) {
+	up := primary()
+	failed := up
+	failed.Disk, failed.LastError = cluster.DiskFailed, "disk failed: write volume.img: input/output error"
+	evs := Diff(up, failed, time.Unix(9, 0))
+	if len(evs) != 1 || evs[0].What != WhatDisk || evs[0].From != "uptodate" || evs[0].To != "failed" || evs[0].Error != failed.LastError {
+		t.Fatalf("failure gave %+v", evs)
+	}
+	back := failed
+	back.Disk, back.LastError = cluster.DiskInconsistent, ""
+	if evs := Diff(failed, back, time.Unix(10, 0)); len(evs) != 1 || evs[0].To != "inconsistent" || evs[0].Error != "" {
+		t.Fatalf("repair gave %+v", evs)
+	}
+}
+
 // fakeHost is a status that a test changes.
 type fakeHost struct {
 	mu sync.Mutex

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
@@ -106,9 +107,10 @@ func (s *Server) Close() error {
 // The states each state-set series has, one series each, 1 for the
 // current one (Prometheus's enum convention).
 var (
-	roles        = []string{"primary", "secondary"}
-	links        = []string{string(node.LinkConnected), string(node.LinkConnecting), string(node.LinkDisconnected), string(node.LinkStandalone)}
-	diskStates   = []string{"uptodate", "outdated", "inconsistent"}
+	roles      = []string{"primary", "secondary"}
+	links      = []string{string(node.LinkConnected), string(node.LinkConnecting), string(node.LinkDisconnected), string(node.LinkStandalone)}
+	diskStates = []string{string(cluster.DiskUpToDate), string(cluster.DiskOutdated), string(cluster.DiskInconsistent),
+		string(cluster.DiskDiskless), string(cluster.DiskFailed)}
 	replications = map[mirror.State]string{
 		mirror.StateReplicating:      "replicating",
 		mirror.StateLogging:          "logging",

@@ -77,6 +77,20 @@ func TestSeries(t *testing.T) {
 	}
 }
 
+// TestDiskFailedSeries: a failed disk shows as its state.
+func TestDiskFailedSeries(t *testing.T) {
+	out := scrape(t, New(func() node.Status {
+		st := resyncingPrimary()
+		st.Disk = cluster.DiskFailed
+		return st
+	}, "v1"))
+	for _, want := range []string{`ldmirror_disk_state{disk="local",state="failed"} 1`, `ldmirror_disk_state{disk="local",state="uptodate"} 0`} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("scrape lacks %s:\n%s", want, out)
+		}
+	}
+}
+
 // TestPromtoolCheck: the exposition passes `promtool check metrics`, the
 // linter of Prometheus's naming conventions (Debian's prometheus package).
 func TestPromtoolCheck(t *testing.T) {
