@@ -14,7 +14,7 @@ import (
 
 var controlFlag = &cli.StringFlag{
 	Name:  "control",
-	Usage: "control socket `PATH` (default: <dir>/control.sock)",
+	Usage: "control socket `PATH` (default: control.sock in --dir)",
 }
 
 var volumeDirFlag = &cli.StringFlag{

@@ -49,7 +49,7 @@ func daemonCommand() *cli.Command {
 			nodeIDFlag(),
 			&cli.StringFlag{Name: "listen", Usage: "`ADDR` this host accepts the primary on while secondary, e.g. 0.0.0.0:7789"},
 			&cli.StringFlag{Name: "peer", Usage: "`ADDR` the peer listens on, dialled while primary (none: standalone, writes stay dirty)"},
-			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
+			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: export in --dir)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
 			&cli.BoolFlag{Name: "activity-log", Value: true, Usage: "log write intent per 4 MiB extent; false is unsafe: after a primary crash, blocks written just before it may differ without being resynced"},

@@ -24,7 +24,7 @@ import (
 // configDirFlag is the app's --config-dir: where resource files are.
 var configDirFlag = &cli.StringFlag{
 	Name:    "config-dir",
-	Usage:   "`DIR` of the resource files, <resource>.toml",
+	Usage:   "`DIR` of the resource files, RESOURCE.toml",
 	Value:   resource.DefaultDir,
 	EnvVars: []string{"LDMIRROR_CONFIG_DIR"},
 }
