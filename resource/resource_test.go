@@ -41,6 +41,36 @@ func TestExampleIsValid(t *testing.T) {
 	}
 }
 
+// TestREADMEExample: the resource file README.md shows in full, "Install
+// and run a pair", is valid.
+func TestREADMEExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	start := strings.Index(readme, "One resource file, `/etc/ldmirror/r0.toml`")
+	end := strings.Index(readme, "Check it, copy it")
+	if start < 0 || end < start {
+		t.Fatal("README.md has no resource file between \"One resource file\" and \"Check it, copy it\"")
+	}
+	var file strings.Builder
+	for _, line := range strings.Split(readme[start:end], "\n") {
+		if code, ok := strings.CutPrefix(line, "    "); ok {
+			file.WriteString(code + "\n")
+		} else if line == "" {
+			file.WriteString("\n")
+		}
+	}
+	f, err := Parse("/etc/ldmirror/r0.toml", []byte(file.String()))
+	if err != nil {
+		t.Fatalf("README's resource file: %v\n%s", err, file.String())
+	}
+	if _, err := f.Section("a"); err != nil || len(f.Hosts) != 2 || f.Witness.ID != "w" {
+		t.Fatalf("README's resource file: section a: %v; %d hosts, witness %q", err, len(f.Hosts), f.Witness.ID)
+	}
+}
+
 func TestNoSection(t *testing.T) {
 	f, err := Parse("/etc/ldmirror/r0.toml", example(t))
 	if err != nil {
