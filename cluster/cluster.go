@@ -463,12 +463,17 @@ func (c *Cluster) Join(ctx context.Context, addr string) error {
 			// connection: a relay cannot vouch for another's identity.
 			via = resp.Leader
 		}
-		if !retryable(err) {
+		// A join that lost its quorum is retried whole (addMember is
+		// idempotent): adding the second voter to a one-member cluster
+		// needs the new member's acks, and the leader may step down
+		// while it catches up on a loaded machine.
+		if !retryable(err) && !errors.Is(err, ErrNoQuorum) {
 			if err != nil {
 				return fmt.Errorf("join via %s: %w", addr, err)
 			}
 			return nil
 		}
+		c.log.Debug("join not done yet; retrying", "via", via, "err", err)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("join via %s: %w: %w (last: %v)", addr, ErrNoQuorum, ctx.Err(), err)

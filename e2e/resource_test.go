@@ -174,8 +174,8 @@ func (rl *resourceLab) statusOf(host string) node.Status {
 	return st
 }
 
-// down runs `ldmirror down r0` on host and checks that the process
-// exited cleanly and left nothing behind.
+// down runs `ldmirror down r0` on host (a data host or the witness) and
+// checks that the process exited cleanly and left nothing behind.
 func (rl *resourceLab) down(host string) {
 	rl.t.Helper()
 	from := rl.proc[host].logSize(rl.t)
@@ -310,15 +310,7 @@ func TestResourceUpStatusSwapDown(t *testing.T) {
 	if _, err := rl.try("a", "status", resourceName); err == nil {
 		t.Error("status r0 answers after down")
 	}
-	rl.cli("w", "down", resourceName)
-	poll.Until(t, 10*time.Second, "the witness to exit", func() bool {
-		select {
-		case <-rl.proc["w"].done:
-			return true
-		default:
-			return false
-		}
-	})
+	rl.down("w")
 }
 
 // writeSync writes data at the start of path and syncs it.
