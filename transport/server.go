@@ -40,17 +40,6 @@ const (
 	KindProgress
 )
 
-// Progress is a resync's progress as its source reports it to the target.
-type Progress struct {
-	DoneBlocks, TotalBlocks uint64
-	RateBytes               uint64 // per second
-	ETA                     time.Duration
-}
-
-func (p Progress) words() []uint64 {
-	return []uint64{p.DoneBlocks, p.TotalBlocks, p.RateBytes, uint64(p.ETA.Milliseconds())}
-}
-
 func (k Kind) String() string {
 	switch k {
 	case KindWrite:
@@ -604,12 +593,9 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) 
 		}
 		return req, nil
 	case KindProgress:
-		if len(p) != 32 {
-			return Request{}, fmt.Errorf("%w: progress frame of %d bytes", ErrMalformed, len(p))
-		}
-		u := func(i int) uint64 { return binary.BigEndian.Uint64(p[8*i:]) }
-		req.Progress = Progress{DoneBlocks: u(0), TotalBlocks: u(1), RateBytes: u(2), ETA: time.Duration(u(3)) * time.Millisecond}
-		return req, nil
+		var err error
+		req.Progress, err = decodeProgress(p)
+		return req, err
 	}
 	end := uint64(req.Offset) + uint64(req.Length)
 	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {
