@@ -9,7 +9,7 @@ import (
 )
 
 // example is the example the package ships (packaging/r0.toml).
-func example(t *testing.T) []byte {
+func example(t testing.TB) []byte {
 	t.Helper()
 	b, err := os.ReadFile("../packaging/r0.toml")
 	if err != nil {
