@@ -281,6 +281,13 @@ func (r *Replica) DiskError() error {
 
 // Reattach replaces a failed disk with dev, reopened by the operator's
 // attach-disk, once the requests being applied have finished.
+//
+// The journal position applied stays where the failure left it, but it
+// moves again: the primary's next session starts from it (a catch-up
+// replays the records that failed, or a bitmap resync covers them), as
+// with a restarted secondary. A position left stuck would answer every
+// flush with the old one, and an async primary, waiting for room in a
+// journal it could never truncate, would stop.
 func (r *Replica) Reattach(dev blockdev.Device) {
 	r.Wait()
 	r.devMu.Lock()
@@ -288,6 +295,9 @@ func (r *Replica) Reattach(dev blockdev.Device) {
 	r.dev, r.failure = dev, blockdev.NewFailure()
 	close(r.replaced)
 	r.replaced = make(chan struct{})
+	r.mu.Lock()
+	r.stuck = false
+	r.mu.Unlock()
 }
 
 // flushed records, after the device flush of op, that the applied position
