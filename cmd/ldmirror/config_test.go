@@ -37,7 +37,7 @@ func TestConfigCheckRefusals(t *testing.T) {
 		{"unknown key", strings.Replace(good, `rate = "100MiB"`, `rat = "100MiB"`, 1),
 			[]string{fmt.Sprintf("r0.toml:%d: resync.rat: unknown key in [resync]; did you mean rate?", line("rate ="))}},
 		{"missing host section", good[:hostB] + good[strings.Index(good, "[witness]"):],
-			[]string{"host: a pair needs two [[host]] sections, found 1: add one for each data host"}},
+			[]string{fmt.Sprintf("r0.toml:%d: host: a pair needs two [[host]] sections, found 1: add one for each data host", line("[[host]]"))}},
 		{"duplicate node ID", strings.Replace(good, `id = "b"`, `id = "a"`, 1),
 			[]string{fmt.Sprintf(`r0.toml:%d: [[host]] #2 id: "a" is also the id of [[host]] #1 (line %d): node IDs must differ; give each node its own`,
 				hostBLine, line(`id = "a"`))}},
