@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,14 +34,20 @@ type eventLog struct {
 // cleanup ends it.
 func (rl *resourceLab) followEvents(host string, args ...string) *eventLog {
 	rl.t.Helper()
+	return followEvents(rl.t, rl.command(host, append([]string{"events", resourceName}, args...)...))
+}
+
+// followEvents starts cmd, an `ldmirror events`; the test's cleanup ends
+// it.
+func followEvents(t *testing.T, cmd *exec.Cmd) *eventLog {
+	t.Helper()
 	el := &eventLog{}
-	cmd := rl.command(host, append([]string{"events", resourceName}, args...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		rl.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		rl.t.Fatal(err)
+		t.Fatal(err)
 	}
 	read := make(chan struct{})
 	go func() {
@@ -58,7 +65,7 @@ func (rl *resourceLab) followEvents(host string, args ...string) *eventLog {
 			el.mu.Unlock()
 		}
 	}()
-	rl.t.Cleanup(func() { _ = cmd.Process.Kill(); <-read; _ = cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-read; _ = cmd.Wait() })
 	return el
 }
 
