@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -128,7 +129,7 @@ func (el *eventLog) waitSequence(t *testing.T, host string, limit time.Duration,
 // exits; a followed stream shows a disconnect and the resync after it,
 // on the primary as the resync's source and on the secondary as its
 // target; `status r0 --watch` on a pseudo-terminal draws the target's
-// progress bar.
+// progress bar, and into a pipe prints a line per change.
 func TestEventsAndWatch(t *testing.T) {
 	requireE2E(t, "nsenter")
 	if err := netns.Available(); err != nil {
@@ -155,6 +156,13 @@ func TestEventsAndWatch(t *testing.T) {
 	onA := rl.followEvents("a", "--progress", "300ms")
 	onB := rl.followEvents("b", "--progress", "300ms")
 	watch := rl.watchOnPTY(t, "b")
+	piped := &ptyOutput{} // the same command with a pipe as stdout
+	plain := rl.command("a", "status", resourceName, "--watch", "--interval", "200ms")
+	plain.Stdout = piped
+	if err := plain.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = plain.Process.Kill(); _ = plain.Wait() })
 	onA.waitSequence(t, "a", 10*time.Second, step{"exists", func(e events.Event) bool { return e.Kind == events.KindExists }})
 
 	rl.lab.BlockPort("a", "b", 7789)
@@ -185,6 +193,20 @@ func TestEventsAndWatch(t *testing.T) {
 			t.Errorf("%s: events printed lines that are not JSON events: %q", host, bad)
 		}
 	}
+	// Piped: one line per change of the summary, no terminal codes.
+	lines := piped.text()
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d a primary, connected to b, replicating \(sync\), disk uptodate, peer uptodate`),
+		regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d a primary, disconnected, logging`),
+		regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d a primary, connected to b, resyncing \d+\.\d%`),
+	} {
+		if !want.MatchString(lines) {
+			t.Errorf("status --watch into a pipe lacks a line like %s:\n%s", want, lines)
+		}
+	}
+	if strings.Contains(lines, "\x1b") {
+		t.Errorf("status --watch into a pipe wrote terminal codes:\n%q", lines)
+	}
 	screen := watch.text()
 	for _, want := range []string{"ldmirror status, every 200ms", "resync target [#", "resync-target", "node         b (secondary)"} {
 		if !strings.Contains(screen, want) {
@@ -193,10 +215,16 @@ func TestEventsAndWatch(t *testing.T) {
 	}
 }
 
-// ptyOutput is what a command wrote to its pseudo-terminal.
+// ptyOutput is what a command wrote to its pseudo-terminal (or pipe).
 type ptyOutput struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
+}
+
+func (p *ptyOutput) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.buf.Write(b)
 }
 
 func (p *ptyOutput) text() string {
