@@ -7,8 +7,10 @@ import (
 
 // ProtocolVersion is the version of the wire protocol this package speaks.
 // Version 2 changed the checksum request (a key) and its reply (keyed
-// digests instead of CRC32C); both sides must speak the same version.
-const ProtocolVersion = 2
+// digests instead of CRC32C); version 3 added the Progress frame (a
+// resync's progress, for its target). Both sides must speak the same
+// version.
+const ProtocolVersion = 3
 
 // maxNodeID bounds the node identity carried in Hello.
 const maxNodeID = 64

@@ -305,7 +305,7 @@ func oldHello(node string) []byte {
 // replies) is refused on either side, with both versions named, before any
 // request could be misread.
 func TestOldVersionRefused(t *testing.T) {
-	const want = "protocol version mismatch: local 2, peer 1; upgrade the host on version 1"
+	const want = "protocol version mismatch: local 3, peer 1; upgrade the host on version 1"
 	t.Run("old primary", func(t *testing.T) {
 		s := startSecondary(t)
 		conn, err := net.Dial("tcp", s.ln.Addr().String())
