@@ -365,28 +365,56 @@ func (b *bench) qemuQuorum() (string, func(), error) {
 		return "", nil, err
 	}
 	local, remote, export := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"), filepath.Join(dir, "volume")
-	for _, p := range []string{local, remote, export} {
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
-			return "", nil, err
-		}
-	}
-	if err := os.Truncate(local, b.sizeMiB<<20); err != nil {
-		return "", nil, err
-	}
-	if err := os.Truncate(remote, b.sizeMiB<<20); err != nil {
+	if err := b.qemuFiles(local, remote, export); err != nil {
 		return "", nil, err
 	}
 	addr, err := freeAddr()
 	if err != nil {
 		return "", nil, err
 	}
+	peer, err := startQemuPeer(dir, remote, addr)
+	if err != nil {
+		return "", nil, err
+	}
+	pri, err := startQemuPrimary(dir, local, addr, export)
+	if err != nil {
+		peer.stop()
+		return "", nil, err
+	}
+	out, err := exec.Command("losetup", "-f", "--show", export).Output()
+	if err != nil {
+		pri.stop()
+		peer.stop()
+		return "", nil, fmt.Errorf("losetup: %w", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	return dev, func() { qemuTeardown(dev, export, dir, pri, peer) }, nil
+}
+
+// qemuFiles creates the two images, of the volume's size, and the empty
+// file qemu's FUSE export mounts over.
+func (b *bench) qemuFiles(local, remote, export string) error {
+	for _, p := range []string{local, remote, export} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			return err
+		}
+	}
+	if err := os.Truncate(local, b.sizeMiB<<20); err != nil {
+		return err
+	}
+	return os.Truncate(remote, b.sizeMiB<<20)
+}
+
+// startQemuPeer serves the remote image over NBD on addr and waits until it
+// accepts connections.
+func startQemuPeer(dir, remote, addr string) (*proc, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	peer, err := start(filepath.Join(dir, "peer.log"), "qemu-storage-daemon",
 		"--blockdev", "driver=file,node-name=peerfile,filename="+remote,
 		"--nbd-server", fmt.Sprintf("addr.type=inet,addr.host=%s,addr.port=%s", host, port),
 		"--export", "type=nbd,id=nbd0,node-name=peerfile,writable=on,name=vol")
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	if err := waitUntil(10*time.Second, func() bool {
 		c, err := net.Dial("tcp", addr)
@@ -396,47 +424,49 @@ func (b *bench) qemuQuorum() (string, func(), error) {
 		return err == nil
 	}); err != nil {
 		peer.stop()
-		return "", nil, fmt.Errorf("qemu NBD server: %w", err)
+		return nil, fmt.Errorf("qemu NBD server: %w", err)
 	}
+	return peer, nil
+}
+
+// startQemuPrimary exports the quorum of the local image and the peer's NBD
+// export at addr through FUSE on export, and waits until it is mounted.
+func startQemuPrimary(dir, local, addr, export string) (*proc, error) {
+	host, port, _ := net.SplitHostPort(addr)
 	pri, err := start(filepath.Join(dir, "primary.log"), "qemu-storage-daemon",
 		"--blockdev", "driver=file,node-name=local,filename="+local,
 		"--blockdev", fmt.Sprintf("driver=nbd,node-name=remote,server.type=inet,server.host=%s,server.port=%s,export=vol", host, port),
 		"--blockdev", `{"driver":"quorum","node-name":"q","vote-threshold":1,"children":["local","remote"]}`,
 		"--export", "type=fuse,id=fuse0,node-name=q,mountpoint="+export+",writable=on")
 	if err != nil {
-		peer.stop()
-		return "", nil, err
+		return nil, err
 	}
 	if err := waitUntil(10*time.Second, func() bool { return mounted(export) }); err != nil {
 		pri.stop()
-		peer.stop()
-		return "", nil, fmt.Errorf("qemu FUSE export: %w", err)
+		return nil, fmt.Errorf("qemu FUSE export: %w", err)
 	}
-	out, err := exec.Command("losetup", "-f", "--show", export).Output()
-	if err != nil {
-		pri.stop()
-		peer.stop()
-		return "", nil, fmt.Errorf("losetup: %w", err)
-	}
-	dev := strings.TrimSpace(string(out))
-	return dev, func() {
-		// losetup -d on a busy device only marks it; qemu cannot unmount
-		// its export while the loop device holds it and then leaves the
-		// mount behind.
-		_ = exec.Command("losetup", "-d", dev).Run()
-		_ = waitUntil(10*time.Second, func() bool {
-			_, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
-			return os.IsNotExist(err)
-		})
-		pri.stop()
-		peer.stop()
-		if mounted(export) {
-			if exec.Command("umount", export).Run() != nil {
-				_ = exec.Command("umount", "-l", export).Run()
-			}
+	return pri, nil
+}
+
+// qemuTeardown detaches the loop device dev, stops both daemons, unmounts
+// the export if qemu left it, and removes dir.
+func qemuTeardown(dev, export, dir string, pri, peer *proc) {
+	// losetup -d on a busy device only marks it; qemu cannot unmount
+	// its export while the loop device holds it and then leaves the
+	// mount behind.
+	_ = exec.Command("losetup", "-d", dev).Run()
+	_ = waitUntil(10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+		return os.IsNotExist(err)
+	})
+	pri.stop()
+	peer.stop()
+	if mounted(export) {
+		if exec.Command("umount", export).Run() != nil {
+			_ = exec.Command("umount", "-l", export).Run()
 		}
-		os.RemoveAll(dir)
-	}, nil
+	}
+	os.RemoveAll(dir)
 }
 
 func mounted(dir string) bool {

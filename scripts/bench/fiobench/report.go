@@ -165,89 +165,103 @@ func (r report) activePairs(chartOnly bool) []pair {
 func (r report) markdown() string {
 	var sb strings.Builder
 	sb.WriteString(r.machine.markdown(r.wall))
+	r.writeSetup(&sb)
+	r.writeMedians(&sb)
+	r.writeRatios(&sb)
+	return sb.String()
+}
+
+// writeSetup says how the run was made: rounds, order, sizes, link.
+func (r report) writeSetup(sb *strings.Builder) {
 	order := make([]string, len(r.configs))
 	for i, c := range r.configs {
 		order[i] = label(c)
 	}
-	fmt.Fprintf(&sb, "Medians of %d rounds, configurations alternating in the order %s; %d MiB volumes; "+
+	fmt.Fprintf(sb, "Medians of %d rounds, configurations alternating in the order %s; %d MiB volumes; "+
 		"fio libaio direct=1 on the device, %s; directory load: %d entries.\n\n",
 		r.rounds, strings.Join(order, ", "), r.sizeMiB, r.fioDesc(), r.entries)
 	if r.window > 0 {
-		fmt.Fprintf(&sb, "Mirrored daemons: --window %d.\n\n", r.window)
+		fmt.Fprintf(sb, "Mirrored daemons: --window %d.\n\n", r.window)
 	}
 	if r.journalSize != "" {
-		fmt.Fprintf(&sb, "Async: journal of %s on both hosts.\n\n", r.journalSize)
+		fmt.Fprintf(sb, "Async: journal of %s on both hosts.\n\n", r.journalSize)
 	}
 	if len(r.rtts) > 0 {
-		fmt.Fprintf(&sb, "Round trips %s: RTT 0 is the direct link on 127.0.0.1; the others go through %s.\n\n",
+		fmt.Fprintf(sb, "Round trips %s: RTT 0 is the direct link on 127.0.0.1; the others go through %s.\n\n",
 			strings.Join(r.rtts, ", "), r.link)
 	}
 	if r.abba {
 		sb.WriteString("Every second round ran the configurations in reverse order (-abba).\n\n")
 	}
+}
 
+// writeMedians is the table of medians, a row per workload and configuration.
+func (r report) writeMedians(sb *strings.Builder) {
 	sb.WriteString("| workload | configuration | IOPS | MB/s | write p50 µs | write p99 µs | fsync p50 µs | fsync p99 µs | entries/s | spread |\n")
 	sb.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, w := range r.workloads {
 		for _, c := range r.configs {
 			x := r.cell(c, w.name)
-			fmt.Fprintf(&sb, "| %s | %s | ", w.label, label(c))
+			fmt.Fprintf(sb, "| %s | %s | ", w.label, label(c))
 			switch {
 			case x.n == 0:
-				fmt.Fprintf(&sb, "%s | | | | | | | |\n", x.skipped)
+				fmt.Fprintf(sb, "%s | | | | | | | |\n", x.skipped)
 				continue
 			case w.slapd:
-				fmt.Fprintf(&sb, " | | | | | | %.0f", x.m.Entries)
+				fmt.Fprintf(sb, " | | | | | | %.0f", x.m.Entries)
 			default:
-				fmt.Fprintf(&sb, "%.0f | %.1f | %.0f | %.0f | %s | %s | ", x.m.IOPS, x.m.MBps, x.m.P50us, x.m.P99us,
+				fmt.Fprintf(sb, "%.0f | %.1f | %.0f | %.0f | %s | %s | ", x.m.IOPS, x.m.MBps, x.m.P50us, x.m.P99us,
 					optional(x.m.SyncP50us), optional(x.m.SyncP99us))
 			}
-			fmt.Fprintf(&sb, " | %.0f%%", 100*x.spread)
+			fmt.Fprintf(sb, " | %.0f%%", 100*x.spread)
 			if x.retried > 0 {
-				fmt.Fprintf(&sb, " (%d retried on a fresh setup)", x.retried)
+				fmt.Fprintf(sb, " (%d retried on a fresh setup)", x.retried)
 			}
 			if x.cut > 0 {
-				fmt.Fprintf(&sb, " (%d cut at the time limit)", x.cut)
+				fmt.Fprintf(sb, " (%d cut at the time limit)", x.cut)
 			}
 			if x.n < r.rounds {
-				fmt.Fprintf(&sb, " (%d of %d rounds)", x.n, r.rounds)
+				fmt.Fprintf(sb, " (%d of %d rounds)", x.n, r.rounds)
 			}
 			sb.WriteString(" |\n")
 		}
 	}
 	sb.WriteString("\nspread: (max − min) / median of the throughput over the rounds. " +
 		"IOPS and MB/s of the 70/30 job are reads plus writes; latencies are of writes.\n")
+}
 
+// writeRatios is the table of the ratios of medians against the targets,
+// when the run has both configurations of some pair.
+func (r report) writeRatios(sb *strings.Builder) {
 	ps := r.activePairs(false)
 	if len(ps) == 0 {
-		return sb.String()
+		return
 	}
 	sb.WriteString("\nRatios of the medians (IOPS; entries/s for slapd), with the issues' targets:\n\n| workload |")
 	for _, p := range ps {
-		fmt.Fprintf(&sb, " %s (%s) |", p.name, p.desc)
+		fmt.Fprintf(sb, " %s (%s) |", p.name, p.desc)
 	}
 	sb.WriteString("\n|---|" + strings.Repeat("---:|", len(ps)) + "\n")
 	for _, w := range r.workloads {
-		fmt.Fprintf(&sb, "| %s |", w.label)
+		fmt.Fprintf(sb, "| %s |", w.label)
 		for _, p := range ps {
 			v, why := r.ratio(p, w.name)
 			if why != "" {
-				fmt.Fprintf(&sb, " %s |", why)
+				fmt.Fprintf(sb, " %s |", why)
 				continue
 			}
-			fmt.Fprintf(&sb, " %.2f", v)
+			fmt.Fprintf(sb, " %.2f", v)
 			if t, ok := target(p.name, w.name); ok {
 				verdict := "met"
 				if v < t {
 					verdict = "**not met**"
 				}
-				fmt.Fprintf(&sb, " (≥ %g: %s)", t, verdict)
+				fmt.Fprintf(sb, " (≥ %g: %s)", t, verdict)
 			}
 			sb.WriteString(" |")
 		}
 		sb.WriteString("\n")
 	}
-	return sb.String()
 }
 
 func (r report) fioDesc() string {
@@ -282,8 +296,31 @@ func (r report) chart(png string) error {
 	if _, err := exec.LookPath("gnuplot"); err != nil {
 		return fmt.Errorf("needs gnuplot (apt-get install gnuplot-nox)")
 	}
-	var ps []pair
-	var missing []string
+	ps, missing := r.chartPairs()
+	if len(ps) == 0 {
+		return fmt.Errorf("no ratio to chart with configurations %v", r.configs)
+	}
+	dir, err := os.MkdirTemp("", "fiobench-chart")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	data, lo, hi := r.chartData(ps)
+	dat := filepath.Join(dir, "ratios.dat")
+	if err := os.WriteFile(dat, []byte(data), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command("gnuplot")
+	cmd.Stdin = strings.NewReader(r.chartScript(png, dat, ps, missing, lo, hi))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("gnuplot: %v: %s", err, out)
+	}
+	return nil
+}
+
+// chartPairs returns the charted pairs with a ratio for some workload, and
+// for each of the others, why it has none.
+func (r report) chartPairs() (ps []pair, missing []string) {
 	for _, p := range r.activePairs(true) {
 		has := false
 		for _, w := range r.workloads {
@@ -298,17 +335,15 @@ func (r report) chart(png string) error {
 		_, why := r.ratio(p, r.workloads[0].name)
 		missing = append(missing, fmt.Sprintf("%s (%s): %s", p.name, p.desc, why))
 	}
-	if len(ps) == 0 {
-		return fmt.Errorf("no ratio to chart with configurations %v", r.configs)
-	}
-	dir, err := os.MkdirTemp("", "fiobench-chart")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	// Columns: workload, targets, then one ratio per pair.
-	var data strings.Builder
-	lo, hi := 1.0, 1.0
+	return ps, missing
+}
+
+// chartData returns gnuplot's data, a line per workload: its label, its
+// targets, then one ratio per pair ("?" for none); and the smallest and
+// largest ratio, with 1 among them.
+func (r report) chartData(ps []pair) (data string, lo, hi float64) {
+	var sb strings.Builder
+	lo, hi = 1.0, 1.0
 	for _, w := range r.workloads {
 		var ts []string
 		for _, p := range ps {
@@ -320,41 +355,31 @@ func (r report) chart(png string) error {
 		if len(ts) > 0 {
 			tline = "target " + strings.Join(ts, ", ")
 		}
-		fmt.Fprintf(&data, "%q %q", w.label, tline)
+		fmt.Fprintf(&sb, "%q %q", w.label, tline)
 		for _, p := range ps {
 			v, why := r.ratio(p, w.name)
 			if why != "" || v <= 0 {
-				data.WriteString(" ?")
+				sb.WriteString(" ?")
 				continue
 			}
 			lo, hi = math.Min(lo, v), math.Max(hi, v)
-			fmt.Fprintf(&data, " %.6f", v)
+			fmt.Fprintf(&sb, " %.6f", v)
 		}
-		data.WriteString("\n")
+		sb.WriteString("\n")
 	}
-	dat := filepath.Join(dir, "ratios.dat")
-	if err := os.WriteFile(dat, []byte(data.String()), 0o644); err != nil {
-		return err
-	}
-	k := len(ps)
-	var plot []string
-	for j, p := range ps {
-		col := j + 3
-		off := (float64(j) - float64(k-1)/2) / float64(k+1)
-		src := "''"
-		if j == 0 {
-			src = fmt.Sprintf("%q", dat)
-		}
-		plot = append(plot, fmt.Sprintf("%s using %d:xtic(sprintf(\"%%s\\n%%s\", strcol(1), strcol(2))) title %q", src, col, p.name+" "+p.desc))
-		plot = append(plot, fmt.Sprintf("'' using ($0%+.4f):%d:(sprintf('%%.2f', $%d)) with labels offset 0,0.7 font ',9' notitle", off, col, col))
-	}
+	return sb.String(), lo, hi
+}
+
+// chartScript is the gnuplot script drawing dat into png, the y range
+// spanning lo to hi.
+func (r report) chartScript(png, dat string, ps []pair, missing []string, lo, hi float64) string {
 	title := fmt.Sprintf("ldmirror vs. baselines: ratios of medians of %d alternating rounds, %s, commit %s",
 		r.rounds, r.machine.date.Format("2006-01-02"), r.machine.commit)
 	title += "\\nissue 7 targets under each workload; c/a ≥ 0.9 on all"
 	if len(missing) > 0 {
 		title += "\\n" + strings.Join(missing, "; ")
 	}
-	script := fmt.Sprintf(`set terminal pngcairo size 1200,650 font ',10'
+	return fmt.Sprintf(`set terminal pngcairo size 1200,650 font ',10'
 set output %q
 set datafile missing '?'
 set title "%s" noenhanced
@@ -374,13 +399,25 @@ set xtics font ',9' noenhanced
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2 lw 1.5 lc rgb '#444444'
 plot %s
 `, png, title, len(r.workloads), math.Pow(2, math.Floor(math.Log2(lo))-0.3), math.Pow(2, math.Ceil(math.Log2(hi))+0.3),
-		strings.Join(plot, ", \\\n  "))
-	cmd := exec.Command("gnuplot")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("gnuplot: %v: %s", err, out)
+		strings.Join(barPlots(dat, ps), ", \\\n  "))
+}
+
+// barPlots are gnuplot's plot clauses: per pair, its bars (column 3 on)
+// and their values as labels over each bar of the cluster.
+func barPlots(dat string, ps []pair) []string {
+	k := len(ps)
+	var plot []string
+	for j, p := range ps {
+		col := j + 3
+		off := (float64(j) - float64(k-1)/2) / float64(k+1)
+		src := "''"
+		if j == 0 {
+			src = fmt.Sprintf("%q", dat)
+		}
+		plot = append(plot, fmt.Sprintf("%s using %d:xtic(sprintf(\"%%s\\n%%s\", strcol(1), strcol(2))) title %q", src, col, p.name+" "+p.desc))
+		plot = append(plot, fmt.Sprintf("'' using ($0%+.4f):%d:(sprintf('%%.2f', $%d)) with labels offset 0,0.7 font ',9' notitle", off, col, col))
 	}
-	return nil
+	return plot
 }
 
 func median(xs []float64) float64 {

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -62,23 +63,10 @@ func (b *bench) prepareSlapd() error {
 // times ldapadd adding the generated entries over ldapi, one connection,
 // each add acknowledged (and fsynced by LMDB) before the next.
 func (b *bench) slapdLoad(dev string) (result, error) {
-	mnt, err := os.MkdirTemp(b.work, "mnt")
+	mnt, err := b.mountExt4(dev)
 	if err != nil {
 		return result{}, err
 	}
-	// Inode tables and journal written now rather than by ext4lazyinit
-	// during the measurement.
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev).CombinedOutput(); err != nil {
-		return result{}, fmt.Errorf("mkfs.ext4: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", dev, mnt).CombinedOutput(); err != nil {
-		return result{}, fmt.Errorf("mount: %v: %s", err, out)
-	}
-	b.pushCleanup(func() {
-		if err := exec.Command("umount", mnt).Run(); err != nil {
-			_ = exec.Command("umount", "-l", mnt).Run()
-		}
-	})
 	defer b.popCleanup()
 
 	data := filepath.Join(mnt, "ldap")
@@ -91,16 +79,7 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 	}
 	defer os.RemoveAll(dir)
 	conf := filepath.Join(dir, "slapd.conf")
-	var c bytes.Buffer
-	for _, sch := range []string{"core", "cosine", "inetorgperson"} {
-		fmt.Fprintf(&c, "include /etc/ldap/schema/%s.schema\n", sch)
-	}
-	fmt.Fprintf(&c, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
-	c.WriteString("modulepath /usr/lib/ldap\nmoduleload back_mdb\nsizelimit unlimited\n")
-	c.WriteString("database mdb\nmaxsize 1073741824\n")
-	fmt.Fprintf(&c, "suffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", suffix, rootDN, rootPW, data)
-	c.WriteString("index objectClass eq\nindex uid eq\n")
-	if err := os.WriteFile(conf, c.Bytes(), 0o600); err != nil {
+	if err := writeSlapdConf(conf, dir, data); err != nil {
 		return result{}, err
 	}
 	sock := filepath.Join(dir, "ldapi")
@@ -112,6 +91,53 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 	}
 	b.pushCleanup(p.stop)
 	defer b.popCleanup()
+	if err := slapdReady(p, sock, logPath); err != nil {
+		return result{}, err
+	}
+	return b.ldapadd(ldapi)
+}
+
+// mountExt4 makes ext4 on dev and mounts it on a new directory under the
+// work directory, which it returns; the unmount is pushed as a cleanup.
+func (b *bench) mountExt4(dev string) (string, error) {
+	mnt, err := os.MkdirTemp(b.work, "mnt")
+	if err != nil {
+		return "", err
+	}
+	// Inode tables and journal written now rather than by ext4lazyinit
+	// during the measurement.
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mkfs.ext4: %v: %s", err, out)
+	}
+	if out, err := exec.Command("mount", dev, mnt).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mount: %v: %s", err, out)
+	}
+	b.pushCleanup(func() {
+		if err := exec.Command("umount", mnt).Run(); err != nil {
+			_ = exec.Command("umount", "-l", mnt).Run()
+		}
+	})
+	return mnt, nil
+}
+
+// writeSlapdConf writes a slapd.conf with its pid and args files in dir and
+// the database in data.
+func writeSlapdConf(conf, dir, data string) error {
+	var c bytes.Buffer
+	for _, sch := range []string{"core", "cosine", "inetorgperson"} {
+		fmt.Fprintf(&c, "include /etc/ldap/schema/%s.schema\n", sch)
+	}
+	fmt.Fprintf(&c, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
+	c.WriteString("modulepath /usr/lib/ldap\nmoduleload back_mdb\nsizelimit unlimited\n")
+	c.WriteString("database mdb\nmaxsize 1073741824\n")
+	fmt.Fprintf(&c, "suffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", suffix, rootDN, rootPW, data)
+	c.WriteString("index objectClass eq\nindex uid eq\n")
+	return os.WriteFile(conf, c.Bytes(), 0o600)
+}
+
+// slapdReady waits until slapd accepts connections on sock; when it does
+// not, or exits, the error carries its log.
+func slapdReady(p *proc, sock, logPath string) error {
 	if err := waitUntil(10*time.Second, func() bool {
 		if !p.running() {
 			return true
@@ -123,9 +149,14 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 		return err == nil
 	}); err != nil || !p.running() {
 		log, _ := os.ReadFile(logPath)
-		return result{}, fmt.Errorf("slapd not ready (%v): %s", err, bytes.TrimSpace(log))
+		return fmt.Errorf("slapd not ready (%v): %s", err, bytes.TrimSpace(log))
 	}
+	return nil
+}
 
+// ldapadd adds the generated entries over ldapi and returns the rate. At
+// the time limit it kills ldapadd and returns the rate so far.
+func (b *bench) ldapadd(ldapi string) (result, error) {
 	// ldapadd prints "adding new entry" before each add: on the time limit,
 	// the entries before the last one printed are done. stdbuf makes its
 	// stdout line-buffered so that none waits in a buffer.
@@ -140,17 +171,7 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 	if err := cmd.Start(); err != nil {
 		return result{}, err
 	}
-	started := make(chan int)
-	go func() {
-		n := 0
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if bytes.HasPrefix(sc.Bytes(), []byte("adding new entry")) {
-				n++
-			}
-		}
-		started <- n
-	}()
+	started := countAdding(stdout)
 	timer := time.AfterFunc(b.slapdLimit, func() { cmd.Process.Kill() })
 	n := <-started
 	err = cmd.Wait()
@@ -167,4 +188,21 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 		res.note = fmt.Sprintf("cut at %s after %d entries", b.slapdLimit, added)
 	}
 	return res, nil
+}
+
+// countAdding counts ldapadd's "adding new entry" lines on stdout and sends
+// the count when stdout ends.
+func countAdding(stdout io.Reader) <-chan int {
+	started := make(chan int)
+	go func() {
+		n := 0
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if bytes.HasPrefix(sc.Bytes(), []byte("adding new entry")) {
+				n++
+			}
+		}
+		started <- n
+	}()
+	return started
 }
