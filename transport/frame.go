@@ -41,10 +41,11 @@ const (
 	TypeReady
 	TypeOutOfSync
 	TypeJournal
+	TypeStage
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal", "stage"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

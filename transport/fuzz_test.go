@@ -31,6 +31,7 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 11}, binary.BigEndian.AppendUint64(jt, 4096)))
 	jf := append(append([]byte(nil), jw[:16]...), byte(KindFlush), 0, 0, 0, 0, 0, 0, 0)
 	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 12}, binary.BigEndian.AppendUint64(jf, 0)))
+	f.Add(AppendFrame(nil, Header{Type: TypeStage, Seq: 14}, append([]byte{byte(StageBegin), 0, 0, 0, 0, 0, 0, 0}, binary.BigEndian.AppendUint64(nil, 1<<20)...)))
 	f.Add([]byte("LDM1garbage"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fr := NewFrameReader(bytes.NewReader(in))
@@ -72,6 +73,10 @@ func FuzzReadFrame(f *testing.F) {
 				}
 			case TypeGeneration:
 				_, _ = parseRequest(KindGeneration, h, p, 1<<20)
+			case TypeStage:
+				if r, err := parseRequest(KindStage, h, p, 1<<20); err == nil && (r.StageNeed < 0 || r.StageOp < StageBegin || r.StageOp > StageStatus) {
+					t.Fatalf("stage request %s of %d bytes accepted", r.StageOp, r.StageNeed)
+				}
 			case TypeJournal:
 				if r, err := parseJournal(h, p, 1<<20); err == nil && r.Kind == KindWrite && int64(len(r.Data)) != r.Length {
 					t.Fatalf("journal write of %d bytes with %d data bytes", r.Length, len(r.Data))

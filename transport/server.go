@@ -35,6 +35,10 @@ const (
 	// last wrote as primary); the Handler answers with Reply, a portable
 	// roaring bitmap of block numbers.
 	KindOutOfSync
+	// KindStage asks the resync target's staging area to begin, commit
+	// or report (StageOp, StageNeed); the Handler answers with Reply, a
+	// StageReply.
+	KindStage
 )
 
 func (k Kind) String() string {
@@ -51,6 +55,8 @@ func (k Kind) String() string {
 		return "checksum"
 	case KindOutOfSync:
 		return "outofsync"
+	case KindStage:
+		return "stage"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -76,6 +82,10 @@ type Request struct {
 	// request and before any later one: a journal catch-up sends its
 	// records so, so that the peer's disk always holds a prefix of them.
 	Ordered bool
+	// StageOp and StageNeed are a KindStage request's operation and the
+	// bytes a StageBegin expects to stage.
+	StageOp   StageOp
+	StageNeed int64
 
 	sess *ServerSession
 	buf  *[]byte
@@ -491,6 +501,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindChecksum
 	case TypeOutOfSync:
 		kind = KindOutOfSync
+	case TypeStage:
+		kind = KindStage
 	case TypeJournal:
 		// the operation's kind is in the payload
 	case TypeError:
@@ -562,6 +574,8 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) 
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
 		copy(req.Key[:], p[16:])
+	case KindStage:
+		return req, parseStage(&req, p)
 	case KindFlush, KindOutOfSync:
 		if len(p) != 0 {
 			return Request{}, fmt.Errorf("%w: %s frame with %d payload bytes", ErrMalformed, kind, len(p))

@@ -51,6 +51,10 @@ func (h fileHandler) Handle(r *Request) {
 	case KindChecksum:
 		r.Reply(echoChecksum(r.Offset, r.Length, &r.Key), nil)
 		return
+	case KindStage: // echoes the operation and the size
+		b, _ := StageReply{State: StageStaging, Staged: uint64(r.StageNeed), Reason: r.StageOp.String()}.MarshalBinary()
+		r.Reply(b, nil)
+		return
 	}
 	r.Done(err)
 }
@@ -292,20 +296,22 @@ func writeFrameBytes(off uint64, data []byte) []byte {
 	return AppendFrame(nil, Header{Type: TypeWrite, Seq: 1}, append(p, data...))
 }
 
-// oldHello is the Hello of a peer that speaks protocol version 1.
+// oldHello is the Hello of a peer that speaks protocol version 2, which
+// has no Stage request: it would apply a resync's blocks to its volume as
+// they come.
 func oldHello(node string) []byte {
-	b, err := (&Hello{Version: 1, NodeID: node, VolumeUUID: [16]byte{1, 2, 3, 4}, Size: testSize, BlockSize: 4096, Nonce: [32]byte{9}}).MarshalBinary()
+	b, err := (&Hello{Version: 2, NodeID: node, VolumeUUID: [16]byte{1, 2, 3, 4}, Size: testSize, BlockSize: 4096, Nonce: [32]byte{9}}).MarshalBinary()
 	if err != nil {
 		panic(err)
 	}
 	return b
 }
 
-// TestOldVersionRefused: a peer on protocol version 1 (CRC32C checksum
-// replies) is refused on either side, with both versions named, before any
-// request could be misread.
+// TestOldVersionRefused: a peer on protocol version 2 (no Stage request) is
+// refused on either side, with both versions named, before any request
+// could be misread.
 func TestOldVersionRefused(t *testing.T) {
-	const want = "protocol version mismatch: local 2, peer 1; upgrade the host on version 1"
+	const want = "protocol version mismatch: local 3, peer 2; upgrade the host on version 2"
 	t.Run("old primary", func(t *testing.T) {
 		s := startSecondary(t)
 		conn, err := net.Dial("tcp", s.ln.Addr().String())
