@@ -100,7 +100,7 @@ func TestStagedResyncKeepsTheTargetUntilCommit(t *testing.T) {
 	p.mirror.SetPeer(sess)
 	writeBlock(t, p.mirror, 501) // a write of the application, before the resync
 	// The resync, slowed down and interrupted halfway.
-	p.mirror.SetResyncRates(16*4096, 0)
+	p.mirror.SetResyncRates(64*4096, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.mirror.Resync(ctx, false) }()

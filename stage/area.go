@@ -343,22 +343,28 @@ func writeHeader(f *os.File, h header) error {
 }
 
 // Discard drops an uncommitted log: the volume keeps the data it had, as
-// of Info().AsOf. It fails with ErrCommitted once the log was committed.
-func (a *Area) Discard() (Info, error) {
+// of Info().AsOf. It returns the blocks that were staged, which the
+// volume's data lacks again. It fails with ErrCommitted once the log was
+// committed.
+func (a *Area) Discard() (Info, *roaring.Bitmap, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch a.state {
 	case Idle:
-		return Info{}, nil
+		return Info{}, roaring.New(), nil
 	case Committing, Applying:
-		return Info{State: a.state}, ErrCommitted
+		return Info{State: a.state}, nil, ErrCommitted
 	}
 	in := Info{State: Staging, AsOf: a.hdr.AsOf, Began: fromUnixNano(a.hdr.Began), Source: a.hdr.Source, Blocks: uint64(len(a.index)), Bytes: a.end}
+	staged := roaring.New()
+	for k := range a.index {
+		staged.Add(k)
+	}
 	if err := a.remove(); err != nil {
-		return in, err
+		return in, nil, err
 	}
 	a.log.Warn("staged resync discarded: the volume keeps its data as of the time below", "as_of", in.AsOf, "blocks", in.Blocks)
-	return in, nil
+	return in, staged, nil
 }
 
 // remove deletes an uncommitted log. a.mu is held.

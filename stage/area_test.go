@@ -205,8 +205,12 @@ func TestRestartKeepsStaged(t *testing.T) {
 	f.begin() // a resumed resync goes on with what was staged
 	f.write(100*testBS, 2*testBS, 300)
 	f.equal("read after more writes", f.readAll(), f.model)
-	if _, err := f.area.Discard(); err != nil {
+	in, staged, err := f.area.Discard()
+	if err != nil {
 		t.Fatal(err)
+	}
+	if staged.GetCardinality() != in.Blocks || !staged.Contains(100) || !staged.Contains(10) {
+		t.Fatalf("discard returned %d staged blocks (%v), info says %d", staged.GetCardinality(), staged, in.Blocks)
 	}
 	f.equal("the volume after the discard", f.baseBytes(), f.orig)
 	f.equal("read after the discard", f.readAll(), f.orig)
@@ -287,7 +291,7 @@ func TestCommitNeedsStaging(t *testing.T) {
 	f.area.state = Committing
 	f.area.mu.Unlock()
 	f.area.commit()
-	if _, err := f.area.Discard(); !errors.Is(err, ErrCommitted) {
+	if _, _, err := f.area.Discard(); !errors.Is(err, ErrCommitted) {
 		t.Fatalf("discard of a committed log: %v", err)
 	}
 	if _, err := f.area.Begin(testBS, Begin{}); !errors.Is(err, ErrCommitted) {
