@@ -23,6 +23,9 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 		if err == nil {
 			err = n.admit(s, mr)
 		}
+		if err == nil {
+			err = n.protectPeer(ctx, s, mr)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -164,6 +167,9 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mr *mirror.Mir
 	if err := n.catchUpRetrying(ctx, s, mr, plan.Checksum); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
+		}
+		if errors.Is(err, mirror.ErrStageRefused) {
+			n.refuseStage(ctx, s, err)
 		}
 		return
 	}

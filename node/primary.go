@@ -26,6 +26,9 @@ func (n *Node) preparePrimary() error {
 	if err := n.diskFailure(); err != nil {
 		return err
 	}
+	if err := n.resolveStage(); err != nil {
+		return err
+	}
 	dirty, err := bitmap.New(n.meta.Size, n.meta.BlockSize)
 	if err != nil {
 		return err
@@ -50,7 +53,7 @@ func (n *Node) preparePrimary() error {
 			return err
 		}
 	}
-	cfg := mirror.Config{Dirty: dirty, Log: n.log}
+	cfg := mirror.Config{Dirty: dirty, Log: n.log, StagePeer: true}
 	if !n.cfg.Passthrough {
 		discard, err := n.startPrimary()
 		if err != nil {
