@@ -151,7 +151,7 @@ func promoteCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			epoch, err := mc.Promote(c.Context, node, force, reason, c.Duration("timeout"))
+			r, err := mc.PromoteReply(c.Context, node, force, reason, c.Duration("timeout"))
 			if err != nil {
 				return commandError("promote", node, err)
 			}
@@ -159,7 +159,10 @@ func promoteCommand() *cli.Command {
 			if force {
 				forced = " (forced)"
 			}
-			fmt.Printf("%s is primary in epoch %d%s\n", node, epoch, forced)
+			fmt.Printf("%s is primary in epoch %d%s\n", node, r.Epoch, forced)
+			if r.Note != "" {
+				fmt.Println(r.Note)
+			}
 			return nil
 		},
 	}
