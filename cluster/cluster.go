@@ -209,6 +209,7 @@ func Open(cfg Config) (_ *Cluster, err error) {
 	c.mux = newMux(ln, c.advertise, cfg.TLS, cfg.DialTimeout, cfg.Logger)
 	c.mux.rpc = c.serveRPC
 	c.mux.raftPeer = c.raftPeer
+	c.mux.tunnelTo = c.tunnelTo
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftLayer{c.mux},
 		MaxPool: 3,
@@ -349,14 +350,17 @@ func (c *Cluster) onLeader(ctx context.Context, req rpcRequest) (rpcResponse, er
 		}
 		var resp rpcResponse
 		var err error
+		fwd := req
+		fwd.Forwarded = true
 		if c.isLeader() {
 			resp, err = c.leaderDo(ctx, req, c.self())
 		} else if addr, id := c.raft.LeaderWithID(); addr != "" && string(id) != c.cfg.NodeID {
-			fwd := req
-			fwd.Forwarded = true
-			resp, err = c.call(ctx, string(addr), fwd)
+			resp, err = c.callLeader(ctx, string(addr), fwd)
 		} else {
-			err = errNoLeader
+			// No leader known here (an election, or none of this member's
+			// own while it cannot hear the leader): the others may know
+			// one and reach it.
+			resp, err = c.callLeader(ctx, "", fwd)
 		}
 		if !retryable(err) {
 			return resp, err

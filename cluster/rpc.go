@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/ldmirror/ldmirror/pki"
 )
 
@@ -154,26 +155,170 @@ func readMsg(r io.Reader, v any) error {
 // connect or send is errUnreachable (nothing was submitted); losing the
 // answer after sending is ErrNoQuorum, since the leader may have committed.
 func (c *Cluster) call(ctx context.Context, addr string, req rpcRequest) (rpcResponse, error) {
+	conn, err := c.mux.dial(ctx, addr, chanRPC)
+	if err != nil {
+		if errors.Is(err, ErrAuth) || errors.Is(err, ErrClosed) {
+			return rpcResponse{}, err
+		}
+		return rpcResponse{}, fmt.Errorf("%w: %s: %v", errUnreachable, addr, err)
+	}
+	return c.callOn(ctx, conn, addr, req)
+}
+
+// relayAfter is how long a member waits for a direct connection to the
+// leader before it also tries through the other members (docs/cluster.md,
+// "Failure matrix"): on a LAN a connection takes milliseconds, and a
+// fence's attempt lasts a second.
+const relayAfter = 250 * time.Millisecond
+
+// callLeader sends req to the leader at addr ("": unknown here) and
+// returns its answer. The connection is made directly or, if that has not
+// succeeded within relayAfter (at once if addr is unknown or refuses),
+// through a tunnel by another voter to its leader (mux.relay): whichever
+// authenticates first carries the request, so it is sent once. Either way
+// the leader authenticates this member's own certificate.
+func (c *Cluster) callLeader(ctx context.Context, addr string, req rpcRequest) (rpcResponse, error) {
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type dialed struct {
+		conn net.Conn
+		via  string
+		err  error
+	}
+	vias := c.relays(addr)
+	results := make(chan dialed, 1+len(vias))
+	running := 0
+	start := func(via string) {
+		running++
+		go func() {
+			var d dialed
+			d.via = via
+			if via == "" {
+				d.conn, d.err = c.mux.dial(dctx, addr, chanRPC)
+			} else {
+				d.conn, d.err = c.mux.dialVia(dctx, via, chanRPC)
+			}
+			results <- d
+		}()
+	}
+	relayed := false
+	relay := func() {
+		if !relayed {
+			relayed = true
+			for _, via := range vias {
+				start(via)
+			}
+		}
+	}
+	if addr != "" {
+		start("")
+	} else {
+		relay()
+	}
+	// abandon stops the dials still running and closes what they make.
+	abandon := func() {
+		cancel()
+		go func(n int) {
+			for range n {
+				if late := <-results; late.conn != nil {
+					late.conn.Close()
+				}
+			}
+		}(running)
+	}
+	timer := time.NewTimer(relayAfter)
+	defer timer.Stop()
+	var errs []error
+	for running > 0 {
+		select {
+		case <-timer.C:
+			relay()
+		case d := <-results:
+			running--
+			if d.err == nil {
+				abandon()
+				label := addr
+				if d.via != "" {
+					label = "the leader through " + d.via
+					c.log.Info("cluster: leader not reachable directly: request sent through a tunnel", "via", d.via, "leader", addr, "op", req.Op)
+				}
+				return c.callOn(ctx, d.conn, label, req)
+			}
+			if errors.Is(d.err, ErrClosed) || d.via == "" && errors.Is(d.err, ErrAuth) {
+				// Closing, or the leader refused this member's
+				// certificate: no path will do better.
+				abandon()
+				return rpcResponse{}, d.err
+			}
+			errs = append(errs, d.err)
+			if d.via == "" {
+				relay()
+			}
+		}
+	}
+	err := errors.Join(errs...)
+	switch {
+	case len(errs) == 0:
+		return rpcResponse{}, errNoLeader
+	case addr == "" && allNoTunnel(errs):
+		return rpcResponse{}, fmt.Errorf("%w: %v", errNoLeader, err)
+	}
+	return rpcResponse{}, fmt.Errorf("%w: %v", errUnreachable, err)
+}
+
+// allNoTunnel reports whether every error is a relay's refusal.
+func allNoTunnel(errs []error) bool {
+	for _, err := range errs {
+		if !errors.Is(err, errNoTunnel) {
+			return false
+		}
+	}
+	return true
+}
+
+// relays lists the voters other than this member and the leader at addr,
+// through which a tunnel to the leader may go.
+func (c *Cluster) relays(leader string) []string {
+	var out []string
+	for _, s := range c.raft.GetConfiguration().Configuration().Servers {
+		if s.ID == raft.ServerID(c.cfg.NodeID) || string(s.Address) == leader || s.Suffrage != raft.Voter {
+			continue
+		}
+		out = append(out, string(s.Address))
+	}
+	return out
+}
+
+// tunnelTo is where a tunnel that the member from asked for goes: this
+// member's leader, which must not be from (it would know).
+func (c *Cluster) tunnelTo(from pki.Identity) (string, error) {
+	addr, id := c.raft.LeaderWithID()
+	switch {
+	case addr == "":
+		return "", errNoLeader
+	case string(id) == from.ID:
+		return "", fmt.Errorf("%s is the leader here", from.ID)
+	}
+	return string(addr), nil
+}
+
+// callOn sends req on conn, a connection to the member named label, and
+// returns its answer. Losing the answer after sending is ErrNoQuorum,
+// since the leader may have committed.
+func (c *Cluster) callOn(ctx context.Context, conn net.Conn, label string, req rpcRequest) (rpcResponse, error) {
 	var resp rpcResponse
 	if dl, ok := ctx.Deadline(); ok {
 		req.TimeoutMS = max(time.Until(dl).Milliseconds(), 1)
 	} else {
 		req.TimeoutMS = maxRPCTimeout.Milliseconds()
 	}
-	conn, err := c.mux.dial(ctx, addr, chanRPC)
-	if err != nil {
-		if errors.Is(err, ErrAuth) || errors.Is(err, ErrClosed) {
-			return resp, err
-		}
-		return resp, fmt.Errorf("%w: %s: %v", errUnreachable, addr, err)
-	}
 	defer conn.Close()
 	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
 	if err := writeMsg(conn, req); err != nil {
-		return resp, fmt.Errorf("%w: send to %s: %v", errUnreachable, addr, err)
+		return resp, fmt.Errorf("%w: send to %s: %v", errUnreachable, label, err)
 	}
 	if err := readMsg(conn, &resp); err != nil {
-		return resp, fmt.Errorf("%w: no answer from %s (the command may still commit): %v", ErrNoQuorum, addr, err)
+		return resp, fmt.Errorf("%w: no answer from %s (the command may still commit): %v", ErrNoQuorum, label, err)
 	}
 	return resp, decodeError(resp.Code, resp.Err)
 }

@@ -316,10 +316,18 @@ func (a *asyncMirror) append(p *period, rec journal.Record, hold bool) (uint64, 
 // register records that seq's bits wait for its ack in period p.
 func (a *asyncMirror) register(p *period, seq uint64, e bitmap.Extent) bool {
 	a.mu.Lock()
-	if p == nil || a.cur != p || p.failed {
+	if p == nil || a.cur != p || p.failed || p.s.Err() != nil {
 		// The period ended (end took its marks under mu) or another began:
-		// this record was not shipped in it.
+		// this record was not shipped in it. Or the session broke and the
+		// period is about to end: from the break on, a write waits for the
+		// fence (docs/journal.md, "What a failover loses in async mode"),
+		// the fence of the loss that the break begins, counted now.
 		a.mu.Unlock()
+		if p != nil {
+			if err := p.s.Err(); err != nil {
+				a.m.peerLost(p.s, err)
+			}
+		}
 		return false
 	}
 	_, early := p.early[seq]

@@ -49,6 +49,12 @@ type link struct {
 	s    *transport.Session // nil: no peer
 	lost bool               // s failed; guarded by Mirror.mu
 	io   sync.WaitGroup     // writes and flushes begun in this link
+	// since is the number of peer losses when the link began: a write
+	// that failed in loss since or earlier failed before it.
+	since uint64
+	// inSync: CommitInSync recorded the peer in sync on s. Guarded by
+	// Mirror.mu, set under fenceMu.
+	inSync bool
 }
 
 // joinLink registers an I/O with the current link and returns the link
@@ -81,13 +87,23 @@ func (m *Mirror) lossCount() uint64 {
 // the peer stays outdated until a resync on a later session, and that
 // resync copies this write's blocks (they were marked out of sync before
 // the session began, see link).
+//
+// Nor does a loss after which the peer came back, caught up and was
+// recorded in sync (CommitInSync) on a session that is still live, with
+// nothing out of sync since: every block a write of that loss failed to
+// ship was marked out of sync before that session began (see link) and
+// has been copied to the peer since, so the write is on the peer. A
+// commit then would mark a peer outdated that holds every write, and the
+// generation the fence starts (docs/cluster.md, "Fencing", 6) would never
+// reach it while the session lives: both hosts in sync with different
+// generations, and the next failover to the peer refused.
 func (m *Mirror) ensureFenced(loss uint64) error {
 	m.fenceMu.Lock()
 	defer m.fenceMu.Unlock()
 	if m.fenceErr != nil {
 		return m.fenceErr
 	}
-	if m.fence == nil || m.fencedLoss >= loss {
+	if m.fence == nil || m.fencedLoss >= loss || m.caughtUpSince(loss) {
 		return nil
 	}
 	current := m.lossCount()
@@ -105,6 +121,17 @@ func (m *Mirror) ensureFenced(loss uint64) error {
 	return nil
 }
 
+// caughtUpSince reports whether the peer was recorded in sync, after peer
+// loss number loss, on the session that is still live, and nothing went
+// out of sync since. fenceMu is held: no CommitInSync runs meanwhile.
+func (m *Mirror) caughtUpSince(loss uint64) bool {
+	m.mu.Lock()
+	l := m.link
+	back := l.s != nil && !l.lost && l.inSync && l.since >= loss
+	m.mu.Unlock()
+	return back && m.dirty.OutOfSync().IsEmpty()
+}
+
 // CommitInSync runs commit, which records the peer uptodate with the
 // control plane, if the peer holds every write: a session is live and no
 // block is out of sync (a write of an earlier session that failed was
@@ -117,13 +144,23 @@ func (m *Mirror) CommitInSync(ctx context.Context, commit func(context.Context) 
 	if m.fenceErr != nil {
 		return m.fenceErr
 	}
-	if m.session() == nil {
+	m.mu.Lock()
+	l := m.link
+	live := l.s != nil && !l.lost
+	m.mu.Unlock()
+	if !live {
 		return fmt.Errorf("%w: the peer was lost before it could be recorded in sync", ErrPeerChanged)
 	}
 	if n := m.dirty.OutOfSync().GetCardinality(); n > 0 {
 		return fmt.Errorf("%w: %d blocks are out of sync", ErrPeerChanged, n)
 	}
-	return commit(ctx)
+	if err := commit(ctx); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	l.inSync = true
+	m.mu.Unlock()
+	return nil
 }
 
 // markResyncTarget makes the resync start commit, if there is one.
@@ -151,7 +188,7 @@ func (m *Mirror) SetPeer(s *transport.Session) {
 		m.losses++
 		m.retire(old.s)
 	}
-	m.link = &link{s: s}
+	m.link = &link{s: s, since: m.losses}
 	m.lastErr = ""
 	m.mu.Unlock()
 	old.io.Wait()

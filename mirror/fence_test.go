@@ -269,6 +269,80 @@ func TestCommitInSync(t *testing.T) {
 	}
 }
 
+// TestFenceOfALossCaughtUpSince is docs/reliability.md's finding 1 in
+// process: a write that failed to ship while the peer was away asks for
+// the fence of that loss only after the peer came back, was resynced and
+// was recorded in sync on the new session (the write's goroutine was
+// descheduled between marking its blocks out of sync and asking; a
+// loaded machine does that). The peer holds the write: no commit, which
+// would mark it outdated and start a generation that never reaches it.
+// A commit is still made for a later loss, with blocks out of sync, or
+// with a session that was never recorded in sync.
+func TestFenceOfALossCaughtUpSince(t *testing.T) {
+	var log fenceLog
+	p := newPairWith(t, volSize, Config{Fence: func(context.Context) error { log.add("fence"); return nil }})
+	ctx := context.Background()
+	uptodate := func(context.Context) error { log.add("uptodate"); return nil }
+	// The write's effect up to its fence: on this disk, out of sync.
+	failedWrite := func(blk int64) {
+		if _, err := p.primary.WriteAt(pattern(blk), blk*4096); err != nil {
+			t.Fatal(err)
+		}
+		b := roaring.New()
+		b.Add(uint32(blk))
+		p.dirty.MarkOutOfSync(b)
+	}
+
+	p.mirror.SetPeer(nil)
+	loss := p.mirror.lossCount()
+	failedWrite(10)
+	p.mirror.SetPeer(p.dial(t))
+	must(t, p.mirror.Resync(ctx, false))
+	must(t, p.mirror.CommitInSync(ctx, uptodate))
+	must(t, p.mirror.ensureFenced(loss)) // the late write
+	if got, want := log.list(), []string{"uptodate"}; !slices.Equal(got, want) {
+		t.Fatalf("commits %v, want %v: the peer holds the write", got, want)
+	}
+	if fileSum(t, p.priPath) != fileSum(t, p.secPath) {
+		t.Fatal("the peer lacks the write")
+	}
+
+	// A loss after the record is fenced.
+	p.mirror.SetPeer(nil)
+	writeBlock(t, p.mirror, 11)
+	if n := log.count("fence"); n != 1 {
+		t.Fatalf("%d fence commits after a loss that followed the record, want 1", n)
+	}
+
+	// Caught up and recorded, then a block went out of sync (verify
+	// found it): the late write's fence commits.
+	p.mirror.SetPeer(p.dial(t))
+	must(t, p.mirror.Resync(ctx, false))
+	p.mirror.SetPeer(nil)
+	loss = p.mirror.lossCount()
+	failedWrite(12)
+	p.mirror.SetPeer(p.dial(t))
+	must(t, p.mirror.Resync(ctx, false))
+	must(t, p.mirror.CommitInSync(ctx, uptodate))
+	must(t, p.mirror.MarkOutOfSync(roaring.BitmapOf(13), "verify found it different"))
+	must(t, p.mirror.ensureFenced(loss))
+	if n := log.count("fence"); n != 2 {
+		t.Fatalf("%d fence commits with a block out of sync, want 2", n)
+	}
+	must(t, p.mirror.Resync(ctx, false))
+
+	// Back and resynced but not recorded in sync: it commits.
+	p.mirror.SetPeer(nil)
+	loss = p.mirror.lossCount()
+	failedWrite(14)
+	p.mirror.SetPeer(p.dial(t))
+	must(t, p.mirror.Resync(ctx, false))
+	must(t, p.mirror.ensureFenced(loss))
+	if n := log.count("fence"); n != 3 {
+		t.Fatalf("%d fence commits for a session not recorded in sync, want 3", n)
+	}
+}
+
 // TestResyncMarksTargetBeforeFirstBlock: a resync commits "peer
 // inconsistent" once, before the first block it sends; a checksum resync
 // that finds nothing to send does not; if the commit fails nothing is sent.

@@ -96,10 +96,13 @@ func (n *Node) fencePeer(epoch cluster.Epoch) func(context.Context) error {
 }
 
 // admitNamedPrimary lets only the primary of the current epoch replicate
-// here.
+// here. A peer that presents a later epoch than this host's copy of the
+// control plane knows is told to come back in a moment: the copy lags.
 func (n *Node) admitNamedPrimary(peer transport.Hello) error {
 	st := n.controlState()
 	switch {
+	case peer.NodeID != st.Primary && cluster.Epoch(peer.Epoch) > st.Epoch:
+		return fmt.Errorf("%w: %s presents epoch %d, this host's copy of the control plane is at epoch %d and names %q", transport.ErrNotReady, peer.NodeID, peer.Epoch, st.Epoch, st.Primary)
 	case peer.NodeID != st.Primary:
 		return fmt.Errorf("%w: %s is not the primary (the control plane names %q in epoch %d)", transport.ErrStaleEpoch, peer.NodeID, st.Primary, st.Epoch)
 	case cluster.Epoch(peer.Epoch) < st.Epoch:

@@ -391,13 +391,17 @@ func (n *Node) setPeerGenerations(g resync.Generations) {
 	n.peerGen = g
 }
 
-func (n *Node) setRefused(err error) {
+// setRefused records why the peer refused (nil: it did not) for status,
+// and reports whether that changed.
+func (n *Node) setRefused(err error) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	old := n.refused
 	n.refused = ""
 	if err != nil {
 		n.refused = err.Error()
 	}
+	return n.refused != old
 }
 
 func (n *Node) setLink(state Link, peer string) {

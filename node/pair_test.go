@@ -16,6 +16,7 @@ import (
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/peertest"
 	"github.com/ldmirror/ldmirror/internal/poll"
+	"github.com/ldmirror/ldmirror/transport"
 	"github.com/ldmirror/ldmirror/volume"
 )
 
@@ -193,5 +194,72 @@ func TestSwapInProcess(t *testing.T) {
 	}
 	if err := a.writeBlock(10); !errors.Is(err, ErrDemoted) {
 		t.Fatalf("a write after the swap = %v, want ErrDemoted", err)
+	}
+}
+
+// TestRestartedSecondaryNotReady: a secondary that restarted answers the
+// primary "not ready yet" until it has read the control plane's state, and
+// the primary then retries within 0.2 s, neither after its backoff for a
+// host that is down nor after the 5 s of a refusal; it connects moments
+// after the secondary read the state.
+func TestRestartedSecondaryNotReady(t *testing.T) {
+	cp := newFakeCP(stateOf("a", 5, 10), stateOf("a", 5, 10))
+	cp.setQuorum(false) // b cannot read the state yet
+	a, b := openPair(t, cp)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("b's Run: %v", err)
+		}
+	})
+	startPrimary(t, a, 5)
+	refusals := func() int {
+		return strings.Count(a.logs.String(), "not ready yet: this host has not read the control plane's state")
+	}
+	poll.Until(t, 10*time.Second, "a to be told that b is not ready", func() bool { return refusals() > 0 })
+	first := time.Now()
+	// Each retry comes 0.2 s after the last, not after a backoff that
+	// grows (a host that is down) nor after 5 s (a refusal).
+	poll.Until(t, 10*time.Second, "a to retry four times", func() bool { return refusals() >= 5 })
+	if took := time.Since(first); took > 4*time.Second {
+		t.Fatalf("a retried four times in %v; want about 0.8 s (after a refusal it waits 5 s each time)", took)
+	}
+	if a.n.mirror.Session() != nil {
+		t.Fatal("a connected before b read the control plane's state")
+	}
+	readable := time.Now()
+	cp.setQuorum(true)
+	poll.Until(t, 10*time.Second, "a to connect to b", func() bool { return a.n.mirror.Session() != nil })
+	// b reads the state within 0.25 s, a retries within 0.2 s.
+	if took := time.Since(readable); took > 3*time.Second {
+		t.Fatalf("a connected %v after b could read the control plane's state", took)
+	}
+	if strings.Contains(a.logs.String(), "peer refused the connection; retrying") {
+		t.Fatal("a took b's answer for a refusal (5 s backoff)")
+	}
+}
+
+// TestAdmitNotReadyWhileCopyLags: a secondary whose copy of the control
+// plane is older than the epoch a primary presents tells it to come back
+// in a moment; one that presents an older epoch is stale.
+func TestAdmitNotReadyWhileCopyLags(t *testing.T) {
+	cp := newFakeCP(stateOf("b", 4, 9), stateOf("b", 4, 9))
+	_, b := openPair(t, cp)
+	for _, tc := range []struct {
+		hello    transport.Hello
+		notReady bool
+		stale    bool
+	}{
+		{transport.Hello{NodeID: "a", Epoch: 5}, true, false},
+		{transport.Hello{NodeID: "a", Epoch: 4}, false, true},
+		{transport.Hello{NodeID: "a", Epoch: 3}, false, true},
+	} {
+		err := b.n.admitNamedPrimary(tc.hello)
+		if errors.Is(err, transport.ErrNotReady) != tc.notReady || errors.Is(err, transport.ErrStaleEpoch) != tc.stale {
+			t.Errorf("%s in epoch %d: %v; want not ready %t, stale %t", tc.hello.NodeID, tc.hello.Epoch, err, tc.notReady, tc.stale)
+		}
 	}
 }

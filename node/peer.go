@@ -13,11 +13,23 @@ import (
 	"github.com/ldmirror/ldmirror/transport"
 )
 
+// Retries of the primary's connection to its peer (docs/operations.md,
+// "link"): a network failure (the peer down or unreachable) is retried
+// after 0.1 s, doubling to at most 1 s; a peer that is up but not ready
+// yet (a restarted secondary that has not read the control plane's state)
+// after 0.2 s; a refusal after 5 s.
+const (
+	dialRetryMin  = 100 * time.Millisecond
+	dialRetryMax  = time.Second
+	notReadyRetry = 200 * time.Millisecond
+	refusedRetry  = 5 * time.Second
+)
+
 // connectLoop keeps a session to the peer: dial with backoff, decide the
 // resync direction from both hosts' generations, resync what went out of
 // sync, replicate until the session breaks, repeat.
 func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
-	backoff := 100 * time.Millisecond
+	backoff := dialRetryMin
 	for ctx.Err() == nil {
 		s, err := transport.Dial(ctx, n.cfg.Peer, n.dialConfig())
 		if err == nil {
@@ -31,13 +43,20 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 				return
 			}
 			n.log.Debug("connect to peer failed", "peer", n.cfg.Peer, "err", err)
+			wait := backoff
 			switch {
 			case errors.Is(err, transport.ErrAuth) || errors.Is(err, transport.ErrIdentity) || errors.Is(err, transport.ErrVolumeMismatch) || errors.Is(err, ErrPeerNotAdmitted):
 				// A certificate refused, another host, another volume, a
 				// split brain: retrying alone does not fix these.
 				n.log.Error("peer refused: the operator must act; retrying", "peer", n.cfg.Peer, "err", err)
 				n.setRefused(err)
-				backoff = 5 * time.Second
+				wait = refusedRetry
+			case errors.Is(err, transport.ErrNotReady):
+				// The peer is up and will decide in a moment.
+				if n.setRefused(err) {
+					n.log.Info("peer not ready yet; retrying in 0.2 s", "peer", n.cfg.Peer, "err", err)
+				}
+				wait, backoff = notReadyRetry, dialRetryMin
 			case errors.Is(err, transport.ErrPeerRefused):
 				// Mostly an epoch the peer does not admit: this host was
 				// deposed (its role loop steps down) or the peer's copy of
@@ -45,17 +64,18 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 				// peer's own status names a refusal the operator must fix.
 				n.log.Warn("peer refused the connection; retrying", "peer", n.cfg.Peer, "err", err)
 				n.setRefused(err)
-				backoff = 5 * time.Second
+				wait = refusedRetry
+			default:
+				backoff = min(2*backoff, dialRetryMax)
 			}
 			select {
-			case <-time.After(backoff):
+			case <-time.After(wait):
 			case <-ctx.Done():
 				return
 			}
-			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		backoff = dialRetryMin
 		n.setRefused(nil)
 		n.setPeerGenerations(resync.Unpack(s.Peer().Generations))
 		n.setLink(LinkConnected, s.Peer().NodeID)

@@ -11,6 +11,7 @@ import (
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/export"
 	"github.com/ldmirror/ldmirror/internal/failpoint"
+	"github.com/ldmirror/ldmirror/transport"
 )
 
 // followControlPlane runs one term after the other, in the role the
@@ -22,7 +23,9 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 	// At start this member's copy may be far behind: a restarted member
 	// restores an old snapshot and replays the log after it (docs/cluster.md,
 	// "Fencing"), naming primaries of long-gone epochs on the way.
+	early := n.listenNotReady()
 	st, err := n.confirmState(ctx, "who is primary")
+	early()
 	if err != nil {
 		return nil // stopped before the control plane answered
 	}
@@ -68,6 +71,36 @@ func (n *Node) followControlPlane(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// listenNotReady answers the primary on --listen until the returned func
+// is called: that this host is not ready yet, so that the primary retries
+// in a moment (and not after its backoff for a host that is down) while
+// this one reads the control plane's state. The term that follows listens
+// on its own; a failure to listen here is left for it to report.
+func (n *Node) listenNotReady() (stop func()) {
+	if n.cfg.Listen == "" {
+		return func() {}
+	}
+	cfg := n.tcfg
+	cfg.Admit = func(transport.Hello) error {
+		return fmt.Errorf("%w: this host has not read the control plane's state since it started", transport.ErrNotReady)
+	}
+	ln, err := transport.Listen(n.cfg.Listen, cfg)
+	if err != nil {
+		n.log.Debug("cannot answer the primary while reading the control plane's state", "listen", n.cfg.Listen, "err", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ln.Serve(ctx, n) // admits no one: n never handles a request
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // confirmAttempt bounds one read through the leader, so that status and the

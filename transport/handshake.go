@@ -24,7 +24,13 @@ var (
 	ErrVolumeMismatch = errors.New("peer has a different volume")
 	ErrStaleEpoch     = errors.New("stale epoch")
 	ErrPeerRefused    = errors.New("peer refused the connection")
-	ErrUnexpected     = errors.New("unexpected frame")
+	// ErrNotReady is a refusal that clears by itself within moments: the
+	// acceptor cannot decide yet (a restarted secondary that has not read
+	// the control plane's state, or whose copy of it lags the dialer's
+	// epoch). An Admit error wrapping it reaches the dialer as a refusal
+	// that wraps it too, so that it retries soon rather than back off.
+	ErrNotReady   = errors.New("not ready yet")
+	ErrUnexpected = errors.New("unexpected frame")
 	// ErrIdentity refuses a peer whose Hello names another node than its
 	// certificate does.
 	ErrIdentity = errors.New("peer identity mismatch")
@@ -259,11 +265,21 @@ func readControl(fr *FrameReader, want Type) ([]byte, error) {
 	}
 	switch {
 	case h.Type == TypeError:
-		return nil, fmt.Errorf("%w: %s", ErrPeerRefused, p)
+		return nil, refusal(p)
 	case h.Type != want:
 		return nil, fmt.Errorf("%w: %s during handshake, expected %s", ErrUnexpected, h.Type, want)
 	}
 	return p, nil
+}
+
+// refusal is the error an Error frame with reason p stands for:
+// ErrPeerRefused, and ErrNotReady too if the reason is that (its text
+// leads: the frame carries text only).
+func refusal(p []byte) error {
+	if strings.HasPrefix(string(p), ErrNotReady.Error()) {
+		return fmt.Errorf("%w: %w%s", ErrPeerRefused, ErrNotReady, strings.TrimPrefix(string(p), ErrNotReady.Error()))
+	}
+	return fmt.Errorf("%w: %s", ErrPeerRefused, p)
 }
 
 // handshake runs the Hello exchange on conn, authenticates the peer, and

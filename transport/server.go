@@ -270,6 +270,12 @@ func (l *Listener) serveConn(ctx context.Context, raw net.Conn, seq uint64, h Ha
 	if err == nil {
 		fr.sealed = !l.cfg.InsecurePlaintext
 	}
+	if errors.Is(err, ErrNotReady) {
+		// Not an error of the peer's: it is told to come back soon.
+		l.log.Info("peer connection refused: not ready yet", "remote", remote, "node", peer.NodeID, "err", err)
+		raw.Close()
+		return
+	}
 	if err != nil {
 		l.rejected.Add(1)
 		l.log.Warn("peer connection rejected", "remote", remote, "err", err)
@@ -670,25 +676,41 @@ func (s *ServerSession) watchdog() {
 	watch(s.cfg.Timeout, s.done, &s.lastRecv, nil, s.fail)
 }
 
-// watch calls fail once the peer sent nothing for longer than timeout, or
-// overdue (if not nil) reports the oldest unacknowledged request older than
-// that; it returns then or when done is closed.
-func watch(timeout time.Duration, done <-chan struct{}, lastRecv *atomic.Int64, overdue func(now time.Time) bool, fail func(error)) {
-	t := time.NewTicker(timeout / 4)
+// watch calls fail once the peer has sent nothing for timeout, or oldest
+// (if not nil) reports a request that has waited that long for its ack;
+// it returns then or when done is closed. It sleeps until the earlier of
+// the two deadlines, last frame + timeout and oldest request + timeout,
+// and looks again when it wakes: a frame or an ack that came meanwhile
+// moves the deadline, and a request sent later cannot be due before it.
+// So the session breaks at the timeout, not up to a polling period later
+// (docs/journal.md bounds what an async primary acknowledges by it).
+func watch(timeout time.Duration, done <-chan struct{}, lastRecv *atomic.Int64, oldest func() (time.Time, bool), fail func(error)) {
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
+		now := time.Now()
+		next := time.Unix(0, lastRecv.Load()).Add(timeout)
+		if !now.Before(next) {
+			fail(fmt.Errorf("%w (%v)", ErrPeerSilent, timeout))
+			return
+		}
+		if oldest != nil {
+			if sent, ok := oldest(); ok {
+				due := sent.Add(timeout)
+				if !now.Before(due) {
+					fail(fmt.Errorf("%w (%v)", ErrAckTimeout, timeout))
+					return
+				}
+				if due.Before(next) {
+					next = due
+				}
+			}
+		}
+		t.Reset(next.Sub(now))
 		select {
 		case <-done:
 			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, lastRecv.Load())) > timeout {
-				fail(fmt.Errorf("%w (%v)", ErrPeerSilent, timeout))
-				return
-			}
-			if overdue != nil && overdue(now) {
-				fail(fmt.Errorf("%w (%v)", ErrAckTimeout, timeout))
-				return
-			}
+		case <-t.C:
 		}
 	}
 }

@@ -542,18 +542,19 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 // so a dead peer never hangs a writer for longer than the timeout.
 func (s *Session) watchdog() {
 	defer s.workers.Done()
-	watch(s.cfg.Timeout, s.done, &s.lastRecv, s.ackOverdue, s.fail)
+	watch(s.cfg.Timeout, s.done, &s.lastRecv, s.oldestPending, s.fail)
 }
 
-// ackOverdue reports whether a request has waited for its ack longer than
-// the timeout.
-func (s *Session) ackOverdue(now time.Time) bool {
+// oldestPending returns when the request that has waited longest for its
+// ack was sent, if one waits.
+func (s *Session) oldestPending() (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var oldest time.Time
 	for _, c := range s.pending {
-		if now.Sub(c.sentAt) > s.cfg.Timeout {
-			return true
+		if oldest.IsZero() || c.sentAt.Before(oldest) {
+			oldest = c.sentAt
 		}
 	}
-	return false
+	return oldest, !oldest.IsZero()
 }

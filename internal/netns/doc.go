@@ -11,13 +11,15 @@
 //	lab.LinkDown("w")             // pull w's cable: its packets go nowhere
 //	lab.Partition("a", "b")       // a and b drop each other's packets; w still reaches both
 //	lab.BlockPort("a", "w", 7400) // a and w drop their packets to or from port 7400 only
+//	lab.DropFrom("a", "b")        // one way: b drops what a sends; b's packets still reach a
 //	lab.Netem("a", "delay 20ms loss 1%")
 //
 // Hosts get 10.231.N.1, .2, ... in one /24 (N is random per lab, which only
 // helps reading logs: labs do not share a network). Faults are made where a
 // real network makes them: LinkDown sets the bridge's side of the host's
 // veth down (the host sees no carrier, its packets are lost), Partition
-// and BlockPort add nftables drop rules in both hosts' namespaces, Netem
+// and BlockPort add nftables drop rules in both hosts' namespaces, DropFrom
+// one in the receiving host's input only, Netem
 // puts a netem qdisc on the host's eth0.
 //
 // Cleanup is idempotent and survives a crashed test: NewLab records its

@@ -309,10 +309,72 @@ func (l *Lab) UnblockPort(a, b string, port int) {
 }
 
 // drop is one rule of a lab's partition table: host drops the packets
-// exchanged with peer, those of one port only unless port is 0.
+// exchanged with peer, those of one port only unless port is 0; with
+// inbound only those that come from peer (a one-way partition).
 type drop struct {
 	host, peer string
 	port       int
+	inbound    bool
+}
+
+// DropFrom makes to drop every packet that comes from from, and only
+// those: to's packets still reach from, so a TCP connection between them
+// hangs rather than being refused, and a datagram protocol still hears
+// to. It may be repeated; Partition and Heal do not touch it.
+func (l *Lab) DropFrom(from, to string) {
+	l.t.Helper()
+	if err := l.blockInbound(from, to, true); err != nil {
+		l.t.Fatalf("netns lab: drop the packets from %s at %s: %v", from, to, err)
+	}
+}
+
+// UndropFrom undoes DropFrom(from, to). It may be repeated.
+func (l *Lab) UndropFrom(from, to string) {
+	l.t.Helper()
+	if err := l.blockInbound(from, to, false); err != nil {
+		l.t.Fatalf("netns lab: stop dropping the packets from %s at %s: %v", from, to, err)
+	}
+}
+
+// blockInbound adds (on) or removes the rule by which to drops what comes
+// from from.
+func (l *Lab) blockInbound(from, to string, on bool) error {
+	l.index(from)
+	l.index(to)
+	if from == to {
+		return errors.New("a host cannot drop its own packets")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := drop{host: to, peer: from, inbound: true}
+	if l.blocked[d] == on {
+		return nil
+	}
+	if err := l.ensureTable(to); err != nil {
+		return err
+	}
+	verb := "add"
+	if !on {
+		verb = "delete"
+	}
+	if err := nft(l.ns(to), fmt.Sprintf("%s element inet %s inbound { %s }\n", verb, table, l.Addr(from))); err != nil {
+		return err
+	}
+	l.blocked[d] = on
+	return nil
+}
+
+// ensureTable loads the partition table into host's namespace once; l.mu
+// is held.
+func (l *Lab) ensureTable(host string) error {
+	if l.tables[host] {
+		return nil
+	}
+	if err := nft(l.ns(host), partitionTable); err != nil {
+		return err
+	}
+	l.tables[host] = true
+	return nil
 }
 
 // block adds (on) or removes the drop rules between a and b, for every
@@ -325,15 +387,12 @@ func (l *Lab) block(a, b string, port int, on bool) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, d := range []drop{{a, b, port}, {b, a, port}} {
+	for _, d := range []drop{{host: a, peer: b, port: port}, {host: b, peer: a, port: port}} {
 		if l.blocked[d] == on {
 			continue
 		}
-		if !l.tables[d.host] {
-			if err := nft(l.ns(d.host), partitionTable); err != nil {
-				return err
-			}
-			l.tables[d.host] = true
+		if err := l.ensureTable(d.host); err != nil {
+			return err
 		}
 		verb := "add"
 		if !on {
@@ -351,16 +410,20 @@ func (l *Lab) block(a, b string, port int, on bool) error {
 	return nil
 }
 
-// partitionTable drops traffic to and from the addresses in @blocked, and
-// the TCP and UDP traffic of the address and port pairs in @ports (either
-// end's port: the listener's port is the source of its replies).
-// Established connections are cut too: there is no conntrack accept.
+// partitionTable drops traffic to and from the addresses in @blocked, the
+// TCP and UDP traffic of the address and port pairs in @ports (either
+// end's port: the listener's port is the source of its replies), and the
+// traffic from the addresses in @inbound (one way: nothing is dropped on
+// the way out). Established connections are cut too: there is no
+// conntrack accept.
 const partitionTable = `table inet ` + table + ` {
 	set blocked { type ipv4_addr; }
 	set ports { type ipv4_addr . inet_service; }
+	set inbound { type ipv4_addr; }
 	chain input {
 		type filter hook input priority 0; policy accept;
 		ip saddr @blocked drop
+		ip saddr @inbound drop
 		meta l4proto { tcp, udp } ip saddr . th sport @ports drop
 		meta l4proto { tcp, udp } ip saddr . th dport @ports drop
 	}

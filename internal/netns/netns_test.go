@@ -135,6 +135,62 @@ func TestBlockPort(t *testing.T) {
 	}
 }
 
+// hears reports whether a datagram from from reaches a socket on to within
+// 500 ms: unlike a TCP connection, it needs one direction only.
+func hears(t *testing.T, lab *netns.Lab, from, to string) bool {
+	t.Helper()
+	var pc net.PacketConn
+	if err := lab.Do(to, func() (err error) {
+		pc, err = net.ListenPacket("udp", net.JoinHostPort(lab.Addr(to), "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	c, err := lab.Dial(context.Background(), from, "udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return false
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := make([]byte, 16)
+	n, _, err := pc.ReadFrom(buf)
+	return err == nil && string(buf[:n]) == "ping"
+}
+
+// DropFrom cuts one direction between two hosts, and nothing else.
+func TestDropFrom(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds network namespaces; skipped with -short")
+	}
+	lab := netns.NewLab(t, "a", "b", "c")
+	if !hears(t, lab, "a", "b") || !hears(t, lab, "b", "a") {
+		t.Fatal("a and b do not hear each other before DropFrom")
+	}
+	lab.DropFrom("a", "b")
+	lab.DropFrom("a", "b") // repeating is harmless
+	if hears(t, lab, "a", "b") {
+		t.Fatal("b hears a after DropFrom(a, b)")
+	}
+	if !hears(t, lab, "b", "a") || !hears(t, lab, "c", "b") || !hears(t, lab, "a", "c") {
+		t.Fatal("DropFrom(a, b) cut more than a's packets to b")
+	}
+	// Partition and Heal of the pair leave the one-way rule in place.
+	lab.Partition("a", "b")
+	lab.Heal("a", "b")
+	if hears(t, lab, "a", "b") {
+		t.Fatal("Heal(a, b) removed DropFrom(a, b)")
+	}
+	lab.UndropFrom("a", "b")
+	lab.UndropFrom("a", "b")
+	if !hears(t, lab, "a", "b") {
+		t.Fatal("b does not hear a after UndropFrom")
+	}
+}
+
 func TestNetem(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds network namespaces; skipped with -short")

@@ -177,6 +177,10 @@ type Agent struct {
 	episode     bool   // the primary's service is down
 	loggedHold  string // the reason not to fail over last logged in this episode
 	lastAttempt uint64 // health.Probes at the last failover attempt
+	// freshFrom is health.Probes when the primary last changed or
+	// reported itself ready again: a failed probe before it says nothing
+	// about the primary now.
+	freshFrom   uint64
 	attemptHold string // why the last attempt did not succeed
 
 	readyCheck     *HookResult
@@ -449,7 +453,13 @@ func (a *Agent) setState(s string) {
 func (a *Agent) onState(st cluster.VolumeState) {
 	prev, had := a.st, a.haveState
 	a.st, a.haveState = st, true
+	if p, ok := st.Host(st.Primary); ok && p.Ready {
+		if q, was := prev.Host(prev.Primary); !had || prev.Primary != st.Primary || !was || !q.Ready {
+			a.freshFrom = a.health.Probes
+		}
+	}
 	if had && st.Epoch != prev.Epoch {
+		a.freshFrom = a.health.Probes
 		a.lastChange = a.now()
 		a.peerGoodSince = time.Time{}
 		a.log.Info("agent: role change seen", "epoch", st.Epoch, "primary", st.Primary, "previous_primary", prev.Primary)

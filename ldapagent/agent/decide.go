@@ -10,7 +10,10 @@ import (
 // evaluateFailover decides, on a secondary, whether to ask for the role.
 func (a *Agent) evaluateFailover() {
 	st, h := a.st, a.health
-	down := a.targetKind == targetPeer && h.ConsecutiveFailures >= a.cfg.Threshold
+	// Only failures since the primary last changed or reported ready count:
+	// older ones saw it before its promote hooks started the service.
+	fresh := min(uint64(h.ConsecutiveFailures), h.Probes-min(h.Probes, a.freshFrom))
+	down := a.targetKind == targetPeer && fresh >= uint64(a.cfg.Threshold)
 	if !down {
 		if a.episode {
 			a.log.Info("agent: the primary's directory server answers again", "primary", st.Primary)
@@ -59,12 +62,25 @@ func (a *Agent) failoverHold() string {
 	case now.Sub(a.lastChange) < msi:
 		return fmt.Sprintf("the last role change (epoch %d) was less than min_swap_interval (%v) ago", st.Epoch, msi)
 	}
-	if p, ok := st.Host(st.Primary); ok && !p.Ready && p.ReadyDetail == detailSwapping {
+	p, ok := st.Host(st.Primary)
+	if !ok || p.Ready {
+		return ""
+	}
+	since := now.Sub(p.ReadySince)
+	switch p.ReadyDetail {
+	case detailSwapping:
 		// Its directory server is down because it hands the role over; a
 		// swap that takes longer than swap_timeout (plus the probes that
 		// notice) has failed, and the failover goes on.
-		if since := now.Sub(p.ReadySince); since < a.cfg.SwapTimeout+a.cfg.ControlTimeout {
+		if since < a.cfg.SwapTimeout+a.cfg.ControlTimeout {
 			return fmt.Sprintf("%s is handing the role over (swap in progress for %v)", st.Primary, since.Round(time.Second))
+		}
+	case detailPromoting:
+		// Its promote hooks are starting the directory server; they take
+		// at most their timeouts (this host's, the pair's usual
+		// configuration), after which the primary reports them failed.
+		if since < a.promoteBudget()+a.cfg.ControlTimeout {
+			return fmt.Sprintf("%s is starting the directory server (promote in progress for %v)", st.Primary, since.Round(time.Second))
 		}
 	}
 	return ""

@@ -17,6 +17,21 @@ type readiness struct {
 // swap: its peer's agent does not fail over meanwhile.
 const detailSwapping = taskSwap + " in progress"
 
+// detailPromoting is the readiness detail of a primary whose promote hooks
+// run: its peer's agent does not fail over meanwhile, within the hooks'
+// timeouts.
+const detailPromoting = SeqPromote + " in progress"
+
+// promoteBudget is the longest the promote hooks may run: the sum of
+// their timeouts.
+func (a *Agent) promoteBudget() time.Duration {
+	var d time.Duration
+	for _, h := range a.cfg.Promote {
+		d += h.Timeout
+	}
+	return d
+}
+
 // maybeReadyCheck runs the ready check every ReadyInterval on a secondary.
 func (a *Agent) maybeReadyCheck() {
 	rc := a.cfg.ReadyCheck

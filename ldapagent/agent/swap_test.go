@@ -182,3 +182,65 @@ func TestNoFailoverDuringPeerSwap(t *testing.T) {
 	c.reply <- failResult()
 	poll.Until(t, 10*time.Second, "b to fail over once the swap took too long", func() bool { return len(e.cp.failoverCalls()) == 1 })
 }
+
+// TestNoFailoverDuringPeerPromote: while the primary's agent reports its
+// promote hooks running (its directory server is not started yet), the
+// peer's agent does not take the failing probes for a failure; once the
+// hooks have taken longer than their timeouts it fails over as usual.
+func TestNoFailoverDuringPeerPromote(t *testing.T) {
+	e := newEnv(t, "a")
+	p := &stepProbe{calls: make(chan stepCall)}
+	b := e.start("b", p.Check, nil)
+	e.waitHooks(0, demoteSeq("b", 1)...)
+	b.waitState(t, StateSecondaryWatching)
+	e.clock.Advance(testMinSwap)
+	e.cp.set(func(*cluster.VolumeState) {
+		h := e.cp.host("a")
+		h.Ready, h.ReadyDetail, h.ReadySince = false, detailPromoting, e.clock.Now()
+	})
+	for range 4 {
+		p.answer(t, "ldap://a", false)
+	}
+	c := p.next(t, "ldap://a")
+	if s := b.a.Status(); len(e.cp.failoverCalls()) != 0 || !strings.Contains(s.Hold, "promote in progress") {
+		t.Fatalf("while a promotes: failover calls %v, hold %q; want none, held for the promotion", e.cp.failoverCalls(), s.Hold)
+	}
+	e.clock.Advance(b.a.promoteBudget() + DefaultControlTimeout)
+	c.reply <- failResult()
+	poll.Until(t, 10*time.Second, "b to fail over once the promotion took too long", func() bool { return len(e.cp.failoverCalls()) == 1 })
+}
+
+// TestStaleFailuresIgnoredOncePrimaryReady: probes that failed while the
+// primary's promote hooks ran (before they started its directory server)
+// do not count toward a failover once it reports itself ready; the
+// threshold counts failures after that report.
+func TestStaleFailuresIgnoredOncePrimaryReady(t *testing.T) {
+	e := newEnv(t, "a")
+	p := &stepProbe{calls: make(chan stepCall)}
+	b := e.start("b", p.Check, nil)
+	e.waitHooks(0, demoteSeq("b", 1)...)
+	b.waitState(t, StateSecondaryWatching)
+	e.clock.Advance(testMinSwap)
+	e.cp.set(func(*cluster.VolumeState) {
+		h := e.cp.host("a")
+		h.Ready, h.ReadyDetail, h.ReadySince = false, detailPromoting, e.clock.Now()
+	})
+	for range 3 {
+		p.answer(t, "ldap://a", false)
+	}
+	b.waitStatus(t, "the hold for a's promotion", func(s Status) bool { return strings.Contains(s.Hold, "promote in progress") })
+	e.cp.set(func(*cluster.VolumeState) {
+		h := e.cp.host("a")
+		h.Ready, h.ReadyDetail, h.ReadySince = true, "serving", e.clock.Now()
+	})
+	b.waitStatus(t, "no hold once a is ready", func(s Status) bool { return s.Hold == "" })
+	for range 2 { // the streak goes on, but only two failures are fresh
+		p.answer(t, "ldap://a", false)
+	}
+	c := p.next(t, "ldap://a")
+	if calls := e.cp.failoverCalls(); len(calls) != 0 {
+		t.Fatalf("failover %v on failures from before the primary reported ready", calls)
+	}
+	c.reply <- failResult()
+	poll.Until(t, 10*time.Second, "b to fail over on the third fresh failure", func() bool { return len(e.cp.failoverCalls()) == 1 })
+}

@@ -37,6 +37,11 @@ const (
 	// (last_error "peer refused") before it applies docs/operations.md's
 	// remedy.
 	refusalGrace = 10 * time.Second
+	// unlinkedGrace is how long, once the fault is undone, a serving
+	// primary may stay without its running peer, which neither refuses it
+	// nor has a failed disk, before the operator restarts the peer's
+	// daemon: more than the runbook (docs/reliability.md, Findings).
+	unlinkedGrace = 20 * time.Second
 	// keepRounds is how many rounds' directories of record files stay on
 	// the file system, re-verified every round.
 	keepRounds = 3
@@ -58,19 +63,30 @@ type campaign struct {
 	ledger *ledgerFile
 	raw    *rawWriter
 	ext4   *fileWriter
-	// rawBase is the record number each slot of the raw region held after
-	// the last check (noRecord: none).
-	rawBase []int64
+	// grow writes the growth region in disk-full rounds only (disk.go).
+	grow *rawWriter
+	// dir is slapd and the retrier proxy, ldapw the writer through them
+	// (ldap.go); nil with --ldap-rate 0.
+	dir   *directory
+	ldapw *ldapWriter
+	// ldapKept are the adds of earlier rounds that were on the volume
+	// after their round: each round checks them again.
+	ldapKept []uint64
 	// retained are the record files of earlier rounds still on the file
 	// system, checked again every round.
 	retained map[int][]uint64
 	fsBlocks int // the file system's size in 4 KiB blocks; the raw region follows
 
 	primary string // the primary at the end of the last round
-	mnt     string
-	dev     string   // loop device the campaign attached, "" if none
-	devFile *os.File // dev held open, so that no one else's detach takes it
-	mounted bool
+	// disks are the data hosts' volume file systems (disk.go).
+	disks map[string]disk
+	// keepVolumes: copy the volumes off the disks before they are
+	// unmounted (a failure, --keep).
+	keepVolumes bool
+	mnt         string
+	dev         string   // loop device the campaign attached, "" if none
+	devFile     *os.File // dev held open, so that no one else's detach takes it
+	mounted     bool
 	// wl is the last round's workload: after an abort, main waits for its
 	// writers once the daemons are gone.
 	wl *workload
@@ -101,6 +117,17 @@ type roundRun struct {
 	// refusals are the times the primary refused its peer and the runbook
 	// discarded the peer's data to go on.
 	refusals []string
+	// restarts are the times the primary could not reach its running
+	// peer and the operator restarted the peer's daemon.
+	restarts []string
+	// A disk-full round: the host whose disk was filled, whether its disk
+	// failed, whether it was the primary's (which hands the role over).
+	diskHost             string
+	diskFailed, handOver bool
+	// strayDisk: a disk failed that the round did not fill.
+	strayDisk   bool
+	attachTried map[string]time.Time
+	attached    []string // hosts attach-disk took back
 }
 
 func (r *roundRun) notef(format string, args ...any) {
@@ -127,14 +154,19 @@ func (c *campaign) setup(ctx context.Context) error {
 	if err := buildBinary(ctx, bin); err != nil {
 		return err
 	}
-	c.lab = netns.NewLab(c.o, "a", "b", "w")
+	// c is the directory's client host: the retrier proxy runs there.
+	c.lab = netns.NewLab(c.o, "a", "b", "w", "c")
+	if err := c.mountDisks(ctx, c.opt.size+c.opt.headroom); err != nil {
+		return err
+	}
 	var daemonX []string
 	daemonX = append(daemonX, "--mode", c.opt.mode)
 	if c.opt.mode == "async" {
 		daemonX = append(daemonX, "--journal-size", c.opt.journalSize)
 	}
 	daemonX = append(daemonX, c.opt.daemonArgs...)
-	h, err := newHosts(ctx, c.lab, bin, filepath.Join(c.root, "vol"), c.logs, strconv.FormatInt(c.opt.size, 10), daemonX, c.logf)
+	dirs := map[string]string{"a": c.disks["a"].volDir(), "b": c.disks["b"].volDir(), "w": filepath.Join(c.root, "w")}
+	h, err := newHosts(ctx, c.lab, bin, c.root, c.logs, strconv.FormatInt(c.opt.size, 10), dirs, daemonX, c.logf)
 	if err != nil {
 		return err
 	}
@@ -162,11 +194,14 @@ func (c *campaign) setup(ctx context.Context) error {
 	}
 	blocks := int(c.opt.size / recordSize)
 	c.fsBlocks = blocks * 3 / 4
-	if c.raw, err = newRawWriter(c.ledger, c.fsBlocks, blocks-c.fsBlocks, c.opt.rawRate); err != nil {
+	growFirst := blocks - growBlocks
+	if c.raw, err = newRawWriter(c.ledger, rawWriterID, "raw", c.fsBlocks, growFirst-c.fsBlocks, c.opt.rawRate); err != nil {
+		return err
+	}
+	if c.grow, err = newRawWriter(c.ledger, growWriterID, "grow", growFirst, growBlocks, growRate); err != nil {
 		return err
 	}
 	c.ext4 = newFileWriter(c.ledger)
-	c.rawBase = slices.Repeat([]int64{noRecord}, blocks-c.fsBlocks)
 	c.retained = map[int][]uint64{}
 	if err := c.attach(ctx, "a"); err != nil {
 		return err
@@ -177,16 +212,29 @@ func (c *campaign) setup(ctx context.Context) error {
 		"-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", c.dev, strconv.Itoa(c.fsBlocks)); err != nil {
 		return err
 	}
+	if c.ldapEnabled() {
+		if err := c.mount(ctx); err != nil {
+			return err
+		}
+		if err := c.setupDirectory(ctx); err != nil {
+			return err
+		}
+		c.ldapw = newLDAPWriter(c.ledger, c.dir, c.opt.ldapRate)
+	}
 	c.releaseMount(ctx)
 	if _, err := c.quiesce(ctx, "a"); err != nil {
 		return err
 	}
 	c.smp.drain()
-	c.logf("setup: a primary, b in sync; ext4 on blocks 0-%d, raw records on blocks %d-%d", c.fsBlocks-1, c.fsBlocks, blocks-1)
+	c.logf("setup: a primary, b in sync; ext4 on blocks 0-%d, raw records on blocks %d-%d, the growth region on blocks %d-%d",
+		c.fsBlocks-1, c.fsBlocks, growFirst-1, growFirst, blocks-1)
 	return nil
 }
 
-// buildBinary builds cmd/ldmirror of the module the runner belongs to.
+// buildBinary builds cmd/ldmirror of the module the runner belongs to, with
+// the crash points compiled in (-tags failpoints): none is armed unless a
+// run's environment names it (hosts.startArmed), and an unarmed point is
+// one map lookup (internal/failpoint).
 func buildBinary(ctx context.Context, out string) error {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -196,10 +244,10 @@ func buildBinary(ctx context.Context, out string) error {
 	if err != nil || strings.TrimSpace(string(mod)) == "" || strings.TrimSpace(string(mod)) == os.DevNull {
 		return fmt.Errorf("run from the ldmirror module (go env GOMOD: %q, %v)", strings.TrimSpace(string(mod)), err)
 	}
-	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, "./cmd/ldmirror")
+	cmd := exec.CommandContext(ctx, goTool, "build", "-tags", "failpoints", "-o", out, "./cmd/ldmirror")
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(mod)))
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/ldmirror: %w\n%s", err, b)
+		return fmt.Errorf("go build -tags failpoints ./cmd/ldmirror: %w\n%s", err, b)
 	}
 	return nil
 }
@@ -276,17 +324,35 @@ func (c *campaign) releaseMount(ctx context.Context) []string {
 	return notes
 }
 
-// releaseFS stops the file system's writer and releases the file system.
+// releaseFS stops the writers that use the file system (the ext4 writer,
+// the directory's client) and slapd, and releases the file system.
 func (r *roundRun) releaseFS(ctx context.Context) error {
 	wctx, cancel := context.WithTimeout(ctx, writerLimit)
 	defer cancel()
 	if err := r.wl.stopOne(wctx, r.c.ext4.name()); err != nil {
 		return err
 	}
+	if r.c.ldapw != nil {
+		if err := r.wl.stopOne(wctx, r.c.ldapw.name()); err != nil {
+			return err
+		}
+	}
+	r.stopSlapd()
 	for _, n := range r.c.releaseMount(ctx) {
 		r.notef("%s", n)
 	}
 	return nil
+}
+
+// stopSlapd stops the directory server, if one runs, before its file
+// system is released.
+func (r *roundRun) stopSlapd() {
+	if r.c.dir == nil {
+		return
+	}
+	if err := r.c.dir.stopSlapd(); err != nil {
+		r.notef("%v", err)
+	}
 }
 
 // teardown stops the writers and releases the file system, once.
@@ -303,11 +369,15 @@ func (r *roundRun) teardown(ctx context.Context) error {
 	for w, err := range r.wl.failures() {
 		r.notef("writer %s on %s ended: %v", w, r.P, err)
 	}
+	r.stopSlapd()
 	for _, n := range r.c.releaseMount(ctx) {
 		r.notef("%s", n)
 	}
 	return nil
 }
+
+// slotWriters are the writers of records to fixed regions of the volume.
+func (c *campaign) slotWriters() []*rawWriter { return []*rawWriter{c.raw, c.grow} }
 
 // roundDir is the directory of round n's record files.
 func (c *campaign) roundDir(n int) string { return filepath.Join(c.mnt, fmt.Sprintf("r%04d", n)) }
@@ -345,8 +415,17 @@ func (c *campaign) prepare(ctx context.Context, r *roundRun) error {
 		return err
 	}
 	c.raw.beginOn(r.n, r.P, c.exportFile(r.P))
+	c.grow.beginOn(r.n, r.P, c.exportFile(r.P))
 	c.ext4.beginIn(r.n, r.P, dir)
-	r.wl = startWorkload(c.raw, c.ext4)
+	ws := []writer{c.raw, c.ext4}
+	if c.ldapw != nil {
+		if err := c.dir.startSlapd(ctx, r.P); err != nil {
+			return err
+		}
+		c.ldapw.begin(r.n, r.P)
+		ws = append(ws, c.ldapw)
+	}
+	r.wl = startWorkload(ws...)
 	c.wl = r.wl
 	return nil
 }
@@ -393,19 +472,42 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 	if err != nil {
 		return err
 	}
-	if err := c.prepare(ctx, r); err != nil {
-		return fmt.Errorf("start the writers on %s: %w", r.P, err)
+	if a, ok := f.(armer); ok {
+		if err := a.arm(ctx, r); err != nil {
+			return fmt.Errorf("arm %s: %w", r.spec.Kind, err)
+		}
 	}
-	if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
-		return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
-	}); err != nil {
-		return err
-	}
-	if fails := r.wl.failures(); len(fails) > 0 {
-		return fmt.Errorf("a writer failed before the fault: %v", fails)
-	}
-	if err := hold(ctx, r.spec.Lead); err != nil {
-		return err
+	cf, _ := f.(*crashFault)
+	if cf != nil && cf.died(r) {
+		// The armed daemon crashed before the writers could start: the
+		// round is its recovery alone.
+		r.notef("%s died before the writers started", cf.host)
+		c.raw.begin(r.n, r.P)
+		c.grow.begin(r.n, r.P)
+		c.ext4.begin(r.n, r.P)
+		if c.ldapw != nil {
+			c.ldapw.begin(r.n, r.P)
+		}
+		r.wl = startWorkload()
+		c.wl = r.wl
+	} else {
+		if err := c.prepare(ctx, r); err != nil {
+			return fmt.Errorf("start the writers on %s: %w", r.P, err)
+		}
+		if err := waitFor(ctx, 30*time.Second, "each writer to have 20 writes acknowledged", func() bool {
+			return r.wl.minAcked() >= 20 || len(r.wl.failures()) > 0
+		}); err != nil {
+			return err
+		}
+		if fails := r.wl.failures(); len(fails) > 0 {
+			if cf == nil || !cf.died(r) {
+				return fmt.Errorf("a writer failed before the fault: %v", fails)
+			}
+			r.notef("the armed %s crashed in the writers' warm-up: %v", cf.host, fails)
+		}
+		if err := hold(ctx, r.spec.Lead); err != nil {
+			return err
+		}
 	}
 	r.injected = time.Now()
 	if err := f.inject(ctx, r); err != nil {
@@ -425,6 +527,12 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 		return fmt.Errorf("undo %s: %w", r.spec.Kind, err)
 	}
 	r.undone = time.Now()
+	if cf != nil {
+		res.Crash = cf.outcome
+		if cf.outcome == crashElsewhere {
+			res.fail("%s", cf.detail)
+		}
+	}
 	if err := c.settle(ctx, r); err != nil {
 		return err
 	}
@@ -433,10 +541,15 @@ func (c *campaign) playRound(ctx context.Context, r *roundRun, res *roundResult)
 	}
 	c.primary = r.final
 	res.Final = r.final
+	res.DiskFailed, res.StrayDisk, res.Attached = r.diskFailed, r.strayDisk, len(r.attached)
 	res.Recovery = r.redundantAt.Sub(r.injected)
 	res.MovedBy = r.movedBy
 	for _, f := range r.refusals {
 		res.Refusals++
+		res.fail("recovery needed more than the runbook: %s", f)
+	}
+	for _, f := range r.restarts {
+		res.Restarts++
 		res.fail("recovery needed more than the runbook: %s", f)
 	}
 	note, err := c.quiesce(ctx, r.final)
@@ -500,7 +613,7 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 	var last string
 	var cv *clusterView // the leader's state, refetched when a host knows a newer epoch
 	var stuck error     // the deposed primary's writers did not return
-	var refused time.Time
+	var refused, unlinked time.Time
 	err := waitFor(ctx, settleLimit, "a primary serving with its peer uptodate and in sync", func() bool {
 		sts := map[string]node.Status{}
 		newest := uint64(0)
@@ -512,6 +625,7 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 			}
 			sts[h] = st
 			newest = max(newest, st.Epoch)
+			c.attachDisks(ctx, r, h, nodeDisk{disk: st.Disk, primary: st.Role == cluster.RolePrimary, lastError: st.LastError})
 		}
 		if cv == nil || newest > cv.Volume.Epoch {
 			v, err := c.consistentState(ctx)
@@ -561,7 +675,22 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 		if !(p.Link == node.LinkConnected && p.Replication == "replicating" && p.PeerDisk == "uptodate" &&
 			sok && s.Role == cluster.RoleSecondary && s.Epoch >= epoch) {
 			last = fmt.Sprintf("%s serves; %s: %s; %s: %s", named, named, brief(p), other(named), brief(s))
-			if p.Link == node.LinkConnected || !strings.Contains(p.LastError, "peer refused") {
+			// A peer whose disk failed refuses the primary until the
+			// runbook's attach-disk (attachDisks), not a split brain.
+			peerDiskFailed := sok && s.Disk == cluster.DiskFailed
+			if p.Link != node.LinkConnected && sok && !peerDiskFailed && !strings.Contains(p.LastError, "peer refused") {
+				if unlinked.IsZero() {
+					unlinked = time.Now()
+				} else if time.Since(unlinked) > unlinkedGrace {
+					if stuck = c.restartPeer(ctx, r, named, p.LastError, s); stuck != nil {
+						return true
+					}
+					unlinked = time.Time{}
+				}
+			} else {
+				unlinked = time.Time{}
+			}
+			if p.Link == node.LinkConnected || peerDiskFailed || !strings.Contains(p.LastError, "peer refused") {
 				refused = time.Time{}
 				return false
 			}
@@ -587,6 +716,11 @@ func (c *campaign) settle(ctx context.Context, r *roundRun) error {
 	}
 	if r.final != r.P && r.movedBy == "" {
 		r.movedBy = "promote"
+		if r.handOver {
+			// docs/operations.md: the primary whose disk failed hands the
+			// role to a peer that holds every acknowledged write.
+			r.movedBy = "hand-over"
+		}
 	}
 	return nil
 }
@@ -608,6 +742,21 @@ func (c *campaign) discardPeer(ctx context.Context, r *roundRun, primary, why st
 		return err
 	}
 	r.notef("%s", strings.TrimSpace(out))
+	return c.h.start(ctx, peer, r.n)
+}
+
+// restartPeer is what an operator tries when the primary stays without
+// its peer although the peer's daemon runs and neither refuses it nor
+// reports a failed disk: restart the peer's daemon (SIGTERM, start). The
+// round fails: the runbook has no such step.
+func (c *campaign) restartPeer(ctx context.Context, r *roundRun, primary, why string, st node.Status) error {
+	peer := other(primary)
+	r.restarts = append(r.restarts, fmt.Sprintf("%s stayed without its running peer %s for %v after the fault was undone (%s; %s: %s): restarted %s's daemon",
+		primary, peer, unlinkedGrace, why, peer, brief(st), peer))
+	r.notef("operator: %s stays without %s (%s; %s: %s); restarting %s's daemon", primary, peer, why, peer, brief(st), peer)
+	if err := c.h.stop(ctx, peer); err != nil {
+		return err
+	}
 	return c.h.start(ctx, peer, r.n)
 }
 

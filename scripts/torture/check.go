@@ -28,22 +28,28 @@ type writerVerdict struct {
 func (c *campaign) check(ctx context.Context, r *roundRun, res *roundResult) error {
 	p := r.final
 	res.samples = sortedSamples(c.smp.drain())
-	rawH, fileH := c.raw.history(), c.ext4.history()
+	fileH := c.ext4.history()
 
-	obs, foreign, err := c.readRaw(filepath.Join(c.h.dir[p], "volume.img"))
-	if err != nil {
-		return err
+	for _, w := range c.slotWriters() {
+		h := w.history()
+		obs, foreign, err := readSlots(filepath.Join(c.h.dir[p], "volume.img"), w)
+		if err != nil {
+			return err
+		}
+		v := writerVerdict{Name: w.name(), prefixResult: checkSlots(w.base, obs, h), hist: h}
+		v.Errors = append(v.Errors, foreign...)
+		w.base = obs
+		res.writers = append(res.writers, v)
 	}
-	rv := writerVerdict{Name: c.raw.name(), prefixResult: checkSlots(c.rawBase, obs, rawH), hist: rawH}
-	rv.Errors = append(rv.Errors, foreign...)
-	c.rawBase = obs
-	res.writers = append(res.writers, rv)
 
-	fv, err := c.checkFS(ctx, r, res, fileH)
+	fv, lv, err := c.checkFS(ctx, r, res, fileH)
 	if err != nil {
 		return err
 	}
 	res.writers = append(res.writers, fv)
+	if c.ldapw != nil {
+		res.writers = append(res.writers, lv)
+	}
 
 	// mount and e2fsck wrote to the volume: wait until the peer has it all.
 	if _, err := c.quiesce(ctx, p); err != nil {
@@ -64,28 +70,28 @@ func (c *campaign) check(ctx context.Context, r *roundRun, res *roundResult) err
 	return c.ledger.flush()
 }
 
-// readRaw reads the raw region of a backing file: the record number of the
-// raw writer in each slot (noRecord if the block holds none), and an
-// error for every block that holds another writer's record.
-func (c *campaign) readRaw(path string) ([]int64, []error, error) {
+// readSlots reads w's region of a backing file: the record number of w in
+// each slot (noRecord if the block holds none), and an error for every
+// block that holds another writer's record.
+func readSlots(path string, w *rawWriter) ([]int64, []error, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
-	buf := make([]byte, c.raw.slots*recordSize)
-	if _, err := f.ReadAt(buf, int64(c.raw.first)*recordSize); err != nil {
-		return nil, nil, fmt.Errorf("read the raw region of %s: %w", path, err)
+	buf := make([]byte, w.slots*recordSize)
+	if _, err := f.ReadAt(buf, int64(w.first)*recordSize); err != nil {
+		return nil, nil, fmt.Errorf("read the %s region of %s: %w", w.name(), path, err)
 	}
-	obs := make([]int64, c.raw.slots)
+	obs := make([]int64, w.slots)
 	var foreign []error
 	for s := range obs {
 		obs[s] = noRecord
 		id, _, ok := decodeRecord(buf[s*recordSize:])
 		switch {
 		case !ok:
-		case id.Writer != c.raw.id:
-			foreign = append(foreign, fmt.Errorf("slot %d holds %s, a record of another writer", s, id))
+		case id.Writer != w.id:
+			foreign = append(foreign, fmt.Errorf("slot %d of the %s region holds %s, a record of another writer", s, w.name(), id))
 		default:
 			obs[s] = int64(id.K)
 		}
@@ -95,20 +101,32 @@ func (c *campaign) readRaw(path string) ([]int64, []error, error) {
 
 // checkFS mounts the file system on the primary (which replays its
 // journal, as a directory server's restart would), checks the record files
-// of this round and of the rounds kept, unmounts it and runs e2fsck -fn.
-func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h history) (writerVerdict, error) {
-	v := writerVerdict{Name: c.ext4.name(), hist: h}
+// of this round and of the rounds kept and the directory's entries,
+// unmounts it and runs e2fsck -fn.
+func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h history) (v, lv writerVerdict, err error) {
+	v = writerVerdict{Name: c.ext4.name(), hist: h}
+	var lh history
+	if c.ldapw != nil {
+		lh = c.ldapw.history()
+		lv = writerVerdict{Name: c.ldapw.name(), hist: lh}
+	}
 	if err := c.attach(ctx, r.final); err != nil {
-		return v, err
+		return v, lv, err
 	}
 	defer c.releaseMount(ctx)
 	if err := c.mount(ctx); err != nil {
 		res.fail("mount of the file system on %s: %v", r.final, err)
 		v.prefixResult = checkFiles(h, func(uint64) bool { return false })
+		lv.prefixResult = checkFiles(lh, func(uint64) bool { return false })
 	} else {
 		v.prefixResult = c.verifyFiles(r, h)
+		if c.ldapw != nil {
+			if lv, err = c.checkLDAP(ctx, r, lh); err != nil {
+				return v, lv, err
+			}
+		}
 		if _, err := run(ctx, 60*time.Second, "umount", c.mnt); err != nil {
-			return v, err
+			return v, lv, err
 		}
 		c.mounted = false
 	}
@@ -117,7 +135,7 @@ func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h
 	_ = os.MkdirAll(dir, 0o755)
 	_ = os.WriteFile(filepath.Join(dir, "fsck.txt"), []byte(out), 0o644)
 	if err == nil {
-		return v, nil
+		return v, lv, nil
 	}
 	res.FsckFailed = true
 	res.fail("e2fsck -fn on %s's file system: %v", r.final, firstLines(err.Error(), 8))
@@ -127,15 +145,25 @@ func (c *campaign) checkFS(ctx context.Context, r *roundRun, res *roundResult, h
 	_ = os.WriteFile(filepath.Join(dir, "fsck-repair.txt"), []byte(fix), 0o644)
 	if _, err := run(ctx, 300*time.Second, "e2fsck", "-fn", c.dev); err == nil {
 		r.notef("e2fsck -fy repaired the file system (%v)", ferr)
-		return v, nil
+		return v, lv, nil
 	}
 	if _, err := run(ctx, 120*time.Second, "mkfs.ext4", "-q", "-F", "-b", "4096",
 		"-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", c.dev, strconv.Itoa(c.fsBlocks)); err != nil {
-		return v, err
+		return v, lv, err
 	}
 	clear(c.retained)
 	r.notef("e2fsck -fy could not repair the file system: made a new one")
-	return v, nil
+	if c.dir != nil {
+		// The directory starts again, empty.
+		c.ldapKept = nil
+		if err := c.mount(ctx); err != nil {
+			return v, lv, err
+		}
+		if err := c.dir.seed(ctx); err != nil {
+			return v, lv, err
+		}
+	}
+	return v, lv, nil
 }
 
 // verifyFiles checks the record files on the mounted file system: this

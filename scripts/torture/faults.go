@@ -12,11 +12,16 @@ import (
 // the fault is in place; undo ends it as the runbook says (restart what was
 // killed, heal the network, continue what was stopped). What the operator
 // does in between (a failover) and after (waiting for the pair to serve
-// and resync) is the runbook's, not the fault's. Failpoint crashes and
-// disk faults are further implementations.
+// and resync) is the runbook's, not the fault's.
 type fault interface {
 	inject(ctx context.Context, r *roundRun) error
 	undo(ctx context.Context, r *roundRun) error
+}
+
+// armer is a fault that prepares the pair before the round's writers
+// start (a crash-point round restarts a daemon with its point armed).
+type armer interface {
+	arm(ctx context.Context, r *roundRun) error
 }
 
 // newFault returns the action of spec's kind.
@@ -32,6 +37,14 @@ func newFault(spec faultSpec) (fault, error) {
 		return stopFault{}, nil
 	case "swap":
 		return swapFault{}, nil
+	case "crash":
+		return &crashFault{}, nil
+	case "disk":
+		return &diskFault{}, nil
+	case "slapd":
+		return slapdFault{}, nil
+	case "oneway":
+		return &onewayFault{}, nil
 	}
 	return nil, fmt.Errorf("no fault of kind %q", spec.Kind)
 }
@@ -89,6 +102,23 @@ func (partitionFault) undo(_ context.Context, r *roundRun) error {
 	return nil
 }
 
+// onewayFault: the packets of one host to another are dropped, one way
+// only (netns.Lab.DropFrom); the target is "from>to" in roles.
+type onewayFault struct{ from, to string }
+
+func (f *onewayFault) inject(_ context.Context, r *roundRun) error {
+	from, to, _ := strings.Cut(r.spec.Target, ">")
+	f.from, f.to = r.hostsOf(from)[0], r.hostsOf(to)[0]
+	r.c.lab.DropFrom(f.from, f.to)
+	r.notef("%s drops what %s sends", f.to, f.from)
+	return nil
+}
+
+func (f *onewayFault) undo(_ context.Context, r *roundRun) error {
+	r.c.lab.UndropFrom(f.from, f.to)
+	return nil
+}
+
 // isolateFault: one host's cable pulled (the bridge's end of its link
 // down): it reaches no one.
 type isolateFault struct{ host string }
@@ -143,3 +173,33 @@ func (swapFault) inject(ctx context.Context, r *roundRun) error {
 }
 
 func (swapFault) undo(context.Context, *roundRun) error { return nil }
+
+// slapdFault: kill -9 of slapd on the primary; the runbook starts it again
+// on the same file system at undo (LMDB needs no recovery: every commit
+// is durable or not there).
+type slapdFault struct{}
+
+func (slapdFault) inject(_ context.Context, r *roundRun) error {
+	if r.c.dir == nil || r.c.dir.slapd == nil {
+		r.notef("no slapd runs: nothing to kill")
+		return nil
+	}
+	host := r.c.dir.host
+	if err := r.c.dir.killSlapd(); err != nil {
+		return err
+	}
+	r.notef("killed slapd on %s", host)
+	return nil
+}
+
+func (slapdFault) undo(ctx context.Context, r *roundRun) error {
+	if r.c.dir == nil || !r.c.mounted || r.tornDown {
+		return nil
+	}
+	if err := r.c.dir.startSlapd(ctx, r.P); err != nil {
+		r.notef("slapd did not start again on %s: %v", r.P, err)
+		return nil
+	}
+	r.notef("started slapd on %s again", r.P)
+	return nil
+}

@@ -6,15 +6,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 	"github.com/ldmirror/ldmirror/internal/netns"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/volume"
@@ -48,6 +51,11 @@ type proc struct {
 	host string
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the process has exited
+	// logFrom is the size of the host's log when this run started: what
+	// it logged is after it.
+	logFrom int64
+	// points are the crash points armed in this run ("" for none).
+	points string
 }
 
 // hosts runs the witness and the two daemons of one volume in a lab's
@@ -64,11 +72,13 @@ type hosts struct {
 	logf    func(format string, args ...any)
 }
 
-// newHosts creates the volumes (size each) and the certificates under root.
-func newHosts(ctx context.Context, lab *netns.Lab, bin, root, logDir, size string, daemonX []string, logf func(string, ...any)) (*hosts, error) {
-	h := &hosts{lab: lab, bin: bin, logDir: logDir, daemonX: daemonX, procs: map[string]*proc{}, runs: map[string]int{}, logf: logf,
-		dir: map[string]string{"a": filepath.Join(root, "a"), "b": filepath.Join(root, "b"), "w": filepath.Join(root, "w")}}
-	out, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["a"], "--size", size)
+// newHosts creates sparse volumes (size each) in dirs["a"] and dirs["b"]
+// (docs/operations.md, "A failing disk": a sparse backing file meets a
+// full file system as ENOSPC), the witness's directory dirs["w"] and the
+// certificates under root.
+func newHosts(ctx context.Context, lab *netns.Lab, bin, root, logDir, size string, dirs map[string]string, daemonX []string, logf func(string, ...any)) (*hosts, error) {
+	h := &hosts{lab: lab, bin: bin, logDir: logDir, daemonX: daemonX, procs: map[string]*proc{}, runs: map[string]int{}, logf: logf, dir: dirs}
+	out, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["a"], "--size", size, "--sparse")
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +86,7 @@ func newHosts(ctx context.Context, lab *netns.Lab, bin, root, logDir, size strin
 	if id == "" {
 		return nil, fmt.Errorf("ldmirror init printed no volume uuid: %q", out)
 	}
-	if _, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["b"], "--size", size, "--volume-uuid", id); err != nil {
+	if _, err := h.cli(ctx, 30*time.Second, "init", "--dir", h.dir["b"], "--size", size, "--volume-uuid", id, "--sparse"); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(h.dir["w"], 0o700); err != nil {
@@ -99,9 +109,16 @@ func (h *hosts) control(host string) string { return filepath.Join(h.dir[host], 
 // logPath is the log every run of host appends to.
 func (h *hosts) logPath(host string) string { return filepath.Join(h.logDir, host+".log") }
 
-// start starts host's daemon (a, b) or the witness (w), first=true for the
-// witness's first run, which bootstraps the control plane.
+// start starts host's daemon (a, b) or the witness (w); the witness's
+// first run bootstraps the control plane.
 func (h *hosts) start(ctx context.Context, host string, round int) error {
+	return h.startArmed(ctx, host, round, "")
+}
+
+// startArmed is start with the crash points in points ("name@hit,...",
+// docs/reliability.md "Crash points") armed in the daemon: the binary is
+// built with -tags failpoints, and a run without points has none armed.
+func (h *hosts) startArmed(ctx context.Context, host string, round int, points string) error {
 	if p := h.procs[host]; p != nil {
 		return fmt.Errorf("%s already runs (pid %d)", host, p.cmd.Process.Pid)
 	}
@@ -124,17 +141,29 @@ func (h *hosts) start(ctx context.Context, host string, round int) error {
 		return err
 	}
 	defer logf.Close() // the child has its own descriptor
+	var from int64
+	if fi, err := logf.Stat(); err == nil {
+		from = fi.Size()
+	}
 	h.runs[host]++
-	fmt.Fprintf(logf, "=== torture: run %d of %s, round %d, %s: %s\n", h.runs[host], host, round,
-		time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	armed := ""
+	if points != "" {
+		armed = failpoint.EnvVar + "=" + points + " "
+	}
+	fmt.Fprintf(logf, "=== torture: run %d of %s, round %d, %s: %s%s\n", h.runs[host], host, round,
+		time.Now().Format(time.RFC3339Nano), armed, strings.Join(args, " "))
 	// nsenter enters the network namespace only: the FUSE export must be
 	// in this mount namespace, where the writers and mount(8) run.
 	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.lab.NS(host), h.bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, failpoint.EnvVar+"=") })
+	if points != "" {
+		cmd.Env = append(cmd.Env, failpoint.EnvVar+"="+points)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", host, err)
 	}
-	p := &proc{host: host, cmd: cmd, done: make(chan struct{})}
+	p := &proc{host: host, cmd: cmd, done: make(chan struct{}), logFrom: from, points: points}
 	go func() {
 		_ = cmd.Wait()
 		close(p.done)
@@ -143,10 +172,44 @@ func (h *hosts) start(ctx context.Context, host string, round int) error {
 	if host == "w" {
 		return nil // the daemons' joins wait for it
 	}
-	return waitFor(ctx, 20*time.Second, "the daemon on "+host+" to answer on its control socket", func() bool {
+	var exited bool
+	err = waitFor(ctx, 20*time.Second, "the daemon on "+host+" to answer on its control socket", func() bool {
+		select {
+		case <-p.done: // an armed point may kill it at once
+			exited = true
+			return true
+		default:
+		}
 		_, err := h.status(ctx, host)
 		return err == nil
 	})
+	if exited && points == "" {
+		return fmt.Errorf("the daemon on %s exited at its start (%v): see %s", host, p.cmd.ProcessState, h.logPath(host))
+	}
+	return err
+}
+
+// exited is closed when host's current process has exited (nil if none
+// runs).
+func (h *hosts) exited(host string) <-chan struct{} {
+	if p := h.procs[host]; p != nil {
+		return p.done
+	}
+	return nil
+}
+
+// runLog is what host's current (or last waited-for) process logged.
+func (h *hosts) runLog(host string, p *proc) string {
+	f, err := os.Open(h.logPath(host))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := f.Seek(p.logFrom, io.SeekStart); err != nil {
+		return ""
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, 64<<20))
+	return string(b)
 }
 
 // kill sends SIGKILL to host's process and waits until it is gone.

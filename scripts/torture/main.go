@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -40,10 +41,13 @@ type options struct {
 	recovery    string
 	dir         string
 	size        int64 // bytes
+	headroom    int64 // bytes of each data host's file system beyond the volume
 	journalSize string
 	rawRate     int
+	ldapRate    int
 	keep        bool
 	daemonArgs  listFlag
+	only        []string // --kinds: the fault kinds to play, all if empty
 }
 
 // listFlag is a repeatable string flag.
@@ -65,16 +69,27 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.mode, "mode", "sync", "replication mode of both daemons: sync or async")
 	fs.StringVar(&o.recovery, "recovery", "runbook", "who recovers: runbook (the operator of docs/cluster.md); agent is not implemented")
 	fs.StringVar(&o.dir, "dir", "/var/tmp/ldmirror-torture", "`DIR` under which each campaign gets a directory of its own")
-	sizeMiB := fs.Int("size-mib", 128, "volume size in MiB (ext4 on the first 3/4, raw records on the rest)")
+	sizeMiB := fs.Int("size-mib", 128, "volume size in MiB (ext4 on the first 3/4, raw records on the rest but the last MiB, the growth region)")
+	headroomMiB := fs.Int("disk-headroom-mib", 48, "each data host's file system (a tmpfs) is this much larger than the volume: room for its metadata, raft log and journal, which a disk-full round takes")
 	fs.StringVar(&o.journalSize, "journal-size", "8MiB", "async: the journal size (small, so that catch-up and overflow both happen)")
 	fs.IntVar(&o.rawRate, "raw-rate", 1000, "writes per second of the raw writer (0: as fast as it can)")
+	fs.IntVar(&o.ldapRate, "ldap-rate", 20, "LDAP adds per second through the retrier proxy to slapd on the primary (0: no directory, no slapd)")
 	fs.Var(&o.daemonArgs, "daemon-arg", "one more flag for both daemons, repeatable; e.g. --daemon-arg=--activity-log=false (unsafe) shows that the checker catches a divergence")
 	fs.BoolVar(&o.keep, "keep", false, "keep the volumes after a campaign without failures (the logs are always kept)")
+	kinds := fs.String("kinds", "", "`KIND,...`: play only these kinds of fault (default: all; see docs/reliability.md, \"The faults\")")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *kinds != "" {
+		for _, k := range strings.Split(*kinds, ",") {
+			if kindOf(k).action == "" {
+				return o, fmt.Errorf("--kinds: no fault kind %q", k)
+			}
+			o.only = append(o.only, k)
+		}
 	}
 	if *seed != "" {
 		if _, err := fmt.Sscan(*seed, &o.seed); err != nil {
@@ -98,7 +113,13 @@ func parseFlags(args []string) (options, error) {
 	case *sizeMiB < 32 || *sizeMiB%4 != 0:
 		return o, fmt.Errorf("--size-mib %d: want a multiple of 4, at least 32", *sizeMiB)
 	}
-	o.size = int64(*sizeMiB) << 20
+	if o.ldapRate < 0 {
+		return o, fmt.Errorf("--ldap-rate %d: want 0 (none) or more", o.ldapRate)
+	}
+	if *headroomMiB < 16 {
+		return o, fmt.Errorf("--disk-headroom-mib %d: want at least 16 (the metadata, the raft log, an async journal)", *headroomMiB)
+	}
+	o.size, o.headroom = int64(*sizeMiB)<<20, int64(*headroomMiB)<<20
 	return o, nil
 }
 
@@ -130,7 +151,7 @@ func realMain() int {
 		fmt.Fprintf(os.Stderr, "torture: must run as root (euid %d): it creates network namespaces, nftables rules, FUSE mounts, loop devices and ext4 mounts\n", uid)
 		return exitAborted
 	}
-	if err := preflight(); err != nil {
+	if err := preflight(opt); err != nil {
 		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
 		return exitAborted
 	}
@@ -162,7 +183,16 @@ func realMain() int {
 	}
 	defer c.ledger.Close()
 
-	sched := schedule(opt.seed, opt.rounds)
+	only := opt.only
+	if opt.ldapRate == 0 && len(only) == 0 {
+		// No directory server to kill.
+		for _, k := range repertoire() {
+			if k.action != "slapd" {
+				only = append(only, k.name)
+			}
+		}
+	}
+	sched := schedule(opt.seed, opt.rounds, opt.mode, only)
 	commit := gitCommit()
 	c.logf("ldmirror torture: seed %d, mode %s, %d rounds, recovery %s, commit %s, load average %s",
 		opt.seed, opt.mode, opt.rounds, opt.recovery, commit, loadAverage())
@@ -181,6 +211,7 @@ func realMain() int {
 
 	start := time.Now()
 	runErr := c.run(ctx, sched)
+	c.keepVolumes = opt.keep || runErr != nil || slices.ContainsFunc(c.results, (*roundResult).failed)
 	c.o.runCleanups()
 	if c.wl != nil {
 		// With the daemons gone every write returns: wait for the writers.
@@ -296,11 +327,20 @@ func replayCommand(opt options, rounds int) string {
 	if opt.rawRate != 1000 {
 		cmd += fmt.Sprintf(" --raw-rate %d", opt.rawRate)
 	}
+	if opt.ldapRate != 20 {
+		cmd += fmt.Sprintf(" --ldap-rate %d", opt.ldapRate)
+	}
 	if opt.size != 128<<20 {
 		cmd += fmt.Sprintf(" --size-mib %d", opt.size>>20)
 	}
+	if opt.headroom != 48<<20 {
+		cmd += fmt.Sprintf(" --disk-headroom-mib %d", opt.headroom>>20)
+	}
 	if opt.mode == "async" && opt.journalSize != "8MiB" {
 		cmd += " --journal-size " + opt.journalSize
+	}
+	if len(opt.only) > 0 {
+		cmd += " --kinds " + strings.Join(opt.only, ",")
 	}
 	for _, a := range opt.daemonArgs {
 		cmd += " --daemon-arg=" + a
@@ -309,11 +349,18 @@ func replayCommand(opt options, rounds int) string {
 }
 
 // preflight checks the tools the campaign runs.
-func preflight() error {
+func preflight(opt options) error {
+	if opt.ldapRate > 0 {
+		for _, tool := range []string{slapdBin, "slapadd", "slapcat"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				return fmt.Errorf("needs %s for the directory's writer (apt-get install slapd ldap-utils), or --ldap-rate 0: %w", tool, err)
+			}
+		}
+	}
 	if err := netns.Available(); err != nil {
 		return err
 	}
-	for _, tool := range []string{"nsenter", "mkfs.ext4", "e2fsck", "mount", "umount"} {
+	for _, tool := range []string{"nsenter", "mkfs.ext4", "e2fsck", "mount", "umount", "fallocate", "cp"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("needs %s: %w", tool, err)
 		}

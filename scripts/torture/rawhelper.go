@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,15 +122,18 @@ type rawWriter struct {
 	rate         int
 	self         string // the runner's executable
 	path         string // the export file of this round's primary
+	// base is the record number each slot held after the last check
+	// (noRecord: none).
+	base []int64
 }
 
-func newRawWriter(ledger *ledgerFile, first, slots, rate int) (*rawWriter, error) {
+func newRawWriter(ledger *ledgerFile, id uint32, label string, first, slots, rate int) (*rawWriter, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("raw writer: find the runner's executable: %w", err)
+		return nil, fmt.Errorf("%s writer: find the runner's executable: %w", label, err)
 	}
-	return &rawWriter{writerBase: writerBase{id: rawWriterID, label: "raw", ledger: ledger},
-		first: first, slots: slots, rate: rate, self: self}, nil
+	return &rawWriter{writerBase: writerBase{id: id, label: label, ledger: ledger},
+		first: first, slots: slots, rate: rate, self: self, base: slices.Repeat([]int64{noRecord}, slots)}, nil
 }
 
 // beginOn starts a round on the export file at path.
@@ -146,16 +150,16 @@ func (w *rawWriter) run(stop <-chan struct{}) error {
 		strconv.Itoa(int(w.id)), strconv.FormatUint(k, 10), strconv.Itoa(round), strconv.Itoa(w.rate))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return fmt.Errorf("raw writer: %w", err)
+		return fmt.Errorf("%s writer: %w", w.label, err)
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return fmt.Errorf("raw writer: %w", err)
+		return fmt.Errorf("%s writer: %w", w.label, err)
 	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("raw writer: %w", err)
+		return fmt.Errorf("%s writer: %w", w.label, err)
 	}
 	var once sync.Once
 	closeIn := func() { once.Do(func() { stdin.Close() }) }
@@ -179,7 +183,7 @@ func (w *rawWriter) run(stop <-chan struct{}) error {
 		w.next++
 		w.cur.Pending = &a
 		w.mu.Unlock()
-		failure = fmt.Errorf("raw writer helper ended without a verdict: %v %s", werr, strings.TrimSpace(stderr.String()))
+		failure = fmt.Errorf("%s writer helper ended without a verdict: %v %s", w.label, werr, strings.TrimSpace(stderr.String()))
 	}
 	return failure
 }
@@ -198,12 +202,12 @@ func (w *rawWriter) readHelper(r io.Reader, host string) (failure error, clean b
 			w.record(ack{K: k, Slot: int(k % uint64(w.slots)), Host: host, Start: time.Unix(0, start), At: time.Unix(0, at)}, nil)
 		case f[0] == "fail" && len(f) == 4:
 			start, _ := strconv.ParseInt(f[2], 10, 64)
-			failure = fmt.Errorf("raw writer: record %d: %s", k, f[3])
+			failure = fmt.Errorf("%s writer: record %d: %s", w.label, k, f[3])
 			w.record(ack{K: k, Slot: int(k % uint64(w.slots)), Host: host, Start: time.Unix(0, start)}, failure)
 		case f[0] == "stopped":
 			clean = true
 		default:
-			return fmt.Errorf("raw writer helper: unexpected line %q", sc.Text()), false
+			return fmt.Errorf("%s writer helper: unexpected line %q", w.label, sc.Text()), false
 		}
 	}
 	return failure, clean

@@ -129,14 +129,14 @@ func TestCheckFiles(t *testing.T) {
 }
 
 func TestScheduleIsSeededAndCoversEveryKind(t *testing.T) {
-	a, b := schedule(42, 30), schedule(42, 30)
+	a, b := schedule(42, 30, "sync", nil), schedule(42, 30, "sync", nil)
 	if !reflect.DeepEqual(a, b) {
 		t.Fatal("one seed gave two schedules")
 	}
-	if short := schedule(42, 7); !reflect.DeepEqual(short, a[:7]) {
+	if short := schedule(42, 7, "sync", nil); !reflect.DeepEqual(short, a[:7]) {
 		t.Fatal("a shorter campaign is not a prefix of a longer one with the same seed")
 	}
-	if reflect.DeepEqual(a, schedule(43, 30)) {
+	if reflect.DeepEqual(a, schedule(43, 30, "sync", nil)) {
 		t.Fatal("seeds 42 and 43 gave the same schedule")
 	}
 	kinds := repertoire()

@@ -17,6 +17,9 @@ import (
 const (
 	rawWriterID  = 1
 	fileWriterID = 2
+	// growWriterID writes the growth region, only in a disk-full round:
+	// fresh blocks the failing host has no space for (see disk.go).
+	growWriterID = 3
 )
 
 // writer writes numbered records through the primary and keeps what was
@@ -103,6 +106,12 @@ type fileWriter struct {
 	dir string // this round's directory
 }
 
+// maxFiles is the most record files the ext4 writer writes in a round: a
+// round whose recovery takes long would otherwise fill the file system
+// (keepRounds rounds of files stay on it), which is not the fault the
+// round plays. It then waits to be stopped.
+const maxFiles = 3000
+
 func newFileWriter(ledger *ledgerFile) *fileWriter {
 	return &fileWriter{writerBase: writerBase{id: fileWriterID, label: "ext4", ledger: ledger}}
 }
@@ -126,6 +135,10 @@ func (w *fileWriter) run(stop <-chan struct{}) error {
 		case <-stop:
 			return nil
 		default:
+		}
+		if w.acked() >= maxFiles {
+			<-stop
+			return nil
 		}
 		a, round := w.issue(noSlot)
 		encodeRecord(buf, w.id, a.K, round)
@@ -171,23 +184,34 @@ type workload struct {
 }
 
 func startWorkload(ws ...writer) *workload {
-	l := &workload{writers: ws, stops: map[string]chan struct{}{}, dones: map[string]chan struct{}{}, errs: map[string]error{}}
+	l := &workload{stops: map[string]chan struct{}{}, dones: map[string]chan struct{}{}, errs: map[string]error{}}
 	for _, w := range ws {
-		stop, done := make(chan struct{}), make(chan struct{})
-		l.stops[w.name()], l.dones[w.name()] = stop, done
-		go func() {
-			defer close(done)
-			err := w.run(stop)
-			l.mu.Lock()
-			l.errs[w.name()] = err
-			l.mu.Unlock()
-		}()
+		l.add(w)
 	}
 	return l
 }
 
-// stopOne stops the writer called name and waits until it returned.
+// add starts one more writer. Like the other methods but failures, it is
+// called from the campaign's goroutine only.
+func (l *workload) add(w writer) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	l.writers = append(l.writers, w)
+	l.stops[w.name()], l.dones[w.name()] = stop, done
+	go func() {
+		defer close(done)
+		err := w.run(stop)
+		l.mu.Lock()
+		l.errs[w.name()] = err
+		l.mu.Unlock()
+	}()
+}
+
+// stopOne stops the writer called name, if the workload has one, and
+// waits until it returned.
 func (l *workload) stopOne(ctx context.Context, name string) error {
+	if l.stops[name] == nil {
+		return nil
+	}
 	select {
 	case <-l.stops[name]:
 	default:
