@@ -105,9 +105,13 @@ func (m *Mirror) peerStaging(s *transport.Session) bool {
 }
 
 // commitPeer, once a resync completed, makes the peer commit what it
-// staged and waits until it applied it: in async mode after the peer
-// acknowledged every write journaled until now, so that it commits a
-// state the primary was in (every write older than the last copy).
+// staged: in async mode after the peer acknowledged every write journaled
+// until now, so that it commits a state the primary was in (every write
+// older than the last copy). The commit makes the staged blocks the
+// peer's data, durably; the peer copies them into its volume afterwards,
+// in the background (its reads and the writes that follow see the staged
+// blocks meanwhile), so the resync does not wait for that copy. A resync
+// that starts while the peer still copies waits for it (ProtectPeer).
 func (m *Mirror) commitPeer(ctx context.Context, s *transport.Session) error {
 	if !m.peerStaging(s) {
 		return nil
@@ -117,16 +121,11 @@ func (m *Mirror) commitPeer(ctx context.Context, s *transport.Session) error {
 	}
 	start := time.Now()
 	r, err := m.stageOp(s, transport.StageCommit, 0)
-	if err == nil {
-		m.setPeerStage(s, r)
-		if r.State == transport.StageApplying {
-			err = m.waitPeerApplied(ctx, s)
-		}
-	}
 	if err != nil {
 		return fmt.Errorf("commit the peer's staged resync: %w", err)
 	}
-	m.log.Info("the peer committed and applied the staged resync", "took", time.Since(start).Round(time.Millisecond))
+	m.setPeerStage(s, r)
+	m.log.Info("the peer committed the staged resync; it applies it to its volume in the background", "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

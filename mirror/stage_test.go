@@ -120,9 +120,16 @@ func TestStagedResyncKeepsTheTargetUntilCommit(t *testing.T) {
 		t.Fatalf("status shows the peer's staging as %+v", got)
 	}
 
-	// The resync resumes and completes: the peer commits and applies.
+	// The resync resumes and completes: the peer commits, then applies in
+	// the background.
 	p.mirror.SetResyncRates(0, 0)
 	if err := p.mirror.Resync(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if in := st.area.Info(); in.State != stage.Applying && in.State != stage.Idle {
+		t.Fatalf("the target's staging area once the resync returned: %+v; want committed", in)
+	}
+	if err := st.area.WaitApplied(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(readFile(t, p.secPath), readFile(t, p.priPath)) {

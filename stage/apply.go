@@ -12,28 +12,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Commit ends the staging of a resync that completed: in the background
-// the log is made durable and marked committed in one header write (from
-// then on, after a crash too, its blocks are the volume's data) and copied
-// into the volume. It returns at once (a commit already running is not an
-// error); WaitApplied waits for the end. It fails with ErrNotStaging when
-// nothing is staged.
+// Commit ends the staging of a resync that completed: it makes the log
+// durable and marks it committed in one header write (from then on, after
+// a crash too, its blocks are the volume's data), and returns once that
+// is done, so that the source may count the resync as complete. The copy
+// into the volume then runs in the background; WaitApplied waits for it.
+// A commit already done or running is not an error. It fails with
+// ErrNotStaging when nothing is staged; if the commit fails the log stays
+// staged, and the source commits again.
 func (a *Area) Commit() error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	switch a.state {
 	case Idle:
+		a.mu.Unlock()
 		return ErrNotStaging
 	case Committing, Applying:
+		a.mu.Unlock()
 		return nil
 	}
 	a.state, a.err = Committing, nil
-	a.start(func(ctx context.Context) {
-		if a.commit() {
-			failpoint.Crash("stage-committed-before-apply")
-			a.apply(ctx)
-		}
-	})
+	a.mu.Unlock()
+	ok := a.commit()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !ok {
+		return a.err
+	}
+	failpoint.Crash("stage-committed-before-apply")
+	a.start(a.apply)
 	return nil
 }
 

@@ -177,6 +177,11 @@ func TestStagedWritesLeaveTheVolume(t *testing.T) {
 	if err := f.area.Commit(); err != nil {
 		t.Fatal(err)
 	}
+	// Committed durably when Commit returns: the source counts the
+	// resync as complete then.
+	if st := f.area.Info().State; st != Applying && st != Idle {
+		t.Fatalf("state when Commit returned: %v; want applying or idle", st)
+	}
 	f.waitApplied()
 	f.equal("the volume once applied", f.baseBytes(), f.model)
 	f.equal("read once applied", f.readAll(), f.model)
