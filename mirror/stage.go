@@ -37,11 +37,10 @@ func (m *Mirror) ProtectPeer(ctx context.Context, s *transport.Session, begin bo
 	if !m.stagePeer {
 		return transport.StageReply{}, nil
 	}
-	op := transport.StageStatus
+	op, need := transport.StageStatus, int64(0)
 	if begin {
-		op = transport.StageBegin
+		op, need = transport.StageBegin, int64(m.dirty.OutOfSync().GetCardinality())*int64(m.dirty.BlockSize())
 	}
-	need := int64(m.dirty.OutOfSync().GetCardinality()) * int64(m.dirty.BlockSize())
 	r, err := m.stageOp(s, op, need)
 	if err == nil && r.State == transport.StageApplying {
 		if err = m.waitPeerApplied(ctx, s); err == nil {

@@ -199,3 +199,15 @@ func TestRefusedStageStopsTheResync(t *testing.T) {
 		t.Fatal("the refused resync changed the target")
 	}
 }
+
+// TestProtectPeerStatusWhileOutOfSync: asking the peer only what it
+// stages, as an async session does at its start, works while blocks are
+// out of sync (a status request carries no size).
+func TestProtectPeerStatusWhileOutOfSync(t *testing.T) {
+	p, _ := newStagedPair(t, volSize, Config{}, nil)
+	sess := goAway(t, p)
+	r, err := p.mirror.ProtectPeer(context.Background(), sess, false)
+	if err != nil || r.State != transport.StageIdle {
+		t.Fatalf("status of the peer's staging with 64 blocks out of sync: %+v, %v; want idle", r, err)
+	}
+}
