@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -73,6 +74,9 @@ func (n *Node) stageStart() (stage.Begin, bool, string) {
 	b := stage.Begin{AsOf: time.Now()}
 	if st, err := os.Stat(filepath.Join(n.cfg.Dir, volume.BackingFile)); err == nil {
 		b.AsOf = st.ModTime()
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			b.Unallocated = max(st.Size()-sys.Blocks*512, 0)
+		}
 	}
 	if ln != nil {
 		if s := ln.Active(); s != nil {

@@ -76,6 +76,10 @@ type Begin struct {
 	AsOf time.Time
 	// Source is the node the resync comes from.
 	Source string
+	// Unallocated is how many bytes of a sparse volume's file the file
+	// system has not allocated yet: the apply may need up to that much
+	// beside the log, on the same file system if the log is there.
+	Unallocated int64
 }
 
 // Info is a snapshot of an Area.
@@ -298,8 +302,11 @@ func (a *Area) create(need int64, b Begin) error {
 	if err := unix.Statfs(dir, &fs); err != nil {
 		return fmt.Errorf("stage: free space on %s: %w", dir, err)
 	}
-	if free := int64(fs.Bavail) * fs.Bsize; free < room {
-		return fmt.Errorf("%w: it takes %s on %s, %s is free there", ErrNoRoom, mib(room), dir, mib(free))
+	// The apply fills holes of a sparse volume: room for those too, or
+	// an apply after the commit could fail for space.
+	if free, total := int64(fs.Bavail)*fs.Bsize, room+min(need, b.Unallocated); free < total {
+		return fmt.Errorf("%w: it takes %s on %s (%s of log, %s for the apply into the sparse volume), %s is free there",
+			ErrNoRoom, mib(total), dir, mib(room), mib(total-room), mib(free))
 	}
 	f, err := os.OpenFile(a.path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

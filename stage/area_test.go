@@ -8,11 +8,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ldmirror/ldmirror/blockdev"
+	"golang.org/x/sys/unix"
 )
 
 // quiet is the tests' logger.
@@ -366,4 +368,23 @@ func TestOpenRefusesOtherGeometry(t *testing.T) {
 		t.Fatalf("open with another size: %v", err)
 	}
 	f.open()
+}
+
+// TestBeginNoRoomForTheApply: a log that would fit is refused when the
+// apply into a sparse volume would then lack room for the holes it fills.
+func TestBeginNoRoomForTheApply(t *testing.T) {
+	f := newFixture(t)
+	var fs unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(f.logPath()), &fs); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(fs.Bavail) * fs.Bsize
+	need := free / 2 / testBS * testBS
+	_, err := f.area.Begin(need, Begin{Unallocated: free})
+	if !errors.Is(err, ErrNoRoom) || !strings.Contains(err.Error(), "for the apply into the sparse volume") {
+		t.Fatalf("begin of half the free space into a sparse volume as large as it: %v", err)
+	}
+	if _, err := os.Stat(f.logPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused begin left a log: %v", err)
+	}
 }
