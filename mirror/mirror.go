@@ -127,8 +127,8 @@ type Config struct {
 	// acknowledged; nil (no control plane) acknowledges it at once, with
 	// no protection against two primaries.
 	Fence Fence
-	// ResyncStart commits "peer inconsistent" before a resync's first block
-	// the peer does not stage.
+	// ResyncStart records the peer inconsistent before a resync's first
+	// block, or outdated if the peer stages the resync.
 	ResyncStart ResyncStart
 	// StagePeer asks the peer to stage every bitmap resync, so that its
 	// volume stays consistent until the resync completes (stage.go); the
@@ -438,19 +438,19 @@ func (r resyncSource) Persist(ctx context.Context) error {
 }
 
 // MarkTarget has the peer stage the resync; only a peer that does not is
-// recorded inconsistent with the control plane: one that stages keeps
-// its data as it was.
+// recorded inconsistent with the control plane: one that stages keeps its
+// data as it was, and is recorded outdated (it lacks what the resync
+// brings).
 func (r resyncSource) MarkTarget(ctx context.Context) error {
+	staged := false
 	if r.stagePeer {
 		st, err := r.ProtectPeer(ctx, r.s, true)
 		if err != nil {
 			return err
 		}
-		if st.State == transport.StageStaging {
-			return nil
-		}
+		staged = st.State == transport.StageStaging
 	}
-	return r.markResyncTarget(ctx)
+	return r.markResyncTarget(ctx, staged)
 }
 func (r resyncSource) PeerLost(s *transport.Session, err error) {
 	r.peerLost(s, err)

@@ -88,7 +88,10 @@ func readFile(t *testing.T, path string) []byte {
 // end makes it the primary's. Nobody records it inconsistent: it never is.
 func TestStagedResyncKeepsTheTargetUntilCommit(t *testing.T) {
 	var marks fenceLog
-	p, st := newStagedPair(t, volSize, Config{ResyncStart: func(context.Context) error { marks.add("inconsistent"); return nil }}, nil)
+	p, st := newStagedPair(t, volSize, Config{ResyncStart: func(_ context.Context, staged bool) error {
+		marks.add(map[bool]string{false: "inconsistent", true: "outdated"}[staged])
+		return nil
+	}}, nil)
 	sess := goAway(t, p)
 	before := readFile(t, p.secPath)
 
@@ -138,8 +141,8 @@ func TestStagedResyncKeepsTheTargetUntilCommit(t *testing.T) {
 	if in := st.area.Info(); in.State != stage.Idle {
 		t.Fatalf("the target's staging area after the commit: %+v", in)
 	}
-	if n := marks.count("inconsistent"); n != 0 {
-		t.Fatalf("the staging target was recorded inconsistent %d times", n)
+	if n, o := marks.count("inconsistent"), marks.count("outdated"); n != 0 || o == 0 {
+		t.Fatalf("the staging target was recorded inconsistent %d times, outdated %d; want only outdated", n, o)
 	}
 	writeBlock(t, p.mirror, 600) // after the commit: straight to the volume
 	if !bytes.Equal(readFile(t, p.secPath), readFile(t, p.priPath)) {
@@ -151,7 +154,10 @@ func TestStagedResyncKeepsTheTargetUntilCommit(t *testing.T) {
 // the resync unprotected, and is recorded inconsistent first, as before.
 func TestUnprotectedResyncMarksTarget(t *testing.T) {
 	var marks fenceLog
-	p, _ := newStagedPair(t, volSize, Config{ResyncStart: func(context.Context) error { marks.add("inconsistent"); return nil }},
+	p, _ := newStagedPair(t, volSize, Config{ResyncStart: func(_ context.Context, staged bool) error {
+		marks.add(map[bool]string{false: "inconsistent", true: "outdated"}[staged])
+		return nil
+	}},
 		func(tg *stage.Target) { tg.Off = true })
 	sess := goAway(t, p)
 	r, err := p.mirror.ProtectPeer(context.Background(), sess, true)

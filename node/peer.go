@@ -252,7 +252,7 @@ func (n *Node) peerInSync(ctx context.Context, mr *mirror.Mirror, s *transport.S
 }
 
 // catchUpRetrying runs mirror.CatchUp, again while it cannot start because
-// the control plane has no quorum to record the peer inconsistent first.
+// the control plane has no quorum to record the peer as its target first.
 func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mr *mirror.Mirror, checksum bool) error {
 	for warned := false; ; {
 		err := mr.CatchUp(ctx, checksum)
@@ -260,7 +260,7 @@ func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mr *mi
 			return err
 		}
 		if !warned {
-			n.log.Warn("resync waits: the control plane must record the peer inconsistent first (no quorum); retrying", "err", err)
+			n.log.Warn("resync waits: the control plane must record the peer as its target first (no quorum); retrying", "err", err)
 			warned = true
 		}
 		select {

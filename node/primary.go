@@ -67,7 +67,7 @@ func (n *Node) preparePrimary() error {
 		cfg.ResyncRate, cfg.ResyncMinRate = n.cfg.ResyncRate, n.cfg.ResyncMinRate
 		if n.cfg.ControlPlane != nil {
 			n.tcfg.Epoch = uint64(n.epoch)
-			cfg.Fence, cfg.ResyncStart = n.fencePeer(n.epoch), n.markPeerInconsistent(n.epoch)
+			cfg.Fence, cfg.ResyncStart = n.fencePeer(n.epoch), n.markResyncTarget(n.epoch)
 		}
 		if n.cfg.Mode == mirror.ModeAsync {
 			ac, err := n.openJournal(discard)
