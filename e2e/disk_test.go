@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,5 +152,51 @@ func TestPrimaryDiskFullFailsOver(t *testing.T) {
 	}
 	if st := statusJSON(t, a); st.Disk == cluster.DiskFailed || st.Link != node.LinkConnected {
 		t.Fatalf("a after attach-disk: disk %s, link %s", st.Disk, st.Link)
+	}
+
+	// The disk attach-disk put back fails in its turn, a now secondary:
+	// its failure must be seen as the first one was (a fault campaign
+	// found it was not: the watch followed the replaced disk, and the
+	// primary's writes were refused in a reconnect loop).
+	filler := fillUp(t, small)
+	again := newWriters(tr.dir["b"])
+	again.start(&recordWriter{first: 8192, slots: 4096}) // blocks a never allocated
+	poll.Until(t, 60*time.Second, "a's disk to fail again, as a secondary", func() bool {
+		st, err := status(a)
+		return err == nil && st.Disk == cluster.DiskFailed
+	})
+	base := again.acked()
+	poll.Until(t, 20*time.Second, "b's writes to go on without a", func() bool { return again.acked() >= base+200 })
+	if err := again.halt(t); err != nil {
+		t.Fatalf("a write on b failed while a's disk was full: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	ldmirror(t, "attach-disk", "--dir", a)
+	tr.waitServing("b", "a")
+	waitClean(t, tr.dir["b"], a)
+	sameBytes(t, img(a), img(tr.dir["b"]))
+	again.check(t, img(a))
+}
+
+// fillUp fills the file system of dir with a file, which it returns, until
+// ENOSPC.
+func fillUp(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill %s: %v", dir, err)
+			}
+			return path
+		}
 	}
 }

@@ -48,20 +48,31 @@ func (n *Node) recordDiskFailure(err error) {
 	}
 }
 
-// watchSecondaryDisk ends the primary's session once this secondary's disk
-// fails: the primary's writes then go on alone, and its reconnects are
-// refused (admitPrimary) instead of resyncing into the failing disk.
+// watchSecondaryDisk ends the primary's session each time this secondary's
+// disk fails: the primary's writes then go on alone, and its reconnects
+// are refused (admitPrimary) instead of resyncing into the failing disk.
+// After attach-disk it watches the disk put back.
 func (n *Node) watchSecondaryDisk(ctx context.Context, ln *transport.Listener, r *replica.Replica) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-r.DiskFailed():
-	}
-	n.recordDiskFailure(r.DiskError())
-	err := n.diskFailure()
-	n.log.Error("this host's disk failed: the primary goes on alone until the disk is attached again", "err", err)
-	if s := ln.Active(); s != nil {
-		s.Close(err)
+	for {
+		failed, replaced := r.DiskWatch()
+		select {
+		case <-ctx.Done():
+			return
+		case <-replaced:
+			continue
+		case <-failed:
+		}
+		n.recordDiskFailure(r.DiskError())
+		err := n.diskFailure()
+		n.log.Error("this host's disk failed: the primary goes on alone until the disk is attached again", "err", err)
+		if s := ln.Active(); s != nil {
+			s.Close(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-replaced:
+		}
 	}
 }
 

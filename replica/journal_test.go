@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/ldmirror/ldmirror/journal"
@@ -139,5 +140,30 @@ func TestReplicaPersistAtStop(t *testing.T) {
 	dev.mu.Unlock()
 	if p := af.Position(); p != (journal.Position{ID: 5, Seq: 72}) || flushes != 1 {
 		t.Fatalf("after Persist the file holds %+v after %d device flushes; want journal 5 seq 72 after 1", p, flushes)
+	}
+}
+
+// TestReplicaPositionMovesAfterReattach: a journal record that the failing
+// disk refused holds the applied position; once attach-disk put a disk
+// back, the records of the primary's next session move it again.
+func TestReplicaPositionMovesAfterReattach(t *testing.T) {
+	dev := failingDevice{gatedDevice: newGatedDevice(1 << 20), at: 8192, err: syscall.ENOSPC}
+	r := New(dev, 4096, nil)
+	h := newRequestHarness(t, r)
+	h.journal(1, transport.JournalOp{ID: 5, Seq: 10, Kind: transport.KindWrite, Offset: 0, Data: make([]byte, 4096)})
+	h.journal(2, transport.JournalOp{ID: 5, Seq: 11, Kind: transport.KindWrite, Offset: 8192, Data: make([]byte, 4096)})
+	h.waitFor(t, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.done) == 2
+	})
+	if st := r.Status(); st.JournalApplied != 10 {
+		t.Fatalf("after the refused record: applied %d, want 10", st.JournalApplied)
+	}
+	r.Reattach(newGatedDevice(1 << 20))
+	h.journal(3, transport.JournalOp{ID: 5, Seq: 20, Kind: transport.KindWrite, Offset: 16384, Data: make([]byte, 4096)})
+	h.waitAcked(t, 3)
+	if st := r.Status(); st.JournalApplied != 20 {
+		t.Fatalf("after Reattach and record 20: applied %d, want 20 (stuck at the failure)", st.JournalApplied)
 	}
 }

@@ -43,6 +43,9 @@ type Replica struct {
 	devMu   sync.RWMutex
 	dev     blockdev.Device
 	failure *blockdev.Failure // the disk's first I/O error: from then on nothing touches it
+	// replaced is closed by Reattach, which makes a new one: a watch of
+	// failure must then watch the new disk's.
+	replaced chan struct{}
 
 	mu      sync.Mutex
 	pending []*applyOp // in arrival (sequence) order; finished ones are trimmed from the front
@@ -103,7 +106,7 @@ func New(dev blockdev.Device, blockSize int, log *slog.Logger) *Replica {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Replica{dev: dev, blockSize: blockSize, log: log, failure: blockdev.NewFailure()}
+	return &Replica{dev: dev, blockSize: blockSize, log: log, failure: blockdev.NewFailure(), replaced: make(chan struct{})}
 }
 
 // Handle applies req, or schedules it after the requests it depends on.
@@ -260,11 +263,13 @@ func (r *Replica) finish(op *applyOp, err error) {
 	r.mu.Unlock()
 }
 
-// DiskFailed is closed once this host's disk failed an I/O.
-func (r *Replica) DiskFailed() <-chan struct{} {
+// DiskWatch returns two channels about the disk in use now: failed is
+// closed once it fails an I/O, replaced once Reattach puts another in its
+// place (whose failure the caller must then watch afresh).
+func (r *Replica) DiskWatch() (failed, replaced <-chan struct{}) {
 	r.devMu.RLock()
 	defer r.devMu.RUnlock()
-	return r.failure.Done()
+	return r.failure.Done(), r.replaced
 }
 
 // DiskError is the disk's failure (blockdev.ErrDiskFailed), or nil.
@@ -276,11 +281,23 @@ func (r *Replica) DiskError() error {
 
 // Reattach replaces a failed disk with dev, reopened by the operator's
 // attach-disk, once the requests being applied have finished.
+//
+// The journal position applied stays where the failure left it, but it
+// moves again: the primary's next session starts from it (a catch-up
+// replays the records that failed, or a bitmap resync covers them), as
+// with a restarted secondary. A position left stuck would answer every
+// flush with the old one, and an async primary, waiting for room in a
+// journal it could never truncate, would stop.
 func (r *Replica) Reattach(dev blockdev.Device) {
 	r.Wait()
 	r.devMu.Lock()
 	defer r.devMu.Unlock()
 	r.dev, r.failure = dev, blockdev.NewFailure()
+	close(r.replaced)
+	r.replaced = make(chan struct{})
+	r.mu.Lock()
+	r.stuck = false
+	r.mu.Unlock()
 }
 
 // flushed records, after the device flush of op, that the applied position

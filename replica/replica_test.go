@@ -195,20 +195,37 @@ func TestReplicaDetachesAFailedDisk(t *testing.T) {
 	if !errors.Is(err3, transport.ErrRemoteIO) || !strings.Contains(err3.Error(), "disk failed") || !strings.Contains(err3.Error(), "ENOSPC") {
 		t.Fatalf("write after the failure: %v; want a refusal naming the failed disk and ENOSPC", err3)
 	}
+	failed, replaced := r.DiskWatch()
 	select {
-	case <-r.DiskFailed():
+	case <-failed:
 	default:
-		t.Fatal("DiskFailed not closed")
+		t.Fatal("DiskWatch's failed not closed")
 	}
 	if st := r.Status(); st.Failures != 2 || st.Writes != 1 {
 		t.Fatalf("status %+v, want 2 failures and 1 write: nothing applied after the failure", st)
 	}
-	r.Reattach(newGatedDevice(1 << 20))
+	r.Reattach(failingDevice{gatedDevice: newGatedDevice(1 << 20), at: 32768, err: syscall.EIO})
+	select {
+	case <-replaced:
+	default:
+		t.Fatal("Reattach did not close the replaced channel")
+	}
 	h.write(4, 16384, make([]byte, 4096))
 	h.waitFor(t, func() bool { return h.acked(4) })
 	if r.DiskError() != nil {
 		t.Fatalf("after Reattach the disk still counts as failed: %v", r.DiskError())
 	}
+	// The new disk's failure is watched afresh.
+	failed, _ = r.DiskWatch()
+	h.write(5, 32768, make([]byte, 4096))
+	h.waitFor(t, func() bool {
+		select {
+		case <-failed:
+			return true
+		default:
+			return false
+		}
+	})
 }
 
 func TestReplicaFlushIsABarrier(t *testing.T) {

@@ -44,3 +44,10 @@ fi
 [ $rc = 0 ] || exit $rc
 echo "== fuzz smoke (the frame decoder, 10 s)"
 go test -run '^$' -fuzz FuzzReadFrame -fuzztime 10s ./transport/
+if [ "$(id -u)" = 0 ]; then
+  # A short fault campaign (docs/reliability.md): 20 randomized faults on
+  # three namespace hosts, each checked for lost writes, divergent volumes,
+  # e2fsck and two primaries. The 200-round campaigns run by hand.
+  echo "== fault campaign (20 rounds, sync, about 3 min)"
+  go run ./scripts/torture --rounds 20
+fi

@@ -332,23 +332,44 @@ func freePort() (int, error) {
 // "Compare", ...). It needs Options.Monitor. Reading it costs one Bind and
 // one Search.
 func (s *Server) Operations() (map[string]int, error) {
+	return s.monitorOps(func(initiated, _ int) int { return initiated })
+}
+
+// InProgress returns the number of operations slapd has initiated and not
+// completed, by type, not counting the search that reads them. An
+// operation that is abandoned, or whose connection is closed, completes.
+// It needs Options.Monitor.
+func (s *Server) InProgress() (map[string]int, error) {
+	ops, err := s.monitorOps(func(initiated, completed int) int { return initiated - completed })
+	if err == nil {
+		ops["Search"]-- // the search reading cn=Monitor
+	}
+	return ops, err
+}
+
+// monitorOps reads cn=Operations,cn=Monitor and returns f of each
+// operation type's initiated and completed counts.
+func (s *Server) monitorOps(f func(initiated, completed int) int) (map[string]int, error) {
 	c, err := s.Dial()
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	res, err := c.Search(ldap.NewSearchRequest("cn=Operations,cn=Monitor", ldap.ScopeSingleLevel,
-		ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"cn", "monitorOpInitiated"}, nil))
+		ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"cn", "monitorOpInitiated", "monitorOpCompleted"}, nil))
 	if err != nil {
 		return nil, fmt.Errorf("slapdtest: read cn=Monitor: %w", err)
 	}
 	ops := make(map[string]int)
 	for _, e := range res.Entries {
-		var n int
-		if _, err := fmt.Sscan(e.GetAttributeValue("monitorOpInitiated"), &n); err != nil {
+		var initiated, completed int
+		if _, err := fmt.Sscan(e.GetAttributeValue("monitorOpInitiated"), &initiated); err != nil {
 			return nil, fmt.Errorf("slapdtest: %s: %w", e.DN, err)
 		}
-		ops[e.GetAttributeValue("cn")] = n
+		if _, err := fmt.Sscan(e.GetAttributeValue("monitorOpCompleted"), &completed); err != nil {
+			return nil, fmt.Errorf("slapdtest: %s: %w", e.DN, err)
+		}
+		ops[e.GetAttributeValue("cn")] = f(initiated, completed)
 	}
 	return ops, nil
 }

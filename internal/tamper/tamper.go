@@ -293,10 +293,12 @@ func (r *Relay) pump(src, dst net.Conn, fromClient, first bool) {
 			forged := make([]byte, 5+64)
 			copy(forged, []byte{23, 3, 3, 0, 64})
 			_, _ = rand.Read(forged[5:])
+			// Fired before the write: the peer may log the failure
+			// before this goroutine runs again.
+			r.fire()
 			if _, err := dst.Write(forged); err != nil {
 				return
 			}
-			r.fire()
 		}
 		if _, err := dst.Write(rec); err != nil {
 			return

@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
@@ -11,17 +13,23 @@ import (
 
 // Result codes the proxy produces itself.
 const (
+	codeOperationsError      = 1
 	codeProtocolError        = 2
-	codeCompareFalse         = 5
-	codeCompareTrue          = 6
 	codeAuthMethodNotSupport = 7
+	codeConfidentiality      = 13
+	codeBusy                 = 51
 	codeUnavailable          = 52
 	codeOther                = 80
 )
 
-// run relays one operation and writes its response. An abandoned operation
-// gets no response (RFC 4511 4.11).
+// run relays one operation and writes its responses. An abandoned
+// operation gets no response (RFC 4511 4.11).
 func (c *clientConn) run(req *request) {
+	defer func() {
+		c.mu.Lock()
+		c.inflight--
+		c.mu.Unlock()
+	}()
 	if !c.srv.ops.Enter() {
 		c.reply(req, result{code: codeUnavailable, message: "proxy is shutting down"}, nil)
 		return
@@ -42,84 +50,71 @@ func (c *clientConn) run(req *request) {
 		c.reply(req, result{code: codeOther, message: err.Error()}, nil)
 		return
 	}
-	if req.tag == tagExtended {
-		c.runExtended(ctx, sess, req)
-		return
-	}
-	r, controls, ok := c.call(ctx, sess, req)
-	if !ok || ctx.Err() != nil {
+	r := &retrier.Request{Op: req.op, Controls: req.controls, Add: req.add, ModifyDN: req.modifyDN}
+	final, err := sess.Relay(ctx, r, func(msg []byte, more bool) error {
+		return c.relay(req.id, msg, !more)
+	})
+	switch {
+	case ctx.Err() != nil:
 		return // abandoned, or the client is gone
+	case err != nil:
+		c.reply(req, resultOf(err), nil)
+	default:
+		_ = c.relay(req.id, final, true)
 	}
-	c.reply(req, r, controls)
 }
 
-// call relays req (anything but an extended operation) through sess; ok
-// is false if the client could not be written to.
-func (c *clientConn) call(ctx context.Context, sess *retrier.Session, req *request) (r result, controls []ldap.Control, ok bool) {
-	switch req.tag {
-	case tagBind:
-		switch {
-		case req.bind.version != 3:
-			r = result{code: codeProtocolError, message: "only LDAPv3 is supported"}
-		case req.bind.sasl:
-			r = result{code: codeAuthMethodNotSupport, message: "only simple bind is relayed"}
-		default:
-			r = resultOf(sess.Bind(ctx, req.bind.name, req.bind.password))
-		}
-	case tagSearch:
-		res, err := sess.SearchEach(ctx, req.search, func(e *ldap.Entry) error {
-			return c.write(message(req.id, entryOp(e), nil))
-		})
-		if res != nil {
-			for _, ref := range res.Referrals {
-				if err := c.write(message(req.id, referenceOp([]string{ref}), nil)); err != nil {
-					return r, nil, false
-				}
-			}
-			controls = res.Controls
-		}
-		r = resultOf(err)
-	case tagModify:
-		r = resultOf(sess.Modify(ctx, req.modify))
-	case tagAdd:
-		r = resultOf(sess.Add(ctx, req.add))
-	case tagDelete:
-		r = resultOf(sess.Delete(ctx, req.del))
-	case tagModifyDN:
-		r = resultOf(sess.ModifyDN(ctx, req.modifyDN))
-	case tagCompare:
-		ok, err := sess.Compare(ctx, req.compare.dn, req.compare.attribute, req.compare.value)
-		r = resultOf(err)
-		if err == nil {
-			r.code = codeCompareFalse
-			if ok {
-				r.code = codeCompareTrue
-			}
-		}
+// bind handles a bind request; no other operation is in flight.
+func (c *clientConn) bind(req *request) {
+	b := req.bind
+	var r result
+	switch {
+	case b.version != 3:
+		r = result{code: codeProtocolError, message: "only LDAPv3 is supported"}
+	case b.sasl:
+		r = result{code: codeAuthMethodNotSupport, message: saslRefusal(b.mech)}
+	case c.srv.cfg.RequireTLSForBind && len(b.password) > 0 && !c.secure():
+		r = result{code: codeConfidentiality, message: "a bind with a password needs TLS: use StartTLS, ldaps:// or ldapi://"}
+	default:
+		r = c.simpleBind(b)
 	}
-	return r, controls, true
+	c.reply(req, r, nil)
 }
 
-// runExtended relays an extended operation and writes its response.
-func (c *clientConn) runExtended(ctx context.Context, sess *retrier.Session, req *request) {
-	x := &ldap.ExtendedRequest{Name: req.extended.name, Controls: req.controls}
-	if req.extended.hasValue {
-		x.Value = ber.NewString(ber.ClassContext, ber.TypePrimitive, 1, string(req.extended.value), "requestValue")
+// simpleBind relays a simple bind: the session binds as the client on
+// every server connection from now on.
+func (c *clientConn) simpleBind(b *bindRequest) result {
+	if !c.srv.ops.Enter() {
+		return result{code: codeUnavailable, message: "proxy is shutting down"}
 	}
-	resp, err := sess.Extended(ctx, x)
-	r := resultOf(err)
-	if ctx.Err() != nil {
-		return
+	defer c.srv.ops.Leave()
+	sess, err := c.session()
+	if err != nil {
+		return result{code: codeOther, message: err.Error()}
 	}
-	if err != nil || resp == nil {
-		_ = c.write(message(req.id, extendedOp(r, "", nil, false), nil))
-		return
+	err = sess.BindBytes(context.Background(), b.name, b.password)
+	authenticated := err == nil && b.name != "" && len(b.password) > 0
+	c.mu.Lock()
+	c.bound = authenticated
+	c.expires = time.Time{}
+	if authenticated && c.srv.cfg.SessionLifetime > 0 {
+		c.expires = time.Now().Add(c.srv.cfg.SessionLifetime)
 	}
-	var value []byte
-	if resp.Value != nil {
-		value = resp.Value.Data.Bytes()
+	c.mu.Unlock()
+	return resultOf(err)
+}
+
+// saslRefusal says why a SASL bind is refused. The proxy replays a
+// client's bind on every backend connection it opens, which needs the
+// credentials; SASL mechanisms either do not give them to the proxy
+// (EXTERNAL: the server would see the proxy's own socket credentials or
+// certificate, not the client's) or bind them to one connection
+// (DIGEST-MD5, GSSAPI, SCRAM).
+func saslRefusal(mech string) string {
+	if mech == "EXTERNAL" {
+		return "SASL EXTERNAL is not relayed: the server would authenticate the proxy, not the client; bind with a DN and password"
 	}
-	_ = c.write(message(req.id, extendedOp(r, resp.Name, value, resp.Value != nil), resp.Controls))
+	return fmt.Sprintf("SASL %s is not relayed: the proxy replays a simple bind on each server; bind with a DN and password", mech)
 }
 
 // responseTag maps a request tag to its response tag.
@@ -133,6 +128,7 @@ var responseTag = map[ber.Tag]ber.Tag{
 	tagCompare:  ldap.ApplicationCompareResponse,
 }
 
+// reply sends a result the proxy makes itself.
 func (c *clientConn) reply(req *request, r result, controls []ldap.Control) {
 	var op *ber.Packet
 	if t, ok := responseTag[req.tag]; ok {
@@ -147,12 +143,15 @@ func (c *clientConn) reply(req *request, r result, controls []ldap.Control) {
 
 // resultOf maps a Session error to the LDAP result sent to the client:
 // a backend's result is passed through unchanged; a call that failed on
-// every server until its deadline is unavailable (52).
+// every server until its deadline, or whose server's certificate does not
+// verify, is unavailable (52).
 func resultOf(err error) result {
 	if err == nil {
 		return result{}
 	}
-	if errors.Is(err, retrier.ErrAllServersFailed) || errors.Is(err, retrier.ErrDraining) || errors.Is(err, retrier.ErrClosed) {
+	switch {
+	case errors.Is(err, retrier.ErrAllServersFailed), errors.Is(err, retrier.ErrDraining),
+		errors.Is(err, retrier.ErrClosed), errors.Is(err, retrier.ErrCertificate):
 		return result{code: codeUnavailable, message: err.Error()}
 	}
 	var le *ldap.Error

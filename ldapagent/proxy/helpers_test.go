@@ -21,14 +21,21 @@ import (
 // startProxy runs a proxy in-process on a free port and returns its URL.
 func startProxy(t testing.TB, cfg Config) (string, *Server) {
 	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := serveOn(t, cfg, l)
+	return "ldap://" + l.Addr().String(), srv
+}
+
+// serveOn runs a proxy in-process on l until the test ends.
+func serveOn(t testing.TB, cfg Config, l net.Listener) *Server {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +49,7 @@ func startProxy(t testing.TB, cfg Config) (string, *Server) {
 			t.Errorf("Serve returned %v", err)
 		}
 	})
-	return "ldap://" + l.Addr().String(), srv
+	return srv
 }
 
 func backend(a, b *slapdtest.Server) retrier.Config {

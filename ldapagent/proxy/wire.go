@@ -1,73 +1,18 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
+	"github.com/ldmirror/ldmirror/ldapagent/retrier/wire"
 )
 
-// Decoding errors; each closes the client connection.
-var (
-	errOversized = errors.New("message larger than the limit")
-	errMalformed = errors.New("malformed message")
-	errUnknownOp = errors.New("unknown operation")
-)
-
-// readMessage reads one BER-encoded LDAPMessage (a definite-length
-// SEQUENCE) of at most max bytes.
-func readMessage(r *bufio.Reader, max int) ([]byte, error) {
-	tag, err := r.ReadByte()
-	if err != nil {
-		return nil, err
-	}
-	if tag != 0x30 {
-		return nil, fmt.Errorf("%w: tag 0x%02x, want SEQUENCE", errMalformed, tag)
-	}
-	first, err := r.ReadByte()
-	if err != nil {
-		return nil, unexpectedEOF(err)
-	}
-	header := []byte{tag, first}
-	length := int(first)
-	switch {
-	case first == 0x80:
-		return nil, fmt.Errorf("%w: indefinite length", errMalformed)
-	case first&0x80 != 0:
-		n := int(first & 0x7f)
-		if n > 4 {
-			return nil, fmt.Errorf("%w: %d length bytes", errOversized, n)
-		}
-		length = 0
-		for range n {
-			b, err := r.ReadByte()
-			if err != nil {
-				return nil, unexpectedEOF(err)
-			}
-			header = append(header, b)
-			length = length<<8 | int(b)
-		}
-	}
-	if length > max-len(header) {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", errOversized, length+len(header), max)
-	}
-	msg := make([]byte, len(header)+length)
-	copy(msg, header)
-	if _, err := io.ReadFull(r, msg[len(header):]); err != nil {
-		return nil, unexpectedEOF(err)
-	}
-	return msg, nil
-}
-
-func unexpectedEOF(err error) error {
-	if errors.Is(err, io.EOF) {
-		return io.ErrUnexpectedEOF
-	}
-	return err
-}
+// errUnknownOp is a request with an operation the proxy does not know; it
+// closes the client connection, as wire.ErrMalformed and wire.ErrOversized
+// do.
+var errUnknownOp = errors.New("unknown operation")
 
 // LDAP application tags of requests (RFC 4511).
 const (
@@ -83,126 +28,146 @@ const (
 	tagExtended = ldap.ApplicationExtendedRequest
 )
 
-// request is one decoded LDAPMessage; exactly one operation field is set.
+// request is one client request: the message ID, the operation and
+// controls as they arrived (relayed as they are), and what the proxy
+// needs decoded: a bind's credentials, an add or modify DN for the
+// idempotent write rules, an abandon's message ID, an extended
+// operation's name.
 type request struct {
 	id       int64
 	tag      ber.Tag
-	controls []ldap.Control
+	op       []byte // the protocolOp element
+	controls []byte // the [0] Controls element, or nil
 
 	bind     *bindRequest
-	search   *ldap.SearchRequest
-	modify   *ldap.ModifyRequest
 	add      *ldap.AddRequest
-	del      *ldap.DelRequest
 	modifyDN *ldap.ModifyDNRequest
-	compare  *compareRequest
 	abandon  int64
-	extended *extendedRequest
+	extName  string
 }
 
+// bindRequest is a BindRequest. password is a slice of the request's
+// message, which the caller zeroes after the bind.
 type bindRequest struct {
 	version  int64
 	name     string
-	password string
-	sasl     bool // SASL (not relayed)
+	password []byte
+	sasl     bool   // SASL (not relayed)
+	mech     string // the SASL mechanism
 }
 
-type compareRequest struct{ dn, attribute, value string }
-
-type extendedRequest struct {
-	name     string
-	value    []byte
-	hasValue bool
-}
-
-// decodeRequest decodes an LDAPMessage read by readMessage.
+// decodeRequest checks and decodes an LDAPMessage read by wire.Read.
+// Every operation is decoded far enough to be known valid (a server may
+// close the connection of a client that sends it a malformed request,
+// which is the proxy's shared one), but only what the proxy acts on is
+// kept.
 func decodeRequest(msg []byte) (req *request, err error) {
-	p, err := ber.DecodePacketErr(msg)
+	m, err := wire.Split(msg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errMalformed, err)
+		return nil, err
 	}
-	if p.ClassType != ber.ClassUniversal || p.TagType != ber.TypeConstructed || p.Tag != ber.TagSequence || len(p.Children) < 2 || len(p.Children) > 3 {
-		return nil, fmt.Errorf("%w: not an LDAPMessage", errMalformed)
+	if m.Op[0]&0xc0 != 0x40 {
+		return nil, fmt.Errorf("%w: operation is not an application tag", wire.ErrMalformed)
 	}
-	idp := p.Children[0]
-	id, ok := idp.Value.(int64)
-	if idp.ClassType != ber.ClassUniversal || idp.Tag != ber.TagInteger || !ok || id < 0 || id > 1<<31-1 {
-		return nil, fmt.Errorf("%w: bad message ID", errMalformed)
-	}
-	op := p.Children[1]
-	if op.ClassType != ber.ClassApplication {
-		return nil, fmt.Errorf("%w: operation is not an application tag", errMalformed)
-	}
-	req = &request{id: id, tag: op.Tag}
-	if len(p.Children) == 3 {
-		cp := p.Children[2]
-		if cp.ClassType != ber.ClassContext || cp.Tag != 0 || cp.TagType != ber.TypeConstructed {
-			return nil, fmt.Errorf("%w: bad controls", errMalformed)
+	req = &request{id: m.ID, tag: ber.Tag(m.Op[0] & 0x1f), op: m.Op, controls: m.Controls}
+	if len(m.Controls) > 0 {
+		if err := checkControls(m.Controls); err != nil {
+			return nil, err
 		}
-		for _, c := range cp.Children {
-			ctl, err := decodeControl(c)
-			if err != nil {
-				return nil, err
+	}
+	constructed := m.Op[0]&0x20 != 0
+	switch {
+	case req.tag == tagBind && constructed:
+		req.bind, err = decodeBind(m.Op)
+	case req.tag == tagUnbind || req.tag == tagDelete || req.tag == tagAbandon:
+		if constructed {
+			return nil, fmt.Errorf("%w: %s", wire.ErrMalformed, opName(req.tag))
+		}
+		if req.tag == tagAbandon {
+			var content []byte
+			if content, _, err = wire.Element(m.Op); err == nil {
+				req.abandon, err = ber.ParseInt64(content)
 			}
-			req.controls = append(req.controls, ctl)
 		}
-	}
-	switch op.Tag {
-	case tagBind:
-		req.bind, err = decodeBind(op)
-	case tagUnbind:
-	case tagSearch:
-		req.search, err = decodeSearch(op, req.controls)
-	case tagModify:
-		req.modify, err = decodeModify(op, req.controls)
-	case tagAdd:
-		req.add, err = decodeAdd(op, req.controls)
-	case tagDelete:
-		if op.TagType != ber.TypePrimitive {
-			return nil, fmt.Errorf("%w: delete request", errMalformed)
-		}
-		req.del = ldap.NewDelRequest(op.Data.String(), req.controls)
-	case tagModifyDN:
-		req.modifyDN, err = decodeModifyDN(op, req.controls)
-	case tagCompare:
-		req.compare, err = decodeCompare(op)
-	case tagAbandon:
-		if op.TagType != ber.TypePrimitive {
-			return nil, fmt.Errorf("%w: abandon request", errMalformed)
-		}
-		req.abandon, err = ber.ParseInt64(op.Data.Bytes())
-	case tagExtended:
-		req.extended, err = decodeExtended(op)
+	case constructed && knownConstructed(req.tag):
+		err = req.decodeOp()
 	default:
-		return nil, fmt.Errorf("%w: application tag %d", errUnknownOp, op.Tag)
+		return nil, fmt.Errorf("%w: application tag %d", errUnknownOp, req.tag)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", errMalformed, opName(op.Tag), err)
+		return nil, fmt.Errorf("%w: %s: %v", wire.ErrMalformed, opName(req.tag), err)
 	}
 	return req, nil
+}
+
+func knownConstructed(tag ber.Tag) bool {
+	switch tag {
+	case tagSearch, tagModify, tagAdd, tagModifyDN, tagCompare, tagExtended:
+		return true
+	}
+	return false
+}
+
+// decodeOp checks the constructed operations other than bind, and
+// decodes an add or a modify DN for the idempotent write rules.
+func (req *request) decodeOp() (err error) {
+	switch req.tag {
+	case tagSearch:
+		return checkSearch(req.op)
+	case tagModify:
+		return checkModify(req.op)
+	case tagCompare:
+		return checkCompare(req.op)
+	case tagExtended:
+		req.extName, err = extendedName(req.op)
+		return err
+	}
+	op, err := ber.DecodePacketErr(req.op)
+	if err != nil {
+		return err
+	}
+	if req.tag == tagAdd {
+		req.add, err = decodeAdd(op)
+	} else {
+		req.modifyDN, err = decodeModifyDN(op)
+	}
+	return err
+}
+
+func checkControls(b []byte) error {
+	p, err := ber.DecodePacketErr(b)
+	if err != nil {
+		return fmt.Errorf("%w: controls: %v", wire.ErrMalformed, err)
+	}
+	for _, c := range p.Children {
+		if _, err := decodeControl(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func decodeControl(p *ber.Packet) (c ldap.Control, err error) {
 	// go-ldap's decoder indexes children without checking every shape.
 	defer func() {
 		if r := recover(); r != nil {
-			c, err = nil, fmt.Errorf("%w: control: %v", errMalformed, r)
+			c, err = nil, fmt.Errorf("%w: control: %v", wire.ErrMalformed, r)
 		}
 	}()
 	if p.TagType != ber.TypeConstructed || len(p.Children) < 1 || len(p.Children) > 3 {
-		return nil, fmt.Errorf("%w: control", errMalformed)
+		return nil, fmt.Errorf("%w: control", wire.ErrMalformed)
 	}
 	for _, ch := range p.Children {
 		if ch.TagType != ber.TypePrimitive || ch.ClassType != ber.ClassUniversal {
-			return nil, fmt.Errorf("%w: control", errMalformed)
+			return nil, fmt.Errorf("%w: control", wire.ErrMalformed)
 		}
 	}
 	if p.Children[0].Tag != ber.TagOctetString {
-		return nil, fmt.Errorf("%w: control type", errMalformed)
+		return nil, fmt.Errorf("%w: control type", wire.ErrMalformed)
 	}
 	c, err = ldap.DecodeControl(p)
 	if err != nil {
-		return nil, fmt.Errorf("%w: control: %v", errMalformed, err)
+		return nil, fmt.Errorf("%w: control: %v", wire.ErrMalformed, err)
 	}
 	return c, nil
 }
@@ -233,78 +198,43 @@ func integer(p *ber.Packet) (int64, error) {
 	return ber.ParseInt64(p.Data.Bytes())
 }
 
-func decodeBind(op *ber.Packet) (*bindRequest, error) {
-	c, err := children(op, 3, 3)
+// decodeBind decodes a BindRequest element by element, so that the
+// password stays in the request's message (which is zeroed) instead of
+// being copied into packets and strings.
+func decodeBind(op []byte) (*bindRequest, error) {
+	content, _, err := wire.Element(op)
 	if err != nil {
 		return nil, err
+	}
+	version, rest, err := wire.Element(content)
+	if err != nil || content[0] != 0x02 {
+		return nil, errors.New("version")
 	}
 	b := &bindRequest{}
-	if b.version, err = integer(c[0]); err != nil {
+	if b.version, err = ber.ParseInt64(version); err != nil {
 		return nil, err
 	}
-	if b.name, err = str(c[1]); err != nil {
-		return nil, err
+	name, auth, err := wire.Element(rest)
+	if err != nil || rest[0] != 0x04 {
+		return nil, errors.New("name")
 	}
-	switch {
-	case c[2].ClassType == ber.ClassContext && c[2].Tag == 0:
-		b.password, err = str(c[2])
-	case c[2].ClassType == ber.ClassContext && c[2].Tag == 3:
+	b.name = string(name)
+	cred, tail, err := wire.Element(auth)
+	if err != nil || len(tail) != 0 {
+		return nil, errors.New("authentication")
+	}
+	switch auth[0] {
+	case 0x80: // [0] simple
+		b.password = cred
+	case 0xa3: // [3] SaslCredentials
 		b.sasl = true
+		if mech, _, err := wire.Element(cred); err == nil && cred[0] == 0x04 {
+			b.mech = string(mech)
+		}
 	default:
-		err = errors.New("unknown authentication choice")
+		return nil, errors.New("unknown authentication choice")
 	}
-	return b, err
-}
-
-func decodeSearch(op *ber.Packet, controls []ldap.Control) (*ldap.SearchRequest, error) {
-	c, err := children(op, 8, 8)
-	if err != nil {
-		return nil, err
-	}
-	base, err := str(c[0])
-	if err != nil {
-		return nil, err
-	}
-	var n [5]int64
-	for i := range n {
-		if n[i], err = integer(c[1+i]); err != nil {
-			return nil, err
-		}
-	}
-	scope, deref, size, limit, typesOnly := n[0], n[1], n[2], n[3], n[4]
-	if scope < 0 || scope > 3 || deref < 0 || deref > 3 || size < 0 || limit < 0 || size > 1<<31-1 || limit > 1<<31-1 {
-		return nil, errors.New("scope, deref or limits out of range")
-	}
-	filter, err := decompileFilter(c[6])
-	if err != nil {
-		return nil, fmt.Errorf("filter: %v", err)
-	}
-	if _, err := ldap.CompileFilter(filter); err != nil {
-		return nil, fmt.Errorf("filter %q: %v", filter, err)
-	}
-	if c[7].TagType != ber.TypeConstructed {
-		return nil, errors.New("attribute list")
-	}
-	var attrs []string
-	for _, a := range c[7].Children {
-		s, err := str(a)
-		if err != nil {
-			return nil, err
-		}
-		attrs = append(attrs, s)
-	}
-	return ldap.NewSearchRequest(base, int(scope), int(deref), int(size), int(limit), typesOnly != 0, filter, attrs, controls), nil
-}
-
-// decompileFilter is ldap.DecompileFilter, which may index missing children
-// of a malformed filter.
-func decompileFilter(p *ber.Packet) (f string, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			f, err = "", fmt.Errorf("%v", r)
-		}
-	}()
-	return ldap.DecompileFilter(p)
+	return b, nil
 }
 
 // attribute decodes a PartialAttribute: SEQUENCE { type, SET OF value }.
@@ -348,41 +278,12 @@ func dnAndList(op *ber.Packet, what string) (string, []*ber.Packet, error) {
 	return dn, c[1].Children, nil
 }
 
-func decodeModify(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyRequest, error) {
-	dn, changes, err := dnAndList(op, "changes")
-	if err != nil {
-		return nil, err
-	}
-	req := ldap.NewModifyRequest(dn, controls)
-	for _, ch := range changes {
-		cc, err := children(ch, 2, 2)
-		if err != nil {
-			return nil, err
-		}
-		kind, err := integer(cc[0])
-		if err != nil {
-			return nil, err
-		}
-		name, vals, err := attribute(cc[1])
-		if err != nil {
-			return nil, err
-		}
-		switch kind {
-		case ldap.AddAttribute, ldap.DeleteAttribute, ldap.ReplaceAttribute, ldap.IncrementAttribute:
-		default:
-			return nil, fmt.Errorf("change operation %d", kind)
-		}
-		req.Changes = append(req.Changes, ldap.Change{Operation: uint(kind), Modification: ldap.PartialAttribute{Type: name, Vals: vals}})
-	}
-	return req, nil
-}
-
-func decodeAdd(op *ber.Packet, controls []ldap.Control) (*ldap.AddRequest, error) {
+func decodeAdd(op *ber.Packet) (*ldap.AddRequest, error) {
 	dn, attrs, err := dnAndList(op, "attribute list")
 	if err != nil {
 		return nil, err
 	}
-	req := ldap.NewAddRequest(dn, controls)
+	req := ldap.NewAddRequest(dn, nil)
 	for _, a := range attrs {
 		name, vals, err := attribute(a)
 		if err != nil {
@@ -393,7 +294,7 @@ func decodeAdd(op *ber.Packet, controls []ldap.Control) (*ldap.AddRequest, error
 	return req, nil
 }
 
-func decodeModifyDN(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyDNRequest, error) {
+func decodeModifyDN(op *ber.Packet) (*ldap.ModifyDNRequest, error) {
 	c, err := children(op, 3, 4)
 	if err != nil {
 		return nil, err
@@ -419,48 +320,7 @@ func decodeModifyDN(op *ber.Packet, controls []ldap.Control) (*ldap.ModifyDNRequ
 			return nil, err
 		}
 	}
-	return ldap.NewModifyDNWithControlsRequest(dn, rdn, del != 0, sup, controls), nil
-}
-
-func decodeCompare(op *ber.Packet) (*compareRequest, error) {
-	dn, ava, err := dnAndList(op, "attribute value assertion")
-	if err != nil {
-		return nil, err
-	}
-	if len(ava) != 2 {
-		return nil, errors.New("attribute value assertion")
-	}
-	attr, err := str(ava[0])
-	if err != nil {
-		return nil, err
-	}
-	val, err := str(ava[1])
-	if err != nil {
-		return nil, err
-	}
-	return &compareRequest{dn: dn, attribute: attr, value: val}, nil
-}
-
-func decodeExtended(op *ber.Packet) (*extendedRequest, error) {
-	c, err := children(op, 1, 2)
-	if err != nil {
-		return nil, err
-	}
-	if c[0].ClassType != ber.ClassContext || c[0].Tag != 0 {
-		return nil, errors.New("request name")
-	}
-	name, err := str(c[0])
-	if err != nil {
-		return nil, err
-	}
-	e := &extendedRequest{name: name}
-	if len(c) == 2 {
-		if c[1].ClassType != ber.ClassContext || c[1].Tag != 1 || c[1].TagType != ber.TypePrimitive {
-			return nil, errors.New("request value")
-		}
-		e.value, e.hasValue = c[1].Data.Bytes(), true
-	}
-	return e, nil
+	return ldap.NewModifyDNRequest(dn, rdn, del != 0, sup), nil
 }
 
 func opName(tag ber.Tag) string {
@@ -507,32 +367,6 @@ func message(id int64, op *ber.Packet, controls []ldap.Control) []byte {
 		p.AppendChild(cs)
 	}
 	return p.Bytes()
-}
-
-func entryOp(e *ldap.Entry) *ber.Packet {
-	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationSearchResultEntry, nil, "")
-	op.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, e.DN, "objectName"))
-	attrs := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSequence, nil, "attributes")
-	for _, a := range e.Attributes {
-		pa := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSequence, nil, "")
-		pa.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, a.Name, "type"))
-		vals := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSet, nil, "vals")
-		for _, v := range a.ByteValues {
-			vals.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, string(v), ""))
-		}
-		pa.AppendChild(vals)
-		attrs.AppendChild(pa)
-	}
-	op.AppendChild(attrs)
-	return op
-}
-
-func referenceOp(uris []string) *ber.Packet {
-	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationSearchResultReference, nil, "")
-	for _, u := range uris {
-		op.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, u, "URI"))
-	}
-	return op
 }
 
 // extendedOp encodes an ExtendedResponse.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"time"
 )
@@ -25,9 +24,13 @@ type Config struct {
 	// StartTLS upgrades every ldap:// connection with the StartTLS operation.
 	StartTLS bool
 
-	// DialTimeout bounds one connection attempt. Default 2 s.
+	// DialTimeout bounds one TCP (or unix socket) connection attempt.
+	// Default 2 s.
 	DialTimeout time.Duration
-	// AttemptTimeout bounds one request on one server. Default 10 s.
+	// AttemptTimeout bounds the wait for each response of a request on one
+	// server, and the whole setup of a connection (connect, TLS, bind).
+	// A server that takes longer is taken as sick: the connection is
+	// closed and the call goes on with the other server. Default 10 s.
 	AttemptTimeout time.Duration
 	// CallTimeout bounds a whole call, retries included, when the caller's
 	// context has no earlier deadline. Default 30 s.
@@ -58,6 +61,11 @@ type Config struct {
 
 	// Logger receives failover and retry events. Default slog.Default().
 	Logger *slog.Logger
+
+	// Group, if set, is shared with other sessions of the same servers:
+	// after one of them fails over, the others send their calls to the
+	// server that answered too (see Group). Nil: the session's own.
+	Group *Group
 }
 
 // Defaults.
@@ -82,18 +90,8 @@ func (c Config) withDefaults() (Config, error) {
 		if u == "" {
 			continue
 		}
-		p, err := url.Parse(u)
-		if err != nil && len(u) > 8 && u[:8] == "ldapi://" {
-			err = nil // %2F-escaped socket paths; go-ldap parses them
-			p = &url.URL{Scheme: "ldapi"}
-		}
-		if err != nil {
+		if _, err := parseURL(u); err != nil {
 			return c, fmt.Errorf("%w: %q: %v", ErrConfig, u, err)
-		}
-		switch p.Scheme {
-		case "ldap", "ldaps", "ldapi":
-		default:
-			return c, fmt.Errorf("%w: %q: scheme must be ldap, ldaps or ldapi", ErrConfig, u)
 		}
 	}
 	def := func(d *time.Duration, v time.Duration) {

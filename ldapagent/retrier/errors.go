@@ -1,6 +1,7 @@
 package retrier
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -18,9 +19,11 @@ var (
 	ErrClosed = errors.New("retrier: session closed")
 	// ErrDraining: a held signal is pending; no new calls are accepted.
 	ErrDraining = errors.New("retrier: draining for a signal")
-	// ErrCannotOverwrite: an idempotent add found the entry but could not
-	// overwrite it (its structural class differs and it has children).
-	ErrCannotOverwrite = errors.New("retrier: cannot overwrite existing entry")
+	// ErrCertificate: a server's TLS certificate does not verify against
+	// the configured CAs and server name. That is a configuration error,
+	// which no retry can fix: the call fails at once, and the error, which
+	// wraps crypto/tls's, is logged once per Group (issue 18, defect 3).
+	ErrCertificate = errors.New("server certificate does not verify")
 )
 
 // LDAP result codes the retrier treats as "server not available".
@@ -43,7 +46,7 @@ func Retryable(err error, write bool) bool {
 		return false
 	}
 	var fe *finalError
-	if errors.As(err, &fe) {
+	if errors.As(err, &fe) || errors.Is(err, ErrCertificate) {
 		return false
 	}
 	var le *ldap.Error
@@ -60,11 +63,23 @@ func Retryable(err error, write bool) bool {
 }
 
 // connectionError reports whether err means the connection itself is
-// unusable, so the next attempt on that server must redial.
+// unusable, so the next attempt on that server must redial. The end of the
+// call's context is not: the operation was abandoned on the server and the
+// connection serves the next call.
 func connectionError(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
 	var le *ldap.Error
-	return err != nil && (!errors.As(err, &le) || le.ResultCode == ldap.ErrorNetwork)
+	return !errors.As(err, &le) || le.ResultCode == ldap.ErrorNetwork
 }
+
+// finalError marks an error that must not be retried: the caller's own
+// (a search callback's).
+type finalError struct{ err error }
+
+func (e *finalError) Error() string { return e.err.Error() }
+func (e *finalError) Unwrap() error { return e.err }
 
 // ServerError is the last error of a call on one server.
 type ServerError struct {

@@ -43,7 +43,15 @@ func entry(t testing.TB, srv *slapdtest.Server, dn string) (*ldap.Entry, error) 
 		t.Fatalf("dial %s: %v", srv.URL, err)
 	}
 	defer c.Close()
-	return readEntry(c, dn)
+	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+		1, 0, false, "(objectClass=*)", []string{"*"}, nil))
+	if err != nil {
+		return nil, err
+	}
+	if len(res.Entries) != 1 {
+		return nil, ldap.NewError(ldap.LDAPResultNoSuchObject, fmt.Errorf("%s: %d entries", dn, len(res.Entries)))
+	}
+	return res.Entries[0], nil
 }
 
 // attrs renders an entry's attributes as "name=v1|v2" lines, sorted, names

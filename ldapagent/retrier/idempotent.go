@@ -1,6 +1,7 @@
 package retrier
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -8,53 +9,80 @@ import (
 	"github.com/go-ldap/ldap/v3"
 )
 
-// overwrite makes the existing entry req.DN equal to req (docs/retrier.md). A modify
-// first deletes the attributes req does not have, then replaces the others;
-// if the server refuses to change the structural object class (69), a leaf
-// entry is deleted and added again.
-func overwrite(c *ldap.Conn, req *ldap.AddRequest) error {
-	old, err := readEntry(c, req.DN)
+// sameAsAdded reports whether the existing entry req.DN is what req
+// writes (docs/retrier.md, idempotent writes): then an earlier attempt of
+// the same add was applied and the add succeeded. Any other entry was
+// written by someone else, and is left alone.
+//
+// The entry equals the request when it has the same attribute types, the
+// same number of values of each, and every value of the request. Values are
+// compared byte for byte first; if that fails the server compares them,
+// with a base search whose filter asserts every value of the request: the
+// server applies the attributes' matching rules (case, spaces in DNs) and
+// their other names (surname for sn).
+func (s *Session) sameAsAdded(ctx context.Context, c *conn, req *ldap.AddRequest) (bool, error) {
+	want := withRDNValues(req)
+	old, err := s.readEntry(ctx, c, req.DN)
 	if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
-		return c.Add(req) // deleted meanwhile
+		return false, nil // deleted meanwhile: the 68 stands
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	want := withRDNValues(req)
-	keep := make(map[string]bool, len(want))
-	for _, a := range want {
-		keep[strings.ToLower(a.Type)] = true
+	if attrsEqual(old, addedEntry(req.DN, want), nil) {
+		return true, nil
 	}
-	mod := ldap.NewModifyRequest(req.DN, req.Controls)
-	for _, a := range old.Attributes {
-		if !keep[strings.ToLower(a.Name)] {
-			mod.Replace(a.Name, nil)
+	if countValues(old) != countValues(addedEntry(req.DN, want)) || len(old.Attributes) != len(want) {
+		return false, nil
+	}
+	filter := assertAll(want)
+	if _, err := ldap.CompileFilter(filter); err != nil {
+		return false, nil // an attribute type no filter can name: not provably ours
+	}
+	entries, err := s.searchOn(ctx, c, ldap.NewSearchRequest(req.DN, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+		1, 0, false, filter, []string{"1.1"}, nil))
+	if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return len(entries) == 1, nil
+}
+
+// addedEntry is the entry an add of attrs creates.
+func addedEntry(dn string, attrs []ldap.Attribute) *ldap.Entry {
+	e := &ldap.Entry{DN: dn}
+	for _, a := range attrs {
+		e.Attributes = append(e.Attributes, ldap.NewEntryAttribute(a.Type, a.Vals))
+	}
+	return e
+}
+
+func countValues(e *ldap.Entry) int {
+	n := 0
+	for _, a := range e.Attributes {
+		n += len(a.Values)
+	}
+	return n
+}
+
+// assertAll is a filter that holds for an entry with every value of attrs.
+func assertAll(attrs []ldap.Attribute) string {
+	var b strings.Builder
+	b.WriteString("(&")
+	for _, a := range attrs {
+		for _, v := range a.Vals {
+			fmt.Fprintf(&b, "(%s=%s)", a.Type, ldap.EscapeFilter(v))
 		}
 	}
-	for _, a := range want {
-		mod.Replace(a.Type, a.Vals)
-	}
-	err = c.Modify(mod)
-	if !ldap.IsErrorWithCode(err, ldap.LDAPResultObjectClassModsProhibited) {
-		return err
-	}
-	kids, cerr := hasChildren(c, req.DN)
-	if cerr != nil {
-		return cerr
-	}
-	if kids {
-		return fmt.Errorf("%w %s: structural object class differs and the entry has children: %w", ErrCannotOverwrite, req.DN, err)
-	}
-	if err := c.Del(ldap.NewDelRequest(req.DN, nil)); err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
-		return err
-	}
-	return c.Add(req)
+	b.WriteString(")")
+	return b.String()
 }
 
 // withRDNValues returns req's attributes plus the values of its DN's RDN
-// that they lack. slapd adds those to an entry on add, so the entry an
-// overwrite leaves must have them too; a modify without them fails with
-// namingViolation (64). A DN that does not parse is left to the server.
+// that they lack: slapd adds those to an entry on add, so the entry an add
+// leaves has them too. A DN that does not parse is taken as it is.
 func withRDNValues(req *ldap.AddRequest) []ldap.Attribute {
 	dn, err := ldap.ParseDN(req.DN)
 	if err != nil || len(dn.RDNs) == 0 {
@@ -74,43 +102,52 @@ func withRDNValues(req *ldap.AddRequest) []ldap.Attribute {
 	return attrs
 }
 
-// readEntry reads the user attributes of dn.
-func readEntry(c *ldap.Conn, dn string) (*ldap.Entry, error) {
-	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+// readEntry reads the user attributes of dn on c.
+func (s *Session) readEntry(ctx context.Context, c *conn, dn string) (*ldap.Entry, error) {
+	entries, err := s.searchOn(ctx, c, ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
 		1, 0, false, "(objectClass=*)", []string{"*"}, nil))
 	if err != nil {
 		return nil, err
 	}
-	if len(res.Entries) != 1 {
-		return nil, ldap.NewError(ldap.LDAPResultNoSuchObject, fmt.Errorf("%s: %d entries", dn, len(res.Entries)))
+	if len(entries) != 1 {
+		return nil, ldap.NewError(ldap.LDAPResultNoSuchObject, fmt.Errorf("%s: %d entries", dn, len(entries)))
 	}
-	return res.Entries[0], nil
+	return entries[0], nil
 }
 
-func hasChildren(c *ldap.Conn, dn string) (bool, error) {
-	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeSingleLevel, ldap.NeverDerefAliases,
-		1, 0, false, "(objectClass=*)", []string{"1.1"}, nil))
-	if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
-		return true, nil
-	}
+// searchOn runs a search on c, within an attempt of a call.
+func (s *Session) searchOn(ctx context.Context, c *conn, req *ldap.SearchRequest) ([]*ldap.Entry, error) {
+	r, err := searchRequest(req)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	return len(res.Entries) > 0, nil
+	var entries []*ldap.Entry
+	var seen map[string]struct{}
+	res := &ldap.SearchResult{}
+	final, err := s.exchange(ctx, c, r, false, &seen, func(msg []byte, _ bool) error {
+		return collect(msg, res, func(e *ldap.Entry) error {
+			entries = append(entries, e)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return entries, resultError(final)
 }
 
 // sameAsTarget reports whether the target of rename req exists with the same
 // attributes as its source, apart from the naming attributes of both RDNs.
-func sameAsTarget(c *ldap.Conn, req *ldap.ModifyDNRequest) (bool, error) {
+func (s *Session) sameAsTarget(ctx context.Context, c *conn, req *ldap.ModifyDNRequest) (bool, error) {
 	target, err := targetDN(req)
 	if err != nil {
 		return false, err
 	}
-	src, err := readEntry(c, req.DN)
+	src, err := s.readEntry(ctx, c, req.DN)
 	if err != nil {
 		return false, err
 	}
-	dst, err := readEntry(c, target)
+	dst, err := s.readEntry(ctx, c, target)
 	if err != nil {
 		return false, err
 	}

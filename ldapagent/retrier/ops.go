@@ -3,27 +3,38 @@ package retrier
 import (
 	"context"
 	"errors"
-	"sync"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/ldmirror/ldmirror/ldapagent/retrier/wire"
 )
 
-// Bind binds the session as dn with password (empty dn: anonymous). The
-// identity is kept: every connection the session opens later, on either
-// server, binds as it. A bind refused by the server (e.g.
-// invalidCredentials) is returned unchanged and leaves the session
-// anonymous, as LDAP does for a connection.
+// Bind binds the session as dn with password (empty dn: anonymous); see
+// BindBytes.
 func (s *Session) Bind(ctx context.Context, dn, password string) error {
-	s.mu.Lock()
-	s.identity = identity{dn: dn, password: password, gen: s.identity.gen + 1}
-	s.mu.Unlock()
-	err := s.do(ctx, "bind", false, func(context.Context, *ldap.Conn, bool) error { return nil })
+	return s.BindBytes(ctx, dn, []byte(password))
+}
+
+// BindBytes binds the session as dn with password (both empty:
+// anonymous). The identity is kept: every connection the session opens
+// later, on either server, binds as it. The session keeps its own copy of
+// password, zeroed when the identity changes and at Close; the caller may
+// zero its own. A bind refused by the server (e.g. invalidCredentials) is
+// returned unchanged and leaves the session anonymous, as LDAP does for a
+// connection.
+func (s *Session) BindBytes(ctx context.Context, dn string, password []byte) error {
+	s.setIdentity(dn, password)
+	err := s.run(ctx, "bind", false, func(context.Context, *conn, bool) error { return nil })
 	if err != nil && !errors.Is(err, ErrAllServersFailed) {
-		s.mu.Lock()
-		s.identity = identity{gen: s.identity.gen + 1}
-		s.mu.Unlock()
+		s.setIdentity("", nil)
 	}
 	return err
+}
+
+func (s *Session) setIdentity(dn string, password []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.identity.password)
+	s.identity = identity{dn: dn, password: append([]byte(nil), password...), gen: s.identity.gen + 1}
 }
 
 // Search runs a search and collects its results.
@@ -42,245 +53,131 @@ func (s *Session) Search(ctx context.Context, req *ldap.SearchRequest) (*ldap.Se
 // SearchEach runs a search and calls each for every entry as it arrives.
 // The returned result carries referrals and response controls, not entries.
 // If a server fails mid-stream the search is rerun on the other one and
-// entries already passed to each (by DN) are skipped; so is a search that a
-// dying connection kept from being sent (see searchAttempt), which never
-// passes for an empty result. An error from each
+// entries already passed to each (by DN) are skipped. An error from each
 // ends the search and is returned; it is never retried. A result error such
 // as sizeLimitExceeded is returned with the result.
 func (s *Session) SearchEach(ctx context.Context, req *ldap.SearchRequest, each func(*ldap.Entry) error) (*ldap.SearchResult, error) {
-	seen := make(map[string]bool)
-	var res *ldap.SearchResult
-	err := s.run(ctx, "search", false, false, func(ctx context.Context, c *ldap.Conn, _ bool) error {
-		res = &ldap.SearchResult{}
-		return searchAttempt(ctx, c, req, seen, res, each)
+	r, err := searchRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	res := &ldap.SearchResult{}
+	final, err := s.Relay(ctx, r, func(msg []byte, _ bool) error {
+		return collect(msg, res, each)
 	})
-	var fe *finalError
-	if errors.As(err, &fe) {
-		err = fe.err
+	if err != nil {
+		return res, err
 	}
-	return res, err
+	_, controls, derr := decodeMessage(final)
+	if derr != nil {
+		return res, ldap.NewError(ldap.ErrorNetwork, derr)
+	}
+	res.Controls = append(res.Controls, controls...)
+	return res, resultError(final)
 }
 
-// searchAttempt runs req once on c: entries whose DN is not in seen are
-// added to it and passed to each; referrals and controls go to res.
-//
-// go-ldap's SearchAsync ends a search on a connection that is already
-// closing without sending it and without an error: the stream looks like a
-// successful search with no results. That happens when the server dies
-// between the moment the session hands out its connection and the moment
-// the search starts (the connection's reader sees EOF and closes it in
-// between). A stream that ends cleanly without a single item on a
-// connection that is closing is therefore a connection error, to be
-// retried, never a successful empty result. A stream that delivered items
-// did start, and go-ldap reports every later failure as an error, so its
-// clean end is the server's SearchResultDone even if the connection has
-// closed since.
-func searchAttempt(ctx context.Context, c *ldap.Conn, req *ldap.SearchRequest, seen map[string]bool, res *ldap.SearchResult, each func(*ldap.Entry) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	q := drain(c.SearchAsync(ctx, req, 64))
-	defer q.wait()
-	received := 0
-	for {
-		items, err, ok := q.take(ctx)
-		received += len(items)
-		for _, it := range items {
-			if it.entry != nil && !seen[it.entry.DN] {
-				seen[it.entry.DN] = true
-				if err := each(it.entry); err != nil {
-					return &finalError{err}
-				}
-			}
-			if it.referral != "" {
-				res.Referrals = append(res.Referrals, it.referral)
-			}
-			res.Controls = append(res.Controls, it.controls...)
-		}
-		if ok {
-			continue
-		}
-		switch {
-		case err != nil:
-			return err
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case received == 0 && c.IsClosing():
-			return errSearchNotSent
-		}
-		return nil
+// collect passes a search entry to each and keeps a reference or an
+// intermediate response's controls in res.
+func collect(msg []byte, res *ldap.SearchResult, each func(*ldap.Entry) error) error {
+	op, controls, err := decodeMessage(msg)
+	if err != nil {
+		return ldap.NewError(ldap.ErrorNetwork, err)
 	}
+	res.Controls = append(res.Controls, controls...)
+	switch op.Tag {
+	case ldap.ApplicationSearchResultEntry:
+		e, err := decodeEntry(op)
+		if err != nil {
+			return ldap.NewError(ldap.ErrorNetwork, err)
+		}
+		return each(e)
+	case ldap.ApplicationSearchResultReference:
+		for _, u := range op.Children {
+			res.Referrals = append(res.Referrals, u.Data.String())
+		}
+	}
+	return nil
 }
-
-// errSearchNotSent: see searchAttempt. ErrorNetwork makes it retryable and
-// makes the session redial.
-var errSearchNotSent = ldap.NewError(ldap.ErrorNetwork, errors.New("ldap: connection closed before the search was sent"))
-
-// finalError marks an error that must not be retried.
-type finalError struct{ err error }
-
-func (e *finalError) Error() string { return e.err.Error() }
-func (e *finalError) Unwrap() error { return e.err }
 
 // Add adds an entry. If it is retried, or with Config.IdempotentWrites, an
-// entry that already exists is overwritten with req's attributes (docs/retrier.md, idempotent writes):
-// by a modify that replaces every attribute, or, when the structural object
-// class differs, by delete and add. An existing entry with children whose
-// structural class differs cannot be overwritten: ErrCannotOverwrite.
+// entry that already exists with exactly req's attributes is what an
+// earlier attempt added, and the add succeeds; an entry that differs was
+// written by someone else and the add fails with entryAlreadyExists (68),
+// leaving it unchanged (docs/retrier.md, idempotent writes).
 func (s *Session) Add(ctx context.Context, req *ldap.AddRequest) error {
-	return s.do(ctx, "add", true, func(_ context.Context, c *ldap.Conn, retried bool) error {
-		err := c.Add(req)
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultEntryAlreadyExists) && s.idempotent(retried) {
-			return overwrite(c, req)
-		}
-		return err
-	})
+	return s.write(ctx, addRequest(req))
 }
 
 // Modify modifies an entry. Retried modifies are not rewritten: replace
 // changes are idempotent, but an add or delete of a value that an earlier
 // attempt applied returns attributeOrValueExists (20) or noSuchAttribute (16).
 func (s *Session) Modify(ctx context.Context, req *ldap.ModifyRequest) error {
-	return s.do(ctx, "modify", true, func(_ context.Context, c *ldap.Conn, _ bool) error {
-		return c.Modify(req)
-	})
+	return s.write(ctx, modifyRequest(req))
 }
 
 // Delete deletes an entry. If it is retried, or with
 // Config.IdempotentWrites, a missing entry (noSuchObject) is success
 // (docs/retrier.md).
 func (s *Session) Delete(ctx context.Context, req *ldap.DelRequest) error {
-	return s.do(ctx, "delete", true, func(_ context.Context, c *ldap.Conn, retried bool) error {
-		err := c.Del(req)
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) && s.idempotent(retried) {
-			return nil
-		}
-		return err
-	})
+	return s.write(ctx, delRequest(req))
 }
 
 // ModifyDN renames or moves an entry. If it is retried, or with
 // Config.IdempotentWrites, a missing source entry is success (docs/retrier.md), and
 // so is an existing target whose attributes equal the source's.
 func (s *Session) ModifyDN(ctx context.Context, req *ldap.ModifyDNRequest) error {
-	return s.do(ctx, "modifydn", true, func(_ context.Context, c *ldap.Conn, retried bool) error {
-		err := c.ModifyDN(req)
-		if err == nil || !s.idempotent(retried) {
-			return err
-		}
-		switch {
-		case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject):
-			// 32 also means a missing new superior: only a missing source
-			// counts as done.
-			_, rerr := readEntry(c, req.DN)
-			if ldap.IsErrorWithCode(rerr, ldap.LDAPResultNoSuchObject) {
-				return nil
-			}
-			if rerr != nil {
-				return rerr
-			}
-		case ldap.IsErrorWithCode(err, ldap.LDAPResultEntryAlreadyExists):
-			same, rerr := sameAsTarget(c, req)
-			if rerr != nil {
-				return rerr
-			}
-			if same {
-				return nil
-			}
-		}
+	return s.write(ctx, modifyDNRequest(req))
+}
+
+func (s *Session) write(ctx context.Context, r *Request) error {
+	final, err := s.Relay(ctx, r, nil)
+	if err != nil {
 		return err
-	})
+	}
+	return resultError(final)
 }
 
 // Compare compares an attribute value of an entry.
 func (s *Session) Compare(ctx context.Context, dn, attribute, value string) (bool, error) {
-	var ok bool
-	err := s.do(ctx, "compare", false, func(_ context.Context, c *ldap.Conn, _ bool) error {
-		var err error
-		ok, err = c.Compare(dn, attribute, value)
-		return err
-	})
-	return ok, err
+	final, err := s.Relay(ctx, compareRequest(dn, attribute, value), nil)
+	if err != nil {
+		return false, err
+	}
+	m, err := wire.Split(final)
+	if err != nil {
+		return false, ldap.NewError(ldap.ErrorNetwork, err)
+	}
+	switch code, _, _, _ := wire.Result(m.Op); code {
+	case ldap.LDAPResultCompareTrue:
+		return true, nil
+	case ldap.LDAPResultCompareFalse:
+		return false, nil
+	}
+	return false, resultError(final)
 }
 
 // Extended runs an extended operation (e.g. Who am I?, Password Modify).
 // It is retried like a read: connection errors, busy and unavailable.
 func (s *Session) Extended(ctx context.Context, req *ldap.ExtendedRequest) (*ldap.ExtendedResponse, error) {
-	var resp *ldap.ExtendedResponse
-	err := s.do(ctx, "extended", false, func(_ context.Context, c *ldap.Conn, _ bool) error {
-		var err error
-		resp, err = c.Extended(req)
-		return err
-	})
-	return resp, err
-}
-
-func (s *Session) idempotent(retried bool) bool { return retried || s.cfg.IdempotentWrites }
-
-// searchQueue reads a go-ldap search response as fast as the server sends
-// it. go-ldap drops a response it cannot hand over within the request
-// timeout and blocks the whole connection meanwhile, so a slow consumer
-// (a proxy client reading slowly) must not be on the read path: results wait
-// here, in memory, instead.
-type searchQueue struct {
-	mu    sync.Mutex
-	items []searchItem
-	err   error
-	end   bool
-	wake  chan struct{} // 1-buffered: items or end changed
-	ended chan struct{} // closed when the reader goroutine returns
-}
-
-type searchItem struct {
-	entry    *ldap.Entry
-	referral string
-	controls []ldap.Control
-}
-
-func drain(r ldap.Response) *searchQueue {
-	q := &searchQueue{wake: make(chan struct{}, 1), ended: make(chan struct{})}
-	go func() {
-		defer close(q.ended)
-		for r.Next() {
-			q.put(searchItem{entry: r.Entry(), referral: r.Referral(), controls: r.Controls()}, nil, false)
-		}
-		q.put(searchItem{}, r.Err(), true)
-	}()
-	return q
-}
-
-func (q *searchQueue) put(it searchItem, err error, end bool) {
-	q.mu.Lock()
-	if end {
-		q.err, q.end = err, true
-	} else {
-		q.items = append(q.items, it)
+	final, err := s.Relay(ctx, extendedRequest(req), nil)
+	if err != nil {
+		return nil, err
 	}
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if err := resultError(final); err != nil {
+		return nil, err
 	}
-}
-
-// take returns the items queued so far; ok is false once the search ended
-// (err is its error) or ctx is done.
-func (q *searchQueue) take(ctx context.Context) (items []searchItem, err error, ok bool) {
-	for {
-		q.mu.Lock()
-		items, q.items = q.items, nil
-		end, err := q.end, q.err
-		q.mu.Unlock()
-		if len(items) > 0 || end {
-			return items, err, !end
-		}
-		select {
-		case <-q.wake:
-		case <-ctx.Done():
-			return nil, nil, false
+	op, controls, err := decodeMessage(final)
+	if err != nil {
+		return nil, ldap.NewError(ldap.ErrorNetwork, err)
+	}
+	resp := &ldap.ExtendedResponse{Controls: controls}
+	for _, c := range op.Children[min(3, len(op.Children)):] {
+		switch c.Tag {
+		case 10:
+			resp.Name = c.Data.String()
+		case 11:
+			resp.Value = c
 		}
 	}
+	return resp, nil
 }
-
-// wait returns when the reader goroutine has ended; the caller cancels the
-// search's context first.
-func (q *searchQueue) wait() { <-q.ended }

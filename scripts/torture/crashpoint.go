@@ -137,6 +137,13 @@ func (f *crashFault) died(r *roundRun) bool {
 	}
 }
 
+// diedSoon reports whether the armed daemon exits within a few seconds:
+// a step that failed because the daemon killed itself at its point
+// returns before the daemon's exit is seen.
+func (f *crashFault) diedSoon(ctx context.Context, r *roundRun) bool {
+	return waitFor(ctx, 5*time.Second, f.host+" to exit", func() bool { return f.died(r) }) == nil
+}
+
 func (f *crashFault) inject(ctx context.Context, r *roundRun) error {
 	if !f.died(r) {
 		switch f.pt.trigger {

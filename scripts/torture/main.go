@@ -143,15 +143,10 @@ func realMain() int {
 	if errors.Is(err, flag.ErrHelp) {
 		return exitPass
 	}
+	if err == nil {
+		err = preflightRoot(opt)
+	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
-		return exitAborted
-	}
-	if uid := os.Geteuid(); uid != 0 {
-		fmt.Fprintf(os.Stderr, "torture: must run as root (euid %d): it creates network namespaces, nftables rules, FUSE mounts, loop devices and ext4 mounts\n", uid)
-		return exitAborted
-	}
-	if err := preflight(opt); err != nil {
 		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
 		return exitAborted
 	}
@@ -161,92 +156,21 @@ func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 
-	root := filepath.Join(opt.dir, fmt.Sprintf("%s-%s-seed%d", time.Now().Format("20060102-150405"), opt.mode, opt.seed))
-	logs := filepath.Join(root, "logs")
-	for _, d := range []string{logs, filepath.Join(root, "mnt")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			fmt.Fprintf(os.Stderr, "torture: %v\n", err)
-			return exitAborted
-		}
-	}
-	logFile, err := os.Create(filepath.Join(logs, "campaign.log"))
+	c, closeLogs, err := newCampaign(opt)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
 		return exitAborted
 	}
-	defer logFile.Close()
-	c := &campaign{opt: opt, root: root, logs: logs, mnt: filepath.Join(root, "mnt"), logw: tee{logFile, os.Stdout}}
-	c.o = &owner{logf: c.logf}
-	if c.ledger, err = openLedger(filepath.Join(logs, "ledger.tsv.gz")); err != nil {
-		fmt.Fprintf(os.Stderr, "torture: %v\n", err)
-		return exitAborted
-	}
-	defer c.ledger.Close()
-
-	only := opt.only
-	if opt.ldapRate == 0 && len(only) == 0 {
-		// No directory server to kill.
-		for _, k := range repertoire() {
-			if k.action != "slapd" {
-				only = append(only, k.name)
-			}
-		}
-	}
-	sched := schedule(opt.seed, opt.rounds, opt.mode, only)
-	commit := gitCommit()
-	c.logf("ldmirror torture: seed %d, mode %s, %d rounds, recovery %s, commit %s, load average %s",
-		opt.seed, opt.mode, opt.rounds, opt.recovery, commit, loadAverage())
-	if len(opt.daemonArgs) > 0 {
-		c.logf("extra daemon flags: %s", opt.daemonArgs.String())
-	}
-	c.logf("logs: %s", logs)
-	var sb strings.Builder
-	for _, f := range sched {
-		fmt.Fprintln(&sb, f)
-	}
-	_ = os.WriteFile(filepath.Join(logs, "schedule.txt"), []byte(sb.String()), 0o644)
-	if opt.replay {
-		c.logf("replaying the schedule of seed %d:\n%s", opt.seed, sb.String())
-	}
-
+	defer closeLogs()
+	sched, commit := c.plan()
 	start := time.Now()
 	runErr := c.run(ctx, sched)
 	c.keepVolumes = opt.keep || runErr != nil || slices.ContainsFunc(c.results, (*roundResult).failed)
-	c.o.runCleanups()
-	if c.wl != nil {
-		// With the daemons gone every write returns: wait for the writers.
-		wctx, cancel := context.WithTimeout(context.Background(), writerLimit)
-		if err := c.wl.Close(wctx); err != nil {
-			c.logf("cleanup: %v", err)
-		}
-		cancel()
-	}
-	for _, e := range c.o.errors() {
-		c.logf("cleanup: %s", e)
-	}
+	c.cleanup()
 
 	s := summarize(c.results)
 	s.Seed, s.Mode, s.Commit, s.Planned, s.Elapsed = opt.seed, opt.mode, commit, opt.rounds, time.Since(start)
-	var table strings.Builder
-	s.write(&table, opt.mode)
-	c.logf("summary:\n%s", table.String())
-	_ = os.WriteFile(filepath.Join(logs, "summary.md"), []byte(table.String()), 0o644)
-
-	code := exitPass
-	if len(s.FailedRounds) > 0 {
-		code = exitFindings
-		c.logf("FAILED rounds %v. Replay: %s", s.FailedRounds, replayCommand(opt, s.FailedRounds[len(s.FailedRounds)-1]))
-		for _, r := range c.results {
-			if !r.failed() {
-				continue
-			}
-			c.logf("  %s (primary %s -> %s)", r.Spec, r.P, r.Final)
-			for _, f := range r.Failures {
-				c.logf("    %s", f)
-			}
-			c.logf("    logs: %s", filepath.Join(logs, "rounds", fmt.Sprintf("%03d", r.N)))
-		}
-	}
+	code := c.report(s)
 	switch {
 	case runErr == nil:
 	case ctx.Err() != nil:
@@ -263,12 +187,114 @@ func realMain() int {
 		}
 	}
 	if code == exitPass && !opt.keep {
-		if err := os.RemoveAll(filepath.Join(root, "vol")); err != nil {
+		if err := os.RemoveAll(filepath.Join(c.root, "vol")); err != nil {
 			c.logf("remove the volumes: %v", err)
 		}
 	}
-	c.logf("logs kept in %s", logs)
+	c.logf("logs kept in %s", c.logs)
 	return code
+}
+
+// preflightRoot checks what the campaign needs before it changes anything.
+func preflightRoot(opt options) error {
+	if uid := os.Geteuid(); uid != 0 {
+		return fmt.Errorf("must run as root (euid %d): it creates network namespaces, nftables rules, FUSE mounts, loop devices and ext4 mounts", uid)
+	}
+	return preflight(opt)
+}
+
+// newCampaign makes the campaign's directories, its log and its ledger;
+// closeLogs closes the last two.
+func newCampaign(opt options) (c *campaign, closeLogs func(), err error) {
+	root := filepath.Join(opt.dir, fmt.Sprintf("%s-%s-seed%d", time.Now().Format("20060102-150405"), opt.mode, opt.seed))
+	logs := filepath.Join(root, "logs")
+	for _, d := range []string{logs, filepath.Join(root, "mnt")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, nil, err
+		}
+	}
+	logFile, err := os.Create(filepath.Join(logs, "campaign.log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	c = &campaign{opt: opt, root: root, logs: logs, mnt: filepath.Join(root, "mnt"), logw: tee{logFile, os.Stdout}}
+	c.o = &owner{logf: c.logf}
+	if c.ledger, err = openLedger(filepath.Join(logs, "ledger.tsv.gz")); err != nil {
+		logFile.Close()
+		return nil, nil, err
+	}
+	return c, func() { c.ledger.Close(); logFile.Close() }, nil
+}
+
+// plan draws the schedule of the seed, logs it and saves it with the logs.
+func (c *campaign) plan() (sched []faultSpec, commit string) {
+	opt := c.opt
+	only := opt.only
+	if opt.ldapRate == 0 && len(only) == 0 {
+		// No directory server to kill.
+		for _, k := range repertoire() {
+			if k.action != "slapd" {
+				only = append(only, k.name)
+			}
+		}
+	}
+	sched = schedule(opt.seed, opt.rounds, opt.mode, only)
+	commit = gitCommit()
+	c.logf("ldmirror torture: seed %d, mode %s, %d rounds, recovery %s, commit %s, load average %s",
+		opt.seed, opt.mode, opt.rounds, opt.recovery, commit, loadAverage())
+	if len(opt.daemonArgs) > 0 {
+		c.logf("extra daemon flags: %s", opt.daemonArgs.String())
+	}
+	c.logf("logs: %s", c.logs)
+	var sb strings.Builder
+	for _, f := range sched {
+		fmt.Fprintln(&sb, f)
+	}
+	_ = os.WriteFile(filepath.Join(c.logs, "schedule.txt"), []byte(sb.String()), 0o644)
+	if opt.replay {
+		c.logf("replaying the schedule of seed %d:\n%s", opt.seed, sb.String())
+	}
+	return sched, commit
+}
+
+// cleanup undoes the lab and waits for the writers, whose writes all
+// return once the daemons are gone.
+func (c *campaign) cleanup() {
+	c.o.runCleanups()
+	if c.wl != nil {
+		wctx, cancel := context.WithTimeout(context.Background(), writerLimit)
+		if err := c.wl.Close(wctx); err != nil {
+			c.logf("cleanup: %v", err)
+		}
+		cancel()
+	}
+	for _, e := range c.o.errors() {
+		c.logf("cleanup: %s", e)
+	}
+}
+
+// report logs and saves the summary, lists the failed rounds with the
+// command that replays them, and returns the exit code the findings call for.
+func (c *campaign) report(s summary) int {
+	var table strings.Builder
+	s.write(&table, c.opt.mode)
+	c.logf("summary:\n%s", table.String())
+	_ = os.WriteFile(filepath.Join(c.logs, "summary.md"), []byte(table.String()), 0o644)
+	if len(s.FailedRounds) == 0 {
+		return exitPass
+	}
+	c.logf("FAILED rounds %v. Replay: %s", s.FailedRounds, replayCommand(c.opt, s.FailedRounds[len(s.FailedRounds)-1]))
+	for _, r := range c.results {
+		if !r.failed() {
+			continue
+		}
+		c.logf("  %s (primary %s -> %s)", r.Spec, r.P, r.Final)
+		for _, f := range r.Failures {
+			c.logf("    %s", f)
+		}
+		c.logf("    logs: %s", filepath.Join(c.logs, "rounds", fmt.Sprintf("%03d", r.N)))
+	}
+	return exitFindings
 }
 
 // run sets up and plays the rounds. A lab failure (the owner's Fatalf) ends
