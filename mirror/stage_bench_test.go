@@ -3,6 +3,7 @@ package mirror
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"syscall"
 	"testing"
@@ -23,6 +24,10 @@ import (
 // includes. Run by
 // scripts/bench/resync-protection; results in docs/benchmarks.md.
 func BenchmarkResyncProtection(b *testing.B) {
+	// The daemon's log lines would share the lines of the results, which
+	// the script reads.
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	for _, frac := range []float64{0.01, 0.1, 0.5} {
 		for _, mode := range []string{"off", "off-flushed", "on"} {
 			on := mode == "on"
