@@ -33,9 +33,9 @@ func testConfig(t *testing.T, ca *pkitest.CA, id string, witness bool) Config {
 		TLS:                ca.Source(id, role),
 		Witness:            witness,
 		Logger:             testLogger().With("node", id),
-		HeartbeatTimeout:   200 * time.Millisecond,
-		ElectionTimeout:    200 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond,
+		HeartbeatTimeout:   400 * time.Millisecond,
+		ElectionTimeout:    400 * time.Millisecond,
+		LeaderLeaseTimeout: 200 * time.Millisecond,
 		CommitTimeout:      10 * time.Millisecond,
 		DialTimeout:        2 * time.Second,
 	}

@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // hclogger lets raft, which logs through hclog, write to the daemon's slog
@@ -39,6 +42,13 @@ func toSlog(level hclog.Level) slog.Level {
 
 func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 	lv := toSlog(level)
+	switch {
+	case lv != slog.LevelError:
+	case closedConn(args):
+		lv = slog.LevelDebug
+	case peerRPC[msg]:
+		lv = slog.LevelWarn
+	}
 	if lv < h.level.Level() || !h.l.Enabled(context.Background(), lv) {
 		return
 	}
@@ -46,6 +56,34 @@ func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 		msg = h.name + ": " + msg
 	}
 	h.l.Log(context.Background(), lv, msg, append(h.args[:len(h.args):len(h.args)], args...)...)
+}
+
+// peerRPC are raft's messages of an RPC to a peer that failed: a peer that
+// is down or cut off, which raft retries with backoff. They are warnings:
+// nothing failed in this process, and a pair whose peer stops (or a
+// witness whose data hosts stop first) would otherwise log errors on a
+// clean stop. Losing quorum shows in the member's status and its own lines.
+var peerRPC = map[string]bool{
+	"failed to heartbeat to":                  true,
+	"failed to appendEntries to":              true,
+	"failed to start pipeline replication to": true,
+	"failed to pipeline appendEntries":        true,
+	"failed to make requestVote RPC":          true,
+}
+
+// closedConn reports whether raft's record is about a connection this
+// process closed: its transport reports every read cut short by its own
+// Close, or by the listener's, or by its shutdown, as an error, so that a clean stop would
+// log errors. Raft's decoder may wrap the error without Unwrap: its text
+// tells.
+func closedConn(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) ||
+			strings.Contains(err.Error(), net.ErrClosed.Error())) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *hclogger) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }

@@ -48,22 +48,22 @@ func (c *Cluster) BootstrapOrJoin(ctx context.Context, bootstrap bool, join stri
 	_, registered := c.State().Host(c.NodeID())
 	for _, m := range members {
 		if m.ID == c.NodeID() && m.Voter && (!bootstrap || registered) {
-			c.log.Info("cluster: already a voter; --bootstrap/--join not needed", "node", m.ID)
+			c.log.Info("already a voter; --bootstrap/--join not needed", "node", m.ID)
 			return nil
 		}
 	}
 	if bootstrap {
-		c.log.Info("cluster: bootstrapping a new cluster", "node", c.NodeID(), "addr", c.Addr())
+		c.log.Info("bootstrapping a new cluster", "node", c.NodeID(), "addr", c.Addr())
 		if err := c.Bootstrap(ctx); err != nil {
 			return err
 		}
-		c.log.Info("cluster: bootstrapped", "node", c.NodeID())
+		c.log.Info("bootstrapped", "node", c.NodeID())
 		return nil
 	}
-	c.log.Info("cluster: joining", "node", c.NodeID(), "via", join)
+	c.log.Info("joining", "node", c.NodeID(), "via", join)
 	if err := c.Join(ctx, join); err != nil {
 		return err
 	}
-	c.log.Info("cluster: joined", "node", c.NodeID(), "via", join)
+	c.log.Info("joined", "node", c.NodeID(), "via", join)
 	return nil
 }

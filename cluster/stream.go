@@ -126,7 +126,7 @@ func (m *mux) serve() {
 				return
 			default:
 			}
-			m.log.Warn("cluster: accept failed", "err", err)
+			m.log.Warn("accept failed", "err", err)
 			select {
 			case <-m.done:
 				return
@@ -140,7 +140,7 @@ func (m *mux) serve() {
 			m.shed.Add(1) // before the close: a client that sees it sees the count
 			conn.Close()
 			if n := m.shedLog.Note(); n > 0 {
-				m.log.Warn("cluster: too many unauthenticated connections: closed at once", "closed", n, "limit", cap(m.slots), "remote", conn.RemoteAddr().String())
+				m.log.Warn("too many unauthenticated connections: closed at once", "closed", n, "limit", cap(m.slots), "remote", conn.RemoteAddr().String())
 			}
 			continue
 		}
@@ -160,7 +160,7 @@ func (m *mux) handle(raw net.Conn) {
 	ch, peer, err := m.accept(conn)
 	<-m.slots
 	if err != nil {
-		m.log.Warn("cluster: refused connection", "remote", raw.RemoteAddr().String(), "peer", peer.ID, "err", err)
+		m.log.Warn("refused connection", "remote", raw.RemoteAddr().String(), "peer", peer.ID, "err", err)
 		conn.Close()
 		return
 	}

@@ -12,7 +12,10 @@ import (
 	"net/url"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/events"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -94,6 +97,79 @@ func (c *Client) RetryAgent(ctx context.Context) (agent.Status, error) {
 	return st, c.do(ctx, http.MethodPost, "/agent/retry", nil, &st)
 }
 
+// Attach binds the primary's export to a loop device and returns it.
+func (c *Client) Attach(ctx context.Context) (string, error) {
+	var res AttachResult
+	return res.Device, c.do(ctx, http.MethodPost, "/attach", nil, &res)
+}
+
+// PeerPID is the process ID of the process on the socket (SO_PEERCRED).
+func (c *Client) PeerPID(ctx context.Context) (int, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return 0, fmt.Errorf("%w on %s: %w", ErrNoProcess, c.path, err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, fmt.Errorf("peer of %s: %w", c.path, credErr)
+	}
+	return int(cred.Pid), nil
+}
+
+// Stop makes the process stop, as SIGTERM does; it does not wait for it.
+func (c *Client) Stop(ctx context.Context) error {
+	var res struct{}
+	return c.do(ctx, http.MethodPost, "/stop", nil, &res)
+}
+
+// Reload makes the process apply its resource file's changes and re-read
+// its certificate, as SIGHUP does, and says what it did.
+func (c *Client) Reload(ctx context.Context) (Reload, error) {
+	var res Reload
+	return res, c.do(ctx, http.MethodPost, "/reload", nil, &res)
+}
+
+// Events passes each event of the host's stream to fn until the stream
+// ends (the daemon stops: a stopping event comes last), ctx ends or fn
+// fails. now ends the stream after the state; progress sets how often a
+// running resync reports (0: the daemon's default).
+func (c *Client) Events(ctx context.Context, now bool, progress time.Duration, fn func(events.Event) error) error {
+	q := url.Values{"progress_ms": {fmt.Sprint(progress.Milliseconds())}}
+	if now {
+		q.Set("now", "1")
+	}
+	resp, err := c.send(ctx, http.MethodGet, "/events?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var e events.Event
+		if err := dec.Decode(&e); err == io.EOF {
+			return nil
+		} else if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("events from %s: %w", c.path, err)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+}
+
 // Cluster is the member's view of the control plane; consistent reads the
 // volume state through the leader. timeout bounds the member's reads.
 func (c *Client) Cluster(ctx context.Context, consistent bool, timeout time.Duration) (ClusterView, error) {
@@ -164,32 +240,43 @@ func (c *Client) command(ctx context.Context, route string, req Request, timeout
 }
 
 func (c *Client) do(ctx context.Context, method, route string, body, out any) error {
+	resp, err := c.send(ctx, method, route, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// send sends a request and returns the response if it is 200 OK, or the
+// error it carries.
+func (c *Client) send(ctx context.Context, method, route string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://ldmirror"+route, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("the process on %s did not answer in time: %w", c.path, err)
+			return nil, fmt.Errorf("the process on %s did not answer in time: %w", c.path, err)
 		}
-		return fmt.Errorf("%w on %s: %w", ErrNoProcess, c.path, err)
+		return nil, fmt.Errorf("%w on %s: %w", ErrNoProcess, c.path, err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		return json.NewDecoder(resp.Body).Decode(out)
-	}
 	var e Error
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e); err != nil || e.Message == "" {
-		return fmt.Errorf("control socket %s: %s", c.path, resp.Status)
+		return nil, fmt.Errorf("control socket %s: %s", c.path, resp.Status)
 	}
-	return errorOf(e)
+	return nil, errorOf(e)
 }

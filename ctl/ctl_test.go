@@ -36,6 +36,7 @@ func (h *fakeHost) Resync(_ context.Context, full, _ bool) (node.ResyncResult, e
 func (h *fakeHost) RequestSwap(context.Context, bool) (cluster.Epoch, error) { return 7, h.err }
 func (h *fakeHost) CheckDemote(string, bool) error                           { return h.err }
 func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)         { return agent.Status{}, h.err }
+func (h *fakeHost) Attach() (string, error)                                  { return "/dev/loop7", h.err }
 func (h *fakeHost) AttachDisk(context.Context, bool) error                   { return h.err }
 func (h *fakeHost) AbortResync(context.Context) (node.AbortResult, error) {
 	return node.AbortResult{}, h.err
@@ -73,7 +74,7 @@ func (m *fakeMember) Demote(_ context.Context, _ string, e cluster.Epoch) (clust
 func serve(t *testing.T, h Host, m Member) *Client {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "control.sock")
-	s, err := Serve(path, Handler(h, m))
+	s, err := Serve(path, Handler(Routes{Host: h, Member: m}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,12 +163,12 @@ func TestNoProcess(t *testing.T) {
 
 func TestSocketInUse(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "control.sock")
-	s, err := Serve(path, Handler(&fakeHost{}, nil))
+	s, err := Serve(path, Handler(Routes{Host: &fakeHost{}}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := Serve(path, Handler(&fakeHost{}, nil)); err == nil {
+	if _, err := Serve(path, Handler(Routes{Host: &fakeHost{}})); err == nil {
 		t.Fatal("a second server took a live socket")
 	}
 }
@@ -188,7 +189,7 @@ func TestSocketNeverWide(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "control.sock")
-	srv, err := Serve(path, Handler(&fakeHost{}, nil))
+	srv, err := Serve(path, Handler(Routes{Host: &fakeHost{}}))
 	if err != nil {
 		t.Fatal(err)
 	}

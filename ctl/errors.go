@@ -39,6 +39,7 @@ var codes = []struct {
 	{"in-use", node.ErrInUse, http.StatusConflict},
 	{"busy", node.ErrBusy, http.StatusConflict},
 	{"no-control-plane", node.ErrNoControlPlane, http.StatusConflict},
+	{"not-serving", node.ErrNotServing, http.StatusConflict},
 	{"disconnected", transport.ErrDisconnected, http.StatusConflict},
 	{"disk-failed", blockdev.ErrDiskFailed, http.StatusConflict},
 	{"disk-not-failed", volume.ErrDiskNotFailed, http.StatusConflict},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/events"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -42,6 +43,40 @@ type Host interface {
 	// applies a completed resync; for a forced promotion it says what is
 	// lost.
 	CheckPromote(node string, force bool) (string, error)
+	// Attach binds the primary's export to a loop device and returns it.
+	Attach() (string, error)
+}
+
+// Process is the ldmirror process behind a socket: a daemon or a witness.
+type Process interface {
+	// Stop makes it stop, as SIGTERM does, and returns at once.
+	Stop()
+	// Reload applies what changed in its resource file and re-reads its
+	// certificate, as SIGHUP does.
+	Reload() Reload
+}
+
+// Reload is what a reload did: each item names a setting ("resync-rate
+// 16MiB -> 64MiB", "certificate").
+type Reload struct {
+	Applied []string `json:"applied"`
+	// NotApplied changed but takes a restart; Errors could not be read
+	// (the process keeps what it had).
+	NotApplied []string `json:"not_applied,omitempty"`
+	Errors     []string `json:"errors,omitempty"`
+}
+
+// Events is a data host's stream of state changes (*events.Feed).
+type Events interface {
+	Follow(ctx context.Context, now bool, progress time.Duration, emit func(events.Event) error) error
+}
+
+// Routes are what a socket serves; nil parts serve no routes.
+type Routes struct {
+	Host    Host
+	Member  Member
+	Process Process
+	Events  Events
 }
 
 // Member is the control-plane member behind a control socket
@@ -57,12 +92,23 @@ type Member interface {
 	Demote(ctx context.Context, node string, epoch cluster.Epoch) (cluster.Epoch, error)
 }
 
-// Handler serves the routes of h (if not nil) and of m (if not nil).
-func Handler(h Host, m Member) http.Handler {
+// Handler serves the routes of r's parts.
+func Handler(r Routes) http.Handler {
+	h, m := r.Host, r.Member
 	if h == nil {
 		h = noHost{}
 	}
 	mux := http.NewServeMux()
+	if p := r.Process; p != nil {
+		mux.HandleFunc("POST /stop", func(w http.ResponseWriter, _ *http.Request) {
+			p.Stop()
+			writeJSON(w, struct{}{})
+		})
+		mux.HandleFunc("POST /reload", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, p.Reload()) })
+	}
+	if ev := r.Events; ev != nil {
+		mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) { serveEvents(w, r, ev) })
+	}
 	if _, none := h.(noHost); !none {
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Status()) })
 		mux.HandleFunc("POST /verify", func(w http.ResponseWriter, r *http.Request) {
@@ -89,6 +135,10 @@ func Handler(h Host, m Member) http.Handler {
 		mux.HandleFunc("POST /agent/retry", func(w http.ResponseWriter, r *http.Request) {
 			st, err := h.RetryAgent(r.Context())
 			respond(w, st, err)
+		})
+		mux.HandleFunc("POST /attach", func(w http.ResponseWriter, r *http.Request) {
+			dev, err := h.Attach()
+			respond(w, AttachResult{Device: dev}, err)
 		})
 	}
 	if m != nil {
@@ -133,6 +183,28 @@ func Handler(h Host, m Member) http.Handler {
 		}))
 	}
 	return mux
+}
+
+// AttachResult is what `ldmirror attach` reports.
+type AttachResult struct {
+	Device string `json:"device"`
+}
+
+// serveEvents streams the host's events, one JSON object a line, flushed
+// as they come: ?now=1 ends after the state, ?progress_ms=N sets how
+// often a running resync reports.
+func serveEvents(w http.ResponseWriter, r *http.Request, ev Events) {
+	q := r.URL.Query()
+	ms, _ := strconv.ParseInt(q.Get("progress_ms"), 10, 64)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	_ = ev.Follow(r.Context(), q.Get("now") == "1", time.Duration(ms)*time.Millisecond, func(e events.Event) error {
+		if err := enc.Encode(e); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
 }
 
 // SwapResult is what `ldmirror swap` reports.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/events"
 	"github.com/ldmirror/ldmirror/internal/poll"
 	"github.com/ldmirror/ldmirror/node"
 )
@@ -62,12 +64,18 @@ func TestSecondaryDiskFull(t *testing.T) {
 	sparseTwin(t, a, b, "64MiB")
 	mirroredPair(t, a, b, creds)
 
+	onB := followEvents(t, exec.Command(binary, "events", "--dir", b))
+	onB.waitSequence(t, "b", 10*time.Second, step{"exists", func(e events.Event) bool { return e.Kind == events.KindExists }})
 	ws := newWriters(a)
 	ws.start(&recordWriter{first: 0, slots: 16384}) // 64 MiB of new blocks: more than b's 24 MiB
 	poll.Until(t, 60*time.Second, "b's disk to fail with ENOSPC", func() bool {
 		st, err := status(b)
 		return err == nil && st.Disk == cluster.DiskFailed
 	})
+	// The failure is an event that names the error.
+	onB.waitSequence(t, "b", 10*time.Second, step{"disk -> failed (ENOSPC)", func(e events.Event) bool {
+		return e.Kind == events.KindChange && e.What == events.WhatDisk && e.To == string(cluster.DiskFailed) && strings.Contains(e.Error, "ENOSPC")
+	}})
 	st := statusJSON(t, b)
 	for _, want := range []string{"ENOSPC", "attach-disk --dir " + b} {
 		if !strings.Contains(st.LastError, want) {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -31,6 +32,10 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run()) // every test skips: no binary to build
+	}
 	code := func() int {
 		dir, err := os.MkdirTemp("", "ldmirror-e2e-bin")
 		if err != nil {
@@ -111,12 +116,27 @@ func startDaemon(t *testing.T, dir string, args ...string) *daemon {
 // nsenter into a test host's network namespace.
 func startDaemonIn(t *testing.T, prefix []string, dir string, args ...string) *daemon {
 	t.Helper()
+	argv := append(append(slices.Clone(prefix), binary, "daemon", "--dir", dir), args...)
+	d := spawn(t, dir, exec.Command(argv[0], argv[1:]...))
+	poll.Until(t, 10*time.Second, "the daemon in "+dir+" to answer on its control socket", func() bool {
+		_, err := status(dir)
+		return err == nil
+	})
+	return d
+}
+
+// spawn starts cmd, an ldmirror process (a daemon, or the witness) of
+// the volume in dir, logging to dir/daemon.log; the test's cleanup kills
+// it and releases what a killed primary leaves behind.
+func spawn(t *testing.T, dir string, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	logf, err := os.Create(filepath.Join(dir, "daemon.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	argv := append(append(slices.Clone(prefix), binary, "daemon", "--dir", dir), args...)
-	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -137,10 +157,6 @@ func startDaemonIn(t *testing.T, prefix []string, dir string, args ...string) *d
 			t.Logf("log of the daemon in %s:\n%s", dir, b)
 		}
 		logf.Close()
-	})
-	poll.Until(t, 10*time.Second, "the daemon in "+dir+" to answer on its control socket", func() bool {
-		_, err := status(dir)
-		return err == nil
 	})
 	return d
 }

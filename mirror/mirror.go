@@ -177,7 +177,7 @@ func New(local blockdev.Device, cfg Config) (*Mirror, error) {
 // SetResyncRates limits resync traffic to rate bytes per second (0: no
 // limit), so that application writes keep most of the link, and makes a
 // resync slow down to minRate while the application writes (0: never).
-// It applies from the next resync on.
+// It applies at once, to a running resync too.
 func (m *Mirror) SetResyncRates(rate, minRate int64) {
 	m.resyncRate.Store(rate)
 	m.resyncMinRate.Store(minRate)
@@ -407,7 +407,7 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 		m.mu.Unlock()
 	}()
 	err = resync.Run(ctx, resyncSource{m, s}, s, resync.Options{
-		Checksum: checksum, Rate: m.resyncRate.Load(), MinRate: m.resyncMinRate.Load(), Log: m.log,
+		Checksum: checksum, Rates: func() (int64, int64) { return m.resyncRate.Load(), m.resyncMinRate.Load() }, Log: m.log,
 	}, &m.progress)
 	if err == nil {
 		err = m.commitPeer(ctx, s)

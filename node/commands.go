@@ -109,6 +109,9 @@ func (n *Node) Resync(ctx context.Context, full, checksum bool) (ResyncResult, e
 	start := time.Now()
 	skipped := mr.Status().Resync.Skipped
 	res.Blocks = dirty.OutOfSync().GetCardinality()
+	if s := mr.Session(); s != nil {
+		defer n.reportProgress(s, mr)()
+	}
 	err = mr.Resync(ctx, checksum)
 	if s := mr.Session(); err == nil && s != nil {
 		n.peerInSync(ctx, mr, s, false)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"sync"
+	"time"
 
 	"github.com/ldmirror/ldmirror/blockdev"
 )
@@ -11,8 +12,9 @@ import (
 // finish and makes new ones wait; closing it fails them for good.
 type writeGate struct {
 	blockdev.Device
-	mu  sync.RWMutex
-	err error // once set, writes fail with it
+	observer Observer // nil: writes are not timed
+	mu       sync.RWMutex
+	err      error // once set, writes fail with it
 }
 
 func (g *writeGate) enter() error {
@@ -30,7 +32,15 @@ func (g *writeGate) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer g.mu.RUnlock()
-	return g.Device.WriteAt(p, off)
+	if g.observer == nil {
+		return g.Device.WriteAt(p, off)
+	}
+	start := time.Now()
+	n, err := g.Device.WriteAt(p, off)
+	if err == nil {
+		g.observer.ObserveWrite(time.Since(start))
+	}
+	return n, err
 }
 
 // Trim trims through the mirror unless the gate is closed.

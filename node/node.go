@@ -100,7 +100,18 @@ type Config struct {
 	// Passthrough serves the backing file with no mirroring and no dirty
 	// tracking: the frontend's own limit, for benchmarks only.
 	Passthrough bool
-	Logger      *slog.Logger
+	// Observer, if set, is told the data path's timings (metrics).
+	Observer Observer
+	Logger   *slog.Logger
+}
+
+// Observer receives the data path's timings, for metrics.
+type Observer interface {
+	// ObserveWrite: an application write through the primary's export
+	// completed after d (acknowledged by the peer in sync mode).
+	ObserveWrite(d time.Duration)
+	// ObservePeerAck: the peer acknowledged a write d after it was sent.
+	ObservePeerAck(d time.Duration)
 }
 
 func (c *Config) check() error {
@@ -161,10 +172,17 @@ type Node struct {
 	// the primary's Stage requests.
 	stage       *stage.Area
 	stageTarget *stage.Target
-	monitor     *probe.Monitor // nil without a probe URL
-	lock        *os.File       // flock held on the volume directory while running
+	lock        *os.File // flock held on the volume directory while running
 
-	mu sync.Mutex // guards meta's mutable fields, the link state and the term's parts
+	mu sync.Mutex // guards meta's mutable fields, the link state, the term's parts and what may change while it runs (SetResyncRates, SetProbe)
+	// monitor probes the directory server (nil without a probe URL).
+	monitor *probe.Monitor
+	// target is the last progress the primary reported of a resync to
+	// this host, and when it came.
+	target   transport.Progress
+	targetAt time.Time
+	// attached are the loop devices Attach bound to the export.
+	attached []string
 	// role is the role of the current term; epoch the control plane's epoch
 	// of a primary term (0 without a control plane).
 	role  cluster.Role
@@ -284,6 +302,9 @@ func Open(cfg Config) (*Node, error) {
 		Logger:     cfg.Logger,
 	}
 	n.tcfg.Generations = func() [4]uint64 { return n.generations().Pack() }
+	if cfg.Observer != nil {
+		n.tcfg.AckLatency = cfg.Observer.ObservePeerAck
+	}
 	if err := n.linkSecurity(); err != nil {
 		lock.Close()
 		return nil, err
@@ -432,16 +453,8 @@ var (
 // complete and are acknowledged by the peer before the link closes.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.lock.Close()
-	if n.cfg.Probe.URL != "" {
-		n.monitor = probe.Start(n.cfg.Probe, func(h probe.Health) {
-			if h.Up {
-				n.log.Info("directory server up", "url", n.cfg.Probe.URL, "latency", h.LastLatency)
-			} else {
-				n.log.Warn("directory server down", "url", n.cfg.Probe.URL, "failures", h.ConsecutiveFailures, "err", h.LastError)
-			}
-		})
-		defer n.monitor.Close()
-	}
+	n.SetProbe(n.probeConfig())
+	defer n.SetProbe(probe.Config{})
 	if n.cfg.ControlPlane != nil {
 		return errors.Join(n.followControlPlane(ctx), n.closeDisk())
 	}

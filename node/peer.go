@@ -184,7 +184,10 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mr *mirror.Mir
 		return
 	}
 	peerBehind := plan.Full || plan.Extra != nil
-	if err := n.catchUpRetrying(ctx, s, mr, plan.Checksum); err != nil {
+	stopReport := n.reportProgress(s, mr)
+	err = n.catchUpRetrying(ctx, s, mr, plan.Checksum)
+	stopReport()
+	if err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}

@@ -64,7 +64,7 @@ func (n *Node) preparePrimary() error {
 			cfg.Intent = outOfSyncOnly{n.sb}
 			n.log.Warn("activity log off: after a crash of this primary, blocks written just before it may differ on the peer without being resynced")
 		}
-		cfg.ResyncRate, cfg.ResyncMinRate = n.cfg.ResyncRate, n.cfg.ResyncMinRate
+		cfg.ResyncRate, cfg.ResyncMinRate = n.resyncRates()
 		if n.cfg.ControlPlane != nil {
 			n.tcfg.Epoch = uint64(n.epoch)
 			cfg.Fence, cfg.ResyncStart = n.fencePeer(n.epoch), n.markResyncTarget(n.epoch)
@@ -93,7 +93,7 @@ func (n *Node) preparePrimary() error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.role, n.mirror, n.gate = cluster.RolePrimary, mr, &writeGate{Device: mr}
+	n.role, n.mirror, n.gate = cluster.RolePrimary, mr, &writeGate{Device: mr, observer: n.cfg.Observer}
 	n.link = LinkStandalone
 	if n.cfg.Peer != "" {
 		n.link = LinkConnecting

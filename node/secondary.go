@@ -216,6 +216,9 @@ func (n *Node) Handle(req *transport.Request) {
 			err = fmt.Errorf("%w: the out-of-sync set is %d bytes", transport.ErrReplyTooLarge, len(b))
 		}
 		req.Reply(b, err)
+	case transport.KindProgress:
+		n.setTargetProgress(req.Progress)
+		req.Done(nil)
 	case transport.KindGeneration:
 		g := n.generations()
 		g.SyncedFrom(resync.Unpack(req.Generations))

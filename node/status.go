@@ -127,6 +127,9 @@ const (
 	ReplicationNoPrimary mirror.State = "waiting for primary"
 	// ReplicationNone: a passthrough primary replicates nothing.
 	ReplicationNone mirror.State = "none"
+	// ReplicationResyncTarget: a secondary the primary resyncs; its
+	// progress is the primary's (resync_done_blocks and the others).
+	ReplicationResyncTarget mirror.State = "resync-target"
 )
 
 // LDAPHealth is the directory server probe's view.
@@ -203,11 +206,13 @@ func (n *Node) localStatus() Status {
 	if n.verifying {
 		st.VerifyDone, st.VerifyTotal = n.verified[0], n.verified[1]
 	}
+	monitor, probeURL := n.monitor, n.cfg.Probe.URL
+	target, targetAt := n.target, n.targetAt
 	n.mu.Unlock()
-	if n.monitor != nil {
-		h := n.monitor.Health()
+	if monitor != nil {
+		h := monitor.Health()
 		st.LDAP = &LDAPHealth{
-			URL: n.cfg.Probe.URL, Up: h.Up, Known: h.Known, ConsecutiveFailures: h.ConsecutiveFailures, Probes: h.Probes,
+			URL: probeURL, Up: h.Up, Known: h.Known, ConsecutiveFailures: h.ConsecutiveFailures, Probes: h.Probes,
 			LastSuccess: h.LastSuccess, LastError: h.LastError, LastLatencyMs: float64(h.LastLatency.Microseconds()) / 1000,
 		}
 	}
@@ -217,6 +222,7 @@ func (n *Node) localStatus() Status {
 	switch {
 	case ln != nil:
 		secondaryStatus(&st, ln, replica)
+		targetStatus(&st, target, targetAt)
 		n.stageStatus(&st)
 		if n.generations().Discarded() {
 			st.Disk = cluster.DiskInconsistent // resolve --discard-local: until the full resync ends

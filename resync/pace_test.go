@@ -1,6 +1,7 @@
 package resync
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -62,5 +63,32 @@ func TestResyncPacerStopsYielding(t *testing.T) {
 	clock = clock.Add(appWindow)
 	if d := p.delay(64 << 10); d != 0 {
 		t.Fatalf("wait %v after the application stopped writing", d)
+	}
+}
+
+// TestResyncPacerNewRate checks that a rate changed while a resync runs
+// (SIGHUP) rescales the wait already reserved at the old rate.
+func TestResyncPacerNewRate(t *testing.T) {
+	clock := time.Unix(1000, 0)
+	rate := int64(1 << 20)
+	p := &pacer{rates: func() (int64, int64) { return rate, 0 }, appIO: func() uint64 { return 0 }, now: func() time.Time { return clock }}
+	p.delay(1 << 20) // 1 s of traffic at 1 MiB/s reserved
+	if d := p.delay(1 << 20); d != time.Second {
+		t.Fatalf("wait %v at 1 MiB/s, want 1s", d)
+	}
+	rate = 4 << 20
+	p.refresh(clock)
+	if d := p.due.Sub(clock); d != 250*time.Millisecond {
+		t.Fatalf("wait %v left after the rate went to 4 MiB/s, want 250ms", d)
+	}
+	rate = 0
+	p.refresh(clock)
+	if d := p.due.Sub(clock); d != 0 {
+		t.Fatalf("wait %v left after the limit was lifted, want none", d)
+	}
+	ctx := context.Background()
+	rate = 1 << 30
+	if err := p.wait(ctx, 1<<20); err != nil || !p.due.Equal(clock) {
+		t.Fatalf("wait at 1 GiB/s: %v, due %v after now", err, p.due.Sub(clock))
 	}
 }

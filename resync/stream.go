@@ -25,7 +25,10 @@ type Options struct {
 	// MinRate is what the resync slows to while the application writes
 	// (0: it never yields), DRBD's c-min-rate.
 	MinRate int64
-	Log     *slog.Logger
+	// Rates, if set, replaces Rate and MinRate: it is asked before each
+	// run of blocks, so that new rates apply to a running resync.
+	Rates func() (rate, minRate int64)
+	Log   *slog.Logger
 }
 
 // persistEvery is how often a resync persists what it copied.
@@ -68,7 +71,7 @@ func Run(ctx context.Context, src Source, s *transport.Session, opt Options, p *
 	// The peer turns inconsistent with the first block sent, not before:
 	// a checksum resync may find nothing to send.
 	target := sync.OnceValue(func() error { return src.MarkTarget(ctx) })
-	pace := &pacer{max: opt.Rate, min: opt.MinRate, appIO: src.AppWrites, now: time.Now, yielding: p.yielding.Store}
+	pace := &pacer{max: opt.Rate, min: opt.MinRate, rates: opt.Rates, appIO: src.AppWrites, now: time.Now, yielding: p.yielding.Store}
 	defer p.yielding.Store(false)
 	run := runCopy{src: src, s: s, checksum: opt.Checksum, target: target, p: p}
 	it := oos.Iterator()
@@ -105,7 +108,7 @@ func Run(ctx context.Context, src Source, s *transport.Session, opt Options, p *
 			}
 			lastPersist = time.Now()
 		}
-		if err := wait(ctx, pace.delay(int64(e.Blocks())*bs)); err != nil {
+		if err := pace.wait(ctx, int64(e.Blocks())*bs); err != nil {
 			wg.Wait()
 			return err
 		}

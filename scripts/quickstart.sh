@@ -80,10 +80,6 @@ for h in a b w c; do
   echo "  $h: ${addr[$h]}"
 done
 
-step "volumes: 256 MiB on a and its twin on b, ext4 with an LMDB directory"
-id=$("$bin" init --dir "$work/a" --size 256MiB | grep -oE '[0-9a-f-]{36}' | head -n1)
-"$bin" init --dir "$work/b" --size 256MiB --volume-uuid "$id" >/dev/null
-
 step "certificates: a CA for the pair and a key pair per host (ldmirror pki)"
 "$bin" pki init --dir "$work/pki"
 for h in a b; do "$bin" pki issue --dir "$work/pki" "$h"; done
@@ -94,6 +90,68 @@ for h in a b w; do
   install -d -m 700 "$work/tls-$h"
   install -m 600 "$work/pki/ca.crt" "$work/pki/$h.crt" "$work/pki/$h.key" "$work/tls-$h/"
 done
+step "one resource file, r0.toml, copied to the configuration directory of a, b and w"
+# The agent's hooks run on either data host: LDMIRROR_NODE (set by the
+# agent) picks the host's own paths; SLAPD_URLS ldap:/// is the host's
+# address in its namespace.
+paths='LDM_MOUNT=$WORK/$LDMIRROR_NODE/mnt SLAPD_CONF=$WORK/$LDMIRROR_NODE/slapd.conf SLAPD_PID=$WORK/$LDMIRROR_NODE/slapd.pid'
+hook() { printf '[[agent.%s]]\nname = "%s"\ncommand = "WORK=%s %s SLAPD_URLS=ldap:/// LDMIRROR=%s sh %s %s"\ntimeout = "30s"\n' \
+  "$1" "$2" "$work" "$paths" "$bin" "$repo/scripts/hooks/slapd.sh" "$2"; }
+{
+  cat <<EOF
+# r0: the quickstart's volume, its two data hosts and the witness.
+mode = "sync"
+timeout = "1s"
+raft_timeout = "300ms"
+
+[volume]
+uuid = "$(cat /proc/sys/kernel/random/uuid)"
+size = "256MiB"
+EOF
+  for h in a b; do
+    cat <<EOF
+
+[[host]]
+id = "$h"
+dir = "$work/$h"
+link = "${addr[$h]}:7789"
+cluster = "${addr[$h]}:7400"
+ldap = "ldap://${addr[$h]}"
+tls_dir = "$work/tls-$h"
+EOF
+  done
+  cat <<EOF
+
+[witness]
+id = "w"
+cluster = "${addr[w]}:7400"
+dir = "$work/w"
+tls_dir = "$work/tls-w"
+
+# The agents probe the peer's slapd every 1 s and fail over after 3
+# failures.
+[agent]
+bind_dn = "cn=admin,dc=example,dc=com"
+password = "secret"
+canary_dn = "cn=canary,dc=example,dc=com"
+interval = "1s"
+timeout = "500ms"
+threshold = 3
+min_swap_interval = "10s"
+failback = "manual"
+EOF
+  for s in attach mount start; do printf '\n'; hook promote "$s"; done
+  for s in stop umount detach; do printf '\n'; hook demote "$s"; done
+} >"$work/r0.toml"
+for h in a b w; do install -d -m 700 "$work/etc-$h" && install -m 600 "$work/r0.toml" "$work/etc-$h/"; done
+# ldm HOST ARGS: ldmirror as HOST runs it (on a real host its node ID is
+# its hostname, and its configuration directory /etc/ldmirror).
+ldm() { local h=$1; shift; LDMIRROR_NODE_ID=$h "$bin" --config-dir "$work/etc-$h" "$@"; }
+ldm a config check r0 >"$work/config-check.txt" && head -n1 "$work/config-check.txt"
+
+step "volumes: 256 MiB on a and its twin on b (ldmirror init r0), ext4 with an LMDB directory"
+ldm a init r0
+ldm b init r0 >/dev/null
 for h in a b; do
   cat >"$work/$h/slapd.conf" <<EOF
 include /etc/ldap/schema/core.schema
@@ -136,43 +194,18 @@ EOF
 umount "$work/a/mnt"
 cp --sparse=always "$work/a/volume.img" "$work/b/volume.img"
 
-step "agents: probe the peer's slapd every 1 s, fail over after 3 failures"
-for h in a b; do
-  peer=$([ $h = a ] && echo b || echo a)
-  env="LDM_MOUNT=$work/$h/mnt SLAPD_CONF=$work/$h/slapd.conf SLAPD_URLS=ldap://${addr[$h]}/ SLAPD_PID=$work/$h/slapd.pid LDMIRROR=$bin"
-  hook() { printf '{"name": "%s", "command": "%s sh %s %s", "timeout": "30s"}' "$1" "$env" "$repo/scripts/hooks/slapd.sh" "$1"; }
-  cat >"$work/$h/agent.json" <<EOF
-{
-  "peer_url": "ldap://${addr[$peer]}",
-  "local_url": "ldap://${addr[$h]}",
-  "bind_dn": "cn=admin,dc=example,dc=com", "password": "secret",
-  "canary_dn": "cn=canary,dc=example,dc=com",
-  "interval": "1s", "timeout": "500ms", "threshold": 3,
-  "min_swap_interval": "10s", "failback": "manual",
-  "promote": [$(hook attach), $(hook mount), $(hook start)],
-  "demote": [$(hook stop), $(hook umount), $(hook detach)]
-}
-EOF
-done
-
-step "start the witness w and the daemons on a and b"
-start_daemon() {
-  local h=$1 peer
-  peer=$([ "$h" = a ] && echo b || echo a)
+step "ldmirror up r0 on w, b and a"
+up() { # up HOST: in HOST's network namespace, logging to $work/HOST.log
   # nsenter --net, not ip netns exec: that one also gives the daemon a
   # mount namespace of its own, and the ext4 its hooks mount would then be
   # unmounted (and synced through the export) by the dying daemon itself.
-  nsenter --net="/run/netns/$ns-$h" "$bin" daemon --dir "$work/$h" --node-id "$h" --listen "${addr[$h]}:7789" --peer "${addr[$peer]}:7789" \
-    --tls-dir "$work/tls-$h" --cluster-bind "${addr[$h]}:7400" --cluster-join "${addr[w]}:7400" \
-    --cluster-raft-timeout 300ms --timeout 1s --agent-config "$work/$h/agent.json" 2>>"$work/$h.log" &
-  pid[$h]=$!
+  nsenter --net="/run/netns/$ns-$1" env LDMIRROR_NODE_ID="$1" "$bin" --config-dir "$work/etc-$1" up r0 2>>"$work/$1.log" &
+  pid[$1]=$!
 }
-nsenter --net="/run/netns/$ns-w" "$bin" witness --data-dir "$work/w" --node-id w --bind "${addr[w]}:7400" --tls-dir "$work/tls-w" \
-  --raft-timeout 300ms --bootstrap 2>"$work/w.log" &
-pid[w]=$!
-start_daemon b
-start_daemon a
-wait_for 30 "a to be promoted" "$bin" promote a --force --reason "quickstart: first primary" --control "$work/a/control.sock"
+up w
+up b
+up a
+wait_for 30 "a to be promoted" ldm a promote r0 a --force --reason "quickstart: first primary"
 wait_for 60 "slapd on a" on c ldapsearch -x -H "ldap://${addr[a]}" -s base -b "" namingContexts
 
 step "load $entries inetOrgPerson entries into slapd on a (ldapadd from the client host)"
@@ -183,7 +216,7 @@ t=$(now)
 on c ldapadd -x -c -H "ldap://${addr[a]}" -D cn=admin,dc=example,dc=com -w secret -f "$work/people.ldif" >/dev/null
 load_s=$(since "$t")
 echo "  $entries entries in $load_s s"
-"$bin" status --dir "$work/a"
+ldm a status r0
 
 step "kill a: kill -9 of its ldmirror and its slapd"
 t=$(now)
@@ -193,7 +226,7 @@ unset "pid[a]"
 wait_for 60 "b to serve all $entries entries" has b "$entries"
 failover_s=$(since "$t")
 echo "  b serves all $entries entries, $failover_s s after the kill"
-"$bin" status --dir "$work/b"
+ldm b status r0
 
 step "write 100 more entries on b while a is down"
 sed -n "1,$((100 * 7))p" "$work/people.ldif" | sed 's/user\([0-9]*\)/extra\1/g' >"$work/extra.ldif"
@@ -204,22 +237,22 @@ step "bring a back: it rejoins as secondary and b resyncs only what differs"
 umount -l "$work/a/mnt" 2>/dev/null || true
 for d in $(losetup -n -O NAME -j "$work/a/export/volume"); do losetup -d "$d"; done
 t=$(now)
-start_daemon a
-wait_for 120 "a to be resynced" sh -c "'$bin' status --dir '$work/b' --json | grep -qE '\"peer_disk\": ?\"uptodate\"'"
+up a
+wait_for 120 "a to be resynced" sh -c "LDMIRROR_NODE_ID=b '$bin' --config-dir '$work/etc-b' status r0 --json | grep -qE '\"peer_disk\": ?\"uptodate\"'"
 resync_s=$(since "$t")
-resynced=$("$bin" status --dir "$work/b" --json | grep -oE '"resync_total_blocks": ?[0-9]+' | grep -oE '[0-9]+$')
+resynced=$(ldm b status r0 --json | grep -oE '"resync_total_blocks": ?[0-9]+' | grep -oE '[0-9]+$')
 resynced=${resynced:-0}
-copied=$("$bin" status --dir "$work/b" --json | grep -oE '"resync_sent_blocks": ?[0-9]+' | grep -oE '[0-9]+$')
+copied=$(ldm b status r0 --json | grep -oE '"resync_sent_blocks": ?[0-9]+' | grep -oE '[0-9]+$')
 copied=${copied:-0}
 echo "  a uptodate after $resync_s s: $resynced of $((256 * 256)) blocks compared, $copied copied (the rest were equal)"
 
 step "fail back: ldmirror swap on b (stops slapd on b, hands the role over, starts slapd on a)"
 t=$(now)
-"$bin" swap --dir "$work/b"
+ldm b swap r0
 wait_for 60 "a to serve all $total entries" has a "$total"
 failback_s=$(since "$t")
-wait_for 30 "a's agent to finish its promotion" sh -c "'$bin' status --dir '$work/a' | grep -q 'primary-serving'"
-"$bin" status --dir "$work/a"
+wait_for 30 "a's agent to finish its promotion" sh -c "LDMIRROR_NODE_ID=a '$bin' --config-dir '$work/etc-a' status r0 | grep -q 'primary-serving'"
+ldm a status r0
 
 ok=1
 cat <<EOF

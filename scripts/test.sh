@@ -9,7 +9,9 @@ export PATH="$PATH:/usr/local/go/bin"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in slapd ldap-utils fuse3 fio e2fsprogs util-linux iproute2 nftables; do
+  # prometheus: its server and promtool check the metrics exporter; systemd:
+  # systemd-analyze verifies the units.
+  for pkg in slapd ldap-utils fuse3 fio e2fsprogs util-linux iproute2 nftables prometheus systemd; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

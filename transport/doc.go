@@ -32,8 +32,8 @@
 // (the secondary: is the peer the primary of the current epoch?); the
 // acceptor sends Ready (or an Error saying why it refuses). A peer whose
 // Hello has another protocol version is refused with an Error naming both
-// versions; this is version 3 (version 1's checksum reply was CRC32C;
-// version 2 had no Stage request).
+// versions; this is version 4 (version 1's checksum reply was CRC32C;
+// version 2 had no Progress frame; version 3 had no Stage request).
 //
 // With Config.InsecurePlaintext (an explicit choice, for measurement) the
 // frames travel in clear and the handshake is authenticated by a shared

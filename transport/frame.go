@@ -41,11 +41,12 @@ const (
 	TypeReady
 	TypeOutOfSync
 	TypeJournal
+	TypeProgress
 	TypeStage
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal", "stage"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal", "progress", "stage"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

@@ -31,6 +31,11 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 11}, binary.BigEndian.AppendUint64(jt, 4096)))
 	jf := append(append([]byte(nil), jw[:16]...), byte(KindFlush), 0, 0, 0, 0, 0, 0, 0)
 	f.Add(AppendFrame(nil, Header{Type: TypeJournal, Seq: 12}, binary.BigEndian.AppendUint64(jf, 0)))
+	var pw []byte
+	for _, w := range (Progress{DoneBlocks: 1, TotalBlocks: 4, RateBytes: 1 << 20, ETA: 3 * time.Second}).words() {
+		pw = binary.BigEndian.AppendUint64(pw, w)
+	}
+	f.Add(AppendFrame(nil, Header{Type: TypeProgress, Seq: 14}, pw))
 	f.Add(AppendFrame(nil, Header{Type: TypeStage, Seq: 14}, append([]byte{byte(StageBegin), 0, 0, 0, 0, 0, 0, 0}, binary.BigEndian.AppendUint64(nil, 1<<20)...)))
 	f.Add([]byte("LDM1garbage"))
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -73,6 +78,11 @@ func FuzzReadFrame(f *testing.F) {
 				}
 			case TypeGeneration:
 				_, _ = parseRequest(KindGeneration, h, p, 1<<20)
+			case TypeProgress:
+				r, err := parseRequest(KindProgress, h, p, 1<<20)
+				if err == nil && r.Progress.DoneBlocks != binary.BigEndian.Uint64(p) {
+					t.Fatalf("progress %+v from payload %x", r.Progress, p)
+				}
 			case TypeStage:
 				if r, err := parseRequest(KindStage, h, p, 1<<20); err == nil && (r.StageNeed < 0 || r.StageOp < StageBegin || r.StageOp > StageStatus) {
 					t.Fatalf("stage request %s of %d bytes accepted", r.StageOp, r.StageNeed)

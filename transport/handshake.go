@@ -83,7 +83,10 @@ type Config struct {
 	// MaxHandshakes bounds the connections a Listener authenticates at
 	// once (default DefaultMaxHandshakes); more are closed at once.
 	MaxHandshakes int
-	Logger        *slog.Logger
+	// AckLatency, if set, is told how long the peer took to acknowledge
+	// each write or trim, from its submission (for metrics).
+	AckLatency func(time.Duration)
+	Logger     *slog.Logger
 }
 
 func (c *Config) withDefaults() (Config, error) {

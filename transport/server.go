@@ -35,6 +35,9 @@ const (
 	// last wrote as primary); the Handler answers with Reply, a portable
 	// roaring bitmap of block numbers.
 	KindOutOfSync
+	// KindProgress tells the target of a resync how far it got
+	// (Request.Progress), so that the target's status can show it.
+	KindProgress
 	// KindStage asks the resync target's staging area to begin, commit
 	// or report (StageOp, StageNeed); the Handler answers with Reply, a
 	// StageReply.
@@ -55,6 +58,8 @@ func (k Kind) String() string {
 		return "checksum"
 	case KindOutOfSync:
 		return "outofsync"
+	case KindProgress:
+		return "progress"
 	case KindStage:
 		return "stage"
 	}
@@ -72,6 +77,8 @@ type Request struct {
 	Generations [4]uint64
 	// Key of a KindChecksum request.
 	Key [ChecksumKeySize]byte
+	// Progress of a KindProgress request.
+	Progress Progress
 	// JournalID and JournalSeq place a write, trim or flush that came from
 	// the primary's journal (async mode, a Journal frame); both are 0 for
 	// a request that did not. The handler persists the highest sequence
@@ -230,12 +237,14 @@ func (l *Listener) Serve(ctx context.Context, h Handler) error {
 		select {
 		case l.slots <- struct{}{}:
 		default:
-			l.rejected.Add(1) // before the close: a client that sees it sees the count
+			// Counted and logged before the close: a client that sees the
+			// close sees both, at the clock of its own connection.
+			l.rejected.Add(1)
 			l.shed.Add(1)
-			conn.Close()
 			if n := l.shedLog.Note(); n > 0 {
 				l.log.Warn("too many unauthenticated connections: closed at once", "closed", n, "limit", cap(l.slots), "remote", conn.RemoteAddr().String())
 			}
+			conn.Close()
 			continue
 		}
 		l.mu.Lock()
@@ -507,6 +516,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindChecksum
 	case TypeOutOfSync:
 		kind = KindOutOfSync
+	case TypeProgress:
+		kind = KindProgress
 	case TypeStage:
 		kind = KindStage
 	case TypeJournal:
@@ -595,6 +606,10 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) 
 			req.Generations[i] = binary.BigEndian.Uint64(p[8*i:])
 		}
 		return req, nil
+	case KindProgress:
+		var err error
+		req.Progress, err = decodeProgress(p)
+		return req, err
 	}
 	end := uint64(req.Offset) + uint64(req.Length)
 	if req.Offset < 0 || req.Length <= 0 || end > size || end < uint64(req.Offset) {

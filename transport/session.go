@@ -214,6 +214,12 @@ func (s *Session) SubmitGeneration(g [4]uint64) (*Call, error) {
 	return s.submit(TypeGeneration, 0, 0, nil, g[:]...)
 }
 
+// SubmitProgress tells the target of a resync how far it got (see
+// KindProgress).
+func (s *Session) SubmitProgress(p Progress) (*Call, error) {
+	return s.submit(TypeProgress, 0, 0, nil, p.words()...)
+}
+
 // SubmitChecksum asks the peer for a digest, keyed with key, of each of the
 // blocks of blockSize bytes in n bytes at off (at most MaxChecksumBlocks
 // blocks), read after every earlier overlapping write was applied.
@@ -303,7 +309,7 @@ func (s *Session) acquire() (*Call, error) {
 	return callPool.Get().(*Call), nil
 }
 
-func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Call, error) {
+func (s *Session) submit(t Type, off, n int64, data []byte, words ...uint64) (*Call, error) {
 	c, err := s.acquire()
 	if err != nil {
 		return nil, err
@@ -318,11 +324,11 @@ func (s *Session) submit(t Type, off, n int64, data []byte, gens ...uint64) (*Ca
 		binary.BigEndian.PutUint64(c.frame[HeaderSize:], uint64(off))
 		binary.BigEndian.PutUint64(c.frame[HeaderSize+8:], uint64(n))
 		plen = 16
-	case TypeGeneration:
-		for i, g := range gens {
+	case TypeGeneration, TypeProgress:
+		for i, g := range words {
 			binary.BigEndian.PutUint64(c.frame[HeaderSize+8*i:], g)
 		}
-		plen = 8 * len(gens)
+		plen = 8 * len(words)
 	}
 	return s.enqueue(c, t, plen)
 }
@@ -533,6 +539,9 @@ func (s *Session) complete(seq uint64, payload []byte) error {
 	case c.kind == TypeWrite || c.kind == TypeTrim || c.kind == TypeJournal:
 		s.writes.Add(1)
 		s.bytes.Add(uint64(len(c.data)))
+		if s.cfg.AckLatency != nil {
+			s.cfg.AckLatency(time.Since(c.sentAt))
+		}
 	}
 	c.result <- nil
 	return nil

@@ -1,24 +1,20 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/export"
-	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
 
 var controlFlag = &cli.StringFlag{
 	Name:  "control",
-	Usage: "control socket `PATH` (default: <dir>/control.sock)",
+	Usage: "control socket `PATH` (default: control.sock in --dir)",
 }
 
 var volumeDirFlag = &cli.StringFlag{
@@ -46,39 +42,26 @@ func hostClient(c *cli.Context) (*ctl.Client, error) {
 	return ctl.NewClient(path), nil
 }
 
-func fetchStatus(c *cli.Context) (node.Status, error) {
-	hc, err := hostClient(c)
-	if err != nil {
-		return node.Status{}, err
-	}
-	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
-	defer cancel()
-	return hc.Status(ctx)
-}
-
 func attachCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "attach",
-		Usage: "bind the primary's FUSE export to a loop device and print the device",
-		Flags: []cli.Flag{volumeDirFlag, controlFlag},
-		Action: func(c *cli.Context) error {
-			st, err := fetchStatus(c)
+		Name:      "attach",
+		Usage:     "bind the primary's FUSE export to a loop device and print the device",
+		ArgsUsage: "[RESOURCE]",
+		Description: "The daemon binds it (LOOP_CONFIGURE, direct I/O) and remembers it: when it stops it detaches\n" +
+			"it (one still mounted detaches at its umount).",
+		Flags: []cli.Flag{volumeDirFlag, controlFlag, nodeIDFlag()},
+		Action: onVolume(func(c *cli.Context) error {
+			hc, err := hostClient(c)
 			if err != nil {
 				return err
 			}
-			if st.Role != cluster.RolePrimary || st.Export == "" {
-				return fmt.Errorf("node %s is %s: only the primary exports the volume", st.Node, st.Role)
-			}
-			if len(st.LoopDevices) > 0 {
-				return fmt.Errorf("already attached as %s", st.LoopDevices[0])
-			}
-			dev, err := export.AttachLoop(st.Export)
+			dev, err := hc.Attach(c.Context)
 			if err != nil {
 				return err
 			}
 			fmt.Println(dev)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -86,36 +69,47 @@ func detachCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "detach",
 		Usage:     "unbind the loop device of the primary's export",
-		ArgsUsage: "[/dev/loopN]",
-		Flags:     []cli.Flag{volumeDirFlag, controlFlag},
+		ArgsUsage: "[RESOURCE | /dev/loopN...]",
+		Flags:     []cli.Flag{volumeDirFlag, controlFlag, nodeIDFlag()},
 		Action: func(c *cli.Context) error {
-			devs := c.Args().Slice()
-			if len(devs) == 0 {
-				st, err := fetchStatus(c)
-				switch {
-				case errors.Is(err, ctl.ErrNoProcess) && c.String("dir") != "":
-					return detachLeftovers(c.String("dir"))
-				case err != nil:
-					return err
-				case len(st.LoopDevices) == 0:
-					return fmt.Errorf("no loop device is attached to %s", st.Export)
-				}
-				devs = st.LoopDevices
+			if c.NArg() > 0 && isResource(c, c.Args().First()) {
+				return onVolume(detach)(c)
 			}
-			for _, d := range devs {
-				deferred, err := export.DetachLoop(d)
-				if err != nil {
-					return err
-				}
-				if deferred {
-					fmt.Println(d, "is still in use (mounted?): it detaches when its last user closes it")
-				} else {
-					fmt.Println("detached", d)
-				}
-			}
-			return nil
+			return detach(c)
 		},
 	}
+}
+
+// detach is `detach`: the devices named, or those of the export.
+func detach(c *cli.Context) error {
+	devs := c.Args().Slice()
+	if len(devs) > 0 && isResource(c, devs[0]) {
+		devs = nil
+	}
+	if len(devs) == 0 {
+		st, err := fetchStatus(c)
+		switch {
+		case errors.Is(err, ctl.ErrNoProcess) && c.String("dir") != "":
+			return detachLeftovers(c.String("dir"))
+		case err != nil:
+			return err
+		case len(st.LoopDevices) == 0:
+			return fmt.Errorf("no loop device is attached to %s", st.Export)
+		}
+		devs = st.LoopDevices
+	}
+	for _, d := range devs {
+		deferred, err := export.DetachLoop(d)
+		if err != nil {
+			return err
+		}
+		if deferred {
+			fmt.Println(d, "is still in use (mounted?): it detaches when its last user closes it")
+		} else {
+			fmt.Println("detached", d)
+		}
+	}
+	return nil
 }
 
 // detachLeftovers clears what a daemon killed in dir left: the loop

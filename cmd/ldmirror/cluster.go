@@ -15,6 +15,7 @@ import (
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/resource"
 	"github.com/urfave/cli/v2"
 )
 
@@ -31,6 +32,7 @@ func memberConnFlags() []cli.Flag {
 			EnvVars: []string{"LDMIRROR_CLUSTER_CONTROL"},
 		},
 		&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` of a running member, to find its control socket"},
+		nodeIDFlag(),
 		&cli.DurationFlag{
 			Name:  "timeout",
 			Usage: "`DURATION` the member may try to commit (e.g. 10s, 500ms); then the command fails with no quorum",
@@ -39,7 +41,37 @@ func memberConnFlags() []cli.Flag {
 	}
 }
 
-// memberClient is the client of the member's socket c names.
+// memberTarget is the member and the node a promote or demote names:
+// "RESOURCE [NODE]" (this node's process of the resource; NODE defaults
+// to this node), or "NODE" with --control or --data-dir.
+func memberTarget(c *cli.Context) (*ctl.Client, string, error) {
+	args, err := positional(c, 1, 2, "RESOURCE [NODE], or NODE with --control")
+	if err != nil {
+		return nil, "", err
+	}
+	if c.String("control") != "" || c.String("data-dir") != "" || !isResource(c, args[0]) {
+		if len(args) != 1 {
+			return nil, "", fmt.Errorf("%s NODE --control PATH: one node, got %q (or is %s not a resource in %s?)", c.Command.Name, args, args[0], c.String("config-dir"))
+		}
+		mc, err := memberClient(c)
+		return mc, args[0], err
+	}
+	l, err := loadResource(c, args[0])
+	if err != nil {
+		return nil, "", err
+	}
+	node := l.section.ID()
+	switch {
+	case len(args) == 2:
+		node = args[1]
+	case l.section.Role == resource.RoleWitness:
+		return nil, "", fmt.Errorf("%s %s on the witness: name the data host, e.g. ldmirror %s %s %s", c.Command.Name, args[0], c.Command.Name, args[0], l.file.Hosts[0].ID)
+	}
+	return ctl.NewClient(l.controlSocket()), node, nil
+}
+
+// memberClient is the client of the member's socket c names: --control,
+// --data-dir, or the resource of c's first argument.
 func memberClient(c *cli.Context) (*ctl.Client, error) {
 	if p := c.String("control"); p != "" {
 		return ctl.NewClient(p), nil
@@ -47,7 +79,14 @@ func memberClient(c *cli.Context) (*ctl.Client, error) {
 	if d := c.String("data-dir"); d != "" {
 		return ctl.NewClient(filepath.Join(d, clusterControlFile)), nil
 	}
-	return nil, errors.New("say which member: --control PATH (its control socket) or --data-dir DIR")
+	if c.NArg() > 0 && isResource(c, c.Args().First()) {
+		l, err := loadResource(c, c.Args().First())
+		if err != nil {
+			return nil, err
+		}
+		return ctl.NewClient(l.controlSocket()), nil
+	}
+	return nil, errors.New("say which member: a resource name, --control PATH (its control socket) or --data-dir DIR")
 }
 
 const controlPlaneOnly = "Needs daemons run with --cluster-bind: their data path follows the role the control plane names."
@@ -58,8 +97,9 @@ func clusterCommand() *cli.Command {
 		Usage: "show and change the control plane's membership (see docs/cluster.md)",
 		Subcommands: []*cli.Command{
 			{
-				Name:  "status",
-				Usage: "members, raft leader, primary, epoch, each host's disk state and forced promotions",
+				Name:      "status",
+				Usage:     "members, raft leader, primary, epoch, each host's disk state and forced promotions",
+				ArgsUsage: "[RESOURCE]",
 				Flags: append(memberConnFlags(),
 					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 					&cli.BoolFlag{Name: "consistent", Usage: "read the volume state through the leader (needs quorum) instead of this member's copy"},
@@ -127,7 +167,7 @@ func promoteCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "promote",
 		Usage:     "make NODE primary in a new epoch (refused unless its disk is uptodate)",
-		ArgsUsage: "NODE",
+		ArgsUsage: "RESOURCE [NODE] | NODE --control PATH",
 		Description: "A current primary is displaced and marked outdated. --force --reason TEXT promotes a host\n" +
 			"that is not uptodate: its data becomes the truth, every other copy outdated; the reason is\n" +
 			"logged and shown by 'ldmirror cluster status'.\n" + controlPlaneOnly,
@@ -136,7 +176,7 @@ func promoteCommand() *cli.Command {
 			&cli.StringFlag{Name: "reason", Usage: "why the promotion is forced: `TEXT` recorded in the cluster state and shown in status"},
 		),
 		Action: func(c *cli.Context) error {
-			node, err := oneArg(c, "the node ID to promote")
+			mc, node, err := memberTarget(c)
 			if err != nil {
 				return err
 			}
@@ -146,10 +186,6 @@ func promoteCommand() *cli.Command {
 			}
 			if reason != "" && !force {
 				return errors.New("--reason is only for --force")
-			}
-			mc, err := memberClient(c)
-			if err != nil {
-				return err
 			}
 			r, err := mc.PromoteReply(c.Context, node, force, reason, c.Duration("timeout"))
 			if err != nil {
@@ -172,7 +208,7 @@ func demoteCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "demote",
 		Usage:     "end NODE's tenure as primary: a new epoch with no primary",
-		ArgsUsage: "NODE",
+		ArgsUsage: "RESOURCE [NODE] | NODE --control PATH",
 		Description: "Refused unless NODE is primary in --epoch (default: the current epoch, read through the leader).\n" +
 			controlPlaneOnly,
 		Flags: append(memberConnFlags(),
@@ -180,11 +216,7 @@ func demoteCommand() *cli.Command {
 			&cli.BoolFlag{Name: "force", Usage: "demote NODE although its volume is mounted (checked when --control is NODE's own socket): its file system's writes then fail with I/O errors and it stays demoted until its loop device is detached"},
 		),
 		Action: func(c *cli.Context) error {
-			node, err := oneArg(c, "the node ID to demote")
-			if err != nil {
-				return err
-			}
-			mc, err := memberClient(c)
+			mc, node, err := memberTarget(c)
 			if err != nil {
 				return err
 			}
@@ -208,6 +240,9 @@ func commandError(op, node string, err error) error {
 }
 
 func clusterStatus(c *cli.Context) error {
+	if _, err := positional(c, 0, 1, "the resource's name"); err != nil {
+		return err
+	}
 	mc, err := memberClient(c)
 	if err != nil {
 		return err

@@ -2,24 +2,27 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
-	"syscall"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
+	"github.com/ldmirror/ldmirror/events"
 	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/ldapagent/probe"
+	"github.com/ldmirror/ldmirror/metrics"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
 	"github.com/ldmirror/ldmirror/pki"
+	"github.com/ldmirror/ldmirror/resource"
 	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -27,21 +30,26 @@ import (
 
 func daemonCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "daemon",
-		Usage: "run one host of a mirrored volume",
+		Name:      "daemon",
+		Usage:     "run one data host of a mirrored volume",
+		ArgsUsage: "[RESOURCE]",
 		Description: "A primary exports the volume through FUSE as <mount>/volume (attach it with 'ldmirror attach')\n" +
 			"and mirrors every write to the secondary at --peer. A secondary accepts the primary on --listen\n" +
 			"and applies its writes. With --cluster-bind the raft control plane names the role and the host\n" +
 			"follows it: named primary, it serves the export; no longer named, it refuses writes, waits for\n" +
 			"the export's loop device to be detached, and turns secondary. Such a host needs both --listen\n" +
-			"and --peer. SIGTERM or SIGINT: writes in flight complete and are acknowledged, then it exits.",
-		Flags: append([]cli.Flag{
+			"and --peer. With RESOURCE, its file in --config-dir gives every flag (docs/operations.md,\n" +
+			"\"Resource files\"); flags given override it. SIGTERM or SIGINT: loop devices it attached are\n" +
+			"detached, writes in flight complete and are acknowledged, the export and the control socket go,\n" +
+			"then it exits. SIGHUP: the certificate, and from RESOURCE the log level, resync rates and probe\n" +
+			"settings, apply at once; the log says what else changed and needs a restart.",
+		Flags: append(append([]cli.Flag{
 			dirFlag,
 			&cli.StringFlag{Name: "role", Usage: "primary or secondary; with --cluster-bind the control plane names the role instead"},
-			&cli.StringFlag{Name: "node-id", Usage: "this host's name (default: the hostname)"},
+			nodeIDFlag(),
 			&cli.StringFlag{Name: "listen", Usage: "`ADDR` this host accepts the primary on while secondary, e.g. 0.0.0.0:7789"},
 			&cli.StringFlag{Name: "peer", Usage: "`ADDR` the peer listens on, dialled while primary (none: standalone, writes stay dirty)"},
-			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: <dir>/export)"},
+			&cli.StringFlag{Name: "mount", Usage: "`DIR` for the primary's FUSE export (default: export in --dir)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "peer timeout: handshake, each ack, silence", Value: node.DefaultTimeout},
 			&cli.IntFlag{Name: "window", Usage: "writes in flight to the peer at most", Value: 64},
 			&cli.BoolFlag{Name: "activity-log", Value: true, Usage: "log write intent per 4 MiB extent; false is unsafe: after a primary crash, blocks written just before it may differ without being resynced"},
@@ -62,11 +70,11 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "probe-interval", Usage: "time between probes", Value: probe.DefaultInterval},
 			&cli.DurationFlag{Name: "probe-timeout", Usage: "bound of one probe", Value: probe.DefaultTimeout},
 			&cli.IntFlag{Name: "probe-threshold", Usage: "failed probes in a row before the server counts as down", Value: probe.DefaultThreshold},
-			&cli.StringFlag{Name: "agent-config", Usage: "`FILE` (JSON) of the LDAP agent that fails the directory service over (docs/agent.md); needs --cluster-bind"},
-			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info"},
+			&cli.StringFlag{Name: "agent-config", Usage: "`FILE` (JSON) of the LDAP agent that fails the directory service over (docs/agent.md); needs --cluster-bind. A resource file's [agent] instead"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9942 (default: none)"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile of the whole run to `FILE`"},
-		}, append(memberFlags("cluster-"), tlsFlags(true)...)...),
-		Action: runDaemon,
+		}, logFlags()...), append(memberFlags("cluster-"), tlsFlags(true)...)...),
+		Action: withResourceArg(resource.RoleData, daemonSettings, runDaemon),
 	}
 }
 
@@ -79,13 +87,19 @@ func daemonCommand() *cli.Command {
 // with 2 Ps, 29k with 4, 33k with 8 (docs/benchmarks.md).
 const minProcs = 8
 
-func runDaemon(c *cli.Context) error {
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
-		runtime.GOMAXPROCS(minProcs)
-	}
-	log, err := flagLogger(c)
+func runDaemon(c *cli.Context, l *loadedResource) error {
+	lg, err := newLogs(c)
 	if err != nil {
 		return err
+	}
+	log := lg.With(componentKey, "daemon")
+	svc := startService(log)
+	defer svc.Close()
+	if c.String("dir") == "" {
+		return errors.New("say which volume: a resource name or --dir DIR")
+	}
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
+		runtime.GOMAXPROCS(minProcs)
 	}
 	id, err := flagNodeID(c)
 	if err != nil {
@@ -95,19 +109,16 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer creds.Close()
 	// A FUSE server that memory reclaim waits on must not itself wait for
 	// reclaim (libfuse#700).
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
 		log.Warn("could not mark the daemon as an I/O flusher", "err", err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	agentCfg, err := loadAgentConfig(c)
+	agentCfg, err := loadAgentConfig(c, l)
 	if err != nil {
 		return err
 	}
-	member, err := daemonMember(c, id, creds.tls, log)
+	member, err := daemonMember(c, id, creds.tls, lg.With(componentKey, "cluster"))
 	if err != nil {
 		return err
 	}
@@ -120,22 +131,29 @@ func runDaemon(c *cli.Context) error {
 			select {
 			case err := <-member.Fatal():
 				log.Error("control plane member failed; stopping", "err", err)
-				stop()
-			case <-ctx.Done():
+				svc.Stop()
+			case <-svc.Done():
 			}
 		}()
 	}
-	cfg, err := nodeConfig(c, id, cp, log)
+	cfg, err := nodeConfig(c, id, cp, lg.With(componentKey, "node"))
 	if err != nil {
 		return err
 	}
-	n, err := node.Open(creds.link(cfg))
+	var n *node.Node
+	var mx *metrics.Metrics
+	if c.String("metrics-listen") != "" {
+		mx = metrics.New(func() node.Status { return n.Status() }, buildVersion().Version)
+		cfg.Observer = mx
+	}
+	n, err = node.Open(creds.link(cfg))
 	if err != nil {
 		return err
 	}
 	if agentCfg != nil {
-		ag, err := startAgent(c, *agentCfg, id, member.c, n, log)
+		ag, err := startAgent(c, *agentCfg, id, member.c, n, lg.With(componentKey, "agent"))
 		if err != nil {
+			n.Close()
 			return err
 		}
 		defer ag.Close()
@@ -143,38 +161,76 @@ func runDaemon(c *cli.Context) error {
 	}
 	stopProfile, err := startProfile(c.String("cpu-profile"))
 	if err != nil {
+		n.Close()
 		return err
 	}
 	defer stopProfile()
-	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(n, routes))
+	feed := events.NewFeed(n.Status, 0)
+	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(ctl.Routes{Host: n, Member: routes, Process: svc, Events: feed}))
 	if err != nil {
 		n.Close()
 		return err
 	}
 	defer sock.Close()
-	if err := n.Run(ctx); err != nil {
+	defer feed.Close() // before the socket: it ends the event streams
+	if mx != nil {
+		ms, err := metrics.Serve(c.String("metrics-listen"), mx.Handler(), lg.With(componentKey, "metrics"))
+		if err != nil {
+			n.Close()
+			return err
+		}
+		defer ms.Close()
+	}
+	var explicit map[string]string
+	if l != nil {
+		explicit = l.explicit
+	}
+	r := newReloader(c, l, explicit, lg, creds.tls, n, daemonSettings)
+	svc.serve(func() (bool, string) {
+		st := n.Status()
+		return daemonReady(st), summaryLine(st)
+	}, r.reload)
+	// Stopping: first the loop devices this daemon attached, while the
+	// export still serves them; then the node.
+	nodeCtx, stopNode := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-svc.Done():
+			n.DetachAttached()
+			stopNode()
+		case <-nodeCtx.Done():
+		}
+	}()
+	err = n.Run(nodeCtx)
+	stopNode()
+	<-stopped
+	if err != nil {
 		return err
 	}
 	log.Info("stopped")
 	return nil
 }
 
+// daemonReady reports whether a data host serves: its role is known, and
+// a primary's export is mounted.
+func daemonReady(st node.Status) bool {
+	switch st.Role {
+	case cluster.RolePrimary:
+		return st.Export != ""
+	case cluster.RoleSecondary:
+		return st.Replication != node.ReplicationNoTerm
+	}
+	return false
+}
+
 // nodeConfig is the node's configuration from c's flags.
 func nodeConfig(c *cli.Context, id string, cp node.ControlPlane, log *slog.Logger) (node.Config, error) {
 	var cfg node.Config
-	var rate int64
-	if r := c.String("resync-rate"); r != "" {
-		var err error
-		if rate, err = parseSize(r); err != nil {
-			return cfg, fmt.Errorf("--resync-rate: %w", err)
-		}
-	}
-	var minRate int64
-	if r := c.String("resync-min-rate"); r != "0" {
-		var err error
-		if minRate, err = parseSize(r); err != nil {
-			return cfg, fmt.Errorf("--resync-min-rate: %w", err)
-		}
+	rate, minRate, err := resyncRates(c)
+	if err != nil {
+		return cfg, err
 	}
 	mode, err := mirror.ParseMode(c.String("mode"))
 	if err != nil {
@@ -184,25 +240,13 @@ func nodeConfig(c *cli.Context, id string, cp node.ControlPlane, log *slog.Logge
 	if err != nil {
 		return cfg, fmt.Errorf("--journal-full: %w", err)
 	}
-	journalSize, err := parseSize(c.String("journal-size"))
+	journalSize, err := bytesize.Parse(c.String("journal-size"))
 	if err != nil {
 		return cfg, fmt.Errorf("--journal-size: %w", err)
 	}
-	pcfg := probe.Config{
-		URL:       c.String("probe-url"),
-		BindDN:    c.String("probe-bind-dn"),
-		ReadDN:    c.String("probe-read-dn"),
-		CanaryDN:  c.String("probe-canary-dn"),
-		Interval:  c.Duration("probe-interval"),
-		Timeout:   c.Duration("probe-timeout"),
-		Threshold: c.Int("probe-threshold"),
-	}
-	if f := c.String("probe-password-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return cfg, fmt.Errorf("--probe-password-file: %w", err)
-		}
-		pcfg.Password = strings.TrimRight(string(b), "\r\n")
+	pcfg, err := probeConfig(c)
+	if err != nil {
+		return cfg, err
 	}
 	return node.Config{
 		Dir:                c.String("dir"),
@@ -229,6 +273,43 @@ func nodeConfig(c *cli.Context, id string, cp node.ControlPlane, log *slog.Logge
 	}, nil
 }
 
+// resyncRates are c's --resync-rate and --resync-min-rate in bytes per
+// second (0: no limit; never yield).
+func resyncRates(c *cli.Context) (rate, minRate int64, err error) {
+	if r := c.String("resync-rate"); r != "" && r != "0" {
+		if rate, err = bytesize.Parse(r); err != nil {
+			return 0, 0, fmt.Errorf("--resync-rate: %w", err)
+		}
+	}
+	if r := c.String("resync-min-rate"); r != "0" {
+		if minRate, err = bytesize.Parse(r); err != nil {
+			return 0, 0, fmt.Errorf("--resync-min-rate: %w", err)
+		}
+	}
+	return rate, minRate, nil
+}
+
+// probeConfig is the probe c's --probe-* flags describe.
+func probeConfig(c *cli.Context) (probe.Config, error) {
+	pcfg := probe.Config{
+		URL:       c.String("probe-url"),
+		BindDN:    c.String("probe-bind-dn"),
+		ReadDN:    c.String("probe-read-dn"),
+		CanaryDN:  c.String("probe-canary-dn"),
+		Interval:  c.Duration("probe-interval"),
+		Timeout:   c.Duration("probe-timeout"),
+		Threshold: c.Int("probe-threshold"),
+	}
+	if f := c.String("probe-password-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return pcfg, fmt.Errorf("--probe-password-file: %w", err)
+		}
+		pcfg.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	return pcfg, nil
+}
+
 // startAgent starts the LDAP agent of node n.
 func startAgent(c *cli.Context, cfg agent.Config, id string, cp *cluster.Cluster, n *node.Node, log *slog.Logger) (*agent.Agent, error) {
 	mount := c.String("mount")
@@ -237,7 +318,7 @@ func startAgent(c *cli.Context, cfg agent.Config, id string, cp *cluster.Cluster
 	}
 	ag, err := agent.New(cfg, agent.Deps{
 		NodeID: id, Dir: c.String("dir"), Export: filepath.Join(mount, export.FileName),
-		ControlPlane: cp, Volume: n, Logger: log.With("part", "agent"),
+		ControlPlane: cp, Volume: n, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("LDAP agent: %w", err)
@@ -282,18 +363,28 @@ func daemonMember(c *cli.Context, id string, creds *pki.Source, log *slog.Logger
 	return m, nil
 }
 
-// loadAgentConfig reads --agent-config, if set (nil if not).
-func loadAgentConfig(c *cli.Context) (*agent.Config, error) {
+// loadAgentConfig is the LDAP agent's configuration: --agent-config's
+// file, else the resource file's [agent] (nil: no agent).
+func loadAgentConfig(c *cli.Context, l *loadedResource) (*agent.Config, error) {
 	f := c.String("agent-config")
-	if f == "" {
+	if f == "" && l == nil {
 		return nil, nil
 	}
+	var cfg *agent.Config
+	if f != "" {
+		c, err := agent.LoadConfig(f)
+		if err != nil {
+			return nil, err
+		}
+		cfg = &c
+	} else {
+		var err error
+		if cfg, err = l.file.AgentConfig(l.section); err != nil || cfg == nil {
+			return nil, err
+		}
+	}
 	if c.String("cluster-bind") == "" {
-		return nil, fmt.Errorf("--agent-config needs the control plane (--cluster-bind): the agent moves the role through it")
+		return nil, fmt.Errorf("an LDAP agent needs the control plane (--cluster-bind): it moves the role through it")
 	}
-	cfg, err := agent.LoadConfig(f)
-	if err != nil {
-		return nil, err
-	}
-	return &cfg, nil
+	return cfg, nil
 }

@@ -18,10 +18,11 @@ func attachDiskCommand() *cli.Command {
 			"that host. The primary resyncs the blocks written while the disk was out; with\n" +
 			"--full, every block (a replaced, blank disk). Without a running daemon it only\n" +
 			"checks the disk and clears the failure (docs/operations.md, \"A failing disk\").",
-		Flags: []cli.Flag{volumeDirFlag, controlFlag,
+		ArgsUsage: "[RESOURCE]",
+		Flags: []cli.Flag{volumeDirFlag, controlFlag, nodeIDFlag(),
 			&cli.BoolFlag{Name: "full", Usage: "resync every block: the disk was replaced, not repaired (needs the daemon running)"},
 		},
-		Action: func(c *cli.Context) error {
+		Action: onVolume(func(c *cli.Context) error {
 			hc, err := hostClient(c)
 			if err != nil {
 				return err
@@ -43,6 +44,6 @@ func attachDiskCommand() *cli.Command {
 			}
 			fmt.Println("disk attached: the primary resyncs it once it reconnects (ldmirror status shows the progress)")
 			return nil
-		},
+		}),
 	}
 }

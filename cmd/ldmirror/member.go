@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/signal"
 	"path/filepath"
-	"syscall"
+	"strings"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/pki"
+	"github.com/ldmirror/ldmirror/resource"
 	"github.com/urfave/cli/v2"
 )
 
@@ -29,7 +29,7 @@ const clusterControlFile = "control.sock"
 // ("cluster-bind" in the daemon, "bind" in the witness).
 func memberFlags(prefix string) []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: prefix + "bind", Usage: "cluster port `ADDR` (host:port) to listen on, e.g. 10.0.0.3:7400", Required: prefix == ""},
+		&cli.StringFlag{Name: prefix + "bind", Usage: "cluster port `ADDR` (host:port) to listen on, e.g. 10.0.0.3:7400"},
 		&cli.StringFlag{Name: prefix + "advertise", Usage: "`ADDR` peers dial to reach this member (default: --" + prefix + "bind)"},
 		&cli.BoolFlag{Name: prefix + "bootstrap", Usage: "start a new cluster with this member as its only voter (once, on the first host)"},
 		&cli.StringFlag{Name: prefix + "join", Usage: "join the cluster through the member at `ADDR` (any member)"},
@@ -106,16 +106,22 @@ func (m *member) Close() error {
 // memberCommand runs a member until SIGTERM or SIGINT: the witness, or a
 // data host's member without the data path.
 func memberCommand(name, usage, description string, witness bool, hidden bool) *cli.Command {
-	flags := append([]cli.Flag{
-		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the raft log, snapshots and control.sock; it survives restarts", Required: true},
-		&cli.StringFlag{Name: "node-id", Usage: "this member's name `ID`, never reused for another host (default: the hostname)"},
+	flags := append(append([]cli.Flag{
+		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the raft log, snapshots and control.sock; it survives restarts"},
+		nodeIDFlag(),
 		&cli.StringFlag{Name: "secret-file", Hidden: true}, // refused with a pointer to certificates
-		&cli.StringFlag{Name: "log-level", Usage: "`LEVEL`: debug, info, warn or error", Value: "info"},
-	}, append(memberFlags(""), tlsFlags(false)...)...)
-	return &cli.Command{
+	}, logFlags()...), append(memberFlags(""), tlsFlags(false)...)...)
+	cmd := &cli.Command{
 		Name: name, Usage: usage, Description: description, Hidden: hidden, Flags: flags,
-		Action: func(c *cli.Context) error { return runMember(c, witness) },
+		Action: func(c *cli.Context) error { return runMember(c, witness, nil) },
 	}
+	if witness {
+		cmd.ArgsUsage = "[RESOURCE]"
+		cmd.Action = withResourceArg(resource.RoleWitness, witnessSettings, func(c *cli.Context, l *loadedResource) error {
+			return runMember(c, true, l)
+		})
+	}
+	return cmd
 }
 
 func witnessCommand() *cli.Command {
@@ -123,15 +129,28 @@ func witnessCommand() *cli.Command {
 		"run a witness: a raft voter with no volume that breaks ties between the two data hosts",
 		"It votes on every role change so that either data host plus the witness is a majority.\n"+
 			"Start the first member with --bootstrap, the others with --join ADDR of a running one;\n"+
-			"a restarted member needs neither. It serves GET /cluster on <data-dir>/control.sock\n"+
-			"(read it with 'ldmirror cluster status'). SIGTERM or SIGINT stops it.",
+			"a restarted member needs neither. With RESOURCE, its file gives every flag and the witness\n"+
+			"bootstraps the control plane the first time. It serves GET /cluster on <data-dir>/control.sock\n"+
+			"(read it with 'ldmirror cluster status'). SIGTERM or SIGINT stops it; SIGHUP re-reads its\n"+
+			"certificate and its resource file's log level.",
 		true, false)
 }
 
-func runMember(c *cli.Context, witness bool) error {
-	log, err := flagLogger(c)
+func runMember(c *cli.Context, witness bool, l *loadedResource) error {
+	lg, err := newLogs(c)
 	if err != nil {
 		return err
+	}
+	kind := "member"
+	if witness {
+		kind = "witness"
+	}
+	log := lg.With(componentKey, kind)
+	svc := startService(log)
+	defer svc.Close()
+	dir := c.String("data-dir")
+	if dir == "" || c.String("bind") == "" {
+		return errors.New("say which member: a resource name, or --data-dir DIR and --bind ADDR")
 	}
 	id, err := flagNodeID(c)
 	if err != nil {
@@ -144,27 +163,42 @@ func runMember(c *cli.Context, witness bool) error {
 	if err != nil {
 		return err
 	}
-	defer creds.Close()
-	dir := c.String("data-dir")
-	m, err := startMember(c, "", id, dir, creds.tls, witness, log)
+	m, err := startMember(c, "", id, dir, creds.tls, witness, lg.With(componentKey, "cluster"))
 	if err != nil {
 		return err
 	}
 	defer m.Close()
 	sockPath := filepath.Join(dir, clusterControlFile)
-	sock, err := ctl.Serve(sockPath, ctl.Handler(nil, m.c))
+	sock, err := ctl.Serve(sockPath, ctl.Handler(ctl.Routes{Member: m.c, Process: svc}))
 	if err != nil {
 		return err
 	}
 	defer sock.Close()
+	var explicit map[string]string
+	if l != nil {
+		explicit = l.explicit
+	}
+	r := newReloader(c, l, explicit, lg, creds.tls, nil, witnessSettings)
+	svc.serve(func() (bool, string) { return true, memberLine(kind, m.c.Status()) }, r.reload)
 	log.Info("cluster member running", "node", id, "addr", m.c.Addr(), "witness", witness, "control", sockPath)
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	select {
-	case <-ctx.Done():
-		log.Info("stopping")
+	case <-svc.Done():
+		log.Info("stopped")
 		return nil
 	case err := <-m.Fatal():
 		return err
 	}
+}
+
+// memberLine is a member's state in one line, for systemd's STATUS=.
+func memberLine(kind string, st cluster.Status) string {
+	leader := st.Leader
+	if leader == "" {
+		leader = "none (no quorum?)"
+	}
+	primary := st.Volume.Primary
+	if primary == "" {
+		primary = "none"
+	}
+	return fmt.Sprintf("%s %s: raft %s, leader %s, primary %s in epoch %d", kind, st.NodeID, strings.ToLower(st.RaftState), leader, primary, st.Volume.Epoch)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/export"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
@@ -19,7 +20,7 @@ import (
 func writeStatus(w io.Writer, st node.Status) {
 	row := func(k, format string, a ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, a...)) }
 	row("node", "%s (%s)", st.Node, st.Role)
-	row("volume", "%s, %s, %d B blocks", st.VolumeUUID, sizeText(uint64(st.SizeBytes)), st.BlockSize)
+	row("volume", "%s, %s, %d B blocks", st.VolumeUUID, bytesize.Format(uint64(st.SizeBytes)), st.BlockSize)
 	link := string(st.Link)
 	if st.Peer != "" {
 		link += " to " + st.Peer
@@ -31,26 +32,10 @@ func writeStatus(w io.Writer, st node.Status) {
 		link += ", " + st.LinkSecurity
 	}
 	row("link", "%s", link)
-	repl := string(st.Replication)
-	if st.Replication == mirror.StateReplicating {
-		repl += " (" + st.Mode + ")"
-	}
-	if st.ResyncTotal > 0 && st.Replication == mirror.StateResyncing {
-		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
-		if st.ResyncRate > 0 {
-			repl += fmt.Sprintf(", %s/s, ETA %.0f s", sizeText(uint64(st.ResyncRate)), st.ResyncETASec)
-		}
-		if st.ResyncYielding {
-			repl += ", slowed to the minimum rate: the application writes"
-		}
-	}
-	if st.Replication == mirror.StateCatchUp {
-		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
-	}
-	row("replication", "%s", repl)
+	row("replication", "%s", replicationText(st))
 	if st.JournalCapacity > 0 {
 		j := fmt.Sprintf("%s of %s used, %d records behind, newest %d, peer durable up to %d",
-			sizeText(uint64(st.JournalUsed)), sizeText(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
+			bytesize.Format(uint64(st.JournalUsed)), bytesize.Format(uint64(st.JournalCapacity)), st.JournalLag, st.JournalNewest, st.PeerDurableSeq)
 		if st.Throttled > 0 {
 			j += fmt.Sprintf(", %d writers waiting for room", st.Throttled)
 		}
@@ -95,8 +80,8 @@ func writeStatus(w io.Writer, st node.Status) {
 		row("control", "NONE: role from --role only, no split-brain protection")
 	}
 	if st.Role == cluster.RolePrimary {
-		row("dirty", "%d blocks (%s)", st.DirtyBlocks, sizeText(st.DirtyBytes))
-		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, sizeText(st.BytesShipped), st.FlushesShipped)
+		row("dirty", "%d blocks (%s)", st.DirtyBlocks, bytesize.Format(st.DirtyBytes))
+		row("shipped", "%d writes, %s, %d flushes", st.WritesShipped, bytesize.Format(st.BytesShipped), st.FlushesShipped)
 		row("window", "%d of %d writes in flight", st.WindowInUse, st.WindowSize)
 		if st.Export != "" {
 			row("export", "%s", st.Export)
@@ -105,7 +90,7 @@ func writeStatus(w io.Writer, st node.Status) {
 			row("loop", "%s", strings.Join(st.LoopDevices, ", "))
 		}
 	} else {
-		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, sizeText(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
+		row("applied", "%d writes, %s, up to seq %d, %d pending", st.WritesApplied, bytesize.Format(st.BytesApplied), st.AppliedSeq, st.ApplyPending)
 		if st.ApplyFailures > 0 {
 			row("failures", "%d writes failed to apply", st.ApplyFailures)
 		}
@@ -134,18 +119,50 @@ func writeStatus(w io.Writer, st node.Status) {
 	}
 }
 
-// sizeText formats n bytes with a binary unit.
-func sizeText(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+// replicationText is the replication row: the state, and a resync's
+// progress on its source and its target alike.
+func replicationText(st node.Status) string {
+	repl := string(st.Replication)
+	if st.Replication == mirror.StateReplicating {
+		repl += " (" + st.Mode + ")"
 	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
+	if st.ResyncTotal > 0 && (st.Replication == mirror.StateResyncing || st.Replication == node.ReplicationResyncTarget) {
+		repl += fmt.Sprintf(" %.1f%% (%d of %d blocks)", 100*float64(st.ResyncDone)/float64(st.ResyncTotal), st.ResyncDone, st.ResyncTotal)
+		if st.ResyncRate > 0 {
+			repl += fmt.Sprintf(", %s/s, ETA %.0f s", bytesize.Format(uint64(st.ResyncRate)), st.ResyncETASec)
+		}
+		if st.ResyncYielding {
+			repl += ", slowed to the minimum rate: the application writes"
+		}
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	if st.Replication == mirror.StateCatchUp {
+		repl += fmt.Sprintf(" records %d to %d", st.CatchUpFrom, st.CatchUpTo)
+	}
+	return repl
+}
+
+// summaryLine is a host's state in one line: systemd's STATUS=, `status`
+// of every resource, `status --watch` off a terminal.
+func summaryLine(st node.Status) string {
+	role := string(st.Role)
+	if role == "" {
+		role = "no role yet"
+	}
+	line := fmt.Sprintf("%s %s, %s", st.Node, role, st.Link)
+	if st.PeerNode != "" {
+		line += " to " + st.PeerNode
+	}
+	line += ", " + replicationText(st) + ", disk " + string(st.Disk)
+	if st.PeerDisk != "" {
+		line += ", peer " + string(st.PeerDisk)
+	}
+	if st.Epoch != 0 {
+		line += fmt.Sprintf(", epoch %d", st.Epoch)
+	}
+	if st.Transition != "" {
+		line += "; " + st.Transition
+	}
+	return line
 }
 
 // writeAgentStatus prints the LDAP agent's status, in the style of writeStatus.

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/ldmirror/ldmirror/cluster"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
 	"github.com/ldmirror/ldmirror/ldapagent/agent"
 	"github.com/ldmirror/ldmirror/mirror"
 	"github.com/ldmirror/ldmirror/node"
@@ -12,8 +13,8 @@ import (
 
 func TestBytes(t *testing.T) {
 	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 256 << 20: "256.0 MiB", 3 << 40: "3.0 TiB"} {
-		if got := sizeText(n); got != want {
-			t.Errorf("sizeText(%d) = %q, want %q", n, got, want)
+		if got := bytesize.Format(n); got != want {
+			t.Errorf("bytesize.Format(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

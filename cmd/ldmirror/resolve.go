@@ -14,11 +14,15 @@ func resolveCommand() *cli.Command {
 		Usage: "resolve a split brain by discarding this host's changes",
 		Description: "Run it, with the daemon stopped, on the host whose writes since the split are to be thrown away.\n" +
 			"Then start it as secondary: the other host, as primary, copies the whole volume to it.",
+		ArgsUsage: "[RESOURCE]",
 		Flags: []cli.Flag{
-			dirFlag,
+			dirFlag, nodeIDFlag(),
 			&cli.BoolFlag{Name: "discard-local", Usage: "give up the data written on this host since the hosts last agreed"},
 		},
-		Action: func(c *cli.Context) error {
+		Action: onVolume(func(c *cli.Context) error {
+			if c.String("dir") == "" {
+				return errors.New("say which volume: a resource name or --dir DIR")
+			}
 			if !c.Bool("discard-local") {
 				return errors.New("say what to give up: --discard-local (the only resolution so far)")
 			}
@@ -28,6 +32,6 @@ func resolveCommand() *cli.Command {
 			}
 			fmt.Printf("discarded the local changes of volume %s; start this host as secondary to be resynced in full\n", m.VolumeUUID)
 			return nil
-		},
+		}),
 	}
 }

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/node"
@@ -64,19 +60,18 @@ func loadTLS(c *cli.Context, id string) (*pki.Source, error) {
 // noCertificate says what to do about a missing certificate.
 const noCertificate = "this node needs its certificate: --tls-dir DIR (ldmirror pki init, ldmirror pki issue; docs/operations.md) or --tls-cert, --tls-key and --tls-ca"
 
-// credentials are what a node authenticates with: its certificate (and the
-// reloader that re-reads it on SIGHUP), or for a daemon's plaintext data
-// link the shared secret.
+// credentials are what a node authenticates with: its certificate (which
+// a reload re-reads), or for a daemon's plaintext data link the shared
+// secret.
 type credentials struct {
 	tls       *pki.Source
 	plaintext bool
 	secret    []byte
-	reload    *reloader
 }
 
-// nodeCredentials loads the credentials c's flags name for node id, and
-// starts re-reading the certificate on SIGHUP. needTLS says whether the
-// node talks to a peer or the control plane at all.
+// nodeCredentials loads the credentials c's flags name for node id.
+// needTLS says whether the node talks to a peer or the control plane at
+// all.
 func nodeCredentials(c *cli.Context, id string, needTLS bool, log *slog.Logger) (*credentials, error) {
 	cr := &credentials{plaintext: c.Bool("insecure-plaintext-link")}
 	if f := c.String("secret-file"); f != "" {
@@ -103,7 +98,6 @@ func nodeCredentials(c *cli.Context, id string, needTLS bool, log *slog.Logger) 
 		cert := src.Certificate()
 		log.Info("TLS certificate loaded", "node", src.Identity().ID, "role", src.Identity().Role,
 			"serial", fmt.Sprintf("%x", cert.SerialNumber), "not_after", cert.NotAfter.UTC())
-		cr.reload = startReloader(src, log)
 	}
 	return cr, nil
 }
@@ -119,13 +113,6 @@ func (cr *credentials) link(cfg node.Config) node.Config {
 	return cfg
 }
 
-// Close stops re-reading the certificate.
-func (cr *credentials) Close() {
-	if cr.reload != nil {
-		cr.reload.Close()
-	}
-}
-
 // daemonCredentials is nodeCredentials for the daemon: it needs a
 // certificate to talk to a peer (unless its link is plaintext) and for the
 // control plane.
@@ -133,43 +120,4 @@ func daemonCredentials(c *cli.Context, id string, log *slog.Logger) (*credential
 	peer := c.String("peer") != "" || cluster.Role(c.String("role")) == cluster.RoleSecondary
 	cluster := c.String("cluster-bind") != ""
 	return nodeCredentials(c, id, cluster || peer && !c.Bool("insecure-plaintext-link"), log)
-}
-
-// reloader re-reads a certificate on SIGHUP: handshakes after it use the
-// new files, established sessions keep theirs. A pair that fails to load
-// (or names another node) is logged and the current one kept.
-type reloader struct {
-	stop context.CancelFunc
-	done chan struct{}
-}
-
-func startReloader(src *pki.Source, log *slog.Logger) *reloader {
-	ctx, stop := context.WithCancel(context.Background())
-	r := &reloader{stop: stop, done: make(chan struct{})}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer close(r.done)
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-			}
-			if err := src.Reload(); err != nil {
-				log.Error("TLS certificate not reloaded: keeping the current one", "files", src.Files(), "err", err)
-				continue
-			}
-			cert := src.Certificate()
-			log.Info("TLS certificate reloaded: new sessions use it", "serial", fmt.Sprintf("%x", cert.SerialNumber), "not_after", cert.NotAfter.UTC())
-		}
-	}()
-	return r
-}
-
-// Close stops the reloader and waits for it.
-func (r *reloader) Close() {
-	r.stop()
-	<-r.done
 }

@@ -5,20 +5,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ldmirror/ldmirror/internal/logbuf"
 	"github.com/ldmirror/ldmirror/internal/pkitest"
 	"github.com/ldmirror/ldmirror/pki"
-	"github.com/urfave/cli/v2"
 )
 
 // run runs the CLI with args and returns its error.
 func runCLI(args ...string) error {
-	app := &cli.App{Name: "ldmirror", Commands: []*cli.Command{daemonCommand(), witnessCommand(), pkiCommand()}}
-	return app.Run(append([]string{"ldmirror"}, args...))
+	return newApp().Run(append([]string{"ldmirror"}, args...))
 }
 
 // TestCLIRefusals: node IDs outside [A-Za-z0-9._-]{1,64}, a secret file
@@ -84,20 +80,20 @@ func TestPKICommands(t *testing.T) {
 	}
 }
 
-// TestReloadOnSIGHUP: the reloader takes a reissued key pair on SIGHUP,
-// and keeps the current one when the new files do not load.
-func TestReloadOnSIGHUP(t *testing.T) {
+// TestReloadCertificate: a reload takes a reissued key pair, and keeps
+// the current one when the new files do not load.
+func TestReloadCertificate(t *testing.T) {
 	ca := pkitest.New(t)
 	src := ca.Source("w", pki.RoleWitness)
 	logs := &logbuf.Buffer{}
-	r := startReloader(src, slog.New(slog.NewTextHandler(logs, nil)))
-	defer r.Close()
+	lg := testLogs(logs)
+	r := &reloader{log: lg, creds: src}
 	old := src.Certificate().SerialNumber
 	ca.Issue("w", pki.RoleWitness)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+	rep := r.reload()
+	if src.Certificate().SerialNumber.Cmp(old) == 0 || len(rep.Applied) != 1 || !strings.HasPrefix(rep.Applied[0], "certificate") {
+		t.Fatalf("reload after a reissue: %+v; serial still %x", rep, old)
 	}
-	waitUntil(t, "the reload", func() bool { return src.Certificate().SerialNumber.Cmp(old) != 0 })
 	if !strings.Contains(logs.String(), "TLS certificate reloaded") {
 		t.Fatalf("log:\n%s", logs)
 	}
@@ -105,24 +101,16 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if err := os.WriteFile(src.Files().Cert, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+	if rep := r.reload(); len(rep.Errors) != 1 || !strings.Contains(logs.String(), "TLS certificate not reloaded: keeping the current one") {
+		t.Fatalf("reload of a broken certificate: %+v\n%s", rep, logs)
 	}
-	waitUntil(t, "the refusal to be logged", func() bool {
-		return strings.Contains(logs.String(), "TLS certificate not reloaded: keeping the current one")
-	})
 	if src.Certificate().SerialNumber.Cmp(cur) != 0 {
 		t.Fatal("a failed reload changed the certificate")
 	}
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+func testLogs(w *logbuf.Buffer) logs {
+	l := logs{level: new(slog.LevelVar)}
+	l.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l.level}))
+	return l
 }

@@ -15,8 +15,9 @@ func verifyCommand() *cli.Command {
 		Usage: "compare every block with the peer by checksum and resync the ones that differ",
 		Description: "Runs online on the primary: writes continue, each 1 MiB run is locked only while both hosts\n" +
 			"checksum it (a keyed SHA-256 digest per block). Progress shows in 'ldmirror status'.",
-		Flags: []cli.Flag{volumeDirFlag, controlFlag},
-		Action: func(c *cli.Context) error {
+		ArgsUsage: "[RESOURCE]",
+		Flags:     []cli.Flag{volumeDirFlag, controlFlag, nodeIDFlag()},
+		Action: onVolume(func(c *cli.Context) error {
 			hc, err := hostClient(c)
 			if err != nil {
 				return err
@@ -38,7 +39,7 @@ func verifyCommand() *cli.Command {
 			}
 			fmt.Println()
 			return nil
-		},
+		}),
 	}
 }
 
@@ -50,13 +51,14 @@ func resyncCommand() *cli.Command {
 			"replaced); --checksum compares block checksums first and sends only the blocks that differ.\n" +
 			"--abort runs on a resync's target whose source is gone: it discards the staged resync, and the\n" +
 			"volume keeps its data as of its disconnect (docs/operations.md, \"The source died during a resync\").",
+		ArgsUsage: "[RESOURCE]",
 		Flags: []cli.Flag{
-			volumeDirFlag, controlFlag,
+			volumeDirFlag, controlFlag, nodeIDFlag(),
 			&cli.BoolFlag{Name: "full", Usage: "mark every block out of sync first"},
 			&cli.BoolFlag{Name: "checksum", Usage: "send only blocks whose digest differs on the peer"},
 			&cli.BoolFlag{Name: "abort", Usage: "on the target: discard the staged resync of a source that is gone"},
 		},
-		Action: func(c *cli.Context) error {
+		Action: onVolume(func(c *cli.Context) error {
 			hc, err := hostClient(c)
 			if err != nil {
 				return err
@@ -80,7 +82,7 @@ func resyncCommand() *cli.Command {
 			}
 			fmt.Println()
 			return nil
-		},
+		}),
 	}
 }
 
@@ -92,10 +94,11 @@ func swapCommand() *cli.Command {
 			"every write does the control plane move the role to it, in a new epoch. With an LDAP agent the\n" +
 			"directory service is stopped first and started on the peer after. Refused while the peer is\n" +
 			"not in sync (status shows it uptodate when it is).\n" + controlPlaneOnly,
-		Flags: []cli.Flag{volumeDirFlag, controlFlag,
+		ArgsUsage: "[RESOURCE]",
+		Flags: []cli.Flag{volumeDirFlag, controlFlag, nodeIDFlag(),
 			&cli.BoolFlag{Name: "force", Usage: "swap although the volume is mounted here (without an LDAP agent): the mounted file system's writes then fail with I/O errors and this host stays demoted until its loop device is detached"},
 		},
-		Action: func(c *cli.Context) error {
+		Action: onVolume(func(c *cli.Context) error {
 			hc, err := hostClient(c)
 			if err != nil {
 				return err
@@ -106,7 +109,7 @@ func swapCommand() *cli.Command {
 			}
 			fmt.Printf("swapped: the peer is primary in epoch %d; this host becomes secondary once its export is released\n", res.Epoch)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -119,8 +122,9 @@ func agentCommand() *cli.Command {
 			Usage: "run again the promote or demote hooks that failed, once their cause is fixed",
 			Description: "A failed hook stops the agent in state 'failed' and it asks for no role change until\n" +
 				"retried. Retry reruns the sequence the host's current role needs and prints the agent's state.",
-			Flags: []cli.Flag{volumeDirFlag, controlFlag},
-			Action: func(c *cli.Context) error {
+			ArgsUsage: "[RESOURCE]",
+			Flags:     []cli.Flag{volumeDirFlag, controlFlag, nodeIDFlag()},
+			Action: onVolume(func(c *cli.Context) error {
 				hc, err := hostClient(c)
 				if err != nil {
 					return err
@@ -131,7 +135,7 @@ func agentCommand() *cli.Command {
 				}
 				writeAgentStatus(os.Stdout, st)
 				return nil
-			},
+			}),
 		}},
 	}
 }

@@ -1,40 +1,49 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/ldmirror/ldmirror/bitmap"
+	"github.com/ldmirror/ldmirror/internal/bytesize"
+	"github.com/ldmirror/ldmirror/resource"
 	"github.com/ldmirror/ldmirror/volume"
 	"github.com/urfave/cli/v2"
 )
 
 var dirFlag = &cli.StringFlag{
-	Name:     "dir",
-	Usage:    "volume `DIR` (holds meta.json, volume.img, control.sock)",
-	Required: true,
-	EnvVars:  []string{"LDMIRROR_DIR"},
+	Name:    "dir",
+	Usage:   "volume `DIR` (holds meta.json, volume.img, control.sock); default: the resource file's",
+	EnvVars: []string{"LDMIRROR_DIR"},
 }
 
 func initCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "init",
-		Usage: "create a volume: a preallocated backing file and its metadata",
-		Description: "Run it on the first host without --volume-uuid; it prints the new volume's UUID.\n" +
-			"Run it on the second host with --volume-uuid set to that UUID and the same --size.",
+		Name:      "init",
+		Usage:     "create a volume: a preallocated backing file and its metadata",
+		ArgsUsage: "[RESOURCE]",
+		Description: "With RESOURCE, on each data host: its file gives the directory, size and UUID (the same UUID on\n" +
+			"both hosts makes the two volumes twins that start in sync). Without: run it on the first host\n" +
+			"without --volume-uuid; it prints the new volume's UUID. Run it on the second host with\n" +
+			"--volume-uuid set to that UUID and the same --size.",
 		Flags: []cli.Flag{
-			dirFlag,
-			&cli.StringFlag{Name: "size", Usage: "volume size, e.g. 256MiB, 10GiB (a multiple of the block size)", Required: true},
+			dirFlag, nodeIDFlag(),
+			&cli.StringFlag{Name: "size", Usage: "volume size, e.g. 256MiB, 10GiB (a multiple of the block size)"},
 			&cli.IntFlag{Name: "block-size", Usage: "dirty-tracking granularity in bytes", Value: bitmap.DefaultBlockSize},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "`UUID` of the volume created on the peer (default: a new volume)"},
 			&cli.BoolFlag{Name: "sparse", Usage: "allocate the backing file's space as it is written, not now: writes fail with ENOSPC if the host's filesystem fills"},
 			&cli.BoolFlag{Name: "repair-metadata", Usage: "rebuild a damaged or lost meta.json beside the existing backing file, as a copy of the peer's volume (--volume-uuid and --size of the peer) that holds none of its data: the peer then resyncs every block here"},
 		},
-		Action: func(c *cli.Context) error {
-			size, err := parseSize(c.String("size"))
+		Action: withResourceArg(resource.RoleData, initSettings, func(c *cli.Context, l *loadedResource) error {
+			if c.String("dir") == "" || c.String("size") == "" {
+				return errors.New("say which volume: a resource name, or --dir DIR and --size SIZE")
+			}
+			if l != nil && c.String("volume-uuid") == "" {
+				return fmt.Errorf("%s: [volume] has no uuid: both hosts' volumes must have the same; add to [volume]: uuid = %q (a new one) and copy the file to every node", l.file.Path, uuid.NewString())
+			}
+			size, err := bytesize.Parse(c.String("size"))
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
@@ -56,32 +65,8 @@ func initCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, sizeText(uint64(m.Size)), m.BlockSize, c.String("dir"))
+			fmt.Fprintf(os.Stdout, "created volume %s: %s, %d B blocks, in %s\n", m.VolumeUUID, bytesize.Format(uint64(m.Size)), m.BlockSize, c.String("dir"))
 			return nil
-		},
+		}),
 	}
-}
-
-// parseSize reads a byte count with an optional binary unit (KiB, MiB, GiB,
-// TiB; K, M, G, T mean the same).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size (examples: 268435456, 256MiB, 10GiB)", s)
-	}
-	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return n * mult, nil
 }

@@ -187,15 +187,21 @@ func (l *Lab) index(host string) int {
 	return i
 }
 
-// Command returns a command that runs in host's namespace (via ip netns
-// exec, which execs it: its PID is the command's).
+// Command returns a command that runs in host's network namespace (via
+// nsenter, which execs it: its PID is the command's).
+//
+// Only the network namespace: ip netns exec also unshares the mount
+// namespace, and on a host whose / is a private mount the copy keeps every
+// file system mounted at that moment (a test's ext4 on a loop device, a
+// FUSE export) alive for as long as the command runs, even after the
+// owner unmounted it; its loop device then never detaches.
 func (l *Lab) Command(host string, name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", l.NS(host), name}, args...)...)
+	return exec.Command("nsenter", append([]string{"--net=" + filepath.Join(netnsDir, l.NS(host)), name}, args...)...)
 }
 
 // Exec runs a command in host's namespace and returns its combined output.
 func (l *Lab) Exec(ctx context.Context, host string, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.NS(host), name}, args...)...)
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(netnsDir, l.NS(host)), name}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("%s on %s: %w: %s", name, host, err, strings.TrimSpace(string(out)))

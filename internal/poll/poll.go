@@ -16,11 +16,20 @@ const maxInterval = 20 * time.Millisecond
 // condition in the failure.
 func Until(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !Wait(limit, cond) {
+		t.Fatalf("timed out after %v waiting for %s", limit, what)
+	}
+}
+
+// Wait is Until for a caller that says itself what it waited for: it
+// reports whether cond held within limit.
+func Wait(limit time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(limit)
 	for interval := time.Millisecond; !cond(); interval = min(2*interval, maxInterval) {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
+			return false
 		}
 		time.Sleep(interval)
 	}
+	return true
 }

@@ -240,7 +240,7 @@ func New(cfg Config, d Deps) (*Agent, error) {
 	a.lastChange = a.started
 	a.setState(StateStarting)
 	if len(cfg.Promote) == 0 {
-		a.log.Warn("agent: no promote hooks: becoming primary starts nothing")
+		a.log.Warn("no promote hooks: becoming primary starts nothing")
 	}
 	a.publish()
 	watch := a.cp.Watch(a.ctx)
@@ -307,7 +307,7 @@ func (a *Agent) Retry(ctx context.Context) error {
 		}
 		f := a.failure
 		a.failure = nil
-		a.log.Info("agent: retrying after a failure", "sequence", f.Sequence, "hook", f.Hook)
+		a.log.Info("retrying after a failure", "sequence", f.Sequence, "hook", f.Hook)
 		a.reconcile()
 		return a.task, nil
 	})
@@ -424,7 +424,7 @@ func (a *Agent) run(watch <-chan cluster.VolumeState) {
 			if !ok {
 				watch = nil
 				if a.ctx.Err() == nil {
-					a.log.Error("agent: the control plane closed its watch; the agent no longer sees role changes")
+					a.log.Error("the control plane closed its watch; the agent no longer sees role changes")
 				}
 				continue
 			}
@@ -446,7 +446,7 @@ func (a *Agent) setState(s string) {
 	if s == a.state {
 		return
 	}
-	a.log.Info("agent: state "+s, "previous", a.state, "epoch", a.st.Epoch, "primary", a.st.Primary)
+	a.log.Info("state "+s, "previous", a.state, "epoch", a.st.Epoch, "primary", a.st.Primary)
 	a.state, a.stateSince = s, a.now()
 }
 
@@ -462,12 +462,12 @@ func (a *Agent) onState(st cluster.VolumeState) {
 		a.freshFrom = a.health.Probes
 		a.lastChange = a.now()
 		a.peerGoodSince = time.Time{}
-		a.log.Info("agent: role change seen", "epoch", st.Epoch, "primary", st.Primary, "previous_primary", prev.Primary)
+		a.log.Info("role change seen", "epoch", st.Epoch, "primary", st.Primary, "previous_primary", prev.Primary)
 	}
 	if t := a.task; t != nil && t.cancelAwait != nil && !st.Holds(a.node, t.epoch) && !t.roleLost.Load() {
 		t.roleLost.Store(true)
 		if t.kind == SeqPromote {
-			a.log.Warn("agent: the role moved while promoting; stopping before the next hook", "epoch", t.epoch, "primary", st.Primary)
+			a.log.Warn("the role moved while promoting; stopping before the next hook", "epoch", t.epoch, "primary", st.Primary)
 		}
 		t.cancelAwait()
 	}
@@ -494,7 +494,7 @@ func (a *Agent) reconcile() {
 			a.startDemote("this host lost the primary role after a failed promotion")
 			return
 		}
-		a.log.Info("agent: the role moved away after a failed promotion that started nothing; the failure is cleared", "hook", a.failure.Hook)
+		a.log.Info("the role moved away after a failed promotion that started nothing; the failure is cleared", "hook", a.failure.Hook)
 		a.failure = nil
 	}
 	if a.failure != nil {

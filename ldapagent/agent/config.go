@@ -120,8 +120,20 @@ var ErrConfig = errors.New("invalid agent config")
 
 var hookName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
+// FieldError is a configuration error about one key (its name in the
+// file, e.g. "promote[1].command"). It wraps ErrConfig.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("%v: %s: %s", ErrConfig, e.Field, e.Msg) }
+
+// Unwrap returns ErrConfig.
+func (e *FieldError) Unwrap() error { return ErrConfig }
+
 func configError(field, format string, a ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, a...))
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)}
 }
 
 // withDefaults checks c, fills in defaults and reads the password file.
@@ -270,36 +282,39 @@ func (h *Hook) check(field string) error {
 	return nil
 }
 
-// fileConfig is the JSON form of Config: durations are strings, so that a
-// bad one can be reported with its key.
-type fileConfig struct {
-	PeerURL         string     `json:"peer_url"`
-	LocalURL        string     `json:"local_url"`
-	BindDN          string     `json:"bind_dn"`
-	Password        string     `json:"password"`
-	PasswordFile    string     `json:"password_file"`
-	ReadDN          string     `json:"read_dn"`
-	CanaryDN        string     `json:"canary_dn"`
-	CanaryAttr      string     `json:"canary_attr"`
-	Interval        string     `json:"interval"`
-	Timeout         string     `json:"timeout"`
-	Threshold       int        `json:"threshold"`
-	MinSwapInterval string     `json:"min_swap_interval"`
-	Failback        string     `json:"failback"`
-	FailbackAfter   string     `json:"failback_after"`
-	Preferred       string     `json:"preferred"`
-	ReadyCheck      *fileHook  `json:"ready_check"`
-	ReadyInterval   string     `json:"ready_interval"`
-	Promote         []fileHook `json:"promote"`
-	Demote          []fileHook `json:"demote"`
-	ControlTimeout  string     `json:"control_timeout"`
-	SwapTimeout     string     `json:"swap_timeout"`
+// File is the agent's configuration as a file holds it: the JSON file of
+// --agent-config, or the [agent] table of a resource file (package
+// resource). Durations are strings, so that a bad one is reported with
+// its key; Config checks it and fills in defaults.
+type File struct {
+	PeerURL         string     `json:"peer_url" toml:"peer_url"`
+	LocalURL        string     `json:"local_url" toml:"local_url"`
+	BindDN          string     `json:"bind_dn" toml:"bind_dn"`
+	Password        string     `json:"password" toml:"password"`
+	PasswordFile    string     `json:"password_file" toml:"password_file"`
+	ReadDN          string     `json:"read_dn" toml:"read_dn"`
+	CanaryDN        string     `json:"canary_dn" toml:"canary_dn"`
+	CanaryAttr      string     `json:"canary_attr" toml:"canary_attr"`
+	Interval        string     `json:"interval" toml:"interval"`
+	Timeout         string     `json:"timeout" toml:"timeout"`
+	Threshold       int        `json:"threshold" toml:"threshold"`
+	MinSwapInterval string     `json:"min_swap_interval" toml:"min_swap_interval"`
+	Failback        string     `json:"failback" toml:"failback"`
+	FailbackAfter   string     `json:"failback_after" toml:"failback_after"`
+	Preferred       string     `json:"preferred" toml:"preferred"`
+	ReadyCheck      *FileHook  `json:"ready_check" toml:"ready_check"`
+	ReadyInterval   string     `json:"ready_interval" toml:"ready_interval"`
+	Promote         []FileHook `json:"promote" toml:"promote"`
+	Demote          []FileHook `json:"demote" toml:"demote"`
+	ControlTimeout  string     `json:"control_timeout" toml:"control_timeout"`
+	SwapTimeout     string     `json:"swap_timeout" toml:"swap_timeout"`
 }
 
-type fileHook struct {
-	Name    string `json:"name"`
-	Command string `json:"command"`
-	Timeout string `json:"timeout"`
+// FileHook is a Hook as a file holds it.
+type FileHook struct {
+	Name    string `json:"name" toml:"name"`
+	Command string `json:"command" toml:"command"`
+	Timeout string `json:"timeout" toml:"timeout"`
 }
 
 // LoadConfig reads a JSON agent configuration from path, checks it and
@@ -322,7 +337,7 @@ func LoadConfig(path string) (Config, error) {
 }
 
 func parseConfig(b []byte, dir string) (Config, error) {
-	var f fileConfig
+	var f File
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
@@ -331,6 +346,13 @@ func parseConfig(b []byte, dir string) (Config, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return Config{}, fmt.Errorf("%w: data after the closing brace of the configuration object", ErrConfig)
 	}
+	return f.Config(dir)
+}
+
+// Config checks f and returns the configuration it describes, with the
+// defaults filled in; dir is the directory a relative password_file is
+// read from. Every error wraps ErrConfig and names the key.
+func (f File) Config(dir string) (Config, error) {
 	c := Config{
 		PeerURL: f.PeerURL, LocalURL: f.LocalURL,
 		BindDN: f.BindDN, Password: f.Password, PasswordFile: f.PasswordFile,
@@ -354,7 +376,7 @@ func parseConfig(b []byte, dir string) (Config, error) {
 		{"control_timeout", f.ControlTimeout, &c.ControlTimeout},
 		{"swap_timeout", f.SwapTimeout, &c.SwapTimeout},
 	}
-	hooks := func(seq string, fh []fileHook) []Hook {
+	hooks := func(seq string, fh []FileHook) []Hook {
 		out := make([]Hook, len(fh))
 		for i, h := range fh {
 			out[i] = Hook{Name: h.Name, Command: h.Command}
@@ -365,7 +387,7 @@ func parseConfig(b []byte, dir string) (Config, error) {
 	c.Promote = hooks("promote", f.Promote)
 	c.Demote = hooks("demote", f.Demote)
 	if f.ReadyCheck != nil {
-		c.ReadyCheck = &hooks("ready_check", []fileHook{*f.ReadyCheck})[0]
+		c.ReadyCheck = &hooks("ready_check", []FileHook{*f.ReadyCheck})[0]
 	}
 	for _, d := range durs {
 		if d.s == "" {

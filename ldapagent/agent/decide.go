@@ -16,7 +16,7 @@ func (a *Agent) evaluateFailover() {
 	down := a.targetKind == targetPeer && fresh >= uint64(a.cfg.Threshold)
 	if !down {
 		if a.episode {
-			a.log.Info("agent: the primary's directory server answers again", "primary", st.Primary)
+			a.log.Info("the primary's directory server answers again", "primary", st.Primary)
 		}
 		a.episode, a.loggedHold, a.attemptHold = false, "", ""
 		return
@@ -29,7 +29,7 @@ func (a *Agent) evaluateFailover() {
 	if reason != "" {
 		a.hold = "not failing over: " + reason
 		if reason != a.loggedHold {
-			a.log.Warn("agent: not failing over: "+reason, "primary", st.Primary, "epoch", st.Epoch,
+			a.log.Warn("not failing over: "+reason, "primary", st.Primary, "epoch", st.Epoch,
 				"failures", h.ConsecutiveFailures, "last_error", h.LastError)
 			a.loggedHold = reason
 		}
@@ -111,7 +111,7 @@ func (a *Agent) evaluateFailback() {
 	now := a.now()
 	if a.peerGoodSince.IsZero() {
 		a.peerGoodSince = now
-		a.log.Info("agent: the preferred host is uptodate and ready; failing back after failback_after", "preferred", pref, "failback_after", a.cfg.FailbackAfter)
+		a.log.Info("the preferred host is uptodate and ready; failing back after failback_after", "preferred", pref, "failback_after", a.cfg.FailbackAfter)
 	}
 	switch {
 	case now.Sub(a.peerGoodSince) < a.cfg.FailbackAfter:
@@ -127,7 +127,7 @@ func (a *Agent) evaluateFailback() {
 func (a *Agent) setHold(s string) {
 	a.hold = s
 	if s != a.loggedHold {
-		a.log.Info("agent: " + s)
+		a.log.Info(s)
 		a.loggedHold = s
 	}
 }

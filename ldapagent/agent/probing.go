@@ -70,8 +70,8 @@ func (a *Agent) onProbe(tg target, r probe.Result) {
 	isDown := h.ConsecutiveFailures >= a.cfg.Threshold
 	switch {
 	case isDown && !wasDown:
-		a.log.Warn("agent: directory server down", "target", tg.kind, "url", tg.cfg.URL, "failures", h.ConsecutiveFailures, "err", h.LastError)
+		a.log.Warn("directory server down", "target", tg.kind, "url", tg.cfg.URL, "failures", h.ConsecutiveFailures, "err", h.LastError)
 	case h.Up && !wasUp:
-		a.log.Info("agent: directory server up", "target", tg.kind, "url", tg.cfg.URL, "latency", r.Latency)
+		a.log.Info("directory server up", "target", tg.kind, "url", tg.cfg.URL, "latency", r.Latency)
 	}
 }

@@ -115,14 +115,14 @@ func (a *Agent) maybeReport() {
 			if err != nil {
 				a.reportFailedAt = time.Now()
 				if !a.reportErrShown {
-					a.log.Warn("agent: could not report readiness to the control plane; retrying", "ready", want.ready, "err", err)
+					a.log.Warn("could not report readiness to the control plane; retrying", "ready", want.ready, "err", err)
 					a.reportErrShown = true
 				}
 				return
 			}
 			a.reportFailedAt, a.reportErrShown = time.Time{}, false
 			a.reported = &want
-			a.log.Info("agent: readiness reported", "ready", want.ready, "detail", want.detail)
+			a.log.Info("readiness reported", "ready", want.ready, "detail", want.detail)
 		})
 	})
 }

@@ -37,7 +37,7 @@ func (a *Agent) fail(f Failure) {
 	f.At = a.now()
 	a.failure, a.lastFailure = &f, &f
 	a.setState(StateFailed)
-	a.log.Error("agent: FAILED: no further role change until the cause is fixed and the agent retried",
+	a.log.Error("FAILED: no further role change until the cause is fixed and the agent retried",
 		"sequence", f.Sequence, "context", f.Context, "hook", f.Hook, "exit_code", f.ExitCode, "err", f.Error, "epoch", f.Epoch)
 }
 
@@ -72,7 +72,7 @@ func (a *Agent) startPromote(e cluster.Epoch) {
 	awaitCtx, cancel := context.WithCancel(a.ctx)
 	t.cancelAwait = cancel
 	a.setState(StatePromoting)
-	a.log.Info("agent: this host is primary: waiting for the volume, then running the promote hooks", "epoch", e)
+	a.log.Info("this host is primary: waiting for the volume, then running the promote hooks", "epoch", e)
 	env := a.env(e, cluster.RolePrimary)
 	a.spawn(func() {
 		defer cancel()
@@ -112,7 +112,7 @@ func (a *Agent) applyPromote(e cluster.Epoch, r seqResult, context string) {
 	switch {
 	case r.ok():
 		a.svc, a.svcEpoch = svcUp, e
-		a.log.Info("agent: promoted: this host serves the directory", "epoch", e, "export", r.export)
+		a.log.Info("promoted: this host serves the directory", "epoch", e, "export", r.export)
 	case r.err != nil:
 		if len(r.results) > 0 {
 			a.svc, a.svcEpoch = svcPartial, e
@@ -122,7 +122,7 @@ func (a *Agent) applyPromote(e cluster.Epoch, r seqResult, context string) {
 		if len(r.results) > 0 {
 			a.svc, a.svcEpoch = svcPartial, e
 		}
-		a.log.Warn("agent: promotion stopped: this host is no longer primary in its epoch", "epoch", e, "hooks_run", len(r.results))
+		a.log.Warn("promotion stopped: this host is no longer primary in its epoch", "epoch", e, "hooks_run", len(r.results))
 	}
 }
 
@@ -130,7 +130,7 @@ func (a *Agent) applyPromote(e cluster.Epoch, r seqResult, context string) {
 func (a *Agent) startDemote(reason string) {
 	t := a.startTask(SeqDemote, 0)
 	a.setState(StateDemoting)
-	a.log.Info("agent: running the demote hooks", "reason", reason, "epoch", a.st.Epoch)
+	a.log.Info("running the demote hooks", "reason", reason, "epoch", a.st.Epoch)
 	env := a.env(a.st.Epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		res, _, err := runSequence(a.ctx, a.log, SeqDemote, a.cfg.Demote, env, nil)
@@ -150,10 +150,10 @@ func (a *Agent) finishDemote(t *task, reason string, res []HookResult, err error
 	} else {
 		a.svc, a.svcEpoch, a.export = svcDown, 0, ""
 		if a.failure != nil {
-			a.log.Info("agent: demoted after the failed promotion; the failure is cleared", "hook", a.failure.Hook)
+			a.log.Info("demoted after the failed promotion; the failure is cleared", "hook", a.failure.Hook)
 			a.failure = nil
 		}
-		a.log.Info("agent: demoted: the directory server is stopped here", "epoch", a.st.Epoch)
+		a.log.Info("demoted: the directory server is stopped here", "epoch", a.st.Epoch)
 	}
 	a.finishTask(t, taskResult{epoch: a.st.Epoch, err: err})
 }
@@ -163,7 +163,7 @@ func (a *Agent) finishDemote(t *task, reason string, res []HookResult, err error
 func (a *Agent) startFailover(failed string, epoch cluster.Epoch, reason string) {
 	t := a.startTask(taskFailover, 0)
 	a.setState(StateFailingOver)
-	a.log.Warn("agent: failing over to this host", "from", failed, "epoch", epoch, "reason", reason)
+	a.log.Warn("failing over to this host", "from", failed, "epoch", epoch, "reason", reason)
 	env := a.env(epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		var rc *HookResult
@@ -199,14 +199,14 @@ func (a *Agent) finishFailover(t *task, rc *HookResult, failed, reason, primary 
 		a.failovers++
 		a.lastChange = now
 		a.expectEpoch = e
-		a.log.Warn("agent: failover committed", "from", failed, "to", primary, "epoch", e)
+		a.log.Warn("failover committed", "from", failed, "to", primary, "epoch", e)
 	case errors.Is(err, cluster.ErrStaleEpoch), errors.Is(err, cluster.ErrNotPrimary):
 		ch.Error = err.Error()
-		a.log.Info("agent: failover refused: the role moved meanwhile", "err", err)
+		a.log.Info("failover refused: the role moved meanwhile", "err", err)
 	default:
 		ch.Error = err.Error()
 		a.attemptHold = "the control plane refused the failover: " + err.Error()
-		a.log.Warn("agent: failover refused", "from", failed, "epoch", e, "err", err)
+		a.log.Warn("failover refused", "from", failed, "epoch", e, "err", err)
 	}
 	a.finishTask(t, taskResult{epoch: e, err: err})
 }
@@ -234,7 +234,7 @@ func (a *Agent) startSwap(reason string, auto bool) *task {
 	t.cancelAwait = cancel
 	a.setState(StateSwapping)
 	peer := a.peerID()
-	a.log.Warn("agent: swapping the primary role", "to", peer, "epoch", t.epoch, "reason", reason)
+	a.log.Warn("swapping the primary role", "to", peer, "epoch", t.epoch, "reason", reason)
 	env := a.env(t.epoch, cluster.RoleSecondary)
 	a.spawn(func() {
 		defer cancel()
@@ -252,7 +252,7 @@ func (a *Agent) swap(t *task, awaitCtx context.Context, env hookEnv) swapResult 
 	// anyway; it goes on and fails there.
 	rctx, rcancel := context.WithTimeout(a.ctx, a.cfg.ControlTimeout)
 	if err := a.cp.ReportReady(rctx, a.node, false, detailSwapping); err != nil {
-		a.log.Warn("agent: could not tell the control plane that a swap starts", "err", err)
+		a.log.Warn("could not tell the control plane that a swap starts", "err", err)
 	}
 	rcancel()
 	r.demote, _, r.demoteErr = runSequence(a.ctx, a.log, SeqDemote, a.cfg.Demote, env, nil)
@@ -263,7 +263,7 @@ func (a *Agent) swap(t *task, awaitCtx context.Context, env hookEnv) swapResult 
 		if r.swapErr == nil {
 			return r
 		}
-		a.log.Error("agent: volume swap failed", "err", r.swapErr)
+		a.log.Error("volume swap failed", "err", r.swapErr)
 	}
 	if a.ctx.Err() != nil {
 		return r
@@ -272,7 +272,7 @@ func (a *Agent) swap(t *task, awaitCtx context.Context, env hookEnv) swapResult 
 		r.roleMoved = true
 		return r
 	}
-	a.log.Warn("agent: restoring the service on this host after the failed swap", "epoch", t.epoch)
+	a.log.Warn("restoring the service on this host after the failed swap", "epoch", t.epoch)
 	ctx, cancel := context.WithTimeout(awaitCtx, a.cfg.SwapTimeout)
 	defer cancel()
 	env.role = cluster.RolePrimary
@@ -294,7 +294,7 @@ func (a *Agent) finishSwap(t *task, peer, reason string, auto bool, r swapResult
 		a.failure = nil
 		a.lastChange = now
 		a.expectEpoch = r.epoch
-		a.log.Warn("agent: swap done", "to", peer, "epoch", r.epoch)
+		a.log.Warn("swap done", "to", peer, "epoch", r.epoch)
 		a.finishTask(t, taskResult{epoch: r.epoch})
 		return
 	}
@@ -326,6 +326,6 @@ func (a *Agent) finishSwap(t *task, peer, reason string, auto bool, r swapResult
 	if auto {
 		a.peerGoodSince = now // wait failback_after again before the next attempt
 	}
-	a.log.Error("agent: swap failed", "to", peer, "err", cause, "outcome", outcome)
+	a.log.Error("swap failed", "to", peer, "err", cause, "outcome", outcome)
 	a.finishTask(t, taskResult{epoch: t.epoch, err: fmt.Errorf("swap to %s: %w; %s", peer, cause, outcome)})
 }

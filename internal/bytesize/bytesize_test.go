@@ -1,11 +1,11 @@
-package main
+package bytesize
 
 import (
 	"strings"
 	"testing"
 )
 
-func TestParseSize(t *testing.T) {
+func TestParse(t *testing.T) {
 	for _, tc := range []struct {
 		in      string
 		want    int64
@@ -24,15 +24,15 @@ func TestParseSize(t *testing.T) {
 		{"1.5GiB", 0, "is not a size"},
 		{"9999999999TiB", 0, "too large"},
 	} {
-		got, err := parseSize(tc.in)
+		got, err := Parse(tc.in)
 		if tc.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("parseSize(%q) = %d, %v; want error containing %q", tc.in, got, err, tc.wantErr)
+				t.Errorf("Parse(%q) = %d, %v; want error containing %q", tc.in, got, err, tc.wantErr)
 			}
 			continue
 		}
 		if err != nil || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+			t.Errorf("Parse(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
 	}
 }
