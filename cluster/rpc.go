@@ -180,79 +180,40 @@ const relayAfter = 250 * time.Millisecond
 func (c *Cluster) callLeader(ctx context.Context, addr string, req rpcRequest) (rpcResponse, error) {
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type dialed struct {
-		conn net.Conn
-		via  string
-		err  error
-	}
-	vias := c.relays(addr)
-	results := make(chan dialed, 1+len(vias))
-	running := 0
-	start := func(via string) {
-		running++
-		go func() {
-			var d dialed
-			d.via = via
-			if via == "" {
-				d.conn, d.err = c.mux.dial(dctx, addr, chanRPC)
-			} else {
-				d.conn, d.err = c.mux.dialVia(dctx, via, chanRPC)
-			}
-			results <- d
-		}()
-	}
-	relayed := false
-	relay := func() {
-		if !relayed {
-			relayed = true
-			for _, via := range vias {
-				start(via)
-			}
-		}
-	}
+	d := &leaderDial{c: c, ctx: dctx, cancel: cancel, addr: addr, vias: c.relays(addr)}
+	d.results = make(chan dialed, 1+len(d.vias))
 	if addr != "" {
-		start("")
+		d.start("")
 	} else {
-		relay()
-	}
-	// abandon stops the dials still running and closes what they make.
-	abandon := func() {
-		cancel()
-		go func(n int) {
-			for range n {
-				if late := <-results; late.conn != nil {
-					late.conn.Close()
-				}
-			}
-		}(running)
+		d.relay()
 	}
 	timer := time.NewTimer(relayAfter)
 	defer timer.Stop()
 	var errs []error
-	for running > 0 {
+	for d.running > 0 {
 		select {
 		case <-timer.C:
-			relay()
-		case d := <-results:
-			running--
-			if d.err == nil {
-				abandon()
+			d.relay()
+		case r := <-d.results:
+			d.running--
+			if r.err == nil {
+				d.abandon()
 				label := addr
-				if d.via != "" {
-					label = "the leader through " + d.via
-					c.log.Info("cluster: leader not reachable directly: request sent through a tunnel", "via", d.via, "leader", addr, "op", req.Op)
+				if r.via != "" {
+					label = "the leader through " + r.via
+					c.log.Info("cluster: leader not reachable directly: request sent through a tunnel", "via", r.via, "leader", addr, "op", req.Op)
 				}
-				return c.callOn(ctx, d.conn, label, req)
+				return c.callOn(ctx, r.conn, label, req)
 			}
-			if errors.Is(d.err, ErrClosed) || d.via == "" && errors.Is(d.err, ErrAuth) {
+			if errors.Is(r.err, ErrClosed) || r.via == "" && errors.Is(r.err, ErrAuth) {
 				// Closing, or the leader refused this member's
 				// certificate: no path will do better.
-				abandon()
-				return rpcResponse{}, d.err
+				d.abandon()
+				return rpcResponse{}, r.err
 			}
-			errs = append(errs, d.err)
-			if d.via == "" {
-				relay()
+			errs = append(errs, r.err)
+			if r.via == "" {
+				d.relay()
 			}
 		}
 	}
@@ -264,6 +225,63 @@ func (c *Cluster) callLeader(ctx context.Context, addr string, req rpcRequest) (
 		return rpcResponse{}, fmt.Errorf("%w: %v", errNoLeader, err)
 	}
 	return rpcResponse{}, fmt.Errorf("%w: %v", errUnreachable, err)
+}
+
+// dialed is one path's dial to the leader: direct (via "") or through the
+// tunnel of another member.
+type dialed struct {
+	conn net.Conn
+	via  string
+	err  error
+}
+
+// leaderDial races the dials of callLeader: the direct one first, the
+// tunnels once it failed or relayAfter passed.
+type leaderDial struct {
+	c       *Cluster
+	ctx     context.Context
+	cancel  context.CancelFunc
+	addr    string
+	vias    []string
+	results chan dialed
+	running int
+	relayed bool
+}
+
+func (d *leaderDial) start(via string) {
+	d.running++
+	go func() {
+		r := dialed{via: via}
+		if via == "" {
+			r.conn, r.err = d.c.mux.dial(d.ctx, d.addr, chanRPC)
+		} else {
+			r.conn, r.err = d.c.mux.dialVia(d.ctx, via, chanRPC)
+		}
+		d.results <- r
+	}()
+}
+
+// relay starts the dials through the tunnels, once.
+func (d *leaderDial) relay() {
+	if d.relayed {
+		return
+	}
+	d.relayed = true
+	for _, via := range d.vias {
+		d.start(via)
+	}
+}
+
+// abandon stops the dials still running and closes what they make.
+func (d *leaderDial) abandon() {
+	d.cancel()
+	go func(n int) {
+		for range n {
+			if late := <-d.results; late.conn != nil {
+				late.conn.Close()
+			}
+		}
+	}(d.running)
 }
 
 // allNoTunnel reports whether every error is a relay's refusal.

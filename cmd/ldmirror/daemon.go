@@ -95,24 +95,9 @@ func runDaemon(c *cli.Context, l *loadedResource) error {
 	log := lg.With(componentKey, "daemon")
 	svc := startService(log)
 	defer svc.Close()
-	if c.String("dir") == "" {
-		return errors.New("say which volume: a resource name or --dir DIR")
-	}
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
-		runtime.GOMAXPROCS(minProcs)
-	}
-	id, err := flagNodeID(c)
+	id, creds, err := daemonProcess(c, log)
 	if err != nil {
 		return err
-	}
-	creds, err := daemonCredentials(c, id, log)
-	if err != nil {
-		return err
-	}
-	// A FUSE server that memory reclaim waits on must not itself wait for
-	// reclaim (libfuse#700).
-	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
-		log.Warn("could not mark the daemon as an I/O flusher", "err", err)
 	}
 	agentCfg, err := loadAgentConfig(c, l)
 	if err != nil {
@@ -127,14 +112,7 @@ func runDaemon(c *cli.Context, l *loadedResource) error {
 	if member != nil {
 		defer member.Close()
 		cp, routes = member.c, member.c
-		go func() {
-			select {
-			case err := <-member.Fatal():
-				log.Error("control plane member failed; stopping", "err", err)
-				svc.Stop()
-			case <-svc.Done():
-			}
-		}()
+		go stopOnMemberFailure(member, svc, log)
 	}
 	cfg, err := nodeConfig(c, id, cp, lg.With(componentKey, "node"))
 	if err != nil {
@@ -150,37 +128,12 @@ func runDaemon(c *cli.Context, l *loadedResource) error {
 	if err != nil {
 		return err
 	}
-	if agentCfg != nil {
-		ag, err := startAgent(c, *agentCfg, id, member.c, n, lg.With(componentKey, "agent"))
-		if err != nil {
-			n.Close()
-			return err
-		}
-		defer ag.Close()
-		n.SetAgent(ag)
-	}
-	stopProfile, err := startProfile(c.String("cpu-profile"))
+	closeAll, err := serveDaemon(c, lg, id, n, agentCfg, member, routes, svc, mx)
 	if err != nil {
 		n.Close()
 		return err
 	}
-	defer stopProfile()
-	feed := events.NewFeed(n.Status, 0)
-	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(ctl.Routes{Host: n, Member: routes, Process: svc, Events: feed}))
-	if err != nil {
-		n.Close()
-		return err
-	}
-	defer sock.Close()
-	defer feed.Close() // before the socket: it ends the event streams
-	if mx != nil {
-		ms, err := metrics.Serve(c.String("metrics-listen"), mx.Handler(), lg.With(componentKey, "metrics"))
-		if err != nil {
-			n.Close()
-			return err
-		}
-		defer ms.Close()
-	}
+	defer closeAll()
 	var explicit map[string]string
 	if l != nil {
 		explicit = l.explicit
@@ -190,8 +143,99 @@ func runDaemon(c *cli.Context, l *loadedResource) error {
 		st := n.Status()
 		return daemonReady(st), summaryLine(st)
 	}, r.reload)
-	// Stopping: first the loop devices this daemon attached, while the
-	// export still serves them; then the node.
+	if err := runUntilStopped(n, svc); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// daemonProcess checks what the daemon needs before it starts anything
+// and sets up the process: the node ID, its credentials, GOMAXPROCS, and
+// the I/O flusher mark.
+func daemonProcess(c *cli.Context, log *slog.Logger) (string, *credentials, error) {
+	if c.String("dir") == "" {
+		return "", nil, errors.New("say which volume: a resource name or --dir DIR")
+	}
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
+		runtime.GOMAXPROCS(minProcs)
+	}
+	id, err := flagNodeID(c)
+	if err != nil {
+		return "", nil, err
+	}
+	creds, err := daemonCredentials(c, id, log)
+	if err != nil {
+		return "", nil, err
+	}
+	// A FUSE server that memory reclaim waits on must not itself wait for
+	// reclaim (libfuse#700).
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
+		log.Warn("could not mark the daemon as an I/O flusher", "err", err)
+	}
+	return id, creds, nil
+}
+
+// stopOnMemberFailure stops the daemon if its control-plane member fails.
+func stopOnMemberFailure(m *member, svc *service, log *slog.Logger) {
+	select {
+	case err := <-m.Fatal():
+		log.Error("control plane member failed; stopping", "err", err)
+		svc.Stop()
+	case <-svc.Done():
+	}
+}
+
+// serveDaemon starts what serves the node: the agent, the CPU profile, the
+// control socket with its event feed, and the metrics listener. closeAll
+// stops them in reverse order.
+func serveDaemon(c *cli.Context, lg logs, id string, n *node.Node, agentCfg *agent.Config, member *member, routes ctl.Member, svc *service, mx *metrics.Metrics) (closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
+	if agentCfg != nil {
+		ag, err := startAgent(c, *agentCfg, id, member.c, n, lg.With(componentKey, "agent"))
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { ag.Close() })
+		n.SetAgent(ag)
+	}
+	stopProfile, err := startProfile(c.String("cpu-profile"))
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, stopProfile)
+	feed := events.NewFeed(n.Status, 0)
+	sock, err := ctl.Serve(filepath.Join(c.String("dir"), volume.ControlFile), ctl.Handler(ctl.Routes{Host: n, Member: routes, Process: svc, Events: feed}))
+	if err != nil {
+		feed.Close()
+		return nil, err
+	}
+	// The feed closes before the socket: it ends the event streams.
+	closers = append(closers, func() { sock.Close() }, func() { feed.Close() })
+	if mx != nil {
+		ms, err := metrics.Serve(c.String("metrics-listen"), mx.Handler(), lg.With(componentKey, "metrics"))
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { ms.Close() })
+	}
+	return closeAll, nil
+}
+
+// runUntilStopped runs the node until the service is told to stop. Then
+// it detaches first the loop devices this daemon attached, while the
+// export still serves them, and then stops the node.
+func runUntilStopped(n *node.Node, svc *service) error {
 	nodeCtx, stopNode := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() {
@@ -203,14 +247,10 @@ func runDaemon(c *cli.Context, l *loadedResource) error {
 		case <-nodeCtx.Done():
 		}
 	}()
-	err = n.Run(nodeCtx)
+	err := n.Run(nodeCtx)
 	stopNode()
 	<-stopped
-	if err != nil {
-		return err
-	}
-	log.Info("stopped")
-	return nil
+	return err
 }
 
 // daemonReady reports whether a data host serves: its role is known, and
