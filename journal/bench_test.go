@@ -91,3 +91,46 @@ func BenchmarkAppend4KSync(b *testing.B) {
 	b.ReportMetric(float64(b.N)/float64(j.syncDone), "appends/fdatasync")
 	j.mu.Unlock()
 }
+
+// benchmarkShip appends a record and has a cursor return it, as the async
+// shipper does: from the buffer it was written from (the handoff), or read
+// back from the ring and checked (the handoff off, as before issue 19).
+func benchmarkShip(b *testing.B, size int) {
+	for _, mode := range []string{"readback", "handoff"} {
+		b.Run(mode, func(b *testing.B) {
+			j, _ := newJournal(b, DefaultCapacity)
+			if mode == "readback" {
+				j.handoff.budget = 0
+			}
+			c, err := j.NewCursor(j.Next())
+			if err != nil {
+				b.Fatal(err)
+			}
+			rec := writeOf(size)
+			var buf []byte
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				seq, err := j.TryAppend(rec)
+				if err != nil {
+					b.Fatal(err)
+				}
+				got, err := c.Next(context.Background(), buf)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got.Handed() {
+					j.Recycle(got)
+				} else {
+					buf = got.Data[:0]
+				}
+				if err := freeHalf(j, seq); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkShip4K(b *testing.B) { benchmarkShip(b, 4096) }
+func BenchmarkShip1M(b *testing.B) { benchmarkShip(b, 1<<20) }

@@ -48,8 +48,10 @@ func (c *Cursor) Ready() bool {
 
 // Next returns the next record once it is written and not held (see
 // AppendHeld), or ctx's error. A write's Data is read into buf, grown if it
-// is too small. Next fails with ErrTruncated if the record was truncated
-// before it was read.
+// is too small, or is the buffer the record was written from (the
+// handoff): then it is the caller's until it passes the record to
+// Journal.Recycle. Next fails with ErrTruncated if the record was
+// truncated before it was read.
 func (c *Cursor) Next(ctx context.Context, buf []byte) (Record, error) {
 	j := c.j
 	j.mu.Lock()
@@ -79,7 +81,14 @@ func (c *Cursor) Next(ctx context.Context, buf []byte) (Record, error) {
 		j.mu.Unlock()
 		return Record{}, fmt.Errorf("%w: seq %d", ErrTruncated, c.seq)
 	}
+	x, handed := j.handoff.take(c.seq)
 	j.mu.Unlock()
+	if handed {
+		c.seq++
+		c.pos += HeaderSize + uint64(len(x.rec.Data))
+		x.rec.buf = x.buf
+		return x.rec, nil
+	}
 
 	rec, size, rerr := c.read(buf)
 	j.mu.Lock()

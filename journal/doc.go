@@ -41,6 +41,9 @@
 // returns it) and not freed until Release: its writer applies it to the
 // local disk in between. Truncate frees records once the peer made them
 // durable; it persists the new oldest record before the space is reused.
-// The superblock is written with an fdatasync at Open, Close, Truncate,
-// Stop, Resume and SetAuthority only, never per record.
+// The superblock is made durable at Open, Close, Truncate, Stop, Resume and
+// SetAuthority only, never per record, and by itself (a write with
+// RWF_DSYNC), not with the ring's records. A cursor that reaches a write
+// record soon after its append gets the buffer it was written from (the
+// handoff) instead of reading it back; see handoff.go.
 package journal

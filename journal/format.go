@@ -86,6 +86,8 @@ type Record struct {
 	Offset int64
 	Length int64  // bytes written or trimmed; 0 for a flush
 	Data   []byte // a write's data (Length bytes)
+
+	buf *[]byte // the pooled buffer Data points into (see Journal.Recycle)
 }
 
 // Errors.

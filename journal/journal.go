@@ -58,7 +58,7 @@ type Journal struct {
 	capacity uint64
 	open     uint32
 	recovery Recovery
-	bufs     sync.Pool // *[]byte of smallRecord bytes
+	bufs     bufPool
 
 	mu        sync.Mutex
 	tailSeq   uint64
@@ -85,6 +85,8 @@ type Journal struct {
 	// in sequence order, the first one unreleased (under mu).
 	held []writing
 
+	handoff handoff // under mu
+
 	truncMu  sync.Mutex // one Truncate or Resume at a time
 	sbMu     sync.Mutex // superblock writes; held while a new tail is published
 	sbGen    uint64
@@ -103,10 +105,6 @@ type writing struct {
 	seq  uint64
 	done bool
 }
-
-// smallRecord is the largest record written with one system call from a
-// pooled buffer; larger ones write the header and the data separately.
-const smallRecord = HeaderSize + 64<<10
 
 // Recovered says what Open found.
 func (j *Journal) Recovered() Recovery { return j.recovery }
@@ -231,11 +229,24 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 	if size > j.capacity {
 		return 0, fmt.Errorf("%w: a record of %d bytes is larger than the %d-byte ring", ErrBadRecord, size, j.capacity)
 	}
-	seq, pos, err := j.reserve(ctx, size, wait, hold)
+	seq, pos, handoff, err := j.reserve(ctx, size, wait, hold, r.Kind == KindWrite)
 	if err != nil {
 		return 0, err
 	}
-	if err := j.finish(seq, hold, j.writeRecord(seq, pos, &r)); err != nil {
+	bp, werr := j.writeRecord(seq, pos, &r, handoff)
+	if bp != nil {
+		j.mu.Lock()
+		if r.Kind == KindWrite && werr == nil && j.handoff.room(cap(*bp)) {
+			r.Data = (*bp)[HeaderSize:size]
+			j.handoff.add(seq, bp, r)
+			bp = nil
+		}
+		j.mu.Unlock()
+		if bp != nil {
+			j.bufs.put(bp)
+		}
+	}
+	if err := j.finish(seq, hold, werr); err != nil {
 		return 0, err
 	}
 	return seq, nil
@@ -243,22 +254,22 @@ func (j *Journal) append(ctx context.Context, r Record, wait, hold bool) (uint64
 
 // reserve gives the next record of size bytes its sequence number and
 // ring position, once the ring has room for it (or fails with ErrFull if
-// not wait).
-func (j *Journal) reserve(ctx context.Context, size uint64, wait, hold bool) (seq, pos uint64, err error) {
+// not wait), and says whether the handoff has room for it now (if write).
+func (j *Journal) reserve(ctx context.Context, size uint64, wait, hold, write bool) (seq, pos uint64, handoff bool, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for {
 		if j.closed {
-			return 0, 0, ErrClosed
+			return 0, 0, false, ErrClosed
 		}
 		if j.err != nil {
-			return 0, 0, j.err
+			return 0, 0, false, j.err
 		}
 		if j.headPos+size-j.tailPos <= j.capacity {
 			break
 		}
 		if !wait {
-			return 0, 0, ErrFull
+			return 0, 0, false, ErrFull
 		}
 		if j.freed == nil {
 			j.freed = make(chan struct{})
@@ -274,7 +285,7 @@ func (j *Journal) reserve(ctx context.Context, size uint64, wait, hold bool) (se
 		j.mu.Lock()
 		j.waiting--
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, false, err
 		}
 	}
 	seq, pos = j.nextSeq, j.headPos
@@ -285,7 +296,7 @@ func (j *Journal) reserve(ctx context.Context, size uint64, wait, hold bool) (se
 	if hold {
 		j.held = append(j.held, writing{seq: seq})
 	}
-	return seq, pos, nil
+	return seq, pos, write && j.handoff.room(int(size)), nil
 }
 
 // finish records that the write of record seq ended with werr and, if it
@@ -460,7 +471,11 @@ func (j *Journal) Truncate(seq uint64) error {
 		close(j.freed)
 		j.freed = nil
 	}
+	drop := j.handoff.dropBelow(newTail)
 	j.mu.Unlock()
+	for _, bp := range drop {
+		j.bufs.put(bp)
+	}
 	return nil
 }
 
@@ -484,6 +499,7 @@ func (j *Journal) Close() error {
 	}
 	j.freed, j.appended = nil, nil
 	tailSeq, tailPos := j.tailSeq, j.tailPos
+	j.handoff.dropBelow(j.nextSeq) // to the garbage collector
 	j.mu.Unlock()
 	if err == nil {
 		j.sbMu.Lock()

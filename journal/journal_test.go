@@ -373,7 +373,7 @@ func TestAppendWaitsForEarlierAppends(t *testing.T) {
 	var once sync.Once
 	finish := func() { // the slow append completes
 		once.Do(func() {
-			if err := j.writeRecord(slow, pos, &rec); err != nil {
+			if _, err := j.writeRecord(slow, pos, &rec, false); err != nil {
 				t.Error(err)
 			}
 			j.mu.Lock()

@@ -131,7 +131,8 @@ func openFile(f *os.File) (*Journal, error) {
 	}
 	j.recovery.Clean = sb.clean
 	j.recovery.Rebooted = boot == [16]byte{} || sb.boot != boot
-	j.bufs.New = func() any { b := make([]byte, smallRecord); return &b }
+	j.bufs.init()
+	j.handoff.budget = handoffBudget
 	if err := j.scan(sb.durable); err != nil {
 		return nil, err
 	}

@@ -5,22 +5,31 @@ import (
 	"fmt"
 )
 
-// writeRecord writes record r as seq at ring position pos.
-func (j *Journal) writeRecord(seq, pos uint64, r *Record) error {
-	bp := j.bufs.Get().(*[]byte)
-	defer j.bufs.Put(bp)
-	b := *bp
-	putHeader(b, r.Kind, j.open, seq, r.Offset, r.Length)
-	sum := recordSum(j.seed, b[:HeaderSize], r.Data)
-	binary.BigEndian.PutUint32(b[12:16], sum)
-	if HeaderSize+len(r.Data) <= len(b) {
-		n := copy(b[HeaderSize:], r.Data)
-		return j.writeRing(b[:HeaderSize+n], pos)
+// writeRecord writes record r as seq at ring position pos. A record of
+// up to 64 KiB of data, or up to 1 MiB if it is to be handed off, is
+// written from a pooled buffer with one system call, and the buffer,
+// holding the header and the data, is returned to the caller; a larger one
+// is written in two, from r.Data, sparing the copy.
+func (j *Journal) writeRecord(seq, pos uint64, r *Record, handoff bool) (*[]byte, error) {
+	var hdr [HeaderSize]byte
+	putHeader(hdr[:], r.Kind, j.open, seq, r.Offset, r.Length)
+	sum := recordSum(j.seed, hdr[:], r.Data)
+	binary.BigEndian.PutUint32(hdr[12:16], sum)
+	n := HeaderSize + len(r.Data)
+	var bp *[]byte
+	if n <= bufClasses[1] || handoff {
+		bp = j.bufs.get(n)
 	}
-	if err := j.writeRing(b[:HeaderSize], pos); err != nil {
-		return err
+	if bp == nil {
+		if err := j.writeRing(hdr[:], pos); err != nil {
+			return nil, err
+		}
+		return nil, j.writeRing(r.Data, pos+HeaderSize)
 	}
-	return j.writeRing(r.Data, pos+HeaderSize)
+	b := (*bp)[:n]
+	copy(b, hdr[:])
+	copy(b[HeaderSize:], r.Data)
+	return bp, j.writeRing(b, pos)
 }
 
 // writeRing writes b at logical ring position pos, wrapping at the end.

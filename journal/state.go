@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -38,13 +39,16 @@ func (j *Journal) writeSuperLocked(tailSeq, tailPos uint64, sync bool) error {
 	slot := 1 - j.safeSlot
 	var b [superSize]byte
 	sb.encode(b[:])
-	if _, err := j.f.WriteAt(b[:], int64(slot)*SlotSize); err != nil {
+	if !sync {
+		_, err := j.f.WriteAt(b[:], int64(slot)*SlotSize)
 		return err
 	}
-	if !sync {
-		return nil
-	}
-	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
+	// Durable by itself (RWF_DSYNC syncs the range written), not with
+	// an fdatasync of the file: that would also write the ring's dirty
+	// records, which nothing here needs durable (the durable field only
+	// counts records a Sync made so), and on a truncation every
+	// FlushEvery bytes it was a second durable copy of all data shipped.
+	if err := pwriteDurable(j.f, b[:], int64(slot)*SlotSize); err != nil {
 		return err
 	}
 	j.safeSlot = slot
@@ -195,10 +199,41 @@ func (j *Journal) Resume() error {
 	j.mu.Lock()
 	j.positions.drop(int(newTail - j.tailSeq))
 	j.tailSeq, j.tailPos = newTail, newPos
+	j.handoff.dropBelow(newTail) // to the garbage collector
 	if j.freed != nil {
 		close(j.freed)
 		j.freed = nil
 	}
 	j.mu.Unlock()
+	return nil
+}
+
+// pwriteDurable writes b at off in f and makes that range durable.
+func pwriteDurable(f *os.File, b []byte, off int64) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var n int
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		n, werr = unix.Pwritev2(int(fd), [][]byte{b}, off, unix.RWF_DSYNC)
+		return werr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	if werr == unix.EOPNOTSUPP || werr == unix.EINVAL || werr == unix.ENOSYS {
+		// A kernel or file system without RWF_DSYNC: the whole file then.
+		if _, err := f.WriteAt(b, off); err != nil {
+			return err
+		}
+		return unix.Fdatasync(int(f.Fd()))
+	}
+	if werr != nil {
+		return fmt.Errorf("write at %d: %w", off, werr)
+	}
+	if n != len(b) {
+		return fmt.Errorf("write at %d: %d of %d bytes: %w", off, n, len(b), io.ErrShortWrite)
+	}
 	return nil
 }

@@ -409,8 +409,10 @@ func (a *asyncMirror) stopJournal(cause error) {
 	}
 }
 
-// flush is Mirror.Flush in async mode: a barrier record, the local flush
-// and the journal's, not the peer's.
+// flush is Mirror.Flush in async mode: a barrier record and the local
+// flush, not the peer's, and not the journal's: the journal serves only
+// while the host stays up (a crash of the process keeps it in the page
+// cache), and after a crash of the host it is discarded (OpenJournal).
 func (a *asyncMirror) flush() error {
 	m := a.m
 	var err error
@@ -422,12 +424,7 @@ func (a *asyncMirror) flush() error {
 	if err != nil {
 		a.stopJournal(err)
 	}
-	lerr := m.local.Flush()
-	if err := a.j.Sync(m.closing); err != nil && !errors.Is(err, context.Canceled) {
-		// The data is durable here; the peer will need a bitmap resync.
-		a.stopJournal(err)
-	}
-	return lerr
+	return m.local.Flush()
 }
 
 // setPeer ends the current period and starts one with s (if not nil).

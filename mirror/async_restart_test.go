@@ -130,9 +130,10 @@ func TestAsyncRestartDecision(t *testing.T) {
 				}
 			},
 			reason: "before a bitmap resync: the peer wrote it"},
-		{name: "host rebooted", resumed: true, catchUp: CatchUpBitmap,
-			image:  rebootImage,
-			reason: "the host went down with the journal open"},
+		{name: "host rebooted", catchUp: CatchUpBitmap,
+			image:   rebootImage,
+			discard: "the host went down with the journal open",
+			reason:  "which was discarded: the host went down with the journal open"},
 		{name: "journal size changed", opt: JournalOptions{Capacity: 8 << 20},
 			discard: "the journal size changed from 16777216 to 8388608 bytes", catchUp: CatchUpBitmap,
 			reason: "which was discarded: the journal size changed"},

@@ -57,7 +57,8 @@ type shipped struct {
 	call   *transport.Call
 	seq    uint64 // 0: a truncation flush
 	kind   journal.Kind
-	buf    []byte // to recycle once acked
+	buf    []byte         // the shipper's read buffer, to recycle once acked
+	rec    journal.Record // to give back to the journal once acked, if handed off
 	marked bool
 }
 
@@ -67,7 +68,9 @@ func (a *asyncMirror) ship(p *period, from uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	acks := make(chan shipped, 256)
+	// As many records in flight as the link's window allows: on a distant
+	// link the window, not this queue, bounds the shipping rate.
+	acks := make(chan shipped, max(256, p.s.Stats().Window))
 	trunc := make(chan uint64, 1)
 	recycle := make(chan []byte, 256)
 	var helpers sync.WaitGroup
@@ -173,21 +176,19 @@ func (a *asyncMirror) sendLoop(p *period, cur *journal.Cursor, acks chan<- shipp
 			}
 			return err
 		}
-		if rec.Seq > a.j.Durable() {
-			// Only durable records leave: the peer never holds a record
-			// that a crash here could take back and number again.
-			if err := a.j.Sync(p.ctx); err != nil {
-				return err
-			}
-		}
-		if rec.Kind == journal.KindWrite {
+		// A record ships once written, durable or not (docs/journal.md,
+		// "What a crash loses"): a crash of this process keeps it in the
+		// page cache, and a crash of the host discards the journal, so
+		// that no record the peer holds is ever numbered again.
+		if rec.Kind == journal.KindWrite && !rec.Handed() {
 			buf = rec.Data[:0] // may have been grown by Next
 		}
 		c, err := p.s.SubmitJournal(a.journalOp(p, rec))
 		if err != nil {
+			a.j.Recycle(rec)
 			return err
 		}
-		acks <- shipped{call: c, seq: rec.Seq, kind: rec.Kind, buf: buf, marked: rec.Seq >= p.markedLo}
+		acks <- shipped{call: c, seq: rec.Seq, kind: rec.Kind, buf: buf, rec: rec, marked: rec.Seq >= p.markedLo}
 		sinceFlush += journal.HeaderSize + int64(len(rec.Data))
 		if sinceFlush >= a.flushEvery {
 			if err := flush(); err != nil {
@@ -220,6 +221,7 @@ func (a *asyncMirror) ackLoop(p *period, acks <-chan shipped, trunc chan uint64,
 	var first error
 	for it := range acks {
 		reply, err := it.call.WaitReply()
+		a.j.Recycle(it.rec)
 		if it.buf != nil {
 			select {
 			case recycle <- it.buf:

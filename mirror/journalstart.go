@@ -52,8 +52,8 @@ var ErrRedo = errors.New("redo the journal onto the local disk")
 // appended before it is written locally, so the records complete the
 // local writes a crash interrupted (docs/journal.md). If the host went down
 // with the journal open (not closed, and booted since), records and local
-// writes that were not durable may be lost, and the resumed journal gets
-// no authority: the peer needs a bitmap resync first.
+// writes that were not durable may be lost in any combination, and the
+// journal is discarded without a redo: the peer needs a bitmap resync.
 func OpenJournal(ctx context.Context, path string, dev blockdev.Device, opt JournalOptions) (JournalStart, error) {
 	var st JournalStart
 	capacity := opt.Capacity
@@ -69,8 +69,16 @@ func OpenJournal(ctx context.Context, path string, dev blockdev.Device, opt Jour
 	default:
 		first = max(first, old.Next())
 		st.DiscardedID = old.ID()
+		rec := old.Recovered()
 		if stopped, why := old.Stopped(); stopped {
 			st.Discarded = "journaling had stopped: " + why
+		} else if !rec.Clean && rec.Rebooted {
+			// The journal is made durable only when it is closed: the
+			// peer may hold records it lost and would number again, and a
+			// redo could write a record over a newer write that an
+			// application flush made durable on the local disk. Neither
+			// is needed: the recovered blocks are resynced by bitmap.
+			st.Discarded = "the host went down with the journal open: writes that were not yet durable may be lost on either side"
 		} else {
 			if st.Redone, err = Redo(ctx, old, dev); err != nil {
 				old.Close()
@@ -84,13 +92,6 @@ func OpenJournal(ctx context.Context, path string, dev blockdev.Device, opt Jour
 			}
 		}
 		if st.Discarded == "" {
-			if rec := old.Recovered(); !rec.Clean && rec.Rebooted {
-				why := "the host went down with the journal open: writes that were not yet durable may be lost on either side"
-				if err := old.SetAuthority(journal.NoAuthority, why); err != nil {
-					old.Close()
-					return st, fmt.Errorf("journal: %w", err)
-				}
-			}
 			st.Journal, st.Resumed, st.DiscardedID = old, true, 0
 			return st, nil
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -34,7 +36,7 @@ var setups = map[string]setup{
 	"sync-noal":      func(b *bench) (string, func(), error) { return b.mirrored(nil, []string{"--activity-log=false"}) },
 	// Both hosts of a pair run the same --mode: the secondary keeps its
 	// applied journal position only in async mode.
-	"async":       func(b *bench) (string, func(), error) { return b.mirrored(asyncFlags, asyncFlags) },
+	"async":       func(b *bench) (string, func(), error) { return b.mirrored(b.asyncFlags(), nil) },
 	"qemu-quorum": (*bench).qemuQuorum,
 	"raw":         (*bench).raw,
 }
@@ -139,6 +141,20 @@ func (b *bench) journalNote() string {
 	return n
 }
 
+// drainJournal waits, after a workload on an async primary, until the
+// peer acknowledged every record, so that the next workload starts with
+// the journal empty (the RTT sweep measures async while its journal has
+// room). It gives up after limit.
+func (b *bench) drainJournal(limit time.Duration) {
+	if b.primaryCtl == "" {
+		return
+	}
+	_ = waitUntil(limit, func() bool {
+		st, err := b.status(b.primaryCtl)
+		return err != nil || st.Mode != "async" || st.JournalLag == 0
+	})
+}
+
 var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
 
 func (b *bench) initVolume(dir, id string) (string, error) {
@@ -184,7 +200,41 @@ func (b *bench) passthrough() (string, func(), error) {
 		d.stop()
 		return "", nil, err
 	}
-	return dev, func() { b.detach(dev); d.stop(); os.RemoveAll(dir) }, nil
+	b.daemons = []int{d.cmd.Process.Pid}
+	return dev, func() { b.daemons = nil; b.detach(dev); d.stop(); os.RemoveAll(dir) }, nil
+}
+
+// daemonCPU returns the CPU time (user and system) the daemons being
+// measured used so far, primary first.
+func (b *bench) daemonCPU() [2]time.Duration {
+	var cpu [2]time.Duration
+	for i, pid := range b.daemons {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// The fields after the command's closing parenthesis: utime and
+		// stime are the 12th and 13th, in clock ticks (USER_HZ, 100).
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			cpu[i] = time.Duration(u+s) * 10 * time.Millisecond
+		}
+	}
+	return cpu
+}
+
+// perOp is the CPU time from a to b per op, in µs.
+func perOp(a, b [2]time.Duration, ops float64) [2]float64 {
+	var us [2]float64
+	if ops <= 0 {
+		return us
+	}
+	for i := range a {
+		us[i] = float64(b[i]-a[i]) / float64(time.Microsecond) / ops
+	}
+	return us
 }
 
 // mirrored is configurations (b) and (c): mirroring to a secondary on
@@ -207,6 +257,9 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
+	if b.window > 0 {
+		creds = append(creds, "--window", strconv.Itoa(b.window))
+	}
 	addr, err := freeAddr()
 	if err != nil {
 		return "", nil, err
@@ -215,30 +268,36 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	pri, err := b.daemon(a, append(append(append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, creds...), both...), primary...)...)
+	link, closeLink, err := b.link(addr)
 	if err != nil {
 		sec.stop()
 		return "", nil, err
 	}
+	pri, err := b.daemon(a, append(append(append([]string{"--role", "primary", "--node-id", "a", "--peer", link}, creds...), both...), primary...)...)
+	if err != nil {
+		closeLink()
+		sec.stop()
+		return "", nil, err
+	}
+	stop := func() { pri.stop(); closeLink(); sec.stop() }
 	// A daemon that ignored --mode would measure sync under async's name.
 	want := "sync"
-	if slices.Equal(both, asyncFlags) {
+	if slices.Contains(both, "--mode") {
 		want = "async"
 	}
 	ctl := filepath.Join(a, volume.ControlFile)
 	if st, err := b.status(ctl); err != nil || st.Mode != want {
-		pri.stop()
-		sec.stop()
+		stop()
 		return "", nil, fmt.Errorf("primary runs in mode %q, want %q (%v)", st.Mode, want, err)
 	}
 	dev, err := b.attach(a)
 	if err != nil {
-		pri.stop()
-		sec.stop()
+		stop()
 		return "", nil, err
 	}
 	b.primaryCtl = ctl
-	return dev, func() { b.primaryCtl = ""; b.detach(dev); pri.stop(); sec.stop(); os.RemoveAll(root) }, nil
+	b.daemons = []int{pri.cmd.Process.Pid, sec.cmd.Process.Pid}
+	return dev, func() { b.primaryCtl, b.daemons = "", nil; b.detach(dev); stop(); os.RemoveAll(root) }, nil
 }
 
 // plaintextFlags run the pair's data link without TLS (both daemons).

@@ -12,6 +12,7 @@ type fioLat struct {
 }
 
 type fioDir struct {
+	IOs  float64 `json:"total_ios"`
 	IOPS float64 `json:"iops"`
 	BW   float64 `json:"bw_bytes"`
 	Clat fioLat  `json:"clat_ns"`
@@ -19,9 +20,15 @@ type fioDir struct {
 
 // fio runs one job on dev and returns its figures.
 func (b *bench) fio(dev string, w workload) (result, error) {
-	args := append([]string{"--name=" + w.name, "--filename=" + dev, "--ioengine=libaio", "--direct=1",
-		"--time_based", fmt.Sprintf("--runtime=%dms", b.runtime.Milliseconds()),
-		fmt.Sprintf("--ramp_time=%dms", b.ramp.Milliseconds()), "--output-format=json"}, w.args...)
+	args := []string{"--name=" + w.name, "--filename=" + dev, "--ioengine=libaio", "--direct=1",
+		fmt.Sprintf("--runtime=%dms", b.runtime.Milliseconds()), "--output-format=json"}
+	if b.ioSize != "" {
+		// A burst: what a writer gets while the async journal has room.
+		args = append(args, "--io_size="+b.ioSize)
+	} else {
+		args = append(args, "--time_based", fmt.Sprintf("--ramp_time=%dms", b.ramp.Milliseconds()))
+	}
+	args = append(args, w.args...)
 	cmd := exec.Command("fio", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -48,6 +55,7 @@ func (b *bench) fio(dev string, w workload) (result, error) {
 	us := func(l fioLat, p string) float64 { return l.Percentile[p] / 1e3 }
 	return result{
 		IOPS:      j.Read.IOPS + j.Write.IOPS,
+		ops:       j.Read.IOs + j.Write.IOs,
 		MBps:      (j.Read.BW + j.Write.BW) / 1e6,
 		P50us:     us(j.Write.Clat, "50.000000"),
 		P99us:     us(j.Write.Clat, "99.000000"),

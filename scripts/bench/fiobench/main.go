@@ -53,6 +53,8 @@ type result struct {
 	note                 string  // about the figure
 	cut                  bool    // the directory load hit its time limit
 	elapsed              time.Duration
+	ops                  float64    // writes (and reads) or entries done
+	cpuUs                [2]float64 // CPU time of the primary and secondary daemon per op, µs
 }
 
 // value is the figure ratios are taken of: throughput, higher is better.
@@ -75,6 +77,15 @@ type bench struct {
 	slapdLimit time.Duration
 
 	primaryCtl string // control socket of the mirrored primary being measured
+	daemons    []int  // pids of the primary and secondary daemons being measured
+
+	// The data link of the configuration being set up (see link.go).
+	rtt         time.Duration
+	jitter      time.Duration
+	bandwidth   int64 // bytes/s each way; 0: no cap
+	journalSize string
+	window      int
+	ioSize      string // fio's bytes per job (a burst); "": time-based
 
 	mu       sync.Mutex
 	cleanups []func() // of the configuration being measured, run on SIGINT
@@ -82,7 +93,13 @@ type bench struct {
 
 // asyncFlags turn a sync pair into an async one; both daemons get them
 // (the two hosts of a pair run the same mode).
-var asyncFlags = []string{"--mode", "async"}
+func (b *bench) asyncFlags() []string {
+	f := []string{"--mode", "async"}
+	if b.journalSize != "" {
+		f = append(f, "--journal-size", b.journalSize)
+	}
+	return f
+}
 
 func main() {
 	started := time.Now()
@@ -102,6 +119,12 @@ func main() {
 	chart := flag.Bool("chart", false, "draw the ratios as a bar chart with gnuplot into <out>.png")
 	startedUnix := flag.Int64("started", 0, "Unix time the run started, if earlier than this process (the wall time then includes the build)")
 	commit := flag.String("commit", "", "the commit the ldmirror binary was built from, when not the working tree (default: HEAD, with the working tree's uncommitted changes listed)")
+	rttList := flag.String("rtt", "", "run each mirrored configuration at these round trips, comma-separated (0: the direct link), through a delaying relay: e.g. 0,2ms,10ms,30ms")
+	bw := flag.String("bandwidth", "1Gbit", "with -rtt: cap of the relayed link, each way (0: none)")
+	flag.DurationVar(&b.jitter, "jitter", 0, "with -rtt: the most a chunk's one-way delay varies, up or down")
+	flag.StringVar(&b.journalSize, "journal-size", "", "async: --journal-size of both daemons (default: the daemon's)")
+	flag.IntVar(&b.window, "window", 0, "--window of both mirrored daemons, writes in flight to the peer (0: the daemon's default); a distant link needs its bandwidth-delay product")
+	flag.StringVar(&b.ioSize, "io-size", "", "fio writes this much per job and stops (a burst; -runtime still caps it, -ramp is not used), instead of running for -runtime: e.g. 1g")
 	flag.Parse()
 	if *startedUnix > 0 {
 		started = time.Unix(*startedUnix, 0)
@@ -112,11 +135,23 @@ func main() {
 	if _, err := exec.LookPath("fio"); err != nil {
 		fatal(errors.New("needs fio (apt-get install fio)"))
 	}
-	names := strings.Split(*configs, ",")
+	var rtts []string
+	if *rttList != "" {
+		rtts = strings.Split(*rttList, ",")
+	}
+	names := expandRTT(strings.Split(*configs, ","), rtts)
 	for _, n := range names {
-		if setups[n] == nil {
-			fatal(fmt.Errorf("unknown configuration %q (have %s)", n, strings.Join(configNames, ", ")))
+		base, _, err := splitRTT(n)
+		if err != nil {
+			fatal(err)
 		}
+		if setups[base] == nil {
+			fatal(fmt.Errorf("unknown configuration %q (have %s)", base, strings.Join(configNames, ", ")))
+		}
+	}
+	var err error
+	if b.bandwidth, err = parseBandwidth(*bw); err != nil {
+		fatal(err)
 	}
 	workloads, err := selectWorkloads(*loads)
 	if err != nil {
@@ -129,7 +164,7 @@ func main() {
 	b.handleSignals()
 
 	unavailable := map[string]string{}
-	if slices.Contains(names, "async") {
+	if slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "async") }) {
 		if why := b.asyncAvailable(); why != "" {
 			unavailable["async"] = why
 			fmt.Fprintln(os.Stderr, "fiobench:", why)
@@ -165,7 +200,7 @@ func main() {
 			slices.Reverse(order)
 		}
 		for _, name := range order {
-			if why := unavailable[name]; why != "" {
+			if why := unavailable[strings.Split(name, "@")[0]]; why != "" {
 				for _, w := range workloads {
 					results = append(results, result{round: r, config: name, load: w.name, skipped: why})
 				}
@@ -175,9 +210,9 @@ func main() {
 		}
 	}
 	wall := time.Since(started)
-	rep := report{abba: *abba, configs: names, workloads: workloads, results: results, rounds: *rounds,
+	rep := report{abba: *abba, rtts: rtts, link: b.linkDesc(), ioSize: b.ioSize, journalSize: b.journalSize, window: b.window, configs: names, workloads: workloads, results: results, rounds: *rounds,
 		machine: mach, wall: wall, runtime: b.runtime, ramp: b.ramp, sizeMiB: b.sizeMiB, entries: b.entries}
-	table := rep.markdown()
+	table := rep.markdown() + rep.rttMarkdown()
 	fmt.Print(table)
 	if *out != "" {
 		if err := os.WriteFile(*out+".txt", []byte(table), 0o644); err != nil {
@@ -189,6 +224,11 @@ func main() {
 		if *chart {
 			if err := rep.chart(*out + ".png"); err != nil {
 				fatal(err)
+			}
+			if len(rtts) > 0 {
+				if _, err := rep.rttChart("pngcairo size 1200,650 font ',10'", *out+"-rtt.png"); err != nil {
+					fatal(err)
+				}
 			}
 		}
 	}
@@ -204,8 +244,10 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 	var out []result
 	var dev string
 	up := false
+	base, rtt, _ := splitRTT(name)
 	bringUp := func() error {
-		d, teardown, err := setups[name](b)
+		b.rtt = rtt
+		d, teardown, err := setups[base](b)
 		if err != nil {
 			return err
 		}
@@ -230,6 +272,7 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 		retried := false
 		for try := 1; ; try++ {
 			start := time.Now()
+			cpu0 := b.daemonCPU()
 			var err error
 			res = result{}
 			switch {
@@ -246,6 +289,11 @@ func (b *bench) runConfig(round int, name string, workloads []workload) []result
 			}
 			if l := b.linkNote(); l != "" && err == nil {
 				res.note = strings.TrimPrefix(strings.TrimSpace(res.note+"; "+l), "; ")
+			}
+			b.drainJournal(2 * time.Minute)
+			res.cpuUs = perOp(cpu0, b.daemonCPU(), res.ops)
+			if res.cpuUs[0] > 0 {
+				res.note = strings.TrimSpace(fmt.Sprintf("%s; CPU per op %.1f µs primary, %.1f µs secondary", res.note, res.cpuUs[0], res.cpuUs[1]))
 			}
 			if err == nil {
 				break
@@ -318,7 +366,7 @@ func selectWorkloads(list string) ([]workload, error) {
 // asyncAvailable returns why the async configuration cannot run, or "".
 func (b *bench) asyncAvailable() string {
 	help, _ := exec.Command(b.bin, "daemon", "--help").CombinedOutput()
-	if !strings.Contains(string(help), asyncFlags[0]) {
+	if !strings.Contains(string(help), "--mode") {
 		return "async: not available in this build"
 	}
 	return ""

@@ -12,17 +12,22 @@ import (
 )
 
 type report struct {
-	abba      bool // every second round in reverse order
-	configs   []string
-	workloads []workload
-	results   []result
-	rounds    int
-	machine   machine
-	wall      time.Duration
-	runtime   time.Duration
-	ramp      time.Duration
-	sizeMiB   int64
-	entries   int
+	abba        bool     // every second round in reverse order
+	rtts        []string // the RTT sweep's round trips (link.go)
+	link        string   // how the delayed link is made
+	ioSize      string   // fio's burst size, if not time-based
+	journalSize string   // async's journal, if not the default
+	window      int      // the daemons' --window, if not the default
+	configs     []string
+	workloads   []workload
+	results     []result
+	rounds      int
+	machine     machine
+	wall        time.Duration
+	runtime     time.Duration
+	ramp        time.Duration
+	sizeMiB     int64
+	entries     int
 }
 
 var configLabels = map[string]string{
@@ -37,10 +42,15 @@ var configLabels = map[string]string{
 }
 
 func label(config string) string {
-	if l := configLabels[config]; l != "" {
-		return l
+	base, rtt, _ := strings.Cut(config, "@")
+	l := configLabels[base]
+	if l == "" {
+		l = base
 	}
-	return config
+	if rtt != "" {
+		l += ", RTT " + rtt
+	}
+	return l
 }
 
 // pair is a ratio of two configurations' medians.
@@ -53,6 +63,7 @@ type pair struct {
 var pairs = []pair{
 	{"b/a", "sync / passthrough", "sync", "passthrough", true},
 	{"c/a", "async / passthrough", "async", "passthrough", true},
+	{"c/b", "async / sync", "async", "sync", false},
 	{"b/d", "sync / qemu quorum", "sync", "qemu-quorum", true},
 	{"a/e", "passthrough / raw file", "passthrough", "raw", false},
 	{"sync / sync-noal", "activity log on / off", "sync", "sync-noal", false},
@@ -68,6 +79,8 @@ var targets = map[[2]string]float64{
 	{"b/a", "1m-seqwrite-qd4"}:    0.85,
 	{"b/a", "slapd-ldapadd"}:      0.8,
 	{"c/a", ""}:                   0.9,
+	{"c/b", "4k-randwrite-qd16"}:  1.0,
+	{"c/b", "1m-seqwrite-qd4"}:    1.0,
 	{"b/d", "4k-randwrite-qd16"}:  3,
 	{"b/d", "1m-seqwrite-qd4"}:    4,
 }
@@ -157,8 +170,18 @@ func (r report) markdown() string {
 		order[i] = label(c)
 	}
 	fmt.Fprintf(&sb, "Medians of %d rounds, configurations alternating in the order %s; %d MiB volumes; "+
-		"fio libaio direct=1 on the device, %s after a %s ramp; directory load: %d entries.\n\n",
-		r.rounds, strings.Join(order, ", "), r.sizeMiB, r.runtime, r.ramp, r.entries)
+		"fio libaio direct=1 on the device, %s; directory load: %d entries.\n\n",
+		r.rounds, strings.Join(order, ", "), r.sizeMiB, r.fioDesc(), r.entries)
+	if r.window > 0 {
+		fmt.Fprintf(&sb, "Mirrored daemons: --window %d.\n\n", r.window)
+	}
+	if r.journalSize != "" {
+		fmt.Fprintf(&sb, "Async: journal of %s on both hosts.\n\n", r.journalSize)
+	}
+	if len(r.rtts) > 0 {
+		fmt.Fprintf(&sb, "Round trips %s: RTT 0 is the direct link on 127.0.0.1; the others go through %s.\n\n",
+			strings.Join(r.rtts, ", "), r.link)
+	}
 	if r.abba {
 		sb.WriteString("Every second round ran the configurations in reverse order (-abba).\n\n")
 	}
@@ -227,6 +250,13 @@ func (r report) markdown() string {
 	return sb.String()
 }
 
+func (r report) fioDesc() string {
+	if r.ioSize != "" {
+		return fmt.Sprintf("%s per job, no ramp, at most %s", r.ioSize, r.runtime)
+	}
+	return fmt.Sprintf("%s after a %s ramp", r.runtime, r.ramp)
+}
+
 func optional(v float64) string {
 	if v == 0 {
 		return ""
@@ -237,10 +267,10 @@ func optional(v float64) string {
 // csv is every round's figures.
 func (r report) csv() string {
 	var sb strings.Builder
-	sb.WriteString("round,config,workload,iops,mb_per_s,write_p50_us,write_p99_us,fsync_p50_us,fsync_p99_us,entries_per_s,seconds,note\n")
+	sb.WriteString("round,config,workload,iops,mb_per_s,write_p50_us,write_p99_us,fsync_p50_us,fsync_p99_us,entries_per_s,seconds,primary_cpu_us_per_op,secondary_cpu_us_per_op,note\n")
 	for _, x := range r.results {
-		fmt.Fprintf(&sb, "%d,%s,%s,%.1f,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%q\n", x.round, x.config, x.load,
-			x.IOPS, x.MBps, x.P50us, x.P99us, x.SyncP50us, x.SyncP99us, x.Entries, x.elapsed.Seconds(),
+		fmt.Fprintf(&sb, "%d,%s,%s,%.1f,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%q\n", x.round, x.config, x.load,
+			x.IOPS, x.MBps, x.P50us, x.P99us, x.SyncP50us, x.SyncP99us, x.Entries, x.elapsed.Seconds(), x.cpuUs[0], x.cpuUs[1],
 			strings.ReplaceAll(strings.TrimSpace(x.skipped+" "+x.note), "\n", " "))
 	}
 	return sb.String()

@@ -162,7 +162,7 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 	} else if err != nil {
 		return result{}, fmt.Errorf("ldapadd: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}
-	res := result{Entries: float64(added) / elapsed.Seconds(), cut: cut}
+	res := result{Entries: float64(added) / elapsed.Seconds(), ops: float64(added), cut: cut}
 	if cut {
 		res.note = fmt.Sprintf("cut at %s after %d entries", b.slapdLimit, added)
 	}
