@@ -201,8 +201,20 @@ func (c *Client) Remove(ctx context.Context, node string, timeout time.Duration)
 
 // Promote makes node primary in a new epoch, which it returns.
 func (c *Client) Promote(ctx context.Context, node string, force bool, reason string, timeout time.Duration) (cluster.Epoch, error) {
-	r, err := c.command(ctx, "/cluster/promote", Request{Node: node, Force: force, Reason: reason}, timeout)
+	r, err := c.PromoteReply(ctx, node, force, reason, timeout)
 	return r.Epoch, err
+}
+
+// PromoteReply is Promote with the whole reply: with a forced promotion
+// of a resync's target, through its own socket, what is lost.
+func (c *Client) PromoteReply(ctx context.Context, node string, force bool, reason string, timeout time.Duration) (Reply, error) {
+	return c.command(ctx, "/cluster/promote", Request{Node: node, Force: force, Reason: reason}, timeout)
+}
+
+// AbortResync discards the resync the host, a resync's target, staged.
+func (c *Client) AbortResync(ctx context.Context) (node.AbortResult, error) {
+	var res node.AbortResult
+	return res, c.do(ctx, http.MethodPost, "/resync?abort=1", nil, &res)
 }
 
 // Demote ends node's tenure as primary of epoch (0: the current one) and

@@ -38,6 +38,10 @@ func (h *fakeHost) CheckDemote(string, bool) error                           { r
 func (h *fakeHost) RetryAgent(context.Context) (agent.Status, error)         { return agent.Status{}, h.err }
 func (h *fakeHost) Attach() (string, error)                                  { return "/dev/loop7", h.err }
 func (h *fakeHost) AttachDisk(context.Context, bool) error                   { return h.err }
+func (h *fakeHost) AbortResync(context.Context) (node.AbortResult, error) {
+	return node.AbortResult{}, h.err
+}
+func (h *fakeHost) CheckPromote(string, bool) (string, error) { return "", h.err }
 
 // fakeMember answers the cluster routes; Promote refuses with err.
 type fakeMember struct {

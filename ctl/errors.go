@@ -43,6 +43,9 @@ var codes = []struct {
 	{"disconnected", transport.ErrDisconnected, http.StatusConflict},
 	{"disk-failed", blockdev.ErrDiskFailed, http.StatusConflict},
 	{"disk-not-failed", volume.ErrDiskNotFailed, http.StatusConflict},
+	{"resync-applying", node.ErrResyncApplying, http.StatusConflict},
+	{"no-staged-resync", node.ErrNoStagedResync, http.StatusConflict},
+	{"source-connected", node.ErrSourceConnected, http.StatusConflict},
 }
 
 // Error is a refusal the other end of the socket answered. It unwraps to

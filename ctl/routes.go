@@ -36,6 +36,13 @@ type Host interface {
 	// AttachDisk takes back a disk that failed, once repaired; full has
 	// the primary resync every block (a replaced disk).
 	AttachDisk(ctx context.Context, full bool) error
+	// AbortResync discards the resync this host, a resync's target,
+	// staged, its source being gone.
+	AbortResync(ctx context.Context) (node.AbortResult, error)
+	// CheckPromote refuses to promote node if it is this host and it
+	// applies a completed resync; for a forced promotion it says what is
+	// lost.
+	CheckPromote(node string, force bool) (string, error)
 	// Attach binds the primary's export to a loop device and returns it.
 	Attach() (string, error)
 }
@@ -110,6 +117,11 @@ func Handler(r Routes) http.Handler {
 		})
 		mux.HandleFunc("POST /resync", func(w http.ResponseWriter, r *http.Request) {
 			q := r.URL.Query()
+			if q.Get("abort") == "1" {
+				res, err := h.AbortResync(r.Context())
+				respond(w, res, err)
+				return
+			}
 			res, err := h.Resync(r.Context(), q.Get("full") == "1", q.Get("checksum") == "1")
 			respond(w, res, err)
 		})
@@ -147,8 +159,12 @@ func Handler(r Routes) http.Handler {
 			if r.Force && strings.TrimSpace(r.Reason) == "" {
 				return Reply{}, fmt.Errorf("%w: --force needs --reason", cluster.ErrInvalidCommand)
 			}
+			note, err := h.CheckPromote(r.Node, r.Force)
+			if err != nil {
+				return Reply{}, err
+			}
 			e, err := m.Promote(ctx, r.Node, r.Force, r.Reason)
-			return Reply{Epoch: e, Primary: r.Node}, err
+			return Reply{Epoch: e, Primary: r.Node, Note: note}, err
 		}))
 		mux.HandleFunc("POST /cluster/demote", command(func(ctx context.Context, r Request) (Reply, error) {
 			if err := h.CheckDemote(r.Node, r.Force); err != nil {
@@ -221,6 +237,8 @@ type Request struct {
 type Reply struct {
 	Epoch   cluster.Epoch `json:"epoch,omitempty"`
 	Primary string        `json:"primary,omitempty"`
+	// Note is what a forced promotion of a resync's target loses.
+	Note string `json:"note,omitempty"`
 }
 
 func serveClusterStatus(w http.ResponseWriter, r *http.Request, m Member) {
@@ -285,3 +303,5 @@ func writeJSON(w http.ResponseWriter, v any) {
 type noHost struct{ Host }
 
 func (noHost) CheckDemote(string, bool) error { return nil }
+
+func (noHost) CheckPromote(string, bool) (string, error) { return "", nil }

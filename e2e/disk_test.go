@@ -101,7 +101,10 @@ func TestSecondaryDiskFull(t *testing.T) {
 		t.Fatalf("a's status does not say why b refuses it: %q", sa.LastError)
 	}
 
-	grow("128m")
+	// Room for the whole 64 MiB volume, and for the 64 MiB resync that
+	// b stages beside it until it completes (docs/operations.md, "The
+	// source died during a resync"; tmpfs allocates as it is written).
+	grow("160m")
 	ldmirror(t, "attach-disk", "--dir", b)
 	waitClean(t, a, b)
 	sameBytes(t, img(a), img(b))

@@ -46,6 +46,11 @@ const (
 	WhatDisk        = "disk"
 	WhatPeerDisk    = "peer_disk"
 	WhatTransition  = "transition"
+	// WhatResyncTarget and WhatPeerStage: what a resync's target says of
+	// its staged resync, and what its source says of it
+	// (docs/operations.md, "The source died during a resync").
+	WhatResyncTarget = "resync_target"
+	WhatPeerStage    = "peer_stage"
 )
 
 // Event is one line of `ldmirror events`.
@@ -76,6 +81,10 @@ type State struct {
 	Primary     string  `json:"primary,omitempty"`
 	Transition  string  `json:"transition,omitempty"`
 	Resync      *Resync `json:"resync,omitempty"`
+	// ResyncTarget and PeerStage are status's, without the apply's
+	// progress, which is not a change of state.
+	ResyncTarget string `json:"resync_target,omitempty"`
+	PeerStage    string `json:"peer_stage,omitempty"`
 }
 
 // Resync is a running resync as one of its two hosts sees it.
@@ -95,7 +104,19 @@ func StateOf(st node.Status) State {
 		Role: string(st.Role), Link: string(st.Link), Replication: string(st.Replication),
 		Disk: string(st.Disk), PeerDisk: string(st.PeerDisk), Epoch: st.Epoch, Primary: st.NamedPrimary,
 		Transition: st.Transition, Resync: ResyncOf(st),
+		ResyncTarget: withoutApplyProgress(st.ResyncTarget), PeerStage: withoutApplyProgress(st.PeerStage),
 	}
+}
+
+// applying starts a staged resync's state while it is being applied;
+// the blocks applied so far follow.
+const applying = "applying the completed resync"
+
+func withoutApplyProgress(s string) string {
+	if strings.HasPrefix(s, applying) {
+		return applying
+	}
+	return s
 }
 
 // ResyncOf is st's running resync, or nil.
@@ -152,6 +173,8 @@ func Diff(prev, cur node.Status, now time.Time) []Event {
 	}
 	change(WhatPeerDisk, p.PeerDisk, c.PeerDisk)
 	change(WhatTransition, p.Transition, c.Transition)
+	change(WhatResyncTarget, p.ResyncTarget, c.ResyncTarget)
+	change(WhatPeerStage, p.PeerStage, c.PeerStage)
 	if strings.HasPrefix(cur.LastError, splitBrainPrefix) && cur.LastError != prev.LastError {
 		ev(Event{Kind: KindSplitBrain, Error: cur.LastError})
 	}

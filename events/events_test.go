@@ -97,6 +97,31 @@ func TestDiffDiskFailed(t *testing.T) {
 	}
 }
 
+// TestDiffStagedResync: a resync's target reports its staged resync as
+// it changes, not the apply's progress.
+func TestDiffStagedResync(t *testing.T) {
+	idle := node.Status{Node: "b", Role: cluster.RoleSecondary, Link: node.LinkConnected}
+	staging := idle
+	staging.ResyncTarget = "resyncing (target consistent: as of 2026-12-06T10:41:07Z)"
+	evs := Diff(idle, staging, time.Unix(1, 0))
+	if len(evs) != 1 || evs[0].What != WhatResyncTarget || evs[0].To != staging.ResyncTarget {
+		t.Fatalf("staging gave %+v", evs)
+	}
+	lost := staging
+	lost.Link, lost.ResyncTarget = node.LinkDisconnected, "outdated, consistent as of 2026-12-06T10:41:07Z (a resync from a is staged, 47.7 MiB: …)"
+	if evs := Diff(staging, lost, time.Unix(2, 0)); len(evs) != 2 || evs[1].What != WhatResyncTarget || evs[1].To != lost.ResyncTarget {
+		t.Fatalf("the source's loss gave %+v", evs)
+	}
+	a1, a2 := staging, staging
+	a1.ResyncTarget, a2.ResyncTarget = "applying the completed resync: 10 of 900 blocks", "applying the completed resync: 500 of 900 blocks"
+	if evs := Diff(staging, a1, time.Unix(3, 0)); len(evs) != 1 || evs[0].To != "applying the completed resync" {
+		t.Fatalf("the commit gave %+v", evs)
+	}
+	if evs := Diff(a1, a2, time.Unix(4, 0)); len(evs) != 0 {
+		t.Fatalf("the apply's progress gave %+v", evs)
+	}
+}
+
 // fakeHost is a status that a test changes.
 type fakeHost struct {
 	mu sync.Mutex

@@ -18,8 +18,15 @@ var errNoPosition = errors.New("the peer reports no position in this journal")
 // still holds it and nothing else differs (the peer's disk stays a prefix
 // of the primary's writes throughout), else it resyncs the out-of-sync
 // blocks (Resync). In sync mode it is Resync. Call it after every SetPeer.
+// A resync the peer staged is committed before it returns.
 func (m *Mirror) CatchUp(ctx context.Context, checksum bool) error {
-	return m.rep.catchUp(ctx, checksum)
+	if err := m.rep.catchUp(ctx, checksum); err != nil {
+		return err
+	}
+	if s := m.session(); s != nil {
+		return m.commitPeer(ctx, s)
+	}
+	return nil
 }
 
 // catchUp is CatchUp in async mode.
@@ -76,6 +83,11 @@ func (a *asyncMirror) catchUp(ctx context.Context, checksum bool) error {
 	a.acked = p.acked
 	a.mu.Unlock()
 	m.log.Info("catching up by bitmap resync", "reason", why)
+	// The journal's records go out of order with the resync's copies from
+	// the first one shipped: the peer stages them all.
+	if _, err := m.ProtectPeer(ctx, p.s, true); err != nil {
+		return fmt.Errorf("catch-up: %w", err)
+	}
 	// The records before this connection are covered by the resync.
 	if err := a.j.Truncate(p.markedLo - 1); err != nil {
 		m.log.Warn("journal truncate failed", "err", err)
@@ -184,6 +196,9 @@ func (a *asyncMirror) beginResync(ctx context.Context) (func(error), error) {
 		p.started = true
 		a.lastCatch = CatchUpBitmap
 		a.mu.Unlock()
+		if _, err := a.m.ProtectPeer(ctx, p.s, true); err != nil {
+			return nil, fmt.Errorf("resync: %w", err)
+		}
 		if err := a.j.Truncate(p.markedLo - 1); err != nil {
 			a.m.log.Warn("journal truncate failed", "err", err)
 		}

@@ -18,19 +18,21 @@ import (
 // when this host may no longer write (or ctx ended: the Mirror is closing).
 type Fence func(ctx context.Context) error
 
-// ResyncStart commits "peer inconsistent" with the control plane. A resync
-// calls it before it sends its first block: from then until the resync
-// completes, the peer holds a mix of old and new blocks and must not be
-// promoted. An error stops the resync before it changed anything.
-type ResyncStart func(ctx context.Context) error
+// ResyncStart records the resync's target with the control plane before
+// the resync sends its first block: "inconsistent" when the peer takes it
+// unprotected (until the resync completes it holds a mix of old and new
+// blocks and must not be promoted), "outdated" when it stages it (staged:
+// it keeps its data as of its disconnect, which a forced promotion may
+// take). An error stops the resync before it changed anything.
+type ResyncStart func(ctx context.Context, staged bool) error
 
 // ErrFenced reports a write refused because this host may no longer write.
 var ErrFenced = errors.New("this host may not write: the control plane refused to mark its peer outdated")
 
 // ErrTargetNotMarked reports a resync that did not start because the
-// control plane did not record its target inconsistent (no quorum, or this
+// control plane did not record its target (no quorum, or this
 // host was deposed).
-var ErrTargetNotMarked = errors.New("the resync target could not be marked inconsistent")
+var ErrTargetNotMarked = errors.New("the resync target could not be recorded with the control plane")
 
 // ErrPeerChanged reports that the peer was lost (or replaced) while a
 // commit about it waited: what the commit would have said is no longer
@@ -164,11 +166,11 @@ func (m *Mirror) CommitInSync(ctx context.Context, commit func(context.Context) 
 }
 
 // markResyncTarget makes the resync start commit, if there is one.
-func (m *Mirror) markResyncTarget(ctx context.Context) error {
+func (m *Mirror) markResyncTarget(ctx context.Context, staged bool) error {
 	if m.markTarget == nil {
 		return nil
 	}
-	if err := m.markTarget(ctx); err != nil {
+	if err := m.markTarget(ctx, staged); err != nil {
 		return fmt.Errorf("%w: %w", ErrTargetNotMarked, err)
 	}
 	return nil

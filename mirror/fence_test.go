@@ -363,7 +363,7 @@ func TestResyncMarksTargetBeforeFirstBlock(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var marks fenceLog
-			p := newPairWith(t, volSize, Config{ResyncStart: func(context.Context) error { marks.add("inconsistent"); return tc.refuse }})
+			p := newPairWith(t, volSize, Config{ResyncStart: func(context.Context, bool) error { marks.add("inconsistent"); return tc.refuse }})
 			for i := range 64 {
 				writeBlock(t, p.mirror, int64(i))
 			}

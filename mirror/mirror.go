@@ -100,6 +100,8 @@ type Mirror struct {
 
 	fence      Fence
 	markTarget ResyncStart
+	stagePeer  bool       // ask the peer to stage resyncs (stage.go)
+	stage      peerStage  // what the peer said of its staging area; guarded by mu
 	fenceMu    sync.Mutex // one control-plane commit at a time; writes that need a fence wait here
 	fencedLoss uint64     // the last peer loss the control plane committed "peer outdated" for
 	fenceErr   error      // permanent: this host may not write
@@ -125,8 +127,13 @@ type Config struct {
 	// acknowledged; nil (no control plane) acknowledges it at once, with
 	// no protection against two primaries.
 	Fence Fence
-	// ResyncStart commits "peer inconsistent" before a resync's first block.
+	// ResyncStart records the peer inconsistent before a resync's first
+	// block, or outdated if the peer stages the resync.
 	ResyncStart ResyncStart
+	// StagePeer asks the peer to stage every bitmap resync, so that its
+	// volume stays consistent until the resync completes (stage.go); the
+	// peer must handle transport Stage requests.
+	StagePeer bool
 	// ResyncRate and ResyncMinRate: see SetResyncRates.
 	ResyncRate, ResyncMinRate int64
 	// Async, if not nil, is async mode (see AsyncConfig); nil is sync mode.
@@ -158,7 +165,7 @@ func New(local blockdev.Device, cfg Config) (*Mirror, error) {
 	}
 	closing, stop := context.WithCancel(context.Background())
 	m := &Mirror{local: local, disk: blockdev.NewFailure(), dirty: cfg.Dirty, intent: cfg.Intent, locks: newRangeLock(), log: cfg.Log,
-		fence: cfg.Fence, markTarget: cfg.ResyncStart, closing: closing, stop: stop, link: &link{}, losses: 1}
+		fence: cfg.Fence, markTarget: cfg.ResyncStart, stagePeer: cfg.StagePeer, closing: closing, stop: stop, link: &link{}, losses: 1}
 	m.SetResyncRates(cfg.ResyncRate, cfg.ResyncMinRate)
 	m.rep = syncReplicator{m}
 	if cfg.Async != nil {
@@ -399,14 +406,21 @@ func (m *Mirror) Resync(ctx context.Context, checksum bool) (err error) {
 		m.resyncing = false
 		m.mu.Unlock()
 	}()
-	return resync.Run(ctx, resyncSource{m}, s, resync.Options{
+	err = resync.Run(ctx, resyncSource{m, s}, s, resync.Options{
 		Checksum: checksum, Rates: func() (int64, int64) { return m.resyncRate.Load(), m.resyncMinRate.Load() }, Log: m.log,
 	}, &m.progress)
+	if err == nil {
+		err = m.commitPeer(ctx, s)
+	}
+	return err
 }
 
 // resyncSource is the Mirror as the resync and verify of package resync
-// see it.
-type resyncSource struct{ *Mirror }
+// see it, for the peer of session s.
+type resyncSource struct {
+	*Mirror
+	s *transport.Session
+}
 
 func (r resyncSource) Lock(e bitmap.Extent) (func(), error) {
 	if !r.begin() {
@@ -422,7 +436,22 @@ func (r resyncSource) AppWrites() uint64          { return r.appIO.Load() }
 func (r resyncSource) Persist(ctx context.Context) error {
 	return r.intent.Sync(ctx)
 }
-func (r resyncSource) MarkTarget(ctx context.Context) error { return r.markResyncTarget(ctx) }
+
+// MarkTarget has the peer stage the resync; only a peer that does not is
+// recorded inconsistent with the control plane: one that stages keeps its
+// data as it was, and is recorded outdated (it lacks what the resync
+// brings).
+func (r resyncSource) MarkTarget(ctx context.Context) error {
+	staged := false
+	if r.stagePeer {
+		st, err := r.ProtectPeer(ctx, r.s, true)
+		if err != nil {
+			return err
+		}
+		staged = st.State == transport.StageStaging
+	}
+	return r.markResyncTarget(ctx, staged)
+}
 func (r resyncSource) PeerLost(s *transport.Session, err error) {
 	r.peerLost(s, err)
 }
@@ -493,6 +522,11 @@ type Status struct {
 	// bitmap and a bitmap resync brings the peer back.
 	JournalOverflow bool
 	FallbackReason  string // why journaling stopped, or why the last catch-up was a bitmap resync
+
+	// PeerStage is what the peer last said of its staging area in this
+	// session (stage.go): whether it stages the resync, and as of when
+	// its volume is consistent.
+	PeerStage transport.StageReply
 }
 
 // Status returns a snapshot of the replication state.
@@ -528,6 +562,7 @@ func (m *Mirror) Status() Status {
 	st.Resync = m.progress.Counts()
 	st.Suspended = m.suspended.Load()
 	st.Fenced = m.refused.Load()
+	st.PeerStage = m.PeerStage(m.session())
 	m.rep.status(&st)
 	return st
 }

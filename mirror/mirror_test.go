@@ -144,11 +144,27 @@ func mustNew(t testing.TB, dev blockdev.Device, cfg Config) *Mirror {
 // newPairWith is newPair with volumes of size bytes and the mirror built
 // with cfg (its dirty set made here).
 func newPairWith(t testing.TB, size int64, cfg Config) *pair {
+	return newPairServing(t, size, cfg, nil)
+}
+
+// newPairServing is newPairWith whose secondary applies through serve, if
+// not nil: it gets the secondary's device and returns the device the
+// replica applies to and the handler of the secondary's requests.
+func newPairServing(t testing.TB, size int64, cfg Config, serve func(blockdev.Device, func(blockdev.Device) *replica.Replica) transport.Handler) *pair {
 	t.Helper()
 	p := &pair{priPath: newFileSized(t, "a.img", size), secPath: newFileSized(t, "b.img", size)}
 	p.primary = &countingDevice{Device: openFileSized(t, p.priPath, size)}
 	p.secondary = &countingDevice{Device: openFileSized(t, p.secPath, size)}
-	p.replica = replica.New(p.secondary, 4096, nil)
+	newReplica := func(dev blockdev.Device) *replica.Replica {
+		p.replica = replica.New(dev, 4096, nil)
+		return p.replica
+	}
+	var h transport.Handler
+	if serve != nil {
+		h = serve(p.secondary, newReplica)
+	} else {
+		h = newReplica(p.secondary)
+	}
 	sec, pri := peertest.Configs(size)
 	ln, err := transport.Listen("127.0.0.1:0", sec)
 	if err != nil {
@@ -156,7 +172,7 @@ func newPairWith(t testing.TB, size int64, cfg Config) *pair {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
-	go func() { defer close(served); _ = ln.Serve(ctx, p.replica) }()
+	go func() { defer close(served); _ = ln.Serve(ctx, h) }()
 	p.addr, p.pri = ln.Addr().String(), pri
 	p.sess, err = transport.Dial(ctx, p.addr, pri)
 	if err != nil {

@@ -18,5 +18,5 @@ func (m *Mirror) Verify(ctx context.Context, progress resync.VerifyProgress) (*r
 	if s == nil {
 		return nil, fmt.Errorf("verify: %w", transport.ErrDisconnected)
 	}
-	return resync.Verify(ctx, resyncSource{m}, s, progress, m.log)
+	return resync.Verify(ctx, resyncSource{m, s}, s, progress, m.log)
 }

@@ -156,21 +156,27 @@ func (n *Node) recordPeerInSync(ctx context.Context, mr *mirror.Mirror, peer str
 	}
 }
 
-// markPeerInconsistent is the commit a resync in epoch makes before its
-// first block: until it completes the peer holds a mix of old and new
-// blocks, and the control plane must not let it be promoted.
-func (n *Node) markPeerInconsistent(epoch cluster.Epoch) mirror.ResyncStart {
-	return func(ctx context.Context) error {
+// markResyncTarget is the commit a resync in epoch makes before its first
+// block: unprotected, the peer holds a mix of old and new blocks until it
+// completes, and the control plane must not let it be promoted
+// (inconsistent); staged, it keeps its data as of its disconnect and lacks
+// what the resync brings (outdated: promoted only by force).
+func (n *Node) markResyncTarget(epoch cluster.Epoch) mirror.ResyncStart {
+	return func(ctx context.Context, staged bool) error {
 		peer := n.peerID()
 		if peer == "" {
-			return errors.New("the control plane knows no peer to mark inconsistent")
+			return errors.New("the control plane knows no peer to mark as a resync's target")
+		}
+		d := cluster.DiskInconsistent
+		if staged {
+			d = cluster.DiskOutdated
 		}
 		attempt, cancel := context.WithTimeout(ctx, fenceAttempt)
 		defer cancel()
-		if err := n.cfg.ControlPlane.SetDiskState(attempt, peer, cluster.DiskInconsistent, epoch); err != nil {
+		if err := n.cfg.ControlPlane.SetDiskState(attempt, peer, d, epoch); err != nil {
 			return err
 		}
-		n.log.Info("peer marked inconsistent until the resync completes", "peer", peer, "epoch", epoch)
+		n.log.Info("peer recorded as the resync's target until it completes", "peer", peer, "disk", d, "epoch", epoch)
 		return nil
 	}
 }

@@ -27,10 +27,12 @@ func DiscardLocal(dir string) (volume.Meta, error) {
 	}
 	m.Generations.Discard()
 	m.PrimaryActive = false
-	// Its out-of-sync map and its journal describe data that no longer
-	// counts.
-	if err := os.Remove(filepath.Join(dir, volume.ScoreboardFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return m, err
+	// Its out-of-sync map, a resync it staged and its journal describe
+	// data that no longer counts.
+	for _, f := range []string{volume.ScoreboardFile, volume.StageFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return m, err
+		}
 	}
 	if _, err := journal.Discard(filepath.Join(dir, volume.JournalFile), "the local data was discarded (ldmirror resolve --discard-local)"); err != nil {
 		return m, err

@@ -149,8 +149,9 @@ func (n *Node) AttachDisk(ctx context.Context, full bool) error {
 	n.meta.DiskFailed = ""
 	err = volume.Save(n.cfg.Dir, n.meta)
 	n.mu.Unlock()
+	n.stage.SetBase(dev)
 	if r != nil {
-		r.Reattach(dev)
+		r.Reattach(n.stage)
 	}
 	old.Close()
 	if err != nil {

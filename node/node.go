@@ -23,6 +23,7 @@ import (
 	"github.com/ldmirror/ldmirror/replica"
 	"github.com/ldmirror/ldmirror/resync"
 	"github.com/ldmirror/ldmirror/scoreboard"
+	"github.com/ldmirror/ldmirror/stage"
 	"github.com/ldmirror/ldmirror/transport"
 	"github.com/ldmirror/ldmirror/volume"
 )
@@ -84,6 +85,14 @@ type Config struct {
 	// peer is connected: throttle writers (default) or fall back to
 	// logging mode and a bitmap resync.
 	OnFull mirror.FullPolicy
+	// NoResyncProtection takes every resync this host is the target of
+	// unprotected: its volume is inconsistent until the resync completes
+	// (docs/design.md, "A resync target that stays usable"). For
+	// measurement, and to show that the tests can fail.
+	NoResyncProtection bool
+	// UnsafeInconsistent takes a resync this host has no room to stage
+	// unprotected, rather than refuse it.
+	UnsafeInconsistent bool
 	// NoActivityLog skips write-intent logging (DRBD's al-updates no): the
 	// out-of-sync map stays durable, but after a primary crash the blocks
 	// written just before it are not resynced. For measurement and tests.
@@ -157,8 +166,13 @@ type Node struct {
 	log  *slog.Logger
 	tcfg transport.Config // Epoch is set at the start of each primary term
 
-	dev  *blockdev.FileDevice
-	lock *os.File // flock held on the volume directory while running
+	dev *blockdev.FileDevice
+	// stage is the volume as a secondary applies to it: a bitmap resync
+	// is staged there until it completes (stage.go); stageTarget answers
+	// the primary's Stage requests.
+	stage       *stage.Area
+	stageTarget *stage.Target
+	lock        *os.File // flock held on the volume directory while running
 
 	mu sync.Mutex // guards meta's mutable fields, the link state, the term's parts and what may change while it runs (SetResyncRates, SetProbe)
 	// monitor probes the directory server (nil without a probe URL).
@@ -204,6 +218,7 @@ type Node struct {
 	refused   string             // why the last peer was refused, for status
 	verifying bool
 	verified  [2]uint64 // blocks done, total of the running verify
+	abort     bool      // `resync --abort` runs: the primary's requests are refused
 
 	resyncMu sync.Mutex // one resync (after connect or after verify) at a time
 	// crashed: the primary did not stop cleanly and has not completed a
@@ -299,10 +314,15 @@ func Open(cfg Config) (*Node, error) {
 		lock.Close()
 		return nil, err
 	}
+	if err := n.openStage(); err != nil {
+		n.dev.Close()
+		lock.Close()
+		return nil, err
+	}
 	n.link = LinkStandalone
 	if cfg.ControlPlane == nil {
 		if err := n.prepare(cfg.Role); err != nil {
-			n.dev.Close()
+			n.closeDisk()
 			lock.Close()
 			return nil, err
 		}
@@ -436,7 +456,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.SetProbe(n.probeConfig())
 	defer n.SetProbe(probe.Config{})
 	if n.cfg.ControlPlane != nil {
-		return errors.Join(n.followControlPlane(ctx), n.dev.Close())
+		return errors.Join(n.followControlPlane(ctx), n.closeDisk())
 	}
 	var err error
 	if n.cfg.Role == cluster.RoleSecondary {
@@ -444,7 +464,7 @@ func (n *Node) Run(ctx context.Context) error {
 	} else {
 		err = n.runPrimary(ctx, nil)
 	}
-	return errors.Join(err, n.dev.Close())
+	return errors.Join(err, n.closeDisk())
 }
 
 // Close releases what Open set up, for a Node that will not Run.
@@ -458,7 +478,7 @@ func (n *Node) Close() {
 	if sb != nil {
 		sb.Close()
 	}
-	n.dev.Close()
+	n.closeDisk()
 	n.lock.Close()
 }
 

@@ -35,6 +35,9 @@ func (n *Node) connectLoop(ctx context.Context, mr *mirror.Mirror) {
 		if err == nil {
 			err = n.admit(s, mr)
 		}
+		if err == nil {
+			err = n.protectPeer(ctx, s, mr)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -188,6 +191,9 @@ func (n *Node) catchUp(ctx context.Context, s *transport.Session, mr *mirror.Mir
 		if ctx.Err() == nil {
 			n.log.Warn("resync stopped", "err", err)
 		}
+		if errors.Is(err, mirror.ErrStageRefused) {
+			n.refuseStage(ctx, s, err)
+		}
 		return
 	}
 	n.crashed = false
@@ -249,7 +255,7 @@ func (n *Node) peerInSync(ctx context.Context, mr *mirror.Mirror, s *transport.S
 }
 
 // catchUpRetrying runs mirror.CatchUp, again while it cannot start because
-// the control plane has no quorum to record the peer inconsistent first.
+// the control plane has no quorum to record the peer as its target first.
 func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mr *mirror.Mirror, checksum bool) error {
 	for warned := false; ; {
 		err := mr.CatchUp(ctx, checksum)
@@ -257,7 +263,7 @@ func (n *Node) catchUpRetrying(ctx context.Context, s *transport.Session, mr *mi
 			return err
 		}
 		if !warned {
-			n.log.Warn("resync waits: the control plane must record the peer inconsistent first (no quorum); retrying", "err", err)
+			n.log.Warn("resync waits: the control plane must record the peer as its target first (no quorum); retrying", "err", err)
 			warned = true
 		}
 		select {

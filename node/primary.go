@@ -26,6 +26,9 @@ func (n *Node) preparePrimary() error {
 	if err := n.diskFailure(); err != nil {
 		return err
 	}
+	if err := n.resolveStage(); err != nil {
+		return err
+	}
 	dirty, err := bitmap.New(n.meta.Size, n.meta.BlockSize)
 	if err != nil {
 		return err
@@ -50,7 +53,7 @@ func (n *Node) preparePrimary() error {
 			return err
 		}
 	}
-	cfg := mirror.Config{Dirty: dirty, Log: n.log}
+	cfg := mirror.Config{Dirty: dirty, Log: n.log, StagePeer: true}
 	if !n.cfg.Passthrough {
 		discard, err := n.startPrimary()
 		if err != nil {
@@ -64,7 +67,7 @@ func (n *Node) preparePrimary() error {
 		cfg.ResyncRate, cfg.ResyncMinRate = n.resyncRates()
 		if n.cfg.ControlPlane != nil {
 			n.tcfg.Epoch = uint64(n.epoch)
-			cfg.Fence, cfg.ResyncStart = n.fencePeer(n.epoch), n.markPeerInconsistent(n.epoch)
+			cfg.Fence, cfg.ResyncStart = n.fencePeer(n.epoch), n.markResyncTarget(n.epoch)
 		}
 		if n.cfg.Mode == mirror.ModeAsync {
 			ac, err := n.openJournal(discard)

@@ -36,7 +36,7 @@ func (n *Node) prepareSecondary() error {
 	if err != nil {
 		return fmt.Errorf("listen for the primary on %s: %w", n.cfg.Listen, err)
 	}
-	replica := replica.New(n.dev, n.meta.BlockSize, n.log)
+	replica := replica.New(n.stage, n.meta.BlockSize, n.log)
 	if n.cfg.Mode == mirror.ModeAsync {
 		af, err := journal.OpenAppliedFile(filepath.Join(n.cfg.Dir, volume.AppliedFile))
 		if err != nil {
@@ -200,9 +200,15 @@ func (n *Node) runSecondary(ctx context.Context, promoted <-chan struct{}) error
 // caught up.
 func (n *Node) Handle(req *transport.Request) {
 	n.mu.Lock()
-	replica, behind := n.replica, n.behind
+	replica, behind, aborting := n.replica, n.behind, n.abort
 	n.mu.Unlock()
+	if aborting {
+		req.Done(errAborting)
+		return
+	}
 	switch req.Kind {
+	case transport.KindStage:
+		n.handleStage(req)
 	case transport.KindOutOfSync:
 		b, err := behind.ToBytes()
 		if err == nil && len(b) > transport.MaxPayload-64 {

@@ -96,6 +96,19 @@ type Status struct {
 	// BehindBlocks are blocks this host wrote as primary that may differ
 	// from the current primary; its next resync covers them.
 	BehindBlocks uint64 `json:"behind_blocks,omitempty"`
+
+	// A resync's target (docs/operations.md, "The source died during a
+	// resync"): what its staging area holds, as of when its volume is
+	// consistent, the log's size, and the apply of a completed resync.
+	ResyncTarget     string    `json:"resync_target,omitempty"`
+	ConsistentAsOf   time.Time `json:"consistent_as_of,omitzero"`
+	StagedBytes      int64     `json:"staged_bytes,omitempty"`
+	ApplyDoneBlocks  uint64    `json:"apply_done_blocks,omitempty"`
+	ApplyTotalBlocks uint64    `json:"apply_total_blocks,omitempty"`
+	// A resync's source: what its peer stages, and as of when the peer's
+	// volume is consistent meanwhile.
+	PeerStage          string    `json:"peer_stage,omitempty"`
+	PeerConsistentAsOf time.Time `json:"peer_consistent_as_of,omitzero"`
 }
 
 // Replication states status shows beside the mirror's own
@@ -210,12 +223,14 @@ func (n *Node) localStatus() Status {
 	case ln != nil:
 		secondaryStatus(&st, ln, replica)
 		targetStatus(&st, target, targetAt)
+		n.stageStatus(&st)
 		if n.generations().Discarded() {
 			st.Disk = cluster.DiskInconsistent // resolve --discard-local: until the full resync ends
 		}
 		return st
 	case mr == nil:
 		st.Replication = ReplicationNoTerm
+		n.stageStatus(&st)
 		return st
 	}
 	if exp != nil {
@@ -228,6 +243,7 @@ func (n *Node) localStatus() Status {
 	}
 	ms := mr.Status()
 	mirrorStatus(&st, ms)
+	peerStageStatus(&st, ms.PeerStage)
 	if refused == "" {
 		st.LastError = ms.LastError
 	}

@@ -3,6 +3,8 @@ package resync
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/ldmirror/ldmirror/internal/failpoint"
 )
 
 // Progress counts what resyncs did; status reads it while they run. Its
@@ -37,4 +39,18 @@ func (p *Progress) begin(total uint64) {
 	p.total.Store(total)
 	p.done.Store(0)
 	p.start.Store(time.Now().UnixNano())
+}
+
+// add counts blocks of the running resync done. It reaches the crash
+// point resync-percent once for each whole percent of the resync the
+// blocks complete, so that resync-percent@N kills the source when N% of
+// its resync is on the peer (docs/reliability.md, "Crash points").
+func (p *Progress) add(blocks uint64) {
+	done, total := p.done.Add(blocks), p.total.Load()
+	if total == 0 {
+		return
+	}
+	for pct := (done-blocks)*100/total + 1; pct <= done*100/total; pct++ {
+		failpoint.Crash("resync-percent")
+	}
 }

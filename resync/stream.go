@@ -99,7 +99,7 @@ func Run(ctx context.Context, src Source, s *transport.Session, opt Options, p *
 				errMu.Unlock()
 				return
 			}
-			p.done.Add(e.Blocks())
+			p.add(e.Blocks())
 		}()
 		if time.Since(lastPersist) >= persistEvery {
 			if err := src.Persist(ctx); err != nil {

@@ -73,20 +73,22 @@ func authenticatedConn(t *testing.T, addr string) net.Conn {
 	return conn
 }
 
-// oldHello is the Hello of a peer that speaks protocol version 1.
+// oldHello is the Hello of a peer that speaks protocol version 3, which
+// has no Stage request: it would apply a resync's blocks to its volume as
+// they come.
 func oldHello(node string) []byte {
-	b, err := (&Hello{Version: 1, NodeID: node, VolumeUUID: [16]byte{1, 2, 3, 4}, Size: testSize, BlockSize: 4096, Nonce: [32]byte{9}}).MarshalBinary()
+	b, err := (&Hello{Version: 3, NodeID: node, VolumeUUID: [16]byte{1, 2, 3, 4}, Size: testSize, BlockSize: 4096, Nonce: [32]byte{9}}).MarshalBinary()
 	if err != nil {
 		panic(err)
 	}
 	return b
 }
 
-// TestOldVersionRefused: a peer on protocol version 1 (CRC32C checksum
-// replies) is refused on either side, with both versions named, before any
-// request could be misread.
+// TestOldVersionRefused: a peer on protocol version 3 (no Stage request)
+// is refused on either side, with both versions named, before any request
+// could be misread.
 func TestOldVersionRefused(t *testing.T) {
-	const want = "protocol version mismatch: local 3, peer 1; upgrade the host on version 1"
+	const want = "protocol version mismatch: local 4, peer 3; upgrade the host on version 3"
 	t.Run("old primary", func(t *testing.T) {
 		s := startSecondary(t)
 		conn, err := net.Dial("tcp", s.ln.Addr().String())

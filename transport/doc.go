@@ -5,7 +5,7 @@
 //
 //	0  magic   "LDM1"
 //	4  type    Hello, Auth, Write, Trim, Flush, Ack, Ping, Pong, Error,
-//	           Generation, Checksum, Ready, OutOfSync, Journal
+//	           Generation, Checksum, Ready, OutOfSync, Journal, Stage
 //	5  flags   must be 0
 //	6  reserved, must be 0
 //	8  length  payload bytes, at most MaxPayload
@@ -32,8 +32,8 @@
 // (the secondary: is the peer the primary of the current epoch?); the
 // acceptor sends Ready (or an Error saying why it refuses). A peer whose
 // Hello has another protocol version is refused with an Error naming both
-// versions; this is version 3 (version 1's checksum reply was CRC32C;
-// version 2 had no Progress frame).
+// versions; this is version 4 (version 1's checksum reply was CRC32C;
+// version 2 had no Progress frame; version 3 had no Stage request).
 //
 // With Config.InsecurePlaintext (an explicit choice, for measurement) the
 // frames travel in clear and the handshake is authenticated by a shared
@@ -77,6 +77,25 @@
 //	18 reserved, must be 0 (6 bytes)
 //	24 offset
 //	32 a write's data, or a trim's length (8 bytes), or nothing for a flush
+//
+// A Stage request (docs/design.md, "A resync target that stays usable")
+// drives the resync target's staging area; its payload is
+//
+//	0  op       1 begin (stage what follows), 2 commit (the resync
+//	            completed: apply it), 3 status
+//	1  reserved, must be 0 (7 bytes)
+//	8  need     bytes a begin expects to stage; 0 for the others
+//
+// and its Ack carries the area's state:
+//
+//	0  state    0 idle, 1 staging, 2 applying, 3 unprotected (the target
+//	            takes the resync without staging it), 4 refused
+//	1  reserved, 0 (7 bytes)
+//	8  as of    unix ns: the time the staging target's volume is
+//	            consistent as of
+//	16 staged   bytes of its staging log
+//	24 applied  blocks of a running apply done, then 32 their total
+//	40 reason   why it does not stage (at most 512 bytes)
 //
 // The frame seq stays the per-connection sequence; the journal seq is
 // durable and continues across connections and restarts. The ack of any

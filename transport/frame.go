@@ -42,10 +42,11 @@ const (
 	TypeOutOfSync
 	TypeJournal
 	TypeProgress
+	TypeStage
 	typeEnd
 )
 
-var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal", "progress"}
+var typeNames = [...]string{"", "hello", "auth", "write", "trim", "flush", "ack", "ping", "pong", "error", "generation", "checksum", "ready", "outofsync", "journal", "progress", "stage"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {

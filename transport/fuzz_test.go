@@ -36,6 +36,7 @@ func FuzzReadFrame(f *testing.F) {
 		pw = binary.BigEndian.AppendUint64(pw, w)
 	}
 	f.Add(AppendFrame(nil, Header{Type: TypeProgress, Seq: 14}, pw))
+	f.Add(AppendFrame(nil, Header{Type: TypeStage, Seq: 14}, append([]byte{byte(StageBegin), 0, 0, 0, 0, 0, 0, 0}, binary.BigEndian.AppendUint64(nil, 1<<20)...)))
 	f.Add([]byte("LDM1garbage"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fr := NewFrameReader(bytes.NewReader(in))
@@ -81,6 +82,10 @@ func FuzzReadFrame(f *testing.F) {
 				r, err := parseRequest(KindProgress, h, p, 1<<20)
 				if err == nil && r.Progress.DoneBlocks != binary.BigEndian.Uint64(p) {
 					t.Fatalf("progress %+v from payload %x", r.Progress, p)
+				}
+			case TypeStage:
+				if r, err := parseRequest(KindStage, h, p, 1<<20); err == nil && (r.StageNeed < 0 || r.StageOp < StageBegin || r.StageOp > StageStatus) {
+					t.Fatalf("stage request %s of %d bytes accepted", r.StageOp, r.StageNeed)
 				}
 			case TypeJournal:
 				if r, err := parseJournal(h, p, 1<<20); err == nil && r.Kind == KindWrite && int64(len(r.Data)) != r.Length {

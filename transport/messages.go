@@ -8,9 +8,11 @@ import (
 // ProtocolVersion is the version of the wire protocol this package speaks.
 // Version 2 changed the checksum request (a key) and its reply (keyed
 // digests instead of CRC32C); version 3 added the Progress frame (a
-// resync's progress, for its target). Both sides must speak the same
-// version.
-const ProtocolVersion = 3
+// resync's progress, for its target); version 4 the Stage request, without
+// which a resync target cannot keep its volume consistent (an older peer
+// would apply a resync's blocks as they come). Both sides must speak the
+// same version: a peer of another one is refused at the handshake.
+const ProtocolVersion = 4
 
 // maxNodeID bounds the node identity carried in Hello.
 const maxNodeID = 64

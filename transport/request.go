@@ -29,6 +29,10 @@ const (
 	// KindProgress tells the target of a resync how far it got
 	// (Request.Progress), so that the target's status can show it.
 	KindProgress
+	// KindStage asks the resync target's staging area to begin, commit
+	// or report (StageOp, StageNeed); the Handler answers with Reply, a
+	// StageReply.
+	KindStage
 )
 
 func (k Kind) String() string {
@@ -47,6 +51,8 @@ func (k Kind) String() string {
 		return "outofsync"
 	case KindProgress:
 		return "progress"
+	case KindStage:
+		return "stage"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -74,6 +80,10 @@ type Request struct {
 	// request and before any later one: a journal catch-up sends its
 	// records so, so that the peer's disk always holds a prefix of them.
 	Ordered bool
+	// StageOp and StageNeed are a KindStage request's operation and the
+	// bytes a StageBegin expects to stage.
+	StageOp   StageOp
+	StageNeed int64
 
 	sess *ServerSession
 	buf  *[]byte
@@ -151,6 +161,8 @@ func parseRequest(kind Kind, hd Header, p []byte, size uint64) (Request, error) 
 		req.Offset = int64(binary.BigEndian.Uint64(p))
 		req.Length = int64(binary.BigEndian.Uint64(p[8:]))
 		copy(req.Key[:], p[16:])
+	case KindStage:
+		return req, parseStage(&req, p)
 	case KindFlush, KindOutOfSync:
 		if len(p) != 0 {
 			return Request{}, fmt.Errorf("%w: %s frame with %d payload bytes", ErrMalformed, kind, len(p))

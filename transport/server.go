@@ -385,6 +385,8 @@ func (s *ServerSession) readRequest(hd Header, h Handler) error {
 		kind = KindOutOfSync
 	case TypeProgress:
 		kind = KindProgress
+	case TypeStage:
+		kind = KindStage
 	case TypeJournal:
 		// the operation's kind is in the payload
 	case TypeError:

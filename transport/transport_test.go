@@ -50,6 +50,10 @@ func (h fileHandler) Handle(r *Request) {
 	case KindChecksum:
 		r.Reply(echoChecksum(r.Offset, r.Length, &r.Key), nil)
 		return
+	case KindStage: // echoes the operation and the size
+		b, _ := StageReply{State: StageStaging, Staged: uint64(r.StageNeed), Reason: r.StageOp.String()}.MarshalBinary()
+		r.Reply(b, nil)
+		return
 	}
 	r.Done(err)
 }

@@ -30,6 +30,8 @@ const (
 	// async secondary's highest applied journal position.
 	JournalFile = "journal"
 	AppliedFile = "journal.applied"
+	// StageFile is a resync target's staging log (package stage).
+	StageFile = "resync.stage"
 )
 
 // metaVersion is the version of meta.json this code writes and reads.

@@ -187,7 +187,7 @@ func promoteCommand() *cli.Command {
 			if reason != "" && !force {
 				return errors.New("--reason is only for --force")
 			}
-			epoch, err := mc.Promote(c.Context, node, force, reason, c.Duration("timeout"))
+			r, err := mc.PromoteReply(c.Context, node, force, reason, c.Duration("timeout"))
 			if err != nil {
 				return commandError("promote", node, err)
 			}
@@ -195,7 +195,10 @@ func promoteCommand() *cli.Command {
 			if force {
 				forced = " (forced)"
 			}
-			fmt.Printf("%s is primary in epoch %d%s\n", node, epoch, forced)
+			fmt.Printf("%s is primary in epoch %d%s\n", node, r.Epoch, forced)
+			if r.Note != "" {
+				fmt.Println(r.Note)
+			}
 			return nil
 		},
 	}

@@ -50,6 +50,12 @@ func writeStatus(w io.Writer, st node.Status) {
 	if st.Transition != "" {
 		row("transition", "%s", st.Transition)
 	}
+	if st.ResyncTarget != "" {
+		row("resync", "%s", st.ResyncTarget)
+	}
+	if st.PeerStage != "" {
+		row("peer resync", "%s", st.PeerStage)
+	}
 	if st.VerifyTotal > 0 {
 		row("verify", "%.1f%% (%d of %d blocks)", 100*float64(st.VerifyDone)/float64(st.VerifyTotal), st.VerifyDone, st.VerifyTotal)
 	}

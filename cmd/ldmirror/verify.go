@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -46,17 +48,29 @@ func resyncCommand() *cli.Command {
 		Name:  "resync",
 		Usage: "copy the out-of-sync blocks to the peer now",
 		Description: "Runs on the primary while writes continue. --full copies every block (after the peer's disk was\n" +
-			"replaced); --checksum compares block checksums first and sends only the blocks that differ.",
+			"replaced); --checksum compares block checksums first and sends only the blocks that differ.\n" +
+			"--abort runs on a resync's target whose source is gone: it discards the staged resync, and the\n" +
+			"volume keeps its data as of its disconnect (docs/operations.md, \"The source died during a resync\").",
 		ArgsUsage: "[RESOURCE]",
 		Flags: []cli.Flag{
 			volumeDirFlag, controlFlag, nodeIDFlag(),
 			&cli.BoolFlag{Name: "full", Usage: "mark every block out of sync first"},
 			&cli.BoolFlag{Name: "checksum", Usage: "send only blocks whose digest differs on the peer"},
+			&cli.BoolFlag{Name: "abort", Usage: "on the target: discard the staged resync of a source that is gone"},
 		},
 		Action: onVolume(func(c *cli.Context) error {
 			hc, err := hostClient(c)
 			if err != nil {
 				return err
+			}
+			if c.Bool("abort") {
+				res, err := hc.AbortResync(c.Context)
+				if err != nil {
+					return fmt.Errorf("resync --abort: %w", err)
+				}
+				fmt.Printf("resync aborted: this host keeps its data as of %s (outdated); %d staged blocks (%.1f MiB) from %s discarded, resynced when it returns\n",
+					res.ConsistentAsOf.UTC().Format(time.RFC3339), res.Blocks, float64(res.Bytes)/(1<<20), cmp.Or(res.Source, "the source"))
+				return nil
 			}
 			res, err := hc.Resync(c.Context, c.Bool("full"), c.Bool("checksum"))
 			if err != nil {

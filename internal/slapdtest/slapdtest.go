@@ -390,3 +390,17 @@ func (s *Server) Load(ldif string) error {
 	}
 	return nil
 }
+
+// Slapcat dumps the database as LDIF with slapcat, which LMDB allows
+// while slapd runs: two dumps of the same data are equal byte for byte.
+func (s *Server) Slapcat() (string, error) {
+	out, err := exec.Command("/usr/sbin/slapcat", "-f", s.conf).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("slapdtest: slapcat: %w: %s", err, ee.Stderr)
+		}
+		return "", fmt.Errorf("slapdtest: slapcat: %w", err)
+	}
+	return string(out), nil
+}
