@@ -17,21 +17,6 @@ import (
 // setup builds the binary, the lab and the volumes, starts the witness and
 // both daemons, makes a the first primary (forced: a new pair has no
 // uptodate host), and makes the file system.
-// newWriters makes the writers of the volume's regions: ext4 on the first
-// three quarters, raw records up to growFirst, the growth region after it.
-func (c *campaign) newWriters(blocks, growFirst int) (err error) {
-	c.fsBlocks = blocks * 3 / 4
-	if c.raw, err = newRawWriter(c.ledger, rawWriterID, "raw", c.fsBlocks, growFirst-c.fsBlocks, c.opt.rawRate); err != nil {
-		return err
-	}
-	if c.grow, err = newRawWriter(c.ledger, growWriterID, "grow", growFirst, growBlocks, growRate); err != nil {
-		return err
-	}
-	c.ext4 = newFileWriter(c.ledger)
-	c.retained = map[int][]uint64{}
-	return nil
-}
-
 func (c *campaign) setup(ctx context.Context) error {
 	bin := filepath.Join(c.root, "bin", "ldmirror")
 	if err := buildBinary(ctx, bin); err != nil {
@@ -199,4 +184,19 @@ func (c *campaign) releaseMount(ctx context.Context) []string {
 		c.dev = ""
 	}
 	return notes
+}
+
+// newWriters makes the writers of the volume's regions: ext4 on the first
+// three quarters, raw records up to growFirst, the growth region after it.
+func (c *campaign) newWriters(blocks, growFirst int) (err error) {
+	c.fsBlocks = blocks * 3 / 4
+	if c.raw, err = newRawWriter(c.ledger, rawWriterID, "raw", c.fsBlocks, growFirst-c.fsBlocks, c.opt.rawRate); err != nil {
+		return err
+	}
+	if c.grow, err = newRawWriter(c.ledger, growWriterID, "grow", growFirst, growBlocks, growRate); err != nil {
+		return err
+	}
+	c.ext4 = newFileWriter(c.ledger)
+	c.retained = map[int][]uint64{}
+	return nil
 }
