@@ -50,6 +50,13 @@ type options struct {
 	only        []string // --kinds: the fault kinds to play, all if empty
 }
 
+// defaultHeadroomMiB leaves room on a data host's file system for a
+// protected resync of the whole 128 MiB volume's worth of blocks, which a
+// kill of every process can leave out of sync (docs/operations.md, "The
+// source died during a resync"): with less, the target refuses to stage it
+// and the runbook has no step but --unsafe-inconsistent.
+const defaultHeadroomMiB = 192
+
 // listFlag is a repeatable string flag.
 type listFlag []string
 
@@ -70,7 +77,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.recovery, "recovery", "runbook", "who recovers: runbook (the operator of docs/cluster.md); agent is not implemented")
 	fs.StringVar(&o.dir, "dir", "/var/tmp/ldmirror-torture", "`DIR` under which each campaign gets a directory of its own")
 	sizeMiB := fs.Int("size-mib", 128, "volume size in MiB (ext4 on the first 3/4, raw records on the rest but the last MiB, the growth region)")
-	headroomMiB := fs.Int("disk-headroom-mib", 48, "each data host's file system (a tmpfs) is this much larger than the volume: room for its metadata, raft log and journal, which a disk-full round takes")
+	headroomMiB := fs.Int("disk-headroom-mib", defaultHeadroomMiB, "each data host's file system (a tmpfs) is this much larger than the volume: room for its metadata, raft log and journal, and for a resync's staging area (up to the blocks out of sync, which after a primary's crash are its activity log's hot extents), all of which a disk-full round takes")
 	fs.StringVar(&o.journalSize, "journal-size", "8MiB", "async: the journal size (small, so that catch-up and overflow both happen)")
 	fs.IntVar(&o.rawRate, "raw-rate", 1000, "writes per second of the raw writer (0: as fast as it can)")
 	fs.IntVar(&o.ldapRate, "ldap-rate", 20, "LDAP adds per second through the retrier proxy to slapd on the primary (0: no directory, no slapd)")
@@ -359,7 +366,7 @@ func replayCommand(opt options, rounds int) string {
 	if opt.size != 128<<20 {
 		cmd += fmt.Sprintf(" --size-mib %d", opt.size>>20)
 	}
-	if opt.headroom != 48<<20 {
+	if opt.headroom != defaultHeadroomMiB<<20 {
 		cmd += fmt.Sprintf(" --disk-headroom-mib %d", opt.headroom>>20)
 	}
 	if opt.mode == "async" && opt.journalSize != "8MiB" {
