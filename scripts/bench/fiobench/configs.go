@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,12 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ldmirror/ldmirror/cluster"
 	"github.com/ldmirror/ldmirror/ctl"
 	"github.com/ldmirror/ldmirror/node"
+	"github.com/ldmirror/ldmirror/scripts/bench/internal/benchenv"
 	"github.com/ldmirror/ldmirror/volume"
 )
 
@@ -41,61 +40,15 @@ var setups = map[string]setup{
 	"raw":         (*bench).raw,
 }
 
-// proc is a started child process and a channel closed when it exits.
-type proc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-// start starts a command with its output in logPath.
-func start(logPath, name string, args ...string) (*proc, error) {
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.exited) }()
-	return p, nil
-}
-
-func (p *proc) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends SIGTERM and waits up to 30 s before SIGKILL.
-func (p *proc) stop() {
-	if p == nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
 // daemon starts `ldmirror daemon` and waits for its control socket.
-func (b *bench) daemon(dir string, args ...string) (*proc, error) {
+func (b *bench) daemon(dir string, args ...string) (*benchenv.Proc, error) {
 	logPath := filepath.Join(dir, "daemon.log")
-	p, err := start(logPath, b.bin, append([]string{"daemon", "--dir", dir, "--log-level", "warn"}, args...)...)
+	p, err := benchenv.Start(logPath, b.bin, append([]string{"daemon", "--dir", dir, "--log-level", "warn"}, args...)...)
 	if err != nil {
 		return nil, err
 	}
 	err = waitUntil(10*time.Second, func() bool {
-		if !p.running() {
+		if !p.Running() {
 			return true
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -103,13 +56,13 @@ func (b *bench) daemon(dir string, args ...string) (*proc, error) {
 		st, err := ctl.NewClient(filepath.Join(dir, volume.ControlFile)).Status(ctx)
 		return err == nil && (st.Link == node.LinkConnected || st.Link == node.LinkStandalone || st.Role == cluster.RoleSecondary)
 	})
-	if !p.running() {
+	if !p.Running() {
 		log, _ := os.ReadFile(logPath)
 		return nil, fmt.Errorf("daemon in %s exited: %s", dir, strings.TrimSpace(string(log)))
 	}
 	if err != nil {
-		p.cmd.Process.Kill()
-		<-p.exited
+		p.Cmd.Process.Kill()
+		<-p.Exited()
 		return nil, fmt.Errorf("daemon in %s: %w (see %s)", dir, err, logPath)
 	}
 	return p, nil
@@ -197,11 +150,11 @@ func (b *bench) passthrough() (string, func(), error) {
 	}
 	dev, err := b.attach(dir)
 	if err != nil {
-		d.stop()
+		d.Stop()
 		return "", nil, err
 	}
-	b.daemons = []int{d.cmd.Process.Pid}
-	return dev, func() { b.daemons = nil; b.detach(dev); d.stop(); os.RemoveAll(dir) }, nil
+	b.daemons = []int{d.Cmd.Process.Pid}
+	return dev, func() { b.daemons = nil; b.detach(dev); d.Stop(); os.RemoveAll(dir) }, nil
 }
 
 // daemonCPU returns the CPU time (user and system) the daemons being
@@ -209,18 +162,7 @@ func (b *bench) passthrough() (string, func(), error) {
 func (b *bench) daemonCPU() [2]time.Duration {
 	var cpu [2]time.Duration
 	for i, pid := range b.daemons {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// The fields after the command's closing parenthesis: utime and
-		// stime are the 12th and 13th, in clock ticks (USER_HZ, 100).
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(f) > 12 {
-			u, _ := strconv.ParseInt(f[11], 10, 64)
-			s, _ := strconv.ParseInt(f[12], 10, 64)
-			cpu[i] = time.Duration(u+s) * 10 * time.Millisecond
-		}
+		cpu[i] = benchenv.ProcessCPU(pid)
 	}
 	return cpu
 }
@@ -270,16 +212,16 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 	}
 	link, closeLink, err := b.link(addr)
 	if err != nil {
-		sec.stop()
+		sec.Stop()
 		return "", nil, err
 	}
 	pri, err := b.daemon(a, append(append(append([]string{"--role", "primary", "--node-id", "a", "--peer", link}, creds...), both...), primary...)...)
 	if err != nil {
 		closeLink()
-		sec.stop()
+		sec.Stop()
 		return "", nil, err
 	}
-	stop := func() { pri.stop(); closeLink(); sec.stop() }
+	stop := func() { pri.Stop(); closeLink(); sec.Stop() }
 	// A daemon that ignored --mode would measure sync under async's name.
 	want := "sync"
 	if slices.Contains(both, "--mode") {
@@ -296,7 +238,7 @@ func (b *bench) mirrored(both, primary []string) (string, func(), error) {
 		return "", nil, err
 	}
 	b.primaryCtl = ctl
-	b.daemons = []int{pri.cmd.Process.Pid, sec.cmd.Process.Pid}
+	b.daemons = []int{pri.Cmd.Process.Pid, sec.Cmd.Process.Pid}
 	return dev, func() { b.primaryCtl, b.daemons = "", nil; b.detach(dev); stop(); os.RemoveAll(root) }, nil
 }
 
@@ -378,13 +320,13 @@ func (b *bench) qemuQuorum() (string, func(), error) {
 	}
 	pri, err := startQemuPrimary(dir, local, addr, export)
 	if err != nil {
-		peer.stop()
+		peer.Stop()
 		return "", nil, err
 	}
 	out, err := exec.Command("losetup", "-f", "--show", export).Output()
 	if err != nil {
-		pri.stop()
-		peer.stop()
+		pri.Stop()
+		peer.Stop()
 		return "", nil, fmt.Errorf("losetup: %w", err)
 	}
 	dev := strings.TrimSpace(string(out))
@@ -407,9 +349,9 @@ func (b *bench) qemuFiles(local, remote, export string) error {
 
 // startQemuPeer serves the remote image over NBD on addr and waits until it
 // accepts connections.
-func startQemuPeer(dir, remote, addr string) (*proc, error) {
+func startQemuPeer(dir, remote, addr string) (*benchenv.Proc, error) {
 	host, port, _ := net.SplitHostPort(addr)
-	peer, err := start(filepath.Join(dir, "peer.log"), "qemu-storage-daemon",
+	peer, err := benchenv.Start(filepath.Join(dir, "peer.log"), "qemu-storage-daemon",
 		"--blockdev", "driver=file,node-name=peerfile,filename="+remote,
 		"--nbd-server", fmt.Sprintf("addr.type=inet,addr.host=%s,addr.port=%s", host, port),
 		"--export", "type=nbd,id=nbd0,node-name=peerfile,writable=on,name=vol")
@@ -423,7 +365,7 @@ func startQemuPeer(dir, remote, addr string) (*proc, error) {
 		}
 		return err == nil
 	}); err != nil {
-		peer.stop()
+		peer.Stop()
 		return nil, fmt.Errorf("qemu NBD server: %w", err)
 	}
 	return peer, nil
@@ -431,9 +373,9 @@ func startQemuPeer(dir, remote, addr string) (*proc, error) {
 
 // startQemuPrimary exports the quorum of the local image and the peer's NBD
 // export at addr through FUSE on export, and waits until it is mounted.
-func startQemuPrimary(dir, local, addr, export string) (*proc, error) {
+func startQemuPrimary(dir, local, addr, export string) (*benchenv.Proc, error) {
 	host, port, _ := net.SplitHostPort(addr)
-	pri, err := start(filepath.Join(dir, "primary.log"), "qemu-storage-daemon",
+	pri, err := benchenv.Start(filepath.Join(dir, "primary.log"), "qemu-storage-daemon",
 		"--blockdev", "driver=file,node-name=local,filename="+local,
 		"--blockdev", fmt.Sprintf("driver=nbd,node-name=remote,server.type=inet,server.host=%s,server.port=%s,export=vol", host, port),
 		"--blockdev", `{"driver":"quorum","node-name":"q","vote-threshold":1,"children":["local","remote"]}`,
@@ -442,7 +384,7 @@ func startQemuPrimary(dir, local, addr, export string) (*proc, error) {
 		return nil, err
 	}
 	if err := waitUntil(10*time.Second, func() bool { return mounted(export) }); err != nil {
-		pri.stop()
+		pri.Stop()
 		return nil, fmt.Errorf("qemu FUSE export: %w", err)
 	}
 	return pri, nil
@@ -450,7 +392,7 @@ func startQemuPrimary(dir, local, addr, export string) (*proc, error) {
 
 // qemuTeardown detaches the loop device dev, stops both daemons, unmounts
 // the export if qemu left it, and removes dir.
-func qemuTeardown(dev, export, dir string, pri, peer *proc) {
+func qemuTeardown(dev, export, dir string, pri, peer *benchenv.Proc) {
 	// losetup -d on a busy device only marks it; qemu cannot unmount
 	// its export while the loop device holds it and then leaves the
 	// mount behind.
@@ -459,8 +401,8 @@ func qemuTeardown(dev, export, dir string, pri, peer *proc) {
 		_, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
 		return os.IsNotExist(err)
 	})
-	pri.stop()
-	peer.stop()
+	pri.Stop()
+	peer.Stop()
 	if mounted(export) {
 		if exec.Command("umount", export).Run() != nil {
 			_ = exec.Command("umount", "-l", export).Run()

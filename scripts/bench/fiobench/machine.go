@@ -3,10 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/ldmirror/ldmirror/scripts/bench/internal/benchenv"
 )
 
 // machine describes where and on what a run measured.
@@ -25,39 +26,18 @@ type machine struct {
 func describeMachine(commit string) machine {
 	m := machine{date: time.Now().UTC(), cpus: runtime.NumCPU(), goVersion: runtime.Version(), commit: commit}
 	if m.commit == "" {
-		m.commit = strings.TrimSpace(output("git", "rev-parse", "--short", "HEAD"))
-		// Other engineers share the checkout: say which files of the
-		// binary's source differed from the commit.
-		var dirty []string
-		for _, l := range strings.Split(output("git", "status", "--porcelain", "--untracked-files=no"), "\n") {
-			if len(l) > 3 {
-				dirty = append(dirty, strings.TrimSpace(l[3:]))
-			}
-		}
-		m.dirty = strings.Join(dirty, ", ")
+		m.commit, m.dirty = benchenv.Source()
 	}
-	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(cpuinfo), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-			m.model = strings.TrimSpace(v)
-			break
-		}
-	}
+	m.model = benchenv.CPUModel()
 	meminfo, _ := os.ReadFile("/proc/meminfo")
 	var kb int64
 	fmt.Sscanf(string(meminfo), "MemTotal: %d kB", &kb)
 	m.mem = fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	m.kernel = strings.TrimSpace(string(kernel))
-	m.tools = append(m.tools, firstLine(output("fio", "--version")))
-	m.tools = append(m.tools, firstLine(output("qemu-storage-daemon", "--version")))
-	for _, l := range strings.Split(output("/usr/sbin/slapd", "-VV"), "\n") {
-		if i := strings.Index(l, "slapd "); i >= 0 && strings.Contains(l, "OpenLDAP") {
-			m.tools = append(m.tools, "OpenLDAP "+strings.Fields(l[i:])[0]+" "+strings.Fields(l[i:])[1])
-			break
-		}
-	}
-	m.loadStart = loadavg()
+	m.kernel = benchenv.Kernel()
+	m.tools = append(m.tools, firstLine(benchenv.Output("fio", "--version")))
+	m.tools = append(m.tools, firstLine(benchenv.Output("qemu-storage-daemon", "--version")))
+	m.tools = append(m.tools, benchenv.SlapdVersion("/usr/sbin/slapd"))
+	m.loadStart = benchenv.LoadAvg()
 	return m
 }
 
@@ -70,22 +50,8 @@ func (m machine) markdown(wall time.Duration) string {
 	fmt.Fprintf(&sb, ", wall time %s.\n", wall.Round(time.Second))
 	fmt.Fprintf(&sb, "Machine: %d CPUs (%s), %s RAM, kernel %s; %s; %s.\n",
 		m.cpus, m.model, m.mem, m.kernel, m.goVersion, strings.Join(nonEmpty(m.tools), ", "))
-	fmt.Fprintf(&sb, "Load average at start %s, at end %s.\n", m.loadStart, loadavg())
+	fmt.Fprintf(&sb, "Load average at start %s, at end %s.\n", m.loadStart, benchenv.LoadAvg())
 	return sb.String()
-}
-
-func loadavg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-func output(name string, args ...string) string {
-	out, _ := exec.Command(name, args...).CombinedOutput()
-	return string(out)
 }
 
 func firstLine(s string) string {

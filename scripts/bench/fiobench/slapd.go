@@ -18,6 +18,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/ldmirror/ldmirror/scripts/bench/internal/benchenv"
 )
 
 const (
@@ -85,11 +87,11 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 	sock := filepath.Join(dir, "ldapi")
 	ldapi := "ldapi://" + url.PathEscape(sock)
 	logPath := filepath.Join(dir, "slapd.log")
-	p, err := start(logPath, slapdBinary, "-f", conf, "-h", ldapi, "-d", "0")
+	p, err := benchenv.Start(logPath, slapdBinary, "-f", conf, "-h", ldapi, "-d", "0")
 	if err != nil {
 		return result{}, err
 	}
-	b.pushCleanup(p.stop)
+	b.pushCleanup(p.Stop)
 	defer b.popCleanup()
 	if err := slapdReady(p, sock, logPath); err != nil {
 		return result{}, err
@@ -137,9 +139,9 @@ func writeSlapdConf(conf, dir, data string) error {
 
 // slapdReady waits until slapd accepts connections on sock; when it does
 // not, or exits, the error carries its log.
-func slapdReady(p *proc, sock, logPath string) error {
+func slapdReady(p *benchenv.Proc, sock, logPath string) error {
 	if err := waitUntil(10*time.Second, func() bool {
-		if !p.running() {
+		if !p.Running() {
 			return true
 		}
 		conn, err := net.Dial("unix", sock)
@@ -147,7 +149,7 @@ func slapdReady(p *proc, sock, logPath string) error {
 			conn.Close()
 		}
 		return err == nil
-	}); err != nil || !p.running() {
+	}); err != nil || !p.Running() {
 		log, _ := os.ReadFile(logPath)
 		return fmt.Errorf("slapd not ready (%v): %s", err, bytes.TrimSpace(log))
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
+	"github.com/ldmirror/ldmirror/scripts/bench/internal/benchenv"
 )
 
 var workloads = []workload{
@@ -90,12 +91,12 @@ func run(rounds int, d time.Duration, out, bin string, nosync bool, only string,
 	if err != nil {
 		return err
 	}
-	defer slapd.stop()
+	defer slapd.Stop()
 	proxy, proxyAddr, err := startProxy(bin, dir, slapdAddr, proxyArgs...)
 	if err != nil {
 		return err
 	}
-	defer proxy.stop()
+	defer proxy.Stop()
 
 	targets := []target{{name: "direct", addr: slapdAddr}, {name: "proxy", addr: proxyAddr, proc: proxy}}
 	// Warm up both paths: slapd's caches and the proxy's.
@@ -135,7 +136,7 @@ func run(rounds int, d time.Duration, out, bin string, nosync bool, only string,
 type target struct {
 	name string
 	addr string
-	proc *proc // the proxy, nil for direct
+	proc *benchenv.Proc // the proxy, nil for direct
 }
 
 // sample is one measurement with the machine's and the processes' CPU.
@@ -146,12 +147,12 @@ type sample struct {
 	proxyCPU time.Duration // the proxy's CPU per operation (proxy target only)
 }
 
-func measure(t target, slapd *proc, w workload, run string, d time.Duration) (sample, error) {
+func measure(t target, slapd *benchenv.Proc, w workload, run string, d time.Duration) (sample, error) {
 	busy0, total0 := cpuStat()
-	s0 := slapd.cpu()
+	s0 := slapd.CPU()
 	var p0 time.Duration
 	if t.proc != nil {
-		p0 = t.proc.cpu()
+		p0 = t.proc.CPU()
 	}
 	m, err := runLoad(t.addr, w, run, d)
 	if err != nil {
@@ -163,9 +164,9 @@ func measure(t target, slapd *proc, w workload, run string, d time.Duration) (sa
 		s.busy = float64(busy1-busy0) / float64(total1-total0)
 	}
 	if m.ops > 0 {
-		s.slapdCPU = (slapd.cpu() - s0) / time.Duration(m.ops)
+		s.slapdCPU = (slapd.CPU() - s0) / time.Duration(m.ops)
 		if t.proc != nil {
-			s.proxyCPU = (t.proc.cpu() - p0) / time.Duration(m.ops)
+			s.proxyCPU = (t.proc.CPU() - p0) / time.Duration(m.ops)
 		}
 	}
 	return s, nil

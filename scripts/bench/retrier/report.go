@@ -3,11 +3,12 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/ldmirror/ldmirror/scripts/bench/internal/benchenv"
 )
 
 // Markers of the generated part of the retrier section in docs/benchmarks.md.
@@ -34,45 +35,10 @@ type machine struct {
 }
 
 func describeMachine() machine {
-	m := machine{date: time.Now().UTC(), cpus: runtime.NumCPU(), goVer: runtime.Version(), loadStart: loadavg()}
-	m.commit = strings.TrimSpace(output("git", "rev-parse", "--short", "HEAD"))
-	var dirty []string
-	for _, l := range strings.Split(output("git", "status", "--porcelain", "--untracked-files=no"), "\n") {
-		if len(l) > 3 {
-			dirty = append(dirty, strings.TrimSpace(l[3:]))
-		}
-	}
-	m.dirty = strings.Join(dirty, ", ")
-	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(cpuinfo), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-			m.model = strings.TrimSpace(v)
-			break
-		}
-	}
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	m.kernel = strings.TrimSpace(string(kernel))
-	for _, l := range strings.Split(output(slapdBinary, "-VV"), "\n") {
-		if i := strings.Index(l, "slapd "); i >= 0 && strings.Contains(l, "OpenLDAP") {
-			m.slapd = "OpenLDAP " + strings.Fields(l[i:])[1]
-			break
-		}
-	}
+	m := machine{date: time.Now().UTC(), cpus: runtime.NumCPU(), goVer: runtime.Version(), loadStart: benchenv.LoadAvg()}
+	m.commit, m.dirty = benchenv.Source()
+	m.model, m.kernel, m.slapd = benchenv.CPUModel(), benchenv.Kernel(), benchenv.SlapdVersion(slapdBinary)
 	return m
-}
-
-func loadavg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-func output(name string, args ...string) string {
-	out, _ := exec.Command(name, args...).CombinedOutput()
-	return string(out)
 }
 
 // results collects the samples of a run.
@@ -129,7 +95,7 @@ func (r *results) markdown() string {
 	} else {
 		sb.WriteString(" with LMDB's fsync per write (ext4)")
 	}
-	fmt.Fprintf(&sb, ". Load average at start %s, at end %s (other engineers' runs share the machine).\n\n", m.loadStart, loadavg())
+	fmt.Fprintf(&sb, ". Load average at start %s, at end %s (other engineers' runs share the machine).\n\n", m.loadStart, benchenv.LoadAvg())
 
 	sb.WriteString("| load | target | ops/s | p50 µs | p99 µs | machine busy | slapd CPU µs/op | proxy CPU µs/op |\n")
 	sb.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")

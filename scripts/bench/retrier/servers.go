@@ -12,10 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/ldmirror/ldmirror/scripts/bench/internal/benchenv"
 )
 
 const (
@@ -26,67 +25,6 @@ const (
 	rootPW      = "secret"
 )
 
-// proc is a child process.
-type proc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func start(logPath, name string, args ...string) (*proc, error) {
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.exited) }()
-	return p, nil
-}
-
-func (p *proc) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends SIGTERM and waits up to 30 s before SIGKILL.
-func (p *proc) stop() {
-	if p == nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
-// cpu returns the CPU time (user + system) the process has used.
-func (p *proc) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * time.Second / 100 // USER_HZ
-}
-
 func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,9 +34,9 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func waitListening(p *proc, addr string, limit time.Duration) error {
+func waitListening(p *benchenv.Proc, addr string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
-	for p.running() {
+	for p.Running() {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -109,12 +47,12 @@ func waitListening(p *proc, addr string, limit time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond) // polling interval
 	}
-	return fmt.Errorf("%s exited", p.cmd.Path)
+	return fmt.Errorf("%s exited", p.Cmd.Path)
 }
 
 // startSlapd writes a configuration, loads entries uid=user%06d under
 // ou=people with slapadd and starts slapd on a free port.
-func startSlapd(dir string, entries int, nosync bool) (*proc, string, error) {
+func startSlapd(dir string, entries int, nosync bool) (*benchenv.Proc, string, error) {
 	conf := filepath.Join(dir, "slapd.conf")
 	data := filepath.Join(dir, "data")
 	if err := os.MkdirAll(data, 0o700); err != nil {
@@ -164,12 +102,12 @@ func startSlapd(dir string, entries int, nosync bool) (*proc, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := start(filepath.Join(dir, "slapd.log"), slapdBinary, "-f", conf, "-h", "ldap://"+addr+"/", "-d", "0")
+	p, err := benchenv.Start(filepath.Join(dir, "slapd.log"), slapdBinary, "-f", conf, "-h", "ldap://"+addr+"/", "-d", "0")
 	if err != nil {
 		return nil, "", err
 	}
 	if err := waitListening(p, addr, 10*time.Second); err != nil {
-		p.stop()
+		p.Stop()
 		return nil, "", err
 	}
 	return p, addr, nil
@@ -177,18 +115,18 @@ func startSlapd(dir string, entries int, nosync bool) (*proc, string, error) {
 
 // startProxy runs `ldmirror retrier` in front of the slapd at backend,
 // with extra arguments.
-func startProxy(bin, dir, backend string, extra ...string) (*proc, string, error) {
+func startProxy(bin, dir, backend string, extra ...string) (*benchenv.Proc, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
 	args := append([]string{"retrier", "--listen", "ldap://" + addr, "--primary", "ldap://" + backend, "--log-level", "warn"}, extra...)
-	p, err := start(filepath.Join(dir, "retrier.log"), bin, args...)
+	p, err := benchenv.Start(filepath.Join(dir, "retrier.log"), bin, args...)
 	if err != nil {
 		return nil, "", err
 	}
 	if err := waitListening(p, addr, 10*time.Second); err != nil {
-		p.stop()
+		p.Stop()
 		return nil, "", err
 	}
 	return p, addr, nil
