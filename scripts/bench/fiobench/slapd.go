@@ -23,10 +23,10 @@ import (
 )
 
 const (
-	slapdBinary = "/usr/sbin/slapd"
-	suffix      = "dc=example,dc=com"
-	rootDN      = "cn=admin," + suffix
-	rootPW      = "secret"
+	slapdBinary = benchenv.SlapdBinary
+	suffix      = benchenv.Suffix
+	rootDN      = benchenv.RootDN
+	rootPW      = benchenv.RootPW
 )
 
 // prepareSlapd checks the tools and writes the entries' LDIF once.
@@ -81,7 +81,7 @@ func (b *bench) slapdLoad(dev string) (result, error) {
 	}
 	defer os.RemoveAll(dir)
 	conf := filepath.Join(dir, "slapd.conf")
-	if err := writeSlapdConf(conf, dir, data); err != nil {
+	if err := benchenv.WriteSlapdConf(conf, dir, data); err != nil {
 		return result{}, err
 	}
 	sock := filepath.Join(dir, "ldapi")
@@ -120,21 +120,6 @@ func (b *bench) mountExt4(dev string) (string, error) {
 		}
 	})
 	return mnt, nil
-}
-
-// writeSlapdConf writes a slapd.conf with its pid and args files in dir and
-// the database in data.
-func writeSlapdConf(conf, dir, data string) error {
-	var c bytes.Buffer
-	for _, sch := range []string{"core", "cosine", "inetorgperson"} {
-		fmt.Fprintf(&c, "include /etc/ldap/schema/%s.schema\n", sch)
-	}
-	fmt.Fprintf(&c, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
-	c.WriteString("modulepath /usr/lib/ldap\nmoduleload back_mdb\nsizelimit unlimited\n")
-	c.WriteString("database mdb\nmaxsize 1073741824\n")
-	fmt.Fprintf(&c, "suffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", suffix, rootDN, rootPW, data)
-	c.WriteString("index objectClass eq\nindex uid eq\n")
-	return os.WriteFile(conf, c.Bytes(), 0o600)
 }
 
 // slapdReady waits until slapd accepts connections on sock; when it does

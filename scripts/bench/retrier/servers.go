@@ -1,12 +1,10 @@
 package main
 
-// slapd is set up as internal/slapdtest does (slapd.conf, back_mdb, schemas
-// core/cosine/inetorgperson), written out here because that package's API
-// takes a testing.TB; uid is indexed, as in any directory searched by uid.
+// slapd is set up by benchenv.WriteSlapdConf, as internal/slapdtest does
+// for the tests (whose API takes a testing.TB).
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -18,11 +16,11 @@ import (
 )
 
 const (
-	slapdBinary = "/usr/sbin/slapd"
-	suffix      = "dc=example,dc=com"
+	slapdBinary = benchenv.SlapdBinary
+	suffix      = benchenv.Suffix
 	people      = "ou=people," + suffix
-	rootDN      = "cn=admin," + suffix
-	rootPW      = "secret"
+	rootDN      = benchenv.RootDN
+	rootPW      = benchenv.RootPW
 )
 
 func freeAddr() (string, error) {
@@ -58,19 +56,11 @@ func startSlapd(dir string, entries int, nosync bool) (*benchenv.Proc, string, e
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, "", err
 	}
-	var c bytes.Buffer
-	for _, sch := range []string{"core", "cosine", "inetorgperson"} {
-		fmt.Fprintf(&c, "include /etc/ldap/schema/%s.schema\n", sch)
-	}
-	fmt.Fprintf(&c, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
-	c.WriteString("modulepath /usr/lib/ldap\nmoduleload back_mdb\nsizelimit unlimited\n")
-	c.WriteString("database mdb\nmaxsize 1073741824\n")
-	fmt.Fprintf(&c, "suffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", suffix, rootDN, rootPW, data)
-	c.WriteString("index objectClass eq\nindex uid eq\n")
+	var extra []string
 	if nosync {
-		c.WriteString("dbnosync\n")
+		extra = append(extra, "dbnosync")
 	}
-	if err := os.WriteFile(conf, c.Bytes(), 0o600); err != nil {
+	if err := benchenv.WriteSlapdConf(conf, dir, data, extra...); err != nil {
 		return nil, "", err
 	}
 	ldif := filepath.Join(dir, "entries.ldif")

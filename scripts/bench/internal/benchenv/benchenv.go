@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -145,4 +146,32 @@ func SlapdVersion(slapd string) string {
 		}
 	}
 	return ""
+}
+
+// The directory of the benchmarks' slapd.
+const (
+	SlapdBinary = "/usr/sbin/slapd"
+	Suffix      = "dc=example,dc=com"
+	RootDN      = "cn=admin," + Suffix
+	RootPW      = "secret"
+)
+
+// WriteSlapdConf writes conf, a slapd.conf for Suffix with its pid and args
+// files in dir and the LMDB database in data (schemas core, cosine and
+// inetorgperson; uid indexed, as in any directory searched by uid), with
+// extra lines appended (e.g. "dbnosync").
+func WriteSlapdConf(conf, dir, data string, extra ...string) error {
+	var c bytes.Buffer
+	for _, sch := range []string{"core", "cosine", "inetorgperson"} {
+		fmt.Fprintf(&c, "include /etc/ldap/schema/%s.schema\n", sch)
+	}
+	fmt.Fprintf(&c, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
+	c.WriteString("modulepath /usr/lib/ldap\nmoduleload back_mdb\nsizelimit unlimited\n")
+	c.WriteString("database mdb\nmaxsize 1073741824\n")
+	fmt.Fprintf(&c, "suffix %q\nrootdn %q\nrootpw %s\ndirectory %s\n", Suffix, RootDN, RootPW, data)
+	c.WriteString("index objectClass eq\nindex uid eq\n")
+	for _, l := range extra {
+		c.WriteString(l + "\n")
+	}
+	return os.WriteFile(conf, c.Bytes(), 0o600)
 }
