@@ -176,10 +176,15 @@ func TestEventsAndWatch(t *testing.T) {
 	rl.lab.UnblockPort("a", "b", 7789)
 	rl.waitServing("a", "b")
 
+	// The link's return and the resync's start come in either order: the
+	// resync may begin (a staging request to the target) before the
+	// status samples the link as connected.
+	onA.waitSequence(t, "a", 10*time.Second,
+		change(events.WhatLink, string(node.LinkDisconnected)),
+		change(events.WhatLink, string(node.LinkConnected)))
 	onA.waitSequence(t, "a", 10*time.Second,
 		change(events.WhatLink, string(node.LinkDisconnected)),
 		change(events.WhatReplication, string(mirror.StateLogging)),
-		change(events.WhatLink, string(node.LinkConnected)),
 		change(events.WhatReplication, string(mirror.StateResyncing)),
 		resyncProgress("source"),
 		change(events.WhatReplication, string(mirror.StateReplicating)),
