@@ -16,14 +16,8 @@ func TestPeerDeathFailsPendingCalls(t *testing.T) {
 	defer ln.Close()
 	// A secondary that authenticates, then never acks and dies.
 	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		cfg := defaulted(testConfig("b"))
-		fr := NewFrameReader(conn)
-		if _, err := handshake(conn, fr, &cfg, false, ""); err != nil {
-			conn.Close()
+		conn, fr, ok := acceptSecondary(ln)
+		if !ok {
 			return
 		}
 		if _, err := fr.ReadHeader(); err == nil {
@@ -142,14 +136,8 @@ func watchdogBreak(t *testing.T, timeout time.Duration, want error) time.Duratio
 	defer ln.Close()
 	ready := make(chan net.Conn, 1)
 	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		cfg := defaulted(testConfig("b"))
-		fr := NewFrameReader(conn)
-		if _, err := handshake(conn, fr, &cfg, false, ""); err != nil {
-			conn.Close()
+		conn, fr, ok := acceptSecondary(ln)
+		if !ok {
 			return
 		}
 		ready <- conn
@@ -206,4 +194,20 @@ func watchdogBreak(t *testing.T, timeout time.Duration, want error) time.Duratio
 		}
 	}
 	return took
+}
+
+// acceptSecondary accepts one connection on ln and authenticates it as
+// secondary b; ok is false if either failed (the connection is closed).
+func acceptSecondary(ln net.Listener) (conn net.Conn, fr *FrameReader, ok bool) {
+	conn, err := ln.Accept()
+	if err != nil {
+		return nil, nil, false
+	}
+	cfg := defaulted(testConfig("b"))
+	fr = NewFrameReader(conn)
+	if _, err := handshake(conn, fr, &cfg, false, ""); err != nil {
+		conn.Close()
+		return nil, nil, false
+	}
+	return conn, fr, true
 }
