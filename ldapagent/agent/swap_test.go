@@ -161,16 +161,7 @@ func TestAutoFailbackRestoresAndWaits(t *testing.T) {
 // agent does not take the failing probes for a failure; once the swap has
 // taken longer than swap_timeout it fails over as usual.
 func TestNoFailoverDuringPeerSwap(t *testing.T) {
-	e := newEnv(t, "a")
-	p := &stepProbe{calls: make(chan stepCall)}
-	b := e.start("b", p.Check, nil)
-	e.waitHooks(0, demoteSeq("b", 1)...)
-	b.waitState(t, StateSecondaryWatching)
-	e.clock.Advance(testMinSwap)
-	e.cp.set(func(*cluster.VolumeState) {
-		h := e.cp.host("a")
-		h.Ready, h.ReadyDetail, h.ReadySince = false, detailSwapping, e.clock.Now()
-	})
+	e, p, b := watchingNotReady(t, detailSwapping)
 	for range 4 {
 		p.answer(t, "ldap://a", false)
 	}
@@ -188,16 +179,7 @@ func TestNoFailoverDuringPeerSwap(t *testing.T) {
 // peer's agent does not take the failing probes for a failure; once the
 // hooks have taken longer than their timeouts it fails over as usual.
 func TestNoFailoverDuringPeerPromote(t *testing.T) {
-	e := newEnv(t, "a")
-	p := &stepProbe{calls: make(chan stepCall)}
-	b := e.start("b", p.Check, nil)
-	e.waitHooks(0, demoteSeq("b", 1)...)
-	b.waitState(t, StateSecondaryWatching)
-	e.clock.Advance(testMinSwap)
-	e.cp.set(func(*cluster.VolumeState) {
-		h := e.cp.host("a")
-		h.Ready, h.ReadyDetail, h.ReadySince = false, detailPromoting, e.clock.Now()
-	})
+	e, p, b := watchingNotReady(t, detailPromoting)
 	for range 4 {
 		p.answer(t, "ldap://a", false)
 	}
@@ -215,16 +197,7 @@ func TestNoFailoverDuringPeerPromote(t *testing.T) {
 // do not count toward a failover once it reports itself ready; the
 // threshold counts failures after that report.
 func TestStaleFailuresIgnoredOncePrimaryReady(t *testing.T) {
-	e := newEnv(t, "a")
-	p := &stepProbe{calls: make(chan stepCall)}
-	b := e.start("b", p.Check, nil)
-	e.waitHooks(0, demoteSeq("b", 1)...)
-	b.waitState(t, StateSecondaryWatching)
-	e.clock.Advance(testMinSwap)
-	e.cp.set(func(*cluster.VolumeState) {
-		h := e.cp.host("a")
-		h.Ready, h.ReadyDetail, h.ReadySince = false, detailPromoting, e.clock.Now()
-	})
+	e, p, b := watchingNotReady(t, detailPromoting)
 	for range 3 {
 		p.answer(t, "ldap://a", false)
 	}
@@ -243,4 +216,21 @@ func TestStaleFailuresIgnoredOncePrimaryReady(t *testing.T) {
 	}
 	c.reply <- failResult()
 	poll.Until(t, 10*time.Second, "b to fail over on the third fresh failure", func() bool { return len(e.cp.failoverCalls()) == 1 })
+}
+
+// watchingNotReady starts b as the secondary watching primary a through a
+// step probe, then has a report itself not ready with detail.
+func watchingNotReady(t *testing.T, detail string) (*env, *stepProbe, *testHost) {
+	t.Helper()
+	e := newEnv(t, "a")
+	p := &stepProbe{calls: make(chan stepCall)}
+	b := e.start("b", p.Check, nil)
+	e.waitHooks(0, demoteSeq("b", 1)...)
+	b.waitState(t, StateSecondaryWatching)
+	e.clock.Advance(testMinSwap)
+	e.cp.set(func(*cluster.VolumeState) {
+		h := e.cp.host("a")
+		h.Ready, h.ReadyDetail, h.ReadySince = false, detail, e.clock.Now()
+	})
+	return e, p, b
 }
