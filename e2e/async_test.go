@@ -34,15 +34,8 @@ import (
 func TestAsyncDaemonJournalCatchUp(t *testing.T) {
 	requireE2E(t)
 	a, b, creds := pairDirs(t, "64MiB")
-	addr := peertest.FreeAddr(t)
-	async := []string{"--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s"}
-	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
-	sec := startDaemon(t, b, secArgs...)
-	startDaemon(t, a, append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)...)
-	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
-		st, err := status(a)
-		return err == nil && st.Link == node.LinkConnected
-	})
+	priArgs, secArgs := pairArgs(t, "--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s")
+	_, sec := startPair(t, a, b, priArgs, secArgs)
 	writeBlocks(t, a, 0, 32)
 	if st := waitInSync(t, a, b); st.Mode != "async" || st.JournalCapacity != 1<<20 {
 		t.Fatalf("status mode %q, journal capacity %d; want async, 1 MiB", st.Mode, st.JournalCapacity)
@@ -334,17 +327,9 @@ func signal(t *testing.T, d *daemon, sig syscall.Signal) {
 func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 	requireE2E(t, "mkfs.ext4", "e2fsck", "mount", "losetup")
 	a, b, creds := pairDirs(t, "256MiB")
-	addr := peertest.FreeAddr(t)
 	// A long timeout: a frozen secondary keeps its session.
-	async := []string{"--mode", "async", "--journal-size", "96MiB", "--tls-dir", creds, "--timeout", "20s"}
-	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
-	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)
-	sec := startDaemon(t, b, secArgs...)
-	pri := startDaemon(t, a, priArgs...)
-	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
-		st, err := status(a)
-		return err == nil && st.Link == node.LinkConnected
-	})
+	priArgs, secArgs := pairArgs(t, "--mode", "async", "--journal-size", "96MiB", "--tls-dir", creds, "--timeout", "20s")
+	pri, sec := startPair(t, a, b, priArgs, secArgs)
 	dev, mnt := mountVolume(t, a)
 	w := startFileWriter(mnt)
 	poll.Until(t, 30*time.Second, "4 MiB of files written while connected", func() bool { return w.ackedBytes() >= 4<<20 || w.stopped.Load() })
@@ -435,16 +420,8 @@ func TestAsyncPrimaryKilledCatchesUpFromJournal(t *testing.T) {
 func TestAsyncPrimaryKilledAfterOverflow(t *testing.T) {
 	requireE2E(t)
 	a, b, creds := pairDirs(t, "64MiB")
-	addr := peertest.FreeAddr(t)
-	async := []string{"--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s"}
-	secArgs := append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, async...)
-	priArgs := append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, async...)
-	sec := startDaemon(t, b, secArgs...)
-	pri := startDaemon(t, a, priArgs...)
-	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
-		st, err := status(a)
-		return err == nil && st.Link == node.LinkConnected
-	})
+	priArgs, secArgs := pairArgs(t, "--mode", "async", "--journal-size", "1MiB", "--tls-dir", creds, "--timeout", "1s")
+	pri, sec := startPair(t, a, b, priArgs, secArgs)
 	writeBlocks(t, a, 0, 32)
 	waitInSync(t, a, b)
 	sec.stop(t)
@@ -470,4 +447,26 @@ func TestAsyncPrimaryKilledAfterOverflow(t *testing.T) {
 	}
 	sameBytes(t, filepath.Join(a, "volume.img"), filepath.Join(b, "volume.img"))
 	t.Logf("restart after an overflow: %s", st.FallbackReason)
+}
+
+// pairArgs returns the flags of a primary a and a secondary b on a free
+// port, each with both appended.
+func pairArgs(t *testing.T, both ...string) (pri, sec []string) {
+	addr := peertest.FreeAddr(t)
+	sec = append([]string{"--role", "secondary", "--node-id", "b", "--listen", addr}, both...)
+	pri = append([]string{"--role", "primary", "--node-id", "a", "--peer", addr}, both...)
+	return pri, sec
+}
+
+// startPair starts the secondary in b and the primary in a with those
+// flags and waits until the primary connected.
+func startPair(t *testing.T, a, b string, priArgs, secArgs []string) (pri, sec *daemon) {
+	t.Helper()
+	sec = startDaemon(t, b, secArgs...)
+	pri = startDaemon(t, a, priArgs...)
+	poll.Until(t, 10*time.Second, "the primary to connect", func() bool {
+		st, err := status(a)
+		return err == nil && st.Link == node.LinkConnected
+	})
+	return pri, sec
 }
